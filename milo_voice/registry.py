@@ -1,0 +1,147 @@
+"""The model registry: ``model_repository/registry.toml`` read into typed specs.
+
+One file says, for every served model, which weights it loads in each profile, how
+Triton's dynamic batcher groups its requests, and how many instances serve it. The
+PyTriton host, the weight builders and the CLI all read it from here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REGISTRY = REPO_ROOT / "model_repository" / "registry.toml"
+PROFILES = ("embedded", "production")
+ROLES = ("stt", "tts", "translate", "chat")
+
+
+def models_dir() -> Path:
+    """Where built and downloaded weights live (``MILO_MODELS_DIR``, default ``./models``)."""
+    return Path(os.environ.get("MILO_MODELS_DIR", REPO_ROOT / "models")).resolve()
+
+
+def active_profile() -> str:
+    profile = os.environ.get("MILO_PROFILE", "embedded")
+    if profile not in PROFILES:
+        raise ValueError(f"MILO_PROFILE={profile!r}; expected one of {PROFILES}")
+    return profile
+
+
+@dataclass(frozen=True)
+class Weights:
+    source: str
+    format: str
+    revision: str
+    architecture: str = ""
+    voices: dict[str, str] = field(default_factory=dict)
+    alternatives: tuple[str, ...] = ()
+
+    @property
+    def scheme(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def location(self) -> str:
+        return self.source.split(":", 1)[1]
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int
+    max_queue_delay_us: int
+    preferred_batch_sizes: tuple[int, ...]
+    priority_levels: int
+    default_priority_level: int
+    max_queue_size: int
+
+
+@dataclass(frozen=True)
+class Instances:
+    count: int
+    kind: str  # "auto" | "cpu" | "gpu"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    role: str
+    description: str
+    batching: Batching
+    instances: Instances
+    params: dict[str, Any]
+    profiles: dict[str, Weights]
+
+    def weights(self, profile: str) -> Weights:
+        try:
+            return self.profiles[profile]
+        except KeyError:
+            raise ValueError(f"model {self.name!r} has no weights for profile {profile!r}") from None
+
+    def path(self, profile: str, root: Path | None = None) -> Path:
+        """Directory holding this model's weights for ``profile``."""
+        return (root or models_dir()) / profile / self.name
+
+
+@dataclass(frozen=True)
+class Registry:
+    models: dict[str, ModelSpec]
+
+    def __getitem__(self, name: str) -> ModelSpec:
+        return self.models[name]
+
+    def by_role(self, role: str) -> ModelSpec:
+        for spec in self.models.values():
+            if spec.role == role:
+                return spec
+        raise KeyError(f"no model with role {role!r} in the registry")
+
+
+def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
+    role = table["role"]
+    if role not in ROLES:
+        raise ValueError(f"model {name!r}: unknown role {role!r}; expected one of {ROLES}")
+    batching = Batching(
+        max_batch_size=int(table["max_batch_size"]),
+        max_queue_delay_us=int(table["max_queue_delay_us"]),
+        preferred_batch_sizes=tuple(table.get("preferred_batch_sizes", ())),
+        priority_levels=int(table.get("priority_levels", 0)),
+        default_priority_level=int(table.get("default_priority_level", 0)),
+        max_queue_size=int(table.get("max_queue_size", 0)),
+    )
+    if batching.priority_levels and not 1 <= batching.default_priority_level <= batching.priority_levels:
+        raise ValueError(f"model {name!r}: default_priority_level outside 1..{batching.priority_levels}")
+    instances = Instances(count=int(table["instances"]["count"]), kind=table["instances"].get("kind", "auto"))
+    if instances.count < 1 or instances.kind not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"model {name!r}: bad instances {table['instances']!r}")
+    profiles = {}
+    for profile, weights in table.get("weights", {}).items():
+        if profile not in PROFILES:
+            raise ValueError(f"model {name!r}: unknown profile {profile!r}")
+        profiles[profile] = Weights(
+            source=weights["source"],
+            format=weights["format"],
+            revision=str(weights["revision"]),
+            architecture=weights.get("architecture", ""),
+            voices=dict(weights.get("voices", {})),
+            alternatives=tuple(weights.get("alternatives", ())),
+        )
+    return ModelSpec(
+        name=name,
+        role=role,
+        description=table.get("description", ""),
+        batching=batching,
+        instances=instances,
+        params=dict(table.get("params", {})),
+        profiles=profiles,
+    )
+
+
+def load_registry(path: Path | str | None = None) -> Registry:
+    path = Path(path or os.environ.get("MILO_REGISTRY", DEFAULT_REGISTRY))
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    return Registry(models={name: _parse_model(name, table) for name, table in data["models"].items()})

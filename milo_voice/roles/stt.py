@@ -1,0 +1,269 @@
+"""Speech to text with Whisper on CTranslate2 (the faster-whisper model format).
+
+``SpeechToText.transcribe_batch`` takes many requests and decodes them together:
+every 30-second window of every request is encoded in one CTranslate2 call and
+decoded in one ``generate`` call, which is what makes Triton's dynamic batching pay
+off. Audio longer than one window is cut at pauses found by voice-activity detection
+(Silero VAD, shipped with faster-whisper), or in fixed overlapping windows when it
+finds no speech, so a long recording never degrades into one truncated window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import ctranslate2
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+SAMPLE_RATE = 16000
+WINDOW_SECONDS = 30.0
+WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
+# Fixed windows overlap so that a word cut at one boundary is whole in the next window.
+FALLBACK_OVERLAP_SECONDS = 2.0
+TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
+AUTO = "auto"
+
+
+class SttInputError(ValueError):
+    """A request that cannot be transcribed (empty or invalid audio, unknown language)."""
+
+
+@dataclass(frozen=True)
+class SttRequest:
+    audio: np.ndarray  # mono float32 PCM at 16 kHz
+    language: str = AUTO  # a code from ``SpeechToText.languages`` or "auto"
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True)
+class Transcription:
+    text: str
+    language: str
+    language_probability: float
+    confidence: float  # exp of the duration-weighted mean token log-probability, in (0, 1]
+    duration: float
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class _Window:
+    request: int
+    offset: float  # seconds from the start of the request's audio
+    audio: np.ndarray
+
+
+class SpeechToText:
+    """Whisper transcription restricted to a set of languages (default Malagasy and French)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        device: str = "cpu",
+        device_index: int = 0,
+        compute_type: str = "default",
+        languages: tuple[str, ...] = ("mg", "fr"),
+        beam_size: int = 1,
+        cpu_threads: int = 0,
+        max_new_tokens: int = 220,
+    ) -> None:
+        self._whisper = WhisperModel(
+            model_path,
+            device=device,
+            device_index=device_index,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            local_files_only=True,
+        )
+        self.model: ctranslate2.models.Whisper = self._whisper.model
+        if not self.model.is_multilingual:
+            raise ValueError(f"{model_path} is an English-only Whisper model; Milo Voice needs a multilingual one")
+        unknown = set(languages) - set(self._whisper.supported_languages)
+        if unknown:
+            raise ValueError(f"Whisper does not know the languages {sorted(unknown)}")
+        self.languages = tuple(languages)
+        self.beam_size = beam_size
+        self.max_new_tokens = max_new_tokens
+        self._tokenizer = Tokenizer(self._whisper.hf_tokenizer, multilingual=True, task="transcribe", language=self.languages[0])
+        self._language_token_ids = {
+            lang: self._whisper.hf_tokenizer.token_to_id(f"<|{lang}|>") for lang in self.languages
+        }
+
+    # -- public API -------------------------------------------------------
+
+    def transcribe(self, audio: np.ndarray, language: str = AUTO) -> Transcription:
+        return self.transcribe_batch([SttRequest(audio, language)])[0]
+
+    def transcribe_batch(self, requests: list[SttRequest]) -> list[Transcription]:
+        for request in requests:
+            self.validate(request)
+        windows = [w for i, r in enumerate(requests) for w in self._windows(i, r.audio)]
+        features = np.stack([self._features(w.audio) for w in windows])
+        encoded = self.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+
+        languages = self._choose_languages(requests, windows, encoded)
+        prompts = [self._prompt(languages[w.request][0]) for w in windows]
+        results = self.model.generate(
+            encoded,
+            prompts,
+            beam_size=self.beam_size,
+            max_length=len(prompts[0]) + self.max_new_tokens,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )
+
+        segments: list[list[Segment]] = [[] for _ in requests]
+        for window, result in zip(windows, results, strict=True):
+            segments[window.request].extend(self._segments(window, result))
+        return [
+            self._transcription(request, languages[i], segments[i]) for i, request in enumerate(requests)
+        ]
+
+    def validate(self, request: SttRequest) -> None:
+        if request.language != AUTO and request.language not in self.languages:
+            raise SttInputError(f"language {request.language!r} is not one of {[*self.languages, AUTO]}")
+        audio = request.audio
+        if audio.ndim != 1 or audio.size == 0:
+            raise SttInputError("audio is empty; send mono PCM samples at 16 kHz")
+        if not np.isfinite(audio).all():
+            raise SttInputError("audio holds NaN or infinite samples")
+
+    # -- steps --------------------------------------------------------------
+
+    def _windows(self, index: int, audio: np.ndarray) -> list[_Window]:
+        audio = audio.astype(np.float32, copy=False)
+        if audio.size <= WINDOW_SAMPLES:
+            return [_Window(index, 0.0, audio)]
+        speech = get_speech_timestamps(audio, VadOptions(max_speech_duration_s=WINDOW_SECONDS - 1))
+        windows = _pack_speech(index, audio, speech)
+        return windows or _fixed_windows(index, audio)
+
+    def _features(self, audio: np.ndarray) -> np.ndarray:
+        padded = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
+        padded[: audio.size] = audio[:WINDOW_SAMPLES]
+        # The feature extractor pads 160 samples on its own and yields one frame too many.
+        return self._whisper.feature_extractor(padded)[:, : self._whisper.feature_extractor.nb_max_frames]
+
+    def _choose_languages(
+        self, requests: list[SttRequest], windows: list[_Window], encoded: ctranslate2.StorageView
+    ) -> list[tuple[str, float]]:
+        """(language, probability) per request; detection is limited to ``self.languages``."""
+        chosen: list[tuple[str, float]] = [(r.language, 1.0) for r in requests]
+        auto = [i for i, r in enumerate(requests) if r.language == AUTO]
+        if not auto:
+            return chosen
+        first_window = {}
+        for position, window in enumerate(windows):
+            first_window.setdefault(window.request, position)
+        # detect_language runs on the whole batch; its cost is one decoder step.
+        detected = self.model.detect_language(encoded)
+        for i in auto:
+            probabilities = dict(detected[first_window[i]])
+            allowed = {lang: probabilities.get(f"<|{lang}|>", 0.0) for lang in self.languages}
+            total = sum(allowed.values())
+            language = max(allowed, key=allowed.__getitem__)
+            # Renormalised over the allowed languages: "how sure, between mg and fr".
+            chosen[i] = (language, allowed[language] / total if total > 0 else 1.0 / len(allowed))
+        return chosen
+
+    def _prompt(self, language: str) -> list[int]:
+        return [self._tokenizer.sot, self._language_token_ids[language], self._tokenizer.transcribe]
+
+    def _segments(self, window: _Window, result: ctranslate2.models.WhisperGenerationResult) -> list[Segment]:
+        tokens = result.sequences_ids[0]
+        # ``scores`` is the log-probability normalised by length; recover the sum over tokens.
+        cumulative = result.scores[0] * max(len(tokens), 1)
+        avg_logprob = cumulative / (len(tokens) + 1)
+        duration = window.audio.size / SAMPLE_RATE
+        pieces = _split_on_timestamps(tokens, self._tokenizer.timestamp_begin, duration)
+        segments = []
+        for start, end, text_tokens in pieces:
+            text = self._tokenizer.decode(text_tokens).strip()
+            if text:
+                segments.append(
+                    Segment(
+                        start=round(window.offset + start, 2),
+                        end=round(window.offset + min(end, duration), 2),
+                        text=text,
+                        avg_logprob=avg_logprob,
+                        no_speech_prob=result.no_speech_prob,
+                    )
+                )
+        return segments
+
+    def _transcription(self, request: SttRequest, language: tuple[str, float], segments: list[Segment]) -> Transcription:
+        duration = request.audio.size / SAMPLE_RATE
+        if segments:
+            weights = [max(s.end - s.start, 0.01) for s in segments]
+            mean_logprob = sum(w * s.avg_logprob for w, s in zip(weights, segments, strict=True)) / sum(weights)
+            confidence = math.exp(min(mean_logprob, 0.0))
+        else:
+            confidence = 0.0
+        return Transcription(
+            text=" ".join(s.text for s in segments).strip(),
+            language=language[0],
+            language_probability=round(language[1], 4),
+            confidence=round(confidence, 4),
+            duration=round(duration, 3),
+            segments=segments,
+        )
+
+
+def _split_on_timestamps(tokens: list[int], timestamp_begin: int, duration: float) -> list[tuple[float, float, list[int]]]:
+    """Cut generated tokens into (start, end, text tokens) at Whisper's timestamp tokens."""
+    pieces: list[tuple[float, float, list[int]]] = []
+    start: float | None = None
+    text: list[int] = []
+    for token in tokens:
+        if token >= timestamp_begin:
+            time = (token - timestamp_begin) * TIME_PRECISION
+            if start is None:
+                start = time
+            elif text:
+                pieces.append((start, time, text))
+                start, text = None, []
+            else:
+                start = time
+        else:
+            text.append(token)
+    if text:
+        pieces.append((start or 0.0, duration, text))
+    return pieces
+
+
+def _pack_speech(index: int, audio: np.ndarray, speech: list[dict[str, int]]) -> list[_Window]:
+    """Group VAD speech spans into windows of at most 30 s, cutting only in pauses."""
+    windows: list[_Window] = []
+    start = end = None
+    for span in speech:
+        if start is None:
+            start, end = span["start"], span["end"]
+        elif span["end"] - start <= WINDOW_SAMPLES:
+            end = span["end"]
+        else:
+            windows.append(_Window(index, start / SAMPLE_RATE, audio[start:end]))
+            start, end = span["start"], span["end"]
+    if start is not None:
+        windows.append(_Window(index, start / SAMPLE_RATE, audio[start:end]))
+    return windows
+
+
+def _fixed_windows(index: int, audio: np.ndarray) -> list[_Window]:
+    step = WINDOW_SAMPLES - int(FALLBACK_OVERLAP_SECONDS * SAMPLE_RATE)
+    return [
+        _Window(index, begin / SAMPLE_RATE, audio[begin : begin + WINDOW_SAMPLES])
+        for begin in range(0, max(audio.size - int(FALLBACK_OVERLAP_SECONDS * SAMPLE_RATE), 1), step)
+    ]

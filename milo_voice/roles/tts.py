@@ -1,0 +1,133 @@
+"""Text to speech with VITS voices (the MMS-TTS architecture) through transformers.
+
+Text is first turned into the words to say (``milo_voice.text``), then the texts of a
+batch are padded together and synthesised in one forward pass; each waveform is cut
+back to its own predicted length.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import VitsModel, VitsTokenizer
+
+from milo_voice.text.normalize import TextNormalizer
+
+MAX_TEXT_CHARS = 2000
+# Sentence ends: the text is spoken sentence by sentence when streamed.
+_SENTENCE_END = re.compile(r"(?<=[.!?…;:])\s+")
+
+
+class TtsInputError(ValueError):
+    """A request that cannot be synthesised (empty text, unknown language, bad speed)."""
+
+
+@dataclass(frozen=True)
+class TtsRequest:
+    text: str
+    language: str
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
+class Speech:
+    audio: np.ndarray  # mono float32 PCM in [-1, 1]
+    sample_rate: int
+    spoken_text: str  # the normalised text the voice read
+
+    @property
+    def duration(self) -> float:
+        return self.audio.size / self.sample_rate
+
+
+class _Voice:
+    def __init__(self, folder: Path, device: str) -> None:
+        self.tokenizer = VitsTokenizer.from_pretrained(folder)
+        self.model = VitsModel.from_pretrained(folder).to(device).eval()
+        self.sample_rate = int(self.model.config.sampling_rate)
+
+
+class TextToSpeech:
+    """One VITS voice per language, e.g. ``{"mg": ".../mms-tts-mlg", "fr": ".../mms-tts-fra"}``."""
+
+    def __init__(self, voices: dict[str, str | Path], device: str = "cpu", seed: int = 0) -> None:
+        if not voices:
+            raise ValueError("TextToSpeech needs at least one voice")
+        self.device = device
+        self.seed = seed
+        self._voices = {lang: _Voice(Path(folder), device) for lang, folder in voices.items()}
+        self._normalizers = {lang: TextNormalizer(lang) for lang in voices}
+        # VITS samples noise: a seeded generator per call keeps output reproducible.
+        self._lock = threading.Lock()
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return tuple(self._voices)
+
+    def sample_rate(self, language: str) -> int:
+        return self._voices[language].sample_rate
+
+    def normalize(self, text: str, language: str) -> str:
+        return self._normalizers[language](text)
+
+    def validate(self, request: TtsRequest) -> None:
+        if request.language not in self._voices:
+            raise TtsInputError(f"language {request.language!r} is not one of {list(self._voices)}")
+        if not request.text or not request.text.strip():
+            raise TtsInputError("text is empty")
+        if not re.search(r"\w", request.text):
+            raise TtsInputError("text has no words to speak")
+        if len(request.text) > MAX_TEXT_CHARS:
+            raise TtsInputError(f"text is longer than {MAX_TEXT_CHARS} characters; split it or stream it")
+        if not 0.25 <= request.speed <= 4.0:
+            raise TtsInputError("speed must be between 0.25 and 4.0")
+
+    def synthesize(self, text: str, language: str, speed: float = 1.0) -> Speech:
+        return self.synthesize_batch([TtsRequest(text, language, speed)])[0]
+
+    def synthesize_batch(self, requests: list[TtsRequest]) -> list[Speech]:
+        for request in requests:
+            self.validate(request)
+        results: list[Speech | None] = [None] * len(requests)
+        # One forward pass per (language, speed): a voice is one model and speed scales all durations.
+        groups: dict[tuple[str, float], list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault((request.language, request.speed), []).append(i)
+        for (language, speed), indices in groups.items():
+            spoken = [self.normalize(requests[i].text, language) for i in indices]
+            for i, speech in zip(indices, self._synthesize_voice(language, spoken, speed), strict=True):
+                results[i] = speech
+        return [r for r in results if r is not None]
+
+    def stream(self, text: str, language: str, speed: float = 1.0) -> Iterator[Speech]:
+        """Speech sentence by sentence, so the first audio is ready long before the last."""
+        self.validate(TtsRequest(text, language, speed))
+        for sentence in split_sentences(text):
+            yield self.synthesize(sentence, language, speed)
+
+    def _synthesize_voice(self, language: str, texts: list[str], speed: float) -> list[Speech]:
+        voice = self._voices[language]
+        # A text that normalises to nothing the voice can say still yields a short silence.
+        inputs = voice.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        if inputs["input_ids"].shape[1] == 0:
+            return [Speech(np.zeros(voice.sample_rate // 10, np.float32), voice.sample_rate, t) for t in texts]
+        with self._lock, torch.inference_mode():
+            torch.manual_seed(self.seed)
+            output = voice.model(**inputs, speaking_rate=speed)
+        waveforms = output.waveform.float().cpu().numpy()
+        lengths = output.sequence_lengths.cpu().numpy()
+        speeches = []
+        for text, waveform, length in zip(texts, waveforms, lengths, strict=True):
+            audio = np.clip(waveform[: int(length)], -1.0, 1.0).astype(np.float32)
+            speeches.append(Speech(audio, voice.sample_rate, text))
+        return speeches
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]

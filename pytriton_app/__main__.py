@@ -1,0 +1,22 @@
+"""``python -m pytriton_app``: serve every model of the registry on Triton's standard ports."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pytriton_app.server import Ports, serve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(Ports(args.http_port, args.grpc_port, args.metrics_port))
+
+
+if __name__ == "__main__":
+    main()

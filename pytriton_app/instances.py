@@ -1,0 +1,105 @@
+"""Build the role instances that the host binds: weights from the registry, devices round-robin."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from milo_voice.registry import ModelSpec, models_dir
+from milo_voice.roles.chat import CloudChat, LocalChat
+from milo_voice.roles.stt import SpeechToText
+from milo_voice.roles.translate import Translator
+from milo_voice.roles.tts import TextToSpeech
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "cpu" | "cuda"
+    index: int = 0
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+
+def cuda_device_count() -> int:
+    """GPUs visible to the inference libraries (CTranslate2 and torch agree on a working host)."""
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count()
+    except Exception:  # a CPU-only build may not even know CUDA
+        return 0
+
+
+class DevicePlanner:
+    """Places instances on GPUs round-robin across every model, so load spreads evenly."""
+
+    def __init__(self, gpu_count: int | None = None) -> None:
+        self.gpu_count = cuda_device_count() if gpu_count is None else gpu_count
+        self._next = 0
+
+    def place(self, kind: str) -> Device:
+        if kind == "cpu" or (kind == "auto" and self.gpu_count == 0):
+            return Device("cpu")
+        if self.gpu_count == 0:
+            raise RuntimeError("the registry asks for a GPU instance but no CUDA device is visible")
+        device = Device("cuda", self._next % self.gpu_count)
+        self._next += 1
+        return device
+
+
+def _cpu_threads() -> int:
+    # Several instances share the cores; each gets an equal share rather than all of them.
+    return int(os.environ.get("MILO_CPU_THREADS", "0"))
+
+
+def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
+    """One instance of ``spec``'s role on ``device``, with the weights of ``profile``."""
+    path = spec.path(profile, models_dir())
+    weights = spec.weights(profile)
+    params = spec.params
+    gpu = device.kind == "cuda"
+    if spec.role == "stt":
+        return SpeechToText(
+            str(path),
+            device=device.kind,
+            device_index=device.index,
+            compute_type="float16" if gpu else "int8",
+            languages=tuple(params.get("languages", ("mg", "fr"))),
+            beam_size=int(params.get("beam_size", 1)),
+            cpu_threads=_cpu_threads(),
+        )
+    if spec.role == "tts":
+        voices = {lang: path / voice for lang, voice in weights.voices.items()}
+        return TextToSpeech(voices, device=str(device))
+    if spec.role == "translate":
+        return Translator(
+            path,
+            device=device.kind,
+            device_index=device.index,
+            compute_type="int8_float16" if gpu else "int8",
+            languages=tuple(params.get("languages", ("mg", "fr", "en"))),
+            beam_size=int(params.get("beam_size", 2)),
+            max_decoding_length=int(params.get("max_decoding_length", 256)),
+            intra_threads=_cpu_threads(),
+        )
+    if spec.role == "chat":
+        cloud_url = os.environ.get("MILO_CHAT_CLOUD_URL")
+        if os.environ.get("MILO_CHAT_BACKEND", "local") == "cloud":
+            if not cloud_url:
+                raise RuntimeError("MILO_CHAT_BACKEND=cloud needs MILO_CHAT_CLOUD_URL")
+            return CloudChat(
+                cloud_url, os.environ.get("MILO_CHAT_CLOUD_MODEL", "default"), os.environ.get("MILO_CHAT_CLOUD_KEY")
+            )
+        return LocalChat(
+            path / "model.gguf",
+            n_ctx=int(params.get("n_ctx", 4096)),
+            n_gpu_layers=-1 if gpu else 0,  # full offload where a GPU exists
+            main_gpu=device.index,
+            n_threads=_cpu_threads() or None,
+        )
+    raise ValueError(f"unknown role {spec.role!r}")

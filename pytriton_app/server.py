@@ -1,0 +1,142 @@
+"""The PyTriton host: every model of the registry in one Triton server.
+
+Start order: build every instance (weights loaded, placed on its device), warm each
+one up with a real call, then bind them all to Triton. Triton reports a model ready
+only once it is bound, so ready always means warm.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sysconfig
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
+from pytriton.model_config.common import TimeoutAction
+from pytriton.triton import Triton, TritonConfig
+
+from client import tensors
+from milo_voice.registry import ModelSpec, Registry, active_profile, load_registry
+from pytriton_app import infer
+from pytriton_app.instances import DevicePlanner, build_instance
+from pytriton_app.warmup import warm_up
+
+log = logging.getLogger(__name__)
+
+# Which callable factory serves which model name.
+FACTORIES: dict[str, Callable[..., Callable[..., Any]]] = {
+    "stt": infer.stt_infer,
+    "tts": infer.tts_infer,
+    "tts_stream": infer.tts_stream_infer,
+    "translate": infer.translate_infer,
+    "chat": infer.chat_infer,
+    "chat_stream": infer.chat_stream_infer,
+}
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+
+def prefer_running_libpython() -> None:
+    """Make Triton's Python stub load this interpreter's libpython, not the system's.
+
+    PyTriton starts ``tritonserver`` as a child process; with a pyenv-built Python the
+    stub otherwise picks up the distribution's libpython and dies on start
+    (``'_thread.RLock' object has no attribute '_recursion_count'``).
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    current = os.environ.get("LD_LIBRARY_PATH", "")
+    if libdir and not current.startswith(libdir):
+        os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
+
+
+def _tensor(spec: tensors.TensorSpec) -> Tensor:
+    dtype = np.bytes_ if spec.dtype is np.bytes_ else spec.dtype
+    return Tensor(name=spec.name, dtype=dtype, shape=spec.shape, optional=spec.optional)
+
+
+def model_config(spec: ModelSpec, io: tensors.ModelIO) -> ModelConfig:
+    b = spec.batching
+    if io.streaming:
+        # Streams are answered one request at a time per instance: no batching.
+        return ModelConfig(batching=False, decoupled=True)
+    return ModelConfig(
+        max_batch_size=b.max_batch_size,
+        batcher=DynamicBatcher(
+            max_queue_delay_microseconds=b.max_queue_delay_us,
+            preferred_batch_size=list(b.preferred_batch_sizes) or None,
+            priority_levels=b.priority_levels,
+            default_priority_level=b.default_priority_level,
+            default_queue_policy=QueuePolicy(
+                timeout_action=TimeoutAction.REJECT,
+                allow_timeout_override=True,
+                max_queue_size=b.max_queue_size,
+            ),
+        ),
+    )
+
+
+def build_role_instances(spec: ModelSpec, profile: str, planner: DevicePlanner) -> list[Any]:
+    instances = []
+    for n in range(spec.instances.count):
+        device = planner.place(spec.instances.kind)
+        started = time.perf_counter()
+        instance = build_instance(spec, profile, device)
+        warm_up(spec.role, instance)
+        log.info(
+            "%s instance %d on %s loaded and warmed up in %.1f s",
+            spec.name, n, device, time.perf_counter() - started,
+        )  # fmt: skip
+        instances.append(instance)
+    return instances
+
+
+def bind_all(triton: Triton, registry: Registry, profile: str, planner: DevicePlanner) -> list[str]:
+    bound = []
+    for spec in registry.models.values():
+        instances = build_role_instances(spec, profile, planner)
+        for io in tensors.ROLE_MODELS[spec.role]:
+            factory = FACTORIES[io.name]
+            extra = {"default_max_tokens": int(spec.params.get("max_tokens", 256))} if spec.role == "chat" else {}
+            name = io.name if spec.name == spec.role else f"{spec.name}{io.name.removeprefix(spec.role)}"
+            triton.bind(
+                model_name=name,
+                infer_func=[factory(instance, **extra) for instance in instances],
+                inputs=[_tensor(t) for t in io.inputs],
+                outputs=[_tensor(t) for t in io.outputs],
+                config=model_config(spec, io),
+                strict=True,
+            )
+            bound.append(name)
+    return bound
+
+
+def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str | None = None) -> None:
+    """Start Triton with every model and block until interrupted."""
+    prefer_running_libpython()
+    registry = registry or load_registry()
+    profile = profile or active_profile()
+    config = TritonConfig(
+        http_port=ports.http,
+        grpc_port=ports.grpc,
+        metrics_port=ports.metrics,
+        allow_metrics=True,
+        allow_cpu_metrics=True,
+        exit_on_error=True,
+        log_verbose=int(os.environ.get("MILO_TRITON_LOG_VERBOSE", "0")),
+    )
+    planner = DevicePlanner()
+    log.info("profile %s, %d GPU(s) visible", profile, planner.gpu_count)
+    with Triton(config=config) as triton:
+        bound = bind_all(triton, registry, profile, planner)
+        log.info("serving %s on http :%d, grpc :%d, metrics :%d", ", ".join(bound), ports.http, ports.grpc, ports.metrics)
+        triton.serve()
