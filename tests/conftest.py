@@ -1,0 +1,110 @@
+"""Shared fixtures: embedded weights, espeak-ng clips, free ports and a real PyTriton host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from milo_voice.registry import Registry, load_registry, models_dir
+from milo_voice.weights.embedded import build_embedded
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    return load_registry()
+
+
+@pytest.fixture(scope="session")
+def embedded_dir(registry: Registry) -> Path:
+    """The embedded weights (built by `make models`; built here if a test runs alone)."""
+    build_embedded(registry, models_dir())
+    return models_dir() / "embedded"
+
+
+def speak(text: str, voice: str = "fr+m3", words_per_minute: int = 120) -> np.ndarray:
+    """Speech made by espeak-ng, as 16 kHz mono float32 (what STT takes)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: run `make setup`")
+    with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", wav.name, text], check=True
+        )
+        audio, rate = sf.read(wav.name, dtype="float32")
+    return resample_poly(audio, 16000, rate).astype(np.float32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
+
+
+@dataclass(frozen=True)
+class TritonHost:
+    http: int
+    grpc: int
+    metrics: int
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc}"
+
+
+@pytest.fixture(scope="session")
+def triton_host(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonHost]:
+    """The real PyTriton host, in a subprocess, serving every model on the embedded weights."""
+    host = TritonHost(free_port(), free_port(), free_port())
+    log_path = tmp_path_factory.mktemp("triton") / "host.log"
+    env = {**os.environ, "MILO_PROFILE": "embedded", "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pytriton_app", "--http-port", str(host.http),
+             "--grpc-port", str(host.grpc), "--metrics-port", str(host.metrics)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_http_ok(f"http://{host.http_url}/v2/health/ready", 420, process)
+            yield host
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"PyTriton host did not start: {exc}\n{log_path.read_text()[-4000:]}")
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()

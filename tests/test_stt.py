@@ -1,0 +1,116 @@
+"""Speech to text on the embedded Whisper base weights, with espeak-ng speech."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from milo_voice.roles.stt import SpeechToText, SttInputError, SttRequest
+from tests.conftest import speak
+
+
+@pytest.fixture(scope="module")
+def stt(embedded_dir: Path) -> SpeechToText:
+    return SpeechToText(str(embedded_dir / "stt"), compute_type="int8")
+
+
+@pytest.fixture(scope="module")
+def french() -> np.ndarray:
+    return speak("Bonjour, je voudrais acheter du riz au marché.")
+
+
+def test_french_speech_is_recognised(stt: SpeechToText, french: np.ndarray) -> None:
+    result = stt.transcribe(french, "auto")
+    assert result.language == "fr"
+    assert "bonjour" in result.text.lower()
+    assert 0.5 < result.language_probability <= 1.0
+    assert result.duration == pytest.approx(french.size / 16000, abs=0.01)
+    assert result.segments and result.segments[0].start >= 0.0
+    assert result.segments[-1].end <= result.duration + 0.05
+
+
+def test_confidence_comes_from_token_probabilities(stt: SpeechToText, french: np.ndarray) -> None:
+    noise = np.random.default_rng(7).normal(0, 0.2, 16000 * 3).astype(np.float32)
+    speech = stt.transcribe(french, "fr").confidence
+    babble = stt.transcribe(noise, "fr").confidence
+    assert 0.0 < speech <= 1.0
+    assert speech != babble
+    assert speech > babble
+
+
+def test_forced_language_is_kept(stt: SpeechToText, french: np.ndarray) -> None:
+    result = stt.transcribe(french, "mg")
+    assert result.language == "mg"
+    assert result.language_probability == 1.0
+
+
+def test_detection_is_limited_to_configured_languages(stt: SpeechToText) -> None:
+    english = speak("Hello, this is a test of the speech recognition system.", voice="en", words_per_minute=160)
+    assert stt.transcribe(english, "auto").language in ("mg", "fr")
+
+
+class CountingModel:
+    """Forwards to the CTranslate2 model and counts the calls that decode."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.generate_calls = 0
+        self.encode_calls = 0
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        self.generate_calls += 1
+        return self._model.generate(*args, **kwargs)
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        self.encode_calls += 1
+        return self._model.encode(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def test_batch_is_decoded_in_one_call(stt: SpeechToText, french: np.ndarray) -> None:
+    other = speak("Merci beaucoup, au revoir.")
+    alone = [stt.transcribe(french, "fr").text, stt.transcribe(other, "fr").text]
+    counting = CountingModel(stt.model)
+    stt.model = counting  # type: ignore[assignment]
+    try:
+        batch = stt.transcribe_batch([SttRequest(french, "fr"), SttRequest(other, "fr"), SttRequest(french, "auto")])
+    finally:
+        stt.model = counting._model
+    assert counting.generate_calls == 1
+    assert counting.encode_calls == 1
+    assert [r.text for r in batch[:2]] == alone
+    assert batch[2].text == alone[0]
+
+
+def test_long_audio_is_segmented(stt: SpeechToText, french: np.ndarray) -> None:
+    pause = np.zeros(16000, dtype=np.float32)
+    long_audio = np.concatenate([french, pause] * 14)  # about 65 s
+    assert long_audio.size / 16000 > 60
+    result = stt.transcribe(long_audio, "fr")
+    assert result.duration > 60
+    assert result.segments[-1].end > 45  # the text reaches the last window
+    assert result.text.lower().count("bonjour") >= 5
+
+
+def test_fixed_windows_when_no_speech_is_found(stt: SpeechToText) -> None:
+    silence = np.zeros(16000 * 40, dtype=np.float32)
+    result = stt.transcribe(silence, "fr")
+    assert result.duration == pytest.approx(40.0)
+
+
+@pytest.mark.parametrize(
+    ("audio", "language", "message"),
+    [
+        (np.zeros(0, dtype=np.float32), "fr", "empty"),
+        (np.full(1600, np.nan, dtype=np.float32), "fr", "NaN"),
+        (np.zeros(1600, dtype=np.float32), "xx", "language"),
+    ],
+)
+def test_bad_input_is_refused(stt: SpeechToText, audio: np.ndarray, language: str, message: str) -> None:
+    with pytest.raises(SttInputError, match=message):
+        stt.transcribe(audio, language)
