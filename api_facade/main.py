@@ -20,7 +20,9 @@ from client import AsyncMiloTritonClient
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     app.state.triton = AsyncMiloTritonClient(
-        settings.triton_url, protocol=settings.triton_protocol, timeout_s=settings.triton_timeout_s  # type: ignore[arg-type]
+        settings.triton_url,
+        protocol=settings.triton_protocol,
+        timeout_s=settings.triton_timeout_s,  # type: ignore[arg-type]
     )
     yield
     await app.state.triton.close()

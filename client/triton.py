@@ -54,7 +54,9 @@ def _stt_inputs(audio: np.ndarray, language: str) -> dict[str, Any]:
     return {"audio": tensors.encode_audio(np.asarray(audio, dtype=np.float32).ravel()), "language": language}
 
 
-def _chat_inputs(messages: Sequence[Message], language: str | None, max_tokens: int | None, temperature: float | None) -> dict[str, Any]:
+def _chat_inputs(
+    messages: Sequence[Message], language: str | None, max_tokens: int | None, temperature: float | None
+) -> dict[str, Any]:
     values: dict[str, Any] = {"messages": json.dumps(list(messages), ensure_ascii=False)}
     if language:
         values["language"] = language
@@ -157,7 +159,11 @@ def _outputs(result: Any, io: tensors.ModelIO) -> dict[str, np.ndarray]:
 
 
 class MiloTritonClient:
-    """Blocking client. ``url`` is ``host:port`` (8000 for HTTP, 8001 for gRPC by default)."""
+    """Blocking client. ``url`` is ``host:port`` (8000 for HTTP, 8001 for gRPC by default).
+
+    Safe to share between threads: tritonclient's HTTP client is not (it runs on
+    gevent), so each thread gets its own HTTP connection; the gRPC client is shared.
+    """
 
     def __init__(
         self,
@@ -165,22 +171,39 @@ class MiloTritonClient:
         protocol: Protocol = "http",
         grpc_url: str | None = None,
         timeout_s: float = 60.0,
-        concurrency: int = 8,
     ) -> None:
+        self.url = url
         self.protocol = protocol
         self.timeout_s = timeout_s
         self._module: Any = httpclient if protocol == "http" else grpcclient
-        if protocol == "http":
-            self._client: Any = httpclient.InferenceServerClient(
-                url, concurrency=concurrency, network_timeout=timeout_s, connection_timeout=timeout_s
-            )
-        else:
-            self._client = grpcclient.InferenceServerClient(url)
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._opened_lock = threading.Lock()
+        self._grpc = grpcclient.InferenceServerClient(url) if protocol == "grpc" else None
         # Decoupled models only speak gRPC: by default the gRPC port is the HTTP port + 1.
         self.grpc_url = grpc_url or (url if protocol == "grpc" else _next_port(url))
 
+    @property
+    def _client(self) -> Any:
+        if self._grpc is not None:
+            return self._grpc
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = httpclient.InferenceServerClient(
+                self.url, network_timeout=self.timeout_s, connection_timeout=self.timeout_s
+            )
+            self._local.client = client
+            with self._opened_lock:
+                self._opened.append(client)
+        return client
+
     def close(self) -> None:
-        self._client.close()
+        if self._grpc is not None:
+            self._grpc.close()
+        with self._opened_lock:
+            for client in self._opened:
+                client.close()
+            self._opened.clear()
 
     def __enter__(self) -> MiloTritonClient:
         return self
@@ -260,7 +283,7 @@ class MiloTritonClient:
     def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> Iterator[SpeechResult]:
         for outputs in self._stream(tensors.TTS_STREAM, {"text": text, "language": language, "speed": speed}):
             speech = _stream_speech(outputs)
-            if speech.audio.size:
+            if speech.sample_rate:  # 0 marks a filler piece
                 yield speech
 
     def _stream(self, io: tensors.ModelIO, values: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
@@ -287,9 +310,10 @@ class MiloTritonClient:
                 response = item.get_response()
                 if response.outputs:
                     yield _outputs(item, io)
-                if response.parameters.get("triton_final_response") and response.parameters[
-                    "triton_final_response"
-                ].bool_param:
+                if (
+                    response.parameters.get("triton_final_response")
+                    and response.parameters["triton_final_response"].bool_param
+                ):
                     done.set()
         finally:
             stream_client.stop_stream(cancel_requests=not done.is_set())
@@ -317,7 +341,11 @@ class AsyncMiloTritonClient:
     """The asyncio twin of ``MiloTritonClient``, for servers such as the REST facade."""
 
     def __init__(
-        self, url: str = "localhost:8000", protocol: Protocol = "http", grpc_url: str | None = None, timeout_s: float = 60.0
+        self,
+        url: str = "localhost:8000",
+        protocol: Protocol = "http",
+        grpc_url: str | None = None,
+        timeout_s: float = 60.0,
     ) -> None:
         self.protocol = protocol
         self.timeout_s = timeout_s
@@ -403,7 +431,7 @@ class AsyncMiloTritonClient:
     async def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> AsyncIterator[SpeechResult]:
         async for outputs in self._stream(tensors.TTS_STREAM, {"text": text, "language": language, "speed": speed}):
             speech = _stream_speech(outputs)
-            if speech.audio.size:
+            if speech.sample_rate:  # 0 marks a filler piece
                 yield speech
 
     async def _stream(self, io: tensors.ModelIO, values: dict[str, Any]) -> AsyncIterator[dict[str, np.ndarray]]:

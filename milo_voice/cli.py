@@ -1,9 +1,9 @@
 """``milo-voice``: serve the stack, manage weights, and show how text will be spoken.
 
-    milo-voice serve                     PyTriton host (8000/8001/8002) and the facade (8080)
-    milo-voice models pull [--profile]   build the embedded weights or fetch the production ones
-    milo-voice models list               each model with its weights and whether they are present
-    milo-voice normalize --lang mg TEXT  the spoken form that TTS will read
+milo-voice serve                     PyTriton host (8000/8001/8002) and the facade (8080)
+milo-voice models pull [--profile]   build the embedded weights or fetch the production ones
+milo-voice models list               each model with its weights and whether they are present
+milo-voice normalize --lang mg TEXT  the spoken form that TTS will read
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def _list(_args: argparse.Namespace) -> int:
             marker = "*" if profile == current else " "
             print(
                 f"{spec.name:<10} {spec.role:<10} {profile + marker:<11} {'yes' if present else 'no':<8} "
-                f"{spec.batching.max_batch_size:>5} {spec.instances.count:>4}  {weights.source} ({weights.architecture})"
+                f"{spec.batching.max_batch_size:>5} {spec.instances.count:>4}  "
+                f"{weights.source} ({weights.architecture})"
             )
     print("* active profile (MILO_PROFILE)")
     return 0
@@ -88,12 +89,25 @@ def _serve(args: argparse.Namespace) -> int:
     )  # fmt: skip
     processes = [host]
     try:
-        if not _wait_ready(f"http://127.0.0.1:{args.http_port}/v2/health/ready", args.ready_timeout):
-            print("error: the PyTriton host did not become ready", file=sys.stderr)
-            return 1
+        from client.tensors import MODELS
+
+        # Triton's server readiness comes before the models are bound: wait on each model.
+        for model in MODELS:
+            if not _wait_ready(f"http://127.0.0.1:{args.http_port}/v2/models/{model}/ready", args.ready_timeout):
+                print(f"error: model {model} of the PyTriton host did not become ready", file=sys.stderr)
+                return 1
         env["MILO_TRITON_URL"] = f"127.0.0.1:{args.http_port}"
         facade = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api_facade.main:app", "--host", args.host, "--port", str(args.facade_port)],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api_facade.main:app",
+                "--host",
+                args.host,
+                "--port",
+                str(args.facade_port),
+            ],
             env=env,
         )
         processes.append(facade)

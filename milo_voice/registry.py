@@ -8,10 +8,11 @@ PyTriton host, the weight builders and the CLI all read it from here.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REGISTRY = REPO_ROOT / "model_repository" / "registry.toml"

@@ -8,9 +8,9 @@ in the ``error`` tensor while the rest of its batch is computed normally.
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any, TypeVar
 
@@ -125,7 +125,8 @@ def tts_infer(role: TextToSpeech) -> Callable[..., Any]:
             role.validate,
             role.synthesize_batch,
         )
-        longest = max((r.audio.size for r in results if r), default=0)
+        # PyTriton cannot ship a zero-length tensor: a batch of refusals still carries one sample.
+        longest = max((r.audio.size for r in results if r), default=0) or 1
         audio = np.zeros((len(results), longest), dtype=np.float32)
         for i, result in enumerate(results):
             if result:
@@ -151,8 +152,9 @@ def tts_stream_infer(role: TextToSpeech) -> Callable[..., Any]:
                 "spoken_text": np.array([speech.spoken_text.encode("utf-8")], dtype=np.object_),
             }
 
+    # sample_rate 0 marks a filler piece (see _interleaved_streams); clients skip it.
     silence = {
-        "audio": np.zeros(0, dtype=np.float32),
+        "audio": np.zeros(1, dtype=np.float32),
         "sample_rate": np.array([0], dtype=np.int32),
         "spoken_text": np.array([b""], dtype=np.object_),
     }
@@ -244,13 +246,26 @@ def _interleaved_streams(
     """A decoupled callable: each yield answers every request of the call at once.
 
     Triton usually hands a decoupled model one request at a time; when it hands
-    several, a request whose stream has ended answers ``idle`` (empty) pieces until
-    the others end, which clients skip. Invalid input ends the call with an error.
+    several, a request whose stream has ended answers ``idle`` (filler) pieces until
+    the others end, which clients skip.
+
+    PyTriton runs callables on one event-loop thread per model and interleaves
+    concurrent calls there. Each step of a stream runs in a worker thread instead, so a
+    stream waiting for its role instance (llama.cpp decodes one conversation at a time)
+    never blocks the loop that the stream holding the instance needs to go on.
     """
 
-    def infer(requests: list[dict[str, np.ndarray]]) -> Iterator[list[Outputs]]:
+    async def infer(requests: list[dict[str, np.ndarray]]) -> AsyncIterator[list[Outputs]]:
         streams = [stream_one(r) for r in requests]
-        for pieces in itertools.zip_longest(*streams, fillvalue=None):
-            yield [piece if piece is not None else idle for piece in pieces]
+        try:
+            while True:
+                pieces = [await asyncio.to_thread(next, stream, None) for stream in streams]
+                if all(piece is None for piece in pieces):
+                    return
+                yield [piece if piece is not None else idle for piece in pieces]
+        finally:
+            # Also on cancellation (client gone): closing releases the role instance.
+            for stream in streams:
+                await asyncio.to_thread(stream.close)
 
     return infer

@@ -1,8 +1,8 @@
 """The PyTriton host: every model of the registry in one Triton server.
 
 Start order: build every instance (weights loaded, placed on its device), warm each
-one up with a real call, then bind them all to Triton. Triton reports a model ready
-only once it is bound, so ready always means warm.
+one up with a real call, then start Triton and bind them all. Triton reports a model
+ready only once it is bound, so a ready model is always a warm one.
 """
 
 from __future__ import annotations
@@ -100,17 +100,26 @@ def build_role_instances(spec: ModelSpec, profile: str, planner: DevicePlanner) 
     return instances
 
 
-def bind_all(triton: Triton, registry: Registry, profile: str, planner: DevicePlanner) -> list[str]:
+def load_all(registry: Registry, profile: str, planner: DevicePlanner) -> dict[str, list[Any]]:
+    """Every model's instances, loaded and warmed up, by registry name."""
+    return {name: build_role_instances(spec, profile, planner) for name, spec in registry.models.items()}
+
+
+def served_name(spec: ModelSpec, io: tensors.ModelIO) -> str:
+    """Triton name of ``io`` for ``spec``: "chat_stream" for the chat role's stream, and so on."""
+    return io.name if spec.name == spec.role else f"{spec.name}{io.name.removeprefix(spec.role)}"
+
+
+def bind_all(triton: Triton, registry: Registry, instances: dict[str, list[Any]]) -> list[str]:
     bound = []
     for spec in registry.models.values():
-        instances = build_role_instances(spec, profile, planner)
         for io in tensors.ROLE_MODELS[spec.role]:
             factory = FACTORIES[io.name]
             extra = {"default_max_tokens": int(spec.params.get("max_tokens", 256))} if spec.role == "chat" else {}
-            name = io.name if spec.name == spec.role else f"{spec.name}{io.name.removeprefix(spec.role)}"
+            name = served_name(spec, io)
             triton.bind(
                 model_name=name,
-                infer_func=[factory(instance, **extra) for instance in instances],
+                infer_func=[factory(instance, **extra) for instance in instances[spec.name]],
                 inputs=[_tensor(t) for t in io.inputs],
                 outputs=[_tensor(t) for t in io.outputs],
                 config=model_config(spec, io),
@@ -136,7 +145,12 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
     )
     planner = DevicePlanner()
     log.info("profile %s, %d GPU(s) visible", profile, planner.gpu_count)
+    # Load before Triton starts: Triton answers "server ready" as soon as it runs, so
+    # clients must also wait on each model's own readiness (``/v2/models/<name>/ready``).
+    instances = load_all(registry, profile, planner)
     with Triton(config=config) as triton:
-        bound = bind_all(triton, registry, profile, planner)
-        log.info("serving %s on http :%d, grpc :%d, metrics :%d", ", ".join(bound), ports.http, ports.grpc, ports.metrics)
+        bound = bind_all(triton, registry, instances)
+        log.info(
+            "serving %s on http :%d, grpc :%d, metrics :%d", ", ".join(bound), ports.http, ports.grpc, ports.metrics
+        )
         triton.serve()

@@ -23,6 +23,7 @@ from milo_voice.registry import Registry, load_registry, models_dir
 from milo_voice.weights.embedded import build_embedded
 
 REPO = Path(__file__).resolve().parent.parent
+SERVED_MODELS = ("stt", "tts", "tts_stream", "translate", "chat", "chat_stream")
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +43,7 @@ def speak(text: str, voice: str = "fr+m3", words_per_minute: int = 120) -> np.nd
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is missing: run `make setup`")
     with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
-        subprocess.run(
-            ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", wav.name, text], check=True
-        )
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", wav.name, text], check=True)
         audio, rate = sf.read(wav.name, dtype="float32")
     return resample_poly(audio, 16000, rate).astype(np.float32)
 
@@ -98,7 +97,8 @@ def triton_host(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            wait_http_ok(f"http://{host.http_url}/v2/health/ready", 420, process)
+            for model in SERVED_MODELS:
+                wait_http_ok(f"http://{host.http_url}/v2/models/{model}/ready", 420, process)
             yield host
         except (RuntimeError, TimeoutError) as exc:
             pytest.fail(f"PyTriton host did not start: {exc}\n{log_path.read_text()[-4000:]}")

@@ -148,7 +148,9 @@ class LocalChat:
 
     def _prompt(self, request: ChatRequest) -> tuple[list[dict[str, str]], int]:
         validate(request)
-        messages, trimmed = fit_to_context(with_system_prompt(request), self.count_tokens, self.n_ctx - request.max_tokens)
+        messages, trimmed = fit_to_context(
+            with_system_prompt(request), self.count_tokens, self.n_ctx - request.max_tokens
+        )
         return [{"role": m.role, "content": m.content} for m in messages], trimmed
 
     def complete(self, request: ChatRequest) -> ChatReply:

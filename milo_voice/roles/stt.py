@@ -95,7 +95,9 @@ class SpeechToText:
         self.languages = tuple(languages)
         self.beam_size = beam_size
         self.max_new_tokens = max_new_tokens
-        self._tokenizer = Tokenizer(self._whisper.hf_tokenizer, multilingual=True, task="transcribe", language=self.languages[0])
+        self._tokenizer = Tokenizer(
+            self._whisper.hf_tokenizer, multilingual=True, task="transcribe", language=self.languages[0]
+        )
         self._language_token_ids = {
             lang: self._whisper.hf_tokenizer.token_to_id(f"<|{lang}|>") for lang in self.languages
         }
@@ -128,9 +130,7 @@ class SpeechToText:
         segments: list[list[Segment]] = [[] for _ in requests]
         for window, result in zip(windows, results, strict=True):
             segments[window.request].extend(self._segments(window, result))
-        return [
-            self._transcription(request, languages[i], segments[i]) for i, request in enumerate(requests)
-        ]
+        return [self._transcription(request, languages[i], segments[i]) for i, request in enumerate(requests)]
 
     def validate(self, request: SttRequest) -> None:
         if request.language != AUTO and request.language not in self.languages:
@@ -204,7 +204,9 @@ class SpeechToText:
                 )
         return segments
 
-    def _transcription(self, request: SttRequest, language: tuple[str, float], segments: list[Segment]) -> Transcription:
+    def _transcription(
+        self, request: SttRequest, language: tuple[str, float], segments: list[Segment]
+    ) -> Transcription:
         duration = request.audio.size / SAMPLE_RATE
         if segments:
             weights = [max(s.end - s.start, 0.01) for s in segments]
@@ -222,7 +224,9 @@ class SpeechToText:
         )
 
 
-def _split_on_timestamps(tokens: list[int], timestamp_begin: int, duration: float) -> list[tuple[float, float, list[int]]]:
+def _split_on_timestamps(
+    tokens: list[int], timestamp_begin: int, duration: float
+) -> list[tuple[float, float, list[int]]]:
     """Cut generated tokens into (start, end, text tokens) at Whisper's timestamp tokens."""
     pieces: list[tuple[float, float, list[int]]] = []
     start: float | None = None

@@ -42,8 +42,15 @@ class _Language:
 
 
 _LANGUAGES = {
-    "mg": _Language(numbers_mg, "ora", "minitra", {"ar": "ariary", "mga": "ariary", "€": "euro", "eur": "euro", "euros": "euro"}),
-    "fr": _Language(numbers_fr, "heures", "minutes", {"ar": "ariary", "mga": "ariary", "€": "euros", "eur": "euros", "euro": "euros"}),
+    "mg": _Language(
+        numbers_mg, "ora", "minitra", {"ar": "ariary", "mga": "ariary", "€": "euro", "eur": "euro", "euros": "euro"}
+    ),
+    "fr": _Language(
+        numbers_fr,
+        "heures",
+        "minutes",
+        {"ar": "ariary", "mga": "ariary", "€": "euros", "eur": "euros", "euro": "euros"},
+    ),
 }
 
 

@@ -17,8 +17,24 @@ from milo_voice.registry import ModelSpec, Registry
 log = logging.getLogger(__name__)
 
 WHISPER_FILES = ["config.json", "model.bin", "tokenizer.json", "vocabulary.*", "preprocessor_config.json"]
-VITS_FILES = ["config.json", "model.safetensors", "*.bin", "vocab.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"]  # fmt: skip
-NLLB_FILES = ["config.json", "*.safetensors", "pytorch_model.bin", "sentencepiece.bpe.model", "tokenizer*.json", "special_tokens_map.json", "generation_config.json"]  # fmt: skip
+VITS_FILES = [
+    "config.json",
+    "model.safetensors",
+    "*.bin",
+    "vocab.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+]
+NLLB_FILES = [
+    "config.json",
+    "*.safetensors",
+    "pytorch_model.bin",
+    "sentencepiece.bpe.model",
+    "tokenizer*.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+]
 
 
 class WeightsUnavailableError(RuntimeError):

@@ -1,0 +1,105 @@
+"""The CLI, the embedded weights on disk, and the production pull up to the network call."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from milo_voice.registry import Registry
+from milo_voice.weights.production import WeightsUnavailableError, pull_model, pull_production
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def milo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "milo_voice.cli", *args],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120,
+    )  # fmt: skip
+
+
+def test_normalize_prints_the_spoken_form() -> None:
+    result = milo("normalize", "--lang", "mg", "Tamin'ny 2024")
+    assert result.returncode == 0
+    assert result.stdout.strip() == "Tamin'ny efatra amby roapolo sy roa arivo"
+    assert milo("normalize", "--lang", "fr", "21h30").stdout.strip() == "vingt et une heures trente"
+
+
+def test_models_list_shows_both_profiles(embedded_dir: Path) -> None:
+    out = milo("models", "list").stdout
+    for name in ("stt", "tts", "translate", "chat"):
+        assert f"{name}" in out
+    assert out.count("embedded*") == 4
+    assert "hf:facebook/nllb-200-distilled-600M" in out
+
+
+def test_embedded_weights_are_in_the_real_formats(embedded_dir: Path) -> None:
+    stt = embedded_dir / "stt"
+    assert (stt / "model.bin").stat().st_size > 100_000_000
+    assert json.loads((stt / "config.json").read_text())["lang_ids"]
+    for voice in ("mms-tts-mlg", "mms-tts-fra"):
+        assert (embedded_dir / "tts" / voice / "model.safetensors").exists()
+        assert json.loads((embedded_dir / "tts" / voice / "config.json").read_text())["model_type"] == "vits"
+    translate = embedded_dir / "translate"
+    assert (translate / "model.bin").exists() and (translate / "sentencepiece.bpe.model").exists()
+    vocabulary = json.loads((translate / "shared_vocabulary.json").read_text())
+    assert {"plt_Latn", "fra_Latn", "eng_Latn"} <= set(vocabulary)
+    with (embedded_dir / "chat" / "model.gguf").open("rb") as gguf:
+        assert gguf.read(4) == b"GGUF"
+
+
+class RecordingDownloader:
+    """Stands in for the network only: records what would be fetched, then fails like an offline hub."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def snapshot(self, repo: str, revision: str, target: Path, patterns: list[str]) -> Path:
+        self.calls.append(("snapshot", repo, revision, *patterns))
+        raise WeightsUnavailableError(f"offline: {repo}")
+
+    def file(self, repo: str, filename: str, revision: str, target: Path) -> Path:
+        self.calls.append(("file", repo, filename, revision))
+        raise WeightsUnavailableError(f"offline: {repo}/{filename}")
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("stt", ("snapshot", "mobiuslabsgmbh/faster-whisper-large-v3-turbo", "main")),
+        ("tts", ("snapshot", "facebook/mms-tts-mlg", "main")),
+        ("translate", ("snapshot", "facebook/nllb-200-distilled-600M", "main")),
+        ("chat", ("file", "Qwen/Qwen2.5-1.5B-Instruct-GGUF", "qwen2.5-1.5b-instruct-q4_k_m.gguf", "main")),
+    ],
+)
+def test_production_pull_asks_for_the_right_weights(
+    registry: Registry, tmp_path: Path, model: str, expected: tuple[str, ...]
+) -> None:
+    downloader = RecordingDownloader()
+    with pytest.raises(WeightsUnavailableError):
+        pull_model(registry[model], tmp_path, downloader)
+    assert downloader.calls[0][: len(expected)] == expected
+    assert not (tmp_path / "production" / model / ".complete").exists()
+
+
+def test_production_pull_offline_fails_clearly(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match="cannot download facebook/nllb-200-distilled-600M"):
+        pull_production(registry, tmp_path, ["translate"])
+    result = milo(
+        "models",
+        "pull",
+        "--profile",
+        "production",
+        "chat",
+        env={"HF_HUB_OFFLINE": "1", "MILO_MODELS_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 1
+    assert "cannot download Qwen/Qwen2.5-1.5B-Instruct-GGUF" in result.stderr

@@ -1,0 +1,49 @@
+"""How the host places instances and configures Triton, from the registry (no server started)."""
+
+from __future__ import annotations
+
+import pytest
+from pytriton.model_config.common import TimeoutAction
+
+from client import tensors
+from milo_voice.registry import Registry
+from pytriton_app.instances import DevicePlanner
+from pytriton_app.server import model_config, served_name
+
+
+def test_instances_go_round_robin_over_gpus() -> None:
+    planner = DevicePlanner(gpu_count=2)
+    placed = [str(planner.place("auto")) for _ in range(5)]
+    assert placed == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert str(planner.place("cpu")) == "cpu"
+
+
+def test_cpu_when_no_gpu() -> None:
+    planner = DevicePlanner(gpu_count=0)
+    assert str(planner.place("auto")) == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        planner.place("gpu")
+
+
+def test_batcher_follows_the_registry(registry: Registry) -> None:
+    spec = registry["stt"]
+    config = model_config(spec, tensors.STT)
+    assert config.max_batch_size == spec.batching.max_batch_size
+    assert config.batcher.max_queue_delay_microseconds == spec.batching.max_queue_delay_us
+    assert config.batcher.priority_levels == 2
+    assert config.batcher.default_queue_policy.max_queue_size == spec.batching.max_queue_size
+    assert config.batcher.default_queue_policy.timeout_action == TimeoutAction.REJECT
+    assert config.batcher.default_queue_policy.allow_timeout_override
+
+
+def test_streaming_models_are_decoupled(registry: Registry) -> None:
+    for role, io in (("chat", tensors.CHAT_STREAM), ("tts", tensors.TTS_STREAM)):
+        config = model_config(registry[role], io)
+        assert config.decoupled and not config.batching
+        assert served_name(registry[role], io) == io.name
+
+
+def test_every_tensor_has_a_triton_type() -> None:
+    for io in tensors.MODELS.values():
+        for spec in (*io.inputs, *io.outputs):
+            assert spec.triton_dtype in ("BYTES", "FP32", "INT32")

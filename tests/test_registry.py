@@ -1,0 +1,47 @@
+"""The model registry: both profiles for every role, batching and instances parsed and checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from milo_voice.registry import PROFILES, ROLES, Registry, load_registry
+
+
+def test_every_role_has_both_profiles(registry: Registry) -> None:
+    assert sorted(spec.role for spec in registry.models.values()) == sorted(ROLES)
+    for spec in registry.models.values():
+        for profile in PROFILES:
+            weights = spec.weights(profile)
+            assert weights.source and weights.format and weights.revision
+        assert spec.weights("production").scheme == "hf"
+        assert spec.batching.max_batch_size >= 1
+        assert spec.batching.priority_levels >= 1
+        assert 1 <= spec.batching.default_priority_level <= spec.batching.priority_levels
+        assert spec.batching.max_queue_size > 0
+        assert spec.instances.count >= 1
+
+
+def test_production_names_the_real_models(registry: Registry) -> None:
+    assert "large-v3-turbo" in registry["stt"].weights("production").source
+    assert "hf:Systran/faster-whisper-large-v3" in registry["stt"].weights("production").alternatives
+    assert registry["tts"].weights("production").voices == {"mg": "mms-tts-mlg", "fr": "mms-tts-fra"}
+    assert registry["translate"].weights("production").source == "hf:facebook/nllb-200-distilled-600M"
+    assert registry["chat"].weights("production").format == "gguf"
+    assert registry["chat"].params["n_ctx"] == 4096
+
+
+def test_bad_registry_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "registry.toml"
+    bad.write_text(
+        '[models.x]\nrole = "dance"\nmax_batch_size = 1\nmax_queue_delay_us = 0\ninstances = { count = 1 }\n'
+    )
+    with pytest.raises(ValueError, match="unknown role"):
+        load_registry(bad)
+    bad.write_text(
+        '[models.x]\nrole = "stt"\nmax_batch_size = 1\nmax_queue_delay_us = 0\npriority_levels = 2\n'
+        "default_priority_level = 3\ninstances = { count = 1 }\n"
+    )
+    with pytest.raises(ValueError, match="default_priority_level"):
+        load_registry(bad)

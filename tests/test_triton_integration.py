@@ -1,0 +1,209 @@
+"""The real PyTriton host in a subprocess, called with tritonclient over HTTP and gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from client import AsyncMiloTritonClient, MiloTritonClient, ModelInputError, tensors
+from tests.conftest import SERVED_MODELS as MODELS
+from tests.conftest import TritonHost, speak
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    return speak("Bonjour, je voudrais acheter du riz au marché.")
+
+
+@pytest.fixture(params=["http", "grpc"])
+def milo(request: pytest.FixtureRequest, triton_host: TritonHost) -> Any:
+    url = triton_host.http_url if request.param == "http" else triton_host.grpc_url
+    with MiloTritonClient(url, protocol=request.param, grpc_url=triton_host.grpc_url) as client:
+        yield client
+
+
+def metrics(host: TritonHost) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{host.metrics}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def metric(text: str, name: str, model: str) -> float:
+    match = re.search(rf'^{name}{{model="{model}",version="1"}} (\S+)$', text, re.MULTILINE)
+    assert match, f"{name} for {model} not in metrics"
+    return float(match.group(1))
+
+
+def test_every_model_is_ready_on_both_protocols(triton_host: TritonHost) -> None:
+    http = httpclient.InferenceServerClient(triton_host.http_url)
+    grpc = grpcclient.InferenceServerClient(triton_host.grpc_url)
+    assert http.is_server_ready() and grpc.is_server_ready()
+    for model in MODELS:
+        assert http.is_model_ready(model), model
+        assert grpc.is_model_ready(model), model
+    config = http.get_model_config("stt")
+    assert config["max_batch_size"] == 16
+    assert int(config["dynamic_batching"]["priority_levels"]) == 2
+    assert grpc.get_model_config("chat_stream").config.model_transaction_policy.decoupled
+
+
+def test_raw_tritonclient_translate(triton_host: TritonHost) -> None:
+    """A plain tritonclient user needs nothing from Milo Voice's client."""
+    client = httpclient.InferenceServerClient(triton_host.http_url)
+    inputs = []
+    for name, value in (("text", "Manao ahoana daholo ianareo."), ("source", "mg"), ("target", "fr")):
+        tensor = httpclient.InferInput(name, [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[value.encode()]], dtype=np.object_))
+        inputs.append(tensor)
+    result = client.infer("translate", inputs)
+    assert result.as_numpy("translation")[0][0].decode() == "Bonjour à tous."
+    assert result.as_numpy("error")[0][0] == b""
+
+
+def test_stt(milo: MiloTritonClient, clip: np.ndarray) -> None:
+    result = milo.transcribe(clip, "auto")
+    assert result.language == "fr"
+    assert "bonjour" in result.text.lower()
+    assert 0 < result.confidence <= 1
+    assert result.segments
+
+
+def test_tts(milo: MiloTritonClient) -> None:
+    speech = milo.synthesize("Tamin'ny 2024 dia tonga izy.", "mg")
+    assert speech.sample_rate == 16000
+    assert 1.5 < speech.duration < 6
+    assert speech.spoken_text.startswith("Tamin'ny efatra amby roapolo sy roa arivo")
+
+
+def test_translate(milo: MiloTritonClient) -> None:
+    assert milo.translate("Bonjour à tous.", "fr", "mg").text == "Manao ahoana daholo ianareo."
+
+
+def test_chat_and_streams(milo: MiloTritonClient) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = milo.chat(messages, max_tokens=16, temperature=0.0)
+    assert reply.text and reply.completion_tokens > 0
+    tokens = list(milo.chat_stream(messages, max_tokens=16, temperature=0.0))
+    assert len(tokens) > 2
+    clips = list(milo.synthesize_stream("Salama. Manao ahoana ianao?", "mg"))
+    assert [c.spoken_text for c in clips] == ["Salama.", "Manao ahoana ianao?"]
+
+
+def test_bad_input_in_a_batch_does_not_fail_its_neighbours(milo: MiloTritonClient) -> None:
+    with pytest.raises(ModelInputError, match="empty"):
+        milo.translate("   ", "mg", "fr")
+    with pytest.raises(ModelInputError, match="language"):
+        milo.synthesize("Salama", "xx")
+    with pytest.raises(ModelInputError, match="empty"):
+        milo.transcribe(np.zeros(0, dtype=np.float32), "fr")
+    # The raw call returns the tensors: the refusal is in ``error``, the other outputs are empty.
+    outputs = milo.infer(tensors.CHAT, {"messages": "not json"})
+    assert b"Expecting value" in outputs["error"].reshape(-1)[0]
+    assert outputs["text"].reshape(-1)[0] == b""
+
+    def mixed(i: int) -> str:
+        try:
+            return milo.translate("Bonjour à tous." if i % 2 else " ", "fr", "mg").text
+        except ModelInputError:
+            return "refused"
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(mixed, range(32)))
+    assert answers == ["refused" if i % 2 == 0 else "Manao ahoana daholo ianareo." for i in range(32)]
+
+
+def test_asyncio_client(triton_host: TritonHost, clip: np.ndarray) -> None:
+    async def run() -> None:
+        async with AsyncMiloTritonClient(triton_host.http_url, grpc_url=triton_host.grpc_url) as milo:
+            results = await asyncio.gather(
+                milo.translate("Hello everyone.", "en", "fr"),
+                milo.transcribe(clip, "fr"),
+                milo.synthesize("Bonjour.", "fr"),
+            )
+            assert results[0].text == "Bonjour à tous."
+            assert "bonjour" in results[1].text.lower()
+            assert results[2].duration > 0.2
+            tokens = [t async for t in milo.chat_stream([{"role": "user", "content": "Hi"}], max_tokens=8)]
+            assert tokens
+
+    asyncio.run(run())
+
+
+def test_requests_are_batched_across_clients(triton_host: TritonHost, clip: np.ndarray) -> None:
+    before = metrics(triton_host)
+    counts = {
+        m: (metric(before, "nv_inference_count", m), metric(before, "nv_inference_exec_count", m))
+        for m in ("stt", "translate")
+    }
+    sentences = ["Bonjour à tous.", "Merci beaucoup monsieur.", "Comment allez-vous?", "Au revoir et à bientôt."]
+
+    def stt_call(i: int) -> str:
+        with MiloTritonClient(triton_host.http_url) as c:
+            return c.transcribe(clip[: clip.size - 800 * (i % 4)], "fr").text
+
+    def translate_call(i: int) -> str:
+        with MiloTritonClient(triton_host.grpc_url, protocol="grpc") as c:
+            return c.translate(sentences[i % 4], "fr", "mg").text
+
+    with ThreadPoolExecutor(32) as pool:
+        stt_texts = list(pool.map(stt_call, range(24)))
+        translations = list(pool.map(translate_call, range(64)))
+    assert all("bonjour" in t.lower() for t in stt_texts)
+    assert translations[0] == "Manao ahoana daholo ianareo."
+
+    after = metrics(triton_host)
+    for model, requests_sent in (("stt", 24), ("translate", 64)):
+        inferences = metric(after, "nv_inference_count", model) - counts[model][0]
+        executions = metric(after, "nv_inference_exec_count", model) - counts[model][1]
+        print(f"{model}: {inferences:.0f} inferences in {executions:.0f} executions")
+        assert inferences == requests_sent
+        assert executions <= inferences / 2, f"{model} was not batched: {executions} executions"
+    assert "nv_inference_queue_duration_us" in after
+
+
+def test_fifty_concurrent_mixed_requests(triton_host: TritonHost, clip: np.ndarray) -> None:
+    def call(i: int) -> bool:
+        protocol = "http" if i % 2 else "grpc"
+        url = triton_host.http_url if protocol == "http" else triton_host.grpc_url
+        # Two cores serve 50 requests at once: allow for the queue.
+        with MiloTritonClient(url, protocol=protocol, grpc_url=triton_host.grpc_url, timeout_s=300) as c:
+            kind = i % 5
+            if kind == 0:
+                return bool(c.transcribe(clip, "auto").text)
+            if kind == 1:
+                return c.synthesize("Manao ahoana ianao?", "mg").duration > 0.3
+            if kind == 2:
+                return c.translate("Misaotra betsaka tompoko.", "mg", "en").text == "Thank you very much sir."
+            if kind == 3:
+                return bool(c.chat([{"role": "user", "content": "Salama"}], max_tokens=8).text)
+            return len(list(c.chat_stream([{"role": "user", "content": "Bonjour"}], max_tokens=6))) > 0
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(call, range(50)))
+    assert all(results)
+
+
+def test_facade_is_ready_against_the_real_host(triton_host: TritonHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from api_facade.main import app
+    from api_facade.settings import get_settings
+
+    monkeypatch.setenv("MILO_TRITON_URL", triton_host.http_url)
+    get_settings.cache_clear()
+    try:
+        with TestClient(app) as facade:
+            response = facade.get("/ready")
+    finally:
+        get_settings.cache_clear()
+    assert response.status_code == 200
+    assert response.json()["not_ready"] == []
