@@ -250,22 +250,26 @@ def _interleaved_streams(
     the others end, which clients skip.
 
     PyTriton runs callables on one event-loop thread per model and interleaves
-    concurrent calls there. Each step of a stream runs in a worker thread instead, so a
-    stream waiting for its role instance (llama.cpp decodes one conversation at a time)
-    never blocks the loop that the stream holding the instance needs to go on.
+    concurrent calls there. Each step of a stream runs in a worker thread, so the loop
+    never blocks; and the streams of one instance take turns at an asyncio gate, because
+    a stream waiting for the instance (llama.cpp decodes one conversation at a time)
+    inside a worker thread would hold that thread: enough of them fill the loop's small
+    pool, and the stream that holds the instance can no longer go on.
     """
+    gate = asyncio.Lock()
 
     async def infer(requests: list[dict[str, np.ndarray]]) -> AsyncIterator[list[Outputs]]:
-        streams = [stream_one(r) for r in requests]
-        try:
-            while True:
-                pieces = [await asyncio.to_thread(next, stream, None) for stream in streams]
-                if all(piece is None for piece in pieces):
-                    return
-                yield [piece if piece is not None else idle for piece in pieces]
-        finally:
-            # Also on cancellation (client gone): closing releases the role instance.
-            for stream in streams:
-                await asyncio.to_thread(stream.close)
+        async with gate:
+            streams = [stream_one(r) for r in requests]
+            try:
+                while True:
+                    pieces = [await asyncio.to_thread(next, stream, None) for stream in streams]
+                    if all(piece is None for piece in pieces):
+                        return
+                    yield [piece if piece is not None else idle for piece in pieces]
+            finally:
+                # Also on cancellation (client gone): closing releases the role instance.
+                for stream in streams:
+                    await asyncio.to_thread(stream.close)
 
     return infer

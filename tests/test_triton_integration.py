@@ -146,22 +146,23 @@ def test_requests_are_batched_across_clients(triton_host: TritonHost, clip: np.n
     }
     sentences = ["Bonjour à tous.", "Merci beaucoup monsieur.", "Comment allez-vous?", "Au revoir et à bientôt."]
 
+    # Two cores decode a whole batch of 30-second windows at once: allow for the queue.
     def stt_call(i: int) -> str:
-        with MiloTritonClient(triton_host.http_url) as c:
+        with MiloTritonClient(triton_host.http_url, timeout_s=300) as c:
             return c.transcribe(clip[: clip.size - 800 * (i % 4)], "fr").text
 
     def translate_call(i: int) -> str:
-        with MiloTritonClient(triton_host.grpc_url, protocol="grpc") as c:
+        with MiloTritonClient(triton_host.grpc_url, protocol="grpc", timeout_s=300) as c:
             return c.translate(sentences[i % 4], "fr", "mg").text
 
     with ThreadPoolExecutor(32) as pool:
-        stt_texts = list(pool.map(stt_call, range(24)))
+        stt_texts = list(pool.map(stt_call, range(16)))
         translations = list(pool.map(translate_call, range(64)))
     assert all("bonjour" in t.lower() for t in stt_texts)
     assert translations[0] == "Manao ahoana daholo ianareo."
 
     after = metrics(triton_host)
-    for model, requests_sent in (("stt", 24), ("translate", 64)):
+    for model, requests_sent in (("stt", 16), ("translate", 64)):
         inferences = metric(after, "nv_inference_count", model) - counts[model][0]
         executions = metric(after, "nv_inference_exec_count", model) - counts[model][1]
         print(f"{model}: {inferences:.0f} inferences in {executions:.0f} executions")
