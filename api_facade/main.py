@@ -1,19 +1,19 @@
-"""The REST facade. For now it answers liveness and readiness; the model routes come next.
-
-It holds no model: readiness is Triton's readiness of every required model.
-"""
+"""The REST facade: friendly JSON routes mapped onto Triton inference calls. It holds no model."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from api_facade.settings import Settings, get_settings
+from api_facade import errors
+from api_facade.cache import MemoryCache, RedisCache
+from api_facade.phrasebook import Phrasebook
+from api_facade.routers import health, translate
+from api_facade.settings import get_settings
 from client import AsyncMiloTritonClient
+from milo_voice.registry import active_profile, load_registry
 
 
 @asynccontextmanager
@@ -21,33 +21,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     app.state.triton = AsyncMiloTritonClient(
         settings.triton_url,
-        protocol=settings.triton_protocol,
-        timeout_s=settings.triton_timeout_s,  # type: ignore[arg-type]
+        protocol=settings.triton_protocol,  # type: ignore[arg-type]
+        timeout_s=settings.triton_timeout_s,
     )
+    app.state.translation_cache = (
+        RedisCache(settings.redis_url, settings.translation_cache_ttl_s)
+        if settings.redis_url
+        else MemoryCache(settings.translation_cache_entries)
+    )
+    app.state.phrasebook = Phrasebook.load()
+    profile = active_profile()
+    app.state.translate_revision = f"{profile}:{load_registry().by_role('translate').weights(profile).revision}"
     yield
+    await app.state.translation_cache.close()
     await app.state.triton.close()
 
 
-app = FastAPI(title="Milo Voice", version="0.1.0", lifespan=lifespan)
-
-
-def triton(request: Request) -> AsyncMiloTritonClient:
-    return request.app.state.triton
-
-
-@app.get("/health", summary="Liveness: the facade process answers")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@app.get("/ready", summary="Readiness: every required model is ready in Triton")
-async def ready(
-    client: Annotated[AsyncMiloTritonClient, Depends(triton)],
-    settings: Annotated[Settings, Depends(get_settings)],
-) -> Any:
-    models = {name: await client.is_model_ready(name) for name in settings.required_models}
-    not_ready = [name for name, ok in models.items() if not ok]
-    body = {"status": "ready" if not not_ready else "not_ready", "models": models, "not_ready": not_ready}
-    if not_ready:
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-    return body
+app = FastAPI(
+    title="Milo Voice",
+    version="0.1.0",
+    description="Speech to text, text to speech, translation and chat for Malagasy and French.",
+    lifespan=lifespan,
+)
+errors.install(app)
+app.include_router(health.router)
+app.include_router(translate.router)

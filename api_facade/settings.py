@@ -14,6 +14,10 @@ class Settings(BaseSettings):
     triton_protocol: str = "http"
     triton_timeout_s: float = 60.0
     required_models: list[str] = ["stt", "tts", "translate", "chat"]
+    # Redis keeps shared state (translation cache) when set, e.g. redis://127.0.0.1:6379/0.
+    redis_url: str | None = None
+    translation_cache_ttl_s: int = 7 * 24 * 3600
+    translation_cache_entries: int = 10_000
 
 
 @lru_cache

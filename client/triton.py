@@ -11,6 +11,7 @@ protocol of the rest of the client.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import threading
@@ -242,6 +243,10 @@ class MiloTritonClient:
             )
         except InferenceServerException as exc:
             raise _translate_error(exc) from exc
+        except TimeoutError:
+            raise
+        except OSError as exc:  # connection refused or reset: no server there
+            raise TritonUnavailableError(f"cannot reach Triton at {self.url}: {exc}") from exc
         return _outputs(result, io)
 
     # models
@@ -347,6 +352,7 @@ class AsyncMiloTritonClient:
         grpc_url: str | None = None,
         timeout_s: float = 60.0,
     ) -> None:
+        self.url = url
         self.protocol = protocol
         self.timeout_s = timeout_s
         self._module: Any = httpclient_aio if protocol == "http" else grpcclient_aio
@@ -392,6 +398,10 @@ class AsyncMiloTritonClient:
             )
         except InferenceServerException as exc:
             raise _translate_error(exc) from exc
+        except (TimeoutError, asyncio.TimeoutError):
+            raise TimeoutError(f"Triton at {self.url} did not answer within {self.timeout_s} s") from None
+        except OSError as exc:  # aiohttp's connection errors are OSErrors: no server there
+            raise TritonUnavailableError(f"cannot reach Triton at {self.url}: {exc}") from exc
         return _outputs(result, io)
 
     async def transcribe(self, audio: np.ndarray, language: str = "auto", priority: int = 0) -> TranscriptionResult:

@@ -1,0 +1,25 @@
+"""What routes are given: the Triton client, the cache, the phrasebook (made once, at start)."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from api_facade.cache import TranslationCache
+from api_facade.phrasebook import Phrasebook
+from client import AsyncMiloTritonClient
+
+
+def get_triton(request: Request) -> AsyncMiloTritonClient:
+    return request.app.state.triton
+
+
+def get_cache(request: Request) -> TranslationCache:
+    return request.app.state.translation_cache
+
+
+def get_phrasebook(request: Request) -> Phrasebook:
+    return request.app.state.phrasebook
+
+
+def get_translate_revision(request: Request) -> str:
+    return request.app.state.translate_revision

@@ -1,0 +1,123 @@
+"""Every error the facade answers, in one shape, mapped to HTTP in one place.
+
+    {"error": {"code": "...", "message": "...", "field": "..."}, "request_id": "..."}
+
+The request id is also in the ``X-Request-ID`` header and in the log line of the
+error, so a user's report can be found in the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from client import ModelInputError, TritonUnavailableError
+
+log = logging.getLogger("api_facade")
+REQUEST_ID_HEADER = "X-Request-ID"
+RETRY_AFTER_S = 5
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, a stable code and, where it applies, the field at fault."""
+
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+
+def request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "") or "-"
+
+
+def error_response(request: Request, error: ApiError) -> JSONResponse:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.field:
+        body["field"] = error.field
+    rid = request_id(request)
+    level = logging.ERROR if error.status >= 500 else logging.INFO
+    log.log(
+        level,
+        "request %s %s %s -> %d %s: %s",
+        rid,
+        request.method,
+        request.url.path,
+        error.status,
+        error.code,
+        error.message,
+    )
+    return JSONResponse(
+        {"error": body, "request_id": rid},
+        status_code=error.status,
+        headers={**error.headers, REQUEST_ID_HEADER: rid},
+    )
+
+
+def _field_of(location: tuple[Any, ...]) -> str:
+    # ("body", "text") -> "text"; ("body", "messages", 0, "content") -> "messages.0.content"
+    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    """Request ids on every response, and every exception turned into the one error shape."""
+
+    @app.middleware("http")
+    async def add_request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        rid = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        request.state.request_id = rid[:64]
+        response = await call_next(request)
+        response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        return response
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+        field = _field_of(tuple(first.get("loc", ("body",))))
+        message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+        return error_response(request, ApiError(422, "invalid_request", f"{field}: {message}", field))
+
+    @app.exception_handler(ModelInputError)
+    async def on_model_input_error(request: Request, exc: ModelInputError) -> JSONResponse:
+        return error_response(request, ApiError(422, "invalid_input", str(exc)))
+
+    @app.exception_handler(TritonUnavailableError)
+    async def on_unavailable(request: Request, exc: TritonUnavailableError) -> JSONResponse:
+        return error_response(
+            request,
+            ApiError(503, "model_unavailable", f"the model server cannot take this request now: {exc}",
+                     headers={"Retry-After": str(RETRY_AFTER_S)}),
+        )  # fmt: skip
+
+    @app.exception_handler(TimeoutError)
+    async def on_timeout(request: Request, exc: TimeoutError) -> JSONResponse:
+        return error_response(request, ApiError(504, "model_timeout", "the model server did not answer in time"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media"}
+        return error_response(
+            request, ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        )
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request %s failed", request_id(request))
+        return error_response(request, ApiError(500, "internal_error", "unexpected error; see the logs"))

@@ -1,0 +1,65 @@
+"""Request and response bodies of the facade's routes, with their validation and examples."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Language = Literal["mg", "fr", "en"]
+MAX_TEXT_CHARS = 5000
+MAX_BATCH_TEXTS = 64
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return text
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "Manao ahoana daholo ianareo.", "source": "mg", "target": "fr"}]}
+    )
+
+    text: str | list[str] = Field(description="one text, or a list of texts translated in one call")
+    source: Language
+    target: Language
+
+    @field_validator("text")
+    @classmethod
+    def _texts(cls, value: str | list[str]) -> str | list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not texts:
+            raise ValueError("must hold at least one text")
+        if len(texts) > MAX_BATCH_TEXTS:
+            raise ValueError(f"at most {MAX_BATCH_TEXTS} texts per call")
+        for text in texts:
+            _not_blank(text)
+            if len(text) > MAX_TEXT_CHARS:
+                raise ValueError(f"a text is longer than {MAX_TEXT_CHARS} characters")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _different(cls, target: str, info: object) -> str:
+        source = getattr(info, "data", {}).get("source")
+        if source == target:
+            raise ValueError("must differ from source")
+        return target
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.text] if isinstance(self.text, str) else self.text
+
+
+class Translated(BaseModel):
+    text: str
+    origin: Literal["model", "phrasebook", "cache"] = Field(description="where this translation came from")
+
+
+class TranslateResponse(BaseModel):
+    source: Language
+    target: Language
+    translations: list[Translated]
+    translation: str | None = Field(None, description="the one translation, when one text was sent")

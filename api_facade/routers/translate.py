@@ -1,0 +1,42 @@
+"""POST /v1/translate: phrasebook first, then the cache, then NLLB through Triton."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from api_facade.cache import TranslationCache, cache_key
+from api_facade.dependencies import get_cache, get_phrasebook, get_translate_revision, get_triton
+from api_facade.phrasebook import Phrasebook
+from api_facade.protocol import Translated, TranslateRequest, TranslateResponse
+from client import AsyncMiloTritonClient
+
+router = APIRouter(tags=["translate"])
+
+
+@router.post("/v1/translate", response_model=TranslateResponse, response_model_exclude_none=True)
+async def translate(
+    body: TranslateRequest,
+    triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)],
+    cache: Annotated[TranslationCache, Depends(get_cache)],
+    phrasebook: Annotated[Phrasebook, Depends(get_phrasebook)],
+    revision: Annotated[str, Depends(get_translate_revision)],
+) -> TranslateResponse:
+    async def one(text: str) -> Translated:
+        fixed = phrasebook.lookup(text, body.source, body.target)
+        if fixed is not None:
+            return Translated(text=fixed, origin="phrasebook")
+        key = cache_key(revision, body.source, body.target, text.strip())
+        cached = await cache.get(key)
+        if cached is not None:
+            return Translated(text=cached, origin="cache")
+        result = await triton.translate(text, body.source, body.target)
+        await cache.set(key, result.text)
+        return Translated(text=result.text, origin="model")
+
+    # Sent together, the texts reach Triton's dynamic batcher together.
+    translations = list(await asyncio.gather(*(one(t) for t in body.texts)))
+    single = translations[0].text if isinstance(body.text, str) else None
+    return TranslateResponse(source=body.source, target=body.target, translations=translations, translation=single)

@@ -1,0 +1,122 @@
+"""POST /v1/translate end to end: the facade in process, a real PyTriton host, a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from api_facade.main import app
+from api_facade.settings import get_settings
+from tests.conftest import TritonHost, free_port
+
+pytestmark = pytest.mark.integration
+
+
+@contextmanager
+def facade(monkeypatch: pytest.MonkeyPatch, triton_url: str, redis_url: str | None = None) -> Iterator[TestClient]:
+    monkeypatch.setenv("MILO_TRITON_URL", triton_url)
+    if redis_url:
+        monkeypatch.setenv("MILO_REDIS_URL", redis_url)
+    else:
+        monkeypatch.delenv("MILO_REDIS_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        with TestClient(app) as client:
+            yield client
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch, triton_host: TritonHost) -> Iterator[TestClient]:
+    with facade(monkeypatch, triton_host.http_url) as client:
+        yield client
+
+
+def test_one_text(api: TestClient) -> None:
+    response = api.post(
+        "/v1/translate", json={"text": "Où se trouve l'hôpital le plus proche?", "source": "fr", "target": "mg"}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["translation"] == "Aiza ny hopitaly akaiky indrindra?"
+    assert body["translations"] == [{"text": "Aiza ny hopitaly akaiky indrindra?", "origin": "model"}]
+    assert response.headers["X-Request-ID"]
+
+
+def test_batch_keeps_order(api: TestClient) -> None:
+    texts = ["Misaotra betsaka tompoko.", "Veloma ary mandra-pihaona.", "Mila rano sy sakafo izahay."]
+    response = api.post("/v1/translate", json={"text": texts, "source": "mg", "target": "en"})
+    assert response.status_code == 200
+    body = response.json()
+    assert "translation" not in body
+    assert [t["text"] for t in body["translations"]] == [
+        "Thank you very much sir.",
+        "Goodbye and see you soon.",
+        "We need water and food.",
+    ]
+
+
+def test_phrasebook_wins_over_the_model(api: TestClient) -> None:
+    response = api.post("/v1/translate", json={"text": "manao ahoana daholo !", "source": "mg", "target": "fr"})
+    assert response.json()["translations"] == [{"text": "Bonjour à tous", "origin": "phrasebook"}]
+
+
+def test_second_translation_comes_from_the_cache(api: TestClient) -> None:
+    body = {"text": "Tiako ny mozika sy ny dihy.", "source": "mg", "target": "fr"}
+    first = api.post("/v1/translate", json=body).json()["translations"][0]
+    second = api.post("/v1/translate", json=body).json()["translations"][0]
+    assert first == {"text": "J'aime la musique et la danse.", "origin": "model"}
+    assert second == {"text": "J'aime la musique et la danse.", "origin": "cache"}
+
+
+def test_redis_cache_is_shared_and_survives_a_restart(
+    monkeypatch: pytest.MonkeyPatch, triton_host: TritonHost, redis_url: str
+) -> None:
+    body = {"text": "Ny ankizy dia mianatra any an-tsekoly isan'andro.", "source": "mg", "target": "en"}
+    with facade(monkeypatch, triton_host.http_url, redis_url) as first_facade:
+        assert first_facade.post("/v1/translate", json=body).json()["translations"][0]["origin"] == "model"
+    keys = redis.Redis.from_url(redis_url).keys("milo:translate:*")
+    assert keys
+    with facade(monkeypatch, triton_host.http_url, redis_url) as restarted:
+        cached = restarted.post("/v1/translate", json=body).json()["translations"][0]
+    assert cached == {"text": "The children study at school every day.", "origin": "cache"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"text": "", "source": "mg", "target": "fr"}, "text"),
+        ({"text": "   \n", "source": "mg", "target": "fr"}, "text"),
+        ({"text": [], "source": "mg", "target": "fr"}, "text"),
+        ({"text": ["Salama", " "], "source": "mg", "target": "fr"}, "text"),
+        ({"text": "Salama", "source": "xx", "target": "fr"}, "source"),
+        ({"text": "Salama", "source": "mg", "target": "mg"}, "target"),
+        ({"source": "mg", "target": "fr"}, "text"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(api: TestClient, body: dict[str, object], field: str) -> None:
+    response = api.post("/v1/translate", json=body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert error["field"] == field
+    assert response.json()["request_id"] == response.headers["X-Request-ID"]
+
+
+def test_not_json_is_a_422(api: TestClient) -> None:
+    response = api.post("/v1/translate", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_triton_down_is_a_503_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    with facade(monkeypatch, f"127.0.0.1:{free_port()}") as client:
+        response = client.post("/v1/translate", json={"text": "Salama tompoko", "source": "mg", "target": "fr"})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert response.json()["error"]["code"] == "model_unavailable"
