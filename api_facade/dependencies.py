@@ -23,3 +23,8 @@ def get_phrasebook(request: Request) -> Phrasebook:
 
 def get_translate_revision(request: Request) -> str:
     return request.app.state.translate_revision
+
+
+def get_voices(request: Request) -> dict[str, str]:
+    """Language -> voice name of the served TTS model."""
+    return request.app.state.voices

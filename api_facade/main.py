@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api_facade import errors
 from api_facade.cache import MemoryCache, RedisCache
 from api_facade.phrasebook import Phrasebook
-from api_facade.routers import health, translate
+from api_facade.routers import health, stt, translate, tts
 from api_facade.settings import get_settings
 from client import AsyncMiloTritonClient
 from milo_voice.registry import active_profile, load_registry
@@ -22,6 +22,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.triton = AsyncMiloTritonClient(
         settings.triton_url,
         protocol=settings.triton_protocol,  # type: ignore[arg-type]
+        grpc_url=settings.triton_grpc_url,
         timeout_s=settings.triton_timeout_s,
     )
     app.state.translation_cache = (
@@ -31,7 +32,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.phrasebook = Phrasebook.load()
     profile = active_profile()
-    app.state.translate_revision = f"{profile}:{load_registry().by_role('translate').weights(profile).revision}"
+    registry = load_registry()
+    app.state.translate_revision = f"{profile}:{registry.by_role('translate').weights(profile).revision}"
+    app.state.voices = registry.by_role("tts").weights(profile).voices
     yield
     await app.state.translation_cache.close()
     await app.state.triton.close()
@@ -46,3 +49,5 @@ app = FastAPI(
 errors.install(app)
 app.include_router(health.router)
 app.include_router(translate.router)
+app.include_router(tts.router)
+app.include_router(stt.router)

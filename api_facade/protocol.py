@@ -63,3 +63,54 @@ class TranslateResponse(BaseModel):
     target: Language
     translations: list[Translated]
     translation: str | None = Field(None, description="the one translation, when one text was sent")
+
+
+SpeechLanguage = Literal["mg", "fr"]
+AudioFormatName = Literal["wav", "ogg", "opus", "mp3", "flac", "pcm"]
+STREAMABLE_FORMATS = ("wav", "pcm", "mp3", "ogg", "opus")
+MAX_TTS_CHARS = 2000
+
+
+class TtsRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "Tamin'ny 2024 dia tonga izy.", "language": "mg", "format": "wav"}]}
+    )
+
+    text: str = Field(max_length=MAX_TTS_CHARS)
+    language: SpeechLanguage
+    voice: str = Field("default", description="the language's voice ('default' or its registry name)")
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    format: AudioFormatName = "wav"
+    stream: bool = Field(False, description="send audio sentence by sentence as it is synthesised")
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, text: str) -> str:
+        return _not_blank(text)
+
+    @field_validator("stream")
+    @classmethod
+    def _streamable(cls, stream: bool, info: object) -> bool:
+        audio_format = getattr(info, "data", {}).get("format")
+        if stream and audio_format not in STREAMABLE_FORMATS:
+            raise ValueError(f"format {audio_format!r} cannot be streamed; use one of {list(STREAMABLE_FORMATS)}")
+        return stream
+
+
+SttLanguage = Literal["mg", "fr", "auto"]
+SttResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+
+
+class SttSegment(BaseModel):
+    start: float
+    end: float
+    text: str
+
+
+class SttResponse(BaseModel):
+    text: str
+    language: str
+    language_probability: float
+    confidence: float
+    duration: float
+    segments: list[SttSegment] | None = None

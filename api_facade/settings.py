@@ -12,12 +12,17 @@ class Settings(BaseSettings):
 
     triton_url: str = "127.0.0.1:8000"
     triton_protocol: str = "http"
+    # Streaming models are served over gRPC; default: the HTTP port + 1.
+    triton_grpc_url: str | None = None
     triton_timeout_s: float = 60.0
     required_models: list[str] = ["stt", "tts", "translate", "chat"]
     # Redis keeps shared state (translation cache) when set, e.g. redis://127.0.0.1:6379/0.
     redis_url: str | None = None
     translation_cache_ttl_s: int = 7 * 24 * 3600
     translation_cache_entries: int = 10_000
+    # Uploads larger than this are refused with 413 before any decoding.
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_audio_seconds: float = 600.0
 
 
 @lru_cache

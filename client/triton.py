@@ -18,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
@@ -465,5 +466,9 @@ class AsyncMiloTritonClient:
                 final = response.parameters.get("triton_final_response")
                 if final is not None and final.bool_param:
                     break
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(f"stream from {self.grpc_url} timed out") from exc
+            raise TritonUnavailableError(f"stream from {self.grpc_url} failed: {exc.details()}") from exc
         finally:
             await stream_client.close()

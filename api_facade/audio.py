@@ -1,0 +1,74 @@
+"""Audio in and out of the facade: any common upload to 16 kHz mono, and synthesis to the asked format.
+
+Decoding and the compressed encoders use FFmpeg through PyAV (the wheel bundles it);
+WAV and FLAC are written with libsndfile.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import av
+import numpy as np
+import soundfile as sf
+from faster_whisper.audio import decode_audio
+
+AudioFormat = Literal["wav", "ogg", "opus", "mp3", "flac", "pcm"]
+MEDIA_TYPES: dict[str, str] = {
+    "wav": "audio/wav",
+    "ogg": "audio/ogg",
+    "opus": "audio/ogg; codecs=opus",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "pcm": "audio/L16",
+}
+# (container, codec, sample rate the codec is given) for the FFmpeg-encoded formats.
+# FFmpeg's own Vorbis encoder (the one the wheel bundles) is experimental and stereo-only.
+_AV_FORMATS = {"ogg": ("ogg", "vorbis", None), "opus": ("ogg", "libopus", 48000), "mp3": ("mp3", "libmp3lame", None)}
+_STEREO_ONLY = {"vorbis"}
+
+
+class UndecodableAudioError(ValueError):
+    """The upload is not audio that FFmpeg can decode."""
+
+
+def decode_upload(data: bytes, sample_rate: int = 16000) -> np.ndarray:
+    """wav, flac, ogg/opus, mp3, webm, m4a... to mono float32 at ``sample_rate``."""
+    try:
+        audio = decode_audio(io.BytesIO(data), sampling_rate=sample_rate)
+    except (av.error.FFmpegError, ValueError, IndexError) as exc:
+        raise UndecodableAudioError(f"cannot decode the audio: {exc}") from exc
+    return np.asarray(audio, dtype=np.float32)
+
+
+def _pcm16(audio: np.ndarray) -> np.ndarray:
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+
+
+def encode(audio: np.ndarray, sample_rate: int, audio_format: str) -> bytes:
+    if audio_format == "pcm":
+        return _pcm16(audio).tobytes()
+    if audio_format in ("wav", "flac"):
+        buffer = io.BytesIO()
+        sf.write(buffer, audio, sample_rate, format=audio_format.upper(), subtype="PCM_16")
+        return buffer.getvalue()
+    container, codec, codec_rate = _AV_FORMATS[audio_format]
+    return _encode_with_ffmpeg(audio, sample_rate, container, codec, codec_rate or sample_rate)
+
+
+def _encode_with_ffmpeg(audio: np.ndarray, sample_rate: int, container: str, codec: str, codec_rate: int) -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as output:
+        layout = "stereo" if codec in _STEREO_ONLY else "mono"
+        stream = output.add_stream(codec, rate=codec_rate, options={"strict": "experimental"})
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(audio.astype(np.float32)[None, :], format="flt", layout="mono")
+        frame.sample_rate = sample_rate
+        resampler = av.AudioResampler(format=stream.codec_context.format, layout=layout, rate=codec_rate)
+        for resampled in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(resampled):
+                output.mux(packet)
+        for packet in stream.encode(None):
+            output.mux(packet)
+    return buffer.getvalue()

@@ -1,0 +1,65 @@
+"""POST /v1/tts: speech in the asked format, whole or streamed sentence by sentence."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import StreamingResponse
+
+from api_facade.audio import MEDIA_TYPES, encode
+from api_facade.dependencies import get_triton, get_voices
+from api_facade.errors import ApiError
+from api_facade.protocol import TtsRequest
+from client import AsyncMiloTritonClient
+
+router = APIRouter(tags=["tts"])
+AUDIO_RESPONSE = {200: {"content": {media: {} for media in MEDIA_TYPES.values()}, "description": "the audio"}}
+
+
+def check_voice(body: TtsRequest, voices: dict[str, str]) -> None:
+    if body.voice not in ("default", voices.get(body.language)):
+        raise ApiError(422, "invalid_request", f"voice: no voice {body.voice!r} for {body.language!r}", "voice")
+
+
+def streaming_wav_header(sample_rate: int) -> bytes:
+    """A WAV header for 16-bit mono audio of unknown length (sizes set to the maximum)."""
+    unknown = 0xFFFFFFFF
+    return (
+        b"RIFF" + struct.pack("<I", unknown) + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data" + struct.pack("<I", unknown)
+    )  # fmt: skip
+
+
+@router.post("/v1/tts", responses=AUDIO_RESPONSE, response_class=Response)
+async def tts(
+    body: TtsRequest,
+    triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)],
+    voices: Annotated[dict[str, str], Depends(get_voices)],
+) -> Response:
+    check_voice(body, voices)
+    media_type = MEDIA_TYPES[body.format]
+    if not body.stream:
+        speech = await triton.synthesize(body.text, body.language, body.speed)
+        headers = {"X-Sample-Rate": str(speech.sample_rate), "X-Audio-Duration": f"{speech.duration:.3f}"}
+        return Response(encode(speech.audio, speech.sample_rate, body.format), media_type=media_type, headers=headers)
+
+    pieces = triton.synthesize_stream(body.text, body.language, body.speed)
+    # The first sentence is synthesised before the response starts, so bad input still
+    # gets a proper error status instead of a broken stream.
+    first = await anext(pieces, None)
+
+    async def audio() -> AsyncIterator[bytes]:
+        if first is None:
+            return
+        if body.format == "wav":
+            yield streaming_wav_header(first.sample_rate)
+        chunk_format = "pcm" if body.format == "wav" else body.format
+        yield encode(first.audio, first.sample_rate, chunk_format)
+        async for speech in pieces:
+            yield encode(speech.audio, speech.sample_rate, chunk_format)
+
+    return StreamingResponse(audio(), media_type=media_type)

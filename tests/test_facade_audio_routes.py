@@ -1,0 +1,146 @@
+"""POST /v1/tts and POST /v1/stt end to end: facade in process, real PyTriton host, audio decoded back."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+
+from api_facade.audio import decode_upload, encode
+from api_facade.main import app
+from api_facade.settings import get_settings
+from tests.conftest import TritonHost, speak
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def api(triton_host: TritonHost) -> Iterator[TestClient]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MILO_TRITON_URL", triton_host.http_url)
+        patch.setenv("MILO_TRITON_GRPC_URL", triton_host.grpc_url)
+        patch.setenv("MILO_MAX_UPLOAD_BYTES", str(2 * 1024 * 1024))
+        patch.setenv("MILO_MAX_AUDIO_SECONDS", "60")
+        get_settings.cache_clear()
+        with TestClient(app) as client:
+            yield client
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    return speak("Bonjour, je voudrais acheter du riz au marché.")
+
+
+@pytest.mark.parametrize("audio_format", ["wav", "flac", "ogg", "opus", "mp3"])
+def test_tts_formats_decode_back_to_the_same_duration(api: TestClient, audio_format: str) -> None:
+    body = {"text": "Tamin'ny 2024 dia tonga izy.", "language": "mg", "format": audio_format}
+    response = api.post("/v1/tts", json=body)
+    assert response.status_code == 200
+    duration = float(response.headers["X-Audio-Duration"])
+    assert 1.5 < duration < 6
+    decoded = decode_upload(response.content)
+    assert decoded.size / 16000 == pytest.approx(duration, abs=0.1)
+
+
+def test_tts_wav_and_pcm(api: TestClient) -> None:
+    wav = api.post("/v1/tts", json={"text": "Bonjour à tous.", "language": "fr"})
+    assert wav.headers["content-type"] == "audio/wav"
+    audio, rate = sf.read(io.BytesIO(wav.content))
+    assert rate == 16000 and audio.ndim == 1
+    pcm = api.post("/v1/tts", json={"text": "Bonjour à tous.", "language": "fr", "format": "pcm"})
+    assert len(pcm.content) == 2 * audio.size
+
+
+def test_tts_stream_starts_before_synthesis_ends(api: TestClient) -> None:
+    text = " ".join(["Manao ahoana daholo ianareo."] * 6)
+    started = time.perf_counter()
+    whole = api.post("/v1/tts", json={"text": text, "language": "mg", "format": "pcm"})
+    whole_s = time.perf_counter() - started
+    started = time.perf_counter()
+    chunks = []
+    first_byte_s = None
+    with api.stream("POST", "/v1/tts", json={"text": text, "language": "mg", "format": "pcm", "stream": True}) as r:
+        assert r.status_code == 200
+        for chunk in r.iter_bytes():
+            first_byte_s = first_byte_s or time.perf_counter() - started
+            chunks.append(chunk)
+    print(f"tts: first byte after {first_byte_s * 1000:.0f} ms, whole synthesis {whole_s * 1000:.0f} ms")
+    assert first_byte_s < whole_s
+    # Sentence by sentence, the streamed audio is about as long as the whole one.
+    assert abs(len(b"".join(chunks)) - len(whole.content)) < 0.1 * len(whole.content)
+
+
+def test_tts_stream_as_wav_has_a_header(api: TestClient) -> None:
+    response = api.post("/v1/tts", json={"text": "Salama. Veloma.", "language": "mg", "stream": True})
+    assert response.content[:4] == b"RIFF" and response.content[8:12] == b"WAVE"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"text": "", "language": "mg"}, "text"),
+        ({"text": "  ", "language": "mg"}, "text"),
+        ({"text": "Salama", "language": "xx"}, "language"),
+        ({"text": "Salama", "language": "mg", "format": "aiff"}, "format"),
+        ({"text": "Salama", "language": "mg", "format": "flac", "stream": True}, "stream"),
+        ({"text": "Salama", "language": "mg", "speed": 0}, "speed"),
+        ({"text": "Salama", "language": "mg", "voice": "nobody"}, "voice"),
+    ],
+)
+def test_tts_bad_input(api: TestClient, body: dict[str, object], field: str) -> None:
+    response = api.post("/v1/tts", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == field
+
+
+@pytest.mark.parametrize("audio_format", ["wav", "flac", "ogg", "mp3"])
+def test_stt_multipart_in_several_formats(api: TestClient, clip: np.ndarray, audio_format: str) -> None:
+    data = encode(clip, 16000, audio_format)
+    response = api.post("/v1/stt", files={"file": (f"clip.{audio_format}", data)}, data={"language": "auto"})
+    assert response.status_code == 200
+    body = response.json()
+    assert "bonjour" in body["text"].lower()
+    assert body["language"] == "fr"
+    assert body["duration"] == pytest.approx(clip.size / 16000, abs=0.15)
+    assert "segments" not in body
+
+
+def test_stt_base64_json_and_response_formats(api: TestClient, clip: np.ndarray) -> None:
+    audio = base64.b64encode(encode(clip, 16000, "wav")).decode()
+    verbose = api.post("/v1/stt", json={"audio": audio, "language": "fr", "response_format": "verbose_json"}).json()
+    assert verbose["segments"] and verbose["segments"][0]["start"] == 0.0
+    text = api.post("/v1/stt", json={"audio": audio, "language": "fr", "response_format": "text"})
+    assert text.headers["content-type"].startswith("text/plain") and "bonjour" in text.text.lower()
+    srt = api.post("/v1/stt", json={"audio": audio, "language": "fr", "response_format": "srt"}).text
+    assert srt.startswith("1\n00:00:00,000 --> ")
+    vtt = api.post("/v1/stt", json={"audio": audio, "language": "fr", "response_format": "vtt"}).text
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> ")
+
+
+def test_stt_errors(api: TestClient, clip: np.ndarray) -> None:
+    wav = encode(clip, 16000, "wav")
+    too_big = api.post("/v1/stt", files={"file": ("big.wav", b"\0" * (3 * 1024 * 1024))})
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "payload_too_large"
+    too_long = api.post(
+        "/v1/stt", files={"file": ("long.flac", encode(np.zeros(16000 * 61, np.float32), 16000, "flac"))}
+    )
+    assert too_long.status_code == 413
+    garbage = api.post("/v1/stt", files={"file": ("x.wav", b"not audio at all" * 10)})
+    assert garbage.status_code == 415
+    empty = api.post("/v1/stt", files={"file": ("x.wav", b"")})
+    assert empty.status_code == 422 and empty.json()["error"]["field"] == "audio"
+    wrong_type = api.post("/v1/stt", content=wav, headers={"content-type": "audio/wav"})
+    assert wrong_type.status_code == 415
+    bad_language = api.post("/v1/stt", files={"file": ("a.wav", wav)}, data={"language": "de"})
+    assert bad_language.status_code == 422 and bad_language.json()["error"]["field"] == "language"
+    bad_base64 = api.post("/v1/stt", json={"audio": "%%%"})
+    assert bad_base64.status_code == 422 and bad_base64.json()["error"]["field"] == "audio"
+    no_file = api.post("/v1/stt", data={"language": "fr"}, files={"other": ("a.txt", b"x")})
+    assert no_file.status_code == 422 and no_file.json()["error"]["field"] == "file"
