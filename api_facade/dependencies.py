@@ -6,6 +6,7 @@ from fastapi import Request
 
 from api_facade.cache import TranslationCache
 from api_facade.phrasebook import Phrasebook
+from api_facade.sessions import SessionStore
 from client import AsyncMiloTritonClient
 
 
@@ -28,3 +29,7 @@ def get_translate_revision(request: Request) -> str:
 def get_voices(request: Request) -> dict[str, str]:
     """Language -> voice name of the served TTS model."""
     return request.app.state.voices
+
+
+def get_sessions(request: Request) -> SessionStore:
+    return request.app.state.sessions

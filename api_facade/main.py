@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from api_facade import errors
 from api_facade.cache import MemoryCache, RedisCache
 from api_facade.phrasebook import Phrasebook
-from api_facade.routers import health, stt, translate, tts
+from api_facade.routers import chat, health, stt, translate, tts
+from api_facade.sessions import MemorySessionStore, RedisSessionStore
 from api_facade.settings import get_settings
 from client import AsyncMiloTritonClient
 from milo_voice.registry import active_profile, load_registry
@@ -31,11 +32,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         else MemoryCache(settings.translation_cache_entries)
     )
     app.state.phrasebook = Phrasebook.load()
+    app.state.sessions = (
+        RedisSessionStore(settings.redis_url, settings.session_ttl_s)
+        if settings.redis_url
+        else MemorySessionStore(settings.session_ttl_s)
+    )
     profile = active_profile()
     registry = load_registry()
     app.state.translate_revision = f"{profile}:{registry.by_role('translate').weights(profile).revision}"
     app.state.voices = registry.by_role("tts").weights(profile).voices
     yield
+    await app.state.sessions.close()
     await app.state.translation_cache.close()
     await app.state.triton.close()
 
@@ -51,3 +58,4 @@ app.include_router(health.router)
 app.include_router(translate.router)
 app.include_router(tts.router)
 app.include_router(stt.router)
+app.include_router(chat.router)

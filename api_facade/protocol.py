@@ -114,3 +114,55 @@ class SttResponse(BaseModel):
     confidence: float
     duration: float
     segments: list[SttSegment] | None = None
+
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_MESSAGE_CHARS = 8000
+
+
+class ChatBody(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"message": "Manao ahoana ianao?", "language": "mg", "mode": "text"}]}
+    )
+
+    message: str = Field(max_length=MAX_MESSAGE_CHARS)
+    session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN, description="created when absent")
+    mode: Literal["text", "voice"] = "text"
+    backend: Literal["local"] = Field("local", description="the Triton-served local model")
+    language: SpeechLanguage | None = Field(None, description="reply language hint; voice mode speaks it")
+    max_tokens: int = Field(256, ge=1, le=1024)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    stream: bool = Field(False, description="Server-Sent Events: token events, then audio events in voice mode")
+    voice_format: AudioFormatName = "wav"
+
+    @field_validator("message")
+    @classmethod
+    def _message(cls, message: str) -> str:
+        return _not_blank(message)
+
+
+class ChatAudio(BaseModel):
+    format: str
+    sample_rate: int
+    duration: float
+    data: str = Field(description="base64 of the audio file")
+
+
+class ChatAnswer(BaseModel):
+    session_id: str
+    reply: str
+    mode: str
+    turns: int = Field(description="turns stored in the session, this one included")
+    prompt_tokens: int
+    completion_tokens: int
+    audio: ChatAudio | None = None
+
+
+class SessionTurn(BaseModel):
+    role: str
+    content: str
+
+
+class SessionView(BaseModel):
+    session_id: str
+    turns: list[SessionTurn]

@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     translation_cache_ttl_s: int = 7 * 24 * 3600
     translation_cache_entries: int = 10_000
+    session_ttl_s: int = 24 * 3600
+    # The chat model's context window, and what Milo's system prompt takes of it.
+    chat_n_ctx: int = 4096
+    chat_system_prompt_tokens: int = 120
+    voice_default_language: str = "mg"
     # Uploads larger than this are refused with 413 before any decoding.
     max_upload_bytes: int = 25 * 1024 * 1024
     max_audio_seconds: float = 600.0

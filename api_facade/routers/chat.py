@@ -1,0 +1,121 @@
+"""POST /v1/chat with sessions and a voice mode; GET and DELETE /v1/chat/sessions/{id}."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+from fastapi.responses import StreamingResponse
+
+from api_facade.audio import encode
+from api_facade.dependencies import get_sessions, get_triton
+from api_facade.errors import ApiError
+from api_facade.protocol import SESSION_ID_PATTERN, ChatAnswer, ChatAudio, ChatBody, SessionTurn, SessionView
+from api_facade.sessions import SessionStore, Turn, trim_to_budget
+from api_facade.settings import Settings, get_settings
+from client import AsyncMiloTritonClient, SpeechResult
+
+router = APIRouter(tags=["chat"])
+SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
+
+
+def _audio(speech: SpeechResult, audio_format: str) -> ChatAudio:
+    return ChatAudio(
+        format=audio_format,
+        sample_rate=speech.sample_rate,
+        duration=round(speech.duration, 3),
+        data=base64.b64encode(encode(speech.audio, speech.sample_rate, audio_format)).decode(),
+    )
+
+
+def _sse(event: str, data: object) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def _conversation(body: ChatBody, sessions: SessionStore, settings: Settings) -> tuple[str, list[Turn]]:
+    session_id = body.session_id or uuid.uuid4().hex
+    history = await sessions.load(session_id) or []
+    turns = [*history, Turn("user", body.message)]
+    # The model's own context: what is left of n_ctx once the reply and the system prompt have room.
+    budget = settings.chat_n_ctx - body.max_tokens - settings.chat_system_prompt_tokens
+    return session_id, trim_to_budget(turns, budget)
+
+
+def _messages(turns: list[Turn]) -> list[dict[str, str]]:
+    return [{"role": t.role, "content": t.content} for t in turns]
+
+
+@router.post("/v1/chat", response_model=ChatAnswer, response_model_exclude_none=True)
+async def chat(
+    body: ChatBody,
+    triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)],
+    sessions: Annotated[SessionStore, Depends(get_sessions)],
+    settings: Annotated[Settings, Depends(get_settings)],
+) -> ChatAnswer | StreamingResponse:
+    session_id, context = await _conversation(body, sessions, settings)
+    speak_language = body.language or settings.voice_default_language
+    if body.stream:
+        return StreamingResponse(
+            _stream(body, triton, sessions, session_id, context, speak_language), media_type="text/event-stream"
+        )
+
+    result = await triton.chat(_messages(context), body.language, body.max_tokens, body.temperature)
+    if not result.text.strip():
+        raise ApiError(502, "empty_reply", "the model gave no reply; try again")
+    await sessions.append(session_id, [Turn("user", body.message), Turn("assistant", result.text)])
+    audio = None
+    if body.mode == "voice":
+        audio = _audio(await triton.synthesize(result.text, speak_language), body.voice_format)
+    stored = await sessions.load(session_id) or []
+    return ChatAnswer(
+        session_id=session_id,
+        reply=result.text,
+        mode=body.mode,
+        turns=len(stored),
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        audio=audio,
+    )
+
+
+async def _stream(
+    body: ChatBody,
+    triton: AsyncMiloTritonClient,
+    sessions: SessionStore,
+    session_id: str,
+    context: list[Turn],
+    speak_language: str,
+) -> AsyncIterator[bytes]:
+    yield _sse("session", {"session_id": session_id})
+    pieces: list[str] = []
+    try:
+        async for token in triton.chat_stream(_messages(context), body.language, body.max_tokens, body.temperature):
+            pieces.append(token)
+            yield _sse("token", {"text": token})
+        reply = "".join(pieces).strip()
+        if reply:
+            await sessions.append(session_id, [Turn("user", body.message), Turn("assistant", reply)])
+        if body.mode == "voice" and reply:
+            async for speech in triton.synthesize_stream(reply, speak_language):
+                yield _sse("audio", _audio(speech, body.voice_format).model_dump())
+        yield _sse("done", {"session_id": session_id, "reply": reply})
+    except Exception as exc:  # the status line is sent: the stream reports the failure itself
+        yield _sse("error", {"code": "stream_failed", "message": str(exc)})
+
+
+@router.get("/v1/chat/sessions/{session_id}", response_model=SessionView)
+async def get_session(session_id: SessionId, sessions: Annotated[SessionStore, Depends(get_sessions)]) -> SessionView:
+    turns = await sessions.load(session_id)
+    if turns is None:
+        raise ApiError(404, "session_not_found", f"no session {session_id!r} (never created, deleted or expired)")
+    return SessionView(session_id=session_id, turns=[SessionTurn(role=t.role, content=t.content) for t in turns])
+
+
+@router.delete("/v1/chat/sessions/{session_id}", status_code=204)
+async def delete_session(session_id: SessionId, sessions: Annotated[SessionStore, Depends(get_sessions)]) -> None:
+    if not await sessions.delete(session_id):
+        raise ApiError(404, "session_not_found", f"no session {session_id!r}")
