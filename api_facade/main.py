@@ -7,10 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api_facade import errors
+from api_facade import errors, metrics
 from api_facade.cache import MemoryCache, RedisCache
 from api_facade.phrasebook import Phrasebook
-from api_facade.routers import chat, health, stt, translate, tts
+from api_facade.routers import chat, health, openai_compat, stt, translate, tts
 from api_facade.sessions import MemorySessionStore, RedisSessionStore
 from api_facade.settings import get_settings
 from client import AsyncMiloTritonClient
@@ -54,8 +54,10 @@ app = FastAPI(
     lifespan=lifespan,
 )
 errors.install(app)
+metrics.install(app)
 app.include_router(health.router)
 app.include_router(translate.router)
 app.include_router(tts.router)
 app.include_router(stt.router)
 app.include_router(chat.router)
+app.include_router(openai_compat.router)

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from api_facade.audio import encode
 from api_facade.dependencies import get_sessions, get_triton
 from api_facade.errors import ApiError
+from api_facade.metrics import AUDIO_SECONDS, TOKENS
 from api_facade.protocol import SESSION_ID_PATTERN, ChatAnswer, ChatAudio, ChatBody, SessionTurn, SessionView
 from api_facade.sessions import SessionStore, Turn, trim_to_budget
 from api_facade.settings import Settings, get_settings
@@ -64,12 +65,15 @@ async def chat(
         )
 
     result = await triton.chat(_messages(context), body.language, body.max_tokens, body.temperature)
+    TOKENS.inc(result.completion_tokens)
     if not result.text.strip():
         raise ApiError(502, "empty_reply", "the model gave no reply; try again")
     await sessions.append(session_id, [Turn("user", body.message), Turn("assistant", result.text)])
     audio = None
     if body.mode == "voice":
-        audio = _audio(await triton.synthesize(result.text, speak_language), body.voice_format)
+        speech = await triton.synthesize(result.text, speak_language)
+        AUDIO_SECONDS.labels("out").inc(speech.duration)
+        audio = _audio(speech, body.voice_format)
     stored = await sessions.load(session_id) or []
     return ChatAnswer(
         session_id=session_id,
@@ -95,12 +99,14 @@ async def _stream(
     try:
         async for token in triton.chat_stream(_messages(context), body.language, body.max_tokens, body.temperature):
             pieces.append(token)
+            TOKENS.inc()
             yield _sse("token", {"text": token})
         reply = "".join(pieces).strip()
         if reply:
             await sessions.append(session_id, [Turn("user", body.message), Turn("assistant", reply)])
         if body.mode == "voice" and reply:
             async for speech in triton.synthesize_stream(reply, speak_language):
+                AUDIO_SECONDS.labels("out").inc(speech.duration)
                 yield _sse("audio", _audio(speech, body.voice_format).model_dump())
         yield _sse("done", {"session_id": session_id, "reply": reply})
     except Exception as exc:  # the status line is sent: the stream reports the failure itself

@@ -16,10 +16,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from api_facade.audio import UndecodableAudioError, decode_upload
 from api_facade.dependencies import get_triton
 from api_facade.errors import ApiError
+from api_facade.metrics import AUDIO_SECONDS
 from api_facade.protocol import SttResponse, SttSegment
 from api_facade.settings import Settings, get_settings
 from api_facade.subtitles import to_srt, to_vtt
-from client import AsyncMiloTritonClient
+from client import AsyncMiloTritonClient, TranscriptionResult
 
 router = APIRouter(tags=["stt"])
 LANGUAGES = ("mg", "fr", "auto")
@@ -107,6 +108,27 @@ async def _audio_and_options(request: Request, settings: Settings) -> tuple[byte
     raise ApiError(415, "unsupported_media", "send multipart/form-data (field 'file') or JSON with base64 'audio'")
 
 
+async def transcribe_upload(
+    audio_bytes: bytes, language: str, settings: Settings, triton: AsyncMiloTritonClient
+) -> TranscriptionResult:
+    """Checks, decodes and transcribes one uploaded file (shared with the OpenAI-compatible route)."""
+    if len(audio_bytes) > settings.max_upload_bytes:
+        raise _too_large(settings.max_upload_bytes)
+    if not audio_bytes:
+        raise ApiError(422, "invalid_request", "audio: the file is empty", "audio")
+    try:
+        samples = decode_upload(audio_bytes)
+    except UndecodableAudioError as exc:
+        raise ApiError(415, "unsupported_media", str(exc), "audio") from exc
+    if samples.size == 0:
+        raise ApiError(422, "invalid_request", "audio: no samples in the file", "audio")
+    if samples.size / 16000 > settings.max_audio_seconds:
+        raise ApiError(413, "payload_too_large", f"audio is longer than {settings.max_audio_seconds} s", "audio")
+    result = await triton.transcribe(samples, language)
+    AUDIO_SECONDS.labels("in").inc(result.duration)
+    return result
+
+
 @router.post("/v1/stt", openapi_extra=REQUEST_BODY, response_model=SttResponse, response_model_exclude_none=True)
 async def stt(
     request: Request,
@@ -120,20 +142,7 @@ async def stt(
         raise ApiError(
             422, "invalid_request", f"response_format: must be one of {list(RESPONSE_FORMATS)}", "response_format"
         )
-    if len(audio_bytes) > settings.max_upload_bytes:
-        raise _too_large(settings.max_upload_bytes)
-    if not audio_bytes:
-        raise ApiError(422, "invalid_request", "audio: the file is empty", "audio")
-    try:
-        samples = decode_upload(audio_bytes)
-    except UndecodableAudioError as exc:
-        raise ApiError(415, "unsupported_media", str(exc), "audio") from exc
-    if samples.size == 0:
-        raise ApiError(422, "invalid_request", "audio: no samples in the file", "audio")
-    if samples.size / 16000 > settings.max_audio_seconds:
-        raise ApiError(413, "payload_too_large", f"audio is longer than {settings.max_audio_seconds} s", "audio")
-
-    result = await triton.transcribe(samples, language)
+    result = await transcribe_upload(audio_bytes, language, settings, triton)
     if response_format == "text":
         return PlainTextResponse(result.text)
     if response_format == "srt":

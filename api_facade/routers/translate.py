@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 
 from api_facade.cache import TranslationCache, cache_key
 from api_facade.dependencies import get_cache, get_phrasebook, get_translate_revision, get_triton
+from api_facade.metrics import CACHE
 from api_facade.phrasebook import Phrasebook
 from api_facade.protocol import Translated, TranslateRequest, TranslateResponse
 from client import AsyncMiloTritonClient
@@ -27,11 +28,14 @@ async def translate(
     async def one(text: str) -> Translated:
         fixed = phrasebook.lookup(text, body.source, body.target)
         if fixed is not None:
+            CACHE.labels("phrasebook").inc()
             return Translated(text=fixed, origin="phrasebook")
         key = cache_key(revision, body.source, body.target, text.strip())
         cached = await cache.get(key)
         if cached is not None:
+            CACHE.labels("hit").inc()
             return Translated(text=cached, origin="cache")
+        CACHE.labels("miss").inc()
         result = await triton.translate(text, body.source, body.target)
         await cache.set(key, result.text)
         return Translated(text=result.text, origin="model")

@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from api_facade.audio import MEDIA_TYPES, encode
 from api_facade.dependencies import get_triton, get_voices
 from api_facade.errors import ApiError
+from api_facade.metrics import AUDIO_SECONDS
 from api_facade.protocol import TtsRequest
 from client import AsyncMiloTritonClient
 
@@ -44,6 +45,7 @@ async def tts(
     media_type = MEDIA_TYPES[body.format]
     if not body.stream:
         speech = await triton.synthesize(body.text, body.language, body.speed)
+        AUDIO_SECONDS.labels("out").inc(speech.duration)
         headers = {"X-Sample-Rate": str(speech.sample_rate), "X-Audio-Duration": f"{speech.duration:.3f}"}
         return Response(encode(speech.audio, speech.sample_rate, body.format), media_type=media_type, headers=headers)
 
@@ -58,8 +60,10 @@ async def tts(
         if body.format == "wav":
             yield streaming_wav_header(first.sample_rate)
         chunk_format = "pcm" if body.format == "wav" else body.format
+        AUDIO_SECONDS.labels("out").inc(first.duration)
         yield encode(first.audio, first.sample_rate, chunk_format)
         async for speech in pieces:
+            AUDIO_SECONDS.labels("out").inc(speech.duration)
             yield encode(speech.audio, speech.sample_rate, chunk_format)
 
     return StreamingResponse(audio(), media_type=media_type)

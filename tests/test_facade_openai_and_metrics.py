@@ -1,0 +1,109 @@
+"""OpenAI-compatible routes driven by the official ``openai`` package, and the facade's metrics."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+
+import openai
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+
+from api_facade.audio import encode
+from api_facade.main import app
+from api_facade.settings import get_settings
+from tests.conftest import TritonHost, speak
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def api(triton_host: TritonHost) -> Iterator[TestClient]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MILO_TRITON_URL", triton_host.http_url)
+        patch.setenv("MILO_TRITON_GRPC_URL", triton_host.grpc_url)
+        patch.delenv("MILO_REDIS_URL", raising=False)
+        get_settings.cache_clear()
+        with TestClient(app) as client:
+            yield client
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def sdk(api: TestClient) -> openai.OpenAI:
+    # The SDK speaks HTTP through the facade's in-process client (an httpx.Client).
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=api, max_retries=0)
+
+
+def test_models(sdk: openai.OpenAI) -> None:
+    assert {m.id for m in sdk.models.list()} == {"milo-chat", "milo-stt", "milo-tts"}
+
+
+def test_chat_completion(sdk: openai.OpenAI) -> None:
+    completion = sdk.chat.completions.create(
+        model="milo-chat", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16
+    )
+    assert completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+def test_chat_completion_stream(sdk: openai.OpenAI) -> None:
+    stream = sdk.chat.completions.create(
+        model="milo-chat", messages=[{"role": "user", "content": "Bonjour"}], max_tokens=12, stream=True
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text.strip()
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_speech_and_transcription(sdk: openai.OpenAI) -> None:
+    audio = sdk.audio.speech.create(model="milo-tts", voice="fr", input="Bonjour à tous.", response_format="wav")
+    samples, rate = sf.read(io.BytesIO(audio.content))
+    assert rate == 16000 and samples.size / rate > 0.5
+
+    clip = encode(speak("Bonjour, je voudrais acheter du riz au marché."), 16000, "mp3")
+    transcript = sdk.audio.transcriptions.create(model="milo-stt", file=("clip.mp3", clip), language="fr")
+    assert "bonjour" in transcript.text.lower()
+    verbose = sdk.audio.transcriptions.create(model="milo-stt", file=("clip.mp3", clip), response_format="verbose_json")
+    assert verbose.language == "fr" and verbose.duration > 2
+
+
+def test_sdk_errors_are_422(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.UnprocessableEntityError):
+        sdk.chat.completions.create(model="milo-chat", messages=[{"role": "user", "content": "  "}])
+    with pytest.raises(openai.UnprocessableEntityError):
+        sdk.audio.speech.create(model="milo-tts", voice="alloy", input="Salama")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    selector = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = rf"^{name}\{{{selector}\}} (\S+)$" if labels else rf"^{name} (\S+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_metrics_move_with_traffic(api: TestClient) -> None:
+    before = api.get("/metrics").text
+    body = {"text": "Antananarivo no renivohitr'i Madagasikara.", "source": "mg", "target": "fr"}
+    api.post("/v1/translate", json=body)
+    api.post("/v1/translate", json=body)
+    api.post("/v1/tts", json={"text": "Salama.", "language": "mg"})
+    api.post("/v1/chat", json={"message": "Salama", "max_tokens": 8})
+    api.post("/v1/translate", json={"text": "", "source": "mg", "target": "fr"})
+    after = api.get("/metrics").text
+    count = "milo_http_request_duration_seconds_count"
+    route = {"route": "/v1/translate", "method": "POST"}
+    assert metric(after, count, **route, status="200") - metric(before, count, **route, status="200") == 2
+    assert metric(after, count, **route, status="422") - metric(before, count, **route, status="422") == 1
+    assert metric(after, "milo_translation_lookups_total", outcome="hit") > metric(
+        before, "milo_translation_lookups_total", outcome="hit"
+    )
+    assert metric(after, "milo_audio_seconds_total", direction="out") > metric(
+        before, "milo_audio_seconds_total", direction="out"
+    )
+    assert metric(after, "milo_chat_tokens_generated_total") > metric(before, "milo_chat_tokens_generated_total")
+    assert metric(after, "milo_chat_active_sessions") >= 1
+    assert "milo_http_requests_in_flight" in after
