@@ -128,7 +128,9 @@ class ChatBody(BaseModel):
     message: str = Field(max_length=MAX_MESSAGE_CHARS)
     session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN, description="created when absent")
     mode: Literal["text", "voice"] = "text"
-    backend: Literal["local"] = Field("local", description="the Triton-served local model")
+    backend: Literal["local", "cloud"] | None = Field(
+        None, description="local model or the OpenAI-compatible cloud backend (default from settings)"
+    )
     language: SpeechLanguage | None = Field(None, description="reply language hint; voice mode speaks it")
     max_tokens: int = Field(256, ge=1, le=1024)
     temperature: float = Field(0.7, ge=0.0, le=2.0)

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     chat_n_ctx: int = 4096
     chat_system_prompt_tokens: int = 120
     voice_default_language: str = "mg"
+    chat_default_backend: str = "local"
     # Uploads larger than this are refused with 413 before any decoding.
     max_upload_bytes: int = 25 * 1024 * 1024
     max_audio_seconds: float = 600.0

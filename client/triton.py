@@ -12,6 +12,7 @@ protocol of the rest of the client.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import queue
 import threading
@@ -129,7 +130,10 @@ def _chat(outputs: dict[str, np.ndarray]) -> ChatResult:
 def _translate_error(exc: InferenceServerException) -> Exception:
     text = str(exc)
     lowered = text.lower()
-    unavailable = ("unavailable", "not ready", "exceeds maximum queue size", "failed to connect", "connection refused")
+    unavailable = (
+        "unavailable", "not ready", "exceeds maximum queue size", "failed to connect", "connection refused",
+        "unknown model",
+    )  # fmt: skip
     if any(marker in lowered for marker in unavailable):
         return TritonUnavailableError(text)
     return exc
@@ -270,8 +274,11 @@ class MiloTritonClient:
         max_tokens: int | None = None,
         temperature: float | None = None,
         priority: int = 0,
+        model: str = tensors.CHAT.name,
     ) -> ChatResult:
-        return _chat(self.infer(tensors.CHAT, _chat_inputs(messages, language, max_tokens, temperature), priority))
+        """``model``: "chat" (local) or "chat_cloud" (the OpenAI-compatible backend, where served)."""
+        values = _chat_inputs(messages, language, max_tokens, temperature)
+        return _chat(self.infer(_named(tensors.CHAT, model), values, priority))
 
     def chat_stream(
         self,
@@ -279,9 +286,10 @@ class MiloTritonClient:
         language: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        model: str = tensors.CHAT.name,
     ) -> Iterator[str]:
         values = _chat_inputs(messages, language, max_tokens, temperature)
-        for outputs in self._stream(tensors.CHAT_STREAM, values):
+        for outputs in self._stream(_named(tensors.CHAT_STREAM, f"{model}_stream"), values):
             token = _first(outputs, "token")
             if token:
                 yield token
@@ -333,6 +341,11 @@ def _stream_error(exc: InferenceServerException) -> Exception:
         if marker in message:
             return ModelInputError(message.split(marker, 1)[1].strip().splitlines()[0])
     return _translate_error(exc)
+
+
+def _named(io: tensors.ModelIO, name: str) -> tensors.ModelIO:
+    """The same tensors under another served name (the cloud chat backend)."""
+    return io if io.name == name else dataclasses.replace(io, name=name)
 
 
 def _next_port(url: str) -> str:
@@ -422,9 +435,10 @@ class AsyncMiloTritonClient:
         max_tokens: int | None = None,
         temperature: float | None = None,
         priority: int = 0,
+        model: str = tensors.CHAT.name,
     ) -> ChatResult:
         values = _chat_inputs(messages, language, max_tokens, temperature)
-        return _chat(await self.infer(tensors.CHAT, values, priority))
+        return _chat(await self.infer(_named(tensors.CHAT, model), values, priority))
 
     async def chat_stream(
         self,
@@ -432,9 +446,10 @@ class AsyncMiloTritonClient:
         language: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        model: str = tensors.CHAT.name,
     ) -> AsyncIterator[str]:
         values = _chat_inputs(messages, language, max_tokens, temperature)
-        async for outputs in self._stream(tensors.CHAT_STREAM, values):
+        async for outputs in self._stream(_named(tensors.CHAT_STREAM, f"{model}_stream"), values):
             token = _first(outputs, "token")
             if token:
                 yield token

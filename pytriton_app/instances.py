@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from milo_voice.registry import ModelSpec, models_dir
+from milo_voice.registry import Instances, ModelSpec, Registry, models_dir
 from milo_voice.roles.chat import CloudChat, LocalChat
 from milo_voice.roles.stt import SpeechToText
 from milo_voice.roles.translate import Translator
@@ -52,6 +53,32 @@ class DevicePlanner:
         return device
 
 
+CLOUD_CHAT = "chat_cloud"
+
+
+def cloud_chat() -> CloudChat:
+    url = os.environ.get("MILO_CHAT_CLOUD_URL")
+    if not url:
+        raise RuntimeError("the cloud chat backend needs MILO_CHAT_CLOUD_URL")
+    return CloudChat(url, os.environ.get("MILO_CHAT_CLOUD_MODEL", "default"), os.environ.get("MILO_CHAT_CLOUD_KEY"))
+
+
+def with_cloud_chat(registry: Registry) -> Registry:
+    """The registry plus ``chat_cloud`` (and its stream) when MILO_CHAT_CLOUD_URL names a server.
+
+    The cloud backend is served by Triton like the local one, so the facade reaches both
+    the same way and both show in Triton's metrics. Its instances only wait on the
+    network, so two share a CPU.
+    """
+    if not os.environ.get("MILO_CHAT_CLOUD_URL"):
+        return registry
+    chat = registry.by_role("chat")
+    cloud = dataclasses.replace(
+        chat, name=CLOUD_CHAT, description="Chat through an OpenAI-compatible server", instances=Instances(2, "cpu")
+    )
+    return Registry(models={**registry.models, CLOUD_CHAT: cloud})
+
+
 def _cpu_threads() -> int:
     # Several instances share the cores; each gets an equal share rather than all of them.
     return int(os.environ.get("MILO_CPU_THREADS", "0"))
@@ -88,13 +115,8 @@ def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
             intra_threads=_cpu_threads(),
         )
     if spec.role == "chat":
-        cloud_url = os.environ.get("MILO_CHAT_CLOUD_URL")
-        if os.environ.get("MILO_CHAT_BACKEND", "local") == "cloud":
-            if not cloud_url:
-                raise RuntimeError("MILO_CHAT_BACKEND=cloud needs MILO_CHAT_CLOUD_URL")
-            return CloudChat(
-                cloud_url, os.environ.get("MILO_CHAT_CLOUD_MODEL", "default"), os.environ.get("MILO_CHAT_CLOUD_KEY")
-            )
+        if spec.name == CLOUD_CHAT or os.environ.get("MILO_CHAT_BACKEND", "local") == "cloud":
+            return cloud_chat()
         return LocalChat(
             path / "model.gguf",
             n_ctx=int(params.get("n_ctx", 4096)),

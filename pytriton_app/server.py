@@ -23,7 +23,7 @@ from pytriton.triton import Triton, TritonConfig
 from client import tensors
 from milo_voice.registry import ModelSpec, Registry, active_profile, load_registry
 from pytriton_app import infer
-from pytriton_app.instances import DevicePlanner, build_instance
+from pytriton_app.instances import DevicePlanner, build_instance, with_cloud_chat
 from pytriton_app.warmup import warm_up
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def bind_all(triton: Triton, registry: Registry, instances: dict[str, list[Any]]
 def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str | None = None) -> None:
     """Start Triton with every model and block until interrupted."""
     prefer_running_libpython()
-    registry = registry or load_registry()
+    registry = with_cloud_chat(registry or load_registry())
     profile = profile or active_profile()
     config = TritonConfig(
         http_port=ports.http,

@@ -23,7 +23,7 @@ from milo_voice.registry import Registry, load_registry, models_dir
 from milo_voice.weights.embedded import build_embedded
 
 REPO = Path(__file__).resolve().parent.parent
-SERVED_MODELS = ("stt", "tts", "tts_stream", "translate", "chat", "chat_stream")
+SERVED_MODELS = ("stt", "tts", "tts_stream", "translate", "chat", "chat_stream", "chat_cloud", "chat_cloud_stream")
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +69,26 @@ def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | 
     raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
 
 
+@pytest.fixture(scope="session")
+def openai_server(embedded_dir: Path) -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server on loopback, serving the embedded GGUF.
+
+    A real peer for the cloud chat backend: the same protocol a hosted provider speaks.
+    """
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_dir / "chat" / "model.gguf"),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/v1/models", 120, process)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @dataclass(frozen=True)
 class TritonHost:
     http: int
@@ -85,11 +105,14 @@ class TritonHost:
 
 
 @pytest.fixture(scope="session")
-def triton_host(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonHost]:
-    """The real PyTriton host, in a subprocess, serving every model on the embedded weights."""
+def triton_host(
+    embedded_dir: Path, openai_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonHost]:
+    """The real PyTriton host, in a subprocess, serving every model on the embedded weights,
+    and the cloud chat backend pointed at the loopback OpenAI-compatible server."""
     host = TritonHost(free_port(), free_port(), free_port())
     log_path = tmp_path_factory.mktemp("triton") / "host.log"
-    env = {**os.environ, "MILO_PROFILE": "embedded", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "MILO_PROFILE": "embedded", "PYTHONUNBUFFERED": "1", "MILO_CHAT_CLOUD_URL": openai_server}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "pytriton_app", "--http-port", str(host.http),

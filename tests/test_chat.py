@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from milo_voice.roles.chat import (
     LocalChat,
     fit_to_context,
 )
-from tests.conftest import free_port, wait_http_ok
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -77,23 +74,6 @@ def test_long_conversation_is_trimmed_by_tokens_keeping_the_system_prompt() -> N
 def test_bad_input_is_refused(chat: LocalChat, request_: ChatRequest, message: str) -> None:
     with pytest.raises(ChatInputError, match=message):
         chat.complete(request_)
-
-
-@pytest.fixture(scope="module")
-def openai_server(embedded_dir: Path) -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server on loopback, serving the embedded GGUF."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_dir / "chat" / "model.gguf"),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_http_ok(f"http://127.0.0.1:{port}/v1/models", 120, process)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_cloud_backend_completes_and_streams(openai_server: str) -> None:

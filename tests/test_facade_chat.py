@@ -136,6 +136,7 @@ def test_sessions_expire_in_redis(triton_host: TritonHost, redis_url: str) -> No
         ({"message": " \n "}, "message"),
         ({"message": "hi", "mode": "video"}, "mode"),
         ({"message": "hi", "backend": "mars"}, "backend"),
+        ({"message": "hi", "backend": "local", "voice_format": "aiff"}, "voice_format"),
         ({"message": "hi", "session_id": "bad id!"}, "session_id"),
         ({"message": "hi", "language": "de"}, "language"),
         ({"message": "hi", "max_tokens": 0}, "max_tokens"),
@@ -145,6 +146,18 @@ def test_bad_input(api: TestClient, body: dict[str, object], field: str) -> None
     response = api.post("/v1/chat", json=body)
     assert response.status_code == 422
     assert response.json()["error"]["field"] == field
+
+
+def test_cloud_backend_through_triton(api: TestClient) -> None:
+    """backend=cloud: Triton's chat_cloud model, which speaks to a real OpenAI-compatible server."""
+    answer = say(api, "Say hello.", backend="cloud")
+    assert answer["reply"] and answer["completion_tokens"] > 0
+    follow_up = say(api, "Again.", backend="cloud", session_id=answer["session_id"])
+    assert follow_up["turns"] == 4 and follow_up["prompt_tokens"] > answer["prompt_tokens"]
+    body = {"message": "Bonjour", "backend": "cloud", "stream": True, "max_tokens": 8}
+    with api.stream("POST", "/v1/chat", json=body) as response:
+        events = sse_events(response.read().decode())
+    assert [k for k, _ in events][-1] == "done" and any(k == "token" for k, _ in events)
 
 
 def test_unknown_session_is_404(api: TestClient) -> None:

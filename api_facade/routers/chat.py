@@ -22,6 +22,8 @@ from client import AsyncMiloTritonClient, SpeechResult
 
 router = APIRouter(tags=["chat"])
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
+# Triton model of each backend; the host serves "chat_cloud" when a cloud URL is configured.
+CHAT_MODELS = {"local": "chat", "cloud": "chat_cloud"}
 
 
 def _audio(speech: SpeechResult, audio_format: str) -> ChatAudio:
@@ -59,12 +61,14 @@ async def chat(
 ) -> ChatAnswer | StreamingResponse:
     session_id, context = await _conversation(body, sessions, settings)
     speak_language = body.language or settings.voice_default_language
+    model = CHAT_MODELS[body.backend or settings.chat_default_backend]
     if body.stream:
         return StreamingResponse(
-            _stream(body, triton, sessions, session_id, context, speak_language), media_type="text/event-stream"
+            _stream(body, triton, sessions, session_id, context, speak_language, model),
+            media_type="text/event-stream",
         )
 
-    result = await triton.chat(_messages(context), body.language, body.max_tokens, body.temperature)
+    result = await triton.chat(_messages(context), body.language, body.max_tokens, body.temperature, model=model)
     TOKENS.inc(result.completion_tokens)
     if not result.text.strip():
         raise ApiError(502, "empty_reply", "the model gave no reply; try again")
@@ -93,11 +97,13 @@ async def _stream(
     session_id: str,
     context: list[Turn],
     speak_language: str,
+    model: str,
 ) -> AsyncIterator[bytes]:
     yield _sse("session", {"session_id": session_id})
     pieces: list[str] = []
     try:
-        async for token in triton.chat_stream(_messages(context), body.language, body.max_tokens, body.temperature):
+        messages = _messages(context)
+        async for token in triton.chat_stream(messages, body.language, body.max_tokens, body.temperature, model):
             pieces.append(token)
             TOKENS.inc()
             yield _sse("token", {"text": token})
