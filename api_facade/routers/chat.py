@@ -70,11 +70,11 @@ async def chat(
 
     result = await triton.chat(_messages(context), body.language, body.max_tokens, body.temperature, model=model)
     TOKENS.inc(result.completion_tokens)
-    if not result.text.strip():
-        raise ApiError(502, "empty_reply", "the model gave no reply; try again")
-    await sessions.append(session_id, [Turn("user", body.message), Turn("assistant", result.text)])
+    # An empty reply is returned as it is (never invented) and not stored: the user may ask again.
+    if result.text.strip():
+        await sessions.append(session_id, [Turn("user", body.message), Turn("assistant", result.text)])
     audio = None
-    if body.mode == "voice":
+    if body.mode == "voice" and result.text.strip():
         speech = await triton.synthesize(result.text, speak_language)
         AUDIO_SECONDS.labels("out").inc(speech.duration)
         audio = _audio(speech, body.voice_format)
