@@ -168,3 +168,41 @@ class SessionTurn(BaseModel):
 class SessionView(BaseModel):
     session_id: str
     turns: list[SessionTurn]
+
+
+class TtsBatchRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"texts": ["Salama.", "Misaotra betsaka."], "language": "mg", "format": "mp3", "packaging": "zip"}
+            ]
+        }
+    )
+
+    texts: list[str] = Field(min_length=1, max_length=32)
+    language: SpeechLanguage
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    format: AudioFormatName = "wav"
+    packaging: Literal["json", "zip"] = Field("json", description="JSON of base64 clips, or a zip of audio files")
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, texts: list[str]) -> list[str]:
+        for text in texts:
+            _not_blank(text)
+            if len(text) > MAX_TTS_CHARS:
+                raise ValueError(f"a text is longer than {MAX_TTS_CHARS} characters")
+        return texts
+
+
+class Clip(BaseModel):
+    index: int
+    text: str
+    format: str
+    sample_rate: int
+    duration: float
+    data: str = Field(description="base64 of the audio file")
+
+
+class TtsBatchResponse(BaseModel):
+    clips: list[Clip]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+import zipfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -144,3 +145,34 @@ def test_stt_errors(api: TestClient, clip: np.ndarray) -> None:
     assert bad_base64.status_code == 422 and bad_base64.json()["error"]["field"] == "audio"
     no_file = api.post("/v1/stt", data={"language": "fr"}, files={"other": ("a.txt", b"x")})
     assert no_file.status_code == 422 and no_file.json()["error"]["field"] == "file"
+
+
+def test_tts_batch_as_json_and_zip(api: TestClient) -> None:
+    texts = ["Salama.", "Misaotra betsaka tompoko, veloma.", "Tonga soa."]
+    body = api.post("/v1/tts/batch", json={"texts": texts, "language": "mg", "format": "flac"}).json()
+    assert [c["text"] for c in body["clips"]] == texts
+    for clip in body["clips"]:
+        decoded = decode_upload(base64.b64decode(clip["data"]))
+        assert decoded.size / 16000 == pytest.approx(clip["duration"], abs=0.05)
+    assert body["clips"][1]["duration"] > body["clips"][0]["duration"]
+    zipped = api.post("/v1/tts/batch", json={"texts": texts, "language": "mg", "format": "mp3", "packaging": "zip"})
+    assert zipped.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(zipped.content)) as archive:
+        assert archive.namelist() == ["000.mp3", "001.mp3", "002.mp3"]
+        assert decode_upload(archive.read("001.mp3")).size > 16000
+    bad = api.post("/v1/tts/batch", json={"texts": ["Salama", " "], "language": "mg"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "texts"
+
+
+def test_triton_timeout_is_504(triton_host: TritonHost, clip: np.ndarray) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MILO_TRITON_URL", triton_host.http_url)
+        patch.setenv("MILO_TRITON_TIMEOUT_S", "0.05")
+        get_settings.cache_clear()
+        try:
+            with TestClient(app) as client:
+                response = client.post("/v1/stt", files={"file": ("a.wav", encode(clip, 16000, "wav"))})
+        finally:
+            get_settings.cache_clear()
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "model_timeout"

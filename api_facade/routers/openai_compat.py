@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api_facade.audio import MEDIA_TYPES, encode
 from api_facade.dependencies import get_triton, get_voices
@@ -80,6 +80,10 @@ async def transcriptions(
 
 
 class SpeechBody(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": "milo-tts", "input": "Bonjour à tous.", "voice": "fr"}]}
+    )
+
     model: str = TTS_MODEL
     input: str = Field(max_length=2000)
     voice: str = Field("mg", description="'mg' or 'fr', or a voice name such as 'mms-tts-fra'")
@@ -117,6 +121,10 @@ class ChatCompletionMessage(BaseModel):
 
 
 class ChatCompletionBody(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": "milo-chat", "messages": [{"role": "user", "content": "Salama!"}]}]}
+    )
+
     model: str = CHAT_MODEL
     messages: list[ChatCompletionMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, le=4096)

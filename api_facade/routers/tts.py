@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import io
 import struct
+import zipfile
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -13,7 +17,7 @@ from api_facade.audio import MEDIA_TYPES, encode
 from api_facade.dependencies import get_triton, get_voices
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS
-from api_facade.protocol import TtsRequest
+from api_facade.protocol import Clip, TtsBatchRequest, TtsBatchResponse, TtsRequest
 from client import AsyncMiloTritonClient
 
 router = APIRouter(tags=["tts"])
@@ -33,6 +37,41 @@ def streaming_wav_header(sample_rate: int) -> bytes:
         + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
         + b"data" + struct.pack("<I", unknown)
     )  # fmt: skip
+
+
+@router.post(
+    "/v1/tts/batch",
+    response_model=TtsBatchResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "JSON of clips, or a zip of files"}},
+)
+async def tts_batch(
+    body: TtsBatchRequest, triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)]
+) -> TtsBatchResponse | Response:
+    # Sent together, the texts reach Triton's dynamic batcher together and share a forward pass.
+    speeches = await asyncio.gather(*(triton.synthesize(t, body.language, body.speed) for t in body.texts))
+    clips = []
+    for index, (text, speech) in enumerate(zip(body.texts, speeches, strict=True)):
+        AUDIO_SECONDS.labels("out").inc(speech.duration)
+        clips.append((index, text, speech, encode(speech.audio, speech.sample_rate, body.format)))
+    if body.packaging == "zip":
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
+            for index, _text, _speech, data in clips:
+                zipped.writestr(f"{index:03d}.{body.format}", data)
+        return Response(archive.getvalue(), media_type="application/zip")
+    return TtsBatchResponse(
+        clips=[
+            Clip(
+                index=index,
+                text=text,
+                format=body.format,
+                sample_rate=speech.sample_rate,
+                duration=round(speech.duration, 3),
+                data=base64.b64encode(data).decode(),
+            )
+            for index, text, speech, data in clips
+        ]
+    )
 
 
 @router.post("/v1/tts", responses=AUDIO_RESPONSE, response_class=Response)
