@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,6 +113,20 @@ def test_stt_multipart_in_several_formats(api: TestClient, clip: np.ndarray, aud
     assert body["language"] == "fr"
     assert body["duration"] == pytest.approx(clip.size / 16000, abs=0.15)
     assert "segments" not in body
+
+
+@pytest.mark.parametrize(("suffix", "codec"), [("webm", "libopus"), ("m4a", "aac"), ("opus", "libopus")])
+def test_stt_webm_m4a_and_opus_uploads(
+    api: TestClient, clip: np.ndarray, suffix: str, codec: str, tmp_path: Path
+) -> None:
+    """Containers a browser or a phone records, made here with the ffmpeg binary."""
+    source, target = tmp_path / "clip.wav", tmp_path / f"clip.{suffix}"
+    source.write_bytes(encode(clip, 16000, "wav"))
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(source), "-c:a", codec, str(target)], check=True)
+    response = api.post("/v1/stt", files={"file": (target.name, target.read_bytes())}, data={"language": "fr"})
+    assert response.status_code == 200, response.text
+    assert "bonjour" in response.json()["text"].lower()
+    assert response.json()["duration"] == pytest.approx(clip.size / 16000, abs=0.15)
 
 
 def test_stt_base64_json_and_response_formats(api: TestClient, clip: np.ndarray) -> None:

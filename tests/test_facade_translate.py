@@ -108,6 +108,16 @@ def test_bad_input_is_a_422_naming_the_field(api: TestClient, body: dict[str, ob
     assert response.json()["request_id"] == response.headers["X-Request-ID"]
 
 
+def test_request_id_is_in_the_error_log(api: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="api_facade"):
+        response = api.post(
+            "/v1/translate", json={"text": " ", "source": "mg", "target": "fr"}, headers={"X-Request-ID": "trace-42"}
+        )
+    assert response.headers["X-Request-ID"] == "trace-42"
+    assert response.json()["request_id"] == "trace-42"
+    assert any("trace-42" in record.getMessage() and "422" in record.getMessage() for record in caplog.records)
+
+
 def test_not_json_is_a_422(api: TestClient) -> None:
     response = api.post("/v1/translate", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422
