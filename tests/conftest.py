@@ -11,12 +11,14 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from fastapi.testclient import TestClient
 from scipy.signal import resample_poly
 
 from milo_voice.registry import Registry, load_registry, models_dir
@@ -67,6 +69,31 @@ def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | 
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
+
+
+@contextmanager
+def facade_client(triton_url: str, grpc_url: str | None = None, **env: str) -> Iterator[TestClient]:
+    """The facade in process, its lifespan run, configured through ``MILO_*`` variables.
+
+    The app is one object: a second client's lifespan replaces the first one's Triton
+    client, so tests open one facade at a time.
+    """
+    from api_facade.main import app
+    from api_facade.settings import get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MILO_TRITON_URL", triton_url)
+        if grpc_url:
+            patch.setenv("MILO_TRITON_GRPC_URL", grpc_url)
+        patch.delenv("MILO_REDIS_URL", raising=False)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        get_settings.cache_clear()
+        try:
+            with TestClient(app) as client:
+                yield client
+        finally:
+            get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

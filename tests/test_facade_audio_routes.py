@@ -16,24 +16,16 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 from api_facade.audio import decode_upload, encode
-from api_facade.main import app
-from api_facade.settings import get_settings
-from tests.conftest import TritonHost, speak
+from tests.conftest import TritonHost, facade_client, speak
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def api(triton_host: TritonHost) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MILO_TRITON_URL", triton_host.http_url)
-        patch.setenv("MILO_TRITON_GRPC_URL", triton_host.grpc_url)
-        patch.setenv("MILO_MAX_UPLOAD_BYTES", str(2 * 1024 * 1024))
-        patch.setenv("MILO_MAX_AUDIO_SECONDS", "60")
-        get_settings.cache_clear()
-        with TestClient(app) as client:
-            yield client
-        get_settings.cache_clear()
+    limits = {"MILO_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024), "MILO_MAX_AUDIO_SECONDS": "60"}
+    with facade_client(triton_host.http_url, triton_host.grpc_url, **limits) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -181,14 +173,7 @@ def test_tts_batch_as_json_and_zip(api: TestClient) -> None:
 
 
 def test_triton_timeout_is_504(triton_host: TritonHost, clip: np.ndarray) -> None:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MILO_TRITON_URL", triton_host.http_url)
-        patch.setenv("MILO_TRITON_TIMEOUT_S", "0.05")
-        get_settings.cache_clear()
-        try:
-            with TestClient(app) as client:
-                response = client.post("/v1/stt", files={"file": ("a.wav", encode(clip, 16000, "wav"))})
-        finally:
-            get_settings.cache_clear()
+    with facade_client(triton_host.http_url, MILO_TRITON_TIMEOUT_S="0.05") as client:
+        response = client.post("/v1/stt", files={"file": ("a.wav", encode(clip, 16000, "wav"))})
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "model_timeout"

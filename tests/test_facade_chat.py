@@ -7,34 +7,20 @@ import io
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from api_facade.main import app
 from api_facade.sessions import MemorySessionStore, Turn, trim_to_budget
-from api_facade.settings import get_settings
-from tests.conftest import TritonHost
+from tests.conftest import TritonHost, facade_client
 
 pytestmark = pytest.mark.integration
 
 
-@contextmanager
-def facade(triton_host: TritonHost, **env: str) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MILO_TRITON_URL", triton_host.http_url)
-        patch.setenv("MILO_TRITON_GRPC_URL", triton_host.grpc_url)
-        patch.delenv("MILO_REDIS_URL", raising=False)
-        for name, value in env.items():
-            patch.setenv(name, value)
-        get_settings.cache_clear()
-        try:
-            with TestClient(app) as client:
-                yield client
-        finally:
-            get_settings.cache_clear()
+def facade(triton_host: TritonHost, **env: str) -> AbstractContextManager[TestClient]:
+    return facade_client(triton_host.http_url, triton_host.grpc_url, **env)
 
 
 @pytest.fixture

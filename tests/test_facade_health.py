@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from fastapi.testclient import TestClient
 
-from api_facade.main import app
-from api_facade.settings import get_settings
-from tests.conftest import free_port
+from tests.conftest import facade_client, free_port
 
 
 @pytest.fixture
-def facade(monkeypatch: pytest.MonkeyPatch) -> TestClient:
-    monkeypatch.setenv("MILO_TRITON_URL", f"127.0.0.1:{free_port()}")
-    get_settings.cache_clear()
-    with TestClient(app) as client:
+def facade() -> Iterator[TestClient]:
+    with facade_client(f"127.0.0.1:{free_port()}") as client:
         yield client
-    get_settings.cache_clear()
 
 
 def test_health_answers(facade: TestClient) -> None:

@@ -12,23 +12,15 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 from api_facade.audio import encode
-from api_facade.main import app
-from api_facade.settings import get_settings
-from tests.conftest import TritonHost, speak
+from tests.conftest import TritonHost, facade_client, speak
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def api(triton_host: TritonHost) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MILO_TRITON_URL", triton_host.http_url)
-        patch.setenv("MILO_TRITON_GRPC_URL", triton_host.grpc_url)
-        patch.delenv("MILO_REDIS_URL", raising=False)
-        get_settings.cache_clear()
-        with TestClient(app) as client:
-            yield client
-        get_settings.cache_clear()
+    with facade_client(triton_host.http_url, triton_host.grpc_url) as client:
+        yield client
 
 
 @pytest.fixture

@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from api_facade.main import app
-from api_facade.settings import get_settings
-from tests.conftest import TritonHost, free_port
+from tests.conftest import TritonHost, facade_client, free_port
 
 pytestmark = pytest.mark.integration
 
 
-@contextmanager
-def facade(monkeypatch: pytest.MonkeyPatch, triton_url: str, redis_url: str | None = None) -> Iterator[TestClient]:
-    monkeypatch.setenv("MILO_TRITON_URL", triton_url)
-    if redis_url:
-        monkeypatch.setenv("MILO_REDIS_URL", redis_url)
-    else:
-        monkeypatch.delenv("MILO_REDIS_URL", raising=False)
-    get_settings.cache_clear()
-    try:
-        with TestClient(app) as client:
-            yield client
-    finally:
-        get_settings.cache_clear()
-
-
 @pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch, triton_host: TritonHost) -> Iterator[TestClient]:
-    with facade(monkeypatch, triton_host.http_url) as client:
+def api(triton_host: TritonHost) -> Iterator[TestClient]:
+    with facade_client(triton_host.http_url) as client:
         yield client
 
 
@@ -74,15 +56,13 @@ def test_second_translation_comes_from_the_cache(api: TestClient) -> None:
     assert second == {"text": "J'aime la musique et la danse.", "origin": "cache"}
 
 
-def test_redis_cache_is_shared_and_survives_a_restart(
-    monkeypatch: pytest.MonkeyPatch, triton_host: TritonHost, redis_url: str
-) -> None:
+def test_redis_cache_is_shared_and_survives_a_restart(triton_host: TritonHost, redis_url: str) -> None:
     body = {"text": "Ny ankizy dia mianatra any an-tsekoly isan'andro.", "source": "mg", "target": "en"}
-    with facade(monkeypatch, triton_host.http_url, redis_url) as first_facade:
+    with facade_client(triton_host.http_url, MILO_REDIS_URL=redis_url) as first_facade:
         assert first_facade.post("/v1/translate", json=body).json()["translations"][0]["origin"] == "model"
     keys = redis.Redis.from_url(redis_url).keys("milo:translate:*")
     assert keys
-    with facade(monkeypatch, triton_host.http_url, redis_url) as restarted:
+    with facade_client(triton_host.http_url, MILO_REDIS_URL=redis_url) as restarted:
         cached = restarted.post("/v1/translate", json=body).json()["translations"][0]
     assert cached == {"text": "The children study at school every day.", "origin": "cache"}
 
@@ -124,8 +104,8 @@ def test_not_json_is_a_422(api: TestClient) -> None:
     assert response.json()["error"]["code"] == "invalid_request"
 
 
-def test_triton_down_is_a_503_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    with facade(monkeypatch, f"127.0.0.1:{free_port()}") as client:
+def test_triton_down_is_a_503_with_retry_after() -> None:
+    with facade_client(f"127.0.0.1:{free_port()}") as client:
         response = client.post("/v1/translate", json={"text": "Salama tompoko", "source": "mg", "target": "fr"})
     assert response.status_code == 503
     assert response.headers["Retry-After"]

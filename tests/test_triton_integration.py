@@ -15,7 +15,7 @@ import tritonclient.http as httpclient
 
 from client import AsyncMiloTritonClient, MiloTritonClient, ModelInputError, tensors
 from tests.conftest import SERVED_MODELS as MODELS
-from tests.conftest import TritonHost, speak
+from tests.conftest import TritonHost, facade_client, speak
 
 pytestmark = pytest.mark.integration
 
@@ -193,18 +193,8 @@ def test_fifty_concurrent_mixed_requests(triton_host: TritonHost, clip: np.ndarr
     assert all(results)
 
 
-def test_facade_is_ready_against_the_real_host(triton_host: TritonHost, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastapi.testclient import TestClient
-
-    from api_facade.main import app
-    from api_facade.settings import get_settings
-
-    monkeypatch.setenv("MILO_TRITON_URL", triton_host.http_url)
-    get_settings.cache_clear()
-    try:
-        with TestClient(app) as facade:
-            response = facade.get("/ready")
-    finally:
-        get_settings.cache_clear()
+def test_facade_is_ready_against_the_real_host(triton_host: TritonHost) -> None:
+    with facade_client(triton_host.http_url) as facade:
+        response = facade.get("/ready")
     assert response.status_code == 200
     assert response.json()["not_ready"] == []
