@@ -39,13 +39,14 @@ def _sse(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def _conversation(body: ChatBody, sessions: SessionStore, settings: Settings) -> tuple[str, list[Turn]]:
+async def _conversation(body: ChatBody, sessions: SessionStore, settings: Settings) -> tuple[str, int, list[Turn]]:
+    """The session id, how many turns it already stores, and the turns to send to the model."""
     session_id = body.session_id or uuid.uuid4().hex
     history = await sessions.load(session_id) or []
     turns = [*history, Turn("user", body.message)]
     # The model's own context: what is left of n_ctx once the reply and the system prompt have room.
     budget = settings.chat_n_ctx - body.max_tokens - settings.chat_system_prompt_tokens
-    return session_id, trim_to_budget(turns, budget)
+    return session_id, len(history), trim_to_budget(turns, budget)
 
 
 def _messages(turns: list[Turn]) -> list[dict[str, str]]:
@@ -59,7 +60,7 @@ async def chat(
     sessions: Annotated[SessionStore, Depends(get_sessions)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> ChatAnswer | StreamingResponse:
-    session_id, context = await _conversation(body, sessions, settings)
+    session_id, stored_turns, context = await _conversation(body, sessions, settings)
     speak_language = body.language or settings.voice_default_language
     model = CHAT_MODELS[body.backend or settings.chat_default_backend]
     if body.stream:
@@ -73,17 +74,17 @@ async def chat(
     # An empty reply is returned as it is (never invented) and not stored: the user may ask again.
     if result.text.strip():
         await sessions.append(session_id, [Turn("user", body.message), Turn("assistant", result.text)])
+        stored_turns += 2
     audio = None
     if body.mode == "voice" and result.text.strip():
         speech = await triton.synthesize(result.text, speak_language)
         AUDIO_SECONDS.labels("out").inc(speech.duration)
         audio = _audio(speech, body.voice_format)
-    stored = await sessions.load(session_id) or []
     return ChatAnswer(
         session_id=session_id,
         reply=result.text,
         mode=body.mode,
-        turns=len(stored),
+        turns=stored_turns,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         audio=audio,
