@@ -139,6 +139,16 @@ def _translate_error(exc: InferenceServerException) -> Exception:
     return exc
 
 
+def _call_options(priority: int, timeout_us: int | None, protocol: str, timeout_s: float) -> dict[str, Any]:
+    """Keyword arguments of tritonclient's ``infer``: Triton priority and queue timeout, gRPC deadline."""
+    options: dict[str, Any] = {"priority": priority}
+    if timeout_us is not None:
+        options["timeout"] = timeout_us
+    if protocol == "grpc":
+        options["client_timeout"] = timeout_s
+    return options
+
+
 def _tensor_inputs(module: Any, io: tensors.ModelIO, values: dict[str, Any]) -> list[Any]:
     inputs = []
     for spec in io.inputs:
@@ -234,11 +244,7 @@ class MiloTritonClient:
         self, io: tensors.ModelIO, values: dict[str, Any], priority: int = 0, timeout_us: int | None = None
     ) -> dict[str, np.ndarray]:
         """One request to any non-streaming model; returns its output tensors by name."""
-        kwargs: dict[str, Any] = {"priority": priority}
-        if timeout_us is not None:
-            kwargs["timeout"] = timeout_us
-        if self.protocol == "grpc":
-            kwargs["client_timeout"] = self.timeout_s
+        kwargs = _call_options(priority, timeout_us, self.protocol, self.timeout_s)
         try:
             result = self._client.infer(
                 io.name,
@@ -369,7 +375,6 @@ class AsyncMiloTritonClient:
         self.url = url
         self.protocol = protocol
         self.timeout_s = timeout_s
-        self._module: Any = httpclient_aio if protocol == "http" else grpcclient_aio
         if protocol == "http":
             self._client: Any = httpclient_aio.InferenceServerClient(url, conn_timeout=timeout_s)
         else:
@@ -400,11 +405,7 @@ class AsyncMiloTritonClient:
     async def infer(
         self, io: tensors.ModelIO, values: dict[str, Any], priority: int = 0, timeout_us: int | None = None
     ) -> dict[str, np.ndarray]:
-        kwargs: dict[str, Any] = {"priority": priority}
-        if timeout_us is not None:
-            kwargs["timeout"] = timeout_us
-        if self.protocol == "grpc":
-            kwargs["client_timeout"] = self.timeout_s
+        kwargs = _call_options(priority, timeout_us, self.protocol, self.timeout_s)
         module = httpclient if self.protocol == "http" else grpcclient
         try:
             result = await self._client.infer(
