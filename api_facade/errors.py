@@ -18,11 +18,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from client import ModelInputError, TritonUnavailableError
+from api_facade.metrics import BUSY
+from client import ModelInputError, TritonBusyError, TritonUnavailableError
 
 log = logging.getLogger("api_facade")
 REQUEST_ID_HEADER = "X-Request-ID"
 RETRY_AFTER_S = 5
+# A full queue drains within seconds: ask busy clients back sooner than for an outage.
+BUSY_RETRY_AFTER_S = 1
 
 
 class ApiError(Exception):
@@ -81,6 +84,9 @@ def install(app: FastAPI) -> None:
         request.state.request_id = rid[:64]
         response = await call_next(request)
         response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        # RateLimit-* of the caller's tightest limit, set by the access dependency.
+        for name, value in getattr(request.state, "rate_limit_headers", {}).items():
+            response.headers.setdefault(name, value)
         return response
 
     @app.exception_handler(ApiError)
@@ -104,6 +110,15 @@ def install(app: FastAPI) -> None:
             request,
             ApiError(503, "model_unavailable", f"the model server cannot take this request now: {exc}",
                      headers={"Retry-After": str(RETRY_AFTER_S)}),
+        )  # fmt: skip
+
+    @app.exception_handler(TritonBusyError)
+    async def on_busy(request: Request, exc: TritonBusyError) -> JSONResponse:
+        BUSY.inc()
+        return error_response(
+            request,
+            ApiError(503, "model_busy", f"the model is at capacity; retry shortly: {exc}",
+                     headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}),
         )  # fmt: skip
 
     @app.exception_handler(TimeoutError)

@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import start_http_server
 
 from api_facade import errors, metrics
 from api_facade.cache import MemoryCache, RedisCache
+from api_facade.disconnect import CancelOnDisconnect
 from api_facade.phrasebook import Phrasebook
-from api_facade.routers import chat, health, openai_compat, stt, translate, tts
+from api_facade.ratelimit import RateLimiter, parse_networks
+from api_facade.routers import admin, chat, health, openai_compat, stt, translate, tts
 from api_facade.sessions import MemorySessionStore, RedisSessionStore
-from api_facade.settings import get_settings
+from api_facade.settings import Settings, get_settings
+from api_facade.tokens import TokenService, open_token_store
 from client import AsyncMiloTritonClient
 from milo_voice.registry import active_profile, load_registry
+
+log = logging.getLogger("api_facade")
+
+
+def _announce_access(settings: Settings) -> None:
+    if settings.auth_on:
+        store = "Redis" if settings.redis_url else settings.data_dir / "tokens.json"
+        log.info("API tokens required on /v1/* (tokens kept in %s)", store)
+    else:
+        log.warning(
+            "API tokens are OFF (embedded quick start): every caller is anonymous, tier %r. To require tokens: "
+            "`milo-voice tokens create NAME --tier standard --scopes stt,tts,translate,chat` and restart the "
+            "facade with MILO_AUTH_ENABLED=true",
+            settings.anonymous_tier,
+        )
 
 
 @asynccontextmanager
@@ -41,7 +61,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry = load_registry()
     app.state.translate_revision = f"{profile}:{registry.by_role('translate').weights(profile).revision}"
     app.state.voices = registry.by_role("tts").weights(profile).voices
+    app.state.tokens = TokenService(open_token_store(settings.redis_url, settings.data_dir), tuple(settings.tiers))
+    app.state.rate_limiter = RateLimiter(settings.redis_url)
+    app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
+    if settings.anonymous_tier not in settings.tiers:
+        raise ValueError(f"MILO_ANONYMOUS_TIER={settings.anonymous_tier!r} is not one of the tiers")
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port)
+    _announce_access(settings)
     yield
+    await app.state.tokens.store.close()
     await app.state.sessions.close()
     await app.state.translation_cache.close()
     await app.state.triton.close()
@@ -55,9 +84,12 @@ app = FastAPI(
 )
 errors.install(app)
 metrics.install(app)
+# Outermost: a client that leaves cancels everything below, Triton call included.
+app.add_middleware(CancelOnDisconnect)
 app.include_router(health.router)
 app.include_router(translate.router)
 app.include_router(tts.router)
 app.include_router(stt.router)
 app.include_router(chat.router)
 app.include_router(openai_compat.router)
+app.include_router(admin.router)

@@ -206,3 +206,40 @@ class Clip(BaseModel):
 
 class TtsBatchResponse(BaseModel):
     clips: list[Clip]
+
+
+# -- admin: API tokens -------------------------------------------------------------
+
+Scope = Literal["stt", "tts", "translate", "chat", "admin"]
+TOKEN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "mobile-app", "tier": "standard", "scopes": ["stt", "tts", "chat"]}]}
+    )
+
+    name: str = Field(pattern=TOKEN_NAME_PATTERN)
+    tier: str = Field(default="standard", max_length=64)
+    scopes: list[Scope] = Field(min_length=1)
+    expires_in_s: float | None = Field(default=None, gt=0, description="the token stops working after this long")
+
+
+class TokenRotate(BaseModel):
+    grace_s: float | None = Field(
+        default=None, ge=0, description="how long the current secret keeps working (default: the configured grace)"
+    )
+
+
+class TokenView(BaseModel):
+    name: str
+    tier: str
+    scopes: list[str]
+    created_at: float
+    expires_at: float | None
+    active_secrets: int
+    key_ids: list[str]
+
+
+class IssuedTokenView(TokenView):
+    token: str = Field(description="the secret token; shown this once, never stored")

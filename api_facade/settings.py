@@ -3,8 +3,54 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from milo_voice.registry import REPO_ROOT, active_profile
+
+ROUTE_FAMILIES = ("stt", "tts", "translate", "chat", "admin", "models")
+
+
+class TierPolicy(BaseModel):
+    """What a token tier gets: its Triton priority, how long it may queue, and its rate limits."""
+
+    # Triton priority level: 1 is scheduled first; the registry declares 2 levels.
+    priority: int = Field(ge=1)
+    # Triton drops a request still queued after this long (answered 503, retry later).
+    queue_timeout_s: float = Field(gt=0)
+    # Route family -> limit in the ``limits`` notation ("30/minute"); "default" for the rest.
+    limits: dict[str, str]
+
+    def limit_for(self, family: str) -> str:
+        return self.limits.get(family) or self.limits["default"]
+
+
+DEFAULT_TIERS = {
+    "premium": TierPolicy(
+        priority=1,
+        queue_timeout_s=60,
+        limits={
+            "stt": "120/minute",
+            "tts": "300/minute",
+            "translate": "600/minute",
+            "chat": "120/minute",
+            "default": "120/minute",
+        },
+    ),
+    "standard": TierPolicy(
+        priority=2,
+        queue_timeout_s=30,
+        limits={
+            "stt": "30/minute",
+            "tts": "60/minute",
+            "translate": "120/minute",
+            "chat": "30/minute",
+            "default": "30/minute",
+        },
+    ),
+}
 
 
 class Settings(BaseSettings):
@@ -29,6 +75,28 @@ class Settings(BaseSettings):
     # Uploads larger than this are refused with 413 before any decoding.
     max_upload_bytes: int = 25 * 1024 * 1024
     max_audio_seconds: float = 600.0
+
+    # Access control. Unset: on, except in the embedded quick start (MILO_PROFILE=embedded).
+    auth_enabled: bool | None = None
+    # Where the token file lives when there is no Redis.
+    data_dir: Path = REPO_ROOT / "data"
+    token_rotation_grace_s: float = 3600.0
+    tiers: dict[str, TierPolicy] = DEFAULT_TIERS
+    # The tier of every caller while auth is off.
+    anonymous_tier: str = "standard"
+    # Per client IP and route family, whoever calls (also counts calls with bad tokens).
+    ip_rate_limit: str = "600/minute"
+    # Proxies whose X-Forwarded-For is believed (addresses or CIDR blocks).
+    trusted_proxies: list[str] = []
+    # Serve /metrics on this port instead of the facade's own.
+    metrics_port: int | None = None
+
+    @property
+    def auth_on(self) -> bool:
+        return self.auth_enabled if self.auth_enabled is not None else active_profile() != "embedded"
+
+    def tier(self, name: str) -> TierPolicy:
+        return self.tiers.get(name) or self.tiers[self.anonymous_tier]
 
 
 @lru_cache

@@ -1,10 +1,18 @@
 """Typed client for Milo Voice: one method per model over Triton (HTTP or gRPC, sync or asyncio)."""
 
 from client.results import ChatResult, Segment, SpeechResult, TranscriptionResult, TranslationResult
-from client.triton import AsyncMiloTritonClient, MiloTritonClient, ModelInputError, TritonUnavailableError
+from client.triton import (
+    AsyncMiloTritonClient,
+    CallOptions,
+    MiloTritonClient,
+    ModelInputError,
+    TritonBusyError,
+    TritonUnavailableError,
+)
 
 __all__ = [
     "AsyncMiloTritonClient",
+    "CallOptions",
     "ChatResult",
     "MiloTritonClient",
     "ModelInputError",
@@ -12,5 +20,6 @@ __all__ = [
     "SpeechResult",
     "TranscriptionResult",
     "TranslationResult",
+    "TritonBusyError",
     "TritonUnavailableError",
 ]

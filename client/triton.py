@@ -12,6 +12,7 @@ protocol of the rest of the client.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import json
 import queue
@@ -34,12 +35,29 @@ Protocol = Literal["http", "grpc"]
 Message = dict[str, str]
 
 
+@dataclasses.dataclass(frozen=True)
+class CallOptions:
+    """How Triton schedules a request: its priority level and how long it may wait in the queue.
+
+    ``priority`` 0 means the model's default level; 1 is served first. A request still
+    queued after ``queue_timeout_us`` is rejected by Triton (the model must allow the
+    override, which the registry's queue policy does).
+    """
+
+    priority: int = 0
+    queue_timeout_us: int | None = None
+
+
 class ModelInputError(ValueError):
     """The model refused this request's input (the message says why)."""
 
 
 class TritonUnavailableError(ConnectionError):
     """Triton could not be reached, or the model is not ready or its queue is full."""
+
+
+class TritonBusyError(TritonUnavailableError):
+    """The model's queue is full, or the request waited in it past its queue timeout: retry soon."""
 
 
 # -- building requests -----------------------------------------------------------
@@ -130,8 +148,10 @@ def _chat(outputs: dict[str, np.ndarray]) -> ChatResult:
 def _translate_error(exc: InferenceServerException) -> Exception:
     text = str(exc)
     lowered = text.lower()
+    if "exceeds maximum queue size" in lowered or "timeout expired" in lowered:
+        return TritonBusyError(text)
     unavailable = (
-        "unavailable", "not ready", "exceeds maximum queue size", "failed to connect", "connection refused",
+        "unavailable", "not ready", "failed to connect", "connection refused",
         "unknown model",
     )  # fmt: skip
     if any(marker in lowered for marker in unavailable):
@@ -139,9 +159,12 @@ def _translate_error(exc: InferenceServerException) -> Exception:
     return exc
 
 
-def _call_options(priority: int, timeout_us: int | None, protocol: str, timeout_s: float) -> dict[str, Any]:
+def _call_options(
+    defaults: CallOptions, priority: int | None, timeout_us: int | None, protocol: str, timeout_s: float
+) -> dict[str, Any]:
     """Keyword arguments of tritonclient's ``infer``: Triton priority and queue timeout, gRPC deadline."""
-    options: dict[str, Any] = {"priority": priority}
+    options: dict[str, Any] = {"priority": defaults.priority if priority is None else priority}
+    timeout_us = defaults.queue_timeout_us if timeout_us is None else timeout_us
     if timeout_us is not None:
         options["timeout"] = timeout_us
     if protocol == "grpc":
@@ -196,6 +219,7 @@ class MiloTritonClient:
         self._opened: list[Any] = []
         self._opened_lock = threading.Lock()
         self._grpc = grpcclient.InferenceServerClient(url) if protocol == "grpc" else None
+        self.options = CallOptions()
         # Decoupled models only speak gRPC: by default the gRPC port is the HTTP port + 1.
         self.grpc_url = grpc_url or (url if protocol == "grpc" else _next_port(url))
 
@@ -212,6 +236,12 @@ class MiloTritonClient:
             with self._opened_lock:
                 self._opened.append(client)
         return client
+
+    def with_options(self, options: CallOptions) -> MiloTritonClient:
+        """A view of this client whose calls carry ``options``; it shares the connections (do not close it)."""
+        view = copy.copy(self)
+        view.options = options
+        return view
 
     def close(self) -> None:
         if self._grpc is not None:
@@ -241,10 +271,10 @@ class MiloTritonClient:
             return False
 
     def infer(
-        self, io: tensors.ModelIO, values: dict[str, Any], priority: int = 0, timeout_us: int | None = None
+        self, io: tensors.ModelIO, values: dict[str, Any], priority: int | None = None, timeout_us: int | None = None
     ) -> dict[str, np.ndarray]:
         """One request to any non-streaming model; returns its output tensors by name."""
-        kwargs = _call_options(priority, timeout_us, self.protocol, self.timeout_s)
+        kwargs = _call_options(self.options, priority, timeout_us, self.protocol, self.timeout_s)
         try:
             result = self._client.infer(
                 io.name,
@@ -261,15 +291,15 @@ class MiloTritonClient:
         return _outputs(result, io)
 
     # models
-    def transcribe(self, audio: np.ndarray, language: str = "auto", priority: int = 0) -> TranscriptionResult:
+    def transcribe(self, audio: np.ndarray, language: str = "auto", priority: int | None = None) -> TranscriptionResult:
         """``audio``: mono float samples at 16 kHz."""
         return _transcription(self.infer(tensors.STT, _stt_inputs(audio, language), priority))
 
-    def synthesize(self, text: str, language: str, speed: float = 1.0, priority: int = 0) -> SpeechResult:
+    def synthesize(self, text: str, language: str, speed: float = 1.0, priority: int | None = None) -> SpeechResult:
         values = {"text": text, "language": language, "speed": speed}
         return _speech(self.infer(tensors.TTS, values, priority))
 
-    def translate(self, text: str, source: str, target: str, priority: int = 0) -> TranslationResult:
+    def translate(self, text: str, source: str, target: str, priority: int | None = None) -> TranslationResult:
         values = {"text": text, "source": source, "target": target}
         return _translation(self.infer(tensors.TRANSLATE, values, priority))
 
@@ -279,7 +309,7 @@ class MiloTritonClient:
         language: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
-        priority: int = 0,
+        priority: int | None = None,
         model: str = tensors.CHAT.name,
     ) -> ChatResult:
         """``model``: "chat" (local) or "chat_cloud" (the OpenAI-compatible backend, where served)."""
@@ -379,7 +409,14 @@ class AsyncMiloTritonClient:
             self._client: Any = httpclient_aio.InferenceServerClient(url, conn_timeout=timeout_s)
         else:
             self._client = grpcclient_aio.InferenceServerClient(url)
+        self.options = CallOptions()
         self.grpc_url = grpc_url or (url if protocol == "grpc" else _next_port(url))
+
+    def with_options(self, options: CallOptions) -> AsyncMiloTritonClient:
+        """A view of this client whose calls carry ``options``; it shares the connection (do not close it)."""
+        view = copy.copy(self)
+        view.options = options
+        return view
 
     async def close(self) -> None:
         await self._client.close()
@@ -403,9 +440,9 @@ class AsyncMiloTritonClient:
             return False
 
     async def infer(
-        self, io: tensors.ModelIO, values: dict[str, Any], priority: int = 0, timeout_us: int | None = None
+        self, io: tensors.ModelIO, values: dict[str, Any], priority: int | None = None, timeout_us: int | None = None
     ) -> dict[str, np.ndarray]:
-        kwargs = _call_options(priority, timeout_us, self.protocol, self.timeout_s)
+        kwargs = _call_options(self.options, priority, timeout_us, self.protocol, self.timeout_s)
         module = httpclient if self.protocol == "http" else grpcclient
         try:
             result = await self._client.infer(
@@ -419,13 +456,17 @@ class AsyncMiloTritonClient:
             raise TritonUnavailableError(f"cannot reach Triton at {self.url}: {exc}") from exc
         return _outputs(result, io)
 
-    async def transcribe(self, audio: np.ndarray, language: str = "auto", priority: int = 0) -> TranscriptionResult:
+    async def transcribe(
+        self, audio: np.ndarray, language: str = "auto", priority: int | None = None
+    ) -> TranscriptionResult:
         return _transcription(await self.infer(tensors.STT, _stt_inputs(audio, language), priority))
 
-    async def synthesize(self, text: str, language: str, speed: float = 1.0, priority: int = 0) -> SpeechResult:
+    async def synthesize(
+        self, text: str, language: str, speed: float = 1.0, priority: int | None = None
+    ) -> SpeechResult:
         return _speech(await self.infer(tensors.TTS, {"text": text, "language": language, "speed": speed}, priority))
 
-    async def translate(self, text: str, source: str, target: str, priority: int = 0) -> TranslationResult:
+    async def translate(self, text: str, source: str, target: str, priority: int | None = None) -> TranslationResult:
         values = {"text": text, "source": source, "target": target}
         return _translation(await self.infer(tensors.TRANSLATE, values, priority))
 
@@ -435,7 +476,7 @@ class AsyncMiloTritonClient:
         language: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
-        priority: int = 0,
+        priority: int | None = None,
         model: str = tensors.CHAT.name,
     ) -> ChatResult:
         values = _chat_inputs(messages, language, max_tokens, temperature)

@@ -4,6 +4,7 @@ milo-voice serve                     PyTriton host (8000/8001/8002) and the faca
 milo-voice models pull [--profile]   build the embedded weights or fetch the production ones
 milo-voice models list               each model with its weights and whether they are present
 milo-voice normalize --lang mg TEXT  the spoken form that TTS will read
+milo-voice tokens create|list|rotate|revoke   API tokens of the facade
 """
 
 from __future__ import annotations
@@ -158,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     normalize.add_argument("--lang", choices=SUPPORTED_LANGUAGES, required=True)
     normalize.add_argument("text", nargs="+")
     normalize.set_defaults(func=_normalize)
+
+    from api_facade.token_cli import add_token_commands
+
+    add_token_commands(commands)
     return parser
 
 

@@ -72,7 +72,9 @@ def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | 
 
 
 @contextmanager
-def facade_client(triton_url: str, grpc_url: str | None = None, **env: str) -> Iterator[TestClient]:
+def facade_client(
+    triton_url: str, grpc_url: str | None = None, peer: tuple[str, int] = ("testclient", 50000), **env: str
+) -> Iterator[TestClient]:
     """The facade in process, its lifespan run, configured through ``MILO_*`` variables.
 
     The app is one object: a second client's lifespan replaces the first one's Triton
@@ -90,7 +92,7 @@ def facade_client(triton_url: str, grpc_url: str | None = None, **env: str) -> I
             patch.setenv(name, value)
         get_settings.cache_clear()
         try:
-            with TestClient(app) as client:
+            with TestClient(app, client=peer) as client:
                 yield client
         finally:
             get_settings.cache_clear()
@@ -129,6 +131,30 @@ class TritonHost:
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc}"
+
+
+@contextmanager
+def facade_process(triton: TritonHost, log_path: Path, **env: str) -> Iterator[str]:
+    """The facade as a real uvicorn server in its own process; yields its base URL once it answers."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "MILO_TRITON_URL": triton.http_url,
+        "MILO_TRITON_GRPC_URL": triton.grpc_url,
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api_facade.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_http_ok(f"http://127.0.0.1:{port}/health", 60, process)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import StreamingResponse
 
+from api_facade.access import access, triton_for
 from api_facade.audio import encode
-from api_facade.dependencies import get_sessions, get_triton
+from api_facade.dependencies import get_sessions
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS, TOKENS
 from api_facade.protocol import SESSION_ID_PATTERN, ChatAnswer, ChatAudio, ChatBody, SessionTurn, SessionView
@@ -56,7 +57,7 @@ def _messages(turns: list[Turn]) -> list[dict[str, str]]:
 @router.post("/v1/chat", response_model=ChatAnswer, response_model_exclude_none=True)
 async def chat(
     body: ChatBody,
-    triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)],
+    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("chat"))],
     sessions: Annotated[SessionStore, Depends(get_sessions)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> ChatAnswer | StreamingResponse:
@@ -120,7 +121,7 @@ async def _stream(
         yield _sse("error", {"code": "stream_failed", "message": str(exc)})
 
 
-@router.get("/v1/chat/sessions/{session_id}", response_model=SessionView)
+@router.get("/v1/chat/sessions/{session_id}", response_model=SessionView, dependencies=[Depends(access("chat"))])
 async def get_session(session_id: SessionId, sessions: Annotated[SessionStore, Depends(get_sessions)]) -> SessionView:
     turns = await sessions.load(session_id)
     if turns is None:
@@ -128,7 +129,7 @@ async def get_session(session_id: SessionId, sessions: Annotated[SessionStore, D
     return SessionView(session_id=session_id, turns=[SessionTurn(role=t.role, content=t.content) for t in turns])
 
 
-@router.delete("/v1/chat/sessions/{session_id}", status_code=204)
+@router.delete("/v1/chat/sessions/{session_id}", status_code=204, dependencies=[Depends(access("chat"))])
 async def delete_session(session_id: SessionId, sessions: Annotated[SessionStore, Depends(get_sessions)]) -> None:
     if not await sessions.delete(session_id):
         raise ApiError(404, "session_not_found", f"no session {session_id!r}")

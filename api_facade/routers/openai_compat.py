@@ -18,8 +18,9 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api_facade.access import access, triton_for
 from api_facade.audio import MEDIA_TYPES, encode
-from api_facade.dependencies import get_triton, get_voices
+from api_facade.dependencies import get_voices
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS, TOKENS
 from api_facade.routers.stt import transcribe_upload
@@ -31,7 +32,7 @@ router = APIRouter(tags=["openai-compatible"])
 CHAT_MODEL, STT_MODEL, TTS_MODEL = "milo-chat", "milo-stt", "milo-tts"
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", dependencies=[Depends(access("models"))])
 async def models() -> dict[str, Any]:
     return {
         "object": "list",
@@ -44,7 +45,7 @@ async def models() -> dict[str, Any]:
 
 @router.post("/v1/audio/transcriptions")
 async def transcriptions(
-    triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)],
+    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("stt"))],
     settings: Annotated[Settings, Depends(get_settings)],
     file: Annotated[UploadFile, File(description="the audio file")],
     model: Annotated[str, Form()] = STT_MODEL,
@@ -101,7 +102,7 @@ class SpeechBody(BaseModel):
 @router.post("/v1/audio/speech", response_class=Response)
 async def speech(
     body: SpeechBody,
-    triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)],
+    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("tts"))],
     voices: Annotated[dict[str, str], Depends(get_voices)],
 ) -> Response:
     by_name = {name: language for language, name in voices.items()}
@@ -152,7 +153,7 @@ def _chunk(completion_id: str, created: int, model: str, delta: dict[str, str], 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionBody, triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)]
+    body: ChatCompletionBody, triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("chat"))]
 ) -> dict[str, Any] | StreamingResponse:
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     max_tokens = body.max_completion_tokens or body.max_tokens or 256

@@ -13,8 +13,8 @@ from fastapi.responses import PlainTextResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from api_facade.access import triton_for
 from api_facade.audio import UndecodableAudioError, decode_upload
-from api_facade.dependencies import get_triton
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS
 from api_facade.protocol import SttResponse, SttSegment
@@ -132,7 +132,7 @@ async def transcribe_upload(
 @router.post("/v1/stt", openapi_extra=REQUEST_BODY, response_model=SttResponse, response_model_exclude_none=True)
 async def stt(
     request: Request,
-    triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)],
+    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("stt"))],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> Any:
     audio_bytes, language, response_format = await _audio_and_options(request, settings)

@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from api_facade.access import triton_for
 from api_facade.cache import TranslationCache, cache_key
-from api_facade.dependencies import get_cache, get_phrasebook, get_translate_revision, get_triton
+from api_facade.dependencies import get_cache, get_phrasebook, get_translate_revision
 from api_facade.metrics import CACHE
 from api_facade.phrasebook import Phrasebook
 from api_facade.protocol import Translated, TranslateRequest, TranslateResponse
@@ -20,7 +21,7 @@ router = APIRouter(tags=["translate"])
 @router.post("/v1/translate", response_model=TranslateResponse, response_model_exclude_none=True)
 async def translate(
     body: TranslateRequest,
-    triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)],
+    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("translate"))],
     cache: Annotated[TranslationCache, Depends(get_cache)],
     phrasebook: Annotated[Phrasebook, Depends(get_phrasebook)],
     revision: Annotated[str, Depends(get_translate_revision)],

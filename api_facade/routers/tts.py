@@ -13,8 +13,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import StreamingResponse
 
+from api_facade.access import triton_for
 from api_facade.audio import MEDIA_TYPES, encode
-from api_facade.dependencies import get_triton, get_voices
+from api_facade.dependencies import get_voices
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS
 from api_facade.protocol import Clip, TtsBatchRequest, TtsBatchResponse, TtsRequest
@@ -45,7 +46,7 @@ def streaming_wav_header(sample_rate: int) -> bytes:
     responses={200: {"content": {"application/zip": {}}, "description": "JSON of clips, or a zip of files"}},
 )
 async def tts_batch(
-    body: TtsBatchRequest, triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)]
+    body: TtsBatchRequest, triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("tts"))]
 ) -> TtsBatchResponse | Response:
     # Sent together, the texts reach Triton's dynamic batcher together and share a forward pass.
     speeches = await asyncio.gather(*(triton.synthesize(t, body.language, body.speed) for t in body.texts))
@@ -77,7 +78,7 @@ async def tts_batch(
 @router.post("/v1/tts", responses=AUDIO_RESPONSE, response_class=Response)
 async def tts(
     body: TtsRequest,
-    triton: Annotated[AsyncMiloTritonClient, Depends(get_triton)],
+    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("tts"))],
     voices: Annotated[dict[str, str], Depends(get_voices)],
 ) -> Response:
     check_voice(body, voices)

@@ -1,0 +1,127 @@
+"""Who may call a route, how often, and at which Triton priority: one dependency per route family.
+
+Every ``/v1/*`` route depends on ``access(family)``, which, in order:
+1. counts the call against the client IP's limit (so calls with bad tokens count too);
+2. authenticates the bearer token (401) unless auth is off;
+3. checks the token's scopes (403);
+4. counts the call against the token's limit for its tier (429);
+and returns the ``Caller``, whose tier gives the Triton priority and queue timeout.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI must see the dependency of
+# ``triton_for``'s inner function as an object, not a string naming a local variable.
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api_facade.errors import ApiError
+from api_facade.metrics import AUTH_FAILURES, RATE_LIMITED
+from api_facade.ratelimit import LimitState, RateLimiter, client_ip, parse_limit, tightest
+from api_facade.settings import ROUTE_FAMILIES, Settings, get_settings
+from api_facade.tokens import SCOPES, InvalidTokenError, Principal, TokenService
+from client import AsyncMiloTritonClient, CallOptions
+
+# The scope each family needs; "models" (the OpenAI model list) needs a valid token only.
+FAMILY_SCOPE: dict[str, str | None] = {"stt": "stt", "tts": "tts", "translate": "translate", "chat": "chat",
+                                       "admin": "admin", "models": None}  # fmt: skip
+RATE_LIMIT_HEADERS = "rate_limit_headers"
+
+
+@dataclass(frozen=True)
+class Caller:
+    principal: Principal
+    ip: str
+    options: CallOptions
+
+
+def _anonymous(settings: Settings) -> Principal:
+    # With auth off every caller is one "anonymous" principal of the anonymous tier, without admin.
+    return Principal("anonymous", settings.anonymous_tier, frozenset(s for s in SCOPES if s != "admin"))
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        AUTH_FAILURES.labels("missing").inc()
+        raise ApiError(
+            401, "unauthenticated", "send an API token as 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="milo-voice"'},
+        )  # fmt: skip
+    return token.strip()
+
+
+async def _authenticate(request: Request, settings: Settings) -> Principal:
+    if not settings.auth_on:
+        return _anonymous(settings)
+    tokens: TokenService = request.app.state.tokens
+    try:
+        return await tokens.verify(_bearer(request))
+    except InvalidTokenError as exc:
+        AUTH_FAILURES.labels("invalid").inc()
+        raise ApiError(
+            401, "invalid_token", f"the API token is not valid: {exc}",
+            headers={"WWW-Authenticate": 'Bearer realm="milo-voice", error="invalid_token"'},
+        ) from None  # fmt: skip
+
+
+def _refuse(request: Request, state: LimitState, family: str, kind: str) -> ApiError:
+    RATE_LIMITED.labels(family, kind).inc()
+    retry_after = str(max(1, state.reset_s))
+    return ApiError(
+        429, "rate_limited", f"too many {family} requests for this {kind}; retry in {retry_after} s",
+        headers={**state.headers(), "Retry-After": retry_after},
+    )  # fmt: skip
+
+
+class Access:
+    """The dependency of one route family. One instance per family, so FastAPI runs it once a request."""
+
+    def __init__(self, family: str) -> None:
+        if family not in ROUTE_FAMILIES:
+            raise ValueError(f"unknown route family {family!r}")
+        self.family = family
+
+    async def __call__(self, request: Request) -> Caller:
+        settings = get_settings()
+        limiter: RateLimiter = request.app.state.rate_limiter
+        peer = request.client.host if request.client else None
+        ip = client_ip(peer, request.headers.get("x-forwarded-for"), request.app.state.trusted_proxies)
+
+        ip_state = await limiter.hit(parse_limit(settings.ip_rate_limit), "ip", self.family, ip)
+        if not ip_state.allowed:
+            raise _refuse(request, ip_state, self.family, "client address")
+
+        principal = await _authenticate(request, settings)
+        request.state.principal = principal.name
+        scope = FAMILY_SCOPE[self.family]
+        if scope is not None and scope not in principal.scopes:
+            hint = " (admin routes need auth on: MILO_AUTH_ENABLED=true)" if not settings.auth_on else ""
+            raise ApiError(403, "insufficient_scope", f"this token lacks the {scope!r} scope{hint}")
+
+        tier = settings.tier(principal.tier)
+        token_state = await limiter.hit(parse_limit(tier.limit_for(self.family)), "token", self.family, principal.name)
+        if not token_state.allowed:
+            raise _refuse(request, token_state, self.family, "token")
+        setattr(request.state, RATE_LIMIT_HEADERS, tightest([ip_state, token_state]).headers())
+        options = CallOptions(priority=tier.priority, queue_timeout_us=int(tier.queue_timeout_s * 1_000_000))
+        return Caller(principal, ip, options)
+
+
+@cache
+def access(family: str) -> Access:
+    return Access(family)
+
+
+@cache
+def triton_for(family: str) -> object:
+    """Dependency: the Triton client bound to the caller's priority and queue timeout."""
+    caller_of = access(family)
+
+    async def bound_client(request: Request, caller: Annotated[Caller, Depends(caller_of)]) -> AsyncMiloTritonClient:
+        client: AsyncMiloTritonClient = request.app.state.triton
+        return client.with_options(caller.options)
+
+    return bound_client

@@ -1,0 +1,109 @@
+"""Rate limits per client IP and per token, per route family, shared by replicas through Redis.
+
+The counting is the ``limits`` library's moving window: exact (no burst at window edges),
+and atomic in Redis through its Lua scripts, so several facade replicas share one count.
+Without Redis the windows live in process. The headers follow the IETF RateLimit fields
+draft: ``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset`` (seconds) and
+``RateLimit-Policy``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """One limit after a request was counted against it."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int  # seconds until a slot frees up
+    window_s: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_s),
+            "RateLimit-Policy": f"{self.limit};w={self.window_s}",
+        }
+
+
+def parse_limit(text: str) -> RateLimitItem:
+    """``"30/minute"``, ``"3 per 2 seconds"``: the ``limits`` notation."""
+    return parse(text)
+
+
+def parse_networks(entries: Sequence[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[IPNetwork]) -> str:
+    """The address a request came from, believing ``X-Forwarded-For`` only from trusted proxies.
+
+    Proxies append the address they received from, so the list is read from the right:
+    the first address that is not a trusted proxy is the client. A peer that is not a
+    trusted proxy is the client whatever header it sends.
+    """
+    if not peer:
+        return "unknown"
+    if not forwarded_for or not _is_trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # a forged or garbled entry: trust nothing beyond the proxy
+        if not _is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str | None) -> None:
+        self._storage: Storage = (
+            RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix="milo:ratelimit")
+            if redis_url
+            else MemoryStorage()
+        )
+        self._limiter = MovingWindowRateLimiter(self._storage)
+
+    async def hit(self, item: RateLimitItem, *key: str) -> LimitState:
+        allowed = await self._limiter.hit(item, *key)
+        stats = await self._limiter.get_window_stats(item, *key)
+        return LimitState(
+            allowed=allowed,
+            limit=item.amount,
+            remaining=max(0, stats.remaining),
+            reset_s=max(0, math.ceil(stats.reset_time - time.time())),
+            window_s=item.get_expiry(),
+        )
+
+
+def tightest(states: Sequence[LimitState]) -> LimitState:
+    """The state to report: the first refused limit, else the one with the fewest calls left."""
+    refused = [s for s in states if not s.allowed]
+    if refused:
+        return max(refused, key=lambda s: s.reset_s)
+    return min(states, key=lambda s: (s.remaining, -s.reset_s))

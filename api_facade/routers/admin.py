@@ -1,0 +1,60 @@
+"""/v1/admin/tokens: create, list, rotate and revoke API tokens (the admin scope)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+
+from api_facade.access import access
+from api_facade.errors import ApiError
+from api_facade.protocol import TOKEN_NAME_PATTERN, IssuedTokenView, TokenCreate, TokenRotate, TokenView
+from api_facade.settings import Settings, get_settings
+from api_facade.tokens import IssuedToken, TokenError, TokenService
+
+router = APIRouter(tags=["admin"], dependencies=[Depends(access("admin"))])
+TokenName = Annotated[str, Path(pattern=TOKEN_NAME_PATTERN)]
+
+
+def get_tokens(request: Request) -> TokenService:
+    return request.app.state.tokens
+
+
+def _issued(issued: IssuedToken) -> IssuedTokenView:
+    return IssuedTokenView(token=issued.token, **issued.record.public())  # type: ignore[arg-type]
+
+
+@router.get("/v1/admin/tokens", response_model=list[TokenView])
+async def list_tokens(tokens: Annotated[TokenService, Depends(get_tokens)]) -> list[TokenView]:
+    return [TokenView(**record.public()) for record in await tokens.list()]  # type: ignore[arg-type]
+
+
+@router.post("/v1/admin/tokens", response_model=IssuedTokenView, status_code=201)
+async def create_token(body: TokenCreate, tokens: Annotated[TokenService, Depends(get_tokens)]) -> IssuedTokenView:
+    try:
+        issued = await tokens.create(body.name, body.tier, tuple(body.scopes), body.expires_in_s)
+    except TokenError as exc:
+        status, code = (409, "conflict") if "already exists" in str(exc) else (422, "invalid_request")
+        raise ApiError(status, code, str(exc)) from None
+    return _issued(issued)
+
+
+@router.post("/v1/admin/tokens/{name}/rotate", response_model=IssuedTokenView)
+async def rotate_token(
+    name: TokenName,
+    tokens: Annotated[TokenService, Depends(get_tokens)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    body: TokenRotate | None = None,
+) -> IssuedTokenView:
+    grace = body.grace_s if body and body.grace_s is not None else settings.token_rotation_grace_s
+    try:
+        return _issued(await tokens.rotate(name, grace))
+    except TokenError as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+
+
+@router.delete("/v1/admin/tokens/{name}", status_code=204)
+async def revoke_token(name: TokenName, tokens: Annotated[TokenService, Depends(get_tokens)]) -> Response:
+    if not await tokens.revoke(name):
+        raise ApiError(404, "not_found", f"no token named {name!r}")
+    return Response(status_code=204)

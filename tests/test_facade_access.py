@@ -1,0 +1,206 @@
+"""API tokens and rate limits end to end: two facade processes sharing one real Redis.
+
+Tokens are made with the CLI and the admin routes; every check is made on both replicas,
+so a rotation or a revocation on one is seen by the other on its next request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from redis import Redis
+
+from tests.conftest import REPO, TritonHost, facade_client, facade_process
+
+pytestmark = pytest.mark.integration
+
+TIERS = {
+    "premium": {"priority": 1, "queue_timeout_s": 60, "limits": {"default": "1000/minute"}},
+    "standard": {"priority": 2, "queue_timeout_s": 30, "limits": {"default": "1000/minute"}},
+    "tiny": {"priority": 2, "queue_timeout_s": 30, "limits": {"default": "3/2 seconds"}},
+}
+HELLO = {"text": "Manao ahoana", "source": "mg", "target": "fr"}  # a phrasebook entry: no model time
+
+
+@dataclass(frozen=True)
+class Replicas:
+    a: str
+    b: str
+    env: dict[str, str]
+    redis_url: str
+    logs: tuple[Path, Path]
+
+
+@pytest.fixture(scope="module")
+def replicas(triton_host: TritonHost, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    # A database of its own, so the test can read every key the facade wrote.
+    url = redis_url.rsplit("/", 1)[0] + "/3"
+    Redis.from_url(url).flushdb()
+    env = {
+        "MILO_AUTH_ENABLED": "true",
+        "MILO_REDIS_URL": url,
+        "MILO_TIERS": json.dumps(TIERS),
+        "MILO_IP_RATE_LIMIT": "10000/minute",
+        "MILO_TOKEN_ROTATION_GRACE_S": "3",
+    }
+    logs = tmp_path_factory.mktemp("facades")
+    log_a, log_b = logs / "a.log", logs / "b.log"
+    with facade_process(triton_host, log_a, **env) as a, facade_process(triton_host, log_b, **env) as b:
+        yield Replicas(a, b, env, url, (log_a, log_b))
+
+
+def cli(replicas: Replicas, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "milo_voice.cli", "tokens", *args],
+        cwd=REPO, env={**os.environ, **replicas.env}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return result.stdout.strip().splitlines()[-1]
+
+
+def translate(base: str, token: str | None, **headers: str) -> httpx.Response:
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.post(f"{base}/v1/translate", json=HELLO, headers=headers, timeout=30)
+
+
+def test_health_readiness_and_metrics_stay_open(replicas: Replicas) -> None:
+    for path in ("/health", "/ready", "/metrics"):
+        assert httpx.get(replicas.a + path, timeout=30).status_code == 200
+
+
+def test_missing_and_bad_tokens_get_401_missing_scopes_403(replicas: Replicas) -> None:
+    tts_only = cli(replicas, "create", "tts-only", "--scopes", "tts")
+    missing = translate(replicas.a, None)
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthenticated"
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    prefix, key_id, _ = tts_only.split("_", 2)
+    for bad in ("garbage", f"{prefix}_{key_id}_{'A' * 43}", tts_only[:-1]):
+        response = translate(replicas.b, bad)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_token"
+    basic = httpx.post(f"{replicas.a}/v1/translate", json=HELLO, headers={"Authorization": "Basic abc"})
+    assert basic.status_code == 401
+
+    forbidden = translate(replicas.a, tts_only)
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "insufficient_scope"
+    assert "translate" in forbidden.json()["error"]["message"]
+    admin = httpx.get(f"{replicas.b}/v1/admin/tokens", headers={"Authorization": f"Bearer {tts_only}"})
+    assert admin.status_code == 403
+    # A valid token that lacks the scope is not a bad token: 403, and the body says which scope.
+    assert (
+        httpx.post(f"{replicas.a}/v1/tts", headers={"Authorization": f"Bearer {tts_only}"}, json={}).status_code == 422
+    )
+
+
+def test_token_create_use_rotate_and_revoke_across_replicas(replicas: Replicas) -> None:
+    old = cli(replicas, "create", "mobile", "--tier", "standard", "--scopes", "translate,chat")
+    assert translate(replicas.a, old).status_code == 200
+    assert translate(replicas.b, old).status_code == 200
+
+    new = cli(replicas, "rotate", "mobile", "--grace", "3")
+    rotated_at = time.monotonic()
+    assert new != old
+    for base in (replicas.a, replicas.b):
+        assert translate(base, new).status_code == 200
+        assert translate(base, old).status_code == 200, "the old secret must work during the grace period"
+    time.sleep(max(0.0, 3.2 - (time.monotonic() - rotated_at)))
+    for base in (replicas.a, replicas.b):
+        expired = translate(base, old)
+        assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
+        assert translate(base, new).status_code == 200
+
+    # The same operations over REST, with an admin token; each replica sees the other's change.
+    admin = {"Authorization": f"Bearer {cli(replicas, 'create', 'ops', '--tier', 'premium', '--scopes', 'admin')}"}
+    created = httpx.post(
+        f"{replicas.b}/v1/admin/tokens", headers=admin,
+        json={"name": "web", "tier": "premium", "scopes": ["translate"]},
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    web = created.json()["token"]
+    assert translate(replicas.a, web).status_code == 200
+    listed = httpx.get(f"{replicas.a}/v1/admin/tokens", headers=admin).json()
+    assert {"mobile", "web", "ops", "tts-only"} <= {t["name"] for t in listed}
+    assert all("token" not in t and "hash" not in t and "salt" not in t for t in listed)
+    duplicate = httpx.post(f"{replicas.a}/v1/admin/tokens", headers=admin, json={"name": "web", "scopes": ["tts"]})
+    assert duplicate.status_code == 409
+
+    rotated = httpx.post(f"{replicas.a}/v1/admin/tokens/web/rotate", headers=admin, json={"grace_s": 0})
+    assert rotated.status_code == 200
+    web2 = rotated.json()["token"]
+    assert translate(replicas.b, web).status_code == 401
+    assert translate(replicas.b, web2).status_code == 200
+
+    assert httpx.delete(f"{replicas.a}/v1/admin/tokens/web", headers=admin).status_code == 204
+    assert translate(replicas.b, web2).status_code == 401, "a revocation on A holds on B's next request"
+    assert httpx.delete(f"{replicas.b}/v1/admin/tokens/web", headers=admin).status_code == 404
+    cli(replicas, "revoke", "mobile")
+    assert translate(replicas.a, new).status_code == 401
+
+    # Only salted hashes reached the store, and no token reached the logs.
+    redis = Redis.from_url(replicas.redis_url, decode_responses=True)
+    stored = json.dumps(
+        {k: redis.hgetall(k) if redis.type(k) == "hash" else redis.get(k) for k in redis.keys("milo:token*")}
+    )
+    assert "hash" in stored and "salt" in stored
+    logs = "".join(path.read_text() for path in replicas.logs)
+    for token in (old, new, web, web2):
+        secret = token.split("_", 2)[2]
+        assert secret not in stored
+        assert secret not in logs
+
+
+def test_429_after_the_limit_with_headers_shared_by_replicas_then_reset(replicas: Replicas) -> None:
+    token = cli(replicas, "create", "small", "--tier", "tiny", "--scopes", "translate")
+    first = [translate(base, token) for base in (replicas.a, replicas.b, replicas.a)]
+    assert [r.status_code for r in first] == [200, 200, 200]
+    assert [r.headers["RateLimit-Remaining"] for r in first] == ["2", "1", "0"]
+    assert all(r.headers["RateLimit-Limit"] == "3" and r.headers["RateLimit-Policy"] == "3;w=2" for r in first)
+
+    refused = translate(replicas.b, token)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    retry_after = int(refused.headers["Retry-After"])
+    assert 1 <= retry_after <= 2
+    assert refused.headers["RateLimit-Remaining"] == "0" and refused.headers["RateLimit-Limit"] == "3"
+    assert 0 <= int(refused.headers["RateLimit-Reset"]) <= 2
+
+    time.sleep(retry_after + 0.2)
+    assert translate(replicas.a, token).status_code == 200
+
+
+def test_client_ip_limit_believes_only_trusted_proxies(triton_host: TritonHost) -> None:
+    env = {"MILO_IP_RATE_LIMIT": "2/minute", "MILO_TRUSTED_PROXIES": '["127.0.0.1"]'}
+    with facade_client(triton_host.http_url, triton_host.grpc_url, peer=("127.0.0.1", 5000), **env) as client:
+        alice, bob = {"X-Forwarded-For": "198.51.100.1"}, {"X-Forwarded-For": "198.51.100.2"}
+        assert [client.post("/v1/translate", json=HELLO, headers=alice).status_code for _ in range(3)] == [
+            200,
+            200,
+            429,
+        ]
+        assert client.post("/v1/translate", json=HELLO, headers=bob).status_code == 200
+        # Another route family has its own window.
+        assert client.get("/v1/models", headers=alice).status_code == 200
+    with facade_client(triton_host.http_url, triton_host.grpc_url, peer=("203.0.113.9", 5000), **env) as client:
+        # Not a trusted proxy: its X-Forwarded-For is ignored, every call counts against 203.0.113.9.
+        codes = [client.post("/v1/translate", json=HELLO, headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
+                 for i in range(3)]  # fmt: skip
+        assert codes == [200, 200, 429]
+
+
+def test_auth_off_means_anonymous_standard_tier_without_admin(
+    triton_host: TritonHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING), facade_client(triton_host.http_url, triton_host.grpc_url) as client:
+        assert client.post("/v1/translate", json=HELLO).status_code == 200
+        admin = client.get("/v1/admin/tokens")
+        assert admin.status_code == 403 and "MILO_AUTH_ENABLED=true" in admin.json()["error"]["message"]
+    assert "milo-voice tokens create" in caplog.text, "the quick start says how to turn tokens on"
