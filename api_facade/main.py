@@ -66,10 +66,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
     if settings.anonymous_tier not in settings.tiers:
         raise ValueError(f"MILO_ANONYMOUS_TIER={settings.anonymous_tier!r} is not one of the tiers")
+    metrics_server = None
     if settings.metrics_port is not None:
-        start_http_server(settings.metrics_port)
+        metrics_server, _ = start_http_server(settings.metrics_port)
     _announce_access(settings)
     yield
+    if metrics_server is not None:
+        metrics_server.shutdown()
+        metrics_server.server_close()
     await app.state.tokens.store.close()
     await app.state.sessions.close()
     await app.state.translation_cache.close()

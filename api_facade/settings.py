@@ -18,7 +18,8 @@ class TierPolicy(BaseModel):
 
     # Triton priority level: 1 is scheduled first; the registry declares 2 levels.
     priority: int = Field(ge=1)
-    # Triton drops a request still queued after this long (answered 503, retry later).
+    # Triton drops a request still queued after this long (answered 503, retry later);
+    # it can shorten the model's queue_timeout_us in the registry, never lengthen it.
     queue_timeout_s: float = Field(gt=0)
     # Route family -> limit in the ``limits`` notation ("30/minute"); "default" for the rest.
     limits: dict[str, str]
@@ -30,7 +31,7 @@ class TierPolicy(BaseModel):
 DEFAULT_TIERS = {
     "premium": TierPolicy(
         priority=1,
-        queue_timeout_s=60,
+        queue_timeout_s=300,
         limits={
             "stt": "120/minute",
             "tts": "300/minute",
@@ -41,7 +42,7 @@ DEFAULT_TIERS = {
     ),
     "standard": TierPolicy(
         priority=2,
-        queue_timeout_s=30,
+        queue_timeout_s=120,
         limits={
             "stt": "30/minute",
             "tts": "60/minute",

@@ -58,6 +58,9 @@ class Batching:
     priority_levels: int
     default_priority_level: int
     max_queue_size: int
+    # The longest a request may wait in the queue before Triton rejects it (0: forever).
+    # Triton lets a request shorten this, never lengthen it: with 0 a per-request timeout is ignored.
+    queue_timeout_us: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
         priority_levels=int(table.get("priority_levels", 0)),
         default_priority_level=int(table.get("default_priority_level", 0)),
         max_queue_size=int(table.get("max_queue_size", 0)),
+        queue_timeout_us=int(table.get("queue_timeout_us", 0)),
     )
     if batching.priority_levels and not 1 <= batching.default_priority_level <= batching.priority_levels:
         raise ValueError(f"model {name!r}: default_priority_level outside 1..{batching.priority_levels}")

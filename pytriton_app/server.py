@@ -80,6 +80,7 @@ def model_config(spec: ModelSpec, io: tensors.ModelIO) -> ModelConfig:
                 timeout_action=TimeoutAction.REJECT,
                 allow_timeout_override=True,
                 max_queue_size=b.max_queue_size,
+                default_timeout_microseconds=b.queue_timeout_us,
             ),
         ),
     )

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from tests.conftest import REPO, TritonHost, facade_client, facade_process
+from tests.conftest import REPO, TritonHost, facade_client, facade_process, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -204,3 +204,12 @@ def test_auth_off_means_anonymous_standard_tier_without_admin(
         admin = client.get("/v1/admin/tokens")
         assert admin.status_code == 403 and "MILO_AUTH_ENABLED=true" in admin.json()["error"]["message"]
     assert "milo-voice tokens create" in caplog.text, "the quick start says how to turn tokens on"
+
+
+def test_metrics_can_move_to_their_own_port(triton_host: TritonHost) -> None:
+    port = free_port()
+    with facade_client(triton_host.http_url, triton_host.grpc_url, MILO_METRICS_PORT=str(port)) as client:
+        assert client.post("/v1/translate", json=HELLO).status_code == 200
+        assert client.get("/metrics").status_code == 404
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert scraped.status_code == 200 and "milo_http_request_duration_seconds" in scraped.text

@@ -35,6 +35,8 @@ TEXT = "Tonga soa eto Antananarivo ianareo rehetra, ary misaotra betsaka tamin'n
 TIERS = {
     "premium": {"priority": 1, "queue_timeout_s": 120, "limits": {"default": "10000/minute"}},
     "standard": {"priority": 2, "queue_timeout_s": 120, "limits": {"default": "10000/minute"}},
+    # Gives up on the queue quickly: Triton rejects it once it has waited this long.
+    "hasty": {"priority": 2, "queue_timeout_s": 0.2, "limits": {"default": "10000/minute"}},
 }
 
 
@@ -57,6 +59,7 @@ class Stack:
     host: TritonHost
     premium: str
     standard: str
+    hasty: str
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +91,14 @@ def stack(embedded_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathF
             "MILO_TRITON_TIMEOUT_S": "300",
         }
         tokens = {}
-        for tier in ("premium", "standard"):
+        for tier in ("premium", "standard", "hasty"):
             result = subprocess.run(
                 [sys.executable, "-m", "milo_voice.cli", "tokens", "create", tier, "--tier", tier, "--scopes", "tts"],
                 cwd=REPO, env={**os.environ, **facade_env}, capture_output=True, text=True, check=True,
             )  # fmt: skip
             tokens[tier] = result.stdout.strip().splitlines()[-1]
         with facade_process(host, workdir / "facade.log", **facade_env) as facade:
-            yield Stack(facade, host, tokens["premium"], tokens["standard"])
+            yield Stack(facade, host, tokens["premium"], tokens["standard"], tokens["hasty"])
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -200,3 +203,17 @@ def test_a_client_that_hangs_up_is_cancelled_before_it_reaches_the_model(stack: 
     executed = triton_counter(stack, "nv_inference_request_success") - executed_before
     print(f"\n16 patient requests and 1 that hung up: Triton executed {executed:.0f}")
     assert executed == 16, "the abandoned request must not have been run by the model"
+
+
+def test_a_request_past_its_queue_timeout_is_refused_by_triton(stack: Stack) -> None:
+    async def scenario() -> tuple[list[int], tuple[int, float, httpx.Response]]:
+        async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=64)) as client:
+            queue = [asyncio.create_task(_speak(client, stack, stack.standard)) for _ in range(16)]
+            await asyncio.sleep(0.3)
+            hasty = await _speak(client, stack, stack.hasty)
+            return [code for code, _, _ in await asyncio.gather(*queue)], hasty
+
+    codes, (code, seconds, response) = asyncio.run(scenario())
+    assert codes == [200] * 16
+    assert code == 503 and response.json()["error"]["code"] == "model_busy", response.text
+    print(f"\nqueue timeout 200 ms behind 16 queued requests: refused after {seconds * 1000:.0f} ms")

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
@@ -18,31 +15,17 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from api_facade.audio import encode
-from tests.conftest import REPO, TritonHost, free_port, speak, wait_http_ok
+from tests.conftest import TritonHost, facade_process, speak, wait_http_ok
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def facade_url(triton_host: TritonHost, redis_url: str) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MILO_TRITON_URL": triton_host.http_url,
-        "MILO_TRITON_GRPC_URL": triton_host.grpc_url,
-        "MILO_REDIS_URL": redis_url,
-        "MILO_TRITON_TIMEOUT_S": "300",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api_facade.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_http_ok(f"http://127.0.0.1:{port}/ready", 60, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+def facade_url(triton_host: TritonHost, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("robustness") / "facade.log"
+    with facade_process(triton_host, log, MILO_REDIS_URL=redis_url, MILO_TRITON_TIMEOUT_S="300") as url:
+        wait_http_ok(f"{url}/ready", 60)
+        yield url
 
 
 def test_no_generated_input_gives_a_5xx(facade_url: str) -> None:

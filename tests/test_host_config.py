@@ -32,6 +32,7 @@ def test_batcher_follows_the_registry(registry: Registry) -> None:
     assert config.batcher.max_queue_delay_microseconds == spec.batching.max_queue_delay_us
     assert config.batcher.priority_levels == 2
     assert config.batcher.default_queue_policy.max_queue_size == spec.batching.max_queue_size
+    assert config.batcher.default_queue_policy.default_timeout_microseconds == spec.batching.queue_timeout_us
     assert config.batcher.default_queue_policy.timeout_action == TimeoutAction.REJECT
     assert config.batcher.default_queue_policy.allow_timeout_override
 

@@ -20,6 +20,8 @@ def test_every_role_has_both_profiles(registry: Registry) -> None:
         assert spec.batching.priority_levels >= 1
         assert 1 <= spec.batching.default_priority_level <= spec.batching.priority_levels
         assert spec.batching.max_queue_size > 0
+        # Without a default queue timeout Triton ignores the per-request ones the facade sends.
+        assert spec.batching.queue_timeout_us > 0
         assert spec.instances.count >= 1
 
 
