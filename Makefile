@@ -8,7 +8,7 @@ DEBIAN_PACKAGES := redis-server espeak-ng sox libsndfile1 ffmpeg
 # cache makes every later install on the same machine take seconds.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
-.PHONY: setup system-packages python-packages models serve test lint clean
+.PHONY: setup system-packages python-packages models serve test loadtest bench lint clean
 
 setup: system-packages python-packages models
 
@@ -39,6 +39,11 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -ra
+
+# A bounded headless Locust run gated on the audit table; starts the stack unless URL is given.
+# make loadtest URL=http://host:8080 TOKEN=mv_... LOADTEST_ARGS="--users 20 --duration 2m"
+loadtest: setup
+	$(BIN)/python -m loadtests $(if $(URL),--url $(URL)) $(if $(TOKEN),--token $(TOKEN)) $(LOADTEST_ARGS)
 
 lint: python-packages
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

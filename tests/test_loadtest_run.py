@@ -1,0 +1,38 @@
+"""A short headless Locust run of every suite against the real stack: it runs and reports.
+
+Latency is not judged here (two CPU cores); ``make loadtest`` does that.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtests.audit import read_locust_stats
+from tests.conftest import REPO, TritonHost, facade_process
+
+pytestmark = pytest.mark.integration
+
+
+def test_short_locust_run_produces_reports(triton_host: TritonHost, tmp_path: Path) -> None:
+    with facade_process(triton_host, tmp_path / "facade.log") as url:
+        result = subprocess.run(
+            [sys.executable, "-m", "loadtests", "--url", url, "--scenario", "all", "--users", "5",
+             "--spawn-rate", "5", "--duration", "6s", "--out", str(tmp_path / "report"), "--report-only"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = tmp_path / "report"
+    assert (report / "report.html").read_text().lower().count("locust") > 0
+    stats = read_locust_stats(report / "locust_stats.csv")
+    # Each suite's user made its first call; the quick ones many.
+    assert {"health", "tts", "translate"} <= {name for name, row in stats.items() if row.requests > 0}
+    assert stats["health"].requests > 10
+    assert all(row.failures == 0 for row in stats.values())
+    gate_table = (report / "gate.md").read_text()
+    for endpoint in ("health", "tts", "stt", "translate", "chat"):
+        assert f"| {endpoint} |" in gate_table
+    assert "P50/target" in result.stdout
