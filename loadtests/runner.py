@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.audit import format_table, gate, parse_targets, read_locust_stats
+from loadtests.processes import REPO, free_port, wait_ok
 
-REPO = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 SCENARIOS = {
     "mixed": ["MixedUser"],
@@ -41,40 +41,44 @@ SCENARIO_ENDPOINTS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# A stack started here for a load test serves one anonymous client: lift the rate limits that
+# would otherwise turn the load into 429s (against a remote URL, use a token of a fitting tier).
+UNLIMITED_ENV = {
+    "MILO_IP_RATE_LIMIT": "1000000/minute",
+    "MILO_ANONYMOUS_TIER": "loadtest",
+    "MILO_TIERS": json.dumps(
+        {
+            "loadtest": {"priority": 2, "queue_timeout_s": 600, "limits": {"default": "1000000/minute"}},
+            "premium": {"priority": 1, "queue_timeout_s": 600, "limits": {"default": "1000000/minute"}},
+        }
+    ),
+}
 
 
-def _wait_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the stack exited with {process.returncode} before {url} answered")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
-            if response.status == 200:
-                return
-        time.sleep(1)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
+@dataclass(frozen=True)
+class LocalStack:
+    facade: str  # base URL
+    triton_http: str  # host:port
+    triton_grpc: str
 
 
 @contextlib.contextmanager
-def local_stack(log_path: Path) -> Iterator[str]:
-    """The whole stack on free ports, as ``make serve`` runs it; yields the facade URL."""
-    ports = {name: _free_port() for name in ("http", "grpc", "metrics", "facade")}
+def local_stack(log_path: Path, env: dict[str, str] | None = None) -> Iterator[LocalStack]:
+    """The whole stack on free ports, as ``make serve`` runs it."""
+    ports = {name: free_port() for name in ("http", "grpc", "metrics", "facade")}
     command = [
         sys.executable, "-m", "milo_voice.cli", "serve", "--host", "127.0.0.1",
         "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
         "--metrics-port", str(ports["metrics"]), "--facade-port", str(ports["facade"]),
     ]  # fmt: skip
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        full_env = {**os.environ, **UNLIMITED_ENV, **(env or {})}
+        process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{ports['facade']}"
         try:
             print(f"starting the stack (log: {log_path}) ...", flush=True)
-            _wait_ok(f"{url}/ready", 900, process)
-            yield url
+            wait_ok(f"{url}/ready", 900, process)
+            yield LocalStack(url, f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}")
         finally:
             process.send_signal(signal.SIGINT)
             try:
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     with contextlib.ExitStack() as stack:
-        url = args.url or stack.enter_context(local_stack(out / "stack.log"))
+        url = args.url or stack.enter_context(local_stack(out / "stack.log")).facade
         code = run_locust(args, url, out)
     if code != 0:
         print(f"error: locust exited with {code}", file=sys.stderr)

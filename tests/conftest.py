@@ -21,6 +21,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from scipy.signal import resample_poly
 
+from loadtests.processes import stop, uvicorn_app
 from milo_voice.registry import Registry, load_registry, models_dir
 from milo_voice.weights.embedded import build_embedded
 
@@ -136,25 +137,9 @@ class TritonHost:
 @contextmanager
 def facade_process(triton: TritonHost, log_path: Path, **env: str) -> Iterator[str]:
     """The facade as a real uvicorn server in its own process; yields its base URL once it answers."""
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "MILO_TRITON_URL": triton.http_url,
-        "MILO_TRITON_GRPC_URL": triton.grpc_url,
-        "PYTHONUNBUFFERED": "1",
-        **env,
-    }
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api_facade.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            wait_http_ok(f"http://127.0.0.1:{port}/health", 60, process)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    full_env = {"MILO_TRITON_URL": triton.http_url, "MILO_TRITON_GRPC_URL": triton.grpc_url, "PYTHONUNBUFFERED": "1"}
+    with uvicorn_app("api_facade.main:app", log_path, {**full_env, **env}, timeout_s=60) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -179,11 +164,7 @@ def triton_host(
         except (RuntimeError, TimeoutError) as exc:
             pytest.fail(f"PyTriton host did not start: {exc}\n{log_path.read_text()[-4000:]}")
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process, 60)
 
 
 @pytest.fixture(scope="session")

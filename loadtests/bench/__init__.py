@@ -1,0 +1,1 @@
+"""Benchmarks: batching against the old single-process design, serving overhead, GPU figures."""

@@ -1,0 +1,62 @@
+"""Starting what the load tests and benchmarks measure: free ports, readiness, a uvicorn app."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes]) -> None:
+    """Until ``url`` answers 200; fails early when ``process`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
+
+
+@contextlib.contextmanager
+def uvicorn_app(
+    app: str, log_path: Path, env: dict[str, str] | None = None, ready_path: str = "/health", timeout_s: float = 120
+) -> Iterator[str]:
+    """``app`` ("module:attribute") served by uvicorn in its own process; yields its base URL."""
+    port = free_port()
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_ok(f"http://127.0.0.1:{port}{ready_path}", timeout_s, process)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
