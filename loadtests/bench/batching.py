@@ -132,6 +132,7 @@ def plot(points: list[Point], path: Path, title: str) -> None:
             axes[row][column].set_xscale("log", base=2)
             axes[row][column].set_xlabel("concurrent clients")
         axes[0][column].set_ylabel("requests/s")
+        axes[0][column].set_ylim(bottom=0)
         axes[1][column].set_ylabel("P50 ms")
         axes[1][column].set_yscale("log")
         axes[0][column].legend()
