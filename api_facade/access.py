@@ -67,7 +67,7 @@ async def _authenticate(request: Request, settings: Settings) -> Principal:
         ) from None  # fmt: skip
 
 
-def _refuse(request: Request, state: LimitState, family: str, kind: str) -> ApiError:
+def _refuse(state: LimitState, family: str, kind: str) -> ApiError:
     RATE_LIMITED.labels(family, kind).inc()
     retry_after = str(max(1, state.reset_s))
     return ApiError(
@@ -92,7 +92,7 @@ class Access:
 
         ip_state = await limiter.hit(parse_limit(settings.ip_rate_limit), "ip", self.family, ip)
         if not ip_state.allowed:
-            raise _refuse(request, ip_state, self.family, "client address")
+            raise _refuse(ip_state, self.family, "client address")
 
         principal = await _authenticate(request, settings)
         request.state.principal = principal.name
@@ -104,7 +104,7 @@ class Access:
         tier = settings.tier(principal.tier)
         token_state = await limiter.hit(parse_limit(tier.limit_for(self.family)), "token", self.family, principal.name)
         if not token_state.allowed:
-            raise _refuse(request, token_state, self.family, "token")
+            raise _refuse(token_state, self.family, "token")
         setattr(request.state, RATE_LIMIT_HEADERS, tightest([ip_state, token_state]).headers())
         options = CallOptions(priority=tier.priority, queue_timeout_us=int(tier.queue_timeout_s * 1_000_000))
         return Caller(principal, ip, options)

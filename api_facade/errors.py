@@ -75,6 +75,10 @@ def _field_of(location: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _retry_later(code: str, message: str, after_s: int) -> ApiError:
+    return ApiError(503, code, message, headers={"Retry-After": str(after_s)})
+
+
 def install(app: FastAPI) -> None:
     """Request ids on every response, and every exception turned into the one error shape."""
 
@@ -106,20 +110,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(TritonUnavailableError)
     async def on_unavailable(request: Request, exc: TritonUnavailableError) -> JSONResponse:
-        return error_response(
-            request,
-            ApiError(503, "model_unavailable", f"the model server cannot take this request now: {exc}",
-                     headers={"Retry-After": str(RETRY_AFTER_S)}),
-        )  # fmt: skip
+        message = f"the model server cannot take this request now: {exc}"
+        return error_response(request, _retry_later("model_unavailable", message, RETRY_AFTER_S))
 
     @app.exception_handler(TritonBusyError)
     async def on_busy(request: Request, exc: TritonBusyError) -> JSONResponse:
         BUSY.inc()
-        return error_response(
-            request,
-            ApiError(503, "model_busy", f"the model is at capacity; retry shortly: {exc}",
-                     headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}),
-        )  # fmt: skip
+        message = f"the model is at capacity; retry shortly: {exc}"
+        return error_response(request, _retry_later("model_busy", message, BUSY_RETRY_AFTER_S))
 
     @app.exception_handler(TimeoutError)
     async def on_timeout(request: Request, exc: TimeoutError) -> JSONResponse:

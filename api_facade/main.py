@@ -64,8 +64,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.tokens = TokenService(open_token_store(settings.redis_url, settings.data_dir), tuple(settings.tiers))
     app.state.rate_limiter = RateLimiter(settings.redis_url)
     app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
-    if settings.anonymous_tier not in settings.tiers:
-        raise ValueError(f"MILO_ANONYMOUS_TIER={settings.anonymous_tier!r} is not one of the tiers")
     metrics_server = None
     if settings.metrics_port is not None:
         metrics_server, _ = start_http_server(settings.metrics_port)

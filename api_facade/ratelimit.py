@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -41,8 +42,9 @@ class LimitState:
         }
 
 
+@cache
 def parse_limit(text: str) -> RateLimitItem:
-    """``"30/minute"``, ``"3 per 2 seconds"``: the ``limits`` notation."""
+    """``"30/minute"``, ``"3 per 2 seconds"``: the ``limits`` notation (parsed once per text)."""
     return parse(text)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from milo_voice.registry import REPO_ROOT, active_profile
@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = []
     # Serve /metrics on this port instead of the facade's own.
     metrics_port: int | None = None
+
+    @model_validator(mode="after")
+    def _anonymous_tier_is_a_tier(self) -> Settings:
+        if self.anonymous_tier not in self.tiers:
+            raise ValueError(f"anonymous_tier {self.anonymous_tier!r} is not one of the tiers {sorted(self.tiers)}")
+        return self
 
     @property
     def auth_on(self) -> bool:

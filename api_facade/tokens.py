@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis import asyncio as redis_asyncio
 
@@ -72,15 +72,20 @@ class TokenRecord:
     expires_at: float | None = None
     secrets: tuple[StoredSecret, ...] = field(default_factory=tuple)
 
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenRecord:
+        fields = {**data, "scopes": tuple(data["scopes"]), "secrets": tuple(StoredSecret(**s) for s in data["secrets"])}
+        return cls(**fields)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> TokenRecord:
-        data = json.loads(text)
-        data["scopes"] = tuple(data["scopes"])
-        data["secrets"] = tuple(StoredSecret(**s) for s in data["secrets"])
-        return cls(**data)
+        return cls.from_dict(json.loads(text))
 
     def public(self, now: float | None = None) -> dict[str, object]:
         """What may be shown (list, admin routes): no salt, no hash."""
@@ -216,7 +221,7 @@ class FileTokenStore:
         if self._cached and self._cached[0] == version:
             return self._cached[1]
         data = json.loads(self.path.read_text() or "{}")
-        records = {name: TokenRecord.from_json(json.dumps(r)) for name, r in data.get("tokens", {}).items()}
+        records = {name: TokenRecord.from_dict(r) for name, r in data.get("tokens", {}).items()}
         self._cached = (version, records)
         return records
 
@@ -229,7 +234,7 @@ class FileTokenStore:
             records = dict(self._read())
             yield records
             tmp = self.path.with_suffix(".tmp")
-            payload = {"tokens": {name: json.loads(r.to_json()) for name, r in records.items()}}
+            payload = {"tokens": {name: r.to_dict() for name, r in records.items()}}
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
                 json.dump(payload, out, indent=1)

@@ -18,7 +18,7 @@ import json
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -197,7 +197,22 @@ def _outputs(result: Any, io: tensors.ModelIO) -> dict[str, np.ndarray]:
 # -- sync client -----------------------------------------------------------------
 
 
-class MiloTritonClient:
+_Client = TypeVar("_Client", bound="_WithOptions")
+
+
+class _WithOptions:
+    """What the sync and asyncio clients share: the call options they send, and views with others."""
+
+    options: CallOptions = CallOptions()
+
+    def with_options(self: _Client, options: CallOptions) -> _Client:
+        """A view of this client whose calls carry ``options``; it shares the connections (do not close it)."""
+        view = copy.copy(self)
+        view.options = options
+        return view
+
+
+class MiloTritonClient(_WithOptions):
     """Blocking client. ``url`` is ``host:port`` (8000 for HTTP, 8001 for gRPC by default).
 
     Safe to share between threads: tritonclient's HTTP client is not (it runs on
@@ -219,7 +234,6 @@ class MiloTritonClient:
         self._opened: list[Any] = []
         self._opened_lock = threading.Lock()
         self._grpc = grpcclient.InferenceServerClient(url) if protocol == "grpc" else None
-        self.options = CallOptions()
         # Decoupled models only speak gRPC: by default the gRPC port is the HTTP port + 1.
         self.grpc_url = grpc_url or (url if protocol == "grpc" else _next_port(url))
 
@@ -236,12 +250,6 @@ class MiloTritonClient:
             with self._opened_lock:
                 self._opened.append(client)
         return client
-
-    def with_options(self, options: CallOptions) -> MiloTritonClient:
-        """A view of this client whose calls carry ``options``; it shares the connections (do not close it)."""
-        view = copy.copy(self)
-        view.options = options
-        return view
 
     def close(self) -> None:
         if self._grpc is not None:
@@ -392,7 +400,7 @@ def _next_port(url: str) -> str:
 # -- asyncio client --------------------------------------------------------------
 
 
-class AsyncMiloTritonClient:
+class AsyncMiloTritonClient(_WithOptions):
     """The asyncio twin of ``MiloTritonClient``, for servers such as the REST facade."""
 
     def __init__(
@@ -409,14 +417,7 @@ class AsyncMiloTritonClient:
             self._client: Any = httpclient_aio.InferenceServerClient(url, conn_timeout=timeout_s)
         else:
             self._client = grpcclient_aio.InferenceServerClient(url)
-        self.options = CallOptions()
         self.grpc_url = grpc_url or (url if protocol == "grpc" else _next_port(url))
-
-    def with_options(self, options: CallOptions) -> AsyncMiloTritonClient:
-        """A view of this client whose calls carry ``options``; it shares the connection (do not close it)."""
-        view = copy.copy(self)
-        view.options = options
-        return view
 
     async def close(self) -> None:
         await self._client.close()

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +17,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from tests.conftest import REPO, TritonHost, facade_client, facade_process, free_port
+from tests.conftest import TritonHost, facade_client, facade_process, free_port, tokens_cli
 
 pytestmark = pytest.mark.integration
 
@@ -60,11 +57,7 @@ def replicas(triton_host: TritonHost, redis_url: str, tmp_path_factory: pytest.T
 
 
 def cli(replicas: Replicas, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "milo_voice.cli", "tokens", *args],
-        cwd=REPO, env={**os.environ, **replicas.env}, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return result.stdout.strip().splitlines()[-1]
+    return tokens_cli(replicas.env, *args)
 
 
 def translate(base: str, token: str | None, **headers: str) -> httpx.Response:

@@ -25,7 +25,7 @@ import pytest
 from redis import Redis
 
 from milo_voice.registry import DEFAULT_REGISTRY
-from tests.conftest import REPO, TritonHost, facade_process, free_port, wait_http_ok
+from tests.conftest import REPO, TritonHost, facade_process, free_port, tokens_cli, wait_http_ok
 
 pytestmark = pytest.mark.integration
 
@@ -90,13 +90,10 @@ def stack(embedded_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathF
             "MILO_TRITON_URL": host.grpc_url,
             "MILO_TRITON_TIMEOUT_S": "300",
         }
-        tokens = {}
-        for tier in ("premium", "standard", "hasty"):
-            result = subprocess.run(
-                [sys.executable, "-m", "milo_voice.cli", "tokens", "create", tier, "--tier", tier, "--scopes", "tts"],
-                cwd=REPO, env={**os.environ, **facade_env}, capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            tokens[tier] = result.stdout.strip().splitlines()[-1]
+        tokens = {
+            tier: tokens_cli(facade_env, "create", tier, "--tier", tier, "--scopes", "tts")
+            for tier in ("premium", "standard", "hasty")
+        }
         with facade_process(host, workdir / "facade.log", **facade_env) as facade:
             yield Stack(facade, host, tokens["premium"], tokens["standard"], tokens["hasty"])
     finally:
