@@ -7,10 +7,13 @@ app would upload them; they are made once per run.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -53,7 +56,14 @@ CLIP_TEXTS = {
 
 @cache
 def clip_wav(kind: str) -> bytes:
-    """A spoken clip ("short", about 2 s, or "long", about 8 s) as 16 kHz mono 16-bit WAV bytes."""
+    """A spoken clip ("short", about 2 s, or "long", about 8 s) as 16 kHz mono 16-bit WAV bytes.
+
+    ``MILO_CLIPS_DIR`` may hold them ready-made as ``<kind>.wav``, for machines without
+    espeak-ng (the GPU host); ``python -m loadtests.payloads DIR`` writes them.
+    """
+    ready = Path(os.environ.get("MILO_CLIPS_DIR", "")) / f"{kind}.wav"
+    if os.environ.get("MILO_CLIPS_DIR") and ready.is_file():
+        return ready.read_bytes()
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is missing: run `make setup`")
     with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
@@ -63,3 +73,13 @@ def clip_wav(kind: str) -> bytes:
     out = io.BytesIO()
     sf.write(out, audio, 16000, format="WAV", subtype="PCM_16")
     return out.getvalue()
+
+
+def write_clips(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind in CLIP_TEXTS:
+        (folder / f"{kind}.wav").write_bytes(clip_wav(kind))
+
+
+if __name__ == "__main__":
+    write_clips(Path(sys.argv[1]))

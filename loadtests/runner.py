@@ -60,6 +60,7 @@ class LocalStack:
     facade: str  # base URL
     triton_http: str  # host:port
     triton_grpc: str
+    metrics: str  # host:port of Triton's Prometheus metrics
 
 
 @contextlib.contextmanager
@@ -78,7 +79,9 @@ def local_stack(log_path: Path, env: dict[str, str] | None = None) -> Iterator[L
         try:
             print(f"starting the stack (log: {log_path}) ...", flush=True)
             wait_ok(f"{url}/ready", 900, process)
-            yield LocalStack(url, f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}")
+            yield LocalStack(
+                url, f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}", f"127.0.0.1:{ports['metrics']}"
+            )
         finally:
             process.send_signal(signal.SIGINT)
             try:

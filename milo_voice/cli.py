@@ -90,10 +90,12 @@ def _serve(args: argparse.Namespace) -> int:
     )  # fmt: skip
     processes = [host]
     try:
-        from client.tensors import MODELS
+        from client.tensors import ROLE_MODELS
 
-        # Triton's server readiness comes before the models are bound: wait on each model.
-        for model in MODELS:
+        # Triton's server readiness comes before the models are bound: wait on each model
+        # that the registry serves (a registry may hold a subset, as the GPU benchmark's do).
+        served = [io.name for spec in load_registry().models.values() for io in ROLE_MODELS[spec.role]]
+        for model in served:
             if not _wait_ready(f"http://127.0.0.1:{args.http_port}/v2/models/{model}/ready", args.ready_timeout):
                 print(f"error: model {model} of the PyTriton host did not become ready", file=sys.stderr)
                 return 1

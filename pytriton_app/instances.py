@@ -99,6 +99,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
             languages=tuple(params.get("languages", ("mg", "fr"))),
             beam_size=int(params.get("beam_size", 1)),
             cpu_threads=_cpu_threads(),
+            fixed_new_tokens=params.get("fixed_new_tokens"),
         )
     if spec.role == "tts":
         voices = {lang: path / voice for lang, voice in weights.voices.items()}
@@ -112,6 +113,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
             languages=tuple(params.get("languages", ("mg", "fr", "en"))),
             beam_size=int(params.get("beam_size", 2)),
             max_decoding_length=int(params.get("max_decoding_length", 256)),
+            min_decoding_length=int(params.get("min_decoding_length", 1)),
             intra_threads=_cpu_threads(),
         )
     if spec.role == "chat":
@@ -123,5 +125,6 @@ def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
             n_gpu_layers=-1 if gpu else 0,  # full offload where a GPU exists
             main_gpu=device.index,
             n_threads=_cpu_threads() or None,
+            ignore_eos=bool(params.get("ignore_eos", False)),
         )
     raise ValueError(f"unknown role {spec.role!r}")

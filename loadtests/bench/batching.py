@@ -81,7 +81,11 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-async def measure(system: str, base: str, endpoint: str, concurrency: int, total: int) -> Point:
+async def measure(
+    system: str, base: str, endpoint: str, concurrency: int, total: int, send: Send | None = None
+) -> Point:
+    """``total`` requests from ``concurrency`` clients (after one to warm the path)."""
+    send = send or SENDERS[endpoint]
     counter = itertools.count()
     latencies: list[float] = []
     errors = 0
@@ -90,13 +94,13 @@ async def measure(system: str, base: str, endpoint: str, concurrency: int, total
         nonlocal errors
         while (n := next(counter)) < total:
             started = time.perf_counter()
-            response = await SENDERS[endpoint](client, base, n)
+            response = await send(client, base, n)
             latencies.append((time.perf_counter() - started) * 1000)
             errors += response.status_code != 200
 
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=900, limits=limits) as client:
-        await SENDERS[endpoint](client, base, 10_000)  # warm the path
+        await send(client, base, 10_000)  # warm the path
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         seconds = time.perf_counter() - started

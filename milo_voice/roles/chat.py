@@ -127,6 +127,7 @@ class LocalChat:
         main_gpu: int = 0,
         n_threads: int | None = None,
         seed: int = 1234,
+        ignore_eos: bool = False,
     ) -> None:
         from llama_cpp import Llama
 
@@ -142,6 +143,9 @@ class LocalChat:
         )
         # llama.cpp keeps one decoding state per model: one conversation at a time.
         self._lock = threading.Lock()
+        # Benchmarks only: every reply runs to max_tokens, so seeded weights generate as long a
+        # reply as asked instead of stopping wherever an end token happens to be drawn.
+        self._logit_bias = {self._llama.token_eos(): float("-inf")} if ignore_eos else None
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
@@ -157,7 +161,10 @@ class LocalChat:
         messages, trimmed = self._prompt(request)
         with self._lock:
             response = self._llama.create_chat_completion(
-                messages=messages, max_tokens=request.max_tokens, temperature=request.temperature
+                messages=messages,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                logit_bias=self._logit_bias,
             )
         choice = response["choices"][0]
         usage = response["usage"]
@@ -177,7 +184,11 @@ class LocalChat:
         messages, _ = self._prompt(request)
         with self._lock:
             for chunk in self._llama.create_chat_completion(
-                messages=messages, max_tokens=request.max_tokens, temperature=request.temperature, stream=True
+                messages=messages,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                logit_bias=self._logit_bias,
+                stream=True,
             ):
                 piece = chunk["choices"][0]["delta"].get("content")
                 if piece:

@@ -25,6 +25,10 @@ WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
 # Fixed windows overlap so that a word cut at one boundary is whole in the next window.
 FALLBACK_OVERLAP_SECONDS = 2.0
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
+# Whisper's text context. CTranslate2 decodes at most half of ``max_length`` new tokens (seen with
+# 4.8.5, prompt length aside; Whisper's own sample_len is n_text_ctx // 2), so asking for N new
+# tokens means max_length 2N.
+WHISPER_MAX_LENGTH = 448
 AUTO = "auto"
 
 
@@ -55,6 +59,7 @@ class Transcription:
     confidence: float  # exp of the duration-weighted mean token log-probability, in (0, 1]
     duration: float
     segments: list[Segment] = field(default_factory=list)
+    tokens: int = 0  # tokens decoded over all windows (timestamps included)
 
 
 @dataclass
@@ -76,7 +81,8 @@ class SpeechToText:
         languages: tuple[str, ...] = ("mg", "fr"),
         beam_size: int = 1,
         cpu_threads: int = 0,
-        max_new_tokens: int = 220,
+        max_new_tokens: int = 224,
+        fixed_new_tokens: int | None = None,
     ) -> None:
         self._whisper = WhisperModel(
             model_path,
@@ -95,6 +101,9 @@ class SpeechToText:
         self.languages = tuple(languages)
         self.beam_size = beam_size
         self.max_new_tokens = max_new_tokens
+        # Benchmarks only: decode exactly this many tokens per window (end of text suppressed),
+        # so that models with seeded weights do the work that real speech would make them do.
+        self.fixed_new_tokens = fixed_new_tokens
         self._tokenizer = Tokenizer(
             self._whisper.hf_tokenizer, multilingual=True, task="transcribe", language=self.languages[0]
         )
@@ -116,21 +125,28 @@ class SpeechToText:
 
         languages = self._choose_languages(requests, windows, encoded)
         prompts = [self._prompt(languages[w.request][0]) for w in windows]
+        new_tokens, suppress = self.max_new_tokens, [-1]
+        if self.fixed_new_tokens:
+            new_tokens, suppress = self.fixed_new_tokens, [-1, self._tokenizer.eot]
         results = self.model.generate(
             encoded,
             prompts,
             beam_size=self.beam_size,
-            max_length=len(prompts[0]) + self.max_new_tokens,
+            max_length=min(2 * new_tokens, WHISPER_MAX_LENGTH),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
-            suppress_tokens=[-1],
+            suppress_tokens=suppress,
         )
 
         segments: list[list[Segment]] = [[] for _ in requests]
+        tokens = [0] * len(requests)
         for window, result in zip(windows, results, strict=True):
             segments[window.request].extend(self._segments(window, result))
-        return [self._transcription(request, languages[i], segments[i]) for i, request in enumerate(requests)]
+            tokens[window.request] += len(result.sequences_ids[0])
+        return [
+            self._transcription(request, languages[i], segments[i], tokens[i]) for i, request in enumerate(requests)
+        ]
 
     def validate(self, request: SttRequest) -> None:
         if request.language != AUTO and request.language not in self.languages:
@@ -205,7 +221,7 @@ class SpeechToText:
         return segments
 
     def _transcription(
-        self, request: SttRequest, language: tuple[str, float], segments: list[Segment]
+        self, request: SttRequest, language: tuple[str, float], segments: list[Segment], tokens: int
     ) -> Transcription:
         duration = request.audio.size / SAMPLE_RATE
         if segments:
@@ -221,6 +237,7 @@ class SpeechToText:
             confidence=round(confidence, 4),
             duration=round(duration, 3),
             segments=segments,
+            tokens=tokens,
         )
 
 

@@ -50,6 +50,7 @@ class Translator:
         languages: tuple[str, ...] = ("mg", "fr", "en"),
         beam_size: int = 2,
         max_decoding_length: int = 256,
+        min_decoding_length: int = 1,
         max_input_tokens: int = 512,
         intra_threads: int = 0,
     ) -> None:
@@ -64,6 +65,8 @@ class Translator:
         self.languages = tuple(languages)
         self.beam_size = beam_size
         self.max_decoding_length = max_decoding_length
+        # Above 1 for benchmarks only: seeded weights would otherwise stop at random lengths.
+        self.min_decoding_length = min_decoding_length
         self.max_input_tokens = max_input_tokens
 
     def validate(self, request: TranslateRequest) -> None:
@@ -89,6 +92,7 @@ class Translator:
             target_prefix=[[NLLB_CODES[r.target]] for r in requests],
             beam_size=self.beam_size,
             max_decoding_length=self.max_decoding_length,
+            min_decoding_length=self.min_decoding_length,
             return_scores=True,
         )
         translations = []

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from milo_voice.registry import ModelSpec, Registry
 
@@ -69,8 +70,27 @@ def build_smollm2(target: Path) -> None:
     link.symlink_to(source)
 
 
-def build_seeded_vits(target: Path, voices: dict[str, str]) -> None:
-    """Write one small VITS voice per language, as ``save_pretrained`` folders.
+# Layer sizes of the seeded voices: "small" for the embedded profile, "mms" for the MMS-TTS
+# size (``VitsConfig``'s defaults), which the GPU benchmark times.
+VITS_SIZES: dict[str, dict[str, int]] = {
+    "small": {
+        "hidden_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "ffn_dim": 96,
+        "flow_size": 48,
+        "upsample_initial_channel": 64,
+        "prior_encoder_num_flows": 2,
+        "prior_encoder_num_wavenet_layers": 2,
+        "posterior_encoder_num_wavenet_layers": 2,
+        "duration_predictor_filter_channels": 48,
+    },
+    "mms": {},
+}
+
+
+def build_seeded_vits(target: Path, voices: dict[str, str], size: str = "small") -> None:
+    """Write one VITS voice per language with seeded weights, as ``save_pretrained`` folders.
 
     The duration predictor is the deterministic one, with its output bias set to the
     frames per character of natural speech (about 12 characters a second), so that the
@@ -86,16 +106,7 @@ def build_seeded_vits(target: Path, voices: dict[str, str]) -> None:
         torch.manual_seed(SEED)
         config = VitsConfig(
             vocab_size=len(vocab),
-            hidden_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            ffn_dim=96,
-            flow_size=48,
-            upsample_initial_channel=64,
-            prior_encoder_num_flows=2,
-            prior_encoder_num_wavenet_layers=2,
-            posterior_encoder_num_wavenet_layers=2,
-            duration_predictor_filter_channels=48,
+            **VITS_SIZES[size],
             use_stochastic_duration_prediction=False,
             sampling_rate=16000,
             pad_token_id=0,
@@ -123,39 +134,52 @@ def _parallel_corpus() -> list[dict[str, str]]:
     return [{code: lines[block * size + i] for block, code in enumerate(CORPUS_LANGUAGES)} for i in range(size)]
 
 
+def build_seeded_nllb_tokenizer(work: Path) -> tuple[Any, Path]:
+    """NLLB's tokenizer over a SentencePiece model trained on the corpus, saved in ``work/hf``.
+
+    Returns the tokenizer and the path of its ``sentencepiece.bpe.model``.
+    """
+    import sentencepiece as spm
+    from transformers import NllbTokenizer
+    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+
+    text_file = work / "corpus.txt"
+    text_file.write_text("\n".join(s for row in _parallel_corpus() for s in row.values()), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(text_file),
+        model_prefix=str(work / "sentencepiece.bpe"),
+        vocab_size=600,
+        model_type="bpe",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    hf_dir = work / "hf"
+    hf_dir.mkdir(exist_ok=True)
+    model_file = hf_dir / "sentencepiece.bpe.model"
+    shutil.copyfile(work / "sentencepiece.bpe.model", model_file)
+    # Without the codes passed explicitly the tokenizer silently drops the languages.
+    tokenizer = NllbTokenizer.from_pretrained(str(hf_dir), additional_special_tokens=FAIRSEQ_LANGUAGE_CODES)
+    return tokenizer, model_file
+
+
 def build_seeded_nllb(target: Path, train_steps: int = 400) -> None:
     """Write a small NLLB model in CTranslate2 format with its SentencePiece model."""
     import ctranslate2
-    import sentencepiece as spm
     import torch
-    from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
-    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
 
     torch.manual_seed(SEED)
     pairs = _parallel_corpus()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        text_file = work / "corpus.txt"
-        text_file.write_text("\n".join(s for row in pairs for s in row.values()), encoding="utf-8")
-        spm.SentencePieceTrainer.train(
-            input=str(text_file),
-            model_prefix=str(work / "sentencepiece.bpe"),
-            vocab_size=600,
-            model_type="bpe",
-            character_coverage=1.0,
-            hard_vocab_limit=False,
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=-1,
-            num_threads=1,
-            minloglevel=2,
-        )
+        tokenizer, _ = build_seeded_nllb_tokenizer(work)
         hf_dir = work / "hf"
-        hf_dir.mkdir()
-        shutil.copyfile(work / "sentencepiece.bpe.model", hf_dir / "sentencepiece.bpe.model")
-        # Without the codes passed explicitly the tokenizer silently drops the languages.
-        tokenizer = NllbTokenizer.from_pretrained(str(hf_dir), additional_special_tokens=FAIRSEQ_LANGUAGE_CODES)
         config = M2M100Config(
             vocab_size=len(tokenizer),
             d_model=128,

@@ -1,0 +1,562 @@
+"""The GPU benchmark: production-shaped models on a lent H100/H200, served by the PyTriton host.
+
+Run on the GPU machine through ``loadtests/bench/gpu_device.sh`` (which sets up the libraries),
+one phase per call; every phase keeps its state under ``--work`` and writes its results to
+``--work/results/<phase>.json``:
+
+  build      the production shapes with seeded weights (``loadtests.bench.shapes``)
+  inprocess  the role classes called directly on the GPU: the STT reference (turbo and large-v3
+             at batch 1, 8 and 32, 32 tokens per 30 s window), batch sweeps of TTS and translation,
+             instance sweep of chat, GPU memory per model; then ``tune`` picks batch sizes and
+             instance counts from those curves and writes the tuned registry
+  served     the whole stack (facade -> Triton -> model) with one registry variant: single-request
+             latency, throughput at several concurrencies, real-time factors, tokens/s, GPU memory,
+             Triton's own batch statistics
+  locust     the Locust mixed scenario against the stack, gated on the audit table
+  report     every result as Markdown (``docs/benchmarks/gpu.md``)
+
+Registry variants: ``configured`` (model_repository/registry.toml as committed), ``unbatched``
+(max_batch_size 1), ``tuned`` (from ``inprocess``) and ``stt-large-v3`` (only STT, large-v3 shape).
+Each variant fixes generation lengths, since seeded weights stop at random places: STT decodes 32
+tokens per window (the reference's workload), translation 24 tokens, chat ``max_tokens`` (64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import tomllib
+
+from loadtests import payloads
+from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_stats
+from loadtests.bench.batching import SENDERS, Point, Send, measure
+from loadtests.processes import REPO
+
+REGISTRY = REPO / "model_repository" / "registry.toml"
+STT_TOKENS = 32  # per 30 s window, as in the in-process reference
+TRANSLATE_TOKENS = 24  # a sentence of about 15 words
+CHAT_TOKENS = 64  # a short spoken answer (the Locust suites ask for 64 too)
+LEVELS = (1, 8, 32)
+# Requests per level at least (and twice the concurrency): a stable median in a few seconds.
+MIN_REQUESTS = {"tts": 32, "stt": 16, "translate": 64, "chat": 8}
+# Reference measured in process on an H100 (CTranslate2 fp16, greedy, 32 tokens per window).
+STT_REFERENCE = {
+    "large-v3-turbo": {"batch1_ms": 70.0, "batch32_clips_s": 36.0},
+    "large-v3": {"batch1_ms": 244.0, "batch32_clips_s": 25.7},
+}
+
+
+# -- registry variants --------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_registry(models: dict[str, dict[str, Any]]) -> str:
+    lines = ["# Written by loadtests.bench.gpu: a benchmark variant of model_repository/registry.toml."]
+    for name, table in models.items():
+        lines.append(f"\n[models.{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if k != "weights"]
+        for profile, weights in table.get("weights", {}).items():
+            lines.append(f"\n[models.{name}.weights.{profile}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in weights.items()]
+    return "\n".join(lines) + "\n"
+
+
+def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = "configured") -> dict[str, Any]:
+    """The committed registry with fixed generation lengths, changed as ``variant`` says."""
+    models = tomllib.loads(REGISTRY.read_text())["models"]
+    models["stt"]["params"]["fixed_new_tokens"] = STT_TOKENS
+    models["translate"]["params"].update(min_decoding_length=TRANSLATE_TOKENS, max_decoding_length=TRANSLATE_TOKENS)
+    models["chat"]["params"]["ignore_eos"] = True
+    if variant == "unbatched":
+        for table in models.values():
+            table.update(max_batch_size=1, preferred_batch_sizes=[], max_queue_delay_us=0)
+    elif variant == "tuned":
+        for name, change in (tuned or {}).items():
+            models[name].update(
+                max_batch_size=change["max_batch_size"],
+                preferred_batch_sizes=change["preferred_batch_sizes"],
+                instances={"count": change["instances"], "kind": "auto"},
+            )
+    elif variant == "stt-large-v3":
+        models = {"stt": models["stt"]}
+    elif variant != "configured":
+        raise ValueError(f"unknown variant {variant!r}")
+    return models
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def gpu_memory() -> dict[str, Any]:
+    """Memory in use on the GPU (MiB), in total and per process, as nvidia-smi reports it."""
+
+    def query(what: str) -> str:
+        try:
+            command = ["nvidia-smi", f"--query-{what}", "--format=csv,noheader,nounits"]
+            return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+        except FileNotFoundError:  # no NVIDIA driver: a CPU dry run
+            return ""
+
+    total = query("gpu=name,memory.used,memory.total")
+    apps = query("compute-apps=pid,process_name,used_memory")
+    name, used, capacity = ([*total.split(", "), "", "", ""])[:3]
+    return {
+        "gpu": name,
+        "used_mib": int(used) if used.isdigit() else None,
+        "total_mib": int(capacity) if capacity.isdigit() else None,
+        "processes": [line.split(", ") for line in apps.splitlines() if line],
+    }
+
+
+def timed(function: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    """Median seconds of ``function`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        function()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def save(work: Path, phase: str, data: dict[str, Any]) -> Path:
+    out = work / "results" / f"{phase}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), **data}
+    out.write_text(json.dumps(data, indent=1))
+    print(json.dumps(data, indent=1)[:6000], flush=True)
+    return out
+
+
+# -- build -------------------------------------------------------------------------------------
+
+
+def phase_build(args: argparse.Namespace) -> None:
+    from loadtests.bench import shapes
+
+    assets = Path(args.assets)
+    seconds = shapes.build_all(
+        args.work / "models", "large-v3-turbo", assets / "whisper-tokenizer.json",
+        assets / "chat-tokenizer.json", "cuda", [x for x in args.only.split(",") if x],
+    )  # fmt: skip
+    if not args.only or "stt" in args.only:
+        started = time.perf_counter()
+        target = args.work / "models-large-v3" / "production" / "stt"
+        shapes.build_whisper(target, shapes.WHISPER_SHAPES["large-v3"], assets / "whisper-tokenizer.json", "cuda")
+        (target / ".complete").write_text("seeded")
+        seconds["stt large-v3"] = round(time.perf_counter() - started, 1)
+    sizes = {
+        str(p.relative_to(args.work)): round(p.stat().st_size / 2**20, 1)
+        for p in args.work.glob("models*/production/**/*") if p.is_file() and p.stat().st_size > 2**20
+    }  # fmt: skip
+    save(args.work, "build", {"seconds": seconds, "sizes_mib": sizes})
+
+
+# -- in process ----------------------------------------------------------------------------------
+
+
+def _clip(kind: str = "long") -> Any:
+    import io
+
+    import soundfile as sf
+
+    audio, _ = sf.read(io.BytesIO(payloads.clip_wav(kind)), dtype="float32")
+    return audio
+
+
+def _memory_used_mib() -> float:
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**20
+
+
+def stt_inprocess(path: Path) -> dict[str, Any]:
+    import ctranslate2
+    import numpy as np
+
+    from milo_voice.roles.stt import SpeechToText, SttRequest
+
+    before = _memory_used_mib()
+    stt = SpeechToText(str(path), device="cuda", compute_type="float16", fixed_new_tokens=STT_TOKENS)
+    rows: dict[str, Any] = {"memory_mib": round(_memory_used_mib() - before)}
+    audio = _clip("long")
+    features = stt._features(audio)
+    for batch in (1, 8, 32):
+        requests = [SttRequest(audio, "fr")] * batch
+        tokens = stt.transcribe_batch(requests)[0].tokens
+        stacked = ctranslate2.StorageView.from_array(np.stack([features] * batch))
+        prompt = [stt._prompt("fr")] * batch
+
+        def model_only(stacked: Any = stacked, prompt: list[list[int]] = prompt) -> None:
+            encoded = stt.model.encode(stacked, to_cpu=False)
+            stt.model.generate(
+                encoded, prompt, beam_size=1, max_length=2 * STT_TOKENS, suppress_tokens=[-1, stt._tokenizer.eot]
+            )
+
+        repeats = 10 if batch == 1 else 5
+        role = timed(lambda requests=requests: stt.transcribe_batch(requests), repeats)
+        model = timed(model_only, repeats)
+        rows[f"batch{batch}"] = {
+            "tokens_per_window": tokens,
+            "role_ms": round(role * 1000, 1),
+            "model_ms": round(model * 1000, 1),
+            "role_clips_s": round(batch / role, 1),
+            "model_clips_s": round(batch / model, 1),
+        }
+        if batch == 1:
+            encode = timed(
+                lambda: stt.model.encode(ctranslate2.StorageView.from_array(features[None]), to_cpu=False), 10
+            )
+            rows["encoder_ms"] = round(encode * 1000, 1)
+    return rows
+
+
+def tts_inprocess(path: Path) -> dict[str, Any]:
+    from milo_voice.roles.tts import TextToSpeech, TtsRequest
+
+    before = _memory_used_mib()
+    voices = {"mg": path / "mms-tts-mlg", "fr": path / "mms-tts-fra"}
+    tts = TextToSpeech(voices, device="cuda")
+    rows: dict[str, Any] = {"memory_mib": round(_memory_used_mib() - before), "batches": {}}
+    text = payloads.LONG_TEXTS["mg"][:120]
+    for batch in (1, 2, 4, 8, 16):
+        requests = [TtsRequest(text, "mg")] * batch
+        audio_s = sum(s.duration for s in tts.synthesize_batch(requests))
+        seconds = timed(lambda requests=requests: tts.synthesize_batch(requests), 5)
+        rows["batches"][batch] = {
+            "ms": round(seconds * 1000, 1),
+            "requests_s": round(batch / seconds, 1),
+            "audio_s_per_s": round(audio_s / seconds, 1),
+            "rtf": round(seconds / audio_s, 4),
+        }
+    return rows
+
+
+def translate_inprocess(path: Path) -> dict[str, Any]:
+    from milo_voice.roles.translate import TranslateRequest, Translator
+
+    before = _memory_used_mib()
+    translator = Translator(
+        path, device="cuda", compute_type="int8_float16",
+        min_decoding_length=TRANSLATE_TOKENS, max_decoding_length=TRANSLATE_TOKENS,
+    )  # fmt: skip
+    rows: dict[str, Any] = {"memory_mib": round(_memory_used_mib() - before), "batches": {}}
+    source, target, text = payloads.TRANSLATE_LONG[0]
+    for batch in (1, 4, 8, 16, 32, 64):
+        requests = [TranslateRequest(text, source, target)] * batch
+        seconds = timed(lambda requests=requests: translator.translate_batch(requests), 5)
+        rows["batches"][batch] = {"ms": round(seconds * 1000, 1), "requests_s": round(batch / seconds, 1)}
+    return rows
+
+
+def chat_inprocess(path: Path) -> dict[str, Any]:
+    from milo_voice.roles.chat import ChatMessage, ChatRequest, LocalChat
+
+    request = ChatRequest([ChatMessage("user", payloads.CHAT_SCRIPT[2])], max_tokens=CHAT_TOKENS)
+    rows: dict[str, Any] = {"instances": {}}
+    before = _memory_used_mib()
+    chats = [LocalChat(path, n_ctx=4096, n_gpu_layers=-1, ignore_eos=True)]
+    rows["memory_mib_per_instance"] = round(_memory_used_mib() - before)
+    reply = chats[0].complete(request)
+    seconds = timed(lambda: chats[0].complete(request), 5)
+    rows["single"] = {
+        "ms": round(seconds * 1000, 1),
+        "completion_tokens": reply.completion_tokens,
+        "prompt_tokens": reply.prompt_tokens,
+        "tokens_s": round(reply.completion_tokens / seconds, 1),
+    }
+    replies_each = 4
+    for count in (1, 2, 4):
+        while len(chats) < count:
+            chats.append(LocalChat(path, n_ctx=4096, n_gpu_layers=-1, ignore_eos=True))
+
+        def run(chat: LocalChat) -> None:
+            for _ in range(replies_each):
+                chat.complete(request)
+
+        threads = [threading.Thread(target=run, args=(chat,)) for chat in chats[:count]]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds = time.perf_counter() - started
+        rows["instances"][count] = {
+            "tokens_s": round(count * replies_each * reply.completion_tokens / seconds, 1),
+            "ms_per_reply": round(seconds / replies_each * 1000, 1),
+        }
+    return rows
+
+
+def phase_inprocess(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.cuda.init()
+    models = args.work / "models" / "production"
+    results: dict[str, Any] = {"gpu": gpu_memory()["gpu"]}
+    only = [x for x in args.only.split(",") if x]
+    steps: dict[str, Callable[[], Any]] = {
+        "stt": lambda: {
+            "large-v3-turbo": stt_inprocess(models / "stt"),
+            "large-v3": stt_inprocess(args.work / "models-large-v3" / "production" / "stt"),
+        },
+        "tts": lambda: tts_inprocess(models / "tts"),
+        "translate": lambda: translate_inprocess(models / "translate"),
+        "chat": lambda: chat_inprocess(models / "chat" / "model.gguf"),
+    }
+    for name, step in steps.items():
+        if only and name not in only:
+            continue
+        try:
+            results[name] = step()
+        except Exception as exc:  # one role failing must not lose the others' figures
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(name, json.dumps(results[name])[:2000], flush=True)
+    previous = args.work / "results" / "inprocess.json"
+    if only and previous.exists():
+        results = {**json.loads(previous.read_text()), **results}
+    save(args.work, "inprocess", results)
+    phase_tune(args)
+
+
+# -- tuning ---------------------------------------------------------------------------------------
+
+
+def knee(curve: dict[int, float], share: float = 0.9) -> int:
+    """The smallest batch size (or instance count) reaching ``share`` of the best throughput.
+
+    ``curve`` maps it to requests (or tokens) per second. Past the knee a larger batch buys
+    little throughput. A large maximum costs a lone request nothing (Triton's batcher does
+    not wait for a full batch, only ``max_queue_delay_us``), so the knee, not a latency
+    budget, is what bounds it: under a queue, one batch of N beats N runs of one.
+    """
+    best = max(curve.values())
+    return min(size for size, rate in curve.items() if rate >= share * best)
+
+
+def _preferred(max_batch: int) -> list[int]:
+    return [b for b in (max_batch // 4, max_batch // 2, max_batch) if b >= 2] or [max_batch]
+
+
+def phase_tune(args: argparse.Namespace) -> None:
+    """Batch sizes and instance counts from the in-process curves, as a tuned registry."""
+    data = json.loads((args.work / "results" / "inprocess.json").read_text())
+    configured = tomllib.loads(REGISTRY.read_text())["models"]
+    tuned: dict[str, dict[str, Any]] = {}
+    reasons: dict[str, str] = {}
+    stt = data.get("stt", {}).get("large-v3-turbo", {})
+    if "batch1" in stt:
+        curve = {b: stt[f"batch{b}"]["role_clips_s"] for b in (1, 8, 32)}
+        tuned["stt"] = {"max_batch_size": knee(curve), "instances": 1}
+        reasons["stt"] = f"clips/s by batch {curve}"
+    for name in ("tts", "translate"):
+        batches = data.get(name, {}).get("batches")
+        if batches:
+            curve = {int(b): row["requests_s"] for b, row in batches.items()}
+            tuned[name] = {"max_batch_size": knee(curve), "instances": 1}
+            reasons[name] = f"requests/s by batch {curve}"
+    instances = data.get("chat", {}).get("instances")
+    if instances:
+        curve = {int(n): row["tokens_s"] for n, row in instances.items()}
+        count = knee(curve)
+        tuned["chat"] = {"max_batch_size": configured["chat"]["max_batch_size"], "instances": count}
+        reasons["chat"] = f"tokens/s by instances {curve}"
+    for change in tuned.values():
+        change["preferred_batch_sizes"] = _preferred(change["max_batch_size"])
+    save(args.work, "tune", {"tuned": tuned, "reasons": reasons})
+
+
+# -- served -------------------------------------------------------------------------------------
+
+
+async def _chat(client: httpx.AsyncClient, base: str, n: int) -> httpx.Response:
+    body = {"message": payloads.CHAT_SCRIPT[n % 3], "language": "mg", "max_tokens": CHAT_TOKENS}
+    return await client.post(f"{base}/v1/chat", json=body)
+
+
+async def _stt_long(client: httpx.AsyncClient, base: str, n: int) -> httpx.Response:
+    files = {"file": ("clip.wav", payloads.clip_wav("long"), "audio/wav")}
+    return await client.post(f"{base}/v1/stt", files=files, data={"language": "fr"})
+
+
+SERVED_SENDERS: dict[str, Send] = {
+    "tts": SENDERS["tts"],
+    "stt": _stt_long,
+    "translate": SENDERS["translate"],
+    "chat": _chat,
+}
+
+
+def triton_batch_stats(metrics_url: str) -> dict[str, dict[str, float]]:
+    """Per model: requests, executions (batches) and their ratio, from Triton's own metrics."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    stats: dict[str, dict[str, float]] = {}
+    for metric, key in (("nv_inference_request_success", "requests"), ("nv_inference_exec_count", "executions")):
+        for model, value in re.findall(rf'^{metric}{{model="([^"]+)"[^}}]*}} ([0-9.e+]+)$', text, re.M):
+            stats.setdefault(model, {})[key] = stats.get(model, {}).get(key, 0.0) + float(value)
+    for row in stats.values():
+        if row.get("executions"):
+            row["mean_batch"] = round(row.get("requests", 0.0) / row["executions"], 2)
+    return stats
+
+
+async def _probe(base: str) -> dict[str, float]:
+    """Audio seconds per TTS answer and per STT clip, for the real-time factors."""
+    async with httpx.AsyncClient(timeout=300) as client:
+        tts = [await SENDERS["tts"](client, base, n) for n in (0, 1)]
+        chat = (await _chat(client, base, 0)).json()
+    import io
+
+    import soundfile as sf
+
+    tts_seconds = [sf.info(io.BytesIO(r.content)).duration for r in tts if r.status_code == 200]
+    stt_seconds = sf.info(io.BytesIO(payloads.clip_wav("long"))).duration
+    return {
+        "tts_audio_s": round(statistics.mean(tts_seconds), 2) if tts_seconds else 0.0,
+        "stt_clip_s": round(stt_seconds, 2),
+        "chat_completion_tokens": float(chat.get("completion_tokens", 0)) if isinstance(chat, dict) else 0.0,
+    }
+
+
+@contextlib.contextmanager
+def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any]:
+    from loadtests.runner import local_stack
+
+    tuned = None
+    if variant == "tuned":
+        tuned = json.loads((args.work / "results" / "tune.json").read_text())["tuned"]
+    registry = args.work / f"registry-{variant}.toml"
+    models = bench_models(tuned, variant)
+    registry.write_text(dump_registry(models))
+    env: dict[str, str] = {
+        "MILO_REGISTRY": str(registry),
+        "MILO_PROFILE": args.profile,
+        "MILO_MODELS_DIR": str(args.work / ("models-large-v3" if variant == "stt-large-v3" else "models")),
+        "MILO_AUTH_ENABLED": "false",
+        "MILO_REQUIRED_MODELS": json.dumps(list(models)),
+        "MILO_TRITON_TIMEOUT_S": "600",
+    }
+    if args.profile == "embedded":  # a dry run of the phase on a machine without a GPU
+        env["MILO_MODELS_DIR"] = str(REPO / "models")
+    started = time.perf_counter()
+    with local_stack(log, env) as stack:
+        print(f"{variant}: stack ready in {time.perf_counter() - started:.0f} s", flush=True)
+        yield stack, list(models), round(time.perf_counter() - started, 1)
+
+
+def phase_served(args: argparse.Namespace) -> None:
+    for variant in args.variants.split(","):
+        log = args.work / f"stack-{variant}.log"
+        result: dict[str, Any] = {"variant": variant}
+        try:
+            with stack_for(args, variant, log) as (stack, models, start_s):
+                result["start_s"] = start_s
+                result["memory_after_load"] = gpu_memory()
+                result["probe"] = asyncio.run(_probe(stack.facade)) if "tts" in models else {}
+                points: list[Point] = []
+                for endpoint in [e for e in ("stt", "tts", "translate", "chat") if e in models]:
+                    for level in args.levels:
+                        total = max(MIN_REQUESTS[endpoint], 2 * level)
+                        point = asyncio.run(
+                            measure(variant, stack.facade, endpoint, level, total, SERVED_SENDERS[endpoint])
+                        )
+                        points.append(point)
+                        print(
+                            f"{variant:<12} {endpoint:<9} c={level:<3} {point.throughput_rps:8.2f} req/s "
+                            f"P50 {point.p50_ms:8.1f} ms P95 {point.p95_ms:8.1f} ms errors {point.errors}",
+                            flush=True,
+                        )
+                result["points"] = [asdict(p) for p in points]
+                result["memory_after_load_test"] = gpu_memory()
+                result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
+        except Exception as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"{variant} failed: {exc}; log tail:\n{_tail(log)}", flush=True)
+        save(args.work, f"served-{variant}", result)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+# -- locust -------------------------------------------------------------------------------------
+
+
+def phase_locust(args: argparse.Namespace) -> None:
+    from loadtests.runner import build_parser, run_locust
+
+    variant = args.variants.split(",")[0]
+    out = args.work / f"locust-{variant}"
+    out.mkdir(parents=True, exist_ok=True)
+    locust_args = build_parser().parse_args(
+        ["--users", str(args.users), "--spawn-rate", "4", "--duration", args.duration, "--report-only"]
+    )
+    result: dict[str, Any] = {"variant": variant, "users": args.users, "duration": args.duration}
+    with stack_for(args, variant, out / "stack.log") as (stack, _models, _start):
+        code = run_locust(locust_args, stack.facade, out)
+        result["locust_exit"] = code
+        result["memory"] = gpu_memory()
+        result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
+    verdicts = gate(read_locust_stats(out / "locust_stats.csv"), dict(AUDIT_TARGETS_MS), 0.01)
+    result["verdicts"] = [asdict(v) for v in verdicts]
+    result["table"] = format_table(verdicts)
+    save(args.work, f"locust-{variant}", result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("phase", choices=["build", "inprocess", "tune", "served", "locust"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/milo-gpu"))
+    parser.add_argument("--assets", default=os.environ.get("MILO_GPU_ASSETS", str(REPO / ".gpu-assets")))
+    parser.add_argument("--only", default="", help="build/inprocess: a subset of stt,tts,translate,chat")
+    parser.add_argument("--variants", default="configured,unbatched", help="served/locust: registry variants")
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--levels", type=lambda text: [int(x) for x in text.split(",")], default=list(LEVELS))
+    parser.add_argument("--profile", default="production", help="embedded: dry-run served/locust without a GPU")
+    parser.add_argument("--duration", default="60s")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    phases: dict[str, Callable[[argparse.Namespace], None]] = {
+        "build": phase_build, "inprocess": phase_inprocess, "tune": phase_tune,
+        "served": phase_served, "locust": phase_locust,
+    }  # fmt: skip
+    phases[args.phase](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

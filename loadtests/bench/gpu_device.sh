@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU benchmark's steps on the lent GPU machine (no package registry there).
+#
+#   gpu_device.sh install DIR       install the wheels carried in DIR into the system Python
+#   gpu_device.sh llama-build SDIST build llama-cpp-python with CUDA from a carried sdist, in the
+#                                   background (log: $WORK/llama-build.log, done: $WORK/llama-built)
+#   gpu_device.sh llama-wait        wait for that build, then install its wheel
+#   gpu_device.sh phase ARGS...     python -m loadtests.bench.gpu ARGS..., with the libraries set up
+#
+# Why the library path: PyTriton's tritonserver needs the interpreter's libpython and the wheel's
+# own bundled libraries first; the CTranslate2 wheels load libcublas.so.12 while the machine
+# has CUDA 13 only, so the CUDA 13 libraries are linked under the 12 names in a scratch folder.
+# That is a measuring aid for this machine, not a deployment recipe (hosts install CUDA 12).
+set -euo pipefail
+WORK=${WORK:-/tmp/milo-gpu}
+mkdir -p "$WORK"
+export PYTHONUNBUFFERED=1
+
+libraries() {
+    local cuda site libdir cudnn
+    cuda=$(dirname "$(find /usr/local/cuda*/ -name 'libcublas.so.13' 2>/dev/null | head -1)")
+    mkdir -p /tmp/cu12
+    ln -sf "$cuda/libcublas.so.13" /tmp/cu12/libcublas.so.12
+    ln -sf "$cuda/libcublasLt.so.13" /tmp/cu12/libcublasLt.so.12
+    site=$(python3 -c 'import pytriton,os;print(os.path.dirname(os.path.dirname(pytriton.__file__)))')
+    libdir=$(python3 -c 'import sysconfig;print(sysconfig.get_config_var("LIBDIR"))')
+    cudnn=$(python3 -c 'import nvidia.cudnn,os;print(os.path.join(list(nvidia.cudnn.__path__)[0],"lib"))' 2>/dev/null || true)
+    export LD_LIBRARY_PATH="$libdir:$site/nvidia_pytriton.libs:/tmp/cu12:$cuda:${cudnn:+$cudnn:}${LD_LIBRARY_PATH:-}"
+}
+
+case "${1:-}" in
+install)
+    python3 -m pip install -q --no-index --no-deps --no-compile --break-system-packages "$2"/*.whl
+    ;;
+llama-build)
+    rm -f "$WORK/llama-built"
+    rm -rf "$WORK/llama-src" && mkdir -p "$WORK/llama-src" && tar xzf "$2" -C "$WORK/llama-src"
+    nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc)
+    # setsid: the build outlives this call and goes on while the next phases run.
+    setsid bash -c "cd $WORK/llama-src/llama_cpp_python-* && \
+        CUDACXX=$nvcc CMAKE_BUILD_PARALLEL_LEVEL=12 \
+        CMAKE_ARGS='-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF' \
+        python3 -m pip wheel -v --no-build-isolation --no-deps . -w $WORK/llama-wheel \
+        > $WORK/llama-build.log 2>&1 && touch $WORK/llama-built || touch $WORK/llama-failed" \
+        </dev/null >/dev/null 2>&1 &
+    echo "llama-cpp-python build started in the background"
+    ;;
+llama-wait)
+    for _ in $(seq 1 "${2:-480}"); do
+        [ -e "$WORK/llama-built" ] || [ -e "$WORK/llama-failed" ] && break
+        sleep 1
+    done
+    if [ ! -e "$WORK/llama-built" ]; then
+        echo "llama-cpp-python build not finished or failed:"; tail -30 "$WORK/llama-build.log"; exit 1
+    fi
+    python3 -m pip install -q --no-index --no-deps --no-compile --break-system-packages "$WORK"/llama-wheel/*.whl
+    ;;
+phase)
+    shift
+    libraries
+    # Assets carried once (.gpu-assets: tokenizers, spoken clips) stay on the machine for later calls.
+    if [ -d .gpu-assets ]; then mkdir -p "$WORK/assets" && cp -r .gpu-assets/. "$WORK/assets/"; fi
+    export MILO_GPU_ASSETS="$WORK/assets" MILO_CLIPS_DIR="$WORK/assets/clips"
+    python3 -m loadtests.bench.gpu "$@"
+    ;;
+*)
+    sed -n '2,9p' "$0"
+    exit 2
+    ;;
+esac
