@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 SHORT_TEXTS = {
     "mg": "Manao ahoana, tonga soa.",
@@ -69,6 +68,8 @@ def clip_wav(kind: str) -> bytes:
     with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
         subprocess.run(["espeak-ng", "-v", "fr", "-s", "140", "-w", wav.name, CLIP_TEXTS[kind]], check=True)
         audio, rate = sf.read(wav.name, dtype="float32")
+    from scipy.signal import resample_poly  # only here: machines with clips ready-made may lack SciPy
+
     audio = resample_poly(audio, 16000, rate).astype(np.float32)
     out = io.BytesIO()
     sf.write(out, audio, 16000, format="WAV", subtype="PCM_16")

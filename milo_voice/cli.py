@@ -67,9 +67,12 @@ def _normalize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_ready(url: str, timeout_s: float) -> bool:
+def _wait_ready(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> bool:
+    """Until ``url`` answers 200; gives up early when ``process`` (the server behind it) has exited."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -96,8 +99,9 @@ def _serve(args: argparse.Namespace) -> int:
         # that the registry serves (a registry may hold a subset, as the GPU benchmark's do).
         served = [io.name for spec in load_registry().models.values() for io in ROLE_MODELS[spec.role]]
         for model in served:
-            if not _wait_ready(f"http://127.0.0.1:{args.http_port}/v2/models/{model}/ready", args.ready_timeout):
-                print(f"error: model {model} of the PyTriton host did not become ready", file=sys.stderr)
+            if not _wait_ready(f"http://127.0.0.1:{args.http_port}/v2/models/{model}/ready", args.ready_timeout, host):
+                state = f"exited with {host.returncode}" if host.poll() is not None else "timed out"
+                print(f"error: model {model} of the PyTriton host did not become ready ({state})", file=sys.stderr)
                 return 1
         env["MILO_TRITON_URL"] = f"127.0.0.1:{args.http_port}"
         facade = subprocess.Popen(

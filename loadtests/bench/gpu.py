@@ -109,6 +109,8 @@ def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = 
             )
     elif variant == "stt-large-v3":
         models = {"stt": models["stt"]}
+    elif variant in models:  # one model alone, e.g. "chat"
+        models = {variant: models[variant]}
     elif variant != "configured":
         raise ValueError(f"unknown variant {variant!r}")
     return models
@@ -212,7 +214,7 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
     stt = SpeechToText(str(path), device="cuda", compute_type="float16", fixed_new_tokens=STT_TOKENS)
     rows: dict[str, Any] = {"memory_mib": round(_memory_used_mib() - before)}
     audio = _clip("long")
-    features = stt._features(audio)
+    features = np.ascontiguousarray(stt._features(audio))
     for batch in (1, 8, 32):
         requests = [SttRequest(audio, "fr")] * batch
         tokens = stt.transcribe_batch(requests)[0].tokens
@@ -235,11 +237,19 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
             "role_clips_s": round(batch / role, 1),
             "model_clips_s": round(batch / model, 1),
         }
-        if batch == 1:
-            encode = timed(
-                lambda: stt.model.encode(ctranslate2.StorageView.from_array(features[None]), to_cpu=False), 10
+        # Without timestamps (<|notimestamps|> in the prompt) CTranslate2 skips its timestamp rules.
+        plain = [[*stt._prompt("fr"), stt._tokenizer.no_timestamps]] * batch
+
+        def no_timestamps(stacked: Any = stacked, plain: list[list[int]] = plain) -> None:
+            encoded = stt.model.encode(stacked, to_cpu=False)
+            stt.model.generate(
+                encoded, plain, beam_size=1, max_length=2 * STT_TOKENS, suppress_tokens=[-1, stt._tokenizer.eot]
             )
-            rows["encoder_ms"] = round(encode * 1000, 1)
+
+        rows[f"batch{batch}"]["no_timestamps_ms"] = round(timed(no_timestamps, repeats) * 1000, 1)
+        if batch == 1:
+            single = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None]))
+            rows["encoder_ms"] = round(timed(lambda s=single: stt.model.encode(s, to_cpu=False), 10) * 1000, 1)
     return rows
 
 
@@ -459,6 +469,9 @@ def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any
         tuned = json.loads((args.work / "results" / "tune.json").read_text())["tuned"]
     registry = args.work / f"registry-{variant}.toml"
     models = bench_models(tuned, variant)
+    for name in args.drop.split(","):
+        if name and len(models) > 1:
+            models.pop(name, None)
     registry.write_text(dump_registry(models))
     env: dict[str, str] = {
         "MILO_REGISTRY": str(registry),
@@ -544,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assets", default=os.environ.get("MILO_GPU_ASSETS", str(REPO / ".gpu-assets")))
     parser.add_argument("--only", default="", help="build/inprocess: a subset of stt,tts,translate,chat")
     parser.add_argument("--variants", default="configured,unbatched", help="served/locust: registry variants")
+    parser.add_argument("--drop", default="", help="served/locust: models left out of the variants")
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--levels", type=lambda text: [int(x) for x in text.split(",")], default=list(LEVELS))
     parser.add_argument("--profile", default="production", help="embedded: dry-run served/locust without a GPU")

@@ -31,9 +31,12 @@ libraries() {
 case "${1:-}" in
 install)
     python3 -m pip install -q --no-index --no-deps --no-compile --break-system-packages "$2"/*.whl
+    # The image's scikit-learn needs NumPy 2, which PyTriton 0.7 cannot use (empty responses);
+    # transformers imports it when present, so it goes (SciPy 1.14 is carried for NumPy 1.26).
+    python3 -m pip uninstall -y -q --break-system-packages scikit-learn 2>/dev/null || true
     ;;
 llama-build)
-    rm -f "$WORK/llama-built"
+    rm -f "$WORK/llama-built" "$WORK/llama-failed"
     rm -rf "$WORK/llama-src" && mkdir -p "$WORK/llama-src" && tar xzf "$2" -C "$WORK/llama-src"
     nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc)
     # setsid: the build outlives this call and goes on while the next phases run.
@@ -51,7 +54,7 @@ llama-wait)
         sleep 1
     done
     if [ ! -e "$WORK/llama-built" ]; then
-        echo "llama-cpp-python build not finished or failed:"; tail -30 "$WORK/llama-build.log"; exit 1
+        echo "llama-cpp-python build not finished or failed:"; grep -o "\[[0-9]*/[0-9]*\]" "$WORK/llama-build.log" | tail -1; grep -i -A3 "error" "$WORK/llama-build.log" | cut -c1-300 | tail -20; exit 1
     fi
     python3 -m pip install -q --no-index --no-deps --no-compile --break-system-packages "$WORK"/llama-wheel/*.whl
     ;;
