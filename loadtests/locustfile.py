@@ -53,6 +53,8 @@ class MiloUser(HttpUser):
 
     def translate(self, long: bool = False) -> None:
         source, target, text = random.choice(payloads.TRANSLATE_LONG if long else payloads.TRANSLATE_SHORT)
+        # A new suffix each time: the gate times the model, not the facade's translation cache.
+        text = f"{text} {uuid.uuid4().hex[:6]}"
         self._post("/v1/translate", "translate", json={"text": text, "source": source, "target": target})
 
 

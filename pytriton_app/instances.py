@@ -100,6 +100,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
             beam_size=int(params.get("beam_size", 1)),
             cpu_threads=_cpu_threads(),
             fixed_new_tokens=params.get("fixed_new_tokens"),
+            timestamps=bool(params.get("timestamps", True)),
         )
     if spec.role == "tts":
         voices = {lang: path / voice for lang, voice in weights.voices.items()}

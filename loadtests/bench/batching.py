@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import platform
+import secrets
 import statistics
 import sys
 import time
@@ -47,10 +48,17 @@ def _stt(client: httpx.AsyncClient, base: str, n: int) -> Awaitable[httpx.Respon
     return client.post(f"{base}/v1/stt", files=files, data={"language": "fr"})
 
 
+# Every translated text gets a suffix never sent before, in this run or an earlier one against
+# the same stack, so the facade's translation cache never answers for the model. (A per-level
+# number once repeated across levels, and later levels measured the cache.)
+_RUN = secrets.token_hex(3)
+_SENT = itertools.count()
+
+
 def _translate(client: httpx.AsyncClient, base: str, n: int) -> Awaitable[httpx.Response]:
     source, target, text = payloads.TRANSLATE_SHORT[n % 2]
-    # A number makes every text new, so the facade's cache never answers for the model.
-    return client.post(f"{base}/v1/translate", json={"text": f"{text} {n}", "source": source, "target": target})
+    body = {"text": f"{text} {_RUN}{next(_SENT)}", "source": source, "target": target}
+    return client.post(f"{base}/v1/translate", json=body)
 
 
 def _chat(client: httpx.AsyncClient, base: str, n: int) -> Awaitable[httpx.Response]:

@@ -83,6 +83,7 @@ class SpeechToText:
         cpu_threads: int = 0,
         max_new_tokens: int = 224,
         fixed_new_tokens: int | None = None,
+        timestamps: bool = True,
     ) -> None:
         self._whisper = WhisperModel(
             model_path,
@@ -104,6 +105,9 @@ class SpeechToText:
         # Benchmarks only: decode exactly this many tokens per window (end of text suppressed),
         # so that models with seeded weights do the work that real speech would make them do.
         self.fixed_new_tokens = fixed_new_tokens
+        # Timestamps give segments their times, at a price: CTranslate2 applies Whisper's
+        # timestamp rules on every decoding step, which doubled the GPU time of a batch of 32.
+        self.timestamps = timestamps
         self._tokenizer = Tokenizer(
             self._whisper.hf_tokenizer, multilingual=True, task="transcribe", language=self.languages[0]
         )
@@ -196,7 +200,8 @@ class SpeechToText:
         return chosen
 
     def _prompt(self, language: str) -> list[int]:
-        return [self._tokenizer.sot, self._language_token_ids[language], self._tokenizer.transcribe]
+        prompt = [self._tokenizer.sot, self._language_token_ids[language], self._tokenizer.transcribe]
+        return prompt if self.timestamps else [*prompt, self._tokenizer.no_timestamps]
 
     def _segments(self, window: _Window, result: ctranslate2.models.WhisperGenerationResult) -> list[Segment]:
         tokens = result.sequences_ids[0]
