@@ -13,10 +13,12 @@ one phase per call; every phase keeps its state under ``--work`` and writes its 
              latency, throughput at several concurrencies, real-time factors, tokens/s, GPU memory,
              Triton's own batch statistics
   locust     the Locust mixed scenario against the stack, gated on the audit table
-  report     every result as Markdown (``docs/benchmarks/gpu.md``)
+
+The results are read in ``docs/benchmarks.md`` (section 4).
 
 Registry variants: ``configured`` (model_repository/registry.toml as committed), ``unbatched``
-(max_batch_size 1), ``tuned`` (from ``inprocess``) and ``stt-large-v3`` (only STT, large-v3 shape).
+(max_batch_size 1), ``tuned`` (from ``inprocess``), ``stt-no-timestamps``, ``stt-large-v3`` and
+``stt-large-v3-no-timestamps`` (STT measured alone), or one model's name (that model alone).
 Each variant fixes generation lengths, since seeded weights stop at random places: STT decodes 32
 tokens per window (the reference's workload), translation 24 tokens, chat ``max_tokens`` (64).
 """
@@ -431,8 +433,11 @@ SERVED_SENDERS: dict[str, Send] = {
 
 
 def triton_batch_stats(metrics_url: str) -> dict[str, dict[str, float]]:
-    """Per model: requests, executions (batches) and their ratio, from Triton's own metrics."""
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return parse_batch_stats(urllib.request.urlopen(metrics_url, timeout=5).read().decode())
+
+
+def parse_batch_stats(text: str) -> dict[str, dict[str, float]]:
+    """Per model: requests, executions (batches) and their ratio, from Triton's Prometheus text."""
     stats: dict[str, dict[str, float]] = {}
     for metric, key in (("nv_inference_request_success", "requests"), ("nv_inference_exec_count", "executions")):
         for model, value in re.findall(rf'^{metric}{{model="([^"]+)"[^}}]*}} ([0-9.e+]+)$', text, re.M):

@@ -1,0 +1,137 @@
+"""The GPU benchmark's pieces that run anywhere: production-shaped model writers (at toy sizes,
+read back by the real loaders), fixed generation lengths, registry variants, tuning, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loadtests.bench import gpu, shapes
+from milo_voice.registry import load_registry
+from milo_voice.roles.stt import SpeechToText, SttRequest
+
+TOY_WHISPER = shapes.WhisperShape(d_model=64, encoder_layers=2, decoder_layers=2, attention_heads=2, ffn_dim=128)
+
+
+@pytest.fixture(scope="module")
+def toy_whisper(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
+    target = tmp_path_factory.mktemp("shapes") / "stt"
+    shapes.build_whisper(target, TOY_WHISPER, embedded_dir / "stt" / "tokenizer.json")
+    return target
+
+
+def test_whisper_shape_is_read_by_faster_whisper_with_128_mel_bins(toy_whisper: Path) -> None:
+    stt = SpeechToText(str(toy_whisper), fixed_new_tokens=8)
+    assert stt._whisper.feat_kwargs["feature_size"] == 128
+    assert stt.model.n_mels == 128
+    assert stt.model.is_multilingual
+
+
+@pytest.mark.parametrize("new_tokens", [4, 32])
+def test_fixed_new_tokens_decode_exactly_that_many_per_window(toy_whisper: Path, new_tokens: int) -> None:
+    stt = SpeechToText(str(toy_whisper), fixed_new_tokens=new_tokens)
+    short, long = np.full(16000, 0.01, np.float32), np.full(40 * 16000, 0.01, np.float32)
+    results = stt.transcribe_batch([SttRequest(short, "fr"), SttRequest(long, "fr")])
+    assert [r.tokens for r in results] == [new_tokens, 2 * new_tokens]  # 40 s is two windows
+
+
+def test_timestamps_off_puts_notimestamps_in_the_prompt(toy_whisper: Path) -> None:
+    with_times = SpeechToText(str(toy_whisper), fixed_new_tokens=6)
+    text_only = SpeechToText(str(toy_whisper), fixed_new_tokens=6, timestamps=False)
+    no_timestamps = text_only._tokenizer.no_timestamps
+    assert no_timestamps not in with_times._prompt("fr")
+    assert text_only._prompt("fr")[-1] == no_timestamps
+    result = text_only.transcribe(np.full(16000, 0.01, np.float32), "fr")
+    assert result.tokens == 6
+    assert all(s.start == 0.0 for s in result.segments)  # no timestamp tokens: one segment per window
+
+
+def test_nllb_shape_pads_the_vocabulary_and_honours_fixed_lengths(tmp_path: Path) -> None:
+    import ctranslate2
+
+    from milo_voice.roles.translate import Translator
+
+    shape = shapes.NllbShape(vocab_size=4096, d_model=64, layers=2, attention_heads=2, ffn_dim=128)
+    shapes.build_nllb(tmp_path / "translate", shape, quantization="int8")
+    vocabulary = json.loads((tmp_path / "translate" / "shared_vocabulary.json").read_text())
+    assert len(vocabulary) == 4096
+    assert "fra_Latn" in vocabulary and "plt_Latn" in vocabulary
+    translator = Translator(tmp_path / "translate", min_decoding_length=10, max_decoding_length=10)
+    assert translator.translate("Misaotra betsaka", "mg", "fr").text  # loads and decodes
+    raw = ctranslate2.Translator(str(tmp_path / "translate"))
+    result = raw.translate_batch(
+        [["plt_Latn", "▁Misaotra", "</s>"]],
+        target_prefix=[["fra_Latn"]],
+        min_decoding_length=10,
+        max_decoding_length=10,
+    )
+    assert len(result[0].hypotheses[0]) == 10
+
+
+def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, embedded_dir: Path) -> None:
+    import gguf
+
+    from milo_voice.roles.chat import ChatMessage, ChatRequest, LocalChat
+
+    tokenizer = shapes.read_gguf_tokenizer(embedded_dir / "chat" / "model.gguf")
+    shape = shapes.LlamaShape(embedding=256, layers=2, heads=4, kv_heads=2, ffn=512, context=2048)
+    shapes.build_llama_gguf(tmp_path / "chat", shape, tokenizer)
+    reader = gguf.GGUFReader(str(tmp_path / "chat" / "model.gguf"))
+    assert reader.fields["general.file_type"].contents() == shapes.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert reader.fields["llama.block_count"].contents() == 2
+    assert reader.fields["tokenizer.chat_template"].contents() == tokenizer["tokenizer.chat_template"]
+    chat = LocalChat(tmp_path / "chat" / "model.gguf", n_ctx=512, ignore_eos=True)
+    reply = chat.complete(ChatRequest([ChatMessage("user", "Salama")], max_tokens=12))
+    assert reply.completion_tokens == 12
+    assert reply.finish_reason == "length"
+
+
+@pytest.mark.parametrize("variant", ["configured", "unbatched", "stt-no-timestamps", "chat"])
+def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str) -> None:
+    path = tmp_path / "registry.toml"
+    path.write_text(gpu.dump_registry(gpu.bench_models(None, variant)))
+    registry = load_registry(path)
+    if variant == "chat":
+        assert list(registry.models) == ["chat"]
+    else:
+        assert registry["stt"].params["fixed_new_tokens"] == gpu.STT_TOKENS
+        assert registry["translate"].params["min_decoding_length"] == gpu.TRANSLATE_TOKENS
+        assert registry["translate"].params["max_decoding_length"] == gpu.TRANSLATE_TOKENS
+    assert registry["chat"].params["ignore_eos"] is True
+    sizes = {spec.batching.max_batch_size for spec in registry.models.values()}
+    assert (sizes == {1}) == (variant == "unbatched")
+    if variant == "stt-no-timestamps":
+        assert registry["stt"].params["timestamps"] is False
+
+
+def test_tuned_variant_takes_batch_sizes_and_instances(tmp_path: Path) -> None:
+    tuned = {"stt": {"max_batch_size": 8, "preferred_batch_sizes": [2, 4, 8], "instances": 2}}
+    path = tmp_path / "registry.toml"
+    path.write_text(gpu.dump_registry(gpu.bench_models(tuned, "tuned")))
+    stt = load_registry(path)["stt"]
+    assert (stt.batching.max_batch_size, stt.batching.preferred_batch_sizes, stt.instances.count) == (8, (2, 4, 8), 2)
+
+
+def test_knee_is_the_smallest_size_near_the_best_throughput() -> None:
+    assert gpu.knee({1: 8.1, 8: 12.2, 32: 12.2}) == 8
+    assert gpu.knee({1: 8.0, 16: 125.0, 32: 219.0, 64: 401.0}) == 64
+    assert gpu.knee({1: 30.0, 2: 46.6, 4: 66.8, 8: 87.9, 16: 93.1}) == 8
+    assert gpu.knee({1: 5.0}) == 1
+
+
+def test_batch_stats_from_triton_metrics() -> None:
+    text = "\n".join(
+        [
+            "# HELP nv_inference_request_success Number of successful inference requests",
+            'nv_inference_request_success{model="tts",version="1"} 133',
+            'nv_inference_request_success{model="stt",version="1"} 99',
+            'nv_inference_exec_count{model="tts",version="1"} 52',
+            'nv_inference_exec_count{model="stt",version="1"} 99',
+        ]
+    )
+    stats = gpu.parse_batch_stats(text)
+    assert stats["tts"] == {"requests": 133.0, "executions": 52.0, "mean_batch": 2.56}
+    assert stats["stt"]["mean_batch"] == 1.0
