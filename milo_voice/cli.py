@@ -67,6 +67,21 @@ def _normalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _triton_configs(args: argparse.Namespace) -> int:
+    from milo_voice.registry import DEFAULT_REGISTRY
+    from milo_voice.triton_repository import stale_configs, write_configs
+
+    registry, root = load_registry(DEFAULT_REGISTRY), DEFAULT_REGISTRY.parent
+    if args.check:
+        stale = stale_configs(registry, root)
+        for path in stale:
+            print(f"out of date: {path} (run `milo-voice models triton-configs`)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in write_configs(registry, root):
+        print(f"wrote {path}")
+    return 0
+
+
 def _wait_ready(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> bool:
     """Until ``url`` answers 200; gives up early when ``process`` (the server behind it) has exited."""
     deadline = time.monotonic() + timeout_s
@@ -160,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.set_defaults(func=_pull)
     listing = models.add_parser("list", help="list models, their weights and whether they are present")
     listing.set_defaults(func=_list)
+    configs = models.add_parser("triton-configs", help="write model_repository/*/config.pbtxt from the registry")
+    configs.add_argument("--check", action="store_true", help="exit 1 if a committed file is out of date")
+    configs.set_defaults(func=_triton_configs)
 
     normalize = commands.add_parser("normalize", help="print the spoken form of a text")
     normalize.add_argument("--lang", choices=SUPPORTED_LANGUAGES, required=True)

@@ -1,0 +1,92 @@
+"""``config.pbtxt`` for every served model, generated from the registry (one source of truth).
+
+The PyTriton host builds these settings in memory; a stock Triton server reads them from
+``model_repository/<model>/config.pbtxt``. Both come from ``registry.toml`` (batching, queues,
+priorities, instances) and ``client.tensors`` (inputs and outputs), so the two servers cannot
+drift apart. ``milo-voice models triton-configs`` writes the files; ``--check`` fails when a
+committed file differs from what the registry says (the test suite runs that check).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from client import tensors
+from milo_voice.registry import ModelSpec, Registry
+
+HEADER = "# Generated from model_repository/registry.toml by `milo-voice models triton-configs`; do not edit.\n"
+DATA_TYPES = {np.bytes_: "TYPE_STRING", np.float32: "TYPE_FP32", np.int32: "TYPE_INT32", np.int64: "TYPE_INT64"}
+# Registry instance kinds to Triton's: "auto" lets Triton put instances on GPUs when it has any.
+INSTANCE_KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+
+
+def served_models(registry: Registry) -> list[tuple[ModelSpec, tensors.ModelIO]]:
+    """Every Triton model of the registry: each role's models (a stream shares its role's spec)."""
+    return [(spec, io) for spec in registry.models.values() for io in tensors.ROLE_MODELS[spec.role]]
+
+
+def _tensors(kind: str, specs: tuple[tensors.TensorSpec, ...]) -> str:
+    blocks = []
+    for spec in specs:
+        optional = "\n    optional: true" if spec.optional else ""
+        dims = ", ".join(str(d) for d in spec.shape)
+        blocks.append(
+            f'  {{\n    name: "{spec.name}"\n    data_type: {DATA_TYPES[spec.dtype]}\n'
+            f"    dims: [ {dims} ]{optional}\n  }}"
+        )
+    return f"{kind} [\n" + ",\n".join(blocks) + "\n]\n"
+
+
+def render_config(spec: ModelSpec, io: tensors.ModelIO) -> str:
+    """The ``config.pbtxt`` text of ``io`` served with ``spec``'s settings."""
+    b = spec.batching
+    lines = [HEADER, f'name: "{io.name}"\n', 'backend: "python"\n']
+    if io.streaming:
+        # Streams answer one request at a time per instance, in several responses.
+        lines += ["max_batch_size: 0\n", "model_transaction_policy {\n  decoupled: true\n}\n"]
+    else:
+        lines.append(f"max_batch_size: {b.max_batch_size}\n")
+    lines += [_tensors("input", io.inputs), _tensors("output", io.outputs)]
+    kind = INSTANCE_KINDS[spec.instances.kind]
+    lines.append(f"instance_group [\n  {{\n    count: {spec.instances.count}\n    kind: {kind}\n  }}\n]\n")
+    if not io.streaming:
+        preferred = ", ".join(str(n) for n in b.preferred_batch_sizes)
+        lines.append(
+            "dynamic_batching {\n"
+            + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
+            + f"  max_queue_delay_microseconds: {b.max_queue_delay_us}\n"
+            + (f"  priority_levels: {b.priority_levels}\n" if b.priority_levels else "")
+            + (f"  default_priority_level: {b.default_priority_level}\n" if b.priority_levels else "")
+            + "  default_queue_policy {\n"
+            + "    timeout_action: REJECT\n"
+            + f"    default_timeout_microseconds: {b.queue_timeout_us}\n"
+            + "    allow_timeout_override: true\n"
+            + f"    max_queue_size: {b.max_queue_size}\n"
+            + "  }\n}\n"
+        )
+    # The Python backend adapter reads which registry model (and so which role) it serves.
+    lines.append(f'parameters: {{\n  key: "milo_model"\n  value: {{ string_value: "{spec.name}" }}\n}}\n')
+    return "".join(lines)
+
+
+def expected_files(registry: Registry, root: Path) -> dict[Path, str]:
+    return {root / io.name / "config.pbtxt": render_config(spec, io) for spec, io in served_models(registry)}
+
+
+def write_configs(registry: Registry, root: Path) -> list[Path]:
+    written = []
+    for path, text in expected_files(registry, root).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            written.append(path)
+    return written
+
+
+def stale_configs(registry: Registry, root: Path) -> list[Path]:
+    """Committed files that differ from (or lack) what the registry generates."""
+    return [
+        path for path, text in expected_files(registry, root).items() if not path.exists() or path.read_text() != text
+    ]

@@ -1,0 +1,68 @@
+"""The native Triton repository's config.pbtxt files: generated from the registry, committed up to
+date, and valid against Triton's own ModelConfig schema (the protobuf that tritonclient ships)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from milo_voice.registry import DEFAULT_REGISTRY, Instances, Registry, load_registry
+from milo_voice.triton_repository import render_config, served_models, stale_configs, write_configs
+
+ROOT = DEFAULT_REGISTRY.parent
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return load_registry(DEFAULT_REGISTRY)
+
+
+def test_committed_configs_are_up_to_date(registry: Registry) -> None:
+    assert stale_configs(registry, ROOT) == [], "run `milo-voice models triton-configs` and commit the files"
+
+
+def test_every_served_model_has_a_config(registry: Registry) -> None:
+    names = {io.name for _spec, io in served_models(registry)}
+    assert names == {"stt", "tts", "tts_stream", "translate", "chat", "chat_stream"}
+    assert all((ROOT / name / "config.pbtxt").is_file() for name in names)
+
+
+def test_configs_parse_as_triton_model_configs_with_the_registry_settings(registry: Registry) -> None:
+    for spec, io in served_models(registry):
+        config = text_format.Parse(render_config(spec, io), model_config_pb2.ModelConfig())
+        assert config.name == io.name and config.backend == "python"
+        assert [t.name for t in config.input] == [t.name for t in io.inputs]
+        assert [t.name for t in config.output] == [t.name for t in io.outputs]
+        assert config.instance_group[0].count == spec.instances.count
+        assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_AUTO
+        assert config.parameters["milo_model"].string_value == spec.name
+        if io.streaming:
+            assert config.model_transaction_policy.decoupled
+            assert config.max_batch_size == 0
+            assert not config.HasField("dynamic_batching")
+        else:
+            batching, policy = config.dynamic_batching, config.dynamic_batching.default_queue_policy
+            assert config.max_batch_size == spec.batching.max_batch_size
+            assert list(batching.preferred_batch_size) == list(spec.batching.preferred_batch_sizes)
+            assert batching.priority_levels == spec.batching.priority_levels
+            assert policy.max_queue_size == spec.batching.max_queue_size
+            assert policy.default_timeout_microseconds == spec.batching.queue_timeout_us
+            assert policy.allow_timeout_override
+            assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+
+
+def test_a_registry_change_makes_the_check_fail_until_regenerated(registry: Registry, tmp_path: Path) -> None:
+    write_configs(registry, tmp_path)
+    assert stale_configs(registry, tmp_path) == []
+    changed_spec = dataclasses.replace(registry["tts"], instances=Instances(3, "gpu"))
+    changed = Registry(models={**registry.models, "tts": changed_spec})
+    assert {p.parent.name for p in stale_configs(changed, tmp_path)} == {"tts", "tts_stream"}
+    write_configs(changed, tmp_path)
+    text = (tmp_path / "tts" / "config.pbtxt").read_text()
+    assert text_format.Parse(text, model_config_pb2.ModelConfig()).instance_group[0].kind == (
+        model_config_pb2.ModelInstanceGroup.KIND_GPU
+    )
