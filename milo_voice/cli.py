@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 
-from milo_voice.registry import PROFILES, active_profile, load_registry, models_dir
+from milo_voice.registry import DEFAULT_REGISTRY, PROFILES, active_profile, load_registry, models_dir
 from milo_voice.text.normalize import SUPPORTED_LANGUAGES, normalize_text
 
 
@@ -68,7 +68,6 @@ def _normalize(args: argparse.Namespace) -> int:
 
 
 def _triton_configs(args: argparse.Namespace) -> int:
-    from milo_voice.registry import DEFAULT_REGISTRY
     from milo_voice.triton_repository import stale_configs, write_configs
 
     registry, root = load_registry(DEFAULT_REGISTRY), DEFAULT_REGISTRY.parent

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -222,9 +223,13 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
         requests = [SttRequest(audio, "fr")] * batch
         tokens = stt.transcribe_batch(requests)[0].tokens
         stacked = ctranslate2.StorageView.from_array(np.stack([features] * batch))
-        prompt = [stt._prompt("fr")] * batch
+        # Without timestamps (<|notimestamps|> in the prompt) CTranslate2 skips its timestamp rules.
+        prompts = {
+            "model": [stt._prompt("fr")] * batch,
+            "no_timestamps": [[*stt._prompt("fr"), stt._tokenizer.no_timestamps]] * batch,
+        }
 
-        def model_only(stacked: Any = stacked, prompt: list[list[int]] = prompt) -> None:
+        def decode(prompt: list[list[int]], stacked: Any = stacked) -> None:
             encoded = stt.model.encode(stacked, to_cpu=False)
             stt.model.generate(
                 encoded, prompt, beam_size=1, max_length=2 * STT_TOKENS, suppress_tokens=[-1, stt._tokenizer.eot]
@@ -232,7 +237,7 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
 
         repeats = 10 if batch == 1 else 5
         role = timed(lambda requests=requests: stt.transcribe_batch(requests), repeats)
-        model = timed(model_only, repeats)
+        model = timed(functools.partial(decode, prompts["model"]), repeats)
         rows[f"batch{batch}"] = {
             "tokens_per_window": tokens,
             "role_ms": round(role * 1000, 1),
@@ -240,16 +245,8 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
             "role_clips_s": round(batch / role, 1),
             "model_clips_s": round(batch / model, 1),
         }
-        # Without timestamps (<|notimestamps|> in the prompt) CTranslate2 skips its timestamp rules.
-        plain = [[*stt._prompt("fr"), stt._tokenizer.no_timestamps]] * batch
-
-        def no_timestamps(stacked: Any = stacked, plain: list[list[int]] = plain) -> None:
-            encoded = stt.model.encode(stacked, to_cpu=False)
-            stt.model.generate(
-                encoded, plain, beam_size=1, max_length=2 * STT_TOKENS, suppress_tokens=[-1, stt._tokenizer.eot]
-            )
-
-        rows[f"batch{batch}"]["no_timestamps_ms"] = round(timed(no_timestamps, repeats) * 1000, 1)
+        no_timestamps = timed(functools.partial(decode, prompts["no_timestamps"]), repeats)
+        rows[f"batch{batch}"]["no_timestamps_ms"] = round(no_timestamps * 1000, 1)
         if batch == 1:
             single = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None]))
             rows["encoder_ms"] = round(timed(lambda s=single: stt.model.encode(s, to_cpu=False), 10) * 1000, 1)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from milo_voice.weights.embedded import SEED, build_seeded_nllb_tokenizer, build_seeded_vits
+from milo_voice.weights.embedded import SEED, build_seeded_nllb_tokenizer, build_seeded_vits, nllb_config
 
 log = logging.getLogger(__name__)
 
@@ -163,28 +163,20 @@ def build_nllb(
     """An NLLB model of ``shape`` with seeded weights, as a CTranslate2 folder with its SentencePiece model."""
     import torch
     from ctranslate2.converters.transformers import M2M100Loader
-    from transformers import M2M100Config, M2M100ForConditionalGeneration
+    from transformers import M2M100ForConditionalGeneration
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer, sentencepiece = build_seeded_nllb_tokenizer(Path(tmp))
         if shape.vocab_size < len(tokenizer):
             raise ValueError(f"vocabulary of {shape.vocab_size} is smaller than the tokenizer's {len(tokenizer)}")
-        config = M2M100Config(
+        config = nllb_config(
+            tokenizer,
             vocab_size=shape.vocab_size,
             d_model=shape.d_model,
-            encoder_layers=shape.layers,
-            decoder_layers=shape.layers,
-            encoder_attention_heads=shape.attention_heads,
-            decoder_attention_heads=shape.attention_heads,
-            encoder_ffn_dim=shape.ffn_dim,
-            decoder_ffn_dim=shape.ffn_dim,
-            max_position_embeddings=1024,
-            scale_embedding=True,
-            dropout=0.0,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.eos_token_id,
+            layers=shape.layers,
+            attention_heads=shape.attention_heads,
+            ffn_dim=shape.ffn_dim,
+            max_positions=1024,
         )
         torch.manual_seed(SEED)
         with torch.device(device):

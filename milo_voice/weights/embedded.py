@@ -168,11 +168,44 @@ def build_seeded_nllb_tokenizer(work: Path) -> tuple[Any, Path]:
     return tokenizer, model_file
 
 
+def nllb_config(
+    tokenizer: Any,
+    *,
+    vocab_size: int,
+    d_model: int,
+    layers: int,
+    attention_heads: int,
+    ffn_dim: int,
+    max_positions: int,
+) -> Any:
+    """An NLLB (M2M100) configuration of the given size, with ``tokenizer``'s special tokens."""
+    from transformers import M2M100Config
+
+    return M2M100Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=attention_heads,
+        decoder_attention_heads=attention_heads,
+        encoder_ffn_dim=ffn_dim,
+        decoder_ffn_dim=ffn_dim,
+        max_position_embeddings=max_positions,
+        scale_embedding=True,
+        dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+        architectures=["M2M100ForConditionalGeneration"],
+    )
+
+
 def build_seeded_nllb(target: Path, train_steps: int = 400) -> None:
     """Write a small NLLB model in CTranslate2 format with its SentencePiece model."""
     import ctranslate2
     import torch
-    from transformers import M2M100Config, M2M100ForConditionalGeneration
+    from transformers import M2M100ForConditionalGeneration
 
     torch.manual_seed(SEED)
     pairs = _parallel_corpus()
@@ -180,23 +213,14 @@ def build_seeded_nllb(target: Path, train_steps: int = 400) -> None:
         work = Path(tmp)
         tokenizer, _ = build_seeded_nllb_tokenizer(work)
         hf_dir = work / "hf"
-        config = M2M100Config(
+        config = nllb_config(
+            tokenizer,
             vocab_size=len(tokenizer),
             d_model=128,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=256,
-            decoder_ffn_dim=256,
-            max_position_embeddings=128,
-            scale_embedding=True,
-            dropout=0.0,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.eos_token_id,
-            architectures=["M2M100ForConditionalGeneration"],
+            layers=2,
+            attention_heads=4,
+            ffn_dim=256,
+            max_positions=128,
         )
         model = M2M100ForConditionalGeneration(config)
         _train_on_corpus(model, tokenizer, pairs, train_steps)
