@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from milo_voice.registry import DEFAULT_REGISTRY, PROFILES, active_profile, load_registry, models_dir
 from milo_voice.text.normalize import SUPPORTED_LANGUAGES, normalize_text
@@ -70,13 +71,14 @@ def _normalize(args: argparse.Namespace) -> int:
 def _triton_configs(args: argparse.Namespace) -> int:
     from milo_voice.triton_repository import stale_configs, write_configs
 
-    registry, root = load_registry(DEFAULT_REGISTRY), DEFAULT_REGISTRY.parent
+    registry = load_registry(DEFAULT_REGISTRY)
+    root = Path(args.out) if args.out else DEFAULT_REGISTRY.parent
     if args.check:
         stale = stale_configs(registry, root)
         for path in stale:
             print(f"out of date: {path} (run `milo-voice models triton-configs`)", file=sys.stderr)
         return 1 if stale else 0
-    for path in write_configs(registry, root):
+    for path in write_configs(registry, root, args.instance_kind):
         print(f"wrote {path}")
     return 0
 
@@ -98,10 +100,12 @@ def _wait_ready(url: str, timeout_s: float, process: subprocess.Popen[bytes] | N
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Run the PyTriton host and the facade as two processes; stop both on Ctrl-C."""
+    """Run a Triton server (the PyTriton host or the stock tritonserver) and the facade; stop both on Ctrl-C."""
     env = dict(os.environ)
+    # Both servers serve the same models with the same tensors; the facade cannot tell them apart.
+    module = "pytriton_app" if args.server == "pytriton" else "milo_voice.serving.tritonserver"
     host = subprocess.Popen(
-        [sys.executable, "-m", "pytriton_app", "--http-port", str(args.http_port),
+        [sys.executable, "-m", module, "--http-port", str(args.http_port),
          "--grpc-port", str(args.grpc_port), "--metrics-port", str(args.metrics_port)],
         env=env,
     )  # fmt: skip
@@ -115,7 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
         for model in served:
             if not _wait_ready(f"http://127.0.0.1:{args.http_port}/v2/models/{model}/ready", args.ready_timeout, host):
                 state = f"exited with {host.returncode}" if host.poll() is not None else "timed out"
-                print(f"error: model {model} of the PyTriton host did not become ready ({state})", file=sys.stderr)
+                print(f"error: model {model} of {args.server} did not become ready ({state})", file=sys.stderr)
                 return 1
         env["MILO_TRITON_URL"] = f"127.0.0.1:{args.http_port}"
         facade = subprocess.Popen(
@@ -157,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="milo-voice", description="Milo Voice serving stack")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="start the PyTriton host and the facade")
+    serve = commands.add_parser("serve", help="start the Triton server and the facade")
+    serve.add_argument(
+        "--server",
+        choices=("pytriton", "tritonserver"),
+        default="pytriton",
+        help="the PyTriton host, or the stock tritonserver on model_repository/ (Python backend)",
+    )
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
@@ -174,8 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     pull.set_defaults(func=_pull)
     listing = models.add_parser("list", help="list models, their weights and whether they are present")
     listing.set_defaults(func=_list)
-    configs = models.add_parser("triton-configs", help="write model_repository/*/config.pbtxt from the registry")
+    configs = models.add_parser(
+        "triton-configs", help="write model_repository/*/config.pbtxt and 1/model.py from the registry"
+    )
     configs.add_argument("--check", action="store_true", help="exit 1 if a committed file is out of date")
+    configs.add_argument("--out", help="write the repository there instead (an image's own copy)")
+    configs.add_argument(
+        "--instance-kind", choices=("auto", "cpu", "gpu"), help="every instance of this kind instead of the registry's"
+    )
     configs.set_defaults(func=_triton_configs)
 
     normalize = commands.add_parser("normalize", help="print the spoken form of a text")

@@ -1,10 +1,12 @@
-"""``config.pbtxt`` for every served model, generated from the registry (one source of truth).
+"""The stock Triton repository, generated from the registry (one source of truth).
 
-The PyTriton host builds these settings in memory; a stock Triton server reads them from
-``model_repository/<model>/config.pbtxt``. Both come from ``registry.toml`` (batching, queues,
-priorities, instances) and ``client.tensors`` (inputs and outputs), so the two servers cannot
-drift apart. ``milo-voice models triton-configs`` writes the files; ``--check`` fails when a
-committed file differs from what the registry says (the test suite runs that check).
+Every served model gets ``model_repository/<model>/config.pbtxt`` and ``1/model.py``, the
+Python backend's entry point (``milo_voice.serving.python_backend``). The PyTriton host
+builds the same settings in memory; a stock Triton server reads them from the files. Both
+come from ``registry.toml`` (batching, queues, priorities, instances) and ``client.tensors``
+(inputs and outputs), so the two servers cannot drift apart. ``milo-voice models
+triton-configs`` writes the files; ``--check`` fails when a committed file differs from
+what the registry says (the test suite runs that check).
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ HEADER = "# Generated from model_repository/registry.toml by `milo-voice models 
 DATA_TYPES = {np.bytes_: "TYPE_STRING", np.float32: "TYPE_FP32", np.int32: "TYPE_INT32", np.int64: "TYPE_INT64"}
 # Registry instance kinds to Triton's: "auto" lets Triton put instances on GPUs when it has any.
 INSTANCE_KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+MODEL_PY = f"""{HEADER.rstrip()}
+\"\"\"Triton Python backend entry point: the Milo Voice adapter that the PyTriton host shares.\"\"\"
+
+from milo_voice.serving.python_backend import TritonPythonModel
+
+__all__ = ["TritonPythonModel"]
+"""
 
 
 def served_models(registry: Registry) -> list[tuple[ModelSpec, tensors.ModelIO]]:
@@ -39,8 +48,12 @@ def _tensors(kind: str, specs: tuple[tensors.TensorSpec, ...]) -> str:
     return f"{kind} [\n" + ",\n".join(blocks) + "\n]\n"
 
 
-def render_config(spec: ModelSpec, io: tensors.ModelIO) -> str:
-    """The ``config.pbtxt`` text of ``io`` served with ``spec``'s settings."""
+def render_config(spec: ModelSpec, io: tensors.ModelIO, instance_kind: str | None = None) -> str:
+    """The ``config.pbtxt`` text of ``io`` served with ``spec``'s settings.
+
+    ``instance_kind`` ("gpu", "cpu", "auto") replaces the registry's, for an image that
+    knows its hardware: the GPU model-server image pins every instance to ``KIND_GPU``.
+    """
     b = spec.batching
     lines = [HEADER, f'name: "{io.name}"\n', 'backend: "python"\n']
     if io.streaming:
@@ -49,7 +62,7 @@ def render_config(spec: ModelSpec, io: tensors.ModelIO) -> str:
     else:
         lines.append(f"max_batch_size: {b.max_batch_size}\n")
     lines += [_tensors("input", io.inputs), _tensors("output", io.outputs)]
-    kind = INSTANCE_KINDS[spec.instances.kind]
+    kind = INSTANCE_KINDS[instance_kind or spec.instances.kind]
     lines.append(f"instance_group [\n  {{\n    count: {spec.instances.count}\n    kind: {kind}\n  }}\n]\n")
     if not io.streaming:
         preferred = ", ".join(str(n) for n in b.preferred_batch_sizes)
@@ -66,18 +79,24 @@ def render_config(spec: ModelSpec, io: tensors.ModelIO) -> str:
             + f"    max_queue_size: {b.max_queue_size}\n"
             + "  }\n}\n"
         )
-    # The Python backend adapter reads which registry model (and so which role) it serves.
-    lines.append(f'parameters: {{\n  key: "milo_model"\n  value: {{ string_value: "{spec.name}" }}\n}}\n')
+    # The Python backend adapter reads which registry model (its role and weights) and
+    # which of the role's models (its tensors) it serves.
+    for key, value in (("milo_model", spec.name), ("milo_io", io.name)):
+        lines.append(f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n')
     return "".join(lines)
 
 
-def expected_files(registry: Registry, root: Path) -> dict[Path, str]:
-    return {root / io.name / "config.pbtxt": render_config(spec, io) for spec, io in served_models(registry)}
+def expected_files(registry: Registry, root: Path, instance_kind: str | None = None) -> dict[Path, str]:
+    files = {}
+    for spec, io in served_models(registry):
+        files[root / io.name / "config.pbtxt"] = render_config(spec, io, instance_kind)
+        files[root / io.name / "1" / "model.py"] = MODEL_PY
+    return files
 
 
-def write_configs(registry: Registry, root: Path) -> list[Path]:
+def write_configs(registry: Registry, root: Path, instance_kind: str | None = None) -> list[Path]:
     written = []
-    for path, text in expected_files(registry, root).items():
+    for path, text in expected_files(registry, root, instance_kind).items():
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != text:
             path.write_text(text)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sysconfig
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,21 +20,11 @@ from pytriton.triton import Triton, TritonConfig
 
 from client import tensors
 from milo_voice.registry import ModelSpec, Registry, active_profile, load_registry
-from pytriton_app import infer
-from pytriton_app.instances import DevicePlanner, build_instance, with_cloud_chat
-from pytriton_app.warmup import warm_up
+from milo_voice.serving.instances import DevicePlanner, load_instance, with_cloud_chat
+from milo_voice.serving.tensor_io import handler_for
+from pytriton_app.infer import infer_callable
 
 log = logging.getLogger(__name__)
-
-# Which callable factory serves which model name.
-FACTORIES: dict[str, Callable[..., Callable[..., Any]]] = {
-    "stt": infer.stt_infer,
-    "tts": infer.tts_infer,
-    "tts_stream": infer.tts_stream_infer,
-    "translate": infer.translate_infer,
-    "chat": infer.chat_infer,
-    "chat_stream": infer.chat_stream_infer,
-}
 
 
 @dataclass(frozen=True)
@@ -87,18 +75,7 @@ def model_config(spec: ModelSpec, io: tensors.ModelIO) -> ModelConfig:
 
 
 def build_role_instances(spec: ModelSpec, profile: str, planner: DevicePlanner) -> list[Any]:
-    instances = []
-    for n in range(spec.instances.count):
-        device = planner.place(spec.instances.kind)
-        started = time.perf_counter()
-        instance = build_instance(spec, profile, device)
-        warm_up(spec.role, instance)
-        log.info(
-            "%s instance %d on %s loaded and warmed up in %.1f s",
-            spec.name, n, device, time.perf_counter() - started,
-        )  # fmt: skip
-        instances.append(instance)
-    return instances
+    return [load_instance(spec, profile, planner.place(spec.instances.kind)) for _ in range(spec.instances.count)]
 
 
 def load_all(registry: Registry, profile: str, planner: DevicePlanner) -> dict[str, list[Any]]:
@@ -115,12 +92,10 @@ def bind_all(triton: Triton, registry: Registry, instances: dict[str, list[Any]]
     bound = []
     for spec in registry.models.values():
         for io in tensors.ROLE_MODELS[spec.role]:
-            factory = FACTORIES[io.name]
-            extra = {"default_max_tokens": int(spec.params.get("max_tokens", 256))} if spec.role == "chat" else {}
             name = served_name(spec, io)
             triton.bind(
                 model_name=name,
-                infer_func=[factory(instance, **extra) for instance in instances[spec.name]],
+                infer_func=[infer_callable(handler_for(io, spec, instance)) for instance in instances[spec.name]],
                 inputs=[_tensor(t) for t in io.inputs],
                 outputs=[_tensor(t) for t in io.outputs],
                 config=model_config(spec, io),

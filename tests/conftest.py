@@ -26,7 +26,8 @@ from milo_voice.registry import Registry, load_registry, models_dir
 from milo_voice.weights.embedded import build_embedded
 
 REPO = Path(__file__).resolve().parent.parent
-SERVED_MODELS = ("stt", "tts", "tts_stream", "translate", "chat", "chat_stream", "chat_cloud", "chat_cloud_stream")
+REPOSITORY_MODELS = ("stt", "tts", "tts_stream", "translate", "chat", "chat_stream")
+SERVED_MODELS = (*REPOSITORY_MODELS, "chat_cloud", "chat_cloud_stream")
 
 
 @pytest.fixture(scope="session")
@@ -124,6 +125,8 @@ class TritonHost:
     http: int
     grpc: int
     metrics: int
+    models: tuple[str, ...] = SERVED_MODELS
+    server: str = "pytriton"
 
     @property
     def http_url(self) -> str:
@@ -151,6 +154,23 @@ def facade_process(triton: TritonHost, log_path: Path, **env: str) -> Iterator[s
         yield url
 
 
+@contextmanager
+def running_host(host: TritonHost, command: list[str], log_path: Path, **env: str) -> Iterator[TritonHost]:
+    """A Triton server in a subprocess, yielded once every model of ``host`` is ready."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            for model in host.models:
+                wait_http_ok(f"http://{host.http_url}/v2/models/{model}/ready", 420, process)
+            yield host
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{host.server} did not start: {exc}\n{log_path.read_text()[-4000:]}")
+        finally:
+            stop(process, 60)
+
+
 @pytest.fixture(scope="session")
 def triton_host(
     embedded_dir: Path, openai_server: str, tmp_path_factory: pytest.TempPathFactory
@@ -158,22 +178,25 @@ def triton_host(
     """The real PyTriton host, in a subprocess, serving every model on the embedded weights,
     and the cloud chat backend pointed at the loopback OpenAI-compatible server."""
     host = TritonHost(free_port(), free_port(), free_port())
+    command = [sys.executable, "-m", "pytriton_app", "--http-port", str(host.http),
+               "--grpc-port", str(host.grpc), "--metrics-port", str(host.metrics)]  # fmt: skip
     log_path = tmp_path_factory.mktemp("triton") / "host.log"
-    env = {**os.environ, "MILO_PROFILE": "embedded", "PYTHONUNBUFFERED": "1", "MILO_CHAT_CLOUD_URL": openai_server}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pytriton_app", "--http-port", str(host.http),
-             "--grpc-port", str(host.grpc), "--metrics-port", str(host.metrics)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            for model in SERVED_MODELS:
-                wait_http_ok(f"http://{host.http_url}/v2/models/{model}/ready", 420, process)
-            yield host
-        except (RuntimeError, TimeoutError) as exc:
-            pytest.fail(f"PyTriton host did not start: {exc}\n{log_path.read_text()[-4000:]}")
-        finally:
-            stop(process, 60)
+    with running_host(host, command, log_path, MILO_PROFILE="embedded", MILO_CHAT_CLOUD_URL=openai_server) as ready:
+        yield ready
+
+
+@pytest.fixture(scope="session")
+def native_triton_host(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonHost]:
+    """The stock ``tritonserver`` binary of the nvidia-pytriton wheel on ``model_repository/``:
+    the Python backend runs the repository's ``1/model.py`` adapters on the embedded weights."""
+    host = TritonHost(free_port(), free_port(), free_port(), models=REPOSITORY_MODELS, server="tritonserver")
+    workdir = tmp_path_factory.mktemp("tritonserver")
+    command = [sys.executable, "-m", "milo_voice.serving.tritonserver", "--workdir", str(workdir),
+               "--http-port", str(host.http), "--grpc-port", str(host.grpc),
+               "--metrics-port", str(host.metrics)]  # fmt: skip
+    env = {"MILO_PROFILE": "embedded", "MILO_CHAT_CLOUD_URL": ""}
+    with running_host(host, command, workdir / "server.log", **env) as ready:
+        yield ready
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pytriton.model_config.common import TimeoutAction
 
 from client import tensors
 from milo_voice.registry import Registry
-from pytriton_app.instances import DevicePlanner
+from milo_voice.serving.instances import DevicePlanner
 from pytriton_app.server import model_config, served_name
 
 

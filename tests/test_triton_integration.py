@@ -1,8 +1,15 @@
-"""The real PyTriton host in a subprocess, called with tritonclient over HTTP and gRPC."""
+"""Both real servers, each in a subprocess, called with tritonclient over HTTP and gRPC.
+
+Every test runs against the PyTriton host and against the stock ``tritonserver`` binary
+serving ``model_repository/`` through its Python backend adapters: same answers, same
+batching, same metrics, and the facade works unchanged against either.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import re
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -10,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from client import AsyncMiloTritonClient, MiloTritonClient, ModelInputError, tensors
-from tests.conftest import SERVED_MODELS as MODELS
 from tests.conftest import TritonHost, facade_client, speak
 
 pytestmark = pytest.mark.integration
@@ -25,10 +32,16 @@ def clip() -> np.ndarray:
     return speak("Bonjour, je voudrais acheter du riz au marché.")
 
 
+@pytest.fixture(scope="module", params=["pytriton", "tritonserver"])
+def server(request: pytest.FixtureRequest) -> TritonHost:
+    """The PyTriton host, then the stock tritonserver: every test of this module runs on both."""
+    return request.getfixturevalue("triton_host" if request.param == "pytriton" else "native_triton_host")
+
+
 @pytest.fixture(params=["http", "grpc"])
-def milo(request: pytest.FixtureRequest, triton_host: TritonHost) -> Any:
-    url = triton_host.http_url if request.param == "http" else triton_host.grpc_url
-    with MiloTritonClient(url, protocol=request.param, grpc_url=triton_host.grpc_url) as client:
+def milo(request: pytest.FixtureRequest, server: TritonHost) -> Any:
+    url = server.http_url if request.param == "http" else server.grpc_url
+    with MiloTritonClient(url, protocol=request.param, grpc_url=server.grpc_url) as client:
         yield client
 
 
@@ -43,11 +56,11 @@ def metric(text: str, name: str, model: str) -> float:
     return float(match.group(1))
 
 
-def test_every_model_is_ready_on_both_protocols(triton_host: TritonHost) -> None:
-    http = httpclient.InferenceServerClient(triton_host.http_url)
-    grpc = grpcclient.InferenceServerClient(triton_host.grpc_url)
+def test_every_model_is_ready_on_both_protocols(server: TritonHost) -> None:
+    http = httpclient.InferenceServerClient(server.http_url)
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
     assert http.is_server_ready() and grpc.is_server_ready()
-    for model in MODELS:
+    for model in server.models:
         assert http.is_model_ready(model), model
         assert grpc.is_model_ready(model), model
     config = http.get_model_config("stt")
@@ -56,9 +69,9 @@ def test_every_model_is_ready_on_both_protocols(triton_host: TritonHost) -> None
     assert grpc.get_model_config("chat_stream").config.model_transaction_policy.decoupled
 
 
-def test_raw_tritonclient_translate(triton_host: TritonHost) -> None:
+def test_raw_tritonclient_translate(server: TritonHost) -> None:
     """A plain tritonclient user needs nothing from Milo Voice's client."""
-    client = httpclient.InferenceServerClient(triton_host.http_url)
+    client = httpclient.InferenceServerClient(server.http_url)
     inputs = []
     for name, value in (("text", "Manao ahoana daholo ianareo."), ("source", "mg"), ("target", "fr")):
         tensor = httpclient.InferInput(name, [1, 1], "BYTES")
@@ -121,9 +134,9 @@ def test_bad_input_in_a_batch_does_not_fail_its_neighbours(milo: MiloTritonClien
     assert answers == ["refused" if i % 2 == 0 else "Manao ahoana daholo ianareo." for i in range(32)]
 
 
-def test_asyncio_client(triton_host: TritonHost, clip: np.ndarray) -> None:
+def test_asyncio_client(server: TritonHost, clip: np.ndarray) -> None:
     async def run() -> None:
-        async with AsyncMiloTritonClient(triton_host.http_url, grpc_url=triton_host.grpc_url) as milo:
+        async with AsyncMiloTritonClient(server.http_url, grpc_url=server.grpc_url) as milo:
             results = await asyncio.gather(
                 milo.translate("Hello everyone.", "en", "fr"),
                 milo.transcribe(clip, "fr"),
@@ -138,8 +151,8 @@ def test_asyncio_client(triton_host: TritonHost, clip: np.ndarray) -> None:
     asyncio.run(run())
 
 
-def test_requests_are_batched_across_clients(triton_host: TritonHost, clip: np.ndarray) -> None:
-    before = metrics(triton_host)
+def test_requests_are_batched_across_clients(server: TritonHost, clip: np.ndarray) -> None:
+    before = metrics(server)
     counts = {
         m: (metric(before, "nv_inference_count", m), metric(before, "nv_inference_exec_count", m))
         for m in ("stt", "translate")
@@ -148,11 +161,11 @@ def test_requests_are_batched_across_clients(triton_host: TritonHost, clip: np.n
 
     # Two cores decode a whole batch of 30-second windows at once: allow for the queue.
     def stt_call(i: int) -> str:
-        with MiloTritonClient(triton_host.http_url, timeout_s=300) as c:
+        with MiloTritonClient(server.http_url, timeout_s=300) as c:
             return c.transcribe(clip[: clip.size - 800 * (i % 4)], "fr").text
 
     def translate_call(i: int) -> str:
-        with MiloTritonClient(triton_host.grpc_url, protocol="grpc", timeout_s=300) as c:
+        with MiloTritonClient(server.grpc_url, protocol="grpc", timeout_s=300) as c:
             return c.translate(sentences[i % 4], "fr", "mg").text
 
     with ThreadPoolExecutor(32) as pool:
@@ -161,7 +174,7 @@ def test_requests_are_batched_across_clients(triton_host: TritonHost, clip: np.n
     assert all("bonjour" in t.lower() for t in stt_texts)
     assert translations[0] == "Manao ahoana daholo ianareo."
 
-    after = metrics(triton_host)
+    after = metrics(server)
     for model, requests_sent in (("stt", 16), ("translate", 64)):
         inferences = metric(after, "nv_inference_count", model) - counts[model][0]
         executions = metric(after, "nv_inference_exec_count", model) - counts[model][1]
@@ -171,12 +184,12 @@ def test_requests_are_batched_across_clients(triton_host: TritonHost, clip: np.n
     assert "nv_inference_queue_duration_us" in after
 
 
-def test_fifty_concurrent_mixed_requests(triton_host: TritonHost, clip: np.ndarray) -> None:
+def test_fifty_concurrent_mixed_requests(server: TritonHost, clip: np.ndarray) -> None:
     def call(i: int) -> bool:
         protocol = "http" if i % 2 else "grpc"
-        url = triton_host.http_url if protocol == "http" else triton_host.grpc_url
+        url = server.http_url if protocol == "http" else server.grpc_url
         # Two cores serve 50 requests at once: allow for the queue.
-        with MiloTritonClient(url, protocol=protocol, grpc_url=triton_host.grpc_url, timeout_s=300) as c:
+        with MiloTritonClient(url, protocol=protocol, grpc_url=server.grpc_url, timeout_s=300) as c:
             kind = i % 5
             if kind == 0:
                 return bool(c.transcribe(clip, "auto").text)
@@ -193,8 +206,34 @@ def test_fifty_concurrent_mixed_requests(triton_host: TritonHost, clip: np.ndarr
     assert all(results)
 
 
-def test_facade_is_ready_against_the_real_host(triton_host: TritonHost) -> None:
-    with facade_client(triton_host.http_url) as facade:
+def test_facade_is_ready_against_the_real_host(server: TritonHost) -> None:
+    with facade_client(server.http_url) as facade:
         response = facade.get("/ready")
     assert response.status_code == 200
     assert response.json()["not_ready"] == []
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, 16000, format="WAV")
+    return buffer.getvalue()
+
+
+def test_facade_routes_work_unchanged_on_either_server(server: TritonHost, clip: np.ndarray) -> None:
+    """The same facade, only its Triton URLs changed: every route answers the same way."""
+    with facade_client(server.http_url, server.grpc_url) as facade:
+        body = {"text": "Misaotra betsaka tompoko.", "source": "mg", "target": "en"}
+        translated = facade.post("/v1/translate", json=body)
+        speech = facade.post("/v1/tts", json={"text": "Salama tompoko.", "language": "mg", "format": "pcm"})
+        heard = facade.post("/v1/stt", json={"audio": base64.b64encode(wav_bytes(clip)).decode(), "language": "fr"})
+        chat = facade.post("/v1/chat", json={"message": "Salama", "max_tokens": 8})
+        refused = facade.post("/v1/translate", json={"text": "Salama", "source": "zz", "target": "fr"})
+    assert translated.status_code == 200, translated.text
+    assert translated.json()["translations"][0]["text"] == "Thank you very much sir."
+    assert speech.status_code == 200 and len(speech.content) > 16000
+    assert heard.status_code == 200, heard.text
+    assert "bonjour" in heard.json()["text"].lower()
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["reply"]
+    assert refused.status_code == 422
+    assert refused.json()["error"]["field"] == "source"

@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from milo_voice.registry import DEFAULT_REGISTRY, Instances, Registry, load_registry
-from milo_voice.triton_repository import render_config, served_models, stale_configs, write_configs
+from milo_voice.triton_repository import MODEL_PY, render_config, served_models, stale_configs, write_configs
 
 ROOT = DEFAULT_REGISTRY.parent
 
@@ -40,6 +40,7 @@ def test_configs_parse_as_triton_model_configs_with_the_registry_settings(regist
         assert config.instance_group[0].count == spec.instances.count
         assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_AUTO
         assert config.parameters["milo_model"].string_value == spec.name
+        assert config.parameters["milo_io"].string_value == io.name
         if io.streaming:
             assert config.model_transaction_policy.decoupled
             assert config.max_batch_size == 0
@@ -66,3 +67,30 @@ def test_a_registry_change_makes_the_check_fail_until_regenerated(registry: Regi
     assert text_format.Parse(text, model_config_pb2.ModelConfig()).instance_group[0].kind == (
         model_config_pb2.ModelInstanceGroup.KIND_GPU
     )
+
+
+def test_every_model_has_the_python_backend_entry_point(registry: Registry, tmp_path: Path) -> None:
+    for _spec, io in served_models(registry):
+        entry = ROOT / io.name / "1" / "model.py"
+        assert entry.read_text() == MODEL_PY
+    namespace: dict[str, object] = {}
+    exec(compile(MODEL_PY, "model.py", "exec"), namespace)
+    from milo_voice.serving.python_backend import TritonPythonModel
+
+    assert namespace["TritonPythonModel"] is TritonPythonModel
+    (tmp_path / "stt" / "1").mkdir(parents=True)
+    (tmp_path / "stt" / "1" / "model.py").write_text("# edited by hand\n")
+    write_configs(registry, tmp_path)
+    assert stale_configs(registry, tmp_path) == []
+    (tmp_path / "stt" / "1" / "model.py").write_text("# edited by hand\n")
+    assert stale_configs(registry, tmp_path) == [tmp_path / "stt" / "1" / "model.py"]
+
+
+def test_an_image_can_pin_every_instance_to_gpus(registry: Registry, tmp_path: Path) -> None:
+    """``triton-configs --instance-kind gpu --out DIR``: the GPU image's own repository."""
+    write_configs(registry, tmp_path, instance_kind="gpu")
+    for _spec, io in served_models(registry):
+        config = text_format.Parse((tmp_path / io.name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    # The committed repository keeps the registry's kinds, so it loads on CPU-only machines too.
+    assert stale_configs(registry, ROOT) == []

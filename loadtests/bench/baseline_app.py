@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from api_facade.audio import decode_upload, encode
 from milo_voice.registry import active_profile, load_registry
 from milo_voice.roles.chat import ChatMessage, ChatRequest
-from pytriton_app.instances import DevicePlanner, build_instance
+from milo_voice.serving.instances import DevicePlanner, build_instance
 
 MODELS: dict[str, Any] = {}
 # The old design's only concurrency control: at most two model calls at once, whatever the model.

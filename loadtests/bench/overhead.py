@@ -31,7 +31,7 @@ from loadtests.processes import REPO, uvicorn_app
 from loadtests.runner import LocalStack, local_stack
 from milo_voice.registry import active_profile, load_registry
 from milo_voice.roles.chat import ChatMessage, ChatRequest
-from pytriton_app.instances import DevicePlanner, build_instance
+from milo_voice.serving.instances import DevicePlanner, build_instance
 
 TTS_TEXT = payloads.SHORT_TEXTS["mg"]
 TRANSLATE = payloads.TRANSLATE_SHORT[0]

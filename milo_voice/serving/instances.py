@@ -1,10 +1,16 @@
-"""Build the role instances that the host binds: weights from the registry, devices round-robin."""
+"""Build role instances from the registry: weights of a profile, placed on a device, warmed up.
+
+Both servers build their instances here: the PyTriton host for every model at once
+(devices round-robin), a stock Triton server's Python backend one instance at a time on
+the device Triton chose.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +19,7 @@ from milo_voice.roles.chat import CloudChat, LocalChat
 from milo_voice.roles.stt import SpeechToText
 from milo_voice.roles.translate import Translator
 from milo_voice.roles.tts import TextToSpeech
+from milo_voice.serving.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +136,12 @@ def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
             ignore_eos=bool(params.get("ignore_eos", False)),
         )
     raise ValueError(f"unknown role {spec.role!r}")
+
+
+def load_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
+    """``build_instance``, then one real call, so that the first user pays no load cost."""
+    started = time.perf_counter()
+    instance = build_instance(spec, profile, device)
+    warm_up(spec.role, instance)
+    log.info("%s instance on %s loaded and warmed up in %.1f s", spec.name, device, time.perf_counter() - started)
+    return instance

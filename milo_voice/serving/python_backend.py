@@ -1,0 +1,117 @@
+"""A stock Triton server's Python backend model, around the same role classes as the PyTriton host.
+
+``model_repository/<model>/1/model.py`` re-exports ``TritonPythonModel``. Triton's Python
+stub creates one per instance of the model: it reads which registry model it serves from
+the ``milo_model`` parameter of ``config.pbtxt``, loads that role's weights on the device
+Triton placed the instance on, warms it up, and then serves requests with the handlers
+of ``tensor_io``, the ones PyTriton binds. The PyTriton host and a stock server therefore
+answer the same requests with the same tensors.
+
+``triton_python_backend_utils`` exists only inside the stub, so it is imported there and
+passed in; tests hand in their own module of the same interface.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+
+from client import tensors
+from milo_voice.registry import active_profile, load_registry
+from milo_voice.serving.instances import Device, load_instance, with_cloud_chat
+from milo_voice.serving.tensor_io import (
+    BatchHandler,
+    Handler,
+    Inputs,
+    Outputs,
+    StreamHandler,
+    concatenate,
+    handler_for,
+    split,
+    with_defaults,
+)
+
+log = logging.getLogger(__name__)
+# Input problems a stream can only find once it starts (an unknown language, bad JSON).
+INPUT_ERRORS = (ValueError, KeyError, TypeError, UnicodeDecodeError)
+
+
+def device_of(args: dict[str, str]) -> Device:
+    """Where Triton placed this instance (``KIND_GPU`` or ``KIND_AUTO`` on a GPU host: a GPU)."""
+    if args.get("model_instance_kind") == "GPU":
+        return Device("cuda", int(args.get("model_instance_device_id", "0")))
+    return Device("cpu")
+
+
+class TritonPythonModel:
+    """One instance of one served model, as Triton's Python backend drives it."""
+
+    pb_utils: Any = None  # triton_python_backend_utils, set on initialize
+
+    def initialize(self, args: dict[str, str], pb_utils: Any = None) -> None:
+        if pb_utils is None:
+            import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found,no-redef]
+        self.pb_utils = pb_utils
+        config = json.loads(args["model_config"])
+        parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        spec = with_cloud_chat(load_registry()).models[parameters["milo_model"]]
+        self.io = tensors.MODELS[parameters["milo_io"]]
+        instance = load_instance(spec, active_profile(), device_of(args))
+        self.handler: Handler = handler_for(self.io, spec, instance)
+        log.info("%s ready (%s, instance %s)", args.get("model_name"), spec.role, args.get("model_instance_name"))
+
+    def execute(self, requests: list[Any]) -> list[Any] | None:
+        if isinstance(self.handler, StreamHandler):
+            for request in requests:
+                self._stream(request, self.handler)
+            return None  # a decoupled model answers through each request's response sender
+        return self._batch(requests, self.handler)
+
+    def _inputs(self, request: Any) -> Inputs:
+        inputs = {}
+        for spec in self.io.inputs:
+            tensor = self.pb_utils.get_input_tensor_by_name(request, spec.name)
+            if tensor is not None:
+                inputs[spec.name] = tensor.as_numpy()
+        return inputs
+
+    def _response(self, outputs: Outputs) -> Any:
+        return self.pb_utils.InferenceResponse(
+            output_tensors=[self.pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in outputs.items()]
+        )
+
+    def _batch(self, requests: list[Any], handler: BatchHandler) -> list[Any]:
+        """Every request of the call computed as one batch, as PyTriton's ``@batch`` does."""
+        try:
+            batch, sizes = concatenate([with_defaults(self._inputs(r), handler.defaults) for r in requests])
+            return [self._response(part) for part in split(handler.compute(batch), sizes)]
+        except Exception as exc:  # one failure answers every request; the server lives on
+            log.exception("batch of %d failed", len(requests))
+            error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
+            return [self.pb_utils.InferenceResponse(error=error) for _ in requests]
+
+    def _stream(self, request: Any, handler: StreamHandler) -> None:
+        sender = request.get_response_sender()
+        final = self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        pieces = handler.stream(self._inputs(request))
+        try:
+            for outputs in pieces:
+                if request.is_cancelled():  # the client went away: free the instance now
+                    break
+                sender.send(self._response(outputs))
+            sender.send(flags=final)
+        except Exception as exc:  # the client gets the error; the server lives on
+            if not isinstance(exc, INPUT_ERRORS):
+                log.exception("stream failed")
+            # "<exception name>: <message>" (TtsInputError, ValueError) is how clients tell a refused
+            # input from a server fault.
+            error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
+            sender.send(self.pb_utils.InferenceResponse(error=error), flags=final)
+        finally:
+            pieces.close()
+
+    def finalize(self) -> None:
+        log.info("%s instance unloaded", self.io.name)

@@ -1,0 +1,124 @@
+"""The server-free tensor handlers that both servers use, and the Python backend adapter around them."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from client import tensors
+from milo_voice.registry import Registry
+from milo_voice.serving.instances import Device
+from milo_voice.serving.python_backend import TritonPythonModel, device_of
+from milo_voice.serving.tensor_io import BatchHandler, StreamHandler, concatenate, split, with_defaults
+
+
+def test_requests_concatenate_into_a_batch_and_split_back() -> None:
+    first = {"text": np.array([[b"a"], [b"b"]], dtype=np.object_), "n": np.array([[1], [2]], dtype=np.int32)}
+    second = {"text": np.array([[b"c"]], dtype=np.object_), "n": np.array([[3]], dtype=np.int32)}
+    batch, sizes = concatenate([first, second])
+    assert sizes == [2, 1]
+    assert batch["n"].ravel().tolist() == [1, 2, 3]
+    parts = split({"out": batch["n"] * 10}, sizes)
+    assert [p["out"].ravel().tolist() for p in parts] == [[10, 20], [30]]
+
+
+def test_missing_optional_inputs_get_their_defaults_per_row() -> None:
+    request = {"audio": np.array([[b"x"], [b"y"]], dtype=np.object_)}
+    filled = with_defaults(request, {"language": b"auto"})
+    assert filled["language"].shape == (2, 1) and filled["language"][1][0] == b"auto"
+    given = with_defaults({**request, "language": np.array([[b"fr"], [b"mg"]], dtype=np.object_)}, {"language": b"x"})
+    assert given["language"].ravel().tolist() == [b"fr", b"mg"]
+
+
+def test_instances_go_where_triton_placed_them() -> None:
+    assert device_of({"model_instance_kind": "GPU", "model_instance_device_id": "1"}) == Device("cuda", 1)
+    assert device_of({"model_instance_kind": "CPU", "model_instance_device_id": "0"}) == Device("cpu")
+
+
+class FakeTensor:
+    def __init__(self, name: str, value: np.ndarray) -> None:
+        self.name, self.value = name, value
+
+    def as_numpy(self) -> np.ndarray:
+        return self.value
+
+
+class Sender:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, int]] = []
+
+    def send(self, response: Any = None, flags: int = 0) -> None:
+        self.sent.append((response, flags))
+
+
+class FakeRequest:
+    """The part of ``pb_utils.InferenceRequest`` the adapter uses."""
+
+    def __init__(self, **inputs: np.ndarray) -> None:
+        self.inputs = inputs
+        self.sender = Sender()
+
+    def get_response_sender(self) -> Sender:
+        return self.sender
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
+def fake_pb_utils() -> SimpleNamespace:
+    """The names of ``triton_python_backend_utils`` the adapter calls, recording what it builds."""
+    return SimpleNamespace(
+        get_input_tensor_by_name=lambda request, name: (
+            FakeTensor(name, request.inputs[name]) if name in request.inputs else None
+        ),
+        Tensor=FakeTensor,
+        InferenceResponse=lambda output_tensors=(), error=None: SimpleNamespace(
+            outputs={t.name: t.value for t in output_tensors}, error=error
+        ),
+        TritonError=lambda message: message,
+        TRITONSERVER_RESPONSE_COMPLETE_FINAL=1,
+    )
+
+
+def adapter(io: tensors.ModelIO, registry: Registry, embedded_dir: object) -> TritonPythonModel:
+    spec = registry.by_role(io.name.removesuffix("_stream"))
+    config = {"parameters": {"milo_model": {"string_value": spec.name}, "milo_io": {"string_value": io.name}}}
+    model = TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_instance_kind": "CPU"}, pb_utils=fake_pb_utils())
+    return model
+
+
+@pytest.mark.integration
+def test_the_python_backend_adapter_batches_requests_and_streams(registry: Registry, embedded_dir: object) -> None:
+    """The adapter on the embedded weights: one call, several requests, one batch, answers in order."""
+    model = adapter(tensors.TRANSLATE, registry, embedded_dir)
+    assert isinstance(model.handler, BatchHandler)
+
+    def request(text: str, source: str) -> FakeRequest:
+        column = lambda v: np.array([[v.encode()]], dtype=np.object_)  # noqa: E731
+        return FakeRequest(text=column(text), source=column(source), target=column("fr"))
+
+    responses = model.execute([request("Misaotra betsaka tompoko.", "mg"), request("Hello everyone.", "en")])
+    assert responses is not None
+    translations = [r.outputs["translation"][0][0].decode() for r in responses]
+    assert translations == ["Merci beaucoup monsieur.", "Bonjour à tous."]
+    assert all(r.outputs["error"][0][0] == b"" for r in responses)
+
+    stream = adapter(tensors.TTS_STREAM, registry, embedded_dir)
+    assert isinstance(stream.handler, StreamHandler)
+    column = lambda v: np.array([v.encode()], dtype=np.object_)  # noqa: E731
+    good, bad = (
+        FakeRequest(text=column("Salama. Veloma."), language=column("mg")),
+        FakeRequest(text=column("Salama."), language=column("zz")),
+    )
+    assert stream.execute([good, bad]) is None
+    pieces = [response.outputs["spoken_text"][0] for response, _flags in good.sender.sent[:-1]]
+    assert pieces == [b"Salama.", b"Veloma."]
+    assert good.sender.sent[-1] == (None, 1)
+    ((error_response, flags),) = bad.sender.sent
+    # The client tells a refused input by the exception's name: "...InputError: <message>".
+    assert flags == 1 and error_response.error == "TtsInputError: language 'zz' is not one of ['mg', 'fr']"
