@@ -21,7 +21,7 @@ from api_facade.metrics import AUTH_FAILURES, RATE_LIMITED
 from api_facade.ratelimit import LimitState, RateLimiter, client_ip, parse_limit, tightest
 from api_facade.settings import ROUTE_FAMILIES, Settings, get_settings
 from api_facade.tokens import SCOPES, InvalidTokenError, Principal, TokenService
-from client import AsyncMiloTritonClient, CallOptions
+from client import CallOptions, TritonPool
 
 # The scope each family needs; "models" (the OpenAI model list) needs a valid token only.
 FAMILY_SCOPE: dict[str, str | None] = {"stt": "stt", "tts": "tts", "translate": "translate", "chat": "chat",
@@ -120,8 +120,8 @@ def triton_for(family: str) -> object:
     """Dependency: the Triton client bound to the caller's priority and queue timeout."""
     caller_of = access(family)
 
-    async def bound_client(request: Request, caller: Annotated[Caller, Depends(caller_of)]) -> AsyncMiloTritonClient:
-        client: AsyncMiloTritonClient = request.app.state.triton
+    async def bound_client(request: Request, caller: Annotated[Caller, Depends(caller_of)]) -> TritonPool:
+        client: TritonPool = request.app.state.triton
         return client.with_options(caller.options)
 
     return bound_client

@@ -12,7 +12,6 @@ from typing import Literal
 import av
 import numpy as np
 import soundfile as sf
-from faster_whisper.audio import decode_audio
 
 AudioFormat = Literal["wav", "ogg", "opus", "mp3", "flac", "pcm"]
 MEDIA_TYPES: dict[str, str] = {
@@ -34,12 +33,32 @@ class UndecodableAudioError(ValueError):
 
 
 def decode_upload(data: bytes, sample_rate: int = 16000) -> np.ndarray:
-    """wav, flac, ogg/opus, mp3, webm, m4a... to mono float32 at ``sample_rate``."""
+    """wav, flac, ogg/opus, mp3, webm, m4a... to mono float32 at ``sample_rate``.
+
+    PyAV alone (no model library), so the facade image stays small. A damaged frame ends
+    the decoding there, as a player would stop; what came before it is kept.
+    """
+    chunks: list[np.ndarray] = []
     try:
-        audio = decode_audio(io.BytesIO(data), sampling_rate=sample_rate)
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise UndecodableAudioError("cannot decode the audio: the file has no audio stream")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            frames = container.decode(audio=0)
+            while True:
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                except av.error.InvalidDataError:
+                    break
+                chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
     except (av.error.FFmpegError, ValueError, IndexError) as exc:
+        if isinstance(exc, UndecodableAudioError):
+            raise
         raise UndecodableAudioError(f"cannot decode the audio: {exc}") from exc
-    return np.asarray(audio, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
 
 
 def _pcm16(audio: np.ndarray) -> np.ndarray:

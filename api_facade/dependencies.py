@@ -7,10 +7,10 @@ from fastapi import Request
 from api_facade.cache import TranslationCache
 from api_facade.phrasebook import Phrasebook
 from api_facade.sessions import SessionStore
-from client import AsyncMiloTritonClient
+from client import TritonPool
 
 
-def get_triton(request: Request) -> AsyncMiloTritonClient:
+def get_triton(request: Request) -> TritonPool:
     return request.app.state.triton
 
 

@@ -18,7 +18,7 @@ from api_facade.routers import admin, chat, health, openai_compat, stt, translat
 from api_facade.sessions import MemorySessionStore, RedisSessionStore
 from api_facade.settings import Settings, get_settings
 from api_facade.tokens import TokenService, open_token_store
-from client import AsyncMiloTritonClient
+from client import TritonPool
 from milo_voice.registry import active_profile, load_registry
 
 log = logging.getLogger("api_facade")
@@ -40,12 +40,15 @@ def _announce_access(settings: Settings) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
-    app.state.triton = AsyncMiloTritonClient(
-        settings.triton_url,
+    app.state.triton = TritonPool(
+        settings.triton_urls,
         protocol=settings.triton_protocol,  # type: ignore[arg-type]
-        grpc_url=settings.triton_grpc_url,
+        grpc_urls=settings.triton_grpc_urls,
         timeout_s=settings.triton_timeout_s,
+        probe_interval_s=settings.triton_probe_interval_s,
+        on_retry=metrics.count_retry,
     )
+    await app.state.triton.start()
     app.state.translation_cache = (
         RedisCache(settings.redis_url, settings.translation_cache_ttl_s)
         if settings.redis_url

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from api_facade.settings import get_settings
+from client.pool import Endpoint
 
 # Buckets around the audit targets: health 10 ms, translate 130 ms, TTS 120 ms, STT 237 ms, chat 2.3 s.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.13, 0.25, 0.5, 1.0, 2.3, 5.0, 10.0, 30.0)
@@ -30,6 +31,12 @@ AUTH_FAILURES = Counter("milo_auth_failures_total", "Requests refused for a miss
 RATE_LIMITED = Counter("milo_rate_limited_total", "Requests refused with 429", ["family", "kind"])
 CANCELLED = Counter(
     "milo_requests_cancelled_total", "Requests whose client left before the answer; their work was cancelled"
+)
+MODEL_READY = Gauge("milo_model_ready", "1 while a required model is ready on a Triton server in rotation", ["model"])
+TRITON_UP = Gauge("milo_triton_endpoint_up", "1 while a Triton server is in the facade's rotation", ["endpoint"])
+TRITON_IN_FLIGHT = Gauge("milo_triton_endpoint_in_flight", "Calls in flight to a Triton server", ["endpoint"])
+TRITON_RETRIES = Counter(
+    "milo_triton_retries_total", "Calls sent again to another Triton server, by the server that failed", ["endpoint"]
 )
 BUSY = Counter("milo_model_busy_total", "Requests refused at once because a model's queue was full or too slow")
 
@@ -66,6 +73,15 @@ def install(app: FastAPI) -> None:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+def count_retry(endpoint: Endpoint, _error: Exception) -> None:
+    TRITON_RETRIES.labels(endpoint.url).inc()
+
+
 async def refresh(app: FastAPI) -> None:
     """Gauges read at scrape time."""
     SESSIONS.set(await app.state.sessions.count())
+    for model in get_settings().required_models:
+        MODEL_READY.labels(model).set(1 if await app.state.triton.is_model_ready(model) else 0)
+    for endpoint in app.state.triton.status():
+        TRITON_UP.labels(endpoint["url"]).set(1 if endpoint["healthy"] else 0)
+        TRITON_IN_FLIGHT.labels(endpoint["url"]).set(endpoint["in_flight"])

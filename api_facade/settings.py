@@ -57,11 +57,14 @@ DEFAULT_TIERS = {
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MILO_", env_file=".env", extra="ignore")
 
+    # One Triton server, or several comma-separated: the facade spreads calls over them
+    # (fewest in flight first), probes their health and fails over (client.pool).
     triton_url: str = "127.0.0.1:8000"
     triton_protocol: str = "http"
-    # Streaming models are served over gRPC; default: the HTTP port + 1.
+    # Streaming models are served over gRPC; default: each server's HTTP port + 1.
     triton_grpc_url: str | None = None
     triton_timeout_s: float = 60.0
+    triton_probe_interval_s: float = 2.0
     required_models: list[str] = ["stt", "tts", "translate", "chat"]
     # Redis keeps shared state (translation cache) when set, e.g. redis://127.0.0.1:6379/0.
     redis_url: str | None = None
@@ -97,6 +100,16 @@ class Settings(BaseSettings):
         if self.anonymous_tier not in self.tiers:
             raise ValueError(f"anonymous_tier {self.anonymous_tier!r} is not one of the tiers {sorted(self.tiers)}")
         return self
+
+    @property
+    def triton_urls(self) -> list[str]:
+        return [url.strip() for url in self.triton_url.split(",") if url.strip()]
+
+    @property
+    def triton_grpc_urls(self) -> list[str | None]:
+        if not self.triton_grpc_url:
+            return [None] * len(self.triton_urls)
+        return [url.strip() for url in self.triton_grpc_url.split(",") if url.strip()]
 
     @property
     def auth_on(self) -> bool:

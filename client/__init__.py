@@ -1,5 +1,6 @@
 """Typed client for Milo Voice: one method per model over Triton (HTTP or gRPC, sync or asyncio)."""
 
+from client.pool import TritonPool
 from client.results import ChatResult, Segment, SpeechResult, TranscriptionResult, TranslationResult
 from client.triton import (
     AsyncMiloTritonClient,
@@ -21,5 +22,6 @@ __all__ = [
     "TranscriptionResult",
     "TranslationResult",
     "TritonBusyError",
+    "TritonPool",
     "TritonUnavailableError",
 ]

@@ -20,6 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
+import aiohttp
 import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -434,10 +435,17 @@ class AsyncMiloTritonClient(_WithOptions):
         except (InferenceServerException, ConnectionError, OSError):
             return False
 
+    async def is_server_ready(self) -> bool:
+        """Triton's ``/v2/health/ready``: every model loaded (the host runs with strict readiness)."""
+        try:
+            return bool(await self._client.is_server_ready())
+        except (InferenceServerException, ConnectionError, OSError, aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
     async def is_model_ready(self, model: str) -> bool:
         try:
             return bool(await self._client.is_model_ready(model))
-        except (InferenceServerException, ConnectionError, OSError):
+        except (InferenceServerException, ConnectionError, OSError, aiohttp.ClientError, asyncio.TimeoutError):
             return False
 
     async def infer(
@@ -453,8 +461,9 @@ class AsyncMiloTritonClient(_WithOptions):
             raise _translate_error(exc) from exc
         except (TimeoutError, asyncio.TimeoutError):
             raise TimeoutError(f"Triton at {self.url} did not answer within {self.timeout_s} s") from None
-        except OSError as exc:  # aiohttp's connection errors are OSErrors: no server there
-            raise TritonUnavailableError(f"cannot reach Triton at {self.url}: {exc}") from exc
+        except (OSError, aiohttp.ClientError) as exc:
+            # Refused (no server there) or cut (the server went away while answering).
+            raise TritonUnavailableError(f"cannot reach Triton at {self.url}: {exc!r}") from exc
         return _outputs(result, io)
 
     async def transcribe(

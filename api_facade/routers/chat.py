@@ -19,7 +19,7 @@ from api_facade.metrics import AUDIO_SECONDS, TOKENS
 from api_facade.protocol import SESSION_ID_PATTERN, ChatAnswer, ChatAudio, ChatBody, SessionTurn, SessionView
 from api_facade.sessions import SessionStore, Turn, trim_to_budget
 from api_facade.settings import Settings, get_settings
-from client import AsyncMiloTritonClient, SpeechResult
+from client import SpeechResult, TritonPool
 
 router = APIRouter(tags=["chat"])
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
@@ -57,7 +57,7 @@ def _messages(turns: list[Turn]) -> list[dict[str, str]]:
 @router.post("/v1/chat", response_model=ChatAnswer, response_model_exclude_none=True)
 async def chat(
     body: ChatBody,
-    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("chat"))],
+    triton: Annotated[TritonPool, Depends(triton_for("chat"))],
     sessions: Annotated[SessionStore, Depends(get_sessions)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> ChatAnswer | StreamingResponse:
@@ -94,7 +94,7 @@ async def chat(
 
 async def _stream(
     body: ChatBody,
-    triton: AsyncMiloTritonClient,
+    triton: TritonPool,
     sessions: SessionStore,
     session_id: str,
     context: list[Turn],

@@ -26,7 +26,7 @@ from api_facade.metrics import AUDIO_SECONDS, TOKENS
 from api_facade.routers.stt import transcribe_upload
 from api_facade.settings import Settings, get_settings
 from api_facade.subtitles import to_srt, to_vtt
-from client import AsyncMiloTritonClient
+from client import TritonPool
 
 router = APIRouter(tags=["openai-compatible"])
 CHAT_MODEL, STT_MODEL, TTS_MODEL = "milo-chat", "milo-stt", "milo-tts"
@@ -45,7 +45,7 @@ async def models() -> dict[str, Any]:
 
 @router.post("/v1/audio/transcriptions")
 async def transcriptions(
-    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("stt"))],
+    triton: Annotated[TritonPool, Depends(triton_for("stt"))],
     settings: Annotated[Settings, Depends(get_settings)],
     file: Annotated[UploadFile, File(description="the audio file")],
     model: Annotated[str, Form()] = STT_MODEL,
@@ -102,7 +102,7 @@ class SpeechBody(BaseModel):
 @router.post("/v1/audio/speech", response_class=Response)
 async def speech(
     body: SpeechBody,
-    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("tts"))],
+    triton: Annotated[TritonPool, Depends(triton_for("tts"))],
     voices: Annotated[dict[str, str], Depends(get_voices)],
 ) -> Response:
     by_name = {name: language for language, name in voices.items()}
@@ -153,7 +153,7 @@ def _chunk(completion_id: str, created: int, model: str, delta: dict[str, str], 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionBody, triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("chat"))]
+    body: ChatCompletionBody, triton: Annotated[TritonPool, Depends(triton_for("chat"))]
 ) -> dict[str, Any] | StreamingResponse:
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     max_tokens = body.max_completion_tokens or body.max_tokens or 256

@@ -20,7 +20,7 @@ from api_facade.metrics import AUDIO_SECONDS
 from api_facade.protocol import SttResponse, SttSegment
 from api_facade.settings import Settings, get_settings
 from api_facade.subtitles import to_srt, to_vtt
-from client import AsyncMiloTritonClient, TranscriptionResult
+from client import TranscriptionResult, TritonPool
 
 router = APIRouter(tags=["stt"])
 LANGUAGES = ("mg", "fr", "auto")
@@ -109,7 +109,7 @@ async def _audio_and_options(request: Request, settings: Settings) -> tuple[byte
 
 
 async def transcribe_upload(
-    audio_bytes: bytes, language: str, settings: Settings, triton: AsyncMiloTritonClient
+    audio_bytes: bytes, language: str, settings: Settings, triton: TritonPool
 ) -> TranscriptionResult:
     """Checks, decodes and transcribes one uploaded file (shared with the OpenAI-compatible route)."""
     if len(audio_bytes) > settings.max_upload_bytes:
@@ -132,7 +132,7 @@ async def transcribe_upload(
 @router.post("/v1/stt", openapi_extra=REQUEST_BODY, response_model=SttResponse, response_model_exclude_none=True)
 async def stt(
     request: Request,
-    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("stt"))],
+    triton: Annotated[TritonPool, Depends(triton_for("stt"))],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> Any:
     audio_bytes, language, response_format = await _audio_and_options(request, settings)

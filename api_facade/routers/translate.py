@@ -13,7 +13,7 @@ from api_facade.dependencies import get_cache, get_phrasebook, get_translate_rev
 from api_facade.metrics import CACHE
 from api_facade.phrasebook import Phrasebook
 from api_facade.protocol import Translated, TranslateRequest, TranslateResponse
-from client import AsyncMiloTritonClient
+from client import TritonPool
 
 router = APIRouter(tags=["translate"])
 
@@ -21,7 +21,7 @@ router = APIRouter(tags=["translate"])
 @router.post("/v1/translate", response_model=TranslateResponse, response_model_exclude_none=True)
 async def translate(
     body: TranslateRequest,
-    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("translate"))],
+    triton: Annotated[TritonPool, Depends(triton_for("translate"))],
     cache: Annotated[TranslationCache, Depends(get_cache)],
     phrasebook: Annotated[Phrasebook, Depends(get_phrasebook)],
     revision: Annotated[str, Depends(get_translate_revision)],

@@ -19,7 +19,7 @@ from api_facade.dependencies import get_voices
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS
 from api_facade.protocol import Clip, TtsBatchRequest, TtsBatchResponse, TtsRequest
-from client import AsyncMiloTritonClient
+from client import TritonPool
 
 router = APIRouter(tags=["tts"])
 AUDIO_RESPONSE = {200: {"content": {media: {} for media in MEDIA_TYPES.values()}, "description": "the audio"}}
@@ -46,7 +46,7 @@ def streaming_wav_header(sample_rate: int) -> bytes:
     responses={200: {"content": {"application/zip": {}}, "description": "JSON of clips, or a zip of files"}},
 )
 async def tts_batch(
-    body: TtsBatchRequest, triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("tts"))]
+    body: TtsBatchRequest, triton: Annotated[TritonPool, Depends(triton_for("tts"))]
 ) -> TtsBatchResponse | Response:
     # Sent together, the texts reach Triton's dynamic batcher together and share a forward pass.
     speeches = await asyncio.gather(*(triton.synthesize(t, body.language, body.speed) for t in body.texts))
@@ -78,7 +78,7 @@ async def tts_batch(
 @router.post("/v1/tts", responses=AUDIO_RESPONSE, response_class=Response)
 async def tts(
     body: TtsRequest,
-    triton: Annotated[AsyncMiloTritonClient, Depends(triton_for("tts"))],
+    triton: Annotated[TritonPool, Depends(triton_for("tts"))],
     voices: Annotated[dict[str, str], Depends(get_voices)],
 ) -> Response:
     check_voice(body, voices)
