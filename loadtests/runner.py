@@ -64,13 +64,16 @@ class LocalStack:
 
 
 @contextlib.contextmanager
-def local_stack(log_path: Path, env: dict[str, str] | None = None) -> Iterator[LocalStack]:
-    """The whole stack on free ports, as ``make serve`` runs it."""
+def local_stack(
+    log_path: Path, env: dict[str, str] | None = None, server: str = "pytriton", repository: Path | None = None
+) -> Iterator[LocalStack]:
+    """The whole stack on free ports, as ``make serve`` runs it (``server``: pytriton or tritonserver)."""
     ports = {name: free_port() for name in ("http", "grpc", "metrics", "facade")}
     command = [
-        sys.executable, "-m", "milo_voice.cli", "serve", "--host", "127.0.0.1",
+        sys.executable, "-m", "milo_voice.cli", "serve", "--host", "127.0.0.1", "--server", server,
         "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
         "--metrics-port", str(ports["metrics"]), "--facade-port", str(ports["facade"]),
+        *(["--model-repository", str(repository)] if repository else []),
     ]  # fmt: skip
     with log_path.open("wb") as log:
         full_env = {**os.environ, **UNLIMITED_ENV, **(env or {})}

@@ -102,11 +102,15 @@ def _wait_ready(url: str, timeout_s: float, process: subprocess.Popen[bytes] | N
 def _serve(args: argparse.Namespace) -> int:
     """Run a Triton server (the PyTriton host or the stock tritonserver) and the facade; stop both on Ctrl-C."""
     env = dict(os.environ)
+    if args.model_repository and args.server != "tritonserver":
+        print("error: --model-repository is for --server tritonserver", file=sys.stderr)
+        return 2
     # Both servers serve the same models with the same tensors; the facade cannot tell them apart.
     module = "pytriton_app" if args.server == "pytriton" else "milo_voice.serving.tritonserver"
+    repository = ["--model-repository", args.model_repository] if args.model_repository else []
     host = subprocess.Popen(
         [sys.executable, "-m", module, "--http-port", str(args.http_port),
-         "--grpc-port", str(args.grpc_port), "--metrics-port", str(args.metrics_port)],
+         "--grpc-port", str(args.grpc_port), "--metrics-port", str(args.metrics_port), *repository],
         env=env,
     )  # fmt: skip
     processes = [host]
@@ -167,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("pytriton", "tritonserver"),
         default="pytriton",
         help="the PyTriton host, or the stock tritonserver on model_repository/ (Python backend)",
+    )
+    serve.add_argument(
+        "--model-repository", help="tritonserver: a repository other than model_repository/ (written by triton-configs)"
     )
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)

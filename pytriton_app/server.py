@@ -116,6 +116,8 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
         metrics_port=ports.metrics,
         allow_metrics=True,
         allow_cpu_metrics=True,
+        # P50/P95/P99 per model as Prometheus summaries (nv_inference_request_summary_us, ...).
+        metrics_config=["summary_latencies=true"],
         exit_on_error=True,
         log_verbose=int(os.environ.get("MILO_TRITON_LOG_VERBOSE", "0")),
     )

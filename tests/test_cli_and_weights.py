@@ -103,3 +103,18 @@ def test_production_pull_offline_fails_clearly(
     )
     assert result.returncode == 1
     assert "cannot download Qwen/Qwen2.5-1.5B-Instruct-GGUF" in result.stderr
+
+
+def test_production_pull_skips_complete_weights(registry: Registry, tmp_path: Path) -> None:
+    """A model-server container restarting on its volume downloads nothing again."""
+    spec = registry["translate"]
+    target = tmp_path / "production" / "translate"
+    target.mkdir(parents=True)
+    (target / ".complete").write_text(spec.weights("production").revision)
+    downloader = RecordingDownloader()
+    assert pull_model(spec, tmp_path, downloader) == target
+    assert downloader.calls == []
+    (target / ".complete").write_text("an older revision")
+    with pytest.raises(WeightsUnavailableError):
+        pull_model(spec, tmp_path, downloader)
+    assert downloader.calls

@@ -491,16 +491,24 @@ def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any
                 link.symlink_to(args.work / "models" / "production" / name)
     if args.profile == "embedded":  # a dry run of the phase on a machine without a GPU
         env["MILO_MODELS_DIR"] = str(REPO / "models")
+    repository = None
+    if args.server == "tritonserver":
+        # The stock server reads the variant from its own repository, generated like the committed one.
+        from milo_voice.registry import load_registry
+        from milo_voice.triton_repository import write_configs
+
+        repository = args.work / f"repository-{variant}"
+        write_configs(load_registry(registry), repository, instance_kind="gpu" if args.profile != "embedded" else None)
     started = time.perf_counter()
-    with local_stack(log, env) as stack:
+    with local_stack(log, env, args.server, repository) as stack:
         print(f"{variant}: stack ready in {time.perf_counter() - started:.0f} s", flush=True)
         yield stack, list(models), round(time.perf_counter() - started, 1)
 
 
 def phase_served(args: argparse.Namespace) -> None:
     for variant in args.variants.split(","):
-        log = args.work / f"stack-{variant}.log"
-        result: dict[str, Any] = {"variant": variant}
+        log = args.work / f"stack-{variant}{_server_suffix(args)}.log"
+        result: dict[str, Any] = {"variant": variant, "server": args.server}
         try:
             with stack_for(args, variant, log) as (stack, models, start_s):
                 result["start_s"] = start_s
@@ -526,7 +534,11 @@ def phase_served(args: argparse.Namespace) -> None:
         except Exception as exc:
             result["error"] = f"{type(exc).__name__}: {exc}"
             print(f"{variant} failed: {exc}; log tail:\n{_tail(log)}", flush=True)
-        save(args.work, f"served-{variant}", result)
+        save(args.work, f"served-{variant}{_server_suffix(args)}", result)
+
+
+def _server_suffix(args: argparse.Namespace) -> str:
+    return "" if args.server == "pytriton" else f"-{args.server}"
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -542,12 +554,12 @@ def phase_locust(args: argparse.Namespace) -> None:
     from loadtests.runner import build_parser, run_locust
 
     variant = args.variants.split(",")[0]
-    out = args.work / f"locust-{variant}"
+    out = args.work / f"locust-{variant}{_server_suffix(args)}"
     out.mkdir(parents=True, exist_ok=True)
     locust_args = build_parser().parse_args(
         ["--users", str(args.users), "--spawn-rate", "4", "--duration", args.duration, "--report-only"]
     )
-    result: dict[str, Any] = {"variant": variant, "users": args.users, "duration": args.duration}
+    result: dict[str, Any] = {"variant": variant, "server": args.server, "users": args.users, "duration": args.duration}
     with stack_for(args, variant, out / "stack.log") as (stack, _models, _start):
         code = run_locust(locust_args, stack.facade, out)
         result["locust_exit"] = code
@@ -556,7 +568,7 @@ def phase_locust(args: argparse.Namespace) -> None:
     verdicts = gate(read_locust_stats(out / "locust_stats.csv"), dict(AUDIT_TARGETS_MS), 0.01)
     result["verdicts"] = [asdict(v) for v in verdicts]
     result["table"] = format_table(verdicts)
-    save(args.work, f"locust-{variant}", result)
+    save(args.work, f"locust-{variant}{_server_suffix(args)}", result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -572,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=lambda text: [int(x) for x in text.split(",")], default=list(LEVELS))
     parser.add_argument("--profile", default="production", help="embedded: dry-run served/locust without a GPU")
     parser.add_argument("--duration", default="60s")
+    parser.add_argument(
+        "--server", choices=("pytriton", "tritonserver"), default="pytriton", help="served/locust: which Triton"
+    )
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Callable[[argparse.Namespace], None]] = {

@@ -76,6 +76,8 @@ def server_command(server: Path, repository: Path, ports: ServerPorts, verbose: 
         f"--metrics-port={ports.metrics}",
         "--allow-metrics=true",
         "--allow-cpu-metrics=true",
+        # P50/P95/P99 per model as Prometheus summaries (nv_inference_request_summary_us, ...).
+        "--metrics-config=summary_latencies=true",
         "--exit-on-error=true",
         "--strict-readiness=true",
         f"--log-verbose={verbose}",

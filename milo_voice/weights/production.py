@@ -82,6 +82,10 @@ def pull_model(spec: ModelSpec, models_dir: Path, downloader: Downloader, source
         raise ValueError(f"production weights of {spec.name!r} must come from the hub, not {source!r}")
     location = source.removeprefix("hf:")
     target = models_dir / "production" / spec.name
+    marker = target / ".complete"
+    if marker.exists() and marker.read_text() == weights.revision:
+        log.info("%s: production weights already complete in %s", spec.name, target)
+        return target
     target.mkdir(parents=True, exist_ok=True)
     if spec.role == "stt":
         downloader.snapshot(location, weights.revision, target, WHISPER_FILES)
