@@ -111,7 +111,7 @@ def render(url: str, start: float, end: float, out: Path, title: str) -> None:
         if drawn:
             ax.legend(fontsize=6, loc="upper left", ncol=2)
         else:
-            ax.text(0.5, 0.5, "no data on this machine", ha="center", va="center", transform=ax.transAxes, alpha=0.6)
+            ax.text(0.5, 0.5, "no data in this run", ha="center", va="center", transform=ax.transAxes, alpha=0.6)
     for row in axes:
         for ax in row:
             ax.set_xlabel("seconds into the run", fontsize=7)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from loadtests.bench import gpu, shapes
-from milo_voice.registry import load_registry
+from milo_voice.registry import Registry, load_registry
 from milo_voice.roles.stt import SpeechToText, SttRequest
 
 TOY_WHISPER = shapes.WhisperShape(d_model=64, encoder_layers=2, decoder_layers=2, attention_heads=2, ffn_dim=128)
@@ -105,6 +105,24 @@ def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str)
     assert (sizes == {1}) == (variant == "unbatched")
     if variant == "stt-no-timestamps":
         assert registry["stt"].params["timestamps"] is False
+
+
+def test_stt_and_chat_variants(tmp_path: Path) -> None:
+    def registry_of(variant: str) -> Registry:
+        path = tmp_path / f"{variant}.toml"
+        path.write_text(gpu.dump_registry(gpu.bench_models(None, variant)))
+        return load_registry(path)
+
+    stt = registry_of("stt-no-timestamps-x2-numpy")["stt"]
+    assert stt.instances.count == 2 and stt.batching.max_batch_size == 8
+    assert stt.params["timestamps"] is False and stt.params["torch_features"] is False
+    fast = registry_of("stt-no-timestamps-x2-q5")["stt"]
+    assert fast.batching.max_queue_delay_us == 5000 and "torch_features" not in fast.params
+    assert registry_of("chat-x2")["chat"].instances.count == 2
+    unbatched = registry_of("chat-unbatched")
+    assert list(unbatched.models) == ["chat"] and unbatched["chat"].batching.max_batch_size == 1
+    with pytest.raises(ValueError, match="unknown variant"):
+        gpu.bench_models(None, "chat-fast")
 
 
 def test_tuned_variant_takes_batch_sizes_and_instances(tmp_path: Path) -> None:

@@ -114,3 +114,33 @@ def test_fixed_windows_when_no_speech_is_found(stt: SpeechToText) -> None:
 def test_bad_input_is_refused(stt: SpeechToText, audio: np.ndarray, language: str, message: str) -> None:
     with pytest.raises(SttInputError, match=message):
         stt.transcribe(audio, language)
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_batched_torch_features_equal_faster_whispers(n_mels: int) -> None:
+    """The GPU path's features (log_mel.py, run here on the CPU) are faster-whisper's, to float precision."""
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from milo_voice.roles.log_mel import LogMelExtractor
+
+    rng = np.random.default_rng(3)
+    windows = (rng.standard_normal((3, 480000)) * 0.1).astype(np.float32)
+    windows[1, 64000:] = 0.0  # a 4 s clip, zero padded to its window
+    windows[2] = 0.0  # silence: the clipping floor
+    reference = FeatureExtractor(feature_size=n_mels)
+    expected = np.stack([reference(w)[:, :3000] for w in windows])
+    got = LogMelExtractor(n_mels)(windows).numpy()
+    assert got.shape == expected.shape == (3, n_mels, 3000)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_torch_features_transcribe_like_numpy_features(embedded_dir: Path, french: np.ndarray) -> None:
+    numpy_features = SpeechToText(str(embedded_dir / "stt"), compute_type="int8", torch_features=False)
+    torch_features = SpeechToText(str(embedded_dir / "stt"), compute_type="int8", torch_features=True)
+    requests = [SttRequest(french, "auto"), SttRequest(french, "fr")]
+    expected = numpy_features.transcribe_batch(requests)
+    got = torch_features.transcribe_batch(requests)
+    assert [r.text for r in got] == [r.text for r in expected]
+    assert "bonjour" in expected[0].text.lower()
+    # Features differ by float rounding only (the test above), so do the scores, barely.
+    assert got[0].confidence == pytest.approx(expected[0].confidence, abs=0.01)

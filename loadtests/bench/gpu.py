@@ -110,9 +110,28 @@ def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = 
                 preferred_batch_sizes=change["preferred_batch_sizes"],
                 instances={"count": change["instances"], "kind": "auto"},
             )
-    elif variant in ("stt-large-v3", "stt-no-timestamps", "stt-large-v3-no-timestamps"):
+    elif variant.startswith("stt-"):
         # Only STT is measured; the facade still expects every role in the registry.
-        models["stt"]["params"]["timestamps"] = "no-timestamps" not in variant
+        # stt-[large-v3-][no-timestamps][-x2][-numpy][-q5]
+        stt = models["stt"]
+        stt["params"]["timestamps"] = "no-timestamps" not in variant
+        if "-x2" in variant:
+            # Two instances (with the stock server, two processes: CPU work in parallel), each
+            # batching up to 8: the knee of the in-process curve (docs/benchmarks.md, section 4).
+            stt.update(max_batch_size=8, preferred_batch_sizes=[4, 8], instances={"count": 2, "kind": "auto"})
+        if variant.endswith("-numpy") or "-numpy-" in variant:
+            stt["params"]["torch_features"] = False  # faster-whisper's NumPy features, one window at a time
+        if variant.endswith("-q5"):
+            stt["max_queue_delay_us"] = 5000
+    elif variant.startswith("chat-"):
+        # Chat alone: chat-unbatched, chat-x2, chat-x4 (instances).
+        models = {"chat": models["chat"]}
+        if variant == "chat-unbatched":
+            models["chat"].update(max_batch_size=1, preferred_batch_sizes=[], max_queue_delay_us=0)
+        elif re.fullmatch(r"chat-x\d+", variant):
+            models["chat"]["instances"] = {"count": int(variant.removeprefix("chat-x")), "kind": "auto"}
+        else:
+            raise ValueError(f"unknown variant {variant!r}")
     elif variant in models:  # one model alone, e.g. "chat"
         models = {variant: models[variant]}
     elif variant != "configured":

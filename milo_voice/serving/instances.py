@@ -108,6 +108,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
             cpu_threads=_cpu_threads(),
             fixed_new_tokens=params.get("fixed_new_tokens"),
             timestamps=bool(params.get("timestamps", True)),
+            torch_features=params.get("torch_features"),
         )
     if spec.role == "tts":
         voices = {lang: path / voice for lang, voice in weights.voices.items()}

@@ -1,0 +1,43 @@
+"""Whisper's log-mel features for a whole batch of 30 s windows in one torch call, on the model's device.
+
+faster-whisper's extractor is NumPy, one window at a time on one CPU thread: about 30 ms a
+window at 128 mels, which bounded the served STT on an H100 at about 11 clips/s
+(``docs/benchmarks.md``, section 4). This computes the same features (same filters, window,
+padding, clipping and scaling) for every window of a batch at once, on the GPU where the model
+is, and hands them to CTranslate2 without a trip through host memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from faster_whisper.feature_extractor import FeatureExtractor
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP = 160
+FRAMES = 3000  # 30 s at a 10 ms hop
+
+
+class LogMelExtractor:
+    def __init__(self, n_mels: int, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        filters = FeatureExtractor.get_mel_filters(SAMPLE_RATE, N_FFT, n_mels).astype(np.float32)
+        self.filters = torch.from_numpy(filters).to(self.device)
+        # np.hanning(N + 1)[:-1], faster-whisper's window, is torch's periodic Hann window.
+        self.window = torch.hann_window(N_FFT, periodic=True, device=self.device)
+
+    @torch.inference_mode()
+    def __call__(self, windows: np.ndarray) -> torch.Tensor:
+        """``[batch, 480000]`` float32 samples to ``[batch, n_mels, 3000]`` features, on ``device``."""
+        audio = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device, non_blocking=True)
+        # faster-whisper pads 160 samples before its (centred, reflect-padded) STFT.
+        audio = torch.nn.functional.pad(audio, (0, HOP))
+        spectrum = torch.stft(
+            audio, N_FFT, HOP, window=self.window, center=True, pad_mode="reflect", return_complex=True
+        )
+        power = spectrum[..., :-1].abs() ** 2
+        log_spec = torch.clamp(self.filters @ power, min=1e-10).log10()
+        # Per window: nothing below 8 (a factor of 1e8) under its loudest bin, then scaled.
+        floor = log_spec.amax(dim=(1, 2), keepdim=True) - 8.0
+        return ((torch.maximum(log_spec, floor) + 4.0) / 4.0)[:, :, :FRAMES].contiguous()
