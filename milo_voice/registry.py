@@ -67,6 +67,12 @@ class Batching:
 class Instances:
     count: int
     kind: str  # "auto" | "cpu" | "gpu"
+    # Instances on a host with GPUs, where it differs: a GPU's instances work in parallel where
+    # a CPU's would only share its cores.
+    gpu_count: int | None = None
+
+    def count_on(self, gpus: int) -> int:
+        return self.gpu_count if gpus and self.gpu_count else self.count
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,12 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
     )
     if batching.priority_levels and not 1 <= batching.default_priority_level <= batching.priority_levels:
         raise ValueError(f"model {name!r}: default_priority_level outside 1..{batching.priority_levels}")
-    instances = Instances(count=int(table["instances"]["count"]), kind=table["instances"].get("kind", "auto"))
+    gpu_count = table["instances"].get("gpu_count")
+    instances = Instances(
+        count=int(table["instances"]["count"]),
+        kind=table["instances"].get("kind", "auto"),
+        gpu_count=int(gpu_count) if gpu_count is not None else None,
+    )
     if instances.count < 1 or instances.kind not in ("auto", "cpu", "gpu"):
         raise ValueError(f"model {name!r}: bad instances {table['instances']!r}")
     profiles = {}

@@ -63,7 +63,9 @@ def render_config(spec: ModelSpec, io: tensors.ModelIO, instance_kind: str | Non
         lines.append(f"max_batch_size: {b.max_batch_size}\n")
     lines += [_tensors("input", io.inputs), _tensors("output", io.outputs)]
     kind = INSTANCE_KINDS[instance_kind or spec.instances.kind]
-    lines.append(f"instance_group [\n  {{\n    count: {spec.instances.count}\n    kind: {kind}\n  }}\n]\n")
+    # A GPU image's repository takes the registry's count for GPU hosts.
+    count = spec.instances.count_on(1) if instance_kind == "gpu" else spec.instances.count
+    lines.append(f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n")
     if not io.streaming:
         preferred = ", ".join(str(n) for n in b.preferred_batch_sizes)
         lines.append(

@@ -75,7 +75,8 @@ def model_config(spec: ModelSpec, io: tensors.ModelIO) -> ModelConfig:
 
 
 def build_role_instances(spec: ModelSpec, profile: str, planner: DevicePlanner) -> list[Any]:
-    return [load_instance(spec, profile, planner.place(spec.instances.kind)) for _ in range(spec.instances.count)]
+    count = spec.instances.count_on(planner.gpu_count)
+    return [load_instance(spec, profile, planner.place(spec.instances.kind)) for _ in range(count)]
 
 
 def load_all(registry: Registry, profile: str, planner: DevicePlanner) -> dict[str, list[Any]]:

@@ -120,7 +120,13 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
     assert fast.batching.max_queue_delay_us == 5000 and "torch_features" not in fast.params
     assert registry_of("chat-x2")["chat"].instances.count == 2
     unbatched = registry_of("chat-unbatched")
-    assert list(unbatched.models) == ["chat"] and unbatched["chat"].batching.max_batch_size == 1
+    # The facade needs every role, so the others stay (only chat is measured).
+    assert set(unbatched.models) == {"stt", "tts", "translate", "chat"}
+    assert unbatched["chat"].batching.max_batch_size == 1 and unbatched["stt"].batching.max_batch_size > 1
+    assert registry_of("translate-base")["translate"].params["gpu_compute_type"] == "int8_float16"
+    audit = registry_of("audit")
+    assert audit["translate"].params["gpu_compute_type"] == "float16"
+    assert audit["stt"].params["timestamps"] is False and audit["stt"].batching.max_queue_delay_us == 5000
     with pytest.raises(ValueError, match="unknown variant"):
         gpu.bench_models(None, "chat-fast")
 

@@ -48,3 +48,10 @@ def test_every_tensor_has_a_triton_type() -> None:
     for io in tensors.MODELS.values():
         for spec in (*io.inputs, *io.outputs):
             assert spec.triton_dtype in ("BYTES", "FP32", "INT32")
+
+
+def test_gpu_hosts_take_the_registry_gpu_count(registry: Registry) -> None:
+    instances = registry["stt"].instances
+    assert instances.count_on(0) == instances.count == 1
+    assert instances.count_on(1) == instances.gpu_count == 2
+    assert registry["tts"].instances.count_on(1) == registry["tts"].instances.count

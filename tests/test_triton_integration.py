@@ -64,7 +64,7 @@ def test_every_model_is_ready_on_both_protocols(server: TritonHost) -> None:
         assert http.is_model_ready(model), model
         assert grpc.is_model_ready(model), model
     config = http.get_model_config("stt")
-    assert config["max_batch_size"] == 16
+    assert config["max_batch_size"] == 8
     assert int(config["dynamic_batching"]["priority_levels"]) == 2
     assert grpc.get_model_config("chat_stream").config.model_transaction_policy.decoupled
 

@@ -89,8 +89,11 @@ def test_every_model_has_the_python_backend_entry_point(registry: Registry, tmp_
 def test_an_image_can_pin_every_instance_to_gpus(registry: Registry, tmp_path: Path) -> None:
     """``triton-configs --instance-kind gpu --out DIR``: the GPU image's own repository."""
     write_configs(registry, tmp_path, instance_kind="gpu")
-    for _spec, io in served_models(registry):
+    for spec, io in served_models(registry):
         config = text_format.Parse((tmp_path / io.name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        # The count for GPU hosts (STT: 2) where the registry gives one, the plain count elsewhere.
+        assert config.instance_group[0].count == (spec.instances.gpu_count or spec.instances.count)
+    assert registry["stt"].instances.gpu_count == 2
     # The committed repository keeps the registry's kinds, so it loads on CPU-only machines too.
     assert stale_configs(registry, ROOT) == []

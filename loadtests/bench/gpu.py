@@ -123,9 +123,24 @@ def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = 
             stt["params"]["torch_features"] = False  # faster-whisper's NumPy features, one window at a time
         if variant.endswith("-q5"):
             stt["max_queue_delay_us"] = 5000
+    elif variant == "audit":
+        # What the GPU runs found for the audit table: STT text only, 2 instances of batch 8, 5 ms
+        # queue delay, features on the GPU; translation computed in float16 (beam 2 kept).
+        models = bench_models(None, "stt-no-timestamps-x2-q5")
+        models["translate"]["params"]["gpu_compute_type"] = "float16"
+    elif variant.startswith("translate-"):
+        # Only translation is measured: translate-base, translate-beam1, translate-fp16.
+        params = models["translate"]["params"]
+        params["gpu_compute_type"] = "int8_float16"  # the first runs' setting
+        if variant == "translate-beam1":
+            params["beam_size"] = 1
+        elif variant == "translate-fp16":
+            params["gpu_compute_type"] = "float16"
+        elif variant != "translate-base":
+            raise ValueError(f"unknown variant {variant!r}")
     elif variant.startswith("chat-"):
-        # Chat alone: chat-unbatched, chat-x2, chat-x4 (instances).
-        models = {"chat": models["chat"]}
+        # Only chat is measured (chat-unbatched, chat-x2, chat-x4: instances); the facade still
+        # expects every role in the registry.
         if variant == "chat-unbatched":
             models["chat"].update(max_batch_size=1, preferred_batch_sizes=[], max_queue_delay_us=0)
         elif re.fullmatch(r"chat-x\d+", variant):
@@ -534,7 +549,10 @@ def phase_served(args: argparse.Namespace) -> None:
                 result["memory_after_load"] = gpu_memory()
                 result["probe"] = asyncio.run(_probe(stack.facade)) if "tts" in models else {}
                 points: list[Point] = []
-                measured = ("stt",) if variant.startswith("stt-") else args.endpoints.split(",")
+                measured = (
+                    (variant.split("-")[0],) if variant.split("-")[0] in ("stt", "chat", "translate") else
+                    args.endpoints.split(",")
+                )  # fmt: skip
                 for endpoint in [e for e in measured if e in models]:
                     for level in args.levels:
                         total = max(MIN_REQUESTS[endpoint], 2 * level)

@@ -118,7 +118,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
             path,
             device=device.kind,
             device_index=device.index,
-            compute_type="int8_float16" if gpu else "int8",
+            compute_type=params.get("gpu_compute_type", "int8_float16") if gpu else "int8",
             languages=tuple(params.get("languages", ("mg", "fr", "en"))),
             beam_size=int(params.get("beam_size", 2)),
             max_decoding_length=int(params.get("max_decoding_length", 256)),
