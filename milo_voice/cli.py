@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from milo_voice.registry import DEFAULT_REGISTRY, PROFILES, active_profile, load_registry, models_dir
+from milo_voice.registry import PROFILES, active_profile, load_registry, models_dir, registry_path
 from milo_voice.text.normalize import SUPPORTED_LANGUAGES, normalize_text
 
 
@@ -71,8 +71,10 @@ def _normalize(args: argparse.Namespace) -> int:
 def _triton_configs(args: argparse.Namespace) -> int:
     from milo_voice.triton_repository import stale_configs, write_configs
 
-    registry = load_registry(DEFAULT_REGISTRY)
-    root = Path(args.out) if args.out else DEFAULT_REGISTRY.parent
+    # The registry in use (MILO_REGISTRY in an image), its repository beside it unless --out.
+    source = registry_path()
+    registry = load_registry(source)
+    root = Path(args.out) if args.out else source.parent
     if args.check:
         stale = stale_configs(registry, root)
         for path in stale:

@@ -156,8 +156,13 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
     )
 
 
+def registry_path() -> Path:
+    """The registry in use: ``MILO_REGISTRY``, else the repository's own."""
+    return Path(os.environ.get("MILO_REGISTRY", DEFAULT_REGISTRY))
+
+
 def load_registry(path: Path | str | None = None) -> Registry:
-    path = Path(path or os.environ.get("MILO_REGISTRY", DEFAULT_REGISTRY))
+    path = Path(path or registry_path())
     with path.open("rb") as f:
         data = tomllib.load(f)
     return Registry(models={name: _parse_model(name, table) for name, table in data["models"].items()})

@@ -118,3 +118,21 @@ def test_production_pull_skips_complete_weights(registry: Registry, tmp_path: Pa
     with pytest.raises(WeightsUnavailableError):
         pull_model(spec, tmp_path, downloader)
     assert downloader.calls
+
+
+def test_triton_configs_follow_the_registry_in_use(tmp_path: Path) -> None:
+    """As in the model-server image: MILO_REGISTRY names the registry, its repository is written beside it."""
+    import shutil
+
+    from milo_voice.registry import DEFAULT_REGISTRY
+
+    registry = tmp_path / "model_repository" / "registry.toml"
+    registry.parent.mkdir()
+    shutil.copy(DEFAULT_REGISTRY, registry)
+    env = {"MILO_REGISTRY": str(registry)}
+    assert milo("models", "triton-configs", "--check", env=env).returncode == 1  # nothing written yet
+    written = milo("models", "triton-configs", "--instance-kind", "gpu", env=env)
+    assert written.returncode == 0, written.stderr
+    stt = (registry.parent / "stt" / "config.pbtxt").read_text()
+    assert "kind: KIND_GPU" in stt and "count: 2" in stt
+    assert (registry.parent / "chat_stream" / "1" / "model.py").is_file()

@@ -48,12 +48,12 @@ RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin milo \
 WORKDIR /opt/milo
 COPY --chown=milo:milo model_repository model_repository
 COPY --chown=milo:milo deploy/docker/model-server-entrypoint.sh /usr/local/bin/milo-model-server
-# The repository this image serves pins every instance to a GPU (KIND_GPU).
-RUN milo-voice models triton-configs --instance-kind gpu --out /opt/milo/model_repository
+ENV MILO_REGISTRY=/opt/milo/model_repository/registry.toml
+# The repository this image serves pins every instance to a GPU (KIND_GPU, GPU instance counts).
+RUN milo-voice models triton-configs --instance-kind gpu
 
 USER milo
-ENV MILO_PROFILE=production MILO_MODELS_DIR=/models MILO_REGISTRY=/opt/milo/model_repository/registry.toml \
-    MILO_SERVER=pytriton HOME=/home/milo
+ENV MILO_PROFILE=production MILO_MODELS_DIR=/models MILO_SERVER=pytriton HOME=/home/milo
 VOLUME ["/models"]
 EXPOSE 8000 8001 8002
 # Ready only once every model is loaded and warmed up (strict readiness): start_period covers loading.

@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from milo_voice.registry import DEFAULT_REGISTRY, REPO_ROOT
+from milo_voice.registry import REPO_ROOT, registry_path
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,15 @@ def server_command(server: Path, repository: Path, ports: ServerPorts, verbose: 
 
 def start_server(
     ports: ServerPorts,
-    repository: Path = DEFAULT_REGISTRY.parent,
+    repository: Path | None = None,
     workdir: Path | None = None,
     **popen: object,
 ) -> subprocess.Popen[bytes]:
-    """``tritonserver`` in a child process (weights and profile from ``MILO_*`` as for PyTriton)."""
+    """``tritonserver`` in a child process (weights and profile from ``MILO_*`` as for PyTriton).
+
+    ``repository`` defaults to the folder of the registry in use (``MILO_REGISTRY``).
+    """
+    repository = repository or registry_path().parent
     workdir = workdir or Path(tempfile.mkdtemp(prefix="milo-tritonserver-"))
     server = prepare_server(workdir)
     verbose = int(os.environ.get("MILO_TRITON_LOG_VERBOSE", "0"))
@@ -106,7 +110,7 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--model-repository", type=Path, default=DEFAULT_REGISTRY.parent)
+    parser.add_argument("--model-repository", type=Path, help="default: the folder of the registry in use")
     parser.add_argument("--workdir", type=Path, help="where the server copy goes (default: a temporary folder)")
     args = parser.parse_args()
     ports = ServerPorts(args.http_port, args.grpc_port, args.metrics_port)
