@@ -210,7 +210,7 @@ def phase_build(args: argparse.Namespace) -> None:
         args.work / "models", "large-v3-turbo", assets / "whisper-tokenizer.json",
         assets / "chat-tokenizer.json", "cuda", [x for x in args.only.split(",") if x],
     )  # fmt: skip
-    if not args.only or "stt" in args.only:
+    if (not args.only or "stt" in args.only.split(",")) and not args.no_large_v3:
         started = time.perf_counter()
         target = args.work / "models-large-v3" / "production" / "stt"
         shapes.build_whisper(target, shapes.WHISPER_SHAPES["large-v3"], assets / "whisper-tokenizer.json", "cuda")
@@ -614,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/milo-gpu"))
     parser.add_argument("--assets", default=os.environ.get("MILO_GPU_ASSETS", str(REPO / ".gpu-assets")))
     parser.add_argument("--only", default="", help="build/inprocess: a subset of stt,tts,translate,chat")
+    parser.add_argument("--no-large-v3", action="store_true", help="build: the turbo STT shape only")
     parser.add_argument("--variants", default="configured,unbatched", help="served/locust: registry variants")
     parser.add_argument("--endpoints", default="stt,tts,translate,chat", help="served: endpoints measured")
     parser.add_argument("--drop", default="", help="served/locust: models left out of the variants")

@@ -6,6 +6,7 @@
 #                                   background (log: $WORK/llama-build.log, done: $WORK/llama-built)
 #   gpu_device.sh llama-wait        wait for that build, then install its wheel
 #   gpu_device.sh phase ARGS...     python -m loadtests.bench.gpu ARGS..., with the libraries set up
+#   gpu_device.sh run MODULE ARGS   python -m MODULE ARGS..., set up the same way
 #
 # Why the library path: PyTriton's tritonserver needs the interpreter's libpython and the wheel's
 # own bundled libraries first; the CTranslate2 wheels load libcublas.so.12 while the machine
@@ -58,13 +59,13 @@ llama-wait)
     fi
     python3 -m pip install -q --no-index --no-deps --no-compile --break-system-packages "$WORK"/llama-wheel/*.whl
     ;;
-phase)
-    shift
+phase|run)
+    if [ "$1" = phase ]; then set -- loadtests.bench.gpu "${@:2}"; else shift; fi
     libraries
     # Assets carried once (.gpu-assets: tokenizers, spoken clips) stay on the machine for later calls.
     if [ -d .gpu-assets ]; then mkdir -p "$WORK/assets" && cp -r .gpu-assets/. "$WORK/assets/"; fi
     export MILO_GPU_ASSETS="$WORK/assets" MILO_CLIPS_DIR="$WORK/assets/clips"
-    python3 -m loadtests.bench.gpu "$@"
+    python3 -m "$@"
     ;;
 *)
     sed -n '2,9p' "$0"

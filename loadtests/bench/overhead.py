@@ -1,6 +1,7 @@
 """Serving overhead: one request at a time, in process against every way through the stack.
 
-    python -m loadtests.bench.overhead [--runs 20] [--out docs/benchmarks]
+    python -m loadtests.bench.overhead [--runs 20] [--out docs/benchmarks] [--endpoints stt,tts]
+                                       [--server pytriton|tritonserver]
 
 Per endpoint, the median of ``--runs`` sequential calls made side by side in one run:
 the role class in this process; Triton over HTTP and over gRPC (the typed client); and the
@@ -28,7 +29,7 @@ import soundfile as sf
 from client import MiloTritonClient
 from loadtests import payloads
 from loadtests.processes import REPO, uvicorn_app
-from loadtests.runner import LocalStack, local_stack
+from loadtests.runner import UNLIMITED_ENV, LocalStack, local_stack
 from milo_voice.registry import active_profile, load_registry
 from milo_voice.roles.chat import ChatMessage, ChatRequest
 from milo_voice.serving.instances import DevicePlanner, build_instance
@@ -42,7 +43,7 @@ PATHS = ("in process", "Triton HTTP", "Triton gRPC", "facade -> HTTP", "facade -
 def grpc_facade(stack: LocalStack, log_path: Path) -> contextlib.AbstractContextManager[str]:
     """A second facade on the same Triton, calling it over gRPC."""
     grpc = stack.triton_grpc
-    env = {"MILO_TRITON_PROTOCOL": "grpc", "MILO_TRITON_URL": grpc, "MILO_TRITON_GRPC_URL": grpc}
+    env = {**UNLIMITED_ENV, "MILO_TRITON_PROTOCOL": "grpc", "MILO_TRITON_URL": grpc, "MILO_TRITON_GRPC_URL": grpc}
     return uvicorn_app("api_facade.main:app", log_path, env, ready_path="/ready")
 
 
@@ -56,11 +57,13 @@ def median_ms(call: Callable[[int], object], runs: int) -> float:
     return statistics.median(times)
 
 
-def cases(stack: LocalStack, grpc_facade_url: str) -> dict[str, dict[str, Callable[[int], object]]]:
+def cases(
+    stack: LocalStack, grpc_facade_url: str, endpoints: tuple[str, ...]
+) -> dict[str, dict[str, Callable[[int], object]]]:
     """Endpoint -> path -> one call, given the request's number."""
     registry, profile, planner = load_registry(), active_profile(), DevicePlanner()
     local = {role: build_instance(registry.by_role(role), profile, planner.place("auto"))
-             for role in ("stt", "tts", "translate", "chat")}  # fmt: skip
+             for role in endpoints}  # fmt: skip
     clip_bytes = payloads.clip_wav("short")
     clip, _ = sf.read(io.BytesIO(clip_bytes), dtype="float32")
     http, grpc = MiloTritonClient(stack.triton_http), MiloTritonClient(stack.triton_grpc, protocol="grpc")
@@ -87,7 +90,7 @@ def cases(stack: LocalStack, grpc_facade_url: str) -> dict[str, dict[str, Callab
     def through(base: str, endpoint: str) -> Callable[[int], object]:
         return lambda n: facade(base, endpoint, n)
 
-    calls: dict[str, dict[str, Callable[[int], object]]] = {
+    every: dict[str, dict[str, Callable[[int], object]]] = {
         "stt": {
             "in process": lambda n: local["stt"].transcribe(clip, "fr"),
             "Triton HTTP": lambda n: http.transcribe(clip, "fr"),
@@ -109,6 +112,7 @@ def cases(stack: LocalStack, grpc_facade_url: str) -> dict[str, dict[str, Callab
             "Triton gRPC": lambda n: grpc.chat(messages, "mg", 32, 0.0),
         },
     }
+    calls = {endpoint: every[endpoint] for endpoint in endpoints}
     for endpoint, paths in calls.items():
         for name, base in (("facade -> HTTP", stack.facade), ("facade -> gRPC", grpc_facade_url)):
             paths[name] = through(base, endpoint)
@@ -119,15 +123,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
+    parser.add_argument("--endpoints", default="stt,tts,translate,chat")
+    parser.add_argument("--server", choices=("pytriton", "tritonserver"), default="pytriton")
     args = parser.parse_args(argv)
+    endpoints = tuple(e for e in args.endpoints.split(",") if e)
     args.out.mkdir(parents=True, exist_ok=True)
     device = (
         os.environ.get("MILO_BENCH_DEVICE") or f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     )
 
     results: dict[str, dict[str, float]] = {}
-    with local_stack(args.out / "stack.log") as stack, grpc_facade(stack, args.out / "facade_grpc.log") as grpc_url:
-        for endpoint, calls in cases(stack, grpc_url).items():
+    repository = None
+    if args.server == "tritonserver":  # the stock server reads its own repository of the registry in use
+        from milo_voice.serving.instances import cuda_device_count
+        from milo_voice.triton_repository import write_configs
+
+        repository = args.out / "repository"
+        write_configs(load_registry(), repository, instance_kind="gpu" if cuda_device_count() else None)
+    stack_context = local_stack(args.out / "stack.log", server=args.server, repository=repository)
+    with stack_context as stack, grpc_facade(stack, args.out / "facade_grpc.log") as grpc_url:
+        for endpoint, calls in cases(stack, grpc_url, endpoints).items():
             results[endpoint] = {name: round(median_ms(call, args.runs), 1) for name, call in calls.items()}
             row = "  ".join(f"{name} {ms:7.1f} ms" for name, ms in results[endpoint].items())
             print(f"{endpoint:<10} {row}", flush=True)
@@ -141,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         overhead = f"{row['facade -> HTTP'] - base:+.1f} / {row['facade -> gRPC'] - base:+.1f} ms"
         lines.append(f"| {endpoint} | " + " | ".join(f"{row[p]:.1f}" for p in PATHS) + f" | {overhead} |")
     stamp = time.strftime("%Y-%m-%d")
-    header = f"Median of {args.runs} sequential calls (ms), {active_profile()} weights, {stamp}, {device}."
+    header = (
+        f"Median of {args.runs} sequential calls (ms), {active_profile()} weights, {args.server}, {stamp}, {device}."
+    )
     (args.out / "overhead.md").write_text(f"{header}\n\n" + "\n".join(lines) + "\n")
     (args.out / "overhead.json").write_text(
         json.dumps({"date": stamp, "device": device, "median_ms": results}, indent=1)
