@@ -35,9 +35,14 @@ class UndecodableAudioError(ValueError):
 def decode_upload(data: bytes, sample_rate: int = 16000) -> np.ndarray:
     """wav, flac, ogg/opus, mp3, webm, m4a... to mono float32 at ``sample_rate``.
 
-    PyAV alone (no model library), so the facade image stays small. A damaged frame ends
-    the decoding there, as a player would stop; what came before it is kept.
+    Mono WAV or FLAC already at ``sample_rate`` (what voice clients send) is read by
+    libsndfile directly; the rest goes through FFmpeg (PyAV, no model library, so the
+    facade image stays small). A damaged frame ends the decoding there, as a player
+    would stop; what came before it is kept.
     """
+    ready = _ready_pcm(data, sample_rate)
+    if ready is not None:
+        return ready
     chunks: list[np.ndarray] = []
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
@@ -59,6 +64,19 @@ def decode_upload(data: bytes, sample_rate: int = 16000) -> np.ndarray:
             raise
         raise UndecodableAudioError(f"cannot decode the audio: {exc}") from exc
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
+
+
+def _ready_pcm(data: bytes, sample_rate: int) -> np.ndarray | None:
+    """Mono WAV/FLAC at ``sample_rate``, read without FFmpeg; None for anything else."""
+    if not data.startswith((b"RIFF", b"fLaC")):
+        return None
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as file:
+            if file.samplerate != sample_rate or file.channels != 1:
+                return None
+            return file.read(dtype="float32")
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None  # FFmpeg may still read what libsndfile cannot
 
 
 def _pcm16(audio: np.ndarray) -> np.ndarray:
