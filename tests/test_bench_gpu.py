@@ -118,6 +118,9 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
     assert stt.params["timestamps"] is False and stt.params["torch_features"] is False
     fast = registry_of("stt-no-timestamps-x2-q5")["stt"]
     assert fast.batching.max_queue_delay_us == 5000 and "torch_features" not in fast.params
+    assert "torch_encoder" not in fast.params  # the role's default: torch on a GPU
+    ct2 = registry_of("stt-no-timestamps-x2-q1-ct2enc")["stt"]
+    assert ct2.batching.max_queue_delay_us == 1000 and ct2.params["torch_encoder"] is False
     assert registry_of("chat-x2")["chat"].instances.count == 2
     unbatched = registry_of("chat-unbatched")
     # The facade needs every role, so the others stay (only chat is measured).

@@ -13,6 +13,8 @@ one phase per call; every phase keeps its state under ``--work`` and writes its 
              latency, throughput at several concurrencies, real-time factors, tokens/s, GPU memory,
              Triton's own batch statistics
   locust     the Locust mixed scenario against the stack, gated on the audit table
+  overhead   ``loadtests.bench.overhead`` on a variant: one request at a time, in process, on
+             Triton directly and through the facade (where the served time goes, hop by hop)
 
 The results are read in ``docs/benchmarks.md`` (section 4).
 
@@ -112,7 +114,7 @@ def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = 
             )
     elif variant.startswith("stt-"):
         # Only STT is measured; the facade still expects every role in the registry.
-        # stt-[large-v3-][no-timestamps][-x2][-numpy][-q5]
+        # stt-[large-v3-][no-timestamps][-x2][-numpy][-q5|-q1][-ct2enc]
         stt = models["stt"]
         stt["params"]["timestamps"] = "no-timestamps" not in variant
         if "-x2" in variant:
@@ -121,8 +123,12 @@ def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = 
             stt.update(max_batch_size=8, preferred_batch_sizes=[4, 8], instances={"count": 2, "kind": "auto"})
         if variant.endswith("-numpy") or "-numpy-" in variant:
             stt["params"]["torch_features"] = False  # faster-whisper's NumPy features, one window at a time
-        if variant.endswith("-q5"):
+        if "-q5" in variant:
             stt["max_queue_delay_us"] = 5000
+        if "-q1" in variant:
+            stt["max_queue_delay_us"] = 1000
+        if "-ct2enc" in variant:
+            stt["params"]["torch_encoder"] = False  # CTranslate2's own encoder (no flash attention)
     elif variant == "audit":
         # What the GPU runs found for the audit table: STT text only, 2 instances of batch 8, 5 ms
         # queue delay, features on the GPU; translation computed in float16 (beam 2 kept).
@@ -243,20 +249,31 @@ def _memory_used_mib() -> float:
 
 
 def stt_inprocess(path: Path) -> dict[str, Any]:
+    """The reference (CTranslate2 alone, features ready) and the role, with each encoder, side by side."""
     import ctranslate2
     import numpy as np
+    import torch
 
     from milo_voice.roles.stt import SpeechToText, SttRequest
 
     before = _memory_used_mib()
-    stt = SpeechToText(str(path), device="cuda", compute_type="float16", fixed_new_tokens=STT_TOKENS)
+    stt = SpeechToText(
+        str(path), device="cuda", compute_type="float16", fixed_new_tokens=STT_TOKENS, torch_encoder=False
+    )
     rows: dict[str, Any] = {"memory_mib": round(_memory_used_mib() - before)}
+    before = _memory_used_mib()
+    fast = SpeechToText(
+        str(path), device="cuda", compute_type="float16", fixed_new_tokens=STT_TOKENS, torch_encoder=True
+    )
+    rows["torch_encoder_memory_mib"] = round(_memory_used_mib() - before)
     audio = _clip("long")
     features = np.ascontiguousarray(stt._features(audio))
     for batch in (1, 8, 32):
         requests = [SttRequest(audio, "fr")] * batch
         tokens = stt.transcribe_batch(requests)[0].tokens
-        stacked = ctranslate2.StorageView.from_array(np.stack([features] * batch))
+        stacked_np = np.stack([features] * batch)
+        stacked = ctranslate2.StorageView.from_array(stacked_np)
+        stacked_gpu = torch.from_numpy(stacked_np).cuda()
         # Without timestamps (<|notimestamps|> in the prompt) CTranslate2 skips its timestamp rules.
         prompts = {
             "model": [stt._prompt("fr")] * batch,
@@ -269,22 +286,53 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
                 encoded, prompt, beam_size=1, max_length=2 * STT_TOKENS, suppress_tokens=[-1, stt._tokenizer.eot]
             )
 
+        def ct2_encode(stacked: Any = stacked) -> None:
+            stt.model.encode(stacked, to_cpu=False)
+
+        def torch_encode(stacked_gpu: Any = stacked_gpu) -> None:
+            fast._encoder(stacked_gpu)  # type: ignore[misc]
+            torch.cuda.synchronize()
+
         repeats = 10 if batch == 1 else 5
         role = timed(lambda requests=requests: stt.transcribe_batch(requests), repeats)
+        role_torch = timed(lambda requests=requests: fast.transcribe_batch(requests), repeats)
         model = timed(functools.partial(decode, prompts["model"]), repeats)
         rows[f"batch{batch}"] = {
             "tokens_per_window": tokens,
             "role_ms": round(role * 1000, 1),
+            "role_torch_encoder_ms": round(role_torch * 1000, 1),
             "model_ms": round(model * 1000, 1),
             "role_clips_s": round(batch / role, 1),
+            "role_torch_encoder_clips_s": round(batch / role_torch, 1),
             "model_clips_s": round(batch / model, 1),
+            "ct2_encoder_ms": round(timed(ct2_encode, repeats) * 1000, 1),
+            "torch_encoder_ms": round(timed(torch_encode, repeats) * 1000, 1),
         }
         no_timestamps = timed(functools.partial(decode, prompts["no_timestamps"]), repeats)
         rows[f"batch{batch}"]["no_timestamps_ms"] = round(no_timestamps * 1000, 1)
         if batch == 1:
-            single = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None]))
-            rows["encoder_ms"] = round(timed(lambda s=single: stt.model.encode(s, to_cpu=False), 10) * 1000, 1)
+            rows["encoder_agreement"] = _encoder_agreement(stt, fast, stacked, stacked_gpu, requests)
     return rows
+
+
+def _encoder_agreement(stt: Any, fast: Any, stacked: Any, stacked_gpu: Any, requests: list[Any]) -> dict[str, Any]:
+    """How far the torch encoder's float16 output is from CTranslate2's, and what that does to decoding."""
+    import numpy as np
+    import torch
+
+    reference = torch.as_tensor(stt.model.encode(stacked, to_cpu=False), device="cuda").float()
+    ours = fast._encoder(stacked_gpu).float()
+    with_ct2, with_torch = stt.transcribe_batch(requests)[0], fast.transcribe_batch(requests)[0]
+    first = [s.text for s in with_ct2.segments], [s.text for s in with_torch.segments]
+    return {
+        "max_abs_diff": round(float((reference - ours).abs().max()), 4),
+        "max_abs_value": round(float(reference.abs().max()), 2),
+        "cosine": round(float(torch.nn.functional.cosine_similarity(reference.flatten(), ours.flatten(), dim=0)), 6),
+        "same_text": first[0] == first[1],
+        "text_ct2": " ".join(first[0])[:200],
+        "text_torch": " ".join(first[1])[:200],
+        "finite": bool(np.isfinite(ours.cpu().numpy()).all()),
+    }
 
 
 def tts_inprocess(path: Path) -> dict[str, Any]:
@@ -497,10 +545,8 @@ async def _probe(base: str) -> dict[str, float]:
     }
 
 
-@contextlib.contextmanager
-def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any]:
-    from loadtests.runner import local_stack
-
+def variant_environment(args: argparse.Namespace, variant: str) -> tuple[dict[str, str], list[str]]:
+    """The environment that makes the stack (and the overhead bench) use ``variant``'s registry."""
     tuned = None
     if variant == "tuned":
         tuned = json.loads((args.work / "results" / "tune.json").read_text())["tuned"]
@@ -525,6 +571,15 @@ def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any
                 link.symlink_to(args.work / "models" / "production" / name)
     if args.profile == "embedded":  # a dry run of the phase on a machine without a GPU
         env["MILO_MODELS_DIR"] = str(REPO / "models")
+    return env, list(models)
+
+
+@contextlib.contextmanager
+def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any]:
+    from loadtests.runner import local_stack
+
+    env, models = variant_environment(args, variant)
+    registry = Path(env["MILO_REGISTRY"])
     repository = None
     if args.server == "tritonserver":
         # The stock server reads the variant from its own repository, generated like the committed one.
@@ -608,9 +663,23 @@ def phase_locust(args: argparse.Namespace) -> None:
     save(args.work, f"locust-{variant}{_server_suffix(args)}", result)
 
 
+# -- overhead ------------------------------------------------------------------------------------
+
+
+def phase_overhead(args: argparse.Namespace) -> None:
+    """``loadtests.bench.overhead`` (hop by hop, one request at a time) on each variant's registry."""
+    from loadtests.bench import overhead
+
+    for variant in args.variants.split(","):
+        env, _models = variant_environment(args, variant)
+        os.environ.update(env)
+        out = args.work / "results" / f"overhead-{variant}{_server_suffix(args)}"
+        overhead.main(["--server", args.server, "--endpoints", args.endpoints, "--out", str(out)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=["build", "inprocess", "tune", "served", "locust"])
+    parser.add_argument("phase", choices=["build", "inprocess", "tune", "served", "locust", "overhead"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/milo-gpu"))
     parser.add_argument("--assets", default=os.environ.get("MILO_GPU_ASSETS", str(REPO / ".gpu-assets")))
     parser.add_argument("--only", default="", help="build/inprocess: a subset of stt,tts,translate,chat")
@@ -629,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Callable[[argparse.Namespace], None]] = {
         "build": phase_build, "inprocess": phase_inprocess, "tune": phase_tune,
-        "served": phase_served, "locust": phase_locust,
+        "served": phase_served, "locust": phase_locust, "overhead": phase_overhead,
     }  # fmt: skip
     phases[args.phase](args)
     return 0

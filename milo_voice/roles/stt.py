@@ -21,6 +21,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from milo_voice.roles.log_mel import LogMelExtractor
+from milo_voice.roles.whisper_encoder import WhisperEncoder
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30.0
@@ -33,6 +34,13 @@ TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
 # tokens means max_length 2N.
 WHISPER_MAX_LENGTH = 448
 AUTO = "auto"
+# The encoder output that CTranslate2's generate expects, by the model's compute type: the
+# activations' type (int8 weights compute in float32, float16 or bfloat16).
+_ENCODER_DTYPES = {
+    "float32": torch.float32, "int8": torch.float32, "int8_float32": torch.float32, "int16": torch.float32,
+    "float16": torch.float16, "int8_float16": torch.float16,
+    "bfloat16": torch.bfloat16, "int8_bfloat16": torch.bfloat16,
+}  # fmt: skip
 
 
 class SttInputError(ValueError):
@@ -88,6 +96,7 @@ class SpeechToText:
         fixed_new_tokens: int | None = None,
         timestamps: bool = True,
         torch_features: bool | None = None,
+        torch_encoder: bool | None = None,
     ) -> None:
         self._whisper = WhisperModel(
             model_path,
@@ -121,6 +130,17 @@ class SpeechToText:
             if torch_features
             else None
         )
+        # The encoder in torch (whisper_encoder.py) where the device is a GPU: CTranslate2's
+        # PyPI build has no flash attention, and the encoder is most of a window's time there.
+        if torch_encoder is None:
+            torch_encoder = device == "cuda"
+        self._encoder = (
+            WhisperEncoder.from_model_dir(
+                model_path, _torch_device(device, device_index), _ENCODER_DTYPES[self.model.compute_type]
+            )
+            if torch_encoder
+            else None
+        )
         self._tokenizer = Tokenizer(
             self._whisper.hf_tokenizer, multilingual=True, task="transcribe", language=self.languages[0]
         )
@@ -137,8 +157,9 @@ class SpeechToText:
         for request in requests:
             self.validate(request)
         windows = [w for i, r in enumerate(requests) for w in self._windows(i, r.audio)]
-        features = self._batch_features(windows)  # held here: the view below does not own it
-        encoded = self.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+        features = self._batch_features(windows)
+        # ``_owner`` holds the memory the ``encoded`` view reads: it must live until generate is done.
+        encoded, _owner = self._encode(features)
 
         languages = self._choose_languages(requests, windows, encoded)
         prompts = [self._prompt(languages[w.request][0]) for w in windows]
@@ -184,15 +205,20 @@ class SpeechToText:
         windows = _pack_speech(index, audio, speech)
         return windows or _fixed_windows(index, audio)
 
+    def _encode(self, features: np.ndarray | torch.Tensor) -> tuple[ctranslate2.StorageView, np.ndarray | torch.Tensor]:
+        """Encoder states for ``generate``, and the array whose memory they borrow."""
+        if self._encoder is None:
+            return self.model.encode(ctranslate2.StorageView.from_array(_ct2_array(features)), to_cpu=False), features
+        states = self._encoder(torch.as_tensor(features))
+        return ctranslate2.StorageView.from_array(_ct2_array(states)), states
+
     def _batch_features(self, windows: list[_Window]) -> np.ndarray | torch.Tensor:
         if self._log_mel is None:
             return np.stack([self._features(w.audio) for w in windows])
         padded = np.zeros((len(windows), WINDOW_SAMPLES), dtype=np.float32)
         for row, window in zip(padded, windows, strict=True):
             row[: window.audio.size] = window.audio[:WINDOW_SAMPLES]
-        features = self._log_mel(padded)
-        # A CUDA tensor goes to CTranslate2 in place (its __cuda_array_interface__), no host copy.
-        return features if features.is_cuda else features.numpy()
+        return self._log_mel(padded)
 
     def _features(self, audio: np.ndarray) -> np.ndarray:
         padded = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
@@ -316,6 +342,20 @@ def _fixed_windows(index: int, audio: np.ndarray) -> list[_Window]:
         _Window(index, begin / SAMPLE_RATE, audio[begin : begin + WINDOW_SAMPLES])
         for begin in range(0, max(audio.size - int(FALLBACK_OVERLAP_SECONDS * SAMPLE_RATE), 1), step)
     ]
+
+
+def _ct2_array(array: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """What StorageView.from_array reads without a copy: NumPy, or a CUDA tensor whose work is done.
+
+    A CUDA tensor is read in place through its __cuda_array_interface__; CTranslate2 reads it
+    on its own stream, so torch's stream must have finished writing it first.
+    """
+    if isinstance(array, np.ndarray):
+        return array
+    if array.is_cuda:
+        torch.cuda.current_stream(array.device).synchronize()
+        return array
+    return array.numpy()
 
 
 def _torch_device(device: str, index: int) -> str:

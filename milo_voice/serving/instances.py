@@ -109,6 +109,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
             fixed_new_tokens=params.get("fixed_new_tokens"),
             timestamps=bool(params.get("timestamps", True)),
             torch_features=params.get("torch_features"),
+            torch_encoder=params.get("torch_encoder"),
         )
     if spec.role == "tts":
         voices = {lang: path / voice for lang, voice in weights.voices.items()}
