@@ -30,6 +30,34 @@ def test_whisper_shape_is_read_by_faster_whisper_with_128_mel_bins(toy_whisper: 
     assert stt.model.is_multilingual
 
 
+def test_torch_encoder_reads_deduplicated_weights_of_a_seeded_shape(toy_whisper: Path) -> None:
+    """Seeded shapes have many equal tensors (zero biases) that model.bin stores once, as aliases."""
+    import ctranslate2
+    import torch
+
+    from milo_voice.roles.whisper_encoder import WhisperEncoder, read_model_bin
+
+    names = read_model_bin(toy_whisper / "model.bin", prefix="encoder/")
+    assert "encoder/conv1/bias" in names and "encoder/layer_0/self_attention/linear_0/bias" in names
+    stt = SpeechToText(str(toy_whisper), compute_type="float32", torch_encoder=False)
+    features = np.random.default_rng(5).standard_normal((2, 128, 3000)).astype(np.float32)
+    expected = np.array(stt.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
+    got = WhisperEncoder.from_model_dir(toy_whisper)(torch.from_numpy(features)).numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-3)
+
+
+def test_bfloat16_weights_are_read_from_their_bits() -> None:
+    import torch
+
+    from milo_voice.roles.whisper_encoder import WhisperEncoder
+
+    value = torch.tensor([[1.5, -2.25], [0.0078125, 3.0]], dtype=torch.bfloat16)
+    bits = value.view(torch.int16).numpy().view(np.uint16)  # how read_model_bin returns bfloat16
+    encoder = WhisperEncoder.__new__(WhisperEncoder)
+    encoder.device, encoder.dtype = torch.device("cpu"), torch.float32
+    assert torch.equal(encoder._tensor({"w": bits}, "w"), value.float())
+
+
 @pytest.mark.parametrize("new_tokens", [4, 32])
 def test_fixed_new_tokens_decode_exactly_that_many_per_window(toy_whisper: Path, new_tokens: int) -> None:
     stt = SpeechToText(str(toy_whisper), fixed_new_tokens=new_tokens)

@@ -14,6 +14,7 @@ about 1.3 GB for large-v3-turbo's encoder in float16.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from pathlib import Path
 
@@ -22,8 +23,10 @@ import torch
 from torch.nn import functional
 
 # CTranslate2's DataType enum order (include/ctranslate2/types.h): the type ids of model.bin.
-_DTYPES: tuple[np.dtype | None, ...] = (
-    np.dtype("float32"), np.dtype("int8"), np.dtype("int16"), np.dtype("int32"), np.dtype("float16"), None,
+# NumPy has no bfloat16: those are read as their 16 bits (uint16, a type CTranslate2 never stores).
+_DTYPES: tuple[np.dtype, ...] = (
+    np.dtype("float32"), np.dtype("int8"), np.dtype("int16"), np.dtype("int32"), np.dtype("float16"),
+    np.dtype("uint16"),
 )  # fmt: skip
 _SUPPORTED_BINARY_VERSIONS = range(3, 7)
 LAYER_NORM_EPSILON = 1e-5
@@ -37,9 +40,11 @@ def read_model_bin(path: Path, prefix: str = "") -> dict[str, np.ndarray]:
     """The variables of a CTranslate2 ``model.bin`` whose names start with ``prefix``.
 
     The format (ctranslate2/specs/model_spec.py, ``_serialize``): a version, the spec's name and
-    revision, then each variable as name, rank, dims, type id, byte count and raw data.
+    revision, each variable as name, rank, dims, type id, byte count and raw data (views of the
+    file's bytes, not copies), then aliases: a name and the variable it stands for.
     """
-    data = memoryview(Path(path).read_bytes())
+    with open(path, "rb") as file:  # mapped, not read: only the encoder's pages are touched
+        data = memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
     position = 0
 
     def take(fmt: str) -> int:
@@ -62,19 +67,23 @@ def read_model_bin(path: Path, prefix: str = "") -> dict[str, np.ndarray]:
     if spec != "WhisperSpec":
         raise ModelFileError(f"{path}: a {spec}, not a Whisper model")
     take("I")  # spec revision
-    variables: dict[str, np.ndarray] = {}
+    stored: dict[str, np.ndarray] = {}
     for _ in range(take("I")):
         name = string()
         shape = tuple(take("I") for _ in range(take("B")))
         type_id = take("B")
         size = take("I")
-        if name.startswith(prefix):
-            dtype = _DTYPES[type_id] if type_id < len(_DTYPES) else None
-            if dtype is None:
-                raise ModelFileError(f"{path}: {name} has a type (id {type_id}) this reader does not handle")
-            variables[name] = np.frombuffer(data[position : position + size], dtype=dtype).reshape(shape)
+        if type_id >= len(_DTYPES):
+            raise ModelFileError(f"{path}: {name} has a type (id {type_id}) this reader does not know")
+        stored[name] = np.frombuffer(data[position : position + size], dtype=_DTYPES[type_id]).reshape(shape)
         position += size
-    return variables
+    # Variables equal to an earlier one are stored once and named again here (the converter
+    # deduplicates, e.g. biases that are all zero).
+    if position < len(data):
+        for _ in range(take("I")):
+            alias = string()
+            stored[alias] = stored[string()]
+    return {name: value for name, value in stored.items() if name.startswith(prefix)}
 
 
 class WhisperEncoder:
@@ -104,6 +113,8 @@ class WhisperEncoder:
                 raise ModelFileError(f"{name} is int8 without its weight_scale")
             # CTranslate2 stores round(w * scale) per output row.
             value = value.astype(np.float32) / np.asarray(scale, dtype=np.float32).reshape(-1, 1)
+        if value.dtype == np.uint16:  # bfloat16 bits
+            return torch.from_numpy(value.view(np.int16).copy()).view(torch.bfloat16).to(self.device, self.dtype)
         return torch.from_numpy(np.array(value, dtype=np.float32)).to(self.device, self.dtype)
 
     @torch.inference_mode()
