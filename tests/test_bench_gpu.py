@@ -157,7 +157,7 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
     assert registry_of("translate-base")["translate"].params["gpu_compute_type"] == "int8_float16"
     audit = registry_of("audit")
     assert audit["translate"].params["gpu_compute_type"] == "float16"
-    assert audit["stt"].params["timestamps"] is False and audit["stt"].batching.max_queue_delay_us == 5000
+    assert audit["stt"].params["timestamps"] is False and audit["stt"].batching.max_queue_delay_us == 1000
     with pytest.raises(ValueError, match="unknown variant"):
         gpu.bench_models(None, "chat-fast")
 
