@@ -137,29 +137,36 @@ def test_batched_torch_features_equal_faster_whispers(n_mels: int) -> None:
 def test_torch_features_transcribe_like_numpy_features(embedded_dir: Path, french: np.ndarray) -> None:
     numpy_features = SpeechToText(str(embedded_dir / "stt"), compute_type="int8", torch_features=False)
     torch_features = SpeechToText(str(embedded_dir / "stt"), compute_type="int8", torch_features=True)
-    requests = [SttRequest(french, "auto"), SttRequest(french, "fr")]
-    expected = numpy_features.transcribe_batch(requests)
-    got = torch_features.transcribe_batch(requests)
-    assert [r.text for r in got] == [r.text for r in expected]
-    assert "bonjour" in expected[0].text.lower()
     # Features differ by float rounding only (the test above), so do the scores, barely.
+    _assert_transcribes_alike(numpy_features, torch_features, french)
+
+
+def _assert_transcribes_alike(reference: SpeechToText, other: SpeechToText, speech: np.ndarray) -> None:
+    """Same text and languages, confidence within 0.01, for one request detected and one told."""
+    requests = [SttRequest(speech, "auto"), SttRequest(speech, "fr")]
+    expected = reference.transcribe_batch(requests)
+    got = other.transcribe_batch(requests)
+    assert "bonjour" in expected[0].text.lower()
+    assert [r.text for r in got] == [r.text for r in expected]
+    assert [r.language for r in got] == [r.language for r in expected] == ["fr", "fr"]
     assert got[0].confidence == pytest.approx(expected[0].confidence, abs=0.01)
 
 
-def _features(stt: SpeechToText, audio: np.ndarray) -> np.ndarray:
-    padded = np.zeros(480000, dtype=np.float32)
-    padded[: audio.size] = audio
-    return stt._whisper.feature_extractor(padded)[None, :, :3000].astype(np.float32)
+@pytest.fixture(scope="module")
+def exact(embedded_dir: Path) -> SpeechToText:
+    """float32 and CTranslate2's own encoder: what the torch encoder is held to."""
+    return SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=False)
 
 
-def test_torch_encoder_computes_ctranslate2s_encoder_output(embedded_dir: Path, french: np.ndarray) -> None:
+def test_torch_encoder_computes_ctranslate2s_encoder_output(
+    embedded_dir: Path, exact: SpeechToText, french: np.ndarray
+) -> None:
     import ctranslate2
     import torch
 
     from milo_voice.roles.whisper_encoder import WhisperEncoder
 
-    exact = SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=False)
-    features = _features(exact, french)
+    features = np.ascontiguousarray(exact._features(french)[None])
     expected = np.array(exact.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
     got = WhisperEncoder.from_model_dir(embedded_dir / "stt")(torch.from_numpy(features)).numpy()
     assert got.shape == expected.shape == (1, 1500, 512)
@@ -167,7 +174,9 @@ def test_torch_encoder_computes_ctranslate2s_encoder_output(embedded_dir: Path, 
     np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-3)
 
 
-def test_int8_weights_are_dequantised_like_ctranslate2(embedded_dir: Path, french: np.ndarray) -> None:
+def test_int8_weights_are_dequantised_like_ctranslate2(
+    embedded_dir: Path, exact: SpeechToText, french: np.ndarray
+) -> None:
     import torch
 
     from milo_voice.roles.whisper_encoder import WhisperEncoder, read_model_bin
@@ -179,23 +188,17 @@ def test_int8_weights_are_dequantised_like_ctranslate2(embedded_dir: Path, frenc
             scale = 127.0 / np.abs(value.astype(np.float32)).max(axis=1)
             quantized[name] = np.round(value.astype(np.float32) * scale[:, None]).astype(np.int8)
             quantized[name.removesuffix("weight") + "weight_scale"] = scale.astype(np.float32)
-    exact = SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=False)
-    features = torch.from_numpy(_features(exact, french))
+    features = torch.from_numpy(exact._features(french)[None])
     full, dequantised = WhisperEncoder(weights)(features), WhisperEncoder(quantized)(features)
     # int8 rounding moves the states a little, not more: same encoder, same scales.
     assert torch.nn.functional.cosine_similarity(full.flatten(), dequantised.flatten(), dim=0) > 0.99
 
 
-def test_torch_encoder_transcribes_like_ctranslate2(embedded_dir: Path, french: np.ndarray) -> None:
-    ctranslate2_encoder = SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=False)
+def test_torch_encoder_transcribes_like_ctranslate2(
+    embedded_dir: Path, exact: SpeechToText, french: np.ndarray
+) -> None:
     torch_encoder = SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=True)
-    requests = [SttRequest(french, "auto"), SttRequest(french, "fr")]
-    expected = ctranslate2_encoder.transcribe_batch(requests)
-    got = torch_encoder.transcribe_batch(requests)
-    assert "bonjour" in expected[0].text.lower()
-    assert [r.text for r in got] == [r.text for r in expected]
-    assert [r.language for r in got] == ["fr", "fr"]
-    assert got[0].confidence == pytest.approx(expected[0].confidence, abs=0.01)
+    _assert_transcribes_alike(exact, torch_encoder, french)
 
 
 def test_a_model_bin_of_another_kind_is_refused(embedded_dir: Path) -> None:
