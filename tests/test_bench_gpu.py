@@ -49,13 +49,35 @@ def test_torch_encoder_reads_deduplicated_weights_of_a_seeded_shape(toy_whisper:
 def test_bfloat16_weights_are_read_from_their_bits() -> None:
     import torch
 
-    from milo_voice.roles.whisper_encoder import WhisperEncoder
+    from milo_voice.roles.whisper_encoder import weight_tensor
 
     value = torch.tensor([[1.5, -2.25], [0.0078125, 3.0]], dtype=torch.bfloat16)
     bits = value.view(torch.int16).numpy().view(np.uint16)  # how read_model_bin returns bfloat16
-    encoder = WhisperEncoder.__new__(WhisperEncoder)
-    encoder.device, encoder.dtype = torch.device("cpu"), torch.float32
-    assert torch.equal(encoder._tensor({"w": bits}, "w"), value.float())
+    assert torch.equal(weight_tensor({"w": bits}, "w", torch.device("cpu"), torch.float32), value.float())
+
+
+def test_torch_decoder_decodes_a_seeded_shape_like_ctranslate2(toy_whisper: Path) -> None:
+    """The decoder's zero biases and its output projection are aliases in a seeded model.bin."""
+    from milo_voice.roles.whisper_encoder import read_model_bin
+
+    names = read_model_bin(toy_whisper / "model.bin", prefix="decoder/")
+    assert "decoder/projection/weight" in names and "decoder/layer_1/attention/linear_1/bias" in names
+    audio = [np.full(16000, 0.01, np.float32), np.random.default_rng(2).normal(0, 0.1, 48000).astype(np.float32)]
+    requests = [SttRequest(a, "fr") for a in audio] + [SttRequest(audio[1], "auto")]
+    results = {}
+    for torch_decoder in (False, True):
+        stt = SpeechToText(
+            str(toy_whisper),
+            compute_type="float32",
+            fixed_new_tokens=12,
+            torch_encoder=True,
+            torch_decoder=torch_decoder,
+        )
+        results[torch_decoder] = stt.transcribe_batch(requests)
+    for got, expected in zip(results[True], results[False], strict=True):
+        assert (got.text, got.language, got.tokens) == (expected.text, expected.language, expected.tokens)
+        assert [(s.start, s.end) for s in got.segments] == [(s.start, s.end) for s in expected.segments]
+        assert got.confidence == pytest.approx(expected.confidence, abs=1e-3)
 
 
 @pytest.mark.parametrize("new_tokens", [4, 32])
@@ -149,6 +171,10 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
     assert "torch_encoder" not in fast.params  # the role's default: torch on a GPU
     ct2 = registry_of("stt-no-timestamps-x2-q1-ct2enc")["stt"]
     assert ct2.batching.max_queue_delay_us == 1000 and ct2.params["torch_encoder"] is False
+    assert ct2.params["torch_decoder"] is False  # CTranslate2's decoder reads only its own encoder's output
+    ct2_decoder = registry_of("stt-large-v3-no-timestamps-x2-q1-ct2dec")["stt"]
+    assert ct2_decoder.params["torch_decoder"] is False and "torch_encoder" not in ct2_decoder.params
+    assert "torch_decoder" not in fast.params
     assert registry_of("chat-x2")["chat"].instances.count == 2
     unbatched = registry_of("chat-unbatched")
     # The facade needs every role, so the others stay (only chat is measured).

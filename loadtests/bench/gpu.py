@@ -114,7 +114,7 @@ def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = 
             )
     elif variant.startswith("stt-"):
         # Only STT is measured; the facade still expects every role in the registry.
-        # stt-[large-v3-][no-timestamps][-x2][-b32][-numpy][-q5|-q1][-ct2enc]
+        # stt-[large-v3-][no-timestamps][-x2][-b32][-numpy][-q5|-q1][-ct2enc][-ct2dec]
         stt = models["stt"]
         stt["params"]["timestamps"] = "no-timestamps" not in variant
         if "-x2" in variant:
@@ -130,7 +130,10 @@ def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = 
         if "-q1" in variant:
             stt["max_queue_delay_us"] = 1000
         if "-ct2enc" in variant:
-            stt["params"]["torch_encoder"] = False  # CTranslate2's own encoder (no flash attention)
+            # CTranslate2's own encoder (no flash attention), and so its decoder too
+            stt["params"].update(torch_encoder=False, torch_decoder=False)
+        if "-ct2dec" in variant:
+            stt["params"]["torch_decoder"] = False  # CTranslate2's decoder (no CUDA graphs)
     elif variant == "audit":
         # What the GPU runs found for the audit table: STT text only, 2 instances of batch 8, 1 ms
         # queue delay, features and encoder in torch on the GPU; translation computed in float16 (beam 2 kept).
@@ -251,31 +254,35 @@ def _memory_used_mib() -> float:
 
 
 def stt_inprocess(path: Path) -> dict[str, Any]:
-    """The reference (CTranslate2 alone, features ready) and the role, with each encoder, side by side."""
+    """The reference (CTranslate2 alone, features ready) and the role in three settings, side by side:
+    all CTranslate2, the encoder in torch, encoder and decoder in torch."""
     import ctranslate2
     import numpy as np
     import torch
 
     from milo_voice.roles.stt import SpeechToText, SttRequest
 
-    before = _memory_used_mib()
-    stt = SpeechToText(
-        str(path), device="cuda", compute_type="float16", fixed_new_tokens=STT_TOKENS, torch_encoder=False
-    )
-    rows: dict[str, Any] = {"memory_mib": round(_memory_used_mib() - before)}
-    before = _memory_used_mib()
-    fast = SpeechToText(
-        str(path), device="cuda", compute_type="float16", fixed_new_tokens=STT_TOKENS, torch_encoder=True
-    )
-    rows["torch_encoder_memory_mib"] = round(_memory_used_mib() - before)
+    def role(**options: Any) -> tuple[SpeechToText, int]:
+        before = _memory_used_mib()
+        made = SpeechToText(str(path), device="cuda", compute_type="float16", fixed_new_tokens=STT_TOKENS, **options)
+        return made, round(_memory_used_mib() - before)
+
+    stt, memory = role(torch_encoder=False, torch_decoder=False)
+    rows: dict[str, Any] = {"memory_mib": memory}
+    fast, rows["torch_encoder_memory_mib"] = role(torch_encoder=True, torch_decoder=False)
+    fastest, rows["torch_decoder_memory_mib"] = role(torch_encoder=True, torch_decoder=True)
     audio = _clip("long")
     features = np.ascontiguousarray(stt._features(audio))
+    suppress = [-1, stt._tokenizer.eot]
     for batch in (1, 8, 32):
         requests = [SttRequest(audio, "fr")] * batch
         tokens = stt.transcribe_batch(requests)[0].tokens
         stacked_np = np.stack([features] * batch)
         stacked = ctranslate2.StorageView.from_array(stacked_np)
         stacked_gpu = torch.from_numpy(stacked_np).cuda()
+        states = fast._encoder(stacked_gpu)  # type: ignore[misc]
+        states_view = ctranslate2.StorageView.from_array(states)
+        torch.cuda.synchronize()
         # Without timestamps (<|notimestamps|> in the prompt) CTranslate2 skips its timestamp rules.
         prompts = {
             "model": [stt._prompt("fr")] * batch,
@@ -284,9 +291,7 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
 
         def decode(prompt: list[list[int]], stacked: Any = stacked) -> None:
             encoded = stt.model.encode(stacked, to_cpu=False)
-            stt.model.generate(
-                encoded, prompt, beam_size=1, max_length=2 * STT_TOKENS, suppress_tokens=[-1, stt._tokenizer.eot]
-            )
+            stt.model.generate(encoded, prompt, beam_size=1, max_length=2 * STT_TOKENS, suppress_tokens=suppress)
 
         def ct2_encode(stacked: Any = stacked) -> None:
             stt.model.encode(stacked, to_cpu=False)
@@ -295,26 +300,52 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
             fast._encoder(stacked_gpu)  # type: ignore[misc]
             torch.cuda.synchronize()
 
+        # Decoding alone, from the same ready encoder output (the torch encoder's), timestamps on.
+        def ct2_decode(prompt: list[list[int]] = prompts["model"], states_view: Any = states_view) -> None:
+            stt.model.generate(states_view, prompt, beam_size=1, max_length=2 * STT_TOKENS, suppress_tokens=suppress)
+
+        def torch_decode(prompt: list[list[int]] = prompts["model"], states: Any = states) -> None:
+            fastest._decoder.start(states).generate(prompt, STT_TOKENS, suppress)  # type: ignore[union-attr]
+
         repeats = 10 if batch == 1 else 5
-        role = timed(lambda requests=requests: stt.transcribe_batch(requests), repeats)
-        role_torch = timed(lambda requests=requests: fast.transcribe_batch(requests), repeats)
+        role_ms = timed(lambda requests=requests: stt.transcribe_batch(requests), repeats)
+        role_torch_encoder = timed(lambda requests=requests: fast.transcribe_batch(requests), repeats)
+        role_torch = timed(lambda requests=requests: fastest.transcribe_batch(requests), repeats)
         model = timed(functools.partial(decode, prompts["model"]), repeats)
         rows[f"batch{batch}"] = {
             "tokens_per_window": tokens,
-            "role_ms": round(role * 1000, 1),
-            "role_torch_encoder_ms": round(role_torch * 1000, 1),
+            "role_ms": round(role_ms * 1000, 1),
+            "role_torch_encoder_ms": round(role_torch_encoder * 1000, 1),
+            "role_torch_ms": round(role_torch * 1000, 1),
             "model_ms": round(model * 1000, 1),
-            "role_clips_s": round(batch / role, 1),
-            "role_torch_encoder_clips_s": round(batch / role_torch, 1),
+            "role_clips_s": round(batch / role_ms, 1),
+            "role_torch_encoder_clips_s": round(batch / role_torch_encoder, 1),
+            "role_torch_clips_s": round(batch / role_torch, 1),
             "model_clips_s": round(batch / model, 1),
             "ct2_encoder_ms": round(timed(ct2_encode, repeats) * 1000, 1),
             "torch_encoder_ms": round(timed(torch_encode, repeats) * 1000, 1),
+            "ct2_decode_ms": round(timed(ct2_decode, repeats) * 1000, 1),
+            "torch_decode_ms": round(timed(torch_decode, repeats) * 1000, 1),
         }
         no_timestamps = timed(functools.partial(decode, prompts["no_timestamps"]), repeats)
         rows[f"batch{batch}"]["no_timestamps_ms"] = round(no_timestamps * 1000, 1)
         if batch == 1:
             rows["encoder_agreement"] = _encoder_agreement(stt, fast, stacked, stacked_gpu, requests)
+            rows["decoder_agreement"] = _decoder_agreement(fast, fastest, requests)
     return rows
+
+
+def _decoder_agreement(reference: Any, torch_decoder: Any, requests: list[Any]) -> dict[str, Any]:
+    """The torch decoder's float16 transcript against CTranslate2's, from the same torch encoder."""
+    expected, got = reference.transcribe_batch(requests)[0], torch_decoder.transcribe_batch(requests)[0]
+    return {
+        "same_text": expected.text == got.text,
+        "same_segments": [(s.start, s.end) for s in expected.segments] == [(s.start, s.end) for s in got.segments],
+        "confidence_ct2": expected.confidence,
+        "confidence_torch": got.confidence,
+        "text_ct2": expected.text[:200],
+        "text_torch": got.text[:200],
+    }
 
 
 def _encoder_agreement(stt: Any, fast: Any, stacked: Any, stacked_gpu: Any, requests: list[Any]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 ``SpeechToText.transcribe_batch`` takes many requests and decodes them together:
 every 30-second window of every request is encoded in one CTranslate2 call and
 decoded in one ``generate`` call, which is what makes Triton's dynamic batching pay
-off. Audio longer than one window is cut at pauses found by voice-activity detection
+off. On a GPU both halves run in torch instead (whisper_encoder.py: flash attention;
+whisper_decoder.py: CUDA graphs), with the same weights and the same decoding rules.
+Audio longer than one window is cut at pauses found by voice-activity detection
 (Silero VAD, shipped with faster-whisper), or in fixed overlapping windows when it
 finds no speech, so a long recording never degrades into one truncated window.
 """
@@ -21,6 +23,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from milo_voice.roles.log_mel import LogMelExtractor
+from milo_voice.roles.whisper_decoder import SpecialTokens, WhisperDecoder, WhisperDecoding
 from milo_voice.roles.whisper_encoder import WhisperEncoder
 
 SAMPLE_RATE = 16000
@@ -97,6 +100,8 @@ class SpeechToText:
         timestamps: bool = True,
         torch_features: bool | None = None,
         torch_encoder: bool | None = None,
+        torch_decoder: bool | None = None,
+        decoder_batch: int = 32,
     ) -> None:
         self._whisper = WhisperModel(
             model_path,
@@ -144,6 +149,27 @@ class SpeechToText:
         self._tokenizer = Tokenizer(
             self._whisper.hf_tokenizer, multilingual=True, task="transcribe", language=self.languages[0]
         )
+        # Greedy decoding in torch where the encoder is: CTranslate2 launches hundreds of kernels per
+        # token, which at batch 1 made large-v3 decode at about 8 ms a token on an H100.
+        if torch_decoder is None:
+            torch_decoder = self._encoder is not None and device == "cuda" and beam_size == 1
+        if torch_decoder and (self._encoder is None or beam_size != 1):
+            raise ValueError("the torch decoder needs the torch encoder and beam_size 1 (it decodes greedily)")
+        self.decoder_batch = decoder_batch
+        self._decoder = (
+            WhisperDecoder.from_model_dir(
+                model_path,
+                self._special_tokens(),
+                _torch_device(device, device_index),
+                _ENCODER_DTYPES[self.model.compute_type],
+                # The longest prompt (4 tokens) and the most tokens one window decodes.
+                max_length=4 + (fixed_new_tokens or max_new_tokens),
+            )
+            if torch_decoder
+            else None
+        )
+        if self._decoder is not None and self._decoder.cuda_graphs:
+            self._decoder.warm_up(decoder_batch)
         self._language_token_ids = {
             lang: self._whisper.hf_tokenizer.token_to_id(f"<|{lang}|>") for lang in self.languages
         }
@@ -158,30 +184,16 @@ class SpeechToText:
             self.validate(request)
         windows = [w for i, r in enumerate(requests) for w in self._windows(i, r.audio)]
         features = self._batch_features(windows)
-        # ``_owner`` holds the memory the ``encoded`` view reads: it must live until generate is done.
-        encoded, _owner = self._encode(features)
-
-        languages = self._choose_languages(requests, windows, encoded)
-        prompts = [self._prompt(languages[w.request][0]) for w in windows]
-        new_tokens, suppress = self.max_new_tokens, [-1]
-        if self.fixed_new_tokens:
-            new_tokens, suppress = self.fixed_new_tokens, [-1, self._tokenizer.eot]
-        results = self.model.generate(
-            encoded,
-            prompts,
-            beam_size=self.beam_size,
-            max_length=min(2 * new_tokens, WHISPER_MAX_LENGTH),
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=suppress,
-        )
+        if self._decoder is None:
+            languages, decodings = self._decode_with_ctranslate2(requests, windows, features)
+        else:
+            languages, decodings = self._decode_with_torch(requests, windows, features)
 
         segments: list[list[Segment]] = [[] for _ in requests]
         tokens = [0] * len(requests)
-        for window, result in zip(windows, results, strict=True):
-            segments[window.request].extend(self._segments(window, result))
-            tokens[window.request] += len(result.sequences_ids[0])
+        for window, decoding in zip(windows, decodings, strict=True):
+            segments[window.request].extend(self._segments(window, decoding))
+            tokens[window.request] += len(decoding.tokens)
         return [
             self._transcription(request, languages[i], segments[i], tokens[i]) for i, request in enumerate(requests)
         ]
@@ -196,6 +208,75 @@ class SpeechToText:
             raise SttInputError("audio holds NaN or infinite samples")
 
     # -- steps --------------------------------------------------------------
+
+    def _decode_with_ctranslate2(
+        self, requests: list[SttRequest], windows: list[_Window], features: np.ndarray | torch.Tensor
+    ) -> tuple[list[tuple[str, float]], list[WhisperDecoding]]:
+        # ``_owner`` holds the memory the ``encoded`` view reads: it must live until generate is done.
+        encoded, _owner = self._encode(features)
+        languages = self._choose_languages(requests, windows, encoded)
+        prompts = [self._prompt(languages[w.request][0]) for w in windows]
+        new_tokens, suppress = self._decoding_limits()
+        results = self.model.generate(
+            encoded,
+            prompts,
+            beam_size=self.beam_size,
+            max_length=min(2 * new_tokens, WHISPER_MAX_LENGTH),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=suppress,
+        )
+        # ``scores`` is the log-probability normalised by length; recover the sum over tokens.
+        return languages, [
+            WhisperDecoding(r.sequences_ids[0], r.scores[0] * max(len(r.sequences_ids[0]), 1), r.no_speech_prob)
+            for r in results
+        ]
+
+    def _decode_with_torch(
+        self, requests: list[SttRequest], windows: list[_Window], features: np.ndarray | torch.Tensor
+    ) -> tuple[list[tuple[str, float]], list[WhisperDecoding]]:
+        """Decode ``decoder_batch`` windows at a time; a request's language comes from its first window."""
+        assert self._encoder is not None and self._decoder is not None
+        states = self._encoder(torch.as_tensor(features))
+        chosen: dict[int, tuple[str, float]] = {
+            i: (r.language, 1.0) for i, r in enumerate(requests) if r.language != AUTO
+        }
+        language_ids = [self._language_token_ids[lang] for lang in self.languages]
+        new_tokens, suppress = self._decoding_limits()
+        decodings: list[WhisperDecoding] = []
+        for begin in range(0, len(windows), self.decoder_batch):
+            chunk = windows[begin : begin + self.decoder_batch]
+            # The <|startoftranscript|> step both starts decoding and detects the language.
+            session = self._decoder.start(states[begin : begin + len(chunk)])
+            first_rows = {}  # windows come in request order: a request's first window is met first
+            for row, window in enumerate(chunk):
+                if window.request not in chosen:
+                    first_rows.setdefault(window.request, row)
+            if first_rows:
+                rows = list(first_rows.values())
+                probabilities = self._decoder.language_probabilities(session.sot_logits[rows], language_ids)
+                for request, row_probabilities in zip(first_rows, probabilities, strict=True):
+                    chosen[request] = _pick_language(dict(zip(self.languages, row_probabilities.tolist(), strict=True)))
+            prompts = [self._prompt(chosen[w.request][0]) for w in chunk]
+            decodings += session.generate(prompts, new_tokens, suppress, suppress_blank=True)
+        return [chosen[i] for i in range(len(requests))], decodings
+
+    def _decoding_limits(self) -> tuple[int, list[int]]:
+        """New tokens per window at most, and the tokens never decoded (-1: the model's list)."""
+        if self.fixed_new_tokens:
+            return self.fixed_new_tokens, [-1, self._tokenizer.eot]
+        return self.max_new_tokens, [-1]
+
+    def _special_tokens(self) -> SpecialTokens:
+        vocabulary = self._whisper.hf_tokenizer
+        no_speech = vocabulary.token_to_id("<|nospeech|>")
+        return SpecialTokens(
+            sot=self._tokenizer.sot,
+            eot=self._tokenizer.eot,
+            no_timestamps=self._tokenizer.no_timestamps,
+            no_speech=no_speech if no_speech is not None else vocabulary.token_to_id("<|nocaptions|>"),
+        )
 
     def _windows(self, index: int, audio: np.ndarray) -> list[_Window]:
         audio = audio.astype(np.float32, copy=False)
@@ -241,22 +322,16 @@ class SpeechToText:
         detected = self.model.detect_language(encoded)
         for i in auto:
             probabilities = dict(detected[first_window[i]])
-            allowed = {lang: probabilities.get(f"<|{lang}|>", 0.0) for lang in self.languages}
-            total = sum(allowed.values())
-            language = max(allowed, key=allowed.__getitem__)
-            # Renormalised over the allowed languages: "how sure, between mg and fr".
-            chosen[i] = (language, allowed[language] / total if total > 0 else 1.0 / len(allowed))
+            chosen[i] = _pick_language({lang: probabilities.get(f"<|{lang}|>", 0.0) for lang in self.languages})
         return chosen
 
     def _prompt(self, language: str) -> list[int]:
         prompt = [self._tokenizer.sot, self._language_token_ids[language], self._tokenizer.transcribe]
         return prompt if self.timestamps else [*prompt, self._tokenizer.no_timestamps]
 
-    def _segments(self, window: _Window, result: ctranslate2.models.WhisperGenerationResult) -> list[Segment]:
-        tokens = result.sequences_ids[0]
-        # ``scores`` is the log-probability normalised by length; recover the sum over tokens.
-        cumulative = result.scores[0] * max(len(tokens), 1)
-        avg_logprob = cumulative / (len(tokens) + 1)
+    def _segments(self, window: _Window, decoding: WhisperDecoding) -> list[Segment]:
+        tokens = decoding.tokens
+        avg_logprob = decoding.logprob_sum / (len(tokens) + 1)
         duration = window.audio.size / SAMPLE_RATE
         pieces = _split_on_timestamps(tokens, self._tokenizer.timestamp_begin, duration)
         segments = []
@@ -269,7 +344,7 @@ class SpeechToText:
                         end=round(window.offset + min(end, duration), 2),
                         text=text,
                         avg_logprob=avg_logprob,
-                        no_speech_prob=result.no_speech_prob,
+                        no_speech_prob=decoding.no_speech_prob,
                     )
                 )
         return segments
@@ -293,6 +368,14 @@ class SpeechToText:
             segments=segments,
             tokens=tokens,
         )
+
+
+def _pick_language(probabilities: dict[str, float]) -> tuple[str, float]:
+    """The likeliest allowed language, and its probability renormalised over the allowed ones
+    ("how sure, between mg and fr")."""
+    total = sum(probabilities.values())
+    language = max(probabilities, key=probabilities.__getitem__)
+    return language, (probabilities[language] / total if total > 0 else 1.0 / len(probabilities))
 
 
 def _split_on_timestamps(

@@ -86,6 +86,20 @@ def read_model_bin(path: Path, prefix: str = "") -> dict[str, np.ndarray]:
     return {name: value for name, value in stored.items() if name.startswith(prefix)}
 
 
+def weight_tensor(weights: dict[str, np.ndarray], name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A model.bin variable as a tensor of ``dtype`` on ``device``, int8 dequantised and bfloat16 decoded."""
+    value = weights[name]
+    scale = weights.get(name.removesuffix("weight") + "weight_scale") if name.endswith("weight") else None
+    if value.dtype == np.int8:
+        if scale is None:
+            raise ModelFileError(f"{name} is int8 without its weight_scale")
+        # CTranslate2 stores round(w * scale) per output row.
+        value = value.astype(np.float32) / np.asarray(scale, dtype=np.float32).reshape(-1, 1)
+    if value.dtype == np.uint16:  # bfloat16 bits
+        return torch.from_numpy(value.view(np.int16).copy()).view(torch.bfloat16).to(device, dtype)
+    return torch.from_numpy(np.array(value, dtype=np.float32)).to(device, dtype)
+
+
 class WhisperEncoder:
     """``[batch, n_mels, 3000]`` log-mel features to ``[batch, 1500, d_model]`` encoder states."""
 
@@ -93,7 +107,7 @@ class WhisperEncoder:
         self.device, self.dtype = torch.device(device), dtype
         self.num_heads = int(weights["encoder/num_heads"])
         self._weights = {
-            name.removeprefix("encoder/"): self._tensor(weights, name)
+            name.removeprefix("encoder/"): weight_tensor(weights, name, self.device, dtype)
             for name in weights
             if name != "encoder/num_heads" and not name.endswith("weight_scale")
         }
@@ -104,18 +118,6 @@ class WhisperEncoder:
         cls, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32
     ) -> WhisperEncoder:
         return cls(read_model_bin(Path(model_dir) / "model.bin", prefix="encoder/"), device, dtype)
-
-    def _tensor(self, weights: dict[str, np.ndarray], name: str) -> torch.Tensor:
-        value = weights[name]
-        scale = weights.get(name.removesuffix("weight") + "weight_scale") if name.endswith("weight") else None
-        if value.dtype == np.int8:
-            if scale is None:
-                raise ModelFileError(f"{name} is int8 without its weight_scale")
-            # CTranslate2 stores round(w * scale) per output row.
-            value = value.astype(np.float32) / np.asarray(scale, dtype=np.float32).reshape(-1, 1)
-        if value.dtype == np.uint16:  # bfloat16 bits
-            return torch.from_numpy(value.view(np.int16).copy()).view(torch.bfloat16).to(self.device, self.dtype)
-        return torch.from_numpy(np.array(value, dtype=np.float32)).to(self.device, self.dtype)
 
     @torch.inference_mode()
     def __call__(self, features: torch.Tensor) -> torch.Tensor:

@@ -110,6 +110,8 @@ def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
             timestamps=bool(params.get("timestamps", True)),
             torch_features=params.get("torch_features"),
             torch_encoder=params.get("torch_encoder"),
+            torch_decoder=params.get("torch_decoder"),
+            decoder_batch=int(params.get("decoder_batch", 32)),
         )
     if spec.role == "tts":
         voices = {lang: path / voice for lang, voice in weights.voices.items()}

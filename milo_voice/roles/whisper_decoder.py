@@ -1,0 +1,382 @@
+"""Whisper's text decoder in torch: greedy decoding with CUDA graphs, from a CTranslate2 model.bin.
+
+The PyPI build of CTranslate2 decodes large-v3 (32 decoder layers) at batch 1 in 262 to 286 ms for
+32 tokens on an H100: each step launches hundreds of small kernels, and at batch 1 the launches,
+not the arithmetic, set the pace. Here one decoding step (every layer, self-attention over a static
+key/value cache, cross-attention over the window's encoder states, the vocabulary projection) is
+captured once per batch size as a CUDA graph and replayed, so a step costs one launch.
+
+What is decoded is what CTranslate2's ``Whisper.generate`` decodes with ``beam_size=1``: the same
+prompt handling, the same suppressed tokens (``suppress_tokens`` with -1 meaning the model's
+``suppress_ids``, ``suppress_blank`` meaning its ``suppress_ids_begin`` on the first step), the same
+timestamp rules (src/models/whisper.cc, ``ApplyTimestampRules``: pairs, monotonic, the initial
+timestamp at most 1 s, a timestamp forced when all timestamps together outweigh every text token),
+the same no-speech probability (softmax at ``<|startoftranscript|>``) and the same cumulative
+log-probability. Tests hold the two to the same tokens on the CPU in float32.
+
+Like the encoder beside it (whisper_encoder.py), the weights come from the model directory
+faster-whisper loads; nothing else is downloaded or converted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from milo_voice.roles.whisper_encoder import LAYER_NORM_EPSILON, read_model_bin, weight_tensor
+
+# CTranslate2's WhisperOptions default: the first timestamp is at most 50 x 20 ms into the window.
+MAX_INITIAL_TIMESTAMP_INDEX = 50
+# Whisper's text context: no sequence, prompt included, is longer.
+WHISPER_TEXT_CONTEXT = 448
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The token ids the decoding rules need (from the model's vocabulary)."""
+
+    sot: int  # <|startoftranscript|>
+    eot: int  # <|endoftext|>
+    no_timestamps: int  # <|notimestamps|>; the timestamps follow it
+    no_speech: int  # <|nospeech|> (<|nocaptions|> before large-v3)
+
+    @property
+    def timestamp_begin(self) -> int:
+        return self.no_timestamps + 1
+
+
+@dataclass(frozen=True)
+class WhisperDecoding:
+    """One window's greedy decoding."""
+
+    tokens: list[int]  # without the prompt and without <|endoftext|>
+    logprob_sum: float  # sum of the chosen tokens' log-probabilities, <|endoftext|> included
+    no_speech_prob: float
+
+
+class WhisperDecoder:
+    """Greedy decoding from ``[batch, frames, d_model]`` encoder states (whisper_encoder.py's output)."""
+
+    def __init__(
+        self,
+        weights: dict[str, np.ndarray],
+        config: dict,
+        special: SpecialTokens,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_length: int = WHISPER_TEXT_CONTEXT,
+        cuda_graphs: bool | None = None,
+    ) -> None:
+        self.device, self.dtype = torch.device(device), dtype
+        self.special = special
+        self.num_heads = int(weights["decoder/num_heads"])
+        self._weights = {
+            name.removeprefix("decoder/"): weight_tensor(weights, name, self.device, dtype)
+            for name in weights
+            if weights[name].ndim > 0 and not name.endswith("weight_scale")
+        }
+        self.num_layers = sum(1 for name in self._weights if name.endswith("/self_attention/linear_0/weight"))
+        self.vocabulary_size, self.width = self._weights["embeddings/weight"].shape
+        self.max_length = min(max_length, self._weights["position_encodings/encodings"].shape[0])
+        self._suppress_ids = [int(i) for i in config.get("suppress_ids", [])]
+        self._suppress_ids_begin = [int(i) for i in config.get("suppress_ids_begin", [])]
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self._steps = _StepBuffers(self, 0, 0)
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        model_dir: str | Path,
+        special: SpecialTokens,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_length: int = WHISPER_TEXT_CONTEXT,
+        cuda_graphs: bool | None = None,
+    ) -> WhisperDecoder:
+        model_dir = Path(model_dir)
+        config = json.loads((model_dir / "config.json").read_text())
+        weights = read_model_bin(model_dir / "model.bin", prefix="decoder/")
+        return cls(weights, config, special, device, dtype, max_length, cuda_graphs)
+
+    # -- public API -------------------------------------------------------
+
+    @torch.inference_mode()
+    def start(self, encoder_states: torch.Tensor) -> DecoderSession:
+        """Load a batch of windows and decode <|startoftranscript|>; the session decodes the rest."""
+        batch, frames, _ = encoder_states.shape
+        slots = self._slots(batch)
+        if slots > self._steps.batch or frames != self._steps.frames:
+            self._steps = _StepBuffers(self, max(slots, self._steps.batch), frames)
+            self._graphs.clear()  # they read the buffers that were just replaced
+        states = encoder_states.to(self.device, self.dtype)
+        for index, (keys, values) in enumerate(self._steps.cross):
+            key, value = self._heads(self._linear(states, f"layer_{index}/attention/linear_1/")).chunk(2, dim=1)
+            keys[:batch].copy_(key)
+            values[:batch].copy_(value)
+        session = DecoderSession(self, batch)
+        session.sot_logits = session.step(torch.full((batch,), self.special.sot, dtype=torch.long))
+        return session
+
+    def warm_up(self, max_batch: int, frames: int = 1500) -> None:
+        """Claim the buffers for ``max_batch`` windows and capture every graph now, not in first requests."""
+        states = torch.zeros(max_batch, frames, self.width, device=self.device, dtype=self.dtype)
+        for rows in sorted({self._slots(b) for b in range(1, max_batch + 1)}, reverse=True):
+            self.start(states[:rows])
+
+    def language_probabilities(self, sot_logits: torch.Tensor, language_ids: list[int]) -> np.ndarray:
+        """``[batch, len(language_ids)]``: the languages' probabilities among themselves."""
+        return torch.softmax(sot_logits[:, language_ids], dim=-1).cpu().numpy()
+
+    # -- one decoding step ---------------------------------------------------
+
+    def _slots(self, batch: int) -> int:
+        """Rows a batch takes: a power of two on the GPU, so that few graphs serve every size."""
+        return 1 << (batch - 1).bit_length() if self.cuda_graphs else batch
+
+    def _forward(self, rows: int) -> torch.Tensor:
+        """One token per row at ``steps.position``: updates the cache and returns ``[rows, vocabulary]`` logits.
+
+        Everything it reads and writes is in ``self._steps`` (fixed addresses), so it can be
+        captured as a CUDA graph and replayed.
+        """
+        steps, w = self._steps, self._weights
+        position = steps.position
+        x = functional.embedding(steps.tokens[:rows], w["embeddings/weight"])
+        x = (x + w["position_encodings/encodings"].index_select(0, position))[:, None]  # [rows, 1, width]
+        visible = (steps.cache_positions <= position)[None, None, None]  # causal: up to this token
+        for index in range(self.num_layers):
+            name = f"layer_{index}/self_attention/"
+            query, key, value = self._heads(self._linear(self._layer_norm(x, name), name + "linear_0/")).chunk(3, 1)
+            keys, values = steps.self_cache[index]
+            keys[:rows].index_copy_(2, position, key)
+            values[:rows].index_copy_(2, position, value)
+            attended = functional.scaled_dot_product_attention(query, keys[:rows], values[:rows], attn_mask=visible)
+            x = x + self._linear(self._merge_heads(attended), name + "linear_1/")
+
+            name = f"layer_{index}/attention/"
+            query = self._heads(self._linear(self._layer_norm(x, name), name + "linear_0/"))
+            keys, values = steps.cross[index]
+            attended = functional.scaled_dot_product_attention(query, keys[:rows], values[:rows])
+            x = x + self._linear(self._merge_heads(attended), name + "linear_2/")
+
+            name = f"layer_{index}/ffn/"
+            hidden = functional.gelu(self._linear(self._layer_norm(x, name), name + "linear_0/"))
+            x = x + self._linear(hidden, name + "linear_1/")
+        x = functional.layer_norm(x[:, 0], (self.width,), w["layer_norm/gamma"], w["layer_norm/beta"],
+                                  LAYER_NORM_EPSILON)  # fmt: skip
+        return functional.linear(x, w["projection/weight"])
+
+    def _layer_norm(self, x: torch.Tensor, block: str) -> torch.Tensor:
+        """The layer norm a pre-norm block opens with."""
+        gamma, beta = self._weights[block + "layer_norm/gamma"], self._weights[block + "layer_norm/beta"]
+        return functional.layer_norm(x, x.shape[-1:], gamma, beta, LAYER_NORM_EPSILON)
+
+    def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return functional.linear(x, self._weights[name + "weight"], self._weights[name + "bias"])
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[batch, length, n x width]`` to ``[batch, n x heads, length, head width]``."""
+        batch, length, _ = x.shape
+        return x.view(batch, length, -1, self.width // self.num_heads).transpose(1, 2)
+
+    def _merge_heads(self, attended: torch.Tensor) -> torch.Tensor:
+        batch, _, length, _ = attended.shape
+        return attended.transpose(1, 2).reshape(batch, length, self.width)
+
+    def _run_step(self, rows: int) -> torch.Tensor:
+        if not self.cuda_graphs:
+            return self._forward(rows)
+        if rows not in self._graphs:
+            self._graphs[rows] = self._capture(rows)
+        graph, logits = self._graphs[rows]
+        graph.replay()
+        return logits
+
+    def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Record one step for ``rows`` rows, after warm-up runs on a side stream (what capture needs).
+
+        The warm-up and the capture write the cache at the current position, which the step
+        that follows writes again, so nothing decoded is disturbed.
+        """
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(rows)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads of the process (other models) may use the GPU meanwhile.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            logits = self._forward(rows)
+        return graph, logits
+
+
+class _StepBuffers:
+    """The tensors a decoding step reads and writes, allocated once for ``batch`` rows of ``frames``."""
+
+    def __init__(self, decoder: WhisperDecoder, batch: int, frames: int) -> None:
+        heads, head_width = decoder.num_heads, decoder.width // decoder.num_heads
+        options = {"device": decoder.device, "dtype": decoder.dtype}
+        self.batch, self.frames = batch, frames
+        self.tokens = torch.zeros(batch, dtype=torch.long, device=decoder.device)
+        self.position = torch.zeros(1, dtype=torch.long, device=decoder.device)
+        self.cache_positions = torch.arange(decoder.max_length, device=decoder.device)
+        self.self_cache = [
+            (
+                torch.zeros(batch, heads, decoder.max_length, head_width, **options),
+                torch.zeros(batch, heads, decoder.max_length, head_width, **options),
+            )
+            for _ in range(decoder.num_layers)
+        ]
+        self.cross = [
+            (torch.zeros(batch, heads, frames, head_width, **options),
+             torch.zeros(batch, heads, frames, head_width, **options))
+            for _ in range(decoder.num_layers)
+        ]  # fmt: skip
+
+
+class DecoderSession:
+    """One batch of windows being decoded: the prompt after <|startoftranscript|>, then greedy steps."""
+
+    def __init__(self, decoder: WhisperDecoder, batch: int) -> None:
+        self.decoder = decoder
+        self.batch = batch
+        self.rows = decoder._slots(batch)
+        self.position = 0
+        self.sot_logits: torch.Tensor = torch.empty(0)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per window; ``[batch, vocabulary]`` float32 logits of the next token."""
+        steps = self.decoder._steps
+        if self.position >= self.decoder.max_length:
+            raise ValueError(f"the decoder holds at most {self.decoder.max_length} tokens per window")
+        steps.tokens[: self.batch].copy_(tokens, non_blocking=True)
+        steps.position.fill_(self.position)
+        logits = self.decoder._run_step(self.rows)
+        self.position += 1
+        # A copy: a replayed graph writes the next step's logits where these are.
+        return logits[: self.batch].to(torch.float32, copy=True)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        suppress_tokens: list[int] | tuple[int, ...] = (-1,),
+        suppress_blank: bool = True,
+    ) -> list[WhisperDecoding]:
+        """Decode each window from its prompt (which starts with <|startoftranscript|>, already fed).
+
+        The prompts are equally long, as CTranslate2 also requires. Timestamps are decoded unless a
+        prompt ends with <|notimestamps|>.
+        """
+        special = self.decoder.special
+        if len(prompts) != self.batch or len({len(p) for p in prompts}) != 1 or prompts[0][0] != special.sot:
+            raise ValueError("one prompt per window, all of one length, each starting with <|startoftranscript|>")
+        no_speech = torch.softmax(self.sot_logits, dim=-1)[:, special.no_speech].tolist()
+        logits = self.sot_logits
+        for position in range(1, len(prompts[0])):
+            logits = self.step(torch.tensor([p[position] for p in prompts], dtype=torch.long))
+        rules = _LogitRules(self.decoder, suppress_tokens, suppress_blank, prompts[0][-1] != special.no_timestamps)
+        max_new_tokens = min(max_new_tokens, self.decoder.max_length - len(prompts[0]) + 1)
+
+        tokens: list[list[int]] = [[] for _ in prompts]
+        sums = [0.0] * self.batch
+        alive = list(range(self.batch))
+        for step in range(max_new_tokens):
+            log_probs = rules.apply(logits, tokens, step)
+            best_logprobs, best = log_probs.max(dim=-1)
+            chosen, chosen_logprobs = best.tolist(), best_logprobs.tolist()
+            still = []
+            for row in alive:
+                sums[row] += chosen_logprobs[row]
+                if chosen[row] == special.eot:
+                    continue
+                tokens[row].append(chosen[row])
+                still.append(row)
+            alive = still
+            if not alive or step == max_new_tokens - 1:
+                break
+            # Finished rows keep a place in the fixed-size step; what they decode is ignored.
+            logits = self.step(best)
+        return [WhisperDecoding(t, s, p) for t, s, p in zip(tokens, sums, no_speech, strict=True)]
+
+
+class _LogitRules:
+    """The suppressions and timestamp rules of CTranslate2's Whisper decoding, batched on the device."""
+
+    def __init__(
+        self, decoder: WhisperDecoder, suppress_tokens: list[int] | tuple[int, ...], suppress_blank: bool,
+        timestamps: bool,
+    ) -> None:  # fmt: skip
+        special, device = decoder.special, decoder.device
+        self.special, self.timestamps = special, timestamps
+        self.vocabulary_size = vocabulary = decoder.vocabulary_size
+        always = {i for t in suppress_tokens for i in (decoder._suppress_ids if t == -1 else [t])}
+        if timestamps:
+            always.add(special.no_timestamps)
+        self.always = self._mask(always, vocabulary, device)
+        self.first = self._mask(always | set(decoder._suppress_ids_begin if suppress_blank else []), vocabulary,
+                                device)  # fmt: skip
+        if timestamps:
+            # Only a timestamp, at most MAX_INITIAL_TIMESTAMP_INDEX, may open a window.
+            first_timestamp = torch.zeros(vocabulary, dtype=torch.bool, device=device)
+            first_timestamp[: special.timestamp_begin] = True
+            first_timestamp[special.timestamp_begin + MAX_INITIAL_TIMESTAMP_INDEX + 1 :] = True
+            self.first |= first_timestamp
+        self.columns = torch.arange(vocabulary, device=device)
+
+    @staticmethod
+    def _mask(ids: set[int], size: int, device: torch.device) -> torch.Tensor:
+        mask = torch.zeros(size, dtype=torch.bool, device=device)
+        mask[sorted(i for i in ids if 0 <= i < size)] = True
+        return mask
+
+    def apply(self, logits: torch.Tensor, tokens: list[list[int]], step: int) -> torch.Tensor:
+        """Log-probabilities of the next token once every rule has removed what it forbids."""
+        if step == 0:
+            return torch.log_softmax(logits.masked_fill(self.first, -torch.inf), dim=-1)
+        masked = logits.masked_fill(self.always, -torch.inf)
+        if not self.timestamps:
+            return torch.log_softmax(masked, dim=-1)
+        bounds, check = self._timestamp_bounds(tokens)
+        text_end, first_allowed, last_allowed = torch.tensor(bounds, device=logits.device).T[:, :, None]
+        columns = self.columns
+        begin = self.special.timestamp_begin
+        forbidden = (columns < text_end) | ((columns >= begin) & (columns < first_allowed)) | (columns > last_allowed)
+        masked = masked.masked_fill(forbidden, -torch.inf)
+        if any(check):
+            # Where all timestamps together are likelier than any one text token, take a timestamp.
+            log_probs = torch.log_softmax(masked, dim=-1)
+            timestamp = torch.logsumexp(log_probs[:, begin:], dim=-1) > log_probs[:, :begin].max(dim=-1).values
+            timestamp &= torch.tensor(check, device=logits.device)
+            masked = masked.masked_fill(timestamp[:, None] & (columns < begin), -torch.inf)
+        return torch.log_softmax(masked, dim=-1)
+
+    def _timestamp_bounds(self, tokens: list[list[int]]) -> tuple[list[tuple[int, int, int]], list[bool]]:
+        """Per row: text ids below which are forbidden, the allowed timestamp range, whether to check."""
+        special = self.special
+        begin, end = special.timestamp_begin, self.vocabulary_size - 1
+        bounds, check = [], []
+        for sequence in tokens:
+            text_end, first_allowed, last_allowed, weigh = 0, begin, end, True
+            previous = next((t for t in reversed(sequence) if t >= begin), None)
+            if sequence and sequence[-1] >= begin:
+                penultimate = sequence[-2] if len(sequence) > 1 else sequence[-1]
+                if penultimate >= begin:  # a pair just closed: text must follow
+                    first_allowed, last_allowed, weigh = end + 1, end, False
+                else:  # an opening timestamp: its closing one (possibly equal) or the end must follow
+                    text_end, first_allowed = special.eot, sequence[-1]
+            elif previous is not None:  # after text, time moves on: segments are never empty
+                first_allowed = previous + 1
+            bounds.append((text_end, first_allowed, last_allowed))
+            check.append(weigh)
+        return bounds, check

@@ -1,0 +1,137 @@
+"""The torch Whisper decoder against CTranslate2's generate, on the embedded Whisper base in float32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ctranslate2
+import numpy as np
+import pytest
+import torch
+
+from milo_voice.roles.stt import SpeechToText, SttRequest
+from milo_voice.roles.whisper_decoder import WhisperDecoder, _LogitRules
+from tests.conftest import speak
+
+
+@pytest.fixture(scope="module")
+def role(embedded_dir: Path) -> SpeechToText:
+    """float32 on both sides, so that what differs is only the order of the sums."""
+    return SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=True, torch_decoder=True)
+
+
+@pytest.fixture(scope="module")
+def states(role: SpeechToText) -> torch.Tensor:
+    """Encoder states of French speech and of noise: the noise makes the timestamp rules work hard."""
+    french = speak("Bonjour, je voudrais acheter du riz au marché.")
+    noise = np.random.default_rng(7).normal(0, 0.2, 16000 * 3).astype(np.float32)
+    features = np.ascontiguousarray(np.stack([role._features(french), role._features(noise)]))
+    assert role._encoder is not None
+    return role._encoder(torch.from_numpy(features))
+
+
+def _ctranslate2(role: SpeechToText, states: torch.Tensor, prompts: list[list[int]], new: int, suppress: list[int]):
+    return role.model.generate(
+        ctranslate2.StorageView.from_array(states.numpy()),
+        prompts,
+        beam_size=1,
+        max_length=2 * new,
+        return_scores=True,
+        return_no_speech_prob=True,
+        suppress_blank=True,
+        suppress_tokens=suppress,
+    )
+
+
+@pytest.mark.parametrize("timestamps", [True, False], ids=["timestamps", "no-timestamps"])
+@pytest.mark.parametrize("until_end", [True, False], ids=["until-end-of-text", "end-of-text-suppressed"])
+def test_greedy_decoding_is_ctranslate2s(
+    role: SpeechToText, states: torch.Tensor, timestamps: bool, until_end: bool
+) -> None:
+    assert role._decoder is not None
+    role.timestamps = timestamps
+    try:
+        prompts = [role._prompt("fr"), role._prompt("mg")]
+    finally:
+        role.timestamps = True
+    new, suppress = (224, [-1]) if until_end else (20, [-1, role._tokenizer.eot])
+    expected = _ctranslate2(role, states, prompts, new, suppress)
+    got = role._decoder.start(states).generate(prompts, new, suppress)
+
+    assert [g.tokens for g in got] == [r.sequences_ids[0] for r in expected]
+    if timestamps:  # the rules were exercised: timestamps came out, in pairs after the first
+        assert any(t >= role._tokenizer.timestamp_begin for t in got[1].tokens[1:])
+    if not until_end:
+        assert [len(g.tokens) for g in got] == [20, 20]
+    for g, r in zip(got, expected, strict=True):
+        # CTranslate2's score is the sum divided by the length.
+        assert g.logprob_sum == pytest.approx(r.scores[0] * len(r.sequences_ids[0]), abs=1e-3)
+        assert g.no_speech_prob == pytest.approx(r.no_speech_prob, abs=1e-5)
+
+
+def test_max_new_tokens_bounds_decoding_as_in_ctranslate2(role: SpeechToText, states: torch.Tensor) -> None:
+    assert role._decoder is not None
+    prompts = [role._prompt("fr")] * 2
+    expected = _ctranslate2(role, states, prompts, 5, [-1])
+    got = role._decoder.start(states).generate(prompts, 5, [-1])
+    assert [g.tokens for g in got] == [r.sequences_ids[0] for r in expected]
+    assert max(len(g.tokens) for g in got) == 5
+
+
+def test_language_probabilities_are_ctranslate2s_detection(role: SpeechToText, states: torch.Tensor) -> None:
+    assert role._decoder is not None
+    ids = [role._language_token_ids[lang] for lang in role.languages]
+    got = role._decoder.language_probabilities(role._decoder.start(states).sot_logits, ids)
+    detected = role.model.detect_language(ctranslate2.StorageView.from_array(states.numpy()))
+    for row, languages in zip(got, detected, strict=True):
+        probabilities = dict(languages)
+        expected = np.array([probabilities[f"<|{lang}|>"] for lang in role.languages])
+        np.testing.assert_allclose(row, expected / expected.sum(), atol=1e-5)
+
+
+def test_role_transcribes_alike_with_either_decoder(embedded_dir: Path, role: SpeechToText) -> None:
+    """Whole requests, language detection included, and a long one decoded over several chunks."""
+    reference = SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=True, torch_decoder=False)
+    french = speak("Bonjour, je voudrais acheter du riz au marché.")
+    pause = np.zeros(16000 * 30, dtype=np.float32)
+    long = np.concatenate([french, pause, french, pause, french])  # three windows
+    requests = [SttRequest(french, "auto"), SttRequest(long, "auto"), SttRequest(french, "mg")]
+    expected = reference.transcribe_batch(requests)
+    role.decoder_batch = 2  # five windows: three chunks, the long request's windows split across two
+    try:
+        got = role.transcribe_batch(requests)
+    finally:
+        role.decoder_batch = 32
+    assert "bonjour" in expected[0].text.lower()
+    assert len(expected[1].segments) >= 3
+    for g, e in zip(got, expected, strict=True):
+        assert (g.text, g.language, g.tokens) == (e.text, e.language, e.tokens)
+        assert [(s.start, s.end) for s in g.segments] == [(s.start, s.end) for s in e.segments]
+        assert g.confidence == pytest.approx(e.confidence, abs=1e-3)
+        assert g.language_probability == pytest.approx(e.language_probability, abs=1e-3)
+
+
+def test_timestamp_bounds_follow_whispers_rules(role: SpeechToText) -> None:
+    assert role._decoder is not None
+    rules = _LogitRules(role._decoder, [-1], True, timestamps=True)
+    begin, eot, last = role._tokenizer.timestamp_begin, role._tokenizer.eot, role._decoder.vocabulary_size - 1
+    word = 1000
+    bounds, check = rules._timestamp_bounds([[begin + 5], [begin + 5, word], [begin + 5, word, begin + 9],
+                                            [begin + 5, word, begin + 9, begin + 9]])  # fmt: skip
+    assert bounds == [
+        (0, last + 1, last),  # the opening timestamp is alone: text must follow (no empty first segment)
+        (0, begin + 6, last),  # after text: any text, or a later timestamp
+        (eot, begin + 9, last),  # a segment is open: its end (maybe equal) or end of text, no text
+        (0, last + 1, last),  # a pair just closed: text must follow
+    ]
+    assert check == [False, True, True, False]
+
+
+def test_bad_uses_are_refused(embedded_dir: Path, role: SpeechToText, states: torch.Tensor) -> None:
+    assert role._decoder is not None
+    with pytest.raises(ValueError, match="all of one length"):
+        role._decoder.start(states).generate([role._prompt("fr"), role._prompt("fr")[:2]], 5)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        WhisperDecoder.from_model_dir(embedded_dir / "stt", role._special_tokens(), cuda_graphs=True)
+    with pytest.raises(ValueError, match="needs the torch encoder"):
+        SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=False, torch_decoder=True)
