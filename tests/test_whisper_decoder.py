@@ -111,6 +111,18 @@ def test_role_transcribes_alike_with_either_decoder(embedded_dir: Path, role: Sp
         assert g.language_probability == pytest.approx(e.language_probability, abs=1e-3)
 
 
+def test_concurrent_callers_get_their_own_transcripts(role: SpeechToText) -> None:
+    """Triton may call one instance from several threads; the decoder's buffers serve one batch at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clips = [speak("Bonjour, je voudrais acheter du riz."), speak("Merci beaucoup, au revoir.")]
+    alone = [role.transcribe(clip, "fr").text for clip in clips]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda clip: role.transcribe(clip, "fr").text, clips * 2))
+    assert alone[0] != alone[1]
+    assert together == alone * 2
+
+
 def test_timestamp_bounds_follow_whispers_rules(role: SpeechToText) -> None:
     assert role._decoder is not None
     rules = _LogitRules(role._decoder, [-1], True, timestamps=True)

@@ -13,6 +13,7 @@ finds no speech, so a long recording never degrades into one truncated window.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import ctranslate2
@@ -170,6 +171,8 @@ class SpeechToText:
         )
         if self._decoder is not None and self._decoder.cuda_graphs:
             self._decoder.warm_up(decoder_batch)
+        # The torch decoder's step buffers serve one batch at a time; CTranslate2 queues on its own.
+        self._decoding = threading.Lock()
         self._language_token_ids = {
             lang: self._whisper.hf_tokenizer.token_to_id(f"<|{lang}|>") for lang in self.languages
         }
@@ -236,9 +239,15 @@ class SpeechToText:
     def _decode_with_torch(
         self, requests: list[SttRequest], windows: list[_Window], features: np.ndarray | torch.Tensor
     ) -> tuple[list[tuple[str, float]], list[WhisperDecoding]]:
-        """Decode ``decoder_batch`` windows at a time; a request's language comes from its first window."""
         assert self._encoder is not None and self._decoder is not None
-        states = self._encoder(torch.as_tensor(features))
+        with self._decoding:
+            return self._decode_chunks(requests, windows, self._encoder(torch.as_tensor(features)))
+
+    def _decode_chunks(
+        self, requests: list[SttRequest], windows: list[_Window], states: torch.Tensor
+    ) -> tuple[list[tuple[str, float]], list[WhisperDecoding]]:
+        """Decode ``decoder_batch`` windows at a time; a request's language comes from its first window."""
+        assert self._decoder is not None
         chosen: dict[int, tuple[str, float]] = {
             i: (r.language, 1.0) for i, r in enumerate(requests) if r.language != AUTO
         }
