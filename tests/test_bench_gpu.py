@@ -216,3 +216,19 @@ def test_batch_stats_from_triton_metrics() -> None:
     stats = gpu.parse_batch_stats(text)
     assert stats["tts"] == {"requests": 133.0, "executions": 52.0, "mean_batch": 2.56}
     assert stats["stt"]["mean_batch"] == 1.0
+
+
+def test_tuning_reads_the_stt_curve_of_the_role_a_gpu_host_runs(tmp_path: Path) -> None:
+    """The role with encoder and decoder in torch, where the in-process results have it."""
+    import argparse
+
+    rows = {
+        f"batch{b}": {"role_clips_s": 10.0, "role_torch_clips_s": torch_clips}
+        for b, torch_clips in ((1, 18.8), (8, 71.9), (32, 98.3))
+    }
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "inprocess.json").write_text(json.dumps({"stt": {"large-v3-turbo": rows}}))
+    gpu.phase_tune(argparse.Namespace(work=tmp_path))
+    tuned = json.loads((tmp_path / "results" / "tune.json").read_text())
+    assert tuned["tuned"]["stt"]["max_batch_size"] == 32  # the torch curve still climbs past 8
+    assert "98.3" in tuned["reasons"]["stt"]

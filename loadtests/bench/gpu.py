@@ -503,7 +503,11 @@ def phase_tune(args: argparse.Namespace) -> None:
     reasons: dict[str, str] = {}
     stt = data.get("stt", {}).get("large-v3-turbo", {})
     if "batch1" in stt:
-        curve = {b: stt[f"batch{b}"]["role_clips_s"] for b in (1, 8, 32)}
+        # The role as a GPU host runs it by default: encoder and decoder in torch (older runs: less).
+        key = next(
+            k for k in ("role_torch_clips_s", "role_torch_encoder_clips_s", "role_clips_s") if k in stt["batch1"]
+        )
+        curve = {b: stt[f"batch{b}"][key] for b in (1, 8, 32)}
         tuned["stt"] = {"max_batch_size": knee(curve), "instances": 1}
         reasons["stt"] = f"clips/s by batch {curve}"
     for name in ("tts", "translate"):
