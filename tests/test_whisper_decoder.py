@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from milo_voice.roles.stt import SpeechToText, SttRequest
-from milo_voice.roles.whisper_decoder import WhisperDecoder, _LogitRules
+from milo_voice.roles.whisper_decoder import WhisperDecoder
 from tests.conftest import speak
 
 
@@ -125,7 +125,8 @@ def test_concurrent_callers_get_their_own_transcripts(role: SpeechToText) -> Non
 
 def test_timestamp_bounds_follow_whispers_rules(role: SpeechToText) -> None:
     assert role._decoder is not None
-    rules = _LogitRules(role._decoder, [-1], True, timestamps=True)
+    rules = role._decoder.logit_rules((-1,), True, timestamps=True)
+    assert role._decoder.logit_rules((-1,), True, timestamps=True) is rules  # masks built once per option set
     begin, eot, last = role._tokenizer.timestamp_begin, role._tokenizer.eot, role._decoder.vocabulary_size - 1
     word = 1000
     bounds, check = rules._timestamp_bounds([[begin + 5], [begin + 5, word], [begin + 5, word, begin + 9],

@@ -24,7 +24,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from milo_voice.roles.log_mel import LogMelExtractor
-from milo_voice.roles.whisper_decoder import SpecialTokens, WhisperDecoder, WhisperDecoding
+from milo_voice.roles.whisper_decoder import WHISPER_TEXT_CONTEXT, SpecialTokens, WhisperDecoder, WhisperDecoding
 from milo_voice.roles.whisper_encoder import WhisperEncoder
 
 SAMPLE_RATE = 16000
@@ -33,14 +33,11 @@ WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
 # Fixed windows overlap so that a word cut at one boundary is whole in the next window.
 FALLBACK_OVERLAP_SECONDS = 2.0
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
-# Whisper's text context. CTranslate2 decodes at most half of ``max_length`` new tokens (seen with
-# 4.8.5, prompt length aside; Whisper's own sample_len is n_text_ctx // 2), so asking for N new
-# tokens means max_length 2N.
-WHISPER_MAX_LENGTH = 448
 AUTO = "auto"
-# The encoder output that CTranslate2's generate expects, by the model's compute type: the
-# activations' type (int8 weights compute in float32, float16 or bfloat16).
-_ENCODER_DTYPES = {
+# The activations' type by the model's compute type (int8 weights compute in float32, float16 or
+# bfloat16): what CTranslate2's generate expects as encoder output, and what the torch encoder and
+# decoder compute in.
+_ACTIVATION_DTYPES = {
     "float32": torch.float32, "int8": torch.float32, "int8_float32": torch.float32, "int16": torch.float32,
     "float16": torch.float16, "int8_float16": torch.float16,
     "bfloat16": torch.bfloat16, "int8_bfloat16": torch.bfloat16,
@@ -142,7 +139,7 @@ class SpeechToText:
             torch_encoder = device == "cuda"
         self._encoder = (
             WhisperEncoder.from_model_dir(
-                model_path, _torch_device(device, device_index), _ENCODER_DTYPES[self.model.compute_type]
+                model_path, _torch_device(device, device_index), _ACTIVATION_DTYPES[self.model.compute_type]
             )
             if torch_encoder
             else None
@@ -162,7 +159,7 @@ class SpeechToText:
                 model_path,
                 self._special_tokens(),
                 _torch_device(device, device_index),
-                _ENCODER_DTYPES[self.model.compute_type],
+                _ACTIVATION_DTYPES[self.model.compute_type],
                 # The longest prompt (4 tokens) and the most tokens one window decodes.
                 max_length=4 + (fixed_new_tokens or max_new_tokens),
             )
@@ -224,7 +221,9 @@ class SpeechToText:
             encoded,
             prompts,
             beam_size=self.beam_size,
-            max_length=min(2 * new_tokens, WHISPER_MAX_LENGTH),
+            # CTranslate2 decodes at most half of ``max_length`` new tokens (whisper.cc; Whisper's own
+            # sample_len is n_text_ctx // 2), so asking for N new tokens means max_length 2N.
+            max_length=min(2 * new_tokens, WHISPER_TEXT_CONTEXT),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,

@@ -90,6 +90,8 @@ class WhisperDecoder:
             raise ValueError("CUDA graphs need a CUDA device")
         self._steps = _StepBuffers(self, 0, 0)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # The rules' masks depend only on the options, which a role keeps: built once per set.
+        self._logit_rules: dict[tuple[tuple[int, ...], bool, bool], _LogitRules] = {}
 
     @classmethod
     def from_model_dir(
@@ -134,6 +136,12 @@ class WhisperDecoder:
     def language_probabilities(self, sot_logits: torch.Tensor, language_ids: list[int]) -> np.ndarray:
         """``[batch, len(language_ids)]``: the languages' probabilities among themselves."""
         return torch.softmax(sot_logits[:, language_ids], dim=-1).cpu().numpy()
+
+    def logit_rules(self, suppress_tokens: tuple[int, ...], suppress_blank: bool, timestamps: bool) -> _LogitRules:
+        key = (suppress_tokens, suppress_blank, timestamps)
+        if key not in self._logit_rules:
+            self._logit_rules[key] = _LogitRules(self, *key)
+        return self._logit_rules[key]
 
     # -- one decoding step ---------------------------------------------------
 
@@ -285,7 +293,9 @@ class DecoderSession:
         logits = self.sot_logits
         for position in range(1, len(prompts[0])):
             logits = self.step(torch.tensor([p[position] for p in prompts], dtype=torch.long))
-        rules = _LogitRules(self.decoder, suppress_tokens, suppress_blank, prompts[0][-1] != special.no_timestamps)
+        rules = self.decoder.logit_rules(
+            tuple(suppress_tokens), suppress_blank, timestamps=prompts[0][-1] != special.no_timestamps
+        )
         max_new_tokens = min(max_new_tokens, self.decoder.max_length - len(prompts[0]) + 1)
 
         tokens: list[list[int]] = [[] for _ in prompts]
@@ -314,9 +324,8 @@ class _LogitRules:
     """The suppressions and timestamp rules of CTranslate2's Whisper decoding, batched on the device."""
 
     def __init__(
-        self, decoder: WhisperDecoder, suppress_tokens: list[int] | tuple[int, ...], suppress_blank: bool,
-        timestamps: bool,
-    ) -> None:  # fmt: skip
+        self, decoder: WhisperDecoder, suppress_tokens: tuple[int, ...], suppress_blank: bool, timestamps: bool
+    ) -> None:
         special, device = decoder.special, decoder.device
         self.special, self.timestamps = special, timestamps
         self.vocabulary_size = vocabulary = decoder.vocabulary_size
