@@ -1,10 +1,11 @@
 """Typed client for Milo Voice: one method per model over Triton (HTTP or gRPC, sync or asyncio)."""
 
 from client.pool import TritonPool
-from client.results import ChatResult, Segment, SpeechResult, TranscriptionResult, TranslationResult
+from client.results import ChatDelta, ChatResult, Segment, SpeechResult, TranscriptionResult, TranslationResult
 from client.triton import (
     AsyncMiloTritonClient,
     CallOptions,
+    ChatSampling,
     MiloTritonClient,
     ModelInputError,
     TritonBusyError,
@@ -14,7 +15,9 @@ from client.triton import (
 __all__ = [
     "AsyncMiloTritonClient",
     "CallOptions",
+    "ChatDelta",
     "ChatResult",
+    "ChatSampling",
     "MiloTritonClient",
     "ModelInputError",
     "Segment",

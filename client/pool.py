@@ -28,8 +28,16 @@ from typing import Any
 import numpy as np
 
 from client import tensors
-from client.results import ChatResult, SpeechResult, TranscriptionResult, TranslationResult
-from client.triton import AsyncMiloTritonClient, CallOptions, Message, Protocol, TritonBusyError, TritonUnavailableError
+from client.results import ChatDelta, ChatResult, SpeechResult, TranscriptionResult, TranslationResult
+from client.triton import (
+    AsyncMiloTritonClient,
+    CallOptions,
+    ChatSampling,
+    Message,
+    Protocol,
+    TritonBusyError,
+    TritonUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +267,10 @@ class TritonPool:
         temperature: float | None = None,
         priority: int | None = None,
         model: str = tensors.CHAT.name,
+        sampling: ChatSampling | None = None,
     ) -> ChatResult:
         return await self._call(  # type: ignore[no-any-return]
-            "chat", messages, language, max_tokens, temperature, priority, model=model
+            "chat", messages, language, max_tokens, temperature, priority, model=model, sampling=sampling
         )
 
     def chat_stream(
@@ -271,8 +280,9 @@ class TritonPool:
         max_tokens: int | None = None,
         temperature: float | None = None,
         model: str = tensors.CHAT.name,
-    ) -> AsyncIterator[str]:
-        return self._stream("chat_stream", messages, language, max_tokens, temperature, model=model)
+        sampling: ChatSampling | None = None,
+    ) -> AsyncIterator[ChatDelta]:
+        return self._stream("chat_stream", messages, language, max_tokens, temperature, model=model, sampling=sampling)
 
     def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> AsyncIterator[SpeechResult]:
         return self._stream("synthesize_stream", text, language, speed)

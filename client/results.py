@@ -49,3 +49,11 @@ class ChatResult:
     completion_tokens: int
     prompt_tokens: int
     finish_reason: str
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    """A piece of a streamed reply; the last one carries the finish reason ("stop", "length")."""
+
+    text: str
+    finish_reason: str | None = None

@@ -45,6 +45,8 @@ class ModelIO:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     streaming: bool = False
+    # Only meaningful where every model of the role runs in one process (not in the stock repository).
+    shared_process_only: bool = False
 
     def input(self, name: str) -> TensorSpec:
         return next(t for t in self.inputs if t.name == name)
@@ -112,20 +114,35 @@ CHAT = ModelIO(
         _bytes("language", optional=True),
         _int("max_tokens", optional=True),
         _float("temperature", optional=True),
+        _float("top_p", optional=True),
+        TensorSpec("seed", np.int64, (1,), optional=True),  # >= 0; absent: a fresh random seed
+        _bytes("stop", optional=True),  # JSON list of up to 4 strings
+        # A caller's id for this request, which ``chat_cancel`` takes to stop it early.
+        _bytes("request_id", optional=True),
     ),
     outputs=(_bytes("text"), _int("completion_tokens"), _int("prompt_tokens"), _bytes("finish_reason"), ERROR),
 )
 
-CHAT_STREAM = ModelIO(name="chat_stream", inputs=CHAT.inputs, outputs=(_bytes("token"),), streaming=True)
+# One response per piece of text (``finish_reason`` empty), then a last one with the finish reason.
+CHAT_STREAM = ModelIO(
+    name="chat_stream", inputs=CHAT.inputs, outputs=(_bytes("token"), _bytes("finish_reason")), streaming=True
+)
 
-MODELS: dict[str, ModelIO] = {m.name: m for m in (STT, TTS, TTS_STREAM, TRANSLATE, CHAT, CHAT_STREAM)}
+# Stops a running ``chat`` or ``chat_stream`` request by its ``request_id``; ``cancelled`` is 1 when
+# one was found. Served where the chat models share one process (the PyTriton host): the stock
+# server's Python backend sees a cancelled request itself.
+CHAT_CANCEL = ModelIO(
+    name="chat_cancel", inputs=(_bytes("request_id"),), outputs=(_int("cancelled"),), shared_process_only=True
+)
+
+MODELS: dict[str, ModelIO] = {m.name: m for m in (STT, TTS, TTS_STREAM, TRANSLATE, CHAT, CHAT_STREAM, CHAT_CANCEL)}
 
 # Which registry role serves which models (a streaming model shares its role's instances).
 ROLE_MODELS: dict[str, tuple[ModelIO, ...]] = {
     "stt": (STT,),
     "tts": (TTS, TTS_STREAM),
     "translate": (TRANSLATE,),
-    "chat": (CHAT, CHAT_STREAM),
+    "chat": (CHAT, CHAT_STREAM, CHAT_CANCEL),
 }
 
 

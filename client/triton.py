@@ -15,8 +15,10 @@ import asyncio
 import copy
 import dataclasses
 import json
+import logging
 import queue
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -30,10 +32,13 @@ import tritonclient.http.aio as httpclient_aio
 from tritonclient.utils import InferenceServerException
 
 from client import tensors
-from client.results import ChatResult, Segment, SpeechResult, TranscriptionResult, TranslationResult
+from client.results import ChatDelta, ChatResult, Segment, SpeechResult, TranscriptionResult, TranslationResult
 
+log = logging.getLogger(__name__)
 Protocol = Literal["http", "grpc"]
 Message = dict[str, str]
+# How long a client waits for a chat_cancel call (it is sent when a chat call is given up).
+CANCEL_TIMEOUT_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,17 +81,46 @@ def _stt_inputs(audio: np.ndarray, language: str) -> dict[str, Any]:
     return {"audio": tensors.encode_audio(np.asarray(audio, dtype=np.float32).ravel()), "language": language}
 
 
+@dataclasses.dataclass(frozen=True)
+class ChatSampling:
+    """How a chat reply is sampled; what is None is left to the model's defaults."""
+
+    top_p: float | None = None
+    seed: int | None = None
+    stop: Sequence[str] = ()
+
+
 def _chat_inputs(
-    messages: Sequence[Message], language: str | None, max_tokens: int | None, temperature: float | None
+    messages: Sequence[Message],
+    language: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    sampling: ChatSampling | None,
+    request_id: str,
 ) -> dict[str, Any]:
-    values: dict[str, Any] = {"messages": json.dumps(list(messages), ensure_ascii=False)}
+    values: dict[str, Any] = {"messages": json.dumps(list(messages), ensure_ascii=False), "request_id": request_id}
     if language:
         values["language"] = language
     if max_tokens is not None:
         values["max_tokens"] = max_tokens
     if temperature is not None:
         values["temperature"] = temperature
+    sampling = sampling or ChatSampling()
+    if sampling.top_p is not None:
+        values["top_p"] = sampling.top_p
+    if sampling.seed is not None:
+        values["seed"] = sampling.seed
+    if sampling.stop:
+        values["stop"] = json.dumps(list(sampling.stop), ensure_ascii=False)
     return values
+
+
+def _new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _delta(outputs: dict[str, np.ndarray]) -> ChatDelta:
+    return ChatDelta(_first(outputs, "token"), _first(outputs, "finish_reason") or None)
 
 
 def _first(outputs: dict[str, np.ndarray], name: str) -> Any:
@@ -320,9 +354,10 @@ class MiloTritonClient(_WithOptions):
         temperature: float | None = None,
         priority: int | None = None,
         model: str = tensors.CHAT.name,
+        sampling: ChatSampling | None = None,
     ) -> ChatResult:
         """``model``: "chat" (local) or "chat_cloud" (the OpenAI-compatible backend, where served)."""
-        values = _chat_inputs(messages, language, max_tokens, temperature)
+        values = _chat_inputs(messages, language, max_tokens, temperature, sampling, _new_request_id())
         return _chat(self.infer(_named(tensors.CHAT, model), values, priority))
 
     def chat_stream(
@@ -332,12 +367,31 @@ class MiloTritonClient(_WithOptions):
         max_tokens: int | None = None,
         temperature: float | None = None,
         model: str = tensors.CHAT.name,
-    ) -> Iterator[str]:
-        values = _chat_inputs(messages, language, max_tokens, temperature)
-        for outputs in self._stream(_named(tensors.CHAT_STREAM, f"{model}_stream"), values):
-            token = _first(outputs, "token")
-            if token:
-                yield token
+        sampling: ChatSampling | None = None,
+    ) -> Iterator[ChatDelta]:
+        """The reply piece by piece; closing the iterator early stops the generation on the server."""
+        request_id = _new_request_id()
+        values = _chat_inputs(messages, language, max_tokens, temperature, sampling, request_id)
+        finished = False
+        try:
+            for outputs in self._stream(_named(tensors.CHAT_STREAM, f"{model}_stream"), values):
+                delta = _delta(outputs)
+                finished = delta.finish_reason is not None
+                if delta.text or finished:
+                    yield delta
+        finally:
+            if not finished:
+                self.cancel_chat(request_id, model)
+
+    def cancel_chat(self, request_id: str, model: str = tensors.CHAT.name) -> bool:
+        """Stop a running chat request by its id (PyTriton host); False where nothing was stopped."""
+        try:
+            outputs = self.infer(_named(tensors.CHAT_CANCEL, f"{model}_cancel"), {"request_id": request_id})
+        except (InferenceServerException, ConnectionError, OSError, TimeoutError) as exc:
+            # A stock tritonserver has no chat_cancel: it sees the cancelled request itself.
+            log.debug("chat_cancel of %s not served: %s", request_id, exc)
+            return False
+        return bool(_first(outputs, "cancelled"))
 
     def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> Iterator[SpeechResult]:
         for outputs in self._stream(tensors.TTS_STREAM, {"text": text, "language": language, "speed": speed}):
@@ -419,8 +473,11 @@ class AsyncMiloTritonClient(_WithOptions):
         else:
             self._client = grpcclient_aio.InferenceServerClient(url)
         self.grpc_url = grpc_url or (url if protocol == "grpc" else _next_port(url))
+        self._cancels: set[asyncio.Task[bool]] = set()
 
     async def close(self) -> None:
+        if self._cancels:
+            await asyncio.gather(*self._cancels, return_exceptions=True)
         await self._client.close()
 
     async def __aenter__(self) -> AsyncMiloTritonClient:
@@ -488,9 +545,16 @@ class AsyncMiloTritonClient(_WithOptions):
         temperature: float | None = None,
         priority: int | None = None,
         model: str = tensors.CHAT.name,
+        sampling: ChatSampling | None = None,
     ) -> ChatResult:
-        values = _chat_inputs(messages, language, max_tokens, temperature)
-        return _chat(await self.infer(_named(tensors.CHAT, model), values, priority))
+        """A whole reply; a call cancelled midway (its client left) stops the generation on the server."""
+        request_id = _new_request_id()
+        values = _chat_inputs(messages, language, max_tokens, temperature, sampling, request_id)
+        try:
+            return _chat(await self.infer(_named(tensors.CHAT, model), values, priority))
+        except asyncio.CancelledError:
+            self._cancel_in_background(request_id, model)
+            raise
 
     async def chat_stream(
         self,
@@ -499,12 +563,38 @@ class AsyncMiloTritonClient(_WithOptions):
         max_tokens: int | None = None,
         temperature: float | None = None,
         model: str = tensors.CHAT.name,
-    ) -> AsyncIterator[str]:
-        values = _chat_inputs(messages, language, max_tokens, temperature)
-        async for outputs in self._stream(_named(tensors.CHAT_STREAM, f"{model}_stream"), values):
-            token = _first(outputs, "token")
-            if token:
-                yield token
+        sampling: ChatSampling | None = None,
+    ) -> AsyncIterator[ChatDelta]:
+        """The reply piece by piece; closing the iterator early stops the generation on the server."""
+        request_id = _new_request_id()
+        values = _chat_inputs(messages, language, max_tokens, temperature, sampling, request_id)
+        finished = False
+        try:
+            async for outputs in self._stream(_named(tensors.CHAT_STREAM, f"{model}_stream"), values):
+                delta = _delta(outputs)
+                finished = delta.finish_reason is not None
+                if delta.text or finished:
+                    yield delta
+        finally:
+            if not finished:
+                self._cancel_in_background(request_id, model)
+
+    async def cancel_chat(self, request_id: str, model: str = tensors.CHAT.name) -> bool:
+        """Stop a running chat request by its id (PyTriton host); False where nothing was stopped."""
+        io = _named(tensors.CHAT_CANCEL, f"{model}_cancel")
+        try:
+            outputs = await asyncio.wait_for(self.infer(io, {"request_id": request_id}), CANCEL_TIMEOUT_S)
+        except (InferenceServerException, ConnectionError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            # A stock tritonserver has no chat_cancel: it sees the cancelled request itself.
+            log.debug("chat_cancel of %s not served: %s", request_id, exc)
+            return False
+        return bool(_first(outputs, "cancelled"))
+
+    def _cancel_in_background(self, request_id: str, model: str) -> None:
+        # The caller is being cancelled: it must not wait for this call.
+        task = asyncio.get_running_loop().create_task(self.cancel_chat(request_id, model))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     async def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> AsyncIterator[SpeechResult]:
         async for outputs in self._stream(tensors.TTS_STREAM, {"text": text, "language": language, "speed": speed}):

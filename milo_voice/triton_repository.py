@@ -32,8 +32,17 @@ __all__ = ["TritonPythonModel"]
 
 
 def served_models(registry: Registry) -> list[tuple[ModelSpec, tensors.ModelIO]]:
-    """Every Triton model of the registry: each role's models (a stream shares its role's spec)."""
-    return [(spec, io) for spec in registry.models.values() for io in tensors.ROLE_MODELS[spec.role]]
+    """Every Triton model of the registry: each role's models (a stream shares its role's spec).
+
+    Models that only work where a role's models share one process (``chat_cancel``) are left
+    out: the Python backend runs each model in its own.
+    """
+    return [
+        (spec, io)
+        for spec in registry.models.values()
+        for io in tensors.ROLE_MODELS[spec.role]
+        if not io.shared_process_only
+    ]
 
 
 def _tensors(kind: str, specs: tuple[tensors.TensorSpec, ...]) -> str:

@@ -3,19 +3,28 @@
 ``milo_voice.serving.tensor_io`` turns tensors into role calls and back; this module only
 adapts those handlers to PyTriton's calling conventions: ``@batch`` for batched models
 (after each request gets its optional inputs' defaults, so that ``@batch`` sees one set
-of keys) and an async generator for decoupled ones.
+of keys), an async generator for decoupled ones, and for the chat models, which decode
+many requests at once, per-request calls that wait on the role's events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import numpy as np
 from pytriton.decorators import batch
 
-from milo_voice.serving.tensor_io import BatchHandler, Handler, Outputs, StreamHandler, with_defaults
+from milo_voice.serving.tensor_io import (
+    BatchHandler,
+    GenerationHandler,
+    Handler,
+    Outputs,
+    StreamHandler,
+    with_defaults,
+)
 
 
 def batched_infer(handler: BatchHandler) -> Callable[..., Any]:
@@ -38,7 +47,85 @@ def streamed_infer(handler: StreamHandler) -> Callable[..., Any]:
 
 
 def infer_callable(handler: Handler) -> Callable[..., Any]:
+    if isinstance(handler, GenerationHandler):
+        return generation_stream_infer(handler) if handler.streaming else generation_infer(handler)
     return batched_infer(handler) if isinstance(handler, BatchHandler) else streamed_infer(handler)
+
+
+def generation_infer(handler: GenerationHandler) -> Callable[..., Any]:
+    """``chat``: each request of the call started at once, the call answered when all have ended.
+
+    PyTriton answers a non-decoupled call only as a whole, so the host binds one such
+    callable per request the role decodes at once, and Triton's queue (priorities, bounds)
+    feeds them one request each.
+    """
+
+    def infer(requests: list[Any]) -> list[Outputs]:
+        results: list[Outputs | Exception | None] = [None] * len(requests)
+        ended = [threading.Event() for _ in requests]
+
+        def emit_to(i: int) -> Callable[[Outputs | Exception, bool], None]:
+            def emit(outputs: Outputs | Exception, final: bool) -> None:
+                if final:
+                    results[i] = outputs
+                    ended[i].set()
+
+            return emit
+
+        started = [handler.start(dict(r.items()), emit_to(i), None) for i, r in enumerate(requests)]
+        try:
+            for event in ended:
+                event.wait()
+        finally:
+            for request in started:
+                request.cancel()  # a no-op for the ones that ended
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return [result for result in results if isinstance(result, dict)]
+
+    return infer
+
+
+def generation_stream_infer(handler: GenerationHandler) -> Callable[..., Any]:
+    """``chat_stream``: an async generator per call, so any number of streams run together.
+
+    The role's thread hands each piece to this loop; nothing here blocks a thread while a
+    stream waits for its next token. A request whose stream has ended answers filler
+    pieces (``finish_reason`` empty, no text) while the call's other streams go on.
+    """
+
+    async def infer(requests: list[Any]) -> AsyncIterator[list[Outputs]]:
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[tuple[int, Outputs | Exception, bool]] = asyncio.Queue()
+
+        def emit_to(i: int) -> Callable[[Outputs | Exception, bool], None]:
+            def emit(outputs: Outputs | Exception, final: bool) -> None:
+                loop.call_soon_threadsafe(pieces.put_nowait, (i, outputs, final))
+
+            return emit
+
+        started = [handler.start(dict(r.items()), emit_to(i), None) for i, r in enumerate(requests)]
+        open_streams = set(range(len(requests)))
+        try:
+            while open_streams:
+                i, outputs, final = await pieces.get()
+                if isinstance(outputs, Exception):
+                    raise outputs
+                if final:
+                    open_streams.discard(i)
+                idle = {name: _filler(value) for name, value in outputs.items()}
+                yield [outputs if j == i else idle for j in range(len(requests))]
+        finally:
+            # Also when the call is abandoned: the role frees the slot at its next step.
+            for request in started:
+                request.cancel()
+
+    return infer
+
+
+def _filler(value: np.ndarray) -> np.ndarray:
+    return np.full_like(value, b"") if value.dtype == np.object_ else np.zeros_like(value)
 
 
 def _interleaved_streams(
@@ -53,7 +140,7 @@ def _interleaved_streams(
     PyTriton runs callables on one event-loop thread per model and interleaves
     concurrent calls there. Each step of a stream runs in a worker thread, so the loop
     never blocks; and the streams of one instance take turns at an asyncio gate, because
-    a stream waiting for the instance (llama.cpp decodes one conversation at a time)
+    a stream waiting for the instance (a role that computes one request at a time)
     inside a worker thread would hold that thread: enough of them fill the loop's small
     pool, and the stream that holds the instance can no longer go on.
     """

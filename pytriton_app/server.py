@@ -21,7 +21,7 @@ from pytriton.triton import Triton, TritonConfig
 from client import tensors
 from milo_voice.registry import ModelSpec, Registry, active_profile, load_registry
 from milo_voice.serving.instances import DevicePlanner, load_instance, with_cloud_chat
-from milo_voice.serving.tensor_io import handler_for
+from milo_voice.serving.tensor_io import GenerationHandler, chat_cancel_handler, chat_stream_handler, handler_for
 from pytriton_app.infer import infer_callable
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,17 @@ def model_config(spec: ModelSpec, io: tensors.ModelIO) -> ModelConfig:
     if io.streaming:
         # Streams are answered one request at a time per instance: no batching.
         return ModelConfig(batching=False, decoupled=True)
+    if io.shared_process_only:  # chat_cancel: tiny calls, no queue policy of its own
+        return ModelConfig(max_batch_size=b.max_batch_size, batcher=DynamicBatcher())
+    # Chat decodes each request as it comes (continuous batching in the role); PyTriton answers
+    # a call only as a whole, so each call carries one request and the role's slots set how many
+    # calls run at once. Triton's queue still holds the rest, with its priorities and bound.
+    max_batch_size = 1 if spec.role == "chat" else b.max_batch_size
     return ModelConfig(
-        max_batch_size=b.max_batch_size,
+        max_batch_size=max_batch_size,
         batcher=DynamicBatcher(
             max_queue_delay_microseconds=b.max_queue_delay_us,
-            preferred_batch_size=list(b.preferred_batch_sizes) or None,
+            preferred_batch_size=[n for n in b.preferred_batch_sizes if n <= max_batch_size] or None,
             priority_levels=b.priority_levels,
             default_priority_level=b.default_priority_level,
             default_queue_policy=QueuePolicy(
@@ -89,6 +95,21 @@ def served_name(spec: ModelSpec, io: tensors.ModelIO) -> str:
     return io.name if spec.name == spec.role else f"{spec.name}{io.name.removeprefix(spec.role)}"
 
 
+def callables_for(io: tensors.ModelIO, spec: ModelSpec, instances: list[Any]) -> list[Any]:
+    """PyTriton's instances of ``io``: one per role instance; for the chat role, which serves many
+    requests at once, one per slot for ``chat`` and a single one over every instance for the rest."""
+    if io.name == tensors.CHAT_CANCEL.name:
+        return [infer_callable(chat_cancel_handler(instances))]
+    if io.name == tensors.CHAT_STREAM.name:
+        return [infer_callable(chat_stream_handler(instances))]
+    callables = []
+    for instance in instances:
+        handler = handler_for(io, spec, instance)
+        one_call_per_request = isinstance(handler, GenerationHandler) and not handler.streaming
+        callables += [infer_callable(handler)] * (handler.concurrency if one_call_per_request else 1)
+    return callables
+
+
 def bind_all(triton: Triton, registry: Registry, instances: dict[str, list[Any]]) -> list[str]:
     bound = []
     for spec in registry.models.values():
@@ -96,7 +117,7 @@ def bind_all(triton: Triton, registry: Registry, instances: dict[str, list[Any]]
             name = served_name(spec, io)
             triton.bind(
                 model_name=name,
-                infer_func=[infer_callable(handler_for(io, spec, instance)) for instance in instances[spec.name]],
+                infer_func=callables_for(io, spec, instances[spec.name]),
                 inputs=[_tensor(t) for t in io.inputs],
                 outputs=[_tensor(t) for t in io.outputs],
                 config=model_config(spec, io),

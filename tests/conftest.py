@@ -27,7 +27,7 @@ from milo_voice.weights.embedded import build_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 REPOSITORY_MODELS = ("stt", "tts", "tts_stream", "translate", "chat", "chat_stream")
-SERVED_MODELS = (*REPOSITORY_MODELS, "chat_cloud", "chat_cloud_stream")
+SERVED_MODELS = (*REPOSITORY_MODELS, "chat_cancel", "chat_cloud", "chat_cloud_stream", "chat_cloud_cancel")
 
 
 @pytest.fixture(scope="session")

@@ -42,13 +42,29 @@ def test_chat_completion(sdk: openai.OpenAI) -> None:
 
 
 def test_chat_completion_stream(sdk: openai.OpenAI) -> None:
-    stream = sdk.chat.completions.create(
-        model="milo-chat", messages=[{"role": "user", "content": "Bonjour"}], max_tokens=12, stream=True
-    )
-    chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert text.strip()
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    """The stream says the same text and finish reason as the whole reply ("length" when cut at max_tokens)."""
+    for max_tokens in (3, 64):
+        ask = {"model": "milo-chat", "messages": [{"role": "user", "content": "Bonjour"}], "temperature": 0.0}
+        whole = sdk.chat.completions.create(**ask, max_tokens=max_tokens)
+        chunks = list(sdk.chat.completions.create(**ask, max_tokens=max_tokens, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert text.strip() == whole.choices[0].message.content
+        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+        assert whole.choices[0].finish_reason == ("length" if max_tokens == 3 else "stop")
+
+
+def test_chat_completion_sampling_options(sdk: openai.OpenAI) -> None:
+    """seed, top_p and stop reach the model: a seed repeats its reply, a stop string ends it."""
+    ask = {"model": "milo-chat", "messages": [{"role": "user", "content": "Count from one to ten."}]}
+    first = sdk.chat.completions.create(**ask, max_tokens=24, temperature=1.2, top_p=0.9, seed=11)
+    again = sdk.chat.completions.create(**ask, max_tokens=24, temperature=1.2, top_p=0.9, seed=11)
+    assert first.choices[0].message.content == again.choices[0].message.content
+    greedy = sdk.chat.completions.create(**ask, max_tokens=24, temperature=0.0).choices[0].message.content
+    word = greedy.split()[2]
+    stopped = sdk.chat.completions.create(**ask, max_tokens=24, temperature=0.0, stop=[word])
+    assert word not in stopped.choices[0].message.content
+    assert greedy.startswith(stopped.choices[0].message.content)
+    assert stopped.choices[0].finish_reason == "stop"
 
 
 def test_speech_and_transcription(sdk: openai.OpenAI) -> None:

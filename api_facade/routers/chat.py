@@ -105,10 +105,11 @@ async def _stream(
     pieces: list[str] = []
     try:
         messages = _messages(context)
-        async for token in triton.chat_stream(messages, body.language, body.max_tokens, body.temperature, model):
-            pieces.append(token)
-            TOKENS.inc()
-            yield _sse("token", {"text": token})
+        async for delta in triton.chat_stream(messages, body.language, body.max_tokens, body.temperature, model):
+            if delta.text:
+                pieces.append(delta.text)
+                TOKENS.inc()
+                yield _sse("token", {"text": delta.text})
         reply = "".join(pieces).strip()
         if reply:
             await sessions.append(session_id, [Turn("user", body.message), Turn("assistant", reply)])

@@ -26,7 +26,7 @@ from api_facade.metrics import AUDIO_SECONDS, TOKENS
 from api_facade.routers.stt import transcribe_upload
 from api_facade.settings import Settings, get_settings
 from api_facade.subtitles import to_srt, to_vtt
-from client import TritonPool
+from client import ChatSampling, TritonPool
 
 router = APIRouter(tags=["openai-compatible"])
 CHAT_MODEL, STT_MODEL, TTS_MODEL = "milo-chat", "milo-stt", "milo-tts"
@@ -131,6 +131,9 @@ class ChatCompletionBody(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stop: str | list[str] | None = Field(None, description="up to 4 strings; the reply ends before the first")
     stream: bool = False
 
     @field_validator("messages")
@@ -141,6 +144,18 @@ class ChatCompletionBody(BaseModel):
         if messages[-1].role != "user":
             raise ValueError("the last message must come from the user")
         return messages
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, stop: str | list[str] | None) -> list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if stops is not None and (len(stops) > 4 or any(not 1 <= len(s) <= 64 for s in stops)):
+            raise ValueError("at most 4 stop strings of 1 to 64 characters")
+        return stops
+
+    def sampling(self) -> ChatSampling:
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop
+        return ChatSampling(top_p=self.top_p, seed=self.seed, stop=tuple(stops or ()))
 
 
 def _chunk(completion_id: str, created: int, model: str, delta: dict[str, str], finish: str | None) -> bytes:
@@ -158,19 +173,23 @@ async def chat_completions(
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     max_tokens = body.max_completion_tokens or body.max_tokens or 256
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    sampling = body.sampling()
     if body.stream:
 
         async def events() -> AsyncIterator[bytes]:
             yield _chunk(completion_id, created, body.model, {"role": "assistant", "content": ""}, None)
-            async for token in triton.chat_stream(messages, None, max_tokens, body.temperature):
-                TOKENS.inc()
-                yield _chunk(completion_id, created, body.model, {"content": token}, None)
-            yield _chunk(completion_id, created, body.model, {}, "stop")
+            finish_reason = "stop"
+            async for delta in triton.chat_stream(messages, None, max_tokens, body.temperature, sampling=sampling):
+                if delta.text:
+                    TOKENS.inc()
+                    yield _chunk(completion_id, created, body.model, {"content": delta.text}, None)
+                finish_reason = delta.finish_reason or finish_reason
+            yield _chunk(completion_id, created, body.model, {}, finish_reason)
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    result = await triton.chat(messages, None, max_tokens, body.temperature)
+    result = await triton.chat(messages, None, max_tokens, body.temperature, sampling=sampling)
     TOKENS.inc(result.completion_tokens)
     return {
         "id": completion_id,

@@ -16,9 +16,11 @@ from typing import Any
 
 from milo_voice.registry import Instances, ModelSpec, Registry, models_dir
 from milo_voice.roles.chat import CloudChat, LocalChat
+from milo_voice.roles.generation import EngineObserver
 from milo_voice.roles.stt import SpeechToText
 from milo_voice.roles.translate import Translator
 from milo_voice.roles.tts import TextToSpeech
+from milo_voice.serving.tensor_io import chat_service
 from milo_voice.serving.warmup import warm_up
 
 log = logging.getLogger(__name__)
@@ -63,25 +65,26 @@ class DevicePlanner:
 CLOUD_CHAT = "chat_cloud"
 
 
-def cloud_chat() -> CloudChat:
+def cloud_chat(concurrency: int = 8) -> CloudChat:
     url = os.environ.get("MILO_CHAT_CLOUD_URL")
     if not url:
         raise RuntimeError("the cloud chat backend needs MILO_CHAT_CLOUD_URL")
-    return CloudChat(url, os.environ.get("MILO_CHAT_CLOUD_MODEL", "default"), os.environ.get("MILO_CHAT_CLOUD_KEY"))
+    model, key = os.environ.get("MILO_CHAT_CLOUD_MODEL", "default"), os.environ.get("MILO_CHAT_CLOUD_KEY")
+    return CloudChat(url, model, key, concurrency=concurrency)
 
 
 def with_cloud_chat(registry: Registry) -> Registry:
     """The registry plus ``chat_cloud`` (and its stream) when MILO_CHAT_CLOUD_URL names a server.
 
     The cloud backend is served by Triton like the local one, so the facade reaches both
-    the same way and both show in Triton's metrics. Its instances only wait on the
-    network, so two share a CPU.
+    the same way and both show in Triton's metrics. One instance on the CPU: it only waits
+    on the network, with ``slots`` requests in flight to the remote server.
     """
     if not os.environ.get("MILO_CHAT_CLOUD_URL"):
         return registry
     chat = registry.by_role("chat")
     cloud = dataclasses.replace(
-        chat, name=CLOUD_CHAT, description="Chat through an OpenAI-compatible server", instances=Instances(2, "cpu")
+        chat, name=CLOUD_CHAT, description="Chat through an OpenAI-compatible server", instances=Instances(1, "cpu")
     )
     return Registry(models={**registry.models, CLOUD_CHAT: cloud})
 
@@ -91,8 +94,11 @@ def _cpu_threads() -> int:
     return int(os.environ.get("MILO_CPU_THREADS", "0"))
 
 
-def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
-    """One instance of ``spec``'s role on ``device``, with the weights of ``profile``."""
+def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer: EngineObserver | None = None) -> Any:
+    """One instance of ``spec``'s role on ``device``, with the weights of ``profile``.
+
+    ``chat_observer`` receives a local chat engine's measurements (the server's metrics).
+    """
     path = spec.path(profile, models_dir())
     weights = spec.weights(profile)
     params = spec.params
@@ -130,22 +136,29 @@ def build_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
         )
     if spec.role == "chat":
         if spec.name == CLOUD_CHAT or os.environ.get("MILO_CHAT_BACKEND", "local") == "cloud":
-            return cloud_chat()
+            return cloud_chat(int(params.get("slots", 8)))
         return LocalChat(
             path / "model.gguf",
             n_ctx=int(params.get("n_ctx", 4096)),
+            slots=int(params.get("gpu_slots" if gpu else "slots", 4)),
+            batch_tokens=int(params.get("batch_tokens", 512)),
+            max_queued=spec.batching.max_queue_size or 256,
             n_gpu_layers=-1 if gpu else 0,  # full offload where a GPU exists
             main_gpu=device.index,
             n_threads=_cpu_threads() or None,
             ignore_eos=bool(params.get("ignore_eos", False)),
+            observer=chat_observer,
         )
     raise ValueError(f"unknown role {spec.role!r}")
 
 
-def load_instance(spec: ModelSpec, profile: str, device: Device) -> Any:
-    """``build_instance``, then one real call, so that the first user pays no load cost."""
+def load_instance(spec: ModelSpec, profile: str, device: Device, chat_observer: EngineObserver | None = None) -> Any:
+    """``build_instance``, then one real call, so that the first user pays no load cost.
+
+    What the servers' handlers take: the role itself, or for chat a ``ChatService`` around it.
+    """
     started = time.perf_counter()
-    instance = build_instance(spec, profile, device)
+    instance = build_instance(spec, profile, device, chat_observer)
     warm_up(spec.role, instance)
     log.info("%s instance on %s loaded and warmed up in %.1f s", spec.name, device, time.perf_counter() - started)
-    return instance
+    return chat_service(spec, instance) if spec.role == "chat" else instance

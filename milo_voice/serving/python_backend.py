@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,9 @@ from client import tensors
 from milo_voice.registry import active_profile, load_registry
 from milo_voice.serving.instances import Device, load_instance, with_cloud_chat
 from milo_voice.serving.tensor_io import (
+    INPUT_ERRORS,
     BatchHandler,
+    GenerationHandler,
     Handler,
     Inputs,
     Outputs,
@@ -35,8 +39,6 @@ from milo_voice.serving.tensor_io import (
 )
 
 log = logging.getLogger(__name__)
-# Input problems a stream can only find once it starts (an unknown language, bad JSON).
-INPUT_ERRORS = (ValueError, KeyError, TypeError, UnicodeDecodeError)
 
 
 def device_of(args: dict[str, str]) -> Device:
@@ -59,11 +61,19 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         spec = with_cloud_chat(load_registry()).models[parameters["milo_model"]]
         self.io = tensors.MODELS[parameters["milo_io"]]
-        instance = load_instance(spec, active_profile(), device_of(args))
-        self.handler: Handler = handler_for(self.io, spec, instance)
+        self.instance = load_instance(spec, active_profile(), device_of(args))
+        self.handler: Handler = handler_for(self.io, spec, self.instance)
+        self._outbox: queue.SimpleQueue[tuple[Any, Outputs | Exception, bool] | None] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
+        if isinstance(self.handler, GenerationHandler):
+            self._sender = threading.Thread(target=self._send_responses, name="chat-responses", daemon=True)
+            self._sender.start()
         log.info("%s ready (%s, instance %s)", args.get("model_name"), spec.role, args.get("model_instance_name"))
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
+        if isinstance(self.handler, GenerationHandler):
+            self._generate(requests, self.handler)
+            return None  # each request is answered through its response sender
         if isinstance(self.handler, StreamHandler):
             for request in requests:
                 self._stream(request, self.handler)
@@ -93,6 +103,42 @@ class TritonPythonModel:
             error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
             return [self.pb_utils.InferenceResponse(error=error) for _ in requests]
 
+    def _generate(self, requests: list[Any], handler: GenerationHandler) -> None:
+        """Start every request, and return once each holds a slot (or has ended).
+
+        The role decodes the requests together with those already running; their outputs
+        go out through each request's response sender (``chat`` one response, the stream
+        one per piece). Returning only once they hold a slot keeps the requests that find
+        every slot busy in Triton's queue, where priorities and the queue's bound apply.
+        """
+        started = []
+        for request in requests:
+            sender = request.get_response_sender()
+
+            def emit(outputs: Outputs | Exception, final: bool, sender: Any = sender) -> None:
+                self._outbox.put((sender, outputs, final))
+
+            started.append(handler.start(self._inputs(request), emit, request.is_cancelled))
+        for request in started:
+            request.dequeued.wait()
+
+    def _send_responses(self) -> None:
+        """Responses go out on this thread, so the role's thread never waits on Triton's IPC."""
+        final_flag = self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        while (item := self._outbox.get()) is not None:
+            sender, outputs, final = item
+            try:
+                if isinstance(outputs, Exception):
+                    if not isinstance(outputs, INPUT_ERRORS):
+                        log.error("chat request failed: %s", outputs)
+                    # "<exception name>: <message>" is how clients tell a refused input from a fault.
+                    error = self.pb_utils.TritonError(f"{type(outputs).__name__}: {outputs}")
+                    sender.send(self.pb_utils.InferenceResponse(error=error), flags=final_flag)
+                else:
+                    sender.send(self._response(outputs), flags=final_flag if final else 0)
+            except Exception:  # a request whose client is gone; the others go on
+                log.exception("could not send a chat response")
+
     def _stream(self, request: Any, handler: StreamHandler) -> None:
         sender = request.get_response_sender()
         final = self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -114,4 +160,11 @@ class TritonPythonModel:
             pieces.close()
 
     def finalize(self) -> None:
+        # The role first: what it still holds fails through the outbox, then the sender stops.
+        close = getattr(getattr(self.instance, "backend", self.instance), "close", None)
+        if close is not None:
+            close()
+        if self._sender is not None:
+            self._outbox.put(None)
+            self._sender.join(timeout=10)
         log.info("%s instance unloaded", self.io.name)

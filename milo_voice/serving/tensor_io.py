@@ -15,15 +15,29 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from client import tensors
 from milo_voice.registry import ModelSpec
-from milo_voice.roles.chat import ChatBackend, ChatMessage, ChatRequest, validate
+from milo_voice.roles.chat import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    ChatBackend,
+    ChatDone,
+    ChatEvent,
+    ChatInputError,
+    ChatMessage,
+    ChatReply,
+    ChatRequest,
+    validate,
+)
+from milo_voice.roles.generation import TextPiece
 from milo_voice.roles.stt import SpeechToText, SttRequest
 from milo_voice.roles.translate import TranslateRequest, Translator
 from milo_voice.roles.tts import TextToSpeech, TtsRequest
@@ -32,6 +46,8 @@ Request = TypeVar("Request")
 Result = TypeVar("Result")
 Outputs = dict[str, np.ndarray]
 Inputs = dict[str, np.ndarray]
+# What a request's parsing and validation raise for bad input (not a server fault).
+INPUT_ERRORS = (ValueError, KeyError, TypeError, UnicodeDecodeError)
 
 
 @dataclass(frozen=True)
@@ -52,9 +68,6 @@ class StreamHandler:
 
     stream: Callable[[Inputs], Iterator[Outputs]]
     idle: Outputs
-
-
-Handler = BatchHandler | StreamHandler
 
 
 def with_defaults(request: Inputs, defaults: dict[str, Any]) -> Inputs:
@@ -112,7 +125,7 @@ def run_valid(
             request = parse(i)
             check(request)
             parsed[i] = request
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except INPUT_ERRORS as exc:
             errors[i] = str(exc) or type(exc).__name__
     results: list[Result | None] = [None] * count
     if parsed:
@@ -216,74 +229,226 @@ def translate_handler(role: Translator) -> BatchHandler:
 
 
 # -- chat ------------------------------------------------------------------------
+#
+# The chat role decodes many requests at once, so its models are not computed batch by
+# batch: each request is started on its own and its outputs are emitted from the role's
+# thread when they come (all at once for ``chat``, piece by piece for ``chat_stream``).
 
-CHAT_DEFAULTS = {"language": b"", "max_tokens": np.int32(0), "temperature": np.float32(-1.0)}
+Emit = Callable[[Outputs | Exception, bool], None]  # (outputs or a failure, final?)
 
 
-def parse_chat_request(messages: bytes | str, language: str, max_tokens: int, temperature: float) -> ChatRequest:
-    decoded = json.loads(messages)
+class RequestStarted(Protocol):
+    dequeued: threading.Event  # set once the request holds a slot or has ended
+
+    def cancel(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class GenerationHandler:
+    """A model whose role serves many requests at once, each reporting its outputs through ``emit``.
+
+    ``start`` never raises: a refused request emits its error (an ``error`` output for
+    ``chat``, an exception for the stream) as its final outputs. ``concurrency`` is how
+    many requests the role decodes together, so a server knows how many to let in.
+    """
+
+    start: Callable[[Inputs, Emit, Callable[[], bool] | None], RequestStarted]
+    concurrency: int
+    streaming: bool
+
+
+@dataclass(frozen=True)
+class ChatDefaults:
+    """The registry's defaults for what a chat request leaves out."""
+
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> ChatDefaults:
+        return cls(
+            int(spec.params.get("max_tokens", DEFAULT_MAX_TOKENS)),
+            float(spec.params.get("temperature", DEFAULT_TEMPERATURE)),
+        )
+
+
+def _cell(inputs: Inputs, name: str) -> Any:
+    """The one value of input ``name`` of one request (with or without a batch axis), or None."""
+    if name not in inputs:
+        return None
+    value = np.asarray(inputs[name]).reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def parse_chat_request(inputs: Inputs, defaults: ChatDefaults) -> tuple[ChatRequest, str]:
+    """One request's chat inputs as a ``ChatRequest``, and its ``request_id`` ("" when none)."""
+    decoded = json.loads(_cell(inputs, "messages"))
     if not isinstance(decoded, list) or not all(isinstance(m, dict) for m in decoded):
         raise ValueError('messages must be a JSON list of {"role", "content"} objects')
-    return ChatRequest(
+    stop = json.loads(_cell(inputs, "stop") or "[]")
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise ValueError("stop must be a JSON list of strings")
+    max_tokens, temperature = _cell(inputs, "max_tokens"), _cell(inputs, "temperature")
+    top_p, seed = _cell(inputs, "top_p"), _cell(inputs, "seed")
+    if seed is not None and seed < 0:
+        raise ValueError("seed must be 0 or more")
+    request = ChatRequest(
         messages=[ChatMessage(str(m.get("role", "")), str(m.get("content", ""))) for m in decoded],
-        language=language or None,
-        max_tokens=max_tokens,
-        temperature=temperature,
+        language=_cell(inputs, "language") or None,
+        max_tokens=int(max_tokens) if max_tokens is not None else defaults.max_tokens,
+        temperature=float(temperature) if temperature is not None else defaults.temperature,
+        top_p=float(top_p) if top_p is not None else DEFAULT_TOP_P,
+        seed=int(seed) if seed is not None else None,
+        stop=tuple(stop),
     )
+    validate(request)
+    return request, _cell(inputs, "request_id") or ""
 
 
-def _chat_request_at(inputs: Inputs, i: int, default_max_tokens: int) -> ChatRequest:
-    max_tokens = int(inputs["max_tokens"][i][0]) if "max_tokens" in inputs else 0
-    temperature = float(inputs["temperature"][i][0]) if "temperature" in inputs else -1.0
-    return parse_chat_request(
-        inputs["messages"][i][0],
-        text(inputs["language"][i]) if "language" in inputs else "",
-        max_tokens if max_tokens > 0 else default_max_tokens,
-        temperature if temperature >= 0 else 0.7,
-    )
+class _Ended:
+    """What ``start`` returns for a request that ended before it began (refused)."""
+
+    def __init__(self) -> None:
+        self.dequeued = threading.Event()
+        self.dequeued.set()
+
+    def cancel(self) -> None:
+        pass
 
 
-def chat_handler(backend: ChatBackend, default_max_tokens: int = 256) -> BatchHandler:
+class ChatService:
+    """One chat backend behind Triton's chat models; running requests are kept by id for ``chat_cancel``."""
+
+    def __init__(self, backend: ChatBackend, defaults: ChatDefaults) -> None:
+        self.backend = backend
+        self.defaults = defaults
+        self.concurrency = int(getattr(backend, "concurrency", 1))
+        self.in_flight = 0
+        self._running: dict[str, RequestStarted] = {}
+        self._lock = threading.Lock()
+
+    def start(self, inputs: Inputs, emit: Emit, is_cancelled: Callable[[], bool] | None, streaming: bool) -> Any:
+        try:
+            request, request_id = parse_chat_request(inputs, self.defaults)
+        except INPUT_ERRORS as exc:
+            message = str(exc) or type(exc).__name__
+            emit(ChatInputError(message) if streaming else _chat_outputs(None, message), True)
+            return _Ended()
+        final_outputs = _stream_outputs if streaming else _chat_outputs_of
+
+        def sink(event: ChatEvent) -> None:
+            if isinstance(event, TextPiece):
+                if streaming:
+                    emit(_stream_piece(event.text, ""), False)
+                return
+            with self._lock:
+                self.in_flight -= 1
+                if request_id:
+                    self._running.pop(request_id, None)
+            emit(final_outputs(event.reply) if isinstance(event, ChatDone) else event.error, True)
+
+        with self._lock:
+            self.in_flight += 1
+        try:
+            started = self.backend.start(request, sink, is_cancelled, pieces=streaming)
+        except Exception as exc:  # refused by the template, a full queue, a backend gone
+            with self._lock:
+                self.in_flight -= 1
+            refused = isinstance(exc, ChatInputError) and not streaming
+            emit(_chat_outputs(None, str(exc)) if refused else exc, True)
+            return _Ended()
+        if request_id:
+            with self._lock:
+                self._running[request_id] = started
+        return started
+
+    def cancel(self, request_id: str) -> bool:
+        with self._lock:
+            started = self._running.pop(request_id, None)
+        if started is not None:
+            started.cancel()
+        return started is not None
+
+
+def _chat_outputs(reply: ChatReply | None, error: str = "") -> Outputs:
+    return {
+        "text": _bytes_column([reply.text if reply else ""]),
+        "completion_tokens": _int_column([reply.completion_tokens if reply else 0]),
+        "prompt_tokens": _int_column([reply.prompt_tokens if reply else 0]),
+        "finish_reason": _bytes_column([reply.finish_reason if reply else "error"]),
+        "error": _bytes_column([error]),
+    }
+
+
+def _chat_outputs_of(reply: ChatReply) -> Outputs:
+    return _chat_outputs(reply)
+
+
+def _stream_piece(token: str, finish_reason: str) -> Outputs:
+    return {
+        "token": np.array([token.encode("utf-8")], dtype=np.object_),
+        "finish_reason": np.array([finish_reason.encode("utf-8")], dtype=np.object_),
+    }
+
+
+def _stream_outputs(reply: ChatReply) -> Outputs:
+    return _stream_piece("", reply.finish_reason)
+
+
+def chat_handler(service: ChatService) -> GenerationHandler:
+    def start(inputs: Inputs, emit: Emit, is_cancelled: Callable[[], bool] | None) -> Any:
+        return service.start(inputs, emit, is_cancelled, streaming=False)
+
+    return GenerationHandler(start, service.concurrency, streaming=False)
+
+
+def chat_stream_handler(services: Sequence[ChatService]) -> GenerationHandler:
+    """Streams of any number of instances: each stream goes to the one with the fewest in flight."""
+
+    def start(inputs: Inputs, emit: Emit, is_cancelled: Callable[[], bool] | None) -> Any:
+        service = min(services, key=lambda s: s.in_flight)
+        return service.start(inputs, emit, is_cancelled, streaming=True)
+
+    return GenerationHandler(start, sum(s.concurrency for s in services), streaming=True)
+
+
+def chat_cancel_handler(services: Sequence[ChatService]) -> BatchHandler:
+    """Cancels by request id in every instance of the model (the request runs in one of them)."""
+
     def compute(inputs: Inputs) -> Outputs:
-        results, errors = run_valid(
-            lambda i: _chat_request_at(inputs, i, default_max_tokens),
-            len(inputs["messages"]),
-            validate,
-            backend.complete_batch,
-        )
-        return {
-            "text": _bytes_column([r.text if r else "" for r in results]),
-            "completion_tokens": _int_column([r.completion_tokens if r else 0 for r in results]),
-            "prompt_tokens": _int_column([r.prompt_tokens if r else 0 for r in results]),
-            "finish_reason": _bytes_column([r.finish_reason if r else "error" for r in results]),
-            "error": _bytes_column(errors),
-        }
+        ids = [text(row) for row in inputs["request_id"]]
+        return {"cancelled": _int_column([int(any(s.cancel(i) for s in services)) if i else 0 for i in ids])}
 
-    return BatchHandler(compute, CHAT_DEFAULTS)
-
-
-def chat_stream_handler(backend: ChatBackend, default_max_tokens: int = 256) -> StreamHandler:
-    def stream(request: Inputs) -> Iterator[Outputs]:
-        batched = {name: value[None, ...] for name, value in request.items()}
-        for piece in backend.stream(_chat_request_at(batched, 0, default_max_tokens)):
-            yield {"token": np.array([piece.encode("utf-8")], dtype=np.object_)}
-
-    return StreamHandler(stream, {"token": np.array([b""], dtype=np.object_)})
+    return BatchHandler(compute)
 
 
 # -- which handler serves which model ------------------------------------------------
+
+Handler = BatchHandler | StreamHandler | GenerationHandler
 
 _FACTORIES: dict[str, Callable[..., Handler]] = {
     "stt": stt_handler,
     "tts": tts_handler,
     "tts_stream": tts_stream_handler,
     "translate": translate_handler,
+}
+_CHAT_FACTORIES: dict[str, Callable[[ChatService], GenerationHandler]] = {
     "chat": chat_handler,
-    "chat_stream": chat_stream_handler,
+    "chat_stream": lambda service: chat_stream_handler([service]),
 }
 
 
 def handler_for(io: tensors.ModelIO, spec: ModelSpec, instance: Any) -> Handler:
-    """The handler that serves ``io`` (a role's model or its stream) with one instance of ``spec``."""
-    extra = {"default_max_tokens": int(spec.params.get("max_tokens", 256))} if spec.role == "chat" else {}
-    return _FACTORIES[io.name](instance, **extra)
+    """The handler that serves ``io`` (a role's model or its stream) with one instance of ``spec``.
+
+    A chat instance is a ``ChatService`` (``chat_service``), shared by the role's models.
+    """
+    if spec.role == "chat":
+        return _CHAT_FACTORIES[io.name](instance)
+    return _FACTORIES[io.name](instance)
+
+
+def chat_service(spec: ModelSpec, backend: ChatBackend) -> ChatService:
+    return ChatService(backend, ChatDefaults.of(spec))
