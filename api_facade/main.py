@@ -61,9 +61,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         else MemorySessionStore(settings.session_ttl_s)
     )
     profile = active_profile()
-    registry = load_registry()
-    app.state.translate_revision = f"{profile}:{registry.by_role('translate').weights(profile).revision}"
-    app.state.voices = registry.by_role("tts").weights(profile).voices
+    # A model server may serve some roles only (a chat-only deployment): what is absent stays empty.
+    models = {spec.role: spec for spec in load_registry().models.values()}
+    translate = models.get("translate")
+    app.state.translate_revision = f"{profile}:{translate.weights(profile).revision}" if translate else profile
+    app.state.voices = models["tts"].weights(profile).voices if "tts" in models else {}
     app.state.tokens = TokenService(open_token_store(settings.redis_url, settings.data_dir), tuple(settings.tiers))
     app.state.rate_limiter = RateLimiter(settings.redis_url)
     app.state.trusted_proxies = parse_networks(settings.trusted_proxies)

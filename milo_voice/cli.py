@@ -128,6 +128,8 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"error: model {model} of {args.server} did not become ready ({state})", file=sys.stderr)
                 return 1
         env["MILO_TRITON_URL"] = f"127.0.0.1:{args.http_port}"
+        # Streams go over gRPC: the facade must know the port whatever it is.
+        env["MILO_TRITON_GRPC_URL"] = f"127.0.0.1:{args.grpc_port}"
         facade = subprocess.Popen(
             [
                 sys.executable,

@@ -91,8 +91,9 @@ def generation_stream_infer(handler: GenerationHandler) -> Callable[..., Any]:
     """``chat_stream``: an async generator per call, so any number of streams run together.
 
     The role's thread hands each piece to this loop; nothing here blocks a thread while a
-    stream waits for its next token. A request whose stream has ended answers filler
-    pieces (``finish_reason`` empty, no text) while the call's other streams go on.
+    stream waits for its next token. Pieces that arrive while this loop is busy go out
+    together, joined (``handler.merge``). A request whose stream has ended, or has nothing
+    new, answers filler pieces (no text, no finish reason) while the call's others go on.
     """
 
     async def infer(requests: list[Any]) -> AsyncIterator[list[Outputs]]:
@@ -109,19 +110,31 @@ def generation_stream_infer(handler: GenerationHandler) -> Callable[..., Any]:
         open_streams = set(range(len(requests)))
         try:
             while open_streams:
-                i, outputs, final = await pieces.get()
-                if isinstance(outputs, Exception):
-                    raise outputs
-                if final:
-                    open_streams.discard(i)
-                idle = {name: _filler(value) for name, value in outputs.items()}
-                yield [outputs if j == i else idle for j in range(len(requests))]
+                waiting = [await pieces.get()]
+                while not pieces.empty():
+                    waiting.append(pieces.get_nowait())
+                ready: dict[int, Outputs] = {}
+                for i, outputs, final in waiting:
+                    if isinstance(outputs, Exception):
+                        raise outputs
+                    if final:
+                        open_streams.discard(i)
+                    joined = ready.get(i)
+                    ready[i] = handler.merge(joined, outputs) if joined and handler.merge else outputs
+                    if joined and not handler.merge:  # nothing to join with: one piece per response
+                        yield [joined if j == i else _idle(joined) for j in range(len(requests))]
+                any_piece = next(iter(ready.values()))
+                yield [ready.get(j) or _idle(any_piece) for j in range(len(requests))]
         finally:
             # Also when the call is abandoned: the role frees the slot at its next step.
             for request in started:
                 request.cancel()
 
     return infer
+
+
+def _idle(like: Outputs) -> Outputs:
+    return {name: _filler(value) for name, value in like.items()}
 
 
 def _filler(value: np.ndarray) -> np.ndarray:

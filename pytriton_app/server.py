@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sysconfig
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,11 @@ from pytriton.triton import Triton, TritonConfig
 
 from client import tensors
 from milo_voice.registry import ModelSpec, Registry, active_profile, load_registry
+from milo_voice.serving.chat_metrics import PrometheusChatMetrics
 from milo_voice.serving.instances import DevicePlanner, load_instance, with_cloud_chat
 from milo_voice.serving.tensor_io import GenerationHandler, chat_cancel_handler, chat_stream_handler, handler_for
 from pytriton_app.infer import infer_callable
+from pytriton_app.metrics import MetricsRelay
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +62,11 @@ def model_config(spec: ModelSpec, io: tensors.ModelIO) -> ModelConfig:
         return ModelConfig(batching=False, decoupled=True)
     if io.shared_process_only:  # chat_cancel: tiny calls, no queue policy of its own
         return ModelConfig(max_batch_size=b.max_batch_size, batcher=DynamicBatcher())
-    # Chat decodes each request as it comes (continuous batching in the role); PyTriton answers
-    # a call only as a whole, so each call carries one request and the role's slots set how many
-    # calls run at once. Triton's queue still holds the rest, with its priorities and bound.
-    max_batch_size = 1 if spec.role == "chat" else b.max_batch_size
     return ModelConfig(
-        max_batch_size=max_batch_size,
+        max_batch_size=b.max_batch_size,
         batcher=DynamicBatcher(
             max_queue_delay_microseconds=b.max_queue_delay_us,
-            preferred_batch_size=[n for n in b.preferred_batch_sizes if n <= max_batch_size] or None,
+            preferred_batch_size=list(b.preferred_batch_sizes) or None,
             priority_levels=b.priority_levels,
             default_priority_level=b.default_priority_level,
             default_queue_policy=QueuePolicy(
@@ -80,9 +79,16 @@ def model_config(spec: ModelSpec, io: tensors.ModelIO) -> ModelConfig:
     )
 
 
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def build_role_instances(spec: ModelSpec, profile: str, planner: DevicePlanner) -> list[Any]:
     count = spec.instances.count_on(planner.gpu_count)
-    return [load_instance(spec, profile, planner.place(spec.instances.kind)) for _ in range(count)]
+    observer = PrometheusChatMetrics(spec.name) if spec.role == "chat" else None
+    return [load_instance(spec, profile, planner.place(spec.instances.kind), observer) for _ in range(count)]
 
 
 def load_all(registry: Registry, profile: str, planner: DevicePlanner) -> dict[str, list[Any]]:
@@ -132,10 +138,13 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
     prefer_running_libpython()
     registry = with_cloud_chat(registry or load_registry())
     profile = profile or active_profile()
+    # Triton's metrics go to a loopback port; the host serves the public one (``MetricsRelay``).
+    triton_metrics_port = free_loopback_port()
     config = TritonConfig(
         http_port=ports.http,
         grpc_port=ports.grpc,
-        metrics_port=ports.metrics,
+        metrics_port=triton_metrics_port,
+        metrics_address="127.0.0.1",
         allow_metrics=True,
         allow_cpu_metrics=True,
         # P50/P95/P99 per model as Prometheus summaries (nv_inference_request_summary_us, ...).
@@ -148,9 +157,25 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
     # Load before Triton starts: Triton answers "server ready" as soon as it runs, so
     # clients must also wait on each model's own readiness (``/v2/models/<name>/ready``).
     instances = load_all(registry, profile, planner)
-    with Triton(config=config) as triton:
-        bound = bind_all(triton, registry, instances)
-        log.info(
-            "serving %s on http :%d, grpc :%d, metrics :%d", ", ".join(bound), ports.http, ports.grpc, ports.metrics
-        )
-        triton.serve()
+    try:
+        with MetricsRelay(ports.metrics, triton_metrics_port), Triton(config=config) as triton:
+            bound = bind_all(triton, registry, instances)
+            log.info(
+                "serving %s on http :%d, grpc :%d, metrics :%d",
+                ", ".join(bound),
+                ports.http,
+                ports.grpc,
+                ports.metrics,
+            )
+            triton.serve()
+    finally:
+        close_all(instances)
+
+
+def close_all(instances: dict[str, list[Any]]) -> None:
+    """Stop what runs threads of its own (the chat engines), so the host exits cleanly."""
+    for served in instances.values():
+        for instance in served:
+            close = getattr(instance, "close", None)
+            if close is not None:
+                close()

@@ -133,8 +133,11 @@ def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, em
     assert reader.fields["general.file_type"].contents() == shapes.LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert reader.fields["llama.block_count"].contents() == 2
     assert reader.fields["tokenizer.chat_template"].contents() == tokenizer["tokenizer.chat_template"]
-    chat = LocalChat(tmp_path / "chat" / "model.gguf", n_ctx=512, ignore_eos=True)
-    reply = chat.complete(ChatRequest([ChatMessage("user", "Salama")], max_tokens=12))
+    chat = LocalChat(tmp_path / "chat" / "model.gguf", n_ctx=512, slots=2, ignore_eos=True)
+    try:
+        reply = chat.complete(ChatRequest([ChatMessage("user", "Salama")], max_tokens=12))
+    finally:
+        chat.close()
     assert reply.completion_tokens == 12
     assert reply.finish_reason == "length"
 
@@ -151,8 +154,10 @@ def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str)
         assert registry["translate"].params["min_decoding_length"] == gpu.TRANSLATE_TOKENS
         assert registry["translate"].params["max_decoding_length"] == gpu.TRANSLATE_TOKENS
     assert registry["chat"].params["ignore_eos"] is True
-    sizes = {spec.batching.max_batch_size for spec in registry.models.values()}
+    # Chat takes requests one at a time and batches them in the role: its slots say "unbatched".
+    sizes = {spec.batching.max_batch_size for spec in registry.models.values() if spec.role != "chat"}
     assert (sizes == {1}) == (variant == "unbatched")
+    assert (registry["chat"].params["gpu_slots"] == 1) == (variant == "unbatched")
     if variant == "stt-no-timestamps":
         assert registry["stt"].params["timestamps"] is False
 
@@ -176,10 +181,11 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
     assert ct2_decoder.params["torch_decoder"] is False and "torch_encoder" not in ct2_decoder.params
     assert "torch_decoder" not in fast.params
     assert registry_of("chat-x2")["chat"].instances.count == 2
+    assert registry_of("chat-s16")["chat"].params["gpu_slots"] == 16
     unbatched = registry_of("chat-unbatched")
     # The facade needs every role, so the others stay (only chat is measured).
     assert set(unbatched.models) == {"stt", "tts", "translate", "chat"}
-    assert unbatched["chat"].batching.max_batch_size == 1 and unbatched["stt"].batching.max_batch_size > 1
+    assert unbatched["chat"].params["gpu_slots"] == 1 and unbatched["stt"].batching.max_batch_size > 1
     assert registry_of("translate-base")["translate"].params["gpu_compute_type"] == "int8_float16"
     audit = registry_of("audit")
     assert audit["translate"].params["gpu_compute_type"] == "float16"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")
-def chat(embedded_dir: Path) -> LocalChat:
-    return LocalChat(embedded_dir / "chat" / "model.gguf", n_ctx=4096)
+def chat(embedded_dir: Path) -> Iterator[LocalChat]:
+    role = LocalChat(embedded_dir / "chat" / "model.gguf", n_ctx=4096)
+    yield role
+    role.close()
 
 
 def ask(text: str, max_tokens: int = 24) -> ChatRequest:

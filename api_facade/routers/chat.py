@@ -15,7 +15,7 @@ from api_facade.access import access, triton_for
 from api_facade.audio import encode
 from api_facade.dependencies import get_sessions
 from api_facade.errors import ApiError
-from api_facade.metrics import AUDIO_SECONDS, TOKENS
+from api_facade.metrics import AUDIO_SECONDS, TOKENS, ChatTiming
 from api_facade.protocol import SESSION_ID_PATTERN, ChatAnswer, ChatAudio, ChatBody, SessionTurn, SessionView
 from api_facade.sessions import SessionStore, Turn, trim_to_budget
 from api_facade.settings import Settings, get_settings
@@ -70,7 +70,8 @@ async def chat(
             media_type="text/event-stream",
         )
 
-    result = await triton.chat(_messages(context), body.language, body.max_tokens, body.temperature, model=model)
+    with ChatTiming("/v1/chat"):
+        result = await triton.chat(_messages(context), body.language, body.max_tokens, body.temperature, model=model)
     TOKENS.inc(result.completion_tokens)
     # An empty reply is returned as it is (never invented) and not stored: the user may ask again.
     if result.text.strip():
@@ -105,11 +106,12 @@ async def _stream(
     pieces: list[str] = []
     try:
         messages = _messages(context)
-        async for delta in triton.chat_stream(messages, body.language, body.max_tokens, body.temperature, model):
-            if delta.text:
-                pieces.append(delta.text)
-                TOKENS.inc()
-                yield _sse("token", {"text": delta.text})
+        with ChatTiming("/v1/chat") as timing:
+            async for delta in triton.chat_stream(messages, body.language, body.max_tokens, body.temperature, model):
+                if delta.text:
+                    pieces.append(delta.text)
+                    timing.token()
+                    yield _sse("token", {"text": delta.text})
         reply = "".join(pieces).strip()
         if reply:
             await sessions.append(session_id, [Turn("user", body.message), Turn("assistant", reply)])

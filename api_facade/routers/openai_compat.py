@@ -22,7 +22,7 @@ from api_facade.access import access, triton_for
 from api_facade.audio import MEDIA_TYPES, encode
 from api_facade.dependencies import get_voices
 from api_facade.errors import ApiError
-from api_facade.metrics import AUDIO_SECONDS, TOKENS
+from api_facade.metrics import AUDIO_SECONDS, TOKENS, ChatTiming
 from api_facade.routers.stt import transcribe_upload
 from api_facade.settings import Settings, get_settings
 from api_facade.subtitles import to_srt, to_vtt
@@ -179,17 +179,20 @@ async def chat_completions(
         async def events() -> AsyncIterator[bytes]:
             yield _chunk(completion_id, created, body.model, {"role": "assistant", "content": ""}, None)
             finish_reason = "stop"
-            async for delta in triton.chat_stream(messages, None, max_tokens, body.temperature, sampling=sampling):
-                if delta.text:
-                    TOKENS.inc()
-                    yield _chunk(completion_id, created, body.model, {"content": delta.text}, None)
-                finish_reason = delta.finish_reason or finish_reason
+            with ChatTiming("/v1/chat/completions") as timing:
+                stream = triton.chat_stream(messages, None, max_tokens, body.temperature, sampling=sampling)
+                async for delta in stream:
+                    if delta.text:
+                        timing.token()
+                        yield _chunk(completion_id, created, body.model, {"content": delta.text}, None)
+                    finish_reason = delta.finish_reason or finish_reason
             yield _chunk(completion_id, created, body.model, {}, finish_reason)
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    result = await triton.chat(messages, None, max_tokens, body.temperature, sampling=sampling)
+    with ChatTiming("/v1/chat/completions"):
+        result = await triton.chat(messages, None, max_tokens, body.temperature, sampling=sampling)
     TOKENS.inc(result.completion_tokens)
     return {
         "id": completion_id,

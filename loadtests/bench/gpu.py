@@ -38,7 +38,6 @@ import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -59,6 +58,7 @@ STT_TOKENS = 32  # per 30 s window, as in the in-process reference
 TRANSLATE_TOKENS = 24  # a sentence of about 15 words
 CHAT_TOKENS = 64  # a short spoken answer (the Locust suites ask for 64 too)
 LEVELS = (1, 8, 32)
+CHAT_CONCURRENCY = (1, 4, 16, 32)  # conversations decoded together in process
 # Requests per level at least (and twice the concurrency): a stable median in a few seconds.
 MIN_REQUESTS = {"tts": 32, "stt": 16, "translate": 64, "chat": 8}
 # Reference measured in process on an H100 (CTranslate2 fp16, greedy, 32 tokens per window).
@@ -105,6 +105,7 @@ def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = 
     if variant == "unbatched":
         for table in models.values():
             table.update(max_batch_size=1, preferred_batch_sizes=[], max_queue_delay_us=0)
+        models["chat"]["params"].update(slots=1, gpu_slots=1)  # chat batches in the role: one slot
     elif variant == "tuned":
         for name, change in (tuned or {}).items():
             models[name].update(
@@ -150,10 +151,12 @@ def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = 
         elif variant != "translate-base":
             raise ValueError(f"unknown variant {variant!r}")
     elif variant.startswith("chat-"):
-        # Only chat is measured (chat-unbatched, chat-x2, chat-x4: instances); the facade still
-        # expects every role in the registry.
+        # Only chat is measured (chat-unbatched: one slot; chat-sN: N slots; chat-xN: N instances).
         if variant == "chat-unbatched":
-            models["chat"].update(max_batch_size=1, preferred_batch_sizes=[], max_queue_delay_us=0)
+            models["chat"]["params"].update(slots=1, gpu_slots=1)
+        elif re.fullmatch(r"chat-s\d+", variant):
+            slots = int(variant.removeprefix("chat-s"))
+            models["chat"]["params"].update(slots=slots, gpu_slots=slots)
         elif re.fullmatch(r"chat-x\d+", variant):
             models["chat"]["instances"] = {"count": int(variant.removeprefix("chat-x")), "kind": "auto"}
         else:
@@ -407,41 +410,33 @@ def translate_inprocess(path: Path) -> dict[str, Any]:
 
 
 def chat_inprocess(path: Path) -> dict[str, Any]:
+    """The chat role alone on the GPU: one reply, then conversations decoded together (continuous batching)."""
     from milo_voice.roles.chat import ChatMessage, ChatRequest, LocalChat
 
     request = ChatRequest([ChatMessage("user", payloads.CHAT_SCRIPT[2])], max_tokens=CHAT_TOKENS)
-    rows: dict[str, Any] = {"instances": {}}
+    rows: dict[str, Any] = {"concurrent": {}}
     before = _memory_used_mib()
-    chats = [LocalChat(path, n_ctx=4096, n_gpu_layers=-1, ignore_eos=True)]
-    rows["memory_mib_per_instance"] = round(_memory_used_mib() - before)
-    reply = chats[0].complete(request)
-    seconds = timed(lambda: chats[0].complete(request), 5)
-    rows["single"] = {
-        "ms": round(seconds * 1000, 1),
-        "completion_tokens": reply.completion_tokens,
-        "prompt_tokens": reply.prompt_tokens,
-        "tokens_s": round(reply.completion_tokens / seconds, 1),
-    }
-    replies_each = 4
-    for count in (1, 2, 4):
-        while len(chats) < count:
-            chats.append(LocalChat(path, n_ctx=4096, n_gpu_layers=-1, ignore_eos=True))
-
-        def run(chat: LocalChat) -> None:
-            for _ in range(replies_each):
-                chat.complete(request)
-
-        threads = [threading.Thread(target=run, args=(chat,)) for chat in chats[:count]]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        seconds = time.perf_counter() - started
-        rows["instances"][count] = {
-            "tokens_s": round(count * replies_each * reply.completion_tokens / seconds, 1),
-            "ms_per_reply": round(seconds / replies_each * 1000, 1),
+    chat = LocalChat(path, n_ctx=4096, slots=max(CHAT_CONCURRENCY), n_gpu_layers=-1, ignore_eos=True)
+    try:
+        rows["memory_mib"] = round(_memory_used_mib() - before)
+        reply = chat.complete(request)
+        seconds = timed(lambda: chat.complete(request), 5)
+        rows["single"] = {
+            "ms": round(seconds * 1000, 1),
+            "completion_tokens": reply.completion_tokens,
+            "prompt_tokens": reply.prompt_tokens,
+            "tokens_s": round(reply.completion_tokens / seconds, 1),
         }
+        for count in CHAT_CONCURRENCY:
+            batch = [request] * count
+            chat.complete_batch(batch)
+            seconds = timed(lambda batch=batch: chat.complete_batch(batch), 3)
+            rows["concurrent"][count] = {
+                "tokens_s": round(count * reply.completion_tokens / seconds, 1),
+                "ms_per_reply": round(seconds * 1000, 1),
+            }
+    finally:
+        chat.close()
     return rows
 
 
@@ -498,7 +493,6 @@ def _preferred(max_batch: int) -> list[int]:
 def phase_tune(args: argparse.Namespace) -> None:
     """Batch sizes and instance counts from the in-process curves, as a tuned registry."""
     data = json.loads((args.work / "results" / "inprocess.json").read_text())
-    configured = tomllib.loads(REGISTRY.read_text())["models"]
     tuned: dict[str, dict[str, Any]] = {}
     reasons: dict[str, str] = {}
     stt = data.get("stt", {}).get("large-v3-turbo", {})
@@ -516,12 +510,7 @@ def phase_tune(args: argparse.Namespace) -> None:
             curve = {int(b): row["requests_s"] for b, row in batches.items()}
             tuned[name] = {"max_batch_size": knee(curve), "instances": 1}
             reasons[name] = f"requests/s by batch {curve}"
-    instances = data.get("chat", {}).get("instances")
-    if instances:
-        curve = {int(n): row["tokens_s"] for n, row in instances.items()}
-        count = knee(curve)
-        tuned["chat"] = {"max_batch_size": configured["chat"]["max_batch_size"], "instances": count}
-        reasons["chat"] = f"tokens/s by instances {curve}"
+    # Chat batches in the role (continuous batching): its slots are measured by bench/chat_batching.py.
     for change in tuned.values():
         change["preferred_batch_sizes"] = _preferred(change["max_batch_size"])
     save(args.work, "tune", {"tuned": tuned, "reasons": reasons})

@@ -2,9 +2,11 @@
 # The GPU benchmark's steps on the lent GPU machine (no package registry there).
 #
 #   gpu_device.sh install DIR       install the wheels carried in DIR into the system Python
-#   gpu_device.sh llama-build SDIST build llama-cpp-python with CUDA from a carried sdist, in the
-#                                   background (log: $WORK/llama-build.log, done: $WORK/llama-built)
-#   gpu_device.sh llama-wait        wait for that build, then install its wheel
+#   gpu_device.sh llama-build SDIST install llama-cpp-python's Python package from a carried sdist
+#                                   (see bench/llama_server.py slim) and build llama.cpp with CUDA in the
+#                                   background: the shared libraries it loads and llama-server, in one
+#                                   compile (log: $WORK/llama-build.log, done: $WORK/llama-built)
+#   gpu_device.sh llama-wait        wait for that build
 #   gpu_device.sh phase ARGS...     python -m loadtests.bench.gpu ARGS..., with the libraries set up
 #   gpu_device.sh run MODULE ARGS   python -m MODULE ARGS..., set up the same way
 #
@@ -27,27 +29,33 @@ libraries() {
     libdir=$(python3 -c 'import sysconfig;print(sysconfig.get_config_var("LIBDIR"))')
     cudnn=$(python3 -c 'import nvidia.cudnn,os;print(os.path.join(list(nvidia.cudnn.__path__)[0],"lib"))' 2>/dev/null || true)
     export LD_LIBRARY_PATH="$libdir:$site/nvidia_pytriton.libs:/tmp/cu12:$cuda:${cudnn:+$cudnn:}${LD_LIBRARY_PATH:-}"
+    # llama.cpp as `llama-build` built it: llama-cpp-python loads these, llama-server runs from there.
+    local server
+    server=$(ls "$HOME"/.cache/milo-voice/llama-server-*-cuda/llama-server 2>/dev/null | head -1)
+    if [ -n "$server" ]; then export LLAMA_CPP_LIB_PATH=$(dirname "$server") LLAMA_SERVER=$server; fi
 }
 
 case "${1:-}" in
 install)
     python3 -m pip install -q --no-index --no-deps --no-compile --break-system-packages "$2"/*.whl
     # The image's scikit-learn needs NumPy 2, which PyTriton 0.7 cannot use (empty responses);
-    # transformers imports it when present, so it goes (SciPy 1.14 is carried for NumPy 1.26).
+    # transformers imports it when present, so it goes. So does the image's SciPy if it cannot load
+    # under NumPy 1.26 (transformers imports it too, with a misleading error), unless one was carried.
     python3 -m pip uninstall -y -q --break-system-packages scikit-learn 2>/dev/null || true
+    python3 -c "import scipy.optimize" 2>/dev/null || python3 -m pip uninstall -y -q --break-system-packages scipy || true
     ;;
 llama-build)
     rm -f "$WORK/llama-built" "$WORK/llama-failed"
     rm -rf "$WORK/llama-src" && mkdir -p "$WORK/llama-src" && tar xzf "$2" -C "$WORK/llama-src"
-    nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc)
-    # setsid: the build outlives this call and goes on while the next phases run.
-    setsid bash -c "cd $WORK/llama-src/llama_cpp_python-* && \
-        CUDACXX=$nvcc CMAKE_BUILD_PARALLEL_LEVEL=12 \
-        CMAKE_ARGS='-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF' \
-        python3 -m pip wheel -v --no-build-isolation --no-deps . -w $WORK/llama-wheel \
+    # The Python package alone (LLAMA_BUILD off): it loads the libraries built below (LLAMA_CPP_LIB_PATH).
+    (cd "$WORK"/llama-src/llama_cpp_python-* && CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" \
+        python3 -m pip install -q --no-deps --no-build-isolation --no-index --break-system-packages .)
+    export CUDACXX=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc)
+    # setsid: the build outlives this call and goes on while the next calls run.
+    setsid bash -c "python3 -m loadtests.bench.llama_server build --cuda --sdist $2 \
         > $WORK/llama-build.log 2>&1 && touch $WORK/llama-built || touch $WORK/llama-failed" \
         </dev/null >/dev/null 2>&1 &
-    echo "llama-cpp-python build started in the background"
+    echo "llama.cpp build started in the background"
     ;;
 llama-wait)
     for _ in $(seq 1 "${2:-480}"); do
@@ -55,9 +63,9 @@ llama-wait)
         sleep 1
     done
     if [ ! -e "$WORK/llama-built" ]; then
-        echo "llama-cpp-python build not finished or failed:"; grep -o "\[[0-9]*/[0-9]*\]" "$WORK/llama-build.log" | tail -1; grep -i -A3 "error" "$WORK/llama-build.log" | cut -c1-300 | tail -20; exit 1
+        echo "llama.cpp build not finished or failed:"; grep -o "\[ *[0-9]*%\]" "$WORK/llama-build.log" | tail -1; grep -i -A3 "error" "$WORK/llama-build.log" | cut -c1-300 | tail -20; exit 1
     fi
-    python3 -m pip install -q --no-index --no-deps --no-compile --break-system-packages "$WORK"/llama-wheel/*.whl
+    tail -1 "$WORK/llama-build.log"
     ;;
 phase|run)
     if [ "$1" = phase ]; then set -- loadtests.bench.gpu "${@:2}"; else shift; fi

@@ -298,10 +298,13 @@ class LocalChat(_BlockingForms):
     def count_tokens(self, text: str) -> int:
         return len(self.engine.tokenize(text, special=False))
 
+    def template(self, messages: Sequence[ChatMessage]) -> str:
+        """The prompt's text: the GGUF's chat template applied, the assistant's turn opened."""
+        return str(self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages]).prompt)
+
     def render(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """The prompt's tokens: the chat template applied, the assistant's turn opened."""
-        prompt = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages]).prompt
-        return self.engine.tokenize(prompt)
+        """The prompt's tokens (``template``'s text, its special tokens parsed)."""
+        return self.engine.tokenize(self.template(messages))
 
     def shared_prefix(self) -> list[int]:
         """The tokens every prompt starts with: the template's opening and Milo's system prompt."""

@@ -63,12 +63,20 @@ Sink = Callable[[Event], None]
 
 
 class EngineObserver:
-    """Hooks for metrics; the serving layer overrides them (the engine imports no metrics library)."""
+    """Hooks for metrics, called on the engine's thread; the serving layer overrides them
+    (the engine imports no metrics library). They must return at once."""
 
-    def admitted(self, queue_seconds: float) -> None: ...
+    def capacity(self, change: int) -> None:
+        """How many conversations the engine decodes at once: +slots at start, -slots when it closes."""
 
-    def first_token(self, seconds: float) -> None: ...
+    def slots_busy(self, change: int) -> None:
+        """+1 when a conversation takes a slot, -1 when it leaves."""
 
-    def tokens(self, count: int) -> None: ...
+    def tokens(self, count: int) -> None:
+        """Tokens sampled in one step."""
 
-    def slots_busy(self, busy: int) -> None: ...
+    def first_token(self, seconds: float) -> None:
+        """A request's first token, ``seconds`` after it was submitted."""
+
+    def admitted(self, queue_seconds: float) -> None:
+        """A request took a slot ``queue_seconds`` after it was submitted."""

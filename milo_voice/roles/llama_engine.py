@@ -283,6 +283,7 @@ class LlamaEngine:
         self.max_queued = max_queued
         self.ignore_eos = ignore_eos
         self.observer = observer or EngineObserver()
+        self.observer.capacity(slots)
         self._pieces = [self._piece(t) for t in range(self.n_vocab)]
         self._is_eog = np.array([lc.llama_vocab_is_eog(self._vocab, t) for t in range(self.n_vocab)], dtype=bool)
         self._eog_ids = np.flatnonzero(self._is_eog)
@@ -406,6 +407,7 @@ class LlamaEngine:
             self._closed = True
             self._work.notify()
         self._thread.join()
+        self.observer.capacity(-self.slots)
         for job in self._jobs:
             self._free_sampler(job)
         lc.llama_free(self._ctx)
@@ -500,7 +502,7 @@ class LlamaEngine:
             with self._lock:
                 self._stats.slots_busy = len(self._jobs)
                 self._stats.prompt_tokens_cached += keep
-            self.observer.slots_busy(len(self._jobs))
+            self.observer.slots_busy(+1)
             self.observer.admitted(now - generation.submitted)
             generation.dequeued.set()
 
@@ -655,7 +657,7 @@ class LlamaEngine:
         self._jobs.remove(job)
         with self._lock:
             self._stats.slots_busy = len(self._jobs)
-        self.observer.slots_busy(len(self._jobs))
+        self.observer.slots_busy(-1)
 
     def _free_sampler(self, job: _Job) -> None:
         if job.sampler is not None:

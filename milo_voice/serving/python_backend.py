@@ -23,6 +23,7 @@ import numpy as np
 
 from client import tensors
 from milo_voice.registry import active_profile, load_registry
+from milo_voice.serving.chat_metrics import TritonChatMetrics
 from milo_voice.serving.instances import Device, load_instance, with_cloud_chat
 from milo_voice.serving.tensor_io import (
     INPUT_ERRORS,
@@ -61,7 +62,9 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         spec = with_cloud_chat(load_registry()).models[parameters["milo_model"]]
         self.io = tensors.MODELS[parameters["milo_io"]]
-        self.instance = load_instance(spec, active_profile(), device_of(args))
+        metrics = getattr(pb_utils, "MetricFamily", None) is not None and spec.role == "chat"
+        observer = TritonChatMetrics(pb_utils, args.get("model_name", spec.name)) if metrics else None
+        self.instance = load_instance(spec, active_profile(), device_of(args), observer)
         self.handler: Handler = handler_for(self.io, spec, self.instance)
         self._outbox: queue.SimpleQueue[tuple[Any, Outputs | Exception, bool] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
@@ -123,21 +126,36 @@ class TritonPythonModel:
             request.dequeued.wait()
 
     def _send_responses(self) -> None:
-        """Responses go out on this thread, so the role's thread never waits on Triton's IPC."""
+        """Responses go out on this thread, so the role's thread never waits on Triton's IPC.
+
+        Pieces of one stream that queued up while this thread was sending go out joined
+        (``handler.merge``): a busy server sends fewer, larger responses.
+        """
         final_flag = self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        merge = self.handler.merge if isinstance(self.handler, GenerationHandler) else None
         while (item := self._outbox.get()) is not None:
-            sender, outputs, final = item
-            try:
-                if isinstance(outputs, Exception):
-                    if not isinstance(outputs, INPUT_ERRORS):
-                        log.error("chat request failed: %s", outputs)
-                    # "<exception name>: <message>" is how clients tell a refused input from a fault.
-                    error = self.pb_utils.TritonError(f"{type(outputs).__name__}: {outputs}")
-                    sender.send(self.pb_utils.InferenceResponse(error=error), flags=final_flag)
-                else:
-                    sender.send(self._response(outputs), flags=final_flag if final else 0)
-            except Exception:  # a request whose client is gone; the others go on
-                log.exception("could not send a chat response")
+            waiting = [item]
+            while not self._outbox.empty():
+                waiting.append(self._outbox.get_nowait())
+            stop = waiting[-1] is None
+            items = [i for i in waiting if i is not None]
+            for sender, outputs, final in _joined(items, merge):
+                self._send(sender, outputs, final_flag if final else 0)
+            if stop:
+                break
+
+    def _send(self, sender: Any, outputs: Outputs | Exception, flags: int) -> None:
+        try:
+            if isinstance(outputs, Exception):
+                if not isinstance(outputs, INPUT_ERRORS):
+                    log.error("chat request failed: %s", outputs)
+                # "<exception name>: <message>" is how clients tell a refused input from a fault.
+                error = self.pb_utils.TritonError(f"{type(outputs).__name__}: {outputs}")
+                sender.send(self.pb_utils.InferenceResponse(error=error), flags=flags)
+            else:
+                sender.send(self._response(outputs), flags=flags)
+        except Exception:  # a request whose client is gone; the others go on
+            log.exception("could not send a chat response")
 
     def _stream(self, request: Any, handler: StreamHandler) -> None:
         sender = request.get_response_sender()
@@ -161,10 +179,29 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         # The role first: what it still holds fails through the outbox, then the sender stops.
-        close = getattr(getattr(self.instance, "backend", self.instance), "close", None)
+        close = getattr(self.instance, "close", None)
         if close is not None:
             close()
         if self._sender is not None:
             self._outbox.put(None)
             self._sender.join(timeout=10)
         log.info("%s instance unloaded", self.io.name)
+
+
+Pending = tuple[Any, Outputs | Exception, bool]
+
+
+def _joined(items: list[Pending], merge: Any) -> list[Pending]:
+    """Consecutive pieces of the same request joined by ``merge``; order, errors and finals kept."""
+    if merge is None:
+        return items
+    joined: list[Pending] = []
+    for sender, outputs, final in items:
+        last = next((k for k in range(len(joined) - 1, -1, -1) if joined[k][0] is sender), None)
+        if last is not None and not joined[last][2]:
+            previous = joined[last][1]
+            if not isinstance(previous, Exception) and not isinstance(outputs, Exception):
+                joined[last] = (sender, merge(previous, outputs), final)
+                continue
+        joined.append((sender, outputs, final))
+    return joined

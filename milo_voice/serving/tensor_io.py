@@ -250,11 +250,14 @@ class GenerationHandler:
     ``start`` never raises: a refused request emits its error (an ``error`` output for
     ``chat``, an exception for the stream) as its final outputs. ``concurrency`` is how
     many requests the role decodes together, so a server knows how many to let in.
+    ``merge`` joins two pieces of one stream that are both waiting to be sent: a server that
+    falls behind sends fewer, larger responses instead of falling further behind.
     """
 
     start: Callable[[Inputs, Emit, Callable[[], bool] | None], RequestStarted]
     concurrency: int
     streaming: bool
+    merge: Callable[[Outputs, Outputs], Outputs] | None = None
 
 
 @dataclass(frozen=True)
@@ -371,6 +374,12 @@ class ChatService:
             started.cancel()
         return started is not None
 
+    def close(self) -> None:
+        """Stop the backend (a local engine's thread); what it still runs fails with a clear error."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
 
 def _chat_outputs(reply: ChatReply | None, error: str = "") -> Outputs:
     return {
@@ -397,6 +406,15 @@ def _stream_outputs(reply: ChatReply) -> Outputs:
     return _stream_piece("", reply.finish_reason)
 
 
+def merge_stream_pieces(first: Outputs, then: Outputs) -> Outputs:
+    """Two consecutive ``chat_stream`` pieces as one: the texts joined, the later finish reason."""
+    token = first["token"][0] + then["token"][0]
+    return {
+        "token": np.array([token], dtype=np.object_),
+        "finish_reason": then["finish_reason"] if then["finish_reason"][0] else first["finish_reason"],
+    }
+
+
 def chat_handler(service: ChatService) -> GenerationHandler:
     def start(inputs: Inputs, emit: Emit, is_cancelled: Callable[[], bool] | None) -> Any:
         return service.start(inputs, emit, is_cancelled, streaming=False)
@@ -411,7 +429,7 @@ def chat_stream_handler(services: Sequence[ChatService]) -> GenerationHandler:
         service = min(services, key=lambda s: s.in_flight)
         return service.start(inputs, emit, is_cancelled, streaming=True)
 
-    return GenerationHandler(start, sum(s.concurrency for s in services), streaming=True)
+    return GenerationHandler(start, sum(s.concurrency for s in services), True, merge_stream_pieces)
 
 
 def chat_cancel_handler(services: Sequence[ChatService]) -> BatchHandler:

@@ -12,9 +12,12 @@ stub embeds the same Python (and so sees the same packages) as this process.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from milo_voice.registry import REPO_ROOT, registry_path
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,15 @@ def start_server(
     server = prepare_server(workdir)
     verbose = int(os.environ.get("MILO_TRITON_LOG_VERBOSE", "0"))
     command = server_command(server, repository.resolve(), ports, verbose)
-    return subprocess.Popen(command, env=server_environment(), **popen)  # type: ignore[call-overload]
+    return subprocess.Popen(  # type: ignore[call-overload]
+        command, env=server_environment(), preexec_fn=_stop_with_parent, **popen
+    )
+
+
+def _stop_with_parent() -> None:
+    """In the child: the kernel sends it SIGTERM if this process dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def main() -> None:
@@ -114,12 +127,19 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="where the server copy goes (default: a temporary folder)")
     args = parser.parse_args()
     ports = ServerPorts(args.http_port, args.grpc_port, args.metrics_port)
-    process = start_server(ports, args.model_repository, args.workdir)
-    try:
-        sys.exit(process.wait())
-    except KeyboardInterrupt:
-        process.terminate()
-        sys.exit(process.wait(timeout=60))
+    # Without --workdir the server copy goes to a temporary folder, removed on the way out.
+    with contextlib.ExitStack() as cleanup:
+        workdir = args.workdir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="milo-tritonserver-")))
+        process = start_server(ports, args.model_repository, workdir)
+        # SIGTERM (a supervisor, a test stopping the server) stops tritonserver too, which unloads its
+        # models: their Python stubs exit with it instead of running on, orphaned.
+        signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            code = process.wait(timeout=60)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
