@@ -332,6 +332,31 @@ def ratio_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_system(
+    system: str,
+    args: argparse.Namespace,
+    slots: int,
+    gguf: Path,
+    prompts: list[str],
+    binary: Path | None,
+    work: Path,
+    checks: dict[str, Any],
+) -> list[Point]:
+    if system == "llama-server":
+        assert binary is not None
+        server = llama_server.running(
+            binary, gguf, slots, args.n_ctx, args.threads, args.batch_tokens, args.gpu, work / "llama.log"
+        )
+        with server as base:
+            checks[system] = asyncio.run(check_llama(base, prompts[0], args.max_tokens))
+            print(f"{system}: check {checks[system]}", flush=True)
+            return run_levels(system, llama_sender(base, prompts, args.max_tokens), args)
+    with stack(args, 1 if system == "serialized" else slots, work) as base:
+        checks[system] = asyncio.run(check_stack(base, args.max_tokens))
+        print(f"{system}: check {checks[system]}", flush=True)
+        return run_levels(system, stack_sender(base, args.max_tokens), args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,4,8", help="concurrent clients, comma-separated")
@@ -364,18 +389,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="milo-chat-bench-") as tmp:
         work = Path(tmp)
         for system in systems:
-            if system == "llama-server":
-                assert binary is not None
-                with llama_server.running(
-                    binary, gguf, slots, args.n_ctx, args.threads, args.batch_tokens, args.gpu, work / "llama.log"
-                ) as base:
-                    checks[system] = asyncio.run(check_llama(base, prompts[0], args.max_tokens))
-                    points += run_levels(system, llama_sender(base, prompts, args.max_tokens), args)
-            else:
-                with stack(args, 1 if system == "serialized" else slots, work) as base:
-                    checks[system] = asyncio.run(check_stack(base, args.max_tokens))
-                    points += run_levels(system, stack_sender(base, args.max_tokens), args)
-            print(f"{system}: check {checks[system]}", flush=True)
+            try:
+                points += run_system(system, args, slots, gguf, prompts, binary, work, checks)
+            except Exception:
+                for log in sorted(work.rglob("*.log")):  # the temporary folder goes: show why first
+                    print(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+                raise
     out_json = args.out / "chat_batching.json"
     if args.merge and out_json.exists():
         earlier = json.loads(out_json.read_text())

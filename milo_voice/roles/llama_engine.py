@@ -154,7 +154,7 @@ class _Slot:
 
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
-        self.cache = np.zeros(0, dtype=np.int32)  # the tokens evaluated into this sequence, in order
+        self.cache: list[int] = []  # the tokens evaluated into this sequence, in order
         self.last_used = 0.0
         self.job: _Job | None = None
 
@@ -211,6 +211,13 @@ class _Batch:
             self.logits[end - 1] = 1
         self.size = end
         return end - 1
+
+    def add_one(self, token: int, pos: int, seq_id: int) -> int:
+        """One token that wants its logits (a generating sequence's next); returns its index."""
+        i = self.size
+        self.token[i], self.pos[i], self.seq_id[i], self.logits[i] = token, pos, seq_id, 1
+        self.size = i + 1
+        return i
 
     def struct(self) -> lc.llama_batch:
         return lc.llama_batch(
@@ -270,7 +277,7 @@ class LlamaEngine:
         params.n_threads = threads
         params.n_threads_batch = threads
         params.kv_unified = False
-        params.no_perf = True
+        params.no_perf = os.environ.get("MILO_LLAMA_PERF") is None
         self._ctx = lc.llama_init_from_model(self._model, params)
         if not self._ctx:
             lc.llama_model_free(self._model)
@@ -367,11 +374,11 @@ class LlamaEngine:
                 chunk = prefix[start : start + self.batch_tokens]
                 self._batch.add(chunk, start, first.seq_id, logits_last=False)
                 self._decode()
-            first.cache = prefix
+            first.cache = prefix.tolist()
             for slot in self._slots[1:]:
                 # Each sequence has its own stream: the copy duplicates the stream's buffers.
                 lc.llama_memory_seq_cp(self._memory, first.seq_id, slot.seq_id, -1, -1)
-                slot.cache = prefix.copy()
+                slot.cache = prefix.tolist()
             self._stats.prompt_tokens_evaluated += len(prefix)
 
     def submit(
@@ -511,7 +518,7 @@ class LlamaEngine:
         best, best_shared = free[0], -1
         for slot in sorted(free, key=lambda s: s.last_used):
             size = min(len(slot.cache), len(prompt))
-            differ = np.flatnonzero(slot.cache[:size] != prompt[:size])
+            differ = np.flatnonzero(np.asarray(slot.cache[:size], dtype=np.int32) != prompt[:size])
             shared = int(differ[0]) if len(differ) else size
             if shared > best_shared:
                 best, best_shared = slot, shared
@@ -544,8 +551,7 @@ class LlamaEngine:
         for job in self._jobs:
             job.output_row = -1
             if not job.reading_prompt:
-                position = len(job.slot.cache)
-                job.output_row = batch.add(np.array([job.next_token], dtype=np.int32), position, job.slot.seq_id, True)
+                job.output_row = batch.add_one(job.next_token, len(job.slot.cache), job.slot.seq_id)
         # Then prompts, in arrival order, in chunks that fill what is left of the step.
         for job in self._jobs:
             room = batch.capacity - batch.size
@@ -586,12 +592,12 @@ class LlamaEngine:
         for job in list(self._jobs):
             if job.reading:
                 read = job.prompt[job.prompt_done : job.prompt_done + job.reading]
-                job.slot.cache = np.concatenate([job.slot.cache, read])
+                job.slot.cache.extend(read.tolist())
                 job.prompt_done += job.reading
                 evaluated_prompt += job.reading
                 job.reading = 0
             elif job.next_token >= 0 and job.output_row >= 0:  # the fed-back reply token is now in the cache
-                job.slot.cache = np.append(job.slot.cache, np.int32(job.next_token))
+                job.slot.cache.append(job.next_token)
             if id(job) in chosen:
                 self._take(job, chosen[id(job)], now)
         generated = len(chosen)
@@ -646,7 +652,7 @@ class LlamaEngine:
     def _fail(self, job: _Job, error: Exception) -> None:
         # What the failed step left in the sequence is unknown: the slot starts empty.
         lc.llama_memory_seq_rm(self._memory, job.slot.seq_id, -1, -1)
-        job.slot.cache = np.zeros(0, dtype=np.int32)
+        job.slot.cache = []
         self._release(job)
         job.generation.sink(Failed(error))
 
