@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pytriton.model_config.common import TimeoutAction
 
@@ -9,6 +13,7 @@ from client import tensors
 from milo_voice.registry import Registry
 from milo_voice.serving.instances import DevicePlanner
 from pytriton_app.server import model_config, served_name
+from tests.conftest import REPO
 
 
 def test_instances_go_round_robin_over_gpus() -> None:
@@ -55,3 +60,17 @@ def test_gpu_hosts_take_the_registry_gpu_count(registry: Registry) -> None:
     assert instances.count_on(0) == instances.count == 1
     assert instances.count_on(1) == instances.gpu_count == 2
     assert registry["tts"].instances.count_on(1) == registry["tts"].instances.count
+
+
+def test_a_chat_process_loads_only_the_chat_roles_libraries(embedded_dir: Path) -> None:
+    """The servers import each role's libraries where that role is built: a process serving chat
+    loads no torch, CTranslate2 or FFmpeg (llama.cpp's CUDA build was seen to crash at load beside them)."""
+    code = (
+        "import sys, pytriton_app.server, milo_voice.serving.python_backend\n"
+        "from milo_voice.registry import load_registry\n"
+        "from milo_voice.serving.instances import Device, load_instance\n"
+        "load_instance(load_registry().by_role('chat'), 'embedded', Device('cpu')).close()\n"
+        "print(sorted(m for m in ('torch', 'av', 'ctranslate2', 'faster_whisper', 'transformers') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -3,7 +3,8 @@
     python -m loadtests.bench.chat_batching [--levels 1,4,8] [--seconds 20] [--max-tokens 64]
         [--slots 8] [--server pytriton|tritonserver] [--llama-server PATH] [--out docs/benchmarks/chat]
 
-Three systems, one after the other on the same machine, the same GGUF, prompts and reply lengths:
+Three systems, one after the other on the same machine, the same GGUF, prompts and reply lengths
+(and a fourth on request, ``engine``: the chat role alone in this process, no Triton, no facade):
 
 - ``serialized``: the stack (facade -> Triton -> chat role) with one slot: one conversation
   decoded at a time, as the role was before continuous batching;
@@ -14,10 +15,10 @@ Three systems, one after the other on the same machine, the same GGUF, prompts a
 At each level, that many clients each send a streamed request, read it to the end and send the
 next, for ``--seconds``. Every reply is exactly ``--max-tokens`` tokens (``ignore_eos`` on both
 sides). Tokens per second count the tokens received inside the window (all clients summed);
-time to first token and reply latency are over every request started inside it. Prompts are
-rendered once with the chat role's own template and system prompt; llama-server receives the
-rendered text (``/completion``), the stack the messages (``/v1/chat/completions``), so both
-evaluate the same prompt tokens (checked before measuring).
+time to first token and reply latency are over every request started inside it. Every request's
+question is new (``question``); the prompt is rendered with the chat role's own template and system
+prompt: llama-server receives the rendered text (``/completion``), the stack the messages
+(``/v1/chat/completions``), so both evaluate the same prompt tokens (checked before measuring).
 
 Writes ``chat_batching.json`` and ``chat_batching.md`` (the tables and ratios) under ``--out``.
 """
@@ -62,6 +63,13 @@ PROMPTS = [
     "What should I pack for a trip to Nosy Be?",
     "Inona no sakafo malagasy malaza indrindra?",
 ]
+
+
+def question(n: int) -> str:
+    """The n-th request's question: one of ``PROMPTS``, made unique by its number, so that no
+    system answers a repeated prompt from a cache (llama-server keeps every prompt it has seen in
+    host memory); the shared system prompt stays shared."""
+    return f"{PROMPTS[n % len(PROMPTS)]} ({n})"
 
 
 @dataclass
@@ -112,7 +120,7 @@ async def _read_stream(response: httpx.Response, sample: Sample, text_of: Callab
 def stack_sender(base: str, max_tokens: int) -> Send:
     async def send(client: httpx.AsyncClient, n: int) -> Sample:
         body = {
-            "model": "milo-chat", "messages": [{"role": "user", "content": PROMPTS[n % len(PROMPTS)]}],
+            "model": "milo-chat", "messages": [{"role": "user", "content": question(n)}],
             "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
         }  # fmt: skip
         sample = Sample(time.perf_counter(), tokens=max_tokens)
@@ -127,10 +135,10 @@ def stack_sender(base: str, max_tokens: int) -> Send:
     return send
 
 
-def llama_sender(base: str, prompts: list[str], max_tokens: int) -> Send:
+def llama_sender(base: str, template: tuple[str, str], max_tokens: int) -> Send:
     async def send(client: httpx.AsyncClient, n: int) -> Sample:
         body = {
-            "prompt": prompts[n % len(prompts)], "n_predict": max_tokens, "temperature": 0.0,
+            "prompt": template[0] + question(n) + template[1], "n_predict": max_tokens, "temperature": 0.0,
             "ignore_eos": True, "stream": True, "cache_prompt": True,
         }  # fmt: skip
         sample = Sample(time.perf_counter(), tokens=max_tokens)
@@ -158,6 +166,10 @@ async def measure(system: str, send: Send, clients: int, seconds: float) -> Poin
             while time.perf_counter() < deadline:
                 try:
                     samples.append(await send(client, next(counter)))
+                except httpx.RemoteProtocolError as exc:
+                    # A kept-alive connection the server had closed: sent again on a new one, not a failure.
+                    if "without sending a response" not in str(exc):
+                        samples.append(Sample(time.perf_counter(), error=f"{type(exc).__name__}: {exc}"))
                 except (httpx.HTTPError, ValueError, KeyError) as exc:
                     samples.append(Sample(time.perf_counter(), error=f"{type(exc).__name__}: {exc}"))
 
@@ -186,6 +198,41 @@ async def measure(system: str, send: Send, clients: int, seconds: float) -> Poin
 
 
 # -- the systems ------------------------------------------------------------------------------
+
+
+def engine_levels(args: argparse.Namespace, gguf: Path, slots: int) -> list[Point]:
+    """The chat role in this process: each client starts a reply and waits for its end."""
+    from milo_voice.roles.chat import ChatDone, ChatMessage, ChatRequest, LocalChat
+    from milo_voice.roles.generation import TextPiece
+
+    role = LocalChat(
+        gguf, n_ctx=args.n_ctx, slots=slots, batch_tokens=args.batch_tokens,
+        n_gpu_layers=-1 if args.gpu else 0, n_threads=args.threads, ignore_eos=True,
+    )  # fmt: skip
+
+    async def send(_client: httpx.AsyncClient, n: int) -> Sample:
+        loop = asyncio.get_running_loop()
+        sample, ended = Sample(time.perf_counter(), tokens=args.max_tokens), loop.create_future()
+
+        def on_event(event: object) -> None:  # on this loop, in the order the engine sent them
+            if isinstance(event, TextPiece):
+                sample.chunk_times.append(time.perf_counter())
+                sample.first_token = sample.first_token or sample.chunk_times[-1]
+                return
+            if isinstance(event, ChatDone):
+                sample.finished = time.perf_counter()
+            else:
+                sample.error = str(getattr(event, "error", event))
+            ended.set_result(sample)
+
+        request = ChatRequest([ChatMessage("user", question(n))], max_tokens=args.max_tokens, temperature=0.0)
+        role.start(request, lambda event: loop.call_soon_threadsafe(on_event, event))
+        return await ended
+
+    try:
+        return run_levels("engine", send, args)
+    finally:
+        role.close()
 
 
 def chat_registry(slots: int, n_ctx: int, batch_tokens: int) -> str:
@@ -228,27 +275,32 @@ def stack(args: argparse.Namespace, slots: int, work: Path) -> Iterator[str]:
         yield running.facade
 
 
-def rendered_prompts(gguf: Path) -> tuple[list[str], list[int]]:
-    """Each prompt as the chat role renders it (template, system prompt), and its token count."""
+PLACE = "\x00question\x00"
+
+
+def rendered_template(gguf: Path) -> tuple[str, str, int]:
+    """The text around the question as the chat role renders a prompt (template, system prompt),
+    and the first question's prompt length in tokens."""
     from milo_voice.roles.chat import ChatMessage, ChatRequest, LocalChat, with_system_prompt
 
     role = LocalChat(gguf, n_ctx=512, slots=1, batch_tokens=64)
     try:
-        texts = [role.template(with_system_prompt(ChatRequest([ChatMessage("user", p)]))) for p in PROMPTS]
-        return texts, [len(role.engine.tokenize(t)) for t in texts]
+        before, after = role.template(with_system_prompt(ChatRequest([ChatMessage("user", PLACE)]))).split(PLACE)
+        return before, after, len(role.engine.tokenize(before + question(0) + after))
     finally:
         role.close()
 
 
 async def check_stack(base: str, max_tokens: int) -> dict[str, int]:
     """One whole reply: its length and prompt as the stack counts them."""
-    body = {"model": "milo-chat", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": max_tokens}
+    body = {"model": "milo-chat", "messages": [{"role": "user", "content": question(0)}], "max_tokens": max_tokens}
     async with httpx.AsyncClient(timeout=600) as client:
         usage = (await client.post(f"{base}/v1/chat/completions", json=body)).json()["usage"]
     return {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]}
 
 
-async def check_llama(base: str, prompt: str, max_tokens: int) -> dict[str, int]:
+async def check_llama(base: str, template: tuple[str, str], max_tokens: int) -> dict[str, int]:
+    prompt = template[0] + question(0) + template[1]
     body = {"prompt": prompt, "n_predict": max_tokens, "temperature": 0.0, "ignore_eos": True}
     async with httpx.AsyncClient(timeout=600) as client:
         data = (await client.post(f"{base}/completion", json=body)).json()
@@ -273,7 +325,7 @@ def run_levels(system: str, send: Send, args: argparse.Namespace) -> list[Point]
 # -- report -----------------------------------------------------------------------------------
 
 
-SYSTEM_ORDER = {"serialized": 0, "batched": 1, "llama-server": 2}
+SYSTEM_ORDER = {"serialized": 0, "batched": 1, "llama-server": 2, "engine": 3}
 
 
 def table(points: list[Point]) -> str:
@@ -337,20 +389,22 @@ def run_system(
     args: argparse.Namespace,
     slots: int,
     gguf: Path,
-    prompts: list[str],
+    template: tuple[str, str],
     binary: Path | None,
     work: Path,
     checks: dict[str, Any],
 ) -> list[Point]:
+    if system == "engine":
+        return engine_levels(args, gguf, slots)
     if system == "llama-server":
         assert binary is not None
         server = llama_server.running(
             binary, gguf, slots, args.n_ctx, args.threads, args.batch_tokens, args.gpu, work / "llama.log"
         )
         with server as base:
-            checks[system] = asyncio.run(check_llama(base, prompts[0], args.max_tokens))
+            checks[system] = asyncio.run(check_llama(base, template, args.max_tokens))
             print(f"{system}: check {checks[system]}", flush=True)
-            return run_levels(system, llama_sender(base, prompts, args.max_tokens), args)
+            return run_levels(system, llama_sender(base, template, args.max_tokens), args)
     with stack(args, 1 if system == "serialized" else slots, work) as base:
         checks[system] = asyncio.run(check_stack(base, args.max_tokens))
         print(f"{system}: check {checks[system]}", flush=True)
@@ -379,18 +433,18 @@ def main() -> None:
     slots = args.slots or max(args.levels)
     systems = args.systems.split(",")
     gguf = load_registry().by_role("chat").path(active_profile(), models_dir()) / "model.gguf"
-    prompts, prompt_tokens = rendered_prompts(gguf)
+    before, after, prompt_tokens = rendered_template(gguf)
     # A built one (--llama-server, or LLAMA_SERVER as gpu_device.sh sets it), else built here now.
     binary = args.llama_server or (Path(os.environ["LLAMA_SERVER"]) if os.environ.get("LLAMA_SERVER") else None)
     if binary is None and "llama-server" in systems:
         binary = llama_server.build(cuda=args.gpu)
     points: list[Point] = []
-    checks: dict[str, Any] = {"rendered_prompt_tokens": prompt_tokens[0]}
+    checks: dict[str, Any] = {"rendered_prompt_tokens": prompt_tokens}
     with tempfile.TemporaryDirectory(prefix="milo-chat-bench-") as tmp:
         work = Path(tmp)
         for system in systems:
             try:
-                points += run_system(system, args, slots, gguf, prompts, binary, work, checks)
+                points += run_system(system, args, slots, gguf, (before, after), binary, work, checks)
             except Exception:
                 for log in sorted(work.rglob("*.log")):  # the temporary folder goes: show why first
                     print(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))

@@ -32,7 +32,10 @@ libraries() {
     # llama.cpp as `llama-build` built it: llama-cpp-python loads these, llama-server runs from there.
     local server
     server=$(ls "$HOME"/.cache/milo-voice/llama-server-*-cuda/llama-server 2>/dev/null | head -1)
-    if [ -n "$server" ]; then export LLAMA_CPP_LIB_PATH=$(dirname "$server") LLAMA_SERVER=$server; fi
+    if [ -n "$server" ]; then
+        export LLAMA_CPP_LIB_PATH=$(dirname "$server") LLAMA_SERVER=$server
+        export LD_LIBRARY_PATH="$LLAMA_CPP_LIB_PATH:$LD_LIBRARY_PATH"  # libllama finds libggml there
+    fi
 }
 
 case "${1:-}" in

@@ -547,8 +547,10 @@ class LlamaEngine:
     def _fill_batch(self) -> None:
         batch = self._batch
         batch.clear()
-        # Generating sequences first: one token each, every step.
-        for job in self._jobs:
+        # Generating sequences first, one token each, always in slot order: a step laid out as the
+        # one before lets llama.cpp reuse its compute graph (and on a GPU its CUDA graph); in
+        # arrival order, every new request reshuffled the batch and the graph was rebuilt each step.
+        for job in sorted(self._jobs, key=lambda j: j.slot.seq_id):
             job.output_row = -1
             if not job.reading_prompt:
                 job.output_row = batch.add_one(job.next_token, len(job.slot.cache), job.slot.seq_id)

@@ -7,6 +7,7 @@ the device Triton chose.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -17,9 +18,6 @@ from typing import Any
 from milo_voice.registry import Instances, ModelSpec, Registry, models_dir
 from milo_voice.roles.chat import CloudChat, LocalChat
 from milo_voice.roles.generation import EngineObserver
-from milo_voice.roles.stt import SpeechToText
-from milo_voice.roles.translate import Translator
-from milo_voice.roles.tts import TextToSpeech
 from milo_voice.serving.tensor_io import chat_service
 from milo_voice.serving.warmup import warm_up
 
@@ -36,13 +34,19 @@ class Device:
 
 
 def cuda_device_count() -> int:
-    """GPUs visible to the inference libraries (CTranslate2 and torch agree on a working host)."""
-    try:
-        import ctranslate2
+    """GPUs that the CUDA driver sees (0 without a driver).
 
-        return ctranslate2.get_cuda_device_count()
-    except Exception:  # a CPU-only build may not even know CUDA
+    Asked of the driver itself rather than of an inference library: loading a library's CUDA
+    toolkit only to count devices can clash with another library's toolkit in the same process.
+    """
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
         return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
 
 
 class DevicePlanner:
@@ -103,7 +107,10 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
     weights = spec.weights(profile)
     params = spec.params
     gpu = device.kind == "cuda"
+    # Each role's libraries load only where that role is built (a chat process needs no torch).
     if spec.role == "stt":
+        from milo_voice.roles.stt import SpeechToText
+
         return SpeechToText(
             str(path),
             device=device.kind,
@@ -120,9 +127,13 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
             decoder_batch=int(params.get("decoder_batch", 32)),
         )
     if spec.role == "tts":
+        from milo_voice.roles.tts import TextToSpeech
+
         voices = {lang: path / voice for lang, voice in weights.voices.items()}
         return TextToSpeech(voices, device=str(device))
     if spec.role == "translate":
+        from milo_voice.roles.translate import Translator
+
         return Translator(
             path,
             device=device.kind,

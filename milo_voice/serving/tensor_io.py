@@ -18,7 +18,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -38,9 +38,11 @@ from milo_voice.roles.chat import (
     validate,
 )
 from milo_voice.roles.generation import TextPiece
-from milo_voice.roles.stt import SpeechToText, SttRequest
-from milo_voice.roles.translate import TranslateRequest, Translator
-from milo_voice.roles.tts import TextToSpeech, TtsRequest
+
+if TYPE_CHECKING:
+    from milo_voice.roles.stt import SpeechToText
+    from milo_voice.roles.translate import Translator
+    from milo_voice.roles.tts import TextToSpeech
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
@@ -137,7 +139,13 @@ def run_valid(
 # -- speech to text ------------------------------------------------------------
 
 
+# Each handler imports its role's records where it is built: a model's process loads only its own
+# role's libraries (a chat host no torch, CTranslate2 or FFmpeg).
+
+
 def stt_handler(role: SpeechToText) -> BatchHandler:
+    from milo_voice.roles.stt import SttRequest
+
     def compute(inputs: Inputs) -> Outputs:
         audio, language = inputs["audio"], inputs["language"]
         results, errors = run_valid(
@@ -163,6 +171,8 @@ def stt_handler(role: SpeechToText) -> BatchHandler:
 
 
 def tts_handler(role: TextToSpeech) -> BatchHandler:
+    from milo_voice.roles.tts import TtsRequest
+
     def compute(inputs: Inputs) -> Outputs:
         texts, language, speed = inputs["text"], inputs["language"], inputs["speed"]
         results, errors = run_valid(
@@ -211,6 +221,8 @@ def tts_stream_handler(role: TextToSpeech) -> StreamHandler:
 
 
 def translate_handler(role: Translator) -> BatchHandler:
+    from milo_voice.roles.translate import TranslateRequest
+
     def compute(inputs: Inputs) -> Outputs:
         texts, source, target = inputs["text"], inputs["source"], inputs["target"]
         results, errors = run_valid(
