@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 
 from pytriton_app.server import Ports, serve
 
@@ -15,7 +17,11 @@ def main() -> None:
     parser.add_argument("--metrics-port", type=int, default=8002)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(Ports(args.http_port, args.grpc_port, args.metrics_port))
+    # SIGTERM (a supervisor, a test) takes the same way out as Ctrl+C: PyTriton stops Triton and
+    # frees its shared memory, and the chat engines stop, instead of the process just ending.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(Ports(args.http_port, args.grpc_port, args.metrics_port))
 
 
 if __name__ == "__main__":

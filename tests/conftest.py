@@ -169,6 +169,9 @@ def running_host(host: TritonHost, command: list[str], log_path: Path, **env: st
             pytest.fail(f"{host.server} did not start: {exc}\n{log_path.read_text()[-4000:]}")
         finally:
             stop(process, 60)
+            # A host stopped by SIGTERM frees what it holds: PyTriton's shared memory among it.
+            leftovers = sorted(Path("/dev/shm").glob(f"pytrtion{process.pid}-*"))
+            assert not leftovers, f"{host.server} left shared memory behind: {leftovers}"
 
 
 @pytest.fixture(scope="session")

@@ -107,50 +107,46 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _read_stream(response: httpx.Response, sample: Sample, text_of: Callable[[dict[str, Any]], str]) -> None:
-    async for line in response.aiter_lines():
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        if text_of(json.loads(line[6:])):
-            now = time.perf_counter()
-            sample.first_token = sample.first_token or now
-            sample.chunk_times.append(now)
+def sse_sender(
+    url: str, body_of: Callable[[int], dict[str, Any]], text_of: Callable[[dict[str, Any]], str], tokens: int
+) -> Send:
+    """Requests that stream Server-Sent Events (``data: {...}``); pieces with text are timed."""
+
+    async def send(client: httpx.AsyncClient, n: int) -> Sample:
+        sample = Sample(time.perf_counter(), tokens=tokens)
+        async with client.stream("POST", url, json=body_of(n)) as response:
+            if response.status_code != 200:
+                sample.error = f"{response.status_code} {(await response.aread())[:200]!r}"
+                return sample
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]" and text_of(json.loads(line[6:])):
+                    sample.chunk_times.append(time.perf_counter())
+                    sample.first_token = sample.first_token or sample.chunk_times[-1]
+        sample.finished = time.perf_counter()
+        return sample
+
+    return send
 
 
 def stack_sender(base: str, max_tokens: int) -> Send:
-    async def send(client: httpx.AsyncClient, n: int) -> Sample:
-        body = {
+    def body_of(n: int) -> dict[str, Any]:
+        return {
             "model": "milo-chat", "messages": [{"role": "user", "content": question(n)}],
             "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
         }  # fmt: skip
-        sample = Sample(time.perf_counter(), tokens=max_tokens)
-        async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                sample.error = f"{response.status_code} {(await response.aread())[:200]!r}"
-                return sample
-            await _read_stream(response, sample, lambda c: c["choices"][0]["delta"].get("content") or "")
-        sample.finished = time.perf_counter()
-        return sample
 
-    return send
+    text_of = lambda chunk: chunk["choices"][0]["delta"].get("content") or ""  # noqa: E731
+    return sse_sender(f"{base}/v1/chat/completions", body_of, text_of, max_tokens)
 
 
 def llama_sender(base: str, template: tuple[str, str], max_tokens: int) -> Send:
-    async def send(client: httpx.AsyncClient, n: int) -> Sample:
-        body = {
+    def body_of(n: int) -> dict[str, Any]:
+        return {
             "prompt": template[0] + question(n) + template[1], "n_predict": max_tokens, "temperature": 0.0,
             "ignore_eos": True, "stream": True, "cache_prompt": True,
         }  # fmt: skip
-        sample = Sample(time.perf_counter(), tokens=max_tokens)
-        async with client.stream("POST", f"{base}/completion", json=body) as response:
-            if response.status_code != 200:
-                sample.error = f"{response.status_code} {(await response.aread())[:200]!r}"
-                return sample
-            await _read_stream(response, sample, lambda c: c.get("content") or "")
-        sample.finished = time.perf_counter()
-        return sample
 
-    return send
+    return sse_sender(f"{base}/completion", body_of, lambda chunk: chunk.get("content") or "", max_tokens)
 
 
 async def measure(system: str, send: Send, clients: int, seconds: float) -> Point:
