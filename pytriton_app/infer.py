@@ -96,6 +96,10 @@ def generation_stream_infer(handler: GenerationHandler) -> Callable[..., Any]:
     new, answers filler pieces (no text, no finish reason) while the call's others go on.
     """
 
+    merge = handler.merge
+    if merge is None:
+        raise ValueError("a streamed generation handler needs merge, to join the pieces that queue up")
+
     async def infer(requests: list[Any]) -> AsyncIterator[list[Outputs]]:
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[tuple[int, Outputs | Exception, bool]] = asyncio.Queue()
@@ -120,9 +124,7 @@ def generation_stream_infer(handler: GenerationHandler) -> Callable[..., Any]:
                     if final:
                         open_streams.discard(i)
                     joined = ready.get(i)
-                    ready[i] = handler.merge(joined, outputs) if joined and handler.merge else outputs
-                    if joined and not handler.merge:  # nothing to join with: one piece per response
-                        yield [joined if j == i else _idle(joined) for j in range(len(requests))]
+                    ready[i] = merge(joined, outputs) if joined else outputs
                 any_piece = next(iter(ready.values()))
                 yield [ready.get(j) or _idle(any_piece) for j in range(len(requests))]
         finally:

@@ -27,6 +27,7 @@ from api_facade.routers.stt import transcribe_upload
 from api_facade.settings import Settings, get_settings
 from api_facade.subtitles import to_srt, to_vtt
 from client import ChatSampling, TritonPool
+from milo_voice.roles.chat import MAX_STOP_CHARS, MAX_STOP_STRINGS
 
 router = APIRouter(tags=["openai-compatible"])
 CHAT_MODEL, STT_MODEL, TTS_MODEL = "milo-chat", "milo-stt", "milo-tts"
@@ -149,13 +150,15 @@ class ChatCompletionBody(BaseModel):
     @classmethod
     def _stop(cls, stop: str | list[str] | None) -> list[str] | None:
         stops = [stop] if isinstance(stop, str) else stop
-        if stops is not None and (len(stops) > 4 or any(not 1 <= len(s) <= 64 for s in stops)):
-            raise ValueError("at most 4 stop strings of 1 to 64 characters")
+        if stops is not None and (
+            len(stops) > MAX_STOP_STRINGS or any(not 1 <= len(s) <= MAX_STOP_CHARS for s in stops)
+        ):
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings of 1 to {MAX_STOP_CHARS} characters")
         return stops
 
     def sampling(self) -> ChatSampling:
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop
-        return ChatSampling(top_p=self.top_p, seed=self.seed, stop=tuple(stops or ()))
+        # The validator has made ``stop`` a list (or None).
+        return ChatSampling(top_p=self.top_p, seed=self.seed, stop=tuple(self.stop or ()))
 
 
 def _chunk(completion_id: str, created: int, model: str, delta: dict[str, str], finish: str | None) -> bytes:

@@ -218,7 +218,8 @@ class _BlockingForms:
         is_cancelled: Callable[[], bool] | None = None,
         pieces: bool = True,
     ) -> Started:
-        """Hand ``request`` over; ``pieces`` False when the caller only wants the whole reply."""
+        """Hand ``request`` over. ``sink`` gets ``TextPiece`` events only with ``pieces`` (a caller
+        that wants the whole reply only says False), then one ``ChatDone`` or ``Failed``."""
         raise NotImplementedError
 
     def complete(self, request: ChatRequest) -> ChatReply:
@@ -351,10 +352,8 @@ class LocalChat(_BlockingForms):
         is_cancelled: Callable[[], bool] | None = None,
         pieces: bool = True,
     ) -> Generation:
-        """Queue ``request``; its text pieces, then its ``ChatDone``, go to ``sink`` from the engine's thread.
-
-        The engine reports pieces in any case (they cost nothing); a sink may ignore them.
-        """
+        """Queue ``request``; its text pieces (with ``pieces``), then its ``ChatDone``, go to ``sink``
+        from the engine's thread."""
         tokens, trimmed = self.prompt(request)
 
         def relay(event: TextPiece | Finished | Failed) -> None:
@@ -373,7 +372,7 @@ class LocalChat(_BlockingForms):
                 sink(event)
 
         sampling = Sampling(temperature=request.temperature, top_p=request.top_p, seed=request.seed)
-        generation = GenerationRequest(tokens, request.max_tokens, sampling, request.stop)
+        generation = GenerationRequest(tokens, request.max_tokens, sampling, request.stop, pieces)
         return self.engine.submit(generation, relay, is_cancelled)
 
     def close(self) -> None:

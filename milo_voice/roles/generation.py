@@ -30,6 +30,7 @@ class GenerationRequest:
     max_tokens: int
     sampling: Sampling = Sampling()
     stop: tuple[str, ...] = ()
+    pieces: bool = True  # report the text as it comes (``TextPiece``), not only in the result
 
 
 @dataclass(frozen=True)

@@ -620,7 +620,7 @@ class LlamaEngine:
         else:
             job.generated += 1
             text = job.assembler.add(self._pieces[token])
-            if text:
+            if text and job.generation.request.pieces:
                 job.generation.sink(TextPiece(text))
             if job.assembler.stopped:
                 job.finish_reason = "stop"
@@ -633,7 +633,7 @@ class LlamaEngine:
 
     def _finish(self, job: _Job) -> None:
         tail = job.assembler.add(b"", final=True)
-        if tail:
+        if tail and job.generation.request.pieces:
             job.generation.sink(TextPiece(tail))
         generation = job.generation
         result = GenerationResult(

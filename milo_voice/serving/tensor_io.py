@@ -351,17 +351,18 @@ class ChatService:
             message = str(exc) or type(exc).__name__
             emit(ChatInputError(message) if streaming else _chat_outputs(None, message), True)
             return _Ended()
-        final_outputs = _stream_outputs if streaming else _chat_outputs_of
+        final_outputs = _stream_outputs if streaming else _chat_outputs
+        ended = False
 
         def sink(event: ChatEvent) -> None:
+            nonlocal ended
             if isinstance(event, TextPiece):
-                if streaming:
-                    emit(_stream_piece(event.text, ""), False)
+                emit(_stream_piece(event.text, ""), False)
                 return
             with self._lock:
+                ended = True
                 self.in_flight -= 1
-                if request_id:
-                    self._running.pop(request_id, None)
+                self._running.pop(request_id, None)
             emit(final_outputs(event.reply) if isinstance(event, ChatDone) else event.error, True)
 
         with self._lock:
@@ -374,8 +375,9 @@ class ChatService:
             refused = isinstance(exc, ChatInputError) and not streaming
             emit(_chat_outputs(None, str(exc)) if refused else exc, True)
             return _Ended()
-        if request_id:
-            with self._lock:
+        with self._lock:
+            # A reply may end before ``start`` returns: then there is nothing left to cancel.
+            if request_id and not ended:
                 self._running[request_id] = started
         return started
 
@@ -401,10 +403,6 @@ def _chat_outputs(reply: ChatReply | None, error: str = "") -> Outputs:
         "finish_reason": _bytes_column([reply.finish_reason if reply else "error"]),
         "error": _bytes_column([error]),
     }
-
-
-def _chat_outputs_of(reply: ChatReply) -> Outputs:
-    return _chat_outputs(reply)
 
 
 def _stream_piece(token: str, finish_reason: str) -> Outputs:
