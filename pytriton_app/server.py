@@ -79,6 +79,14 @@ def model_config(spec: ModelSpec, io: tensors.ModelIO) -> ModelConfig:
     )
 
 
+# PyTriton's proxy starts a model's instances at once; the first one opens a socket the others
+# read their settings from, and one that connects between the socket's bind and its listen is
+# refused: the model fails to load. Seen here now and then for the chat models, which have one
+# instance per slot. A fresh start of Triton loads them.
+HANDSHAKE_RACE = "get_config_from_handshake_server"
+TRITON_STARTS = 3
+
+
 def free_loopback_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -158,16 +166,24 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
     # clients must also wait on each model's own readiness (``/v2/models/<name>/ready``).
     instances = load_all(registry, profile, planner)
     try:
-        with MetricsRelay(ports.metrics, triton_metrics_port), Triton(config=config) as triton:
-            bound = bind_all(triton, registry, instances)
-            log.info(
-                "serving %s on http :%d, grpc :%d, metrics :%d",
-                ", ".join(bound),
-                ports.http,
-                ports.grpc,
-                ports.metrics,
-            )
-            triton.serve()
+        for attempt in range(1, TRITON_STARTS + 1):
+            try:
+                with MetricsRelay(ports.metrics, triton_metrics_port), Triton(config=config) as triton:
+                    bound = bind_all(triton, registry, instances)
+                    log.info(
+                        "serving %s on http :%d, grpc :%d, metrics :%d",
+                        ", ".join(bound),
+                        ports.http,
+                        ports.grpc,
+                        ports.metrics,
+                    )
+                    triton.serve()
+                return
+            except Exception as exc:
+                if HANDSHAKE_RACE not in str(exc) or attempt == TRITON_STARTS:
+                    raise
+                # The loaded roles stay: only Triton starts again, its models bound anew.
+                log.warning("a model's instances missed PyTriton's handshake; starting Triton again (%d)", attempt)
     finally:
         close_all(instances)
 
