@@ -23,7 +23,7 @@ def test_the_benchmark_registry_is_the_chat_entry_with_its_slots_and_fixed_lengt
 def test_every_question_is_new_and_the_prompts_are_kept() -> None:
     questions = [bench.question(n) for n in range(3 * len(bench.PROMPTS))]
     assert len(set(questions)) == len(questions)
-    assert all(q.startswith(bench.PROMPTS[n % len(bench.PROMPTS)]) for n, q in enumerate(questions))
+    assert all(q.endswith(bench.PROMPTS[n % len(bench.PROMPTS)]) for n, q in enumerate(questions))
 
 
 def point(system: str, clients: int, tokens_s: float, ttft: float) -> bench.Point:

@@ -6,6 +6,7 @@ request asks (sampling, stop strings, limits, cancellation) must stay its own.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -222,3 +223,43 @@ def test_the_blocking_stream_cancels_when_its_reader_stops(chat: LocalChat) -> N
     while chat.engine.stats().slots_busy and time.monotonic() < deadline:
         time.sleep(0.01)
     assert chat.engine.stats().slots_busy == 0
+
+
+def test_a_paced_stream_sends_its_first_piece_at_once_then_joined_pieces(chat: LocalChat) -> None:
+    """``chat_stream`` as the servers run it: responses at most one per interval, no text lost."""
+    import json
+
+    import numpy as np
+
+    from milo_voice.serving.tensor_io import ChatDefaults, ChatService
+
+    whole = Recorder()
+    chat.start(ask(QUESTIONS[2], max_tokens=60), whole)
+    expected = whole.wait()
+    responses: list[tuple[float, bytes, bytes, bool]] = []
+    ended = threading.Event()
+
+    def emit(outputs: object, final: bool) -> None:
+        assert isinstance(outputs, dict), outputs
+        responses.append((time.perf_counter(), outputs["token"][0], outputs["finish_reason"][0], final))
+        if final:
+            ended.set()
+
+    interval = 0.1
+    service = ChatService(chat, ChatDefaults(), stream_interval_s=interval)
+    messages = json.dumps([{"role": "user", "content": QUESTIONS[2]}])
+    inputs = {
+        "messages": np.array([messages.encode()], dtype=np.object_),
+        "max_tokens": np.array([60], dtype=np.int32), "temperature": np.array([0.0], dtype=np.float32),
+    }  # fmt: skip
+    started = time.perf_counter()
+    service.start(inputs, emit, None, streaming=True)
+    assert ended.wait(120)
+    texts = [token.decode() for _, token, _, _ in responses]
+    assert "".join(texts) == expected.text
+    assert responses[-1][2:] == (expected.finish_reason.encode(), True)
+    assert not any(final for *_, final in responses[:-1])
+    assert responses[0][1] and len(responses) < expected.completion_tokens / 2  # pieces were joined
+    times = [at for at, *_ in responses[:-1]]
+    assert all(b - a >= interval * 0.99 for a, b in itertools.pairwise(times))
+    assert times[0] - started < expected.completion_tokens * interval / 4  # the first piece did not wait

@@ -66,10 +66,13 @@ PROMPTS = [
 
 
 def question(n: int) -> str:
-    """The n-th request's question: one of ``PROMPTS``, made unique by its number, so that no
-    system answers a repeated prompt from a cache (llama-server keeps every prompt it has seen in
-    host memory); the shared system prompt stays shared."""
-    return f"{PROMPTS[n % len(PROMPTS)]} ({n})"
+    """The n-th request's question: one of ``PROMPTS``, made unique by its number put first, so
+    that every system evaluates the whole question and only the system prompt is shared.
+
+    With the number last, llama-server restored the cached state of an earlier request with the
+    same question from its host-memory prompt cache and evaluated only the few tokens after it:
+    a measure of that cache, not of batching."""
+    return f"({n}) {PROMPTS[n % len(PROMPTS)]}"
 
 
 @dataclass
@@ -231,17 +234,21 @@ def engine_levels(args: argparse.Namespace, gguf: Path, slots: int) -> list[Poin
         role.close()
 
 
-def chat_registry(slots: int, n_ctx: int, batch_tokens: int) -> str:
-    """The committed chat entry alone, with ``slots`` slots (on CPU and GPU hosts) and fixed reply lengths."""
+def chat_registry(slots: int, n_ctx: int, batch_tokens: int, stream_interval_ms: float | None = None) -> str:
+    """The committed chat entry alone, with ``slots`` slots (on CPU and GPU hosts) and fixed reply
+    lengths; its other parameters as committed, the stream interval too unless given."""
     text = DEFAULT_REGISTRY.read_text()
     start = text.index("[models.chat]")
     following = re.search(r"^\[models\.(?!chat[.\]])", text[start + 1 :], re.MULTILINE)
     section = text[start : start + 1 + following.start()] if following else text[start:]
-    params = (
-        f"params = {{ n_ctx = {n_ctx}, slots = {slots}, gpu_slots = {slots}, batch_tokens = {batch_tokens}, "
-        "max_tokens = 256, temperature = 0.7, ignore_eos = true }"
-    )
-    section = re.sub(r"params = \{[^}]*\}", params, section)
+    params = {
+        **load_registry().by_role("chat").params,
+        "n_ctx": n_ctx, "slots": slots, "gpu_slots": slots, "batch_tokens": batch_tokens, "ignore_eos": True,
+    }  # fmt: skip
+    if stream_interval_ms is not None:
+        params["stream_interval_ms"] = stream_interval_ms
+    inline = ", ".join(f"{key} = {json.dumps(value)}" for key, value in params.items())
+    section = re.sub(r"params = \{[^}]*\}", f"params = {{ {inline} }}", section)
     # Every client's request must wait in Triton's queue rather than be refused.
     return re.sub(r"max_queue_size = \d+", "max_queue_size = 256", section)
 
@@ -254,7 +261,7 @@ def stack(args: argparse.Namespace, slots: int, work: Path) -> Iterator[str]:
     folder = work / f"stack-{slots}"
     folder.mkdir()
     registry = folder / "registry.toml"
-    registry.write_text(chat_registry(slots, args.n_ctx, args.batch_tokens))
+    registry.write_text(chat_registry(slots, args.n_ctx, args.batch_tokens, args.stream_interval_ms))
     env = {
         "MILO_REGISTRY": str(registry),
         "MILO_REQUIRED_MODELS": '["chat"]',
@@ -415,6 +422,9 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=0, help="batched and llama-server slots (default: the top level)")
     parser.add_argument("--n-ctx", type=int, default=4096, help="tokens per slot")
     parser.add_argument("--batch-tokens", type=int, default=512, help="tokens per step (llama.cpp's n_batch)")
+    parser.add_argument(
+        "--stream-interval-ms", type=float, help="the stack's chat_stream pacing (default: the registry's)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads, both sides")
     parser.add_argument("--server", choices=["pytriton", "tritonserver"], default="pytriton")
     parser.add_argument("--gpu", action="store_true", help="all layers on the GPU (both sides)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -333,12 +334,45 @@ class _Ended:
         pass
 
 
-class ChatService:
-    """One chat backend behind Triton's chat models; running requests are kept by id for ``chat_cancel``."""
+class _StreamPacer:
+    """A stream's text pieces, joined so that at most one response leaves per ``interval_s``.
 
-    def __init__(self, backend: ChatBackend, defaults: ChatDefaults) -> None:
+    Every response costs the same on its way out (the model host, Triton, the facade, the
+    client) whatever its length, and on a CPU host that work takes the cores from decoding. The
+    first piece leaves at once (time to first token) and the last with the finish reason;
+    between them, text waits at most one engine step past the interval.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._held: list[str] = []
+        self._sent_at: float | None = None
+
+    def piece(self, text: str) -> str | None:
+        """``text`` taken in; the text to send now, or None to hold it."""
+        self._held.append(text)
+        now = time.monotonic()
+        if self._sent_at is not None and now - self._sent_at < self.interval_s:
+            return None
+        self._sent_at = now
+        return self.rest()
+
+    def rest(self) -> str:
+        """What is held, taken out."""
+        text, self._held = "".join(self._held), []
+        return text
+
+
+class ChatService:
+    """One chat backend behind Triton's chat models; running requests are kept by id for ``chat_cancel``.
+
+    ``stream_interval_s`` paces ``chat_stream``: see ``_StreamPacer``.
+    """
+
+    def __init__(self, backend: ChatBackend, defaults: ChatDefaults, stream_interval_s: float = 0.0) -> None:
         self.backend = backend
         self.defaults = defaults
+        self.stream_interval_s = stream_interval_s
         self.concurrency = int(getattr(backend, "concurrency", 1))
         self.in_flight = 0
         self._running: dict[str, RequestStarted] = {}
@@ -351,19 +385,29 @@ class ChatService:
             message = str(exc) or type(exc).__name__
             emit(ChatInputError(message) if streaming else _chat_outputs(None, message), True)
             return _Ended()
-        final_outputs = _stream_outputs if streaming else _chat_outputs
+        pacer = _StreamPacer(self.stream_interval_s)
         ended = False
 
         def sink(event: ChatEvent) -> None:
             nonlocal ended
             if isinstance(event, TextPiece):
-                emit(_stream_piece(event.text, ""), False)
+                text = pacer.piece(event.text)
+                if text is not None:
+                    emit(_stream_piece(text, ""), False)
                 return
             with self._lock:
                 ended = True
                 self.in_flight -= 1
                 self._running.pop(request_id, None)
-            emit(final_outputs(event.reply) if isinstance(event, ChatDone) else event.error, True)
+            if not streaming:
+                emit(_chat_outputs(event.reply) if isinstance(event, ChatDone) else event.error, True)
+            elif isinstance(event, ChatDone):
+                emit(_stream_piece(pacer.rest(), event.reply.finish_reason), True)
+            else:
+                held = pacer.rest()
+                if held:
+                    emit(_stream_piece(held, ""), False)
+                emit(event.error, True)
 
         with self._lock:
             self.in_flight += 1
@@ -410,10 +454,6 @@ def _stream_piece(token: str, finish_reason: str) -> Outputs:
         "token": np.array([token.encode("utf-8")], dtype=np.object_),
         "finish_reason": np.array([finish_reason.encode("utf-8")], dtype=np.object_),
     }
-
-
-def _stream_outputs(reply: ChatReply) -> Outputs:
-    return _stream_piece("", reply.finish_reason)
 
 
 def merge_stream_pieces(first: Outputs, then: Outputs) -> Outputs:
@@ -479,4 +519,7 @@ def handler_for(io: tensors.ModelIO, spec: ModelSpec, instance: Any) -> Handler:
 
 
 def chat_service(spec: ModelSpec, backend: ChatBackend) -> ChatService:
-    return ChatService(backend, ChatDefaults.of(spec))
+    interval_ms = float(spec.params.get("stream_interval_ms", 0))
+    if interval_ms < 0:
+        raise ValueError(f"{spec.name}: stream_interval_ms must be >= 0, not {interval_ms}")
+    return ChatService(backend, ChatDefaults.of(spec), interval_ms / 1000)
