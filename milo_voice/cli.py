@@ -120,8 +120,14 @@ def _serve(args: argparse.Namespace) -> int:
         from client.tensors import ROLE_MODELS
 
         # Triton's server readiness comes before the models are bound: wait on each model
-        # that the registry serves (a registry may hold a subset, as the GPU benchmark's do).
-        served = [io.name for spec in load_registry().models.values() for io in ROLE_MODELS[spec.role]]
+        # that the registry serves (a registry may hold a subset, as the GPU benchmark's do);
+        # the stock server has no model that only a shared process can serve (chat_cancel).
+        served = [
+            io.name
+            for spec in load_registry().models.values()
+            for io in ROLE_MODELS[spec.role]
+            if args.server == "pytriton" or not io.shared_process_only
+        ]
         for model in served:
             if not _wait_ready(f"http://127.0.0.1:{args.http_port}/v2/models/{model}/ready", args.ready_timeout, host):
                 state = f"exited with {host.returncode}" if host.poll() is not None else "timed out"
