@@ -29,6 +29,18 @@ from milo_voice.serving.python_backend import TritonPythonModel
 
 __all__ = ["TritonPythonModel"]
 """
+# A chat model's process loads llama.cpp before any other native extension (see llama_libraries).
+CHAT_MODEL_PY = f"""{HEADER.rstrip()}
+\"\"\"Triton Python backend entry point: the Milo Voice adapter that the PyTriton host shares.\"\"\"
+
+from milo_voice.roles.llama_libraries import load_first
+
+load_first()  # before any other native extension: see milo_voice/roles/llama_libraries.py
+
+from milo_voice.serving.python_backend import TritonPythonModel  # noqa: E402
+
+__all__ = ["TritonPythonModel"]
+"""
 
 
 def served_models(registry: Registry) -> list[tuple[ModelSpec, tensors.ModelIO]]:
@@ -101,7 +113,7 @@ def expected_files(registry: Registry, root: Path, instance_kind: str | None = N
     files = {}
     for spec, io in served_models(registry):
         files[root / io.name / "config.pbtxt"] = render_config(spec, io, instance_kind)
-        files[root / io.name / "1" / "model.py"] = MODEL_PY
+        files[root / io.name / "1" / "model.py"] = CHAT_MODEL_PY if spec.role == "chat" else MODEL_PY
     return files
 
 

@@ -7,7 +7,11 @@ import contextlib
 import logging
 import signal
 
-from pytriton_app.server import Ports, serve
+from milo_voice.roles.llama_libraries import load_first
+
+load_first()  # before PyTriton's native extensions: see milo_voice/roles/llama_libraries.py
+
+from pytriton_app.server import Ports, serve  # noqa: E402
 
 
 def main() -> None:
