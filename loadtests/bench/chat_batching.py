@@ -266,6 +266,7 @@ def stack(args: argparse.Namespace, slots: int, work: Path) -> Iterator[str]:
         "MILO_REGISTRY": str(registry),
         "MILO_REQUIRED_MODELS": '["chat"]',
         "MILO_CHAT_CLOUD_URL": "",
+        "MILO_AUTH_ENABLED": "false",  # the production profile turns tokens on
         "MILO_CHAT_N_CTX": str(args.n_ctx),
         "MILO_TRITON_TIMEOUT_S": "600",
         "MILO_CPU_THREADS": str(args.threads),
@@ -298,7 +299,10 @@ async def check_stack(base: str, max_tokens: int) -> dict[str, int]:
     """One whole reply: its length and prompt as the stack counts them."""
     body = {"model": "milo-chat", "messages": [{"role": "user", "content": question(0)}], "max_tokens": max_tokens}
     async with httpx.AsyncClient(timeout=600) as client:
-        usage = (await client.post(f"{base}/v1/chat/completions", json=body)).json()["usage"]
+        response = await client.post(f"{base}/v1/chat/completions", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"the stack answered {response.status_code}: {response.text}")
+        usage = response.json()["usage"]
     return {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]}
 
 
