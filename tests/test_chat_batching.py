@@ -263,3 +263,30 @@ def test_a_paced_stream_sends_its_first_piece_at_once_then_joined_pieces(chat: L
     times = [at for at, *_ in responses[:-1]]
     assert all(b - a >= interval * 0.99 for a, b in itertools.pairwise(times))
     assert times[0] - started < expected.completion_tokens * interval / 4  # the first piece did not wait
+
+
+def test_while_others_reply_a_new_prompt_is_read_a_few_tokens_a_step(embedded_dir: Path) -> None:
+    """``step_prompt_tokens``: a prompt that arrives while a reply streams is read in chunks,
+    and the streaming reply gets a token at every one of those steps."""
+    model = embedded_dir / "chat" / "model.gguf"
+    role = LocalChat(model, n_ctx=1024, slots=2, batch_tokens=256, step_prompt_tokens=4, ignore_eos=True)
+    try:
+        streaming = Recorder()
+        role.start(ask(QUESTIONS[0], max_tokens=200), streaming)
+        while not streaming.pieces:
+            time.sleep(0.01)
+        newcomer = Recorder()
+        question = " ".join(QUESTIONS)  # about 60 tokens beyond the shared system prompt
+        before = len(streaming.pieces)
+        role.start(ask(question, max_tokens=4), newcomer)
+        reply = newcomer.wait()
+        during = sum(before <= i and t < newcomer.piece_times[0] for i, t in enumerate(streaming.piece_times))
+        read = reply.prompt_tokens - reply.cached_tokens
+        assert read > 40
+        # The newcomer's prompt took read / 4 steps, each giving the stream a token (its pieces
+        # hold one token or more: a piece may wait for the rest of a character). Read in one step,
+        # it would have let the stream send one or two.
+        assert during >= read // 8
+        assert streaming.wait().completion_tokens == 200
+    finally:
+        role.close()

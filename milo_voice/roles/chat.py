@@ -263,6 +263,7 @@ class LocalChat(_BlockingForms):
         n_threads: int | None = None,
         ignore_eos: bool = False,
         observer: EngineObserver | None = None,
+        step_prompt_tokens: int | None = None,
     ) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -279,6 +280,7 @@ class LocalChat(_BlockingForms):
             n_threads=n_threads,
             ignore_eos=ignore_eos,
             observer=observer,
+            step_prompt_tokens=step_prompt_tokens,
         )
         try:
             template = self.engine.metadata("tokenizer.chat_template")

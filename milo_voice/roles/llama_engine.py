@@ -10,7 +10,10 @@ sequences (one stream each, ``kv_unified`` off, as llama.cpp's own server runs w
   only the rest of its prompt is evaluated;
 - every step is one ``llama_decode`` over one token of each generating sequence plus
   chunks of the prompts being read, at most ``batch_tokens`` tokens in all, so a long
-  prompt never stalls the others for more than a step;
+  prompt never stalls the others for more than a step; while sequences are generating,
+  prompts get at most ``step_prompt_tokens`` of a step (chunked prefill): on a CPU a
+  step's time grows with its tokens, and prompts that arrive together are then read
+  over several steps instead of stalling every reply (and each other) for one long one;
 - each sequence samples with its own settings (greedy rows in one vectorised argmax,
   the others through their own llama.cpp sampler chain with their own seed) and stops
   on its own end token, stop strings, token limit or the end of its slot;
@@ -258,9 +261,12 @@ class LlamaEngine:
         n_threads: int | None = None,
         ignore_eos: bool = False,
         observer: EngineObserver | None = None,
+        step_prompt_tokens: int | None = None,
     ) -> None:
         if slots < 1 or slot_context < 16 or batch_tokens < slots:
             raise ValueError("need slots >= 1, slot_context >= 16 and batch_tokens >= slots")
+        if step_prompt_tokens is not None and step_prompt_tokens < 1:
+            raise ValueError("step_prompt_tokens must be >= 1 (or None: up to batch_tokens)")
         _init_backend()
         model_params = lc.llama_model_default_params()
         model_params.n_gpu_layers = n_gpu_layers
@@ -287,6 +293,7 @@ class LlamaEngine:
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self.slot_context = int(lc.llama_n_ctx_seq(self._ctx))
         self.batch_tokens = batch_tokens
+        self.step_prompt_tokens = step_prompt_tokens or batch_tokens
         self.max_queued = max_queued
         self.ignore_eos = ignore_eos
         self.observer = observer or EngineObserver()
@@ -554,9 +561,12 @@ class LlamaEngine:
             job.output_row = -1
             if not job.reading_prompt:
                 job.output_row = batch.add_one(job.next_token, len(job.slot.cache), job.slot.seq_id)
-        # Then prompts, in arrival order, in chunks that fill what is left of the step.
+        # Then prompts, in arrival order, in chunks that fill what is left of the step (of the
+        # prompts' share of it while others are generating).
+        generating = batch.size
+        limit = batch.capacity if generating == 0 else min(batch.capacity, generating + self.step_prompt_tokens)
         for job in self._jobs:
-            room = batch.capacity - batch.size
+            room = limit - batch.size
             if room <= 0:
                 break
             if job.reading_prompt:

@@ -159,8 +159,13 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
             n_threads=_cpu_threads() or None,
             ignore_eos=bool(params.get("ignore_eos", False)),
             observer=chat_observer,
+            step_prompt_tokens=_optional_int(params.get("gpu_step_prompt_tokens" if gpu else "step_prompt_tokens")),
         )
     raise ValueError(f"unknown role {spec.role!r}")
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def load_instance(spec: ModelSpec, profile: str, device: Device, chat_observer: EngineObserver | None = None) -> Any:
