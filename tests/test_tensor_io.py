@@ -13,7 +13,7 @@ from client import tensors
 from milo_voice.registry import Registry
 from milo_voice.serving.instances import Device
 from milo_voice.serving.python_backend import TritonPythonModel, device_of
-from milo_voice.serving.tensor_io import BatchHandler, StreamHandler, concatenate, split, with_defaults
+from milo_voice.serving.tensor_io import BatchHandler, StreamHandler, concatenate, isolated, split, with_defaults
 
 
 def test_requests_concatenate_into_a_batch_and_split_back() -> None:
@@ -122,3 +122,35 @@ def test_the_python_backend_adapter_batches_requests_and_streams(registry: Regis
     ((error_response, flags),) = bad.sender.sent
     # The client tells a refused input by the exception's name: "...InputError: <message>".
     assert flags == 1 and error_response.error == "TtsInputError: language 'zz' is not one of ['mg', 'fr']"
+
+
+@pytest.mark.integration
+def test_a_request_that_fails_inside_the_model_fails_alone(registry: Registry, embedded_dir: object) -> None:
+    """A text beyond the embedded NLLB's positions makes its batch fail; split, only it is refused."""
+    model = adapter(tensors.TRANSLATE, registry, embedded_dir)
+    column = lambda v: np.array([[v.encode()]], dtype=np.object_)  # noqa: E731
+    long_text = " ".join(["Ny fiainana dia tsara ho an'ny olona rehetra eto Madagasikara."] * 20)
+    texts = ["Misaotra betsaka tompoko.", long_text, "Hello everyone.", "Salama."]
+    responses = model.execute(
+        [FakeRequest(text=column(t), source=column("en" if t.startswith("Hello") else "mg"), target=column("fr"))
+         for t in texts]
+    )  # fmt: skip
+    assert responses is not None and all(r.error is None for r in responses)
+    errors = [r.outputs["error"][0][0].decode() for r in responses]
+    assert errors[0] == errors[2] == errors[3] == ""
+    assert errors[1].startswith("the model could not process this request: RuntimeError")
+    translations = [r.outputs["translation"][0][0].decode() for r in responses]
+    assert translations[0] == "Merci beaucoup monsieur." and translations[2] == "Bonjour à tous."
+    assert translations[1] == "" and translations[3]
+
+
+def test_a_batch_whose_every_request_fails_is_the_models_failure() -> None:
+    def compute(requests: list[int]) -> list[int]:
+        if any(r < 0 for r in requests):
+            raise RuntimeError("negative")
+        return [r * 2 for r in requests]
+
+    outcome = isolated(compute, [1, -1, 2, -2, 3])
+    assert [r if isinstance(r, int) else "failed" for r in outcome] == [2, "failed", 4, "failed", 6]
+    with pytest.raises(RuntimeError, match="negative"):
+        isolated(compute, [-1, -2])

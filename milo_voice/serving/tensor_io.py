@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from milo_voice.roles.stt import SpeechToText
     from milo_voice.roles.translate import Translator
     from milo_voice.roles.tts import TextToSpeech
+
+log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
@@ -132,9 +135,38 @@ def run_valid(
             errors[i] = str(exc) or type(exc).__name__
     results: list[Result | None] = [None] * count
     if parsed:
-        for i, result in zip(parsed, compute(list(parsed.values())), strict=True):
-            results[i] = result
+        for i, result in zip(parsed, isolated(compute, list(parsed.values())), strict=True):
+            if isinstance(result, Exception):
+                errors[i] = f"the model could not process this request: {type(result).__name__}: {result}"
+            else:
+                results[i] = result
     return results, errors
+
+
+def isolated(compute: Callable[[list[Request]], list[Result]], requests: list[Request]) -> list[Result | Exception]:
+    """``compute(requests)``; if the batch fails, its halves again, down to the requests that fail alone.
+
+    One request's failure inside the model (an input beyond what it can hold) is then that
+    request's error, not its batch-mates'. When no request of the batch succeeds, the model
+    itself is failing: the first error is raised, as the server's error for the whole call.
+    """
+    outcome = _bisected(compute, requests)
+    if all(isinstance(r, Exception) for r in outcome):
+        raise next(r for r in outcome if isinstance(r, Exception))
+    failed = sum(isinstance(r, Exception) for r in outcome)
+    if failed:
+        log.warning("%d of %d requests of a batch failed alone; the others were answered", failed, len(requests))
+    return outcome
+
+
+def _bisected(compute: Callable[[list[Request]], list[Result]], requests: list[Request]) -> list[Result | Exception]:
+    try:
+        return list(compute(requests))
+    except Exception as exc:  # what failed is found by splitting the batch
+        if len(requests) == 1:
+            return [exc]
+        middle = len(requests) // 2
+        return _bisected(compute, requests[:middle]) + _bisected(compute, requests[middle:])
 
 
 # -- speech to text ------------------------------------------------------------
