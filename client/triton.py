@@ -474,11 +474,25 @@ class AsyncMiloTritonClient(_WithOptions):
             self._client = grpcclient_aio.InferenceServerClient(url)
         self.grpc_url = grpc_url or (url if protocol == "grpc" else _next_port(url))
         self._cancels: set[asyncio.Task[bool]] = set()
+        self._stream_client: Any = None
 
     async def close(self) -> None:
         if self._cancels:
             await asyncio.gather(*self._cancels, return_exceptions=True)
+        if self._stream_client is not None:
+            await self._stream_client.close()
         await self._client.close()
+
+    def _streams(self) -> Any:
+        """One gRPC client for every stream: each stream is a call on its HTTP/2 connection.
+
+        A client (channel) per stream cost a connection and its handshakes each time, on the
+        caller's event loop: when several streams started together (a voice turn's chat, say,
+        as other turns' replies ended), they reached the model one after another.
+        """
+        if self._stream_client is None:
+            self._stream_client = grpcclient_aio.InferenceServerClient(self.grpc_url)
+        return self._stream_client
 
     async def __aenter__(self) -> AsyncMiloTritonClient:
         return self
@@ -603,8 +617,6 @@ class AsyncMiloTritonClient(_WithOptions):
                 yield speech
 
     async def _stream(self, io: tensors.ModelIO, values: dict[str, Any]) -> AsyncIterator[dict[str, np.ndarray]]:
-        stream_client = grpcclient_aio.InferenceServerClient(self.grpc_url)
-
         async def requests() -> AsyncIterator[dict[str, Any]]:
             yield {
                 "model_name": io.name,
@@ -613,8 +625,9 @@ class AsyncMiloTritonClient(_WithOptions):
                 "enable_empty_final_response": True,
             }
 
+        responses = self._streams().stream_infer(requests(), stream_timeout=self.timeout_s)
         try:
-            async for result, error in stream_client.stream_infer(requests(), stream_timeout=self.timeout_s):
+            async for result, error in responses:
                 if error is not None:
                     raise _stream_error(error)
                 response = result.get_response()
@@ -628,4 +641,6 @@ class AsyncMiloTritonClient(_WithOptions):
                 raise TimeoutError(f"stream from {self.grpc_url} timed out") from exc
             raise TritonUnavailableError(f"stream from {self.grpc_url} failed: {exc.details()}") from exc
         finally:
-            await stream_client.close()
+            # Ends the call whichever way the stream ends; a caller that left early thereby tells
+            # the server (the stock server's model sees its request cancelled).
+            responses.cancel()
