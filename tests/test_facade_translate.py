@@ -88,6 +88,17 @@ def test_bad_input_is_a_422_naming_the_field(api: TestClient, body: dict[str, ob
     assert response.json()["request_id"] == response.headers["X-Request-ID"]
 
 
+def test_a_long_text_is_translated_whole_and_a_sentence_beyond_the_limit_is_a_422(api: TestClient) -> None:
+    sentences = ["Misaotra betsaka tompoko.", "Veloma ary mandra-pihaona.", "Mila rano sy sakafo izahay."] * 7
+    response = api.post("/v1/translate", json={"text": " ".join(sentences), "source": "mg", "target": "en"})
+    assert response.status_code == 200
+    assert response.json()["translation"].count("Thank you very much sir.") == 7
+    endless = " ".join(["Misaotra betsaka tompoko"] * 40)
+    refused = api.post("/v1/translate", json={"text": [endless, "Salama"], "source": "mg", "target": "fr"})
+    assert refused.status_code == 422
+    assert "limit of" in refused.json()["error"]["message"]
+
+
 def test_request_id_is_in_the_error_log(api: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("INFO", logger="api_facade"):
         response = api.post(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -125,21 +127,23 @@ def test_the_python_backend_adapter_batches_requests_and_streams(registry: Regis
 
 
 @pytest.mark.integration
-def test_a_request_that_fails_inside_the_model_fails_alone(registry: Registry, embedded_dir: object) -> None:
-    """A text beyond the embedded NLLB's positions makes its batch fail; split, only it is refused."""
-    model = adapter(tensors.TRANSLATE, registry, embedded_dir)
-    column = lambda v: np.array([[v.encode()]], dtype=np.object_)  # noqa: E731
-    long_text = " ".join(["Ny fiainana dia tsara ho an'ny olona rehetra eto Madagasikara."] * 20)
-    texts = ["Misaotra betsaka tompoko.", long_text, "Hello everyone.", "Salama."]
-    responses = model.execute(
-        [FakeRequest(text=column(t), source=column("en" if t.startswith("Hello") else "mg"), target=column("fr"))
-         for t in texts]
-    )  # fmt: skip
-    assert responses is not None and all(r.error is None for r in responses)
-    errors = [r.outputs["error"][0][0].decode() for r in responses]
+def test_a_request_that_fails_inside_the_model_fails_alone(embedded_dir: Path, tmp_path: Path) -> None:
+    """The embedded NLLB without its limits file: a sentence beyond its 128 positions passes the
+    checks and makes its batch fail inside CTranslate2; split, only that request is refused."""
+    from milo_voice.roles.translate import LIMITS_FILE, Translator
+    from milo_voice.serving.tensor_io import translate_handler
+
+    shutil.copytree(embedded_dir / "translate", tmp_path / "translate", ignore=shutil.ignore_patterns(LIMITS_FILE))
+    handler = translate_handler(Translator(tmp_path / "translate"))
+    endless = " ".join(["Misaotra betsaka tompoko"] * 40)
+    texts = ["Misaotra betsaka tompoko.", endless, "Hello everyone.", "Salama."]
+    column = lambda values: np.array([[v.encode()] for v in values], dtype=np.object_)  # noqa: E731
+    sources = ["en" if t.startswith("Hello") else "mg" for t in texts]
+    outputs = handler.compute({"text": column(texts), "source": column(sources), "target": column(["fr"] * 4)})
+    errors = [e[0].decode() for e in outputs["error"]]
     assert errors[0] == errors[2] == errors[3] == ""
     assert errors[1].startswith("the model could not process this request: RuntimeError")
-    translations = [r.outputs["translation"][0][0].decode() for r in responses]
+    translations = [t[0].decode() for t in outputs["translation"]]
     assert translations[0] == "Merci beaucoup monsieur." and translations[2] == "Bonjour à tous."
     assert translations[1] == "" and translations[3]
 

@@ -72,3 +72,21 @@ def test_concurrent_mixed_directions_do_not_interfere(translator: Translator) ->
 def test_bad_input_is_refused(translator: Translator, text: str, source: str, target: str, message: str) -> None:
     with pytest.raises(TranslateInputError, match=message):
         translator.translate(text, source, target)
+
+
+def test_a_long_text_is_translated_sentence_by_sentence_and_joined(translator: Translator) -> None:
+    """Twenty sentences, far beyond the embedded model's 128 positions, with a paragraph break."""
+    sentence = "Misaotra betsaka tompoko."
+    alone = translator.translate(sentence, "mg", "en").text
+    text = " ".join([sentence] * 10) + "\n\n" + " ".join([sentence] * 10)
+    assert len(translator._sentencepiece.encode(text)) > translator.max_input_tokens
+    result = translator.translate(text, "mg", "en")
+    assert result.text == " ".join([alone] * 10) + "\n\n" + " ".join([alone] * 10)
+
+
+def test_a_sentence_beyond_the_models_limit_is_refused_with_the_limit(translator: Translator) -> None:
+    endless = " ".join(["Misaotra betsaka tompoko"] * 40)  # no sentence end, no clause break
+    with pytest.raises(TranslateInputError, match=f"limit of {translator.max_input_tokens} tokens"):
+        translator.translate(endless, "mg", "fr")
+    # With clause breaks it is cut there, and translated whole.
+    assert translator.translate(", ".join(["Misaotra betsaka tompoko"] * 40), "mg", "fr").text

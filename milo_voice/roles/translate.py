@@ -8,6 +8,8 @@ other's setting (a shared ``src_lang`` once made the product answer 500s under l
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,12 @@ import sentencepiece as spm
 # ISO 639-1 codes that Milo Voice speaks, to NLLB's FLORES-200 codes.
 NLLB_CODES = {"mg": "plt_Latn", "fr": "fra_Latn", "en": "eng_Latn"}
 MAX_TEXT_CHARS = 5000
+# Written beside the converted weights (milo_voice/weights): {"max_positions": N}.
+LIMITS_FILE = "limits.json"
+# Where a text is cut into the pieces translated one by one: after a sentence's end, and at
+# line breaks (kept as they are); a sentence beyond the model's limit is cut at its clauses.
+SENTENCE_BREAK = re.compile(r"(\s*\n\s*|(?<=[.!?\u2026])\s+)")
+CLAUSE_BREAK = re.compile(r"((?<=[,;:])\s+)")
 
 
 class TranslateInputError(ValueError):
@@ -67,7 +75,12 @@ class Translator:
         self.max_decoding_length = max_decoding_length
         # Above 1 for benchmarks only: seeded weights would otherwise stop at random lengths.
         self.min_decoding_length = min_decoding_length
-        self.max_input_tokens = max_input_tokens
+        # Source positions hold the language code, the text and the end token; target positions
+        # the language code and the translation.
+        positions = _max_positions(path)
+        self.max_input_tokens = min(max_input_tokens, positions - 2) if positions else max_input_tokens
+        if positions:
+            self.max_decoding_length = min(max_decoding_length, positions - 1)
 
     def validate(self, request: TranslateRequest) -> None:
         for field_name, language in (("source", request.source), ("target", request.target)):
@@ -79,36 +92,76 @@ class Translator:
             raise TranslateInputError("text is empty")
         if len(request.text) > MAX_TEXT_CHARS:
             raise TranslateInputError(f"text is longer than {MAX_TEXT_CHARS} characters")
+        self._pieces(request.text)  # refuses a sentence that no cut brings within the model's limit
+
+    def _pieces(self, text: str) -> list[tuple[list[str], str]]:
+        """``text`` as the token pieces translated one by one, each with the text that follows it.
+
+        Sentences, cut at their clauses when one is beyond ``max_input_tokens``; the breaks
+        between them (spaces, line and paragraph breaks) are kept to join the translations.
+        """
+        pieces: list[tuple[list[str], str]] = []
+        parts = SENTENCE_BREAK.split(text.strip())
+        for sentence, after in zip(parts[::2], [*parts[1::2], ""], strict=True):
+            tokens = self._sentencepiece.encode(sentence, out_type=str)
+            if len(tokens) <= self.max_input_tokens:
+                if tokens:
+                    pieces.append((tokens, after))
+                elif pieces:  # nothing to translate: keep the break
+                    pieces[-1] = (pieces[-1][0], pieces[-1][1] + after)
+                continue
+            clauses = CLAUSE_BREAK.split(sentence)
+            for clause, clause_after in zip(clauses[::2], [*clauses[1::2], after], strict=True):
+                clause_tokens = self._sentencepiece.encode(clause, out_type=str)
+                if len(clause_tokens) > self.max_input_tokens:
+                    raise TranslateInputError(
+                        f"a sentence of {len(clause_tokens)} tokens without a break is longer than the "
+                        f"model's limit of {self.max_input_tokens} tokens: split it"
+                    )
+                if clause_tokens:
+                    pieces.append((clause_tokens, clause_after))
+        return pieces
 
     def translate(self, text: str, source: str, target: str) -> Translation:
         return self.translate_batch([TranslateRequest(text, source, target)])[0]
 
     def translate_batch(self, requests: list[TranslateRequest]) -> list[Translation]:
+        """Every request's sentences translated in one batch, then joined back per request."""
         for request in requests:
             self.validate(request)
-        sources = [self._source_tokens(r) for r in requests]
+        owners: list[int] = []
+        sources: list[list[str]] = []
+        breaks: list[str] = []
+        for i, request in enumerate(requests):
+            for tokens, after in self._pieces(request.text):
+                owners.append(i)
+                sources.append([NLLB_CODES[request.source], *tokens, "</s>"])
+                breaks.append(after)
         results = self._translator.translate_batch(
             sources,
-            target_prefix=[[NLLB_CODES[r.target]] for r in requests],
+            target_prefix=[[NLLB_CODES[requests[i].target]] for i in owners],
             beam_size=self.beam_size,
             max_decoding_length=self.max_decoding_length,
             min_decoding_length=self.min_decoding_length,
             return_scores=True,
         )
-        translations = []
-        for request, result in zip(requests, results, strict=True):
+        texts: list[list[str]] = [[] for _ in requests]
+        scores: list[list[float]] = [[] for _ in requests]
+        for owner, after, result in zip(owners, breaks, results, strict=True):
             # The first token is the target language code that we forced.
-            tokens = result.hypotheses[0][1:]
-            translations.append(
-                Translation(
-                    text=self._sentencepiece.decode(tokens).strip(),
-                    source=request.source,
-                    target=request.target,
-                    score=float(result.scores[0]),
-                )
+            texts[owner].append(self._sentencepiece.decode(result.hypotheses[0][1:]).strip() + after)
+            scores[owner].append(float(result.scores[0]))
+        return [
+            Translation(
+                text="".join(texts[i]).strip(),
+                source=request.source,
+                target=request.target,
+                score=sum(scores[i]) / len(scores[i]),
             )
-        return translations
+            for i, request in enumerate(requests)
+        ]
 
-    def _source_tokens(self, request: TranslateRequest) -> list[str]:
-        pieces = self._sentencepiece.encode(request.text.strip(), out_type=str)[: self.max_input_tokens]
-        return [NLLB_CODES[request.source], *pieces, "</s>"]
+
+def _max_positions(path: Path) -> int | None:
+    limits = path / LIMITS_FILE
+    return int(json.loads(limits.read_text())["max_positions"]) if limits.exists() else None

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from milo_voice.registry import ModelSpec, Registry
+from milo_voice.weights.production import write_nllb_limits
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,7 @@ def build_seeded_nllb(target: Path, train_steps: int = 400) -> None:
         if target.exists():
             shutil.rmtree(target)
         converter.convert(str(target), quantization="int8", force=True)
+        write_nllb_limits(hf_dir, target)
 
 
 def _train_on_corpus(model: object, tokenizer: object, pairs: list[dict[str, str]], steps: int) -> None:

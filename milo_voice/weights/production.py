@@ -7,6 +7,7 @@ CTranslate2 after download; Whisper comes already converted; MMS voices are used
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -72,6 +73,16 @@ def convert_nllb(source: Path, target: Path, quantization: str = "int8_float16")
 
     converter = ctranslate2.converters.TransformersConverter(str(source), copy_files=["sentencepiece.bpe.model"])
     converter.convert(str(target), quantization=quantization, force=True)
+    write_nllb_limits(source, target)
+
+
+def write_nllb_limits(source: Path, target: Path) -> None:
+    """The model's position limit, from its Hugging Face config, beside the converted weights:
+    CTranslate2's own config does not keep it, and the translation role splits texts by it."""
+    from milo_voice.roles.translate import LIMITS_FILE
+
+    positions = json.loads((source / "config.json").read_text())["max_position_embeddings"]
+    (target / LIMITS_FILE).write_text(json.dumps({"max_positions": int(positions)}) + "\n")
 
 
 def pull_model(spec: ModelSpec, models_dir: Path, downloader: Downloader, source: str | None = None) -> Path:
