@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from milo_voice.roles.translate import LIMITS_FILE
 from milo_voice.weights.embedded import SEED, build_seeded_nllb_tokenizer, build_seeded_vits, nllb_config
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ class NllbShape:
 
 
 NLLB_600M = NllbShape()
+NLLB_POSITIONS = 1024  # max_position_embeddings of facebook/nllb-200-distilled-600M
 
 
 def build_nllb(
@@ -176,7 +178,7 @@ def build_nllb(
             layers=shape.layers,
             attention_heads=shape.attention_heads,
             ffn_dim=shape.ffn_dim,
-            max_positions=1024,
+            max_positions=NLLB_POSITIONS,
         )
         torch.manual_seed(SEED)
         with torch.device(device):
@@ -185,6 +187,7 @@ def build_nllb(
         # The loader pads the vocabulary with "madeupword" tokens up to the model's size.
         _convert(lambda: M2M100Loader()(model, tokenizer), target, quantization)
         shutil.copyfile(sentencepiece, target / "sentencepiece.bpe.model")
+        (target / LIMITS_FILE).write_text(json.dumps({"max_positions": NLLB_POSITIONS}) + "\n")
 
 
 # -- VITS -------------------------------------------------------------------------------
