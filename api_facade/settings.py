@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     triton_protocol: str = "http"
     # Streaming models are served over gRPC; default: each server's HTTP port + 1.
     triton_grpc_url: str | None = None
+    # A call's compute budget: the client waits for the caller's queue timeout plus this.
     triton_timeout_s: float = 60.0
     triton_probe_interval_s: float = 2.0
     required_models: list[str] = ["stt", "tts", "translate", "chat"]

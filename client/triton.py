@@ -203,8 +203,17 @@ def _call_options(
     if timeout_us is not None:
         options["timeout"] = timeout_us
     if protocol == "grpc":
-        options["client_timeout"] = timeout_s
+        options["client_timeout"] = _deadline_s(timeout_s, timeout_us)
     return options
+
+
+def _deadline_s(compute_s: float, queue_timeout_us: int | None) -> float:
+    """How long a call may take: the time it may queue, then ``compute_s`` to be computed.
+
+    A request that waits out its queue timeout is then refused by Triton (busy, retry later)
+    before the caller gives up on it, instead of the caller timing out first.
+    """
+    return compute_s + (queue_timeout_us or 0) / 1_000_000
 
 
 def _tensor_inputs(module: Any, io: tensors.ModelIO, values: dict[str, Any]) -> list[Any]:
@@ -469,7 +478,8 @@ class AsyncMiloTritonClient(_WithOptions):
         self.protocol = protocol
         self.timeout_s = timeout_s
         if protocol == "http":
-            self._client: Any = httpclient_aio.InferenceServerClient(url, conn_timeout=timeout_s)
+            # No session-wide limit: each call's own deadline (``_deadline_s``) bounds it.
+            self._client: Any = httpclient_aio.InferenceServerClient(url, conn_timeout=None)
         else:
             self._client = grpcclient_aio.InferenceServerClient(url)
         self.grpc_url = grpc_url or (url if protocol == "grpc" else _next_port(url))
@@ -523,15 +533,19 @@ class AsyncMiloTritonClient(_WithOptions):
         self, io: tensors.ModelIO, values: dict[str, Any], priority: int | None = None, timeout_us: int | None = None
     ) -> dict[str, np.ndarray]:
         kwargs = _call_options(self.options, priority, timeout_us, self.protocol, self.timeout_s)
+        deadline = _deadline_s(self.timeout_s, kwargs.get("timeout"))
         module = httpclient if self.protocol == "http" else grpcclient
         try:
-            result = await self._client.infer(
-                io.name, _tensor_inputs(module, io, values), outputs=_requested_outputs(module, io), **kwargs
+            result = await asyncio.wait_for(
+                self._client.infer(
+                    io.name, _tensor_inputs(module, io, values), outputs=_requested_outputs(module, io), **kwargs
+                ),
+                deadline,
             )
         except InferenceServerException as exc:
             raise _translate_error(exc) from exc
         except (TimeoutError, asyncio.TimeoutError):
-            raise TimeoutError(f"Triton at {self.url} did not answer within {self.timeout_s} s") from None
+            raise TimeoutError(f"Triton at {self.url} did not answer within {deadline:g} s") from None
         except (OSError, aiohttp.ClientError) as exc:
             # Refused (no server there) or cut (the server went away while answering).
             raise TritonUnavailableError(f"cannot reach Triton at {self.url}: {exc!r}") from exc
@@ -617,15 +631,20 @@ class AsyncMiloTritonClient(_WithOptions):
                 yield speech
 
     async def _stream(self, io: tensors.ModelIO, values: dict[str, Any]) -> AsyncIterator[dict[str, np.ndarray]]:
+        # A stream is scheduled as a call is: the caller's priority level and queue timeout.
+        options = _call_options(self.options, None, None, "stream", self.timeout_s)
+
         async def requests() -> AsyncIterator[dict[str, Any]]:
             yield {
                 "model_name": io.name,
                 "inputs": _tensor_inputs(grpcclient, io, values),
                 "outputs": _requested_outputs(grpcclient, io),
                 "enable_empty_final_response": True,
+                **options,
             }
 
-        responses = self._streams().stream_infer(requests(), stream_timeout=self.timeout_s)
+        deadline = _deadline_s(self.timeout_s, self.options.queue_timeout_us)
+        responses = self._streams().stream_infer(requests(), stream_timeout=deadline)
         try:
             async for result, error in responses:
                 if error is not None:

@@ -208,3 +208,22 @@ def test_a_stream_reports_its_finish_reason(stack: ChatStack) -> None:
     chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert sum(bool(c["choices"][0]["delta"].get("content")) for c in chunks) >= 1
+
+
+async def test_a_request_that_waits_out_its_queue_timeout_is_told_busy_not_timed_out(stack: ChatStack) -> None:
+    """Triton refuses a request that outwaited its queue timeout when it next schedules the model
+    (here: when a slot frees); the client waits for that (its deadline is the queue timeout plus
+    its compute budget) and reports busy, which the facade answers 503 with Retry-After."""
+    if stack.host.server != "pytriton":
+        pytest.skip("the stock server hands one waiting request to the role, out of Triton's queue")
+    async with AsyncMiloTritonClient(stack.host.grpc_url, protocol="grpc", timeout_s=3.0) as milo:
+        holders = [asyncio.create_task(milo.chat(MESSAGES, max_tokens=n)) for n in (150, 400)]
+        try:
+            await asyncio.sleep(0.5)
+            waiting = milo.with_options(CallOptions(priority=2, queue_timeout_us=500_000))
+            with pytest.raises(TritonBusyError):
+                await waiting.chat(MESSAGES, max_tokens=4)
+        finally:
+            for holder in holders:
+                holder.cancel()
+            await asyncio.gather(*holders, return_exceptions=True)

@@ -33,3 +33,10 @@ def test_audio_wire_format_round_trips() -> None:
     np.testing.assert_array_equal(tensors.decode_audio(tensors.encode_audio(samples)), samples)
     with pytest.raises(ValueError, match="whole number"):
         tensors.decode_audio(b"\x00\x01\x02")
+
+
+def test_a_calls_deadline_is_its_queue_timeout_and_then_its_compute_budget() -> None:
+    from client.triton import _deadline_s
+
+    assert _deadline_s(60.0, None) == 60.0
+    assert _deadline_s(60.0, 120_000_000) == 180.0
