@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import subprocess
 import time
 import zipfile
@@ -173,7 +174,10 @@ def test_tts_batch_as_json_and_zip(api: TestClient) -> None:
 
 
 def test_triton_timeout_is_504(triton_host: TritonHost, clip: np.ndarray) -> None:
-    with facade_client(triton_host.http_url, MILO_TRITON_TIMEOUT_S="0.05") as client:
+    """The facade waits for the tier's queue timeout plus its compute budget, then answers 504."""
+    tier = {"priority": 2, "queue_timeout_s": 0.01, "limits": {"default": "1000/minute"}}
+    tiers = json.dumps({"premium": {**tier, "priority": 1}, "standard": tier})
+    with facade_client(triton_host.http_url, MILO_TRITON_TIMEOUT_S="0.05", MILO_TIERS=tiers) as client:
         response = client.post("/v1/stt", files={"file": ("a.wav", encode(clip, 16000, "wav"))})
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "model_timeout"

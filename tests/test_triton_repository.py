@@ -11,7 +11,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from milo_voice.registry import DEFAULT_REGISTRY, Instances, Registry, load_registry
-from milo_voice.triton_repository import MODEL_PY, render_config, served_models, stale_configs, write_configs
+from milo_voice.triton_repository import (
+    CHAT_MODEL_PY,
+    MODEL_PY,
+    render_config,
+    served_models,
+    stale_configs,
+    write_configs,
+)
 
 ROOT = DEFAULT_REGISTRY.parent
 
@@ -70,14 +77,16 @@ def test_a_registry_change_makes_the_check_fail_until_regenerated(registry: Regi
 
 
 def test_every_model_has_the_python_backend_entry_point(registry: Registry, tmp_path: Path) -> None:
-    for _spec, io in served_models(registry):
+    for spec, io in served_models(registry):
         entry = ROOT / io.name / "1" / "model.py"
-        assert entry.read_text() == MODEL_PY
-    namespace: dict[str, object] = {}
-    exec(compile(MODEL_PY, "model.py", "exec"), namespace)
+        # A chat model's process loads llama.cpp first (milo_voice/roles/llama_libraries.py).
+        assert entry.read_text() == (CHAT_MODEL_PY if spec.role == "chat" else MODEL_PY)
     from milo_voice.serving.python_backend import TritonPythonModel
 
-    assert namespace["TritonPythonModel"] is TritonPythonModel
+    for source in (MODEL_PY, CHAT_MODEL_PY):
+        namespace: dict[str, object] = {}
+        exec(compile(source, "model.py", "exec"), namespace)
+        assert namespace["TritonPythonModel"] is TritonPythonModel
     (tmp_path / "stt" / "1").mkdir(parents=True)
     (tmp_path / "stt" / "1" / "model.py").write_text("# edited by hand\n")
     write_configs(registry, tmp_path)
