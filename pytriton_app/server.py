@@ -26,6 +26,7 @@ from milo_voice.serving.instances import DevicePlanner, load_instance, with_clou
 from milo_voice.serving.tensor_io import GenerationHandler, chat_cancel_handler, chat_stream_handler, handler_for
 from pytriton_app.infer import infer_callable
 from pytriton_app.metrics import MetricsRelay
+from pytriton_app.shared_memory import remove_orphaned_segments
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ def bind_all(triton: Triton, registry: Registry, instances: dict[str, list[Any]]
 def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str | None = None) -> None:
     """Start Triton with every model and block until interrupted."""
     prefer_running_libpython()
+    remove_orphaned_segments()
     registry = with_cloud_chat(registry or load_registry())
     profile = profile or active_profile()
     # Triton's metrics go to a loopback port; the host serves the public one (``MetricsRelay``).

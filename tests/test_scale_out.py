@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from milo_voice.registry import DEFAULT_REGISTRY
+from pytriton_app.shared_memory import remove_orphaned_segments
 from tests.conftest import REPO, TritonHost, facade_process, free_port, wait_http_ok
 
 pytestmark = pytest.mark.integration
@@ -129,3 +130,10 @@ def test_the_facade_spreads_load_and_survives_losing_a_host(embedded_dir: Path, 
         # The calls the dead host dropped (in flight, or refused before it left the rotation) went to the other.
         retried = f'milo_triton_retries_total{{endpoint="{second.http_url}"}} '
         assert float(metrics.split(retried, 1)[1].split()[0]) >= 1
+
+        # The killed host could not free its shared memory; the next host to start removes it.
+        second_process.wait(timeout=30)  # reaped: a zombie still counts as a running process
+        left = sorted(Path("/dev/shm").glob(f"pytrtion{second_process.pid}-*"))
+        assert left, "a host killed outright leaves its segments"
+        assert set(left) <= set(remove_orphaned_segments())
+        assert not any(path.exists() for path in left)
