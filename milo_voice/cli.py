@@ -19,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from milo_voice.child_processes import stop_with_parent
 from milo_voice.registry import PROFILES, active_profile, load_registry, models_dir, registry_path
 from milo_voice.text.normalize import SUPPORTED_LANGUAGES, normalize_text
 
@@ -113,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = subprocess.Popen(
         [sys.executable, "-m", module, "--http-port", str(args.http_port),
          "--grpc-port", str(args.grpc_port), "--metrics-port", str(args.metrics_port), *repository],
-        env=env,
+        env=env, preexec_fn=stop_with_parent,  # neither child outlives serve, even killed outright
     )  # fmt: skip
     processes = [host]
     try:
@@ -148,6 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
                 str(args.facade_port),
             ],
             env=env,
+            preexec_fn=stop_with_parent,
         )
         processes.append(facade)
         print(

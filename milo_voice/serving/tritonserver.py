@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import importlib.util
 import os
 import shutil
@@ -25,9 +24,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from milo_voice.child_processes import stop_with_parent
 from milo_voice.registry import REPO_ROOT, registry_path
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -108,14 +106,8 @@ def start_server(
     verbose = int(os.environ.get("MILO_TRITON_LOG_VERBOSE", "0"))
     command = server_command(server, repository.resolve(), ports, verbose)
     return subprocess.Popen(  # type: ignore[call-overload]
-        command, env=server_environment(), preexec_fn=_stop_with_parent, **popen
+        command, env=server_environment(), preexec_fn=stop_with_parent, **popen
     )
-
-
-def _stop_with_parent() -> None:
-    """In the child: the kernel sends it SIGTERM if this process dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def main() -> None:
