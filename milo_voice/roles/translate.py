@@ -83,6 +83,10 @@ class Translator:
             self.max_decoding_length = min(max_decoding_length, positions - 1)
 
     def validate(self, request: TranslateRequest) -> None:
+        self._checked_pieces(request)
+
+    def _checked_pieces(self, request: TranslateRequest) -> list[tuple[list[str], str]]:
+        """``request`` checked, and its text as ``_pieces`` (which refuses a sentence too long)."""
         for field_name, language in (("source", request.source), ("target", request.target)):
             if language not in self.languages:
                 raise TranslateInputError(f"{field_name} language {language!r} is not one of {list(self.languages)}")
@@ -92,7 +96,7 @@ class Translator:
             raise TranslateInputError("text is empty")
         if len(request.text) > MAX_TEXT_CHARS:
             raise TranslateInputError(f"text is longer than {MAX_TEXT_CHARS} characters")
-        self._pieces(request.text)  # refuses a sentence that no cut brings within the model's limit
+        return self._pieces(request.text)
 
     def _pieces(self, text: str) -> list[tuple[list[str], str]]:
         """``text`` as the token pieces translated one by one, each with the text that follows it.
@@ -127,13 +131,11 @@ class Translator:
 
     def translate_batch(self, requests: list[TranslateRequest]) -> list[Translation]:
         """Every request's sentences translated in one batch, then joined back per request."""
-        for request in requests:
-            self.validate(request)
         owners: list[int] = []
         sources: list[list[str]] = []
         breaks: list[str] = []
         for i, request in enumerate(requests):
-            for tokens, after in self._pieces(request.text):
+            for tokens, after in self._checked_pieces(request):
                 owners.append(i)
                 sources.append([NLLB_CODES[request.source], *tokens, "</s>"])
                 breaks.append(after)
