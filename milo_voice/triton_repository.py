@@ -22,25 +22,26 @@ HEADER = "# Generated from model_repository/registry.toml by `milo-voice models 
 DATA_TYPES = {np.bytes_: "TYPE_STRING", np.float32: "TYPE_FP32", np.int32: "TYPE_INT32", np.int64: "TYPE_INT64"}
 # Registry instance kinds to Triton's: "auto" lets Triton put instances on GPUs when it has any.
 INSTANCE_KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
-MODEL_PY = f"""{HEADER.rstrip()}
+
+
+def _entry_point(first: str = "") -> str:
+    """A model's ``model.py``; ``first``: what runs before the adapter is imported."""
+    late = "  # noqa: E402" if first else ""
+    return f"""{HEADER.rstrip()}
 \"\"\"Triton Python backend entry point: the Milo Voice adapter that the PyTriton host shares.\"\"\"
 
-from milo_voice.serving.python_backend import TritonPythonModel
+{first}from milo_voice.serving.python_backend import TritonPythonModel{late}
 
 __all__ = ["TritonPythonModel"]
 """
+
+
+MODEL_PY = _entry_point()
 # A chat model's process loads llama.cpp before any other native extension (see llama_libraries).
-CHAT_MODEL_PY = f"""{HEADER.rstrip()}
-\"\"\"Triton Python backend entry point: the Milo Voice adapter that the PyTriton host shares.\"\"\"
-
-from milo_voice.roles.llama_libraries import load_first
-
-load_first()  # before any other native extension: see milo_voice/roles/llama_libraries.py
-
-from milo_voice.serving.python_backend import TritonPythonModel  # noqa: E402
-
-__all__ = ["TritonPythonModel"]
-"""
+CHAT_MODEL_PY = _entry_point(
+    "from milo_voice.roles.llama_libraries import load_first\n\n"
+    "load_first()  # before any other native extension: see milo_voice/roles/llama_libraries.py\n\n"
+)
 
 
 def served_models(registry: Registry) -> list[tuple[ModelSpec, tensors.ModelIO]]:
