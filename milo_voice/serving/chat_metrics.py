@@ -36,24 +36,22 @@ _FIRST_TOKEN = Histogram(*FIRST_TOKEN, ["model"], buckets=SECONDS_BUCKETS)
 _QUEUE = Histogram(*QUEUE, ["model"], buckets=SECONDS_BUCKETS)
 
 
-class PrometheusChatMetrics(EngineObserver):
-    """In this process's ``prometheus_client`` registry (the PyTriton host)."""
+class _ChatMetrics(EngineObserver):
+    """The engine's events onto five metrics; ``add`` is how this metrics library adds to a gauge
+    or a counter (prometheus_client's ``inc``, Triton's ``increment``)."""
 
-    def __init__(self, model: str) -> None:
-        self._slots = _SLOTS.labels(model)
-        self._busy = _SLOTS_BUSY.labels(model)
-        self._tokens = _TOKENS.labels(model)
-        self._first_token = _FIRST_TOKEN.labels(model)
-        self._queue = _QUEUE.labels(model)
+    def __init__(self, slots: Any, busy: Any, tokens: Any, first_token: Any, queue: Any, add: str) -> None:
+        self._slots_add, self._busy_add, self._tokens_add = (getattr(m, add) for m in (slots, busy, tokens))
+        self._first_token, self._queue = first_token, queue
 
     def capacity(self, change: int) -> None:
-        self._slots.inc(change)  # several engines may serve one model
+        self._slots_add(change)  # several engines may serve one model
 
     def slots_busy(self, change: int) -> None:
-        self._busy.inc(change)
+        self._busy_add(change)
 
     def tokens(self, count: int) -> None:
-        self._tokens.inc(count)
+        self._tokens_add(count)
 
     def first_token(self, seconds: float) -> None:
         self._first_token.observe(seconds)
@@ -62,7 +60,17 @@ class PrometheusChatMetrics(EngineObserver):
         self._queue.observe(queue_seconds)
 
 
-class TritonChatMetrics(EngineObserver):
+class PrometheusChatMetrics(_ChatMetrics):
+    """In this process's ``prometheus_client`` registry (the PyTriton host)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            _SLOTS.labels(model), _SLOTS_BUSY.labels(model), _TOKENS.labels(model),
+            _FIRST_TOKEN.labels(model), _QUEUE.labels(model), add="inc",
+        )  # fmt: skip
+
+
+class TritonChatMetrics(_ChatMetrics):
     """Through Triton's custom-metrics API (``pb_utils.MetricFamily``), in a Python backend stub."""
 
     def __init__(self, pb_utils: Any, model: str) -> None:
@@ -77,23 +85,8 @@ class TritonChatMetrics(EngineObserver):
             "queue": family(QUEUE[0], QUEUE[1], family.HISTOGRAM),
         }
         labels, buckets = {"model": model}, list(SECONDS_BUCKETS)
-        self._slots = self._families["slots"].Metric(labels)
-        self._busy = self._families["busy"].Metric(labels)
-        self._tokens = self._families["tokens"].Metric(labels)
-        self._first_token = self._families["first_token"].Metric(labels, buckets)
-        self._queue = self._families["queue"].Metric(labels, buckets)
-
-    def capacity(self, change: int) -> None:
-        self._slots.increment(change)
-
-    def slots_busy(self, change: int) -> None:
-        self._busy.increment(change)
-
-    def tokens(self, count: int) -> None:
-        self._tokens.increment(count)
-
-    def first_token(self, seconds: float) -> None:
-        self._first_token.observe(seconds)
-
-    def admitted(self, queue_seconds: float) -> None:
-        self._queue.observe(queue_seconds)
+        super().__init__(
+            self._families["slots"].Metric(labels), self._families["busy"].Metric(labels),
+            self._families["tokens"].Metric(labels), self._families["first_token"].Metric(labels, buckets),
+            self._families["queue"].Metric(labels, buckets), add="increment",
+        )  # fmt: skip
