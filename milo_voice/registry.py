@@ -8,6 +8,7 @@ PyTriton host, the weight builders and the CLI all read it from here.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,12 @@ def load_registry(path: Path | str | None = None) -> Registry:
     with path.open("rb") as f:
         data = tomllib.load(f)
     return Registry(models={name: _parse_model(name, table) for name, table in data["models"].items()})
+
+
+def model_section(name: str, path: Path = DEFAULT_REGISTRY) -> str:
+    """The TOML text of ``[models.<name>]`` and its subtables (its weights), up to the next model:
+    a registry of that model alone, as the tests and benchmarks write one to change a few lines."""
+    text = path.read_text()
+    start = text.index(f"[models.{name}]")
+    following = re.search(rf"^\[models\.(?!{re.escape(name)}[.\]])", text[start + 1 :], re.MULTILINE)
+    return text[start : start + 1 + following.start()] if following else text[start:]

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from client import AsyncMiloTritonClient, CallOptions, ChatSampling, MiloTritonClient, TritonBusyError
-from milo_voice.registry import DEFAULT_REGISTRY, load_registry
+from milo_voice.registry import load_registry, model_section
 from milo_voice.triton_repository import write_configs
 from tests.conftest import TritonHost, facade_process, free_port, running_host
 
@@ -36,10 +36,7 @@ MESSAGES = [{"role": "user", "content": "Tell me about Madagascar."}]
 
 def chat_only_registry(path: Path) -> Path:
     """The registry's real chat entry with two slots, a queue of two and replies of fixed length."""
-    text = DEFAULT_REGISTRY.read_text()
-    start = text.index("[models.chat]")
-    end = text.index("[models.chat.weights.production]")
-    section = text[start:end]
+    section = model_section("chat")
     section = re.sub(r"max_queue_size = \d+", f"max_queue_size = {QUEUE}", section)
     section = re.sub(r"params = \{[^}]*\}", f"params = {{ n_ctx = 1024, slots = {SLOTS}, ignore_eos = true }}", section)
     path.write_text(section)

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from milo_voice.registry import DEFAULT_REGISTRY
+from milo_voice.registry import model_section
 from tests.conftest import REPO, TritonHost, facade_process, free_port, tokens_cli, wait_http_ok
 
 pytestmark = pytest.mark.integration
@@ -42,10 +42,7 @@ TIERS = {
 
 def tts_only_registry(path: Path) -> Path:
     """The real TTS entry of the registry, with a small batch and a small bounded queue."""
-    text = DEFAULT_REGISTRY.read_text()
-    start = text.index("[models.tts]")
-    end = text.index("[models.", text.index("[models.tts.weights.production]") + 1)
-    section = text[start:end]
+    section = model_section("tts")
     section = re.sub(r"max_batch_size = \d+", f"max_batch_size = {MAX_BATCH}", section)
     section = re.sub(r"preferred_batch_sizes = \[[^\]]*\]", f"preferred_batch_sizes = [{MAX_BATCH}]", section)
     section = re.sub(r"max_queue_size = \d+", f"max_queue_size = {MAX_QUEUE}", section)

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from milo_voice.registry import DEFAULT_REGISTRY
+from milo_voice.registry import model_section
 from pytriton_app.shared_memory import remove_orphaned_segments
 from tests.conftest import REPO, TritonHost, facade_process, free_port, wait_http_ok
 
@@ -33,8 +33,7 @@ KILL_AFTER = 60
 
 def translate_only_registry(path: Path) -> Path:
     """The committed registry's translate entry, alone: hosts that start in seconds."""
-    text = DEFAULT_REGISTRY.read_text()
-    path.write_text(text[text.index("[models.translate]") : text.index("[models.chat]")])
+    path.write_text(model_section("translate"))
     return path
 
 

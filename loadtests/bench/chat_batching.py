@@ -43,7 +43,7 @@ import httpx
 
 from loadtests.bench import llama_server
 from loadtests.processes import REPO
-from milo_voice.registry import DEFAULT_REGISTRY, active_profile, load_registry, models_dir
+from milo_voice.registry import active_profile, load_registry, model_section, models_dir
 
 PROMPTS = [
     "Salama! Iza ianao?",
@@ -237,10 +237,7 @@ def engine_levels(args: argparse.Namespace, gguf: Path, slots: int) -> list[Poin
 def chat_registry(slots: int, n_ctx: int, batch_tokens: int, stream_interval_ms: float | None = None) -> str:
     """The committed chat entry alone, with ``slots`` slots (on CPU and GPU hosts) and fixed reply
     lengths; its other parameters as committed, the stream interval too unless given."""
-    text = DEFAULT_REGISTRY.read_text()
-    start = text.index("[models.chat]")
-    following = re.search(r"^\[models\.(?!chat[.\]])", text[start + 1 :], re.MULTILINE)
-    section = text[start : start + 1 + following.start()] if following else text[start:]
+    section = model_section("chat")
     params = {
         **load_registry().by_role("chat").params,
         "n_ctx": n_ctx, "slots": slots, "gpu_slots": slots, "batch_tokens": batch_tokens, "ignore_eos": True,
