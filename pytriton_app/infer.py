@@ -23,6 +23,7 @@ from milo_voice.serving.tensor_io import (
     Handler,
     Outputs,
     StreamHandler,
+    join_queued,
     with_defaults,
 )
 
@@ -118,13 +119,12 @@ def generation_stream_infer(handler: GenerationHandler) -> Callable[..., Any]:
                 while not pieces.empty():
                     waiting.append(pieces.get_nowait())
                 ready: dict[int, Outputs] = {}
-                for i, outputs, final in waiting:
+                for i, outputs, final in join_queued(waiting, merge):
                     if isinstance(outputs, Exception):
                         raise outputs
                     if final:
                         open_streams.discard(i)
-                    joined = ready.get(i)
-                    ready[i] = merge(joined, outputs) if joined else outputs
+                    ready[i] = outputs
                 any_piece = next(iter(ready.values()))
                 yield [ready.get(j) or _idle(any_piece) for j in range(len(requests))]
         finally:

@@ -35,6 +35,7 @@ from milo_voice.serving.tensor_io import (
     StreamHandler,
     concatenate,
     handler_for,
+    join_queued,
     split,
     with_defaults,
 )
@@ -139,7 +140,7 @@ class TritonPythonModel:
                 waiting.append(self._outbox.get_nowait())
             stop = waiting[-1] is None
             items = [i for i in waiting if i is not None]
-            for sender, outputs, final in _joined(items, merge):
+            for sender, outputs, final in join_queued(items, merge):
                 self._send(sender, outputs, final_flag if final else 0)
             if stop:
                 break
@@ -186,22 +187,3 @@ class TritonPythonModel:
             self._outbox.put(None)
             self._sender.join(timeout=10)
         log.info("%s instance unloaded", self.io.name)
-
-
-Pending = tuple[Any, Outputs | Exception, bool]
-
-
-def _joined(items: list[Pending], merge: Any) -> list[Pending]:
-    """Consecutive pieces of the same request joined by ``merge``; order, errors and finals kept."""
-    if merge is None:
-        return items
-    joined: list[Pending] = []
-    for sender, outputs, final in items:
-        last = next((k for k in range(len(joined) - 1, -1, -1) if joined[k][0] is sender), None)
-        if last is not None and not joined[last][2]:
-            previous = joined[last][1]
-            if not isinstance(previous, Exception) and not isinstance(outputs, Exception):
-                joined[last] = (sender, merge(previous, outputs), final)
-                continue
-        joined.append((sender, outputs, final))
-    return joined

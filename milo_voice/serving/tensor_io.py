@@ -488,6 +488,25 @@ def _stream_piece(token: str, finish_reason: str) -> Outputs:
     }
 
 
+Queued = tuple[Any, Outputs | Exception, bool]  # (whose stream, its outputs or error, final)
+
+
+def join_queued(items: Sequence[Queued], merge: Callable[[Outputs, Outputs], Outputs] | None) -> list[Queued]:
+    """Queued pieces, each stream's consecutive ones joined by ``merge``; order, errors and finals kept."""
+    if merge is None:
+        return list(items)
+    joined: list[Queued] = []
+    for key, outputs, final in items:
+        last = next((k for k in range(len(joined) - 1, -1, -1) if joined[k][0] == key), None)
+        if last is not None and not joined[last][2]:
+            previous = joined[last][1]
+            if not isinstance(previous, Exception) and not isinstance(outputs, Exception):
+                joined[last] = (key, merge(previous, outputs), final)
+                continue
+        joined.append((key, outputs, final))
+    return joined
+
+
 def merge_stream_pieces(first: Outputs, then: Outputs) -> Outputs:
     """Two consecutive ``chat_stream`` pieces as one: the texts joined, the later finish reason."""
     token = first["token"][0] + then["token"][0]
