@@ -494,12 +494,8 @@ class AsyncMiloTritonClient(_WithOptions):
         await self._client.close()
 
     def _streams(self) -> Any:
-        """One gRPC client for every stream: each stream is a call on its HTTP/2 connection.
-
-        A client (channel) per stream cost a connection and its handshakes each time, on the
-        caller's event loop: when several streams started together (a voice turn's chat, say,
-        as other turns' replies ended), they reached the model one after another.
-        """
+        """One gRPC client for every stream: each stream is a call on its HTTP/2 connection,
+        where a client (channel) per stream opened a connection and its handshakes every time."""
         if self._stream_client is None:
             self._stream_client = grpcclient_aio.InferenceServerClient(self.grpc_url)
         return self._stream_client
@@ -631,8 +627,10 @@ class AsyncMiloTritonClient(_WithOptions):
                 yield speech
 
     async def _stream(self, io: tensors.ModelIO, values: dict[str, Any]) -> AsyncIterator[dict[str, np.ndarray]]:
-        # A stream is scheduled as a call is: the caller's priority level and queue timeout.
-        options = _call_options(self.options, None, None, "stream", self.timeout_s)
+        # A stream is scheduled as a call is: the caller's priority level and queue timeout, and
+        # the same deadline for the whole stream.
+        options = _call_options(self.options, None, None, "grpc", self.timeout_s)
+        deadline = options.pop("client_timeout")
 
         async def requests() -> AsyncIterator[dict[str, Any]]:
             yield {
@@ -643,7 +641,6 @@ class AsyncMiloTritonClient(_WithOptions):
                 **options,
             }
 
-        deadline = _deadline_s(self.timeout_s, self.options.queue_timeout_us)
         responses = self._streams().stream_infer(requests(), stream_timeout=deadline)
         try:
             async for result, error in responses:
