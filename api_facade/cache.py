@@ -1,7 +1,9 @@
 """Translation cache: Redis when ``MILO_REDIS_URL`` is set (shared by facade replicas), else an in-process LRU.
 
 Keys hold the model revision, the languages and the text, so a new model revision never
-serves an old model's translations.
+serves an old model's translations. While Redis is down the cache is this process's LRU
+(counted in ``milo_redis_fallbacks_total``): a cache only saves work, so an outage costs
+hits, never a request.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import hashlib
 from collections import OrderedDict
 from typing import Protocol
 
-from redis import asyncio as redis_asyncio
+from api_facade.redis_connection import DEGRADED, RedisConnection, RedisUnavailableError
 
 
 def cache_key(revision: str, source: str, target: str, text: str) -> str:
@@ -48,15 +50,28 @@ class MemoryCache:
 
 
 class RedisCache:
-    def __init__(self, url: str, ttl_s: int) -> None:
-        self._redis = redis_asyncio.from_url(url, decode_responses=True)
+    USE = "translation_cache"
+
+    def __init__(self, connection: RedisConnection, ttl_s: int, fallback_entries: int = 10_000) -> None:
+        self._connection = connection
+        self._redis = connection.client
         self.ttl_s = ttl_s
+        self._fallback = MemoryCache(fallback_entries)
 
     async def get(self, key: str) -> str | None:
-        return await self._redis.get(key)
+        try:
+            return await self._connection.run(self.USE, lambda: self._redis.get(key))
+        except RedisUnavailableError:
+            DEGRADED.labels(self.USE).inc()
+            return await self._fallback.get(key)
 
     async def set(self, key: str, value: str) -> None:
-        await self._redis.set(key, value, ex=self.ttl_s or None)
+        try:
+            await self._connection.run(self.USE, lambda: self._redis.set(key, value, ex=self.ttl_s or None))
+        except RedisUnavailableError:
+            DEGRADED.labels(self.USE).inc()
+            await self._fallback.set(key, value)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        """The connection is shared: its owner closes it."""
+        await self._fallback.close()

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_facade.metrics import BUSY
+from api_facade.redis_connection import RedisUnavailableError
 from client import ModelInputError, TritonBusyError, TritonUnavailableError
 
 log = logging.getLogger("api_facade")
@@ -118,6 +119,11 @@ def install(app: FastAPI) -> None:
         BUSY.inc()
         message = f"the model is at capacity; retry shortly: {exc}"
         return error_response(request, _retry_later("model_busy", message, BUSY_RETRY_AFTER_S))
+
+    @app.exception_handler(RedisUnavailableError)
+    async def on_store_unavailable(request: Request, exc: RedisUnavailableError) -> JSONResponse:
+        # Only stores that must not guess get here: tokens (fail closed) and session writes.
+        return error_response(request, _retry_later("store_unavailable", f"{exc}; retry shortly", RETRY_AFTER_S))
 
     @app.exception_handler(TimeoutError)
     async def on_timeout(request: Request, exc: TimeoutError) -> JSONResponse:

@@ -14,6 +14,7 @@ from api_facade.cache import MemoryCache, RedisCache
 from api_facade.disconnect import CancelOnDisconnect
 from api_facade.phrasebook import Phrasebook
 from api_facade.ratelimit import RateLimiter, parse_networks
+from api_facade.redis_connection import RedisConnection
 from api_facade.routers import admin, chat, health, openai_compat, stt, translate, tts
 from api_facade.sessions import MemorySessionStore, RedisSessionStore
 from api_facade.settings import Settings, get_settings
@@ -49,15 +50,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_retry=metrics.count_retry,
     )
     await app.state.triton.start()
+    # One Redis connection for every store; each store says what it does while Redis is down.
+    redis = RedisConnection(settings.redis_url) if settings.redis_url else None
+    app.state.redis = redis
     app.state.translation_cache = (
-        RedisCache(settings.redis_url, settings.translation_cache_ttl_s)
-        if settings.redis_url
+        RedisCache(redis, settings.translation_cache_ttl_s, settings.translation_cache_entries)
+        if redis is not None
         else MemoryCache(settings.translation_cache_entries)
     )
     app.state.phrasebook = Phrasebook.load()
     app.state.sessions = (
-        RedisSessionStore(settings.redis_url, settings.session_ttl_s)
-        if settings.redis_url
+        RedisSessionStore(redis, settings.session_ttl_s)
+        if redis is not None
         else MemorySessionStore(settings.session_ttl_s)
     )
     profile = active_profile()
@@ -66,8 +70,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     translate = models.get("translate")
     app.state.translate_revision = f"{profile}:{translate.weights(profile).revision}" if translate else profile
     app.state.voices = models["tts"].weights(profile).voices if "tts" in models else {}
-    app.state.tokens = TokenService(open_token_store(settings.redis_url, settings.data_dir), tuple(settings.tiers))
-    app.state.rate_limiter = RateLimiter(settings.redis_url)
+    app.state.tokens = TokenService(open_token_store(redis, settings.data_dir), tuple(settings.tiers))
+    app.state.rate_limiter = RateLimiter(redis)
     app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
     metrics_server = None
     if settings.metrics_port is not None:
@@ -81,6 +85,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await app.state.sessions.close()
     await app.state.translation_cache.close()
     await app.state.triton.close()
+    if redis is not None:
+        await redis.close()
 
 
 app = FastAPI(

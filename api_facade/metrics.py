@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from api_facade.redis_connection import RedisUnavailableError
 from api_facade.settings import get_settings
 from client.pool import Endpoint
 
@@ -109,7 +111,8 @@ def count_retry(endpoint: Endpoint, _error: Exception) -> None:
 
 async def refresh(app: FastAPI) -> None:
     """Gauges read at scrape time."""
-    SESSIONS.set(await app.state.sessions.count())
+    with contextlib.suppress(RedisUnavailableError):  # the gauge keeps its last value during an outage
+        SESSIONS.set(await app.state.sessions.count())
     for model in get_settings().required_models:
         MODEL_READY.labels(model).set(1 if await app.state.triton.is_model_ready(model) else 0)
     for endpoint in app.state.triton.status():

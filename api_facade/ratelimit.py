@@ -2,7 +2,9 @@
 
 The counting is the ``limits`` library's moving window: exact (no burst at window edges),
 and atomic in Redis through its Lua scripts, so several facade replicas share one count.
-Without Redis the windows live in process. The headers follow the IETF RateLimit fields
+Without Redis the windows live in process, and so do they while Redis is down (each replica
+then counts alone, counted in ``milo_redis_fallbacks_total``): a limit that is briefly per
+replica is better than refusing or failing every request. The headers follow the IETF RateLimit fields
 draft: ``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset`` (seconds) and
 ``RateLimit-Policy``.
 """
@@ -17,8 +19,10 @@ from dataclasses import dataclass
 from functools import cache
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+
+from api_facade.redis_connection import DEGRADED, RedisConnection, RedisUnavailableError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -83,17 +87,39 @@ def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
 
 
 class RateLimiter:
-    def __init__(self, redis_url: str | None) -> None:
-        self._storage: Storage = (
-            RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix="milo:ratelimit")
-            if redis_url
-            else MemoryStorage()
+    USE = "rate_limits"
+
+    def __init__(self, redis: RedisConnection | None) -> None:
+        self._redis = redis
+        self._memory = MovingWindowRateLimiter(MemoryStorage())
+        self._shared = (
+            MovingWindowRateLimiter(
+                RedisStorage(
+                    f"async+{redis.url}",
+                    implementation="redispy",
+                    key_prefix="milo:ratelimit",
+                    connection_pool=redis.client.connection_pool,
+                    **redis.retry_options(),
+                )
+            )
+            if redis is not None
+            else None
         )
-        self._limiter = MovingWindowRateLimiter(self._storage)
 
     async def hit(self, item: RateLimitItem, *key: str) -> LimitState:
-        allowed = await self._limiter.hit(item, *key)
-        stats = await self._limiter.get_window_stats(item, *key)
+        if self._shared is None or self._redis is None:
+            return await self._hit(self._memory, item, key)
+        shared = self._shared
+        try:
+            return await self._redis.run(self.USE, lambda: self._hit(shared, item, key))
+        except RedisUnavailableError:
+            DEGRADED.labels(self.USE).inc()
+            return await self._hit(self._memory, item, key)
+
+    @staticmethod
+    async def _hit(limiter: MovingWindowRateLimiter, item: RateLimitItem, key: tuple[str, ...]) -> LimitState:
+        allowed = await limiter.hit(item, *key)
+        stats = await limiter.get_window_stats(item, *key)
         return LimitState(
             allowed=allowed,
             limit=item.amount,

@@ -2,17 +2,23 @@
 
 Sessions expire ``ttl_s`` after their last turn. What is sent to the model is trimmed
 elsewhere (``trim_to_budget``); the store always keeps the whole conversation.
+
+While Redis is down, writes are refused (``RedisUnavailableError``, a 503: the caller sends
+the turn again, nothing half-stored) and so is a chat turn's read, before the model runs; a
+read that only shows a session (``stale_ok``) gets this replica's last copy of it where it
+has one, since turns are only ever appended and a copy is a true, maybe shorter, history.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from redis import asyncio as redis_asyncio
+from api_facade.redis_connection import DEGRADED, RedisConnection, RedisUnavailableError
 
 
 @dataclass(frozen=True)
@@ -22,7 +28,7 @@ class Turn:
 
 
 class SessionStore(Protocol):
-    async def load(self, session_id: str) -> list[Turn] | None: ...
+    async def load(self, session_id: str, stale_ok: bool = False) -> list[Turn] | None: ...
 
     async def append(self, session_id: str, turns: list[Turn]) -> None: ...
 
@@ -44,7 +50,7 @@ class MemorySessionStore:
         for key in [k for k, (deadline, _) in self._sessions.items() if deadline <= now]:
             del self._sessions[key]
 
-    async def load(self, session_id: str) -> list[Turn] | None:
+    async def load(self, session_id: str, stale_ok: bool = False) -> list[Turn] | None:
         self._expire()
         entry = self._sessions.get(session_id)
         return list(entry[1]) if entry else None
@@ -69,30 +75,66 @@ class RedisSessionStore:
     """One Redis list per session; RPUSH keeps order and never rewrites stored turns."""
 
     prefix = "milo:session:"
+    USE = "sessions"
 
-    def __init__(self, url: str, ttl_s: int) -> None:
-        self._redis = redis_asyncio.from_url(url, decode_responses=True)
+    def __init__(self, connection: RedisConnection, ttl_s: int, copies: int = 1000) -> None:
+        self._connection = connection
+        self._redis = connection.client
         self.ttl_s = ttl_s
+        # The sessions this replica last read or wrote, for reads while Redis is down.
+        self._copies: OrderedDict[str, list[Turn]] = OrderedDict()
+        self._max_copies = copies
 
-    async def load(self, session_id: str) -> list[Turn] | None:
-        items = await self._redis.lrange(self.prefix + session_id, 0, -1)
-        return [Turn(**json.loads(item)) for item in items] if items else None
+    def _remember(self, session_id: str, turns: list[Turn] | None) -> None:
+        if turns is None:
+            self._copies.pop(session_id, None)
+            return
+        self._copies[session_id] = turns
+        self._copies.move_to_end(session_id)
+        while len(self._copies) > self._max_copies:
+            self._copies.popitem(last=False)
+
+    async def load(self, session_id: str, stale_ok: bool = False) -> list[Turn] | None:
+        try:
+            items = await self._connection.run(self.USE, lambda: self._redis.lrange(self.prefix + session_id, 0, -1))
+        except RedisUnavailableError:
+            if stale_ok and session_id in self._copies:
+                DEGRADED.labels("sessions").inc()
+                return list(self._copies[session_id])
+            raise
+        turns = [Turn(**json.loads(item)) for item in items] if items else None
+        self._remember(session_id, turns)
+        return turns
 
     async def append(self, session_id: str, turns: list[Turn]) -> None:
         key = self.prefix + session_id
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, *(json.dumps({"role": t.role, "content": t.content}, ensure_ascii=False) for t in turns))
-            pipe.expire(key, self.ttl_s)
-            await pipe.execute()
+
+        async def append() -> int:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                rows = [json.dumps({"role": t.role, "content": t.content}, ensure_ascii=False) for t in turns]
+                pipe.rpush(key, *rows)
+                pipe.expire(key, self.ttl_s)
+                length, _ = await pipe.execute()
+            return int(length)
+
+        length = await self._connection.run(self.USE, append)
+        known = self._copies.get(session_id, [])
+        # The copy is exact only if nobody else appended since this replica last saw the session.
+        self._remember(session_id, [*known, *turns] if len(known) + len(turns) == length else None)
 
     async def delete(self, session_id: str) -> bool:
-        return bool(await self._redis.delete(self.prefix + session_id))
+        deleted = await self._connection.run(self.USE, lambda: self._redis.delete(self.prefix + session_id))
+        self._remember(session_id, None)
+        return bool(deleted)
 
     async def count(self) -> int:
-        return sum([1 async for _ in self._redis.scan_iter(match=self.prefix + "*", count=500)])
+        async def count() -> int:
+            return sum([1 async for _ in self._redis.scan_iter(match=self.prefix + "*", count=500)])
+
+        return await self._connection.run(self.USE, count)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        """The connection is shared: its owner closes it."""
 
 
 def estimate_tokens(text: str) -> int:

@@ -13,25 +13,25 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+from api_facade.redis_connection import RedisConnection, RedisUnavailableError
 from api_facade.settings import get_settings
 from api_facade.tokens import SCOPES, TokenError, TokenService, open_token_store
 
 
-def _service() -> TokenService:
-    settings = get_settings()
-    return TokenService(open_token_store(settings.redis_url, settings.data_dir), tuple(settings.tiers))
-
-
 def _run(action: Callable[[TokenService], Awaitable[int]]) -> int:
     async def main() -> int:
-        service = _service()
+        settings = get_settings()
+        redis = RedisConnection(settings.redis_url) if settings.redis_url else None
+        service = TokenService(open_token_store(redis, settings.data_dir), tuple(settings.tiers))
         try:
             return await action(service)
-        except TokenError as exc:
+        except (TokenError, RedisUnavailableError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         finally:
             await service.store.close()
+            if redis is not None:
+                await redis.close()
 
     return asyncio.run(main())
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from redis import asyncio as redis_asyncio
+from api_facade.redis_connection import RedisConnection
 
 SCOPES = ("stt", "tts", "translate", "chat", "admin")
 TOKEN_PATTERN = re.compile(r"^mv_(?P<key_id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})$")
@@ -148,57 +148,76 @@ class TokenStore(Protocol):
 
 
 class RedisTokenStore:
-    """``milo:tokens:<name>`` holds the record (JSON); ``milo:token-keys`` maps key id -> name."""
+    """``milo:tokens:<name>`` holds the record (JSON); ``milo:token-keys`` maps key id -> name.
+
+    While Redis is down every call raises ``RedisUnavailableError``: tokens fail closed (the
+    facade answers 503 with Retry-After), because a token cannot be checked without its record.
+    """
 
     RECORD = "milo:tokens:"
     KEYS = "milo:token-keys"
+    USE = "tokens"
 
-    def __init__(self, url: str) -> None:
-        self._redis = redis_asyncio.from_url(url, decode_responses=True)
+    def __init__(self, connection: RedisConnection) -> None:
+        self._connection = connection
+        self._redis = connection.client
 
     async def get(self, name: str) -> TokenRecord | None:
-        text = await self._redis.get(self.RECORD + name)
+        text = await self._connection.run(self.USE, lambda: self._redis.get(self.RECORD + name))
         return TokenRecord.from_json(text) if text else None
 
     async def name_of_key(self, key_id: str) -> str | None:
-        return await self._redis.hget(self.KEYS, key_id)
+        return await self._connection.run(self.USE, lambda: self._redis.hget(self.KEYS, key_id))
 
     async def add(self, record: TokenRecord) -> bool:
-        if not await self._redis.set(self.RECORD + record.name, record.to_json(), nx=True):
-            return False
-        await self._redis.hset(self.KEYS, mapping={s.key_id: record.name for s in record.secrets})
-        return True
+        async def add() -> bool:
+            if not await self._redis.set(self.RECORD + record.name, record.to_json(), nx=True):
+                return False
+            await self._redis.hset(self.KEYS, mapping={s.key_id: record.name for s in record.secrets})
+            return True
+
+        return await self._connection.run(self.USE, add)
 
     async def replace(self, record: TokenRecord, dropped_key_ids: list[str]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.RECORD + record.name, record.to_json())
-            pipe.hset(self.KEYS, mapping={s.key_id: record.name for s in record.secrets})
-            if dropped_key_ids:
-                pipe.hdel(self.KEYS, *dropped_key_ids)
-            await pipe.execute()
+        async def replace() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self.RECORD + record.name, record.to_json())
+                pipe.hset(self.KEYS, mapping={s.key_id: record.name for s in record.secrets})
+                if dropped_key_ids:
+                    pipe.hdel(self.KEYS, *dropped_key_ids)
+                await pipe.execute()
+
+        await self._connection.run(self.USE, replace)
 
     async def delete(self, name: str) -> bool:
         record = await self.get(name)
         if record is None:
             return False
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.RECORD + name)
-            key_ids = [s.key_id for s in record.secrets]
-            if key_ids:
-                pipe.hdel(self.KEYS, *key_ids)
-            await pipe.execute()
+
+        async def delete() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self.RECORD + name)
+                key_ids = [s.key_id for s in record.secrets]
+                if key_ids:
+                    pipe.hdel(self.KEYS, *key_ids)
+                await pipe.execute()
+
+        await self._connection.run(self.USE, delete)
         return True
 
     async def all(self) -> list[TokenRecord]:
-        records = []
-        async for key in self._redis.scan_iter(match=self.RECORD + "*"):
-            text = await self._redis.get(key)
-            if text:
-                records.append(TokenRecord.from_json(text))
-        return sorted(records, key=lambda r: r.name)
+        async def read_all() -> list[TokenRecord]:
+            records = []
+            async for key in self._redis.scan_iter(match=self.RECORD + "*"):
+                text = await self._redis.get(key)
+                if text:
+                    records.append(TokenRecord.from_json(text))
+            return records
+
+        return sorted(await self._connection.run(self.USE, read_all), key=lambda r: r.name)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        """The connection is shared: its owner closes it."""
 
 
 class FileTokenStore:
@@ -271,8 +290,8 @@ class FileTokenStore:
         return None
 
 
-def open_token_store(redis_url: str | None, data_dir: Path) -> TokenStore:
-    return RedisTokenStore(redis_url) if redis_url else FileTokenStore(data_dir / "tokens.json")
+def open_token_store(redis: RedisConnection | None, data_dir: Path) -> TokenStore:
+    return RedisTokenStore(redis) if redis is not None else FileTokenStore(data_dir / "tokens.json")
 
 
 # -- operations ------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 from redis import Redis
 
 from api_facade.ratelimit import LimitState, RateLimiter, client_ip, parse_limit, parse_networks, tightest
+from api_facade.redis_connection import RedisConnection
 
 PROXIES = parse_networks(["10.0.0.0/8", "127.0.0.1"])
 
@@ -44,7 +45,7 @@ async def test_window_counts_refuses_and_frees_up(backend: str, request: pytest.
     if backend == "redis":
         url = request.getfixturevalue("redis_url")
         Redis.from_url(url).flushdb()
-    limiter = RateLimiter(url)
+    limiter = RateLimiter(RedisConnection(url) if url else None)
     item = parse_limit("3/1 second")
     states = [await limiter.hit(item, "token", "tts", "app") for _ in range(4)]
     assert [s.allowed for s in states] == [True, True, True, False]
@@ -59,7 +60,7 @@ async def test_window_counts_refuses_and_frees_up(backend: str, request: pytest.
 async def test_two_limiters_on_one_redis_share_the_count(redis_url: str) -> None:
     """What two facade replicas do: each counts against the same window."""
     Redis.from_url(redis_url).flushdb()
-    one, two = RateLimiter(redis_url), RateLimiter(redis_url)
+    one, two = RateLimiter(RedisConnection(redis_url)), RateLimiter(RedisConnection(redis_url))
     item = parse_limit("2/minute")
     assert (await one.hit(item, "ip", "chat", "198.51.100.1")).allowed
     assert (await two.hit(item, "ip", "chat", "198.51.100.1")).allowed

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from api_facade.redis_connection import RedisConnection
 from api_facade.tokens import (
     FileTokenStore,
     InvalidTokenError,
@@ -37,10 +38,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         return
     url = request.getfixturevalue("redis_url")
     Redis.from_url(url).flushdb()
-    redis_store = RedisTokenStore(url)
+    connection = RedisConnection(url)
+    redis_store = RedisTokenStore(connection)
     redis_store.url = url  # type: ignore[attr-defined]
     yield redis_store
-    await redis_store.close()
+    await connection.close()
 
 
 def stored_bytes(store: TokenStore) -> str:

@@ -126,7 +126,7 @@ async def _stream(
 
 @router.get("/v1/chat/sessions/{session_id}", response_model=SessionView, dependencies=[Depends(access("chat"))])
 async def get_session(session_id: SessionId, sessions: Annotated[SessionStore, Depends(get_sessions)]) -> SessionView:
-    turns = await sessions.load(session_id)
+    turns = await sessions.load(session_id, stale_ok=True)
     if turns is None:
         raise ApiError(404, "session_not_found", f"no session {session_id!r} (never created, deleted or expired)")
     return SessionView(session_id=session_id, turns=[SessionTurn(role=t.role, content=t.content) for t in turns])

@@ -2,18 +2,22 @@
 
 With several Triton servers, the facade is ready while every required model is ready on at
 least one server in rotation; a server out of rotation makes the state ``degraded`` (still
-200: requests are served) and is named under ``endpoints``.
+200: requests are served) and is named under ``endpoints``. So does a Redis outage (``redis``:
+``down``): the facade still serves by each store's outage policy, and every replica shares the
+one Redis, so taking them all out of rotation would only turn 503s into refused connections.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from api_facade.dependencies import get_triton
 from api_facade.errors import RETRY_AFTER_S
+from api_facade.redis_connection import RedisConnection, RedisUnavailableError
 from api_facade.settings import Settings, get_settings
 from client import TritonPool
 
@@ -27,13 +31,21 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", summary="Readiness: every required model is ready in Triton (503 naming those that are not)")
 async def ready(
+    request: Request,
     triton: Annotated[TritonPool, Depends(get_triton)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> Any:
     models = {name: await triton.is_model_ready(name) for name in settings.required_models}
     not_ready = [name for name, ok in models.items() if not ok]
-    status = "not_ready" if not_ready else "degraded" if triton.degraded else "ready"
+    redis: RedisConnection | None = request.app.state.redis
+    if redis is not None:  # a cheap probe: an idle facade learns of an outage, and of its end, here too
+        with contextlib.suppress(RedisUnavailableError):
+            await redis.run("ready", redis.client.ping)
+    redis_down = redis is not None and not redis.up
+    status = "not_ready" if not_ready else "degraded" if triton.degraded or redis_down else "ready"
     body = {"status": status, "models": models, "not_ready": not_ready, "endpoints": triton.status()}
+    if redis is not None:
+        body["redis"] = "up" if redis.up else "down"
     if not_ready:
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
     return body

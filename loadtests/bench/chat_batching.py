@@ -234,9 +234,15 @@ def engine_levels(args: argparse.Namespace, gguf: Path, slots: int) -> list[Poin
         role.close()
 
 
-def chat_registry(slots: int, n_ctx: int, batch_tokens: int, stream_interval_ms: float | None = None) -> str:
+def chat_registry(
+    slots: int,
+    n_ctx: int,
+    batch_tokens: int,
+    stream_interval_ms: float | None = None,
+    step_prompt_tokens: int | None = None,
+) -> str:
     """The committed chat entry alone, with ``slots`` slots (on CPU and GPU hosts) and fixed reply
-    lengths; its other parameters as committed, the stream interval too unless given."""
+    lengths; its other parameters as committed, the stream interval and prompt chunk too unless given."""
     section = model_section("chat")
     params = {
         **load_registry().by_role("chat").params,
@@ -244,6 +250,8 @@ def chat_registry(slots: int, n_ctx: int, batch_tokens: int, stream_interval_ms:
     }  # fmt: skip
     if stream_interval_ms is not None:
         params["stream_interval_ms"] = stream_interval_ms
+    if step_prompt_tokens is not None:
+        params["step_prompt_tokens"] = step_prompt_tokens
     inline = ", ".join(f"{key} = {json.dumps(value)}" for key, value in params.items())
     section = re.sub(r"params = \{[^}]*\}", f"params = {{ {inline} }}", section)
     # Every client's request must wait in Triton's queue rather than be refused.
@@ -258,7 +266,9 @@ def stack(args: argparse.Namespace, slots: int, work: Path) -> Iterator[str]:
     folder = work / f"stack-{slots}"
     folder.mkdir()
     registry = folder / "registry.toml"
-    registry.write_text(chat_registry(slots, args.n_ctx, args.batch_tokens, args.stream_interval_ms))
+    registry.write_text(
+        chat_registry(slots, args.n_ctx, args.batch_tokens, args.stream_interval_ms, args.step_prompt_tokens)
+    )
     env = {
         "MILO_REGISTRY": str(registry),
         "MILO_REQUIRED_MODELS": '["chat"]',
@@ -425,6 +435,11 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=512, help="tokens per step (llama.cpp's n_batch)")
     parser.add_argument(
         "--stream-interval-ms", type=float, help="the stack's chat_stream pacing (default: the registry's)"
+    )
+    parser.add_argument(
+        "--step-prompt-tokens",
+        type=int,
+        help="the stack's prompt tokens per step while others reply (default: the registry's)",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="CPU threads, both sides")
     parser.add_argument("--server", choices=["pytriton", "tritonserver"], default="pytriton")
