@@ -48,6 +48,12 @@ TRITON_IN_FLIGHT = Gauge("milo_triton_endpoint_in_flight", "Calls in flight to a
 TRITON_RETRIES = Counter(
     "milo_triton_retries_total", "Calls sent again to another Triton server, by the server that failed", ["endpoint"]
 )
+PROCESS_RUNNING = Gauge(
+    "milo_supervised_process_running", "1 while a process of `milo-voice serve` runs and is ready", ["process"]
+)
+PROCESS_RESTARTS = Gauge(
+    "milo_supervised_process_restarts", "Times `milo-voice serve` started a process again after it died", ["process"]
+)
 BUSY = Counter("milo_model_busy_total", "Requests refused at once because a model's queue was full or too slow")
 
 
@@ -115,6 +121,9 @@ async def refresh(app: FastAPI) -> None:
         SESSIONS.set(await app.state.sessions.count())
     for model in get_settings().required_models:
         MODEL_READY.labels(model).set(1 if await app.state.triton.is_model_ready(model) else 0)
+    for name, process in get_settings().supervised_processes().items():
+        PROCESS_RUNNING.labels(name).set(1 if process.get("state") == "running" else 0)
+        PROCESS_RESTARTS.labels(name).set(process.get("restarts", 0))
     for endpoint in app.state.triton.status():
         TRITON_UP.labels(endpoint["url"]).set(1 if endpoint["healthy"] else 0)
         TRITON_IN_FLIGHT.labels(endpoint["url"]).set(endpoint["in_flight"])

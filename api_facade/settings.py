@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,6 +97,17 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = []
     # Serve /metrics on this port instead of the facade's own.
     metrics_port: int | None = None
+    # Set by `milo-voice serve`: its processes' state (milo_voice.supervisor), shown in /ready and metrics.
+    supervisor_state: Path | None = None
+
+    def supervised_processes(self) -> dict[str, dict[str, Any]]:
+        """What ``milo-voice serve`` last wrote of its processes; empty when not run by it."""
+        if self.supervisor_state is None:
+            return {}
+        try:
+            return json.loads(self.supervisor_state.read_text())["processes"]
+        except (OSError, ValueError, KeyError):
+            return {}
 
     @model_validator(mode="after")
     def _anonymous_tier_is_a_tier(self) -> Settings:

@@ -95,7 +95,8 @@ TTS = ModelIO(
 
 TTS_STREAM = ModelIO(
     name="tts_stream",
-    inputs=TTS.inputs,
+    # A caller's id for this stream, which ``tts_cancel`` takes to stop it before its next sentence.
+    inputs=(*TTS.inputs, _bytes("request_id", optional=True)),
     # One response per sentence; ``audio`` is exactly that sentence's samples.
     outputs=(TensorSpec("audio", np.float32, (-1,)), _int("sample_rate"), _bytes("spoken_text")),
     streaming=True,
@@ -135,12 +136,20 @@ CHAT_CANCEL = ModelIO(
     name="chat_cancel", inputs=(_bytes("request_id"),), outputs=(_int("cancelled"),), shared_process_only=True
 )
 
-MODELS: dict[str, ModelIO] = {m.name: m for m in (STT, TTS, TTS_STREAM, TRANSLATE, CHAT, CHAT_STREAM, CHAT_CANCEL)}
+# Stops a running ``tts_stream`` by its ``request_id`` before its next sentence; served where
+# the PyTriton host runs it (which tells its callables nothing of a client gone), as ``chat_cancel``.
+TTS_CANCEL = ModelIO(
+    name="tts_cancel", inputs=(_bytes("request_id"),), outputs=(_int("cancelled"),), shared_process_only=True
+)
+
+MODELS: dict[str, ModelIO] = {
+    m.name: m for m in (STT, TTS, TTS_STREAM, TTS_CANCEL, TRANSLATE, CHAT, CHAT_STREAM, CHAT_CANCEL)
+}
 
 # Which registry role serves which models (a streaming model shares its role's instances).
 ROLE_MODELS: dict[str, tuple[ModelIO, ...]] = {
     "stt": (STT,),
-    "tts": (TTS, TTS_STREAM),
+    "tts": (TTS, TTS_STREAM, TTS_CANCEL),
     "translate": (TRANSLATE,),
     "chat": (CHAT, CHAT_STREAM, CHAT_CANCEL),
 }

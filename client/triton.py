@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
 import aiohttp
@@ -394,19 +394,31 @@ class MiloTritonClient(_WithOptions):
 
     def cancel_chat(self, request_id: str, model: str = tensors.CHAT.name) -> bool:
         """Stop a running chat request by its id (PyTriton host); False where nothing was stopped."""
+        return self._cancel(_named(tensors.CHAT_CANCEL, f"{model}_cancel"), request_id)
+
+    def _cancel(self, io: tensors.ModelIO, request_id: str) -> bool:
         try:
-            outputs = self.infer(_named(tensors.CHAT_CANCEL, f"{model}_cancel"), {"request_id": request_id})
+            outputs = self.infer(io, {"request_id": request_id})
         except (InferenceServerException, ConnectionError, OSError, TimeoutError) as exc:
-            # A stock tritonserver has no chat_cancel: it sees the cancelled request itself.
-            log.debug("chat_cancel of %s not served: %s", request_id, exc)
+            # A stock tritonserver has no cancel models: it sees the cancelled request itself.
+            log.debug("%s of %s not served: %s", io.name, request_id, exc)
             return False
         return bool(_first(outputs, "cancelled"))
 
     def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> Iterator[SpeechResult]:
-        for outputs in self._stream(tensors.TTS_STREAM, {"text": text, "language": language, "speed": speed}):
-            speech = _stream_speech(outputs)
-            if speech.sample_rate:  # 0 marks a filler piece
-                yield speech
+        """Audio sentence by sentence; closing the iterator early stops the synthesis on the server."""
+        request_id = _new_request_id()
+        values = {"text": text, "language": language, "speed": speed, "request_id": request_id}
+        finished = False
+        try:
+            for outputs in self._stream(tensors.TTS_STREAM, values):
+                speech = _stream_speech(outputs)
+                if speech.sample_rate:  # 0 marks a filler piece
+                    yield speech
+            finished = True
+        finally:
+            if not finished:
+                self._cancel(tensors.TTS_CANCEL, request_id)
 
     def _stream(self, io: tensors.ModelIO, values: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
         """Responses of a decoupled model as they arrive, over a gRPC stream."""
@@ -605,26 +617,40 @@ class AsyncMiloTritonClient(_WithOptions):
 
     async def cancel_chat(self, request_id: str, model: str = tensors.CHAT.name) -> bool:
         """Stop a running chat request by its id (PyTriton host); False where nothing was stopped."""
-        io = _named(tensors.CHAT_CANCEL, f"{model}_cancel")
+        return await self._cancel(_named(tensors.CHAT_CANCEL, f"{model}_cancel"), request_id)
+
+    async def _cancel(self, io: tensors.ModelIO, request_id: str) -> bool:
         try:
             outputs = await asyncio.wait_for(self.infer(io, {"request_id": request_id}), CANCEL_TIMEOUT_S)
         except (InferenceServerException, ConnectionError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
-            # A stock tritonserver has no chat_cancel: it sees the cancelled request itself.
-            log.debug("chat_cancel of %s not served: %s", request_id, exc)
+            # A stock tritonserver has no cancel models: it sees the cancelled request itself.
+            log.debug("%s of %s not served: %s", io.name, request_id, exc)
             return False
         return bool(_first(outputs, "cancelled"))
 
     def _cancel_in_background(self, request_id: str, model: str) -> None:
+        self._in_background(self.cancel_chat(request_id, model))
+
+    def _in_background(self, call: Coroutine[Any, Any, bool]) -> None:
         # The caller is being cancelled: it must not wait for this call.
-        task = asyncio.get_running_loop().create_task(self.cancel_chat(request_id, model))
+        task = asyncio.get_running_loop().create_task(call)
         self._cancels.add(task)
         task.add_done_callback(self._cancels.discard)
 
     async def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> AsyncIterator[SpeechResult]:
-        async for outputs in self._stream(tensors.TTS_STREAM, {"text": text, "language": language, "speed": speed}):
-            speech = _stream_speech(outputs)
-            if speech.sample_rate:  # 0 marks a filler piece
-                yield speech
+        """Audio sentence by sentence; closing the iterator early stops the synthesis on the server."""
+        request_id = _new_request_id()
+        values = {"text": text, "language": language, "speed": speed, "request_id": request_id}
+        finished = False
+        try:
+            async for outputs in self._stream(tensors.TTS_STREAM, values):
+                speech = _stream_speech(outputs)
+                if speech.sample_rate:  # 0 marks a filler piece
+                    yield speech
+            finished = True
+        finally:
+            if not finished:
+                self._in_background(self._cancel(tensors.TTS_CANCEL, request_id))
 
     async def _stream(self, io: tensors.ModelIO, values: dict[str, Any]) -> AsyncIterator[dict[str, np.ndarray]]:
         # A stream is scheduled as a call is: the caller's priority level and queue timeout, and

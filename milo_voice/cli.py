@@ -13,13 +13,11 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from milo_voice.child_processes import stop_with_parent
 from milo_voice.registry import PROFILES, active_profile, load_registry, models_dir, registry_path
 from milo_voice.text.normalize import SUPPORTED_LANGUAGES, normalize_text
 
@@ -86,91 +84,80 @@ def _triton_configs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_ready(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> bool:
-    """Until ``url`` answers 200; gives up early when ``process`` (the server behind it) has exited."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(1)
-    return False
-
-
 def _serve(args: argparse.Namespace) -> int:
-    """Run a Triton server (the PyTriton host or the stock tritonserver) and the facade; stop both on Ctrl-C."""
-    env = dict(os.environ)
+    """Run a Triton server (the PyTriton host or the stock tritonserver) and the facade, each started
+    again if it dies (``milo_voice.supervisor``); stop both on Ctrl-C or SIGTERM."""
     if args.model_repository and args.server != "tritonserver":
         print("error: --model-repository is for --server tritonserver", file=sys.stderr)
         return 2
-    # Both servers serve the same models with the same tensors; the facade cannot tell them apart.
-    module = "pytriton_app" if args.server == "pytriton" else "milo_voice.serving.tritonserver"
-    repository = ["--model-repository", args.model_repository] if args.model_repository else []
-    host = subprocess.Popen(
-        [sys.executable, "-m", module, "--http-port", str(args.http_port),
-         "--grpc-port", str(args.grpc_port), "--metrics-port", str(args.metrics_port), *repository],
-        env=env, preexec_fn=stop_with_parent,  # neither child outlives serve, even killed outright
-    )  # fmt: skip
-    processes = [host]
-    try:
-        from client.tensors import ROLE_MODELS
+    from client.tensors import ROLE_MODELS
+    from milo_voice.supervisor import Child, Supervisor, answers_200
 
-        # Triton's server readiness comes before the models are bound: wait on each model
-        # that the registry serves (a registry may hold a subset, as the GPU benchmark's do);
-        # the stock server has no model that only a shared process can serve (chat_cancel).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory(prefix="milo-serve-") as scratch:
+        state_file = Path(scratch) / "state.json"
+        supervisor = Supervisor(state_file)
+        # Both servers serve the same models with the same tensors; the facade cannot tell them apart.
+        module = "pytriton_app" if args.server == "pytriton" else "milo_voice.serving.tritonserver"
+        extra = ["--model-repository", args.model_repository] if args.model_repository else []
+        if args.server == "tritonserver":  # one copy of the server for every start, removed with the rest
+            extra += ["--workdir", str(Path(scratch) / "tritonserver")]
+        # Triton's server readiness comes before the models are bound: wait on each model that
+        # the registry serves (a registry may hold a subset, as the GPU benchmark's do); the
+        # stock server has no model that only a shared process can serve (chat_cancel).
         served = [
             io.name
             for spec in load_registry().models.values()
             for io in ROLE_MODELS[spec.role]
             if args.server == "pytriton" or not io.shared_process_only
         ]
-        for model in served:
-            if not _wait_ready(f"http://127.0.0.1:{args.http_port}/v2/models/{model}/ready", args.ready_timeout, host):
-                state = f"exited with {host.returncode}" if host.poll() is not None else "timed out"
-                print(f"error: model {model} of {args.server} did not become ready ({state})", file=sys.stderr)
+        host = supervisor.add(
+            Child(
+                name="model-host",
+                command=[sys.executable, "-m", module, "--http-port", str(args.http_port),
+                         "--grpc-port", str(args.grpc_port), "--metrics-port", str(args.metrics_port), *extra],
+                env=dict(os.environ),
+                ready_checks=[answers_200(f"http://127.0.0.1:{args.http_port}/v2/models/{m}/ready") for m in served],
+            )
+        )  # fmt: skip
+        facade_env = {
+            **os.environ,
+            "MILO_TRITON_URL": f"127.0.0.1:{args.http_port}",
+            # Streams go over gRPC: the facade must know the port whatever it is.
+            "MILO_TRITON_GRPC_URL": f"127.0.0.1:{args.grpc_port}",
+            "MILO_SUPERVISOR_STATE": str(state_file),
+        }
+        facade = supervisor.add(
+            Child(
+                name="facade",
+                command=[sys.executable, "-m", "uvicorn", "api_facade.main:app", "--host", args.host,
+                         "--port", str(args.facade_port)],
+                env=facade_env,
+                ready_checks=[answers_200(f"http://127.0.0.1:{args.facade_port}/health")],
+            )
+        )  # fmt: skip
+        # SIGTERM (a container runtime, a test) takes the same way out as Ctrl-C.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            supervisor.start(host)
+            if not supervisor.wait_ready(host, args.ready_timeout):
+                code = host.process.poll() if host.process else None
+                state = f"exited with {code}" if code is not None else "timed out"
+                print(f"error: the model host of {args.server} did not become ready ({state})", file=sys.stderr)
                 return 1
-        env["MILO_TRITON_URL"] = f"127.0.0.1:{args.http_port}"
-        # Streams go over gRPC: the facade must know the port whatever it is.
-        env["MILO_TRITON_GRPC_URL"] = f"127.0.0.1:{args.grpc_port}"
-        facade = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api_facade.main:app",
-                "--host",
-                args.host,
-                "--port",
-                str(args.facade_port),
-            ],
-            env=env,
-            preexec_fn=stop_with_parent,
-        )
-        processes.append(facade)
-        print(
-            f"Milo Voice is up: Triton http :{args.http_port} grpc :{args.grpc_port} "
-            f"metrics :{args.metrics_port}, facade http://{args.host}:{args.facade_port}",
-            flush=True,
-        )
-        while all(p.poll() is None for p in processes):
-            time.sleep(1)
-        return max(p.returncode or 0 for p in processes if p.returncode is not None)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            supervisor.start(facade)
+            print(
+                f"Milo Voice is up: Triton http :{args.http_port} grpc :{args.grpc_port} "
+                f"metrics :{args.metrics_port}, facade http://{args.host}:{args.facade_port}",
+                flush=True,
+            )
+            while True:
+                supervisor.tick()
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            supervisor.stop_all()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,10 +23,18 @@ from client import tensors
 from milo_voice.registry import ModelSpec, Registry, active_profile, load_registry
 from milo_voice.serving.chat_metrics import PrometheusChatMetrics
 from milo_voice.serving.instances import DevicePlanner, load_instance, with_cloud_chat
-from milo_voice.serving.tensor_io import GenerationHandler, chat_cancel_handler, chat_stream_handler, handler_for
+from milo_voice.serving.shared_memory import remove_orphaned_segments
+from milo_voice.serving.tensor_io import (
+    GenerationHandler,
+    StreamCancels,
+    chat_cancel_handler,
+    chat_stream_handler,
+    handler_for,
+    stream_cancel_handler,
+)
+from milo_voice.serving.tritonserver import EXIT_TIMEOUT_S
 from pytriton_app.infer import infer_callable
 from pytriton_app.metrics import MetricsRelay
-from pytriton_app.shared_memory import remove_orphaned_segments
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +118,19 @@ def served_name(spec: ModelSpec, io: tensors.ModelIO) -> str:
     return io.name if spec.name == spec.role else f"{spec.name}{io.name.removeprefix(spec.role)}"
 
 
-def callables_for(io: tensors.ModelIO, spec: ModelSpec, instances: list[Any]) -> list[Any]:
+def callables_for(io: tensors.ModelIO, spec: ModelSpec, instances: list[Any], cancels: StreamCancels) -> list[Any]:
     """PyTriton's instances of ``io``: one per role instance; for the chat role, which serves many
-    requests at once, one per slot for ``chat`` and a single one over every instance for the rest."""
+    requests at once, one per slot for ``chat`` and a single one over every instance for the rest.
+    ``cancels`` holds the model's running streams, which its cancel model stops."""
     if io.name == tensors.CHAT_CANCEL.name:
         return [infer_callable(chat_cancel_handler(instances))]
     if io.name == tensors.CHAT_STREAM.name:
         return [infer_callable(chat_stream_handler(instances))]
+    if io.name == tensors.TTS_CANCEL.name:
+        return [infer_callable(stream_cancel_handler(cancels))]
     callables = []
     for instance in instances:
-        handler = handler_for(io, spec, instance)
+        handler = handler_for(io, spec, instance, cancels)
         one_call_per_request = isinstance(handler, GenerationHandler) and not handler.streaming
         callables += [infer_callable(handler)] * (handler.concurrency if one_call_per_request else 1)
     return callables
@@ -128,11 +139,12 @@ def callables_for(io: tensors.ModelIO, spec: ModelSpec, instances: list[Any]) ->
 def bind_all(triton: Triton, registry: Registry, instances: dict[str, list[Any]]) -> list[str]:
     bound = []
     for spec in registry.models.values():
+        cancels = StreamCancels()
         for io in tensors.ROLE_MODELS[spec.role]:
             name = served_name(spec, io)
             triton.bind(
                 model_name=name,
-                infer_func=callables_for(io, spec, instances[spec.name]),
+                infer_func=callables_for(io, spec, instances[spec.name], cancels),
                 inputs=[_tensor(t) for t in io.inputs],
                 outputs=[_tensor(t) for t in io.outputs],
                 config=model_config(spec, io),
@@ -160,6 +172,7 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
         # P50/P95/P99 per model as Prometheus summaries (nv_inference_request_summary_us, ...).
         metrics_config=["summary_latencies=true"],
         exit_on_error=True,
+        exit_timeout_secs=EXIT_TIMEOUT_S,
         log_verbose=int(os.environ.get("MILO_TRITON_LOG_VERBOSE", "0")),
     )
     planner = DevicePlanner()

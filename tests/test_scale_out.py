@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from milo_voice.registry import model_section
-from pytriton_app.shared_memory import remove_orphaned_segments
+from milo_voice.serving.shared_memory import remove_orphaned_segments
 from tests.conftest import REPO, TritonHost, facade_process, free_port, wait_http_ok
 
 pytestmark = pytest.mark.integration

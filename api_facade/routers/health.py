@@ -46,6 +46,8 @@ async def ready(
     body = {"status": status, "models": models, "not_ready": not_ready, "endpoints": triton.status()}
     if redis is not None:
         body["redis"] = "up" if redis.up else "down"
+    if processes := settings.supervised_processes():
+        body["processes"] = processes
     if not_ready:
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
     return body

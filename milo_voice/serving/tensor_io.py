@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -136,35 +137,48 @@ def run_valid(
     results: list[Result | None] = [None] * count
     if parsed:
         for i, result in zip(parsed, isolated(compute, list(parsed.values())), strict=True):
-            if isinstance(result, Exception):
-                errors[i] = f"the model could not process this request: {type(result).__name__}: {result}"
+            if isinstance(result, ModelFailure):
+                cause = result.error
+                errors[i] = f"the model could not process this request: {type(cause).__name__}: {cause}"
+            elif isinstance(result, Exception):  # refused by the role once computed (an output cut short)
+                errors[i] = str(result) or type(result).__name__
             else:
                 results[i] = result
     return results, errors
 
 
-def isolated(compute: Callable[[list[Request]], list[Result]], requests: list[Request]) -> list[Result | Exception]:
+class ModelFailure(Exception):
+    """A request that made the model fail when computed alone (``isolated``); ``error`` is why."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def isolated(compute: Callable[[list[Request]], list[Result]], requests: list[Request]) -> list[Result | ModelFailure]:
     """``compute(requests)``; if the batch fails, its halves again, down to the requests that fail alone.
 
     One request's failure inside the model (an input beyond what it can hold) is then that
-    request's error, not its batch-mates'. When no request of the batch succeeds, the model
-    itself is failing: the first error is raised, as the server's error for the whole call.
+    request's ``ModelFailure``, not its batch-mates' error. When no request of the batch
+    succeeds, the model itself is failing: the first error is raised, as the server's error for
+    the whole call. (A role may also answer a request with its input error in place, found only
+    by computing: that is an answer, passed on as it is.)
     """
     outcome = _bisected(compute, requests)
-    if all(isinstance(r, Exception) for r in outcome):
-        raise next(r for r in outcome if isinstance(r, Exception))
-    failed = sum(isinstance(r, Exception) for r in outcome)
+    failed = [r for r in outcome if isinstance(r, ModelFailure)]
+    if failed and len(failed) == len(outcome):
+        raise failed[0].error
     if failed:
-        log.warning("%d of %d requests of a batch failed alone; the others were answered", failed, len(requests))
+        log.warning("%d of %d requests of a batch failed alone; the others were answered", len(failed), len(requests))
     return outcome
 
 
-def _bisected(compute: Callable[[list[Request]], list[Result]], requests: list[Request]) -> list[Result | Exception]:
+def _bisected(compute: Callable[[list[Request]], list[Result]], requests: list[Request]) -> list[Result | ModelFailure]:
     try:
         return list(compute(requests))
     except Exception as exc:  # what failed is found by splitting the batch
         if len(requests) == 1:
-            return [exc]
+            return [ModelFailure(exc)]
         middle = len(requests) // 2
         return _bisected(compute, requests[:middle]) + _bisected(compute, requests[middle:])
 
@@ -231,15 +245,68 @@ def tts_handler(role: TextToSpeech) -> BatchHandler:
     return BatchHandler(compute, {"speed": np.float32(1.0)})
 
 
-def tts_stream_handler(role: TextToSpeech) -> StreamHandler:
+class StreamCancels:
+    """Streams running in this process by their caller's request id, for a cancel model to stop.
+
+    PyTriton tells its callables nothing of a client gone, so the client (which knows) calls
+    the stream's cancel model with the id it gave the stream; the stock server's Python
+    backend sees the cancelled request itself and needs none of this.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def running(self, request_id: str) -> Iterator[threading.Event]:
+        """An event set when ``request_id`` is cancelled, while the block runs (no id: never set)."""
+        cancelled = threading.Event()
+        if not request_id:
+            yield cancelled
+            return
+        with self._lock:
+            self._running[request_id] = cancelled
+        try:
+            yield cancelled
+        finally:
+            with self._lock:
+                if self._running.get(request_id) is cancelled:
+                    del self._running[request_id]
+
+    def cancel(self, request_id: str) -> bool:
+        with self._lock:
+            cancelled = self._running.get(request_id)
+        if cancelled is None:
+            return False
+        cancelled.set()
+        return True
+
+
+def stream_cancel_handler(cancels: StreamCancels) -> BatchHandler:
+    """``tts_cancel``: stops running streams by request id; ``cancelled`` is 1 where one was found."""
+
+    def compute(inputs: Inputs) -> Outputs:
+        ids = [text(row) for row in inputs["request_id"]]
+        return {"cancelled": _int_column([int(cancels.cancel(i)) if i else 0 for i in ids])}
+
+    return BatchHandler(compute)
+
+
+def tts_stream_handler(role: TextToSpeech, cancels: StreamCancels | None = None) -> StreamHandler:
+    cancels = cancels or StreamCancels()
+
     def stream(request: Inputs) -> Iterator[Outputs]:
         speed = float(request["speed"][0]) if "speed" in request else 1.0
-        for speech in role.stream(text(request["text"]), text(request["language"]), speed):
-            yield {
-                "audio": speech.audio,
-                "sample_rate": np.array([speech.sample_rate], dtype=np.int32),
-                "spoken_text": np.array([speech.spoken_text.encode("utf-8")], dtype=np.object_),
-            }
+        request_id = text(request["request_id"]) if "request_id" in request else ""
+        with cancels.running(request_id) as cancelled:
+            for speech in role.stream(text(request["text"]), text(request["language"]), speed):
+                yield {
+                    "audio": speech.audio,
+                    "sample_rate": np.array([speech.sample_rate], dtype=np.int32),
+                    "spoken_text": np.array([speech.spoken_text.encode("utf-8")], dtype=np.object_),
+                }
+                if cancelled.is_set():  # checked before the next sentence is synthesised
+                    return
 
     # sample_rate 0 marks a filler piece; clients skip it.
     idle = {
@@ -559,13 +626,16 @@ _CHAT_FACTORIES: dict[str, Callable[[ChatService], GenerationHandler]] = {
 }
 
 
-def handler_for(io: tensors.ModelIO, spec: ModelSpec, instance: Any) -> Handler:
+def handler_for(io: tensors.ModelIO, spec: ModelSpec, instance: Any, cancels: StreamCancels | None = None) -> Handler:
     """The handler that serves ``io`` (a role's model or its stream) with one instance of ``spec``.
 
-    A chat instance is a ``ChatService`` (``chat_service``), shared by the role's models.
+    A chat instance is a ``ChatService`` (``chat_service``), shared by the role's models;
+    ``cancels`` is where a stream registers for its model's cancel model (PyTriton).
     """
     if spec.role == "chat":
         return _CHAT_FACTORIES[io.name](instance)
+    if io.name == tensors.TTS_STREAM.name:
+        return tts_stream_handler(instance, cancels)
     return _FACTORIES[io.name](instance)
 
 
