@@ -158,3 +158,20 @@ def test_a_batch_whose_every_request_fails_is_the_models_failure() -> None:
     assert [r if isinstance(r, int) else "failed" for r in outcome] == [2, "failed", 4, "failed", 6]
     with pytest.raises(RuntimeError, match="negative"):
         isolated(compute, [-1, -2])
+
+
+def test_a_translation_cut_by_the_output_limit_is_that_requests_422_message(embedded_dir: Path) -> None:
+    from milo_voice.roles.translate import Translator
+    from milo_voice.serving.tensor_io import translate_handler
+
+    handler = translate_handler(Translator(embedded_dir / "translate", max_decoding_length=8))
+    column = lambda values: np.array([[v.encode()] for v in values], dtype=np.object_)  # noqa: E731
+    outputs = handler.compute(
+        {"text": column(["Merci.", "Hello everyone."]), "source": column(["fr", "en"]), "target": column(["mg", "fr"])}
+    )
+    errors = [e[0].decode() for e in outputs["error"]]
+    assert errors[0].startswith("the translation of a sentence reached the model's output limit of 8 tokens")
+    assert errors[1] == "" and outputs["translation"][1][0].decode() == "Bonjour à tous."
+    # Only the cut request: the same call with it alone answers its error, it does not fail the call.
+    alone = handler.compute({"text": column(["Merci."]), "source": column(["fr"]), "target": column(["mg"])})
+    assert "output limit" in alone["error"][0][0].decode()

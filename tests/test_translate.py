@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from milo_voice.roles.translate import TranslateInputError, TranslateRequest, Translator
+from milo_voice.roles.translate import TranslateInputError, TranslateRequest, Translation, Translator
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +90,20 @@ def test_a_sentence_beyond_the_models_limit_is_refused_with_the_limit(translator
         translator.translate(endless, "mg", "fr")
     # With clause breaks it is cut there, and translated whole.
     assert translator.translate(", ".join(["Misaotra betsaka tompoko"] * 40), "mg", "fr").text
+
+
+def test_a_translation_that_reaches_the_output_limit_is_refused_not_cut(embedded_dir: Path) -> None:
+    """With an output limit of 8 tokens (the language code included), the translation of "Merci."
+    (10 tokens) cannot end; those of the others (6 and 7) can."""
+    short = Translator(embedded_dir / "translate", max_decoding_length=8)
+    requests = [
+        TranslateRequest("Hello everyone.", "en", "fr"),
+        TranslateRequest("Merci.", "fr", "mg"),
+        TranslateRequest("Salama.", "mg", "fr"),
+    ]
+    first, cut, last = short.translate_batch(requests)
+    assert isinstance(first, Translation) and first.text == "Bonjour à tous."
+    assert isinstance(cut, TranslateInputError) and "output limit of 8 tokens" in str(cut)
+    assert isinstance(last, Translation) and last.text == "Je vais bien, merci."
+    with pytest.raises(TranslateInputError, match="output limit"):
+        short.translate("Merci.", "fr", "mg")

@@ -127,10 +127,17 @@ class Translator:
         return pieces
 
     def translate(self, text: str, source: str, target: str) -> Translation:
-        return self.translate_batch([TranslateRequest(text, source, target)])[0]
+        result = self.translate_batch([TranslateRequest(text, source, target)])[0]
+        if isinstance(result, TranslateInputError):
+            raise result
+        return result
 
-    def translate_batch(self, requests: list[TranslateRequest]) -> list[Translation]:
-        """Every request's sentences translated in one batch, then joined back per request."""
+    def translate_batch(self, requests: list[TranslateRequest]) -> list[Translation | TranslateInputError]:
+        """Every request's sentences translated in one batch, then joined back per request.
+
+        A request whose translation of some piece reached the output limit without ending gets,
+        in its place, the error that says so: a translation is whole or refused, never cut.
+        """
         owners: list[int] = []
         sources: list[list[str]] = []
         breaks: list[str] = []
@@ -149,12 +156,22 @@ class Translator:
         )
         texts: list[list[str]] = [[] for _ in requests]
         scores: list[list[float]] = [[] for _ in requests]
+        cut: set[int] = set()
         for owner, after, result in zip(owners, breaks, results, strict=True):
+            hypothesis = result.hypotheses[0]
+            # No end token within the limit (the end token is not in the hypothesis): cut short.
+            if len(hypothesis) >= self.max_decoding_length:
+                cut.add(owner)
             # The first token is the target language code that we forced.
-            texts[owner].append(self._sentencepiece.decode(result.hypotheses[0][1:]).strip() + after)
+            texts[owner].append(self._sentencepiece.decode(hypothesis[1:]).strip() + after)
             scores[owner].append(float(result.scores[0]))
         return [
-            Translation(
+            TranslateInputError(
+                f"the translation of a sentence reached the model's output limit of {self.max_decoding_length} "
+                "tokens without ending: split the sentence"
+            )
+            if i in cut
+            else Translation(
                 text="".join(texts[i]).strip(),
                 source=request.source,
                 target=request.target,
