@@ -1,9 +1,10 @@
-"""Starting what the load tests and benchmarks measure: free ports, readiness, a uvicorn app."""
+"""Starting what the load tests and benchmarks measure: free ports, readiness, a uvicorn app, Redis."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -60,3 +61,55 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class RedisServer:
+    """A real redis-server on a loopback port, that a test may kill and start again on the same
+    port and data: append-only file, fsync on every write, so a kill loses nothing acknowledged."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is missing: run `make setup`")
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir",
+             str(self.workdir), "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"redis-server did not listen on {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash or an OOM kill does (no shutdown save)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process, 10)
+            self.process = None
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

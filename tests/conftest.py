@@ -21,13 +21,15 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from scipy.signal import resample_poly
 
-from loadtests.processes import stop, uvicorn_app
+from loadtests.processes import redis_server, stop, uvicorn_app
 from milo_voice.registry import Registry, load_registry, models_dir
 from milo_voice.weights.embedded import build_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 REPOSITORY_MODELS = ("stt", "tts", "tts_stream", "translate", "chat", "chat_stream")
-SERVED_MODELS = (*REPOSITORY_MODELS, "chat_cancel", "chat_cloud", "chat_cloud_stream", "chat_cloud_cancel")
+SERVED_MODELS = (
+    *REPOSITORY_MODELS, "tts_cancel", "chat_cancel", "chat_cloud", "chat_cloud_stream", "chat_cloud_cancel",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -200,58 +202,6 @@ def native_triton_host(embedded_dir: Path, tmp_path_factory: pytest.TempPathFact
     env = {"MILO_PROFILE": "embedded", "MILO_CHAT_CLOUD_URL": ""}
     with running_host(host, command, workdir / "server.log", **env) as ready:
         yield ready
-
-
-class RedisServer:
-    """A real redis-server on a loopback port, that a test may kill and start again on the same
-    port and data: append-only file, fsync on every write, so a kill loses nothing acknowledged."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.fail("redis-server is missing: run `make setup`")
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir",
-             str(self.workdir), "--appendonly", "yes", "--appendfsync", "always"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"redis-server did not listen on {self.port}")
-
-    def kill(self) -> None:
-        """SIGKILL: what a crash or an OOM kill does (no shutdown save)."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop(self.process, 10)
-            self.process = None
-
-
-@contextmanager
-def redis_server(workdir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(workdir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from api_facade.ratelimit import RateLimiter, parse_limit
 from api_facade.redis_connection import RedisConnection, RedisUnavailableError
 from api_facade.sessions import RedisSessionStore, Turn
 from api_facade.tokens import RedisTokenStore, TokenService
-from tests.conftest import RedisServer, redis_server
+from loadtests.processes import RedisServer, redis_server
 
 
 @pytest.fixture
