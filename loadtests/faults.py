@@ -105,6 +105,8 @@ class Stack:
     serve: subprocess.Popen[bytes]
     workdir: Path
     seen: set[int] = field(default_factory=set)  # every process the stack ran, for the leftover check
+    # Python's unnamed shared memory (psm_*, PyTriton's) is named after no process: what was there before.
+    segments_before: set[str] = field(default_factory=set)
 
     def note_processes(self) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -178,9 +180,10 @@ def running_stack(server: str, workdir: Path) -> Iterator[Stack]:
             "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
             "--facade-port", str(ports[3]),
         ]  # fmt: skip
+        segments_before = {p.name for p in Path("/dev/shm").glob("psm_*")}
         with (folder / "serve.log").open("wb") as log:
             serve = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-            stack = Stack(server, f"http://127.0.0.1:{ports[3]}", token, redis, serve, folder)
+            stack = Stack(server, f"http://127.0.0.1:{ports[3]}", token, redis, serve, folder, set(), segments_before)
             try:
                 wait_ok(f"{stack.base}/ready", 600, serve)
                 stack.note_processes()
@@ -199,7 +202,8 @@ def leftovers(stack: Stack) -> list[str]:
             if process.status() != psutil.STATUS_ZOMBIE:
                 left.append(f"process {pid} {' '.join(process.cmdline()[:3])}")
     for path in Path("/dev/shm").iterdir():
-        if any(path.name.startswith((f"pytrtion{pid}-", f"milo_{pid}_")) for pid in stack.seen):
+        named_after_one = any(path.name.startswith((f"pytrtion{pid}-", f"milo_{pid}_")) for pid in stack.seen)
+        if named_after_one or (path.name.startswith("psm_") and path.name not in stack.segments_before):
             left.append(f"shared memory {path.name}")
     return left
 

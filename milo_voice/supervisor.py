@@ -4,8 +4,9 @@ The model host (the PyTriton host or the stock tritonserver's launcher) and the 
 children of ``serve``. When one dies on its own:
 
 - everything it started goes at once (its process group is killed: a Triton server whose
-  host is gone would keep calls in flight waiting on a dead process), and the shared
-  memory segments of the dead processes are removed;
+  host is gone would keep calls in flight waiting on a dead process), but for the resource
+  trackers, which remove the shared memory their processes left; the segments named after
+  dead hosts are removed too;
 - it is started again after a backoff (1 s, doubling up to 30 s; back to 1 s once it has
   stayed up for a minute), so a host that cannot start does not spin;
 - the other process stays up: the facade answers 503 ``model_unavailable`` with Retry-After
@@ -19,11 +20,8 @@ Children never outlive ``serve``: each gets the parent-death signal and its own 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -31,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from milo_voice.child_processes import stop_with_parent
+from milo_voice.child_processes import kill_group, stop_with_parent
 from milo_voice.serving.shared_memory import remove_orphaned_segments
 
 log = logging.getLogger("milo_voice.serve")
@@ -135,8 +133,7 @@ class Supervisor:
         child.last_exit = process.returncode
         child.process = None
         # What it started (Triton, its Python stubs) goes now: calls in flight fail at once.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+        kill_group(process.pid)
         remove_orphaned_segments()
         child.restarts += 1
         child.state = "restarting"
@@ -160,8 +157,7 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.process.pid, signal.SIGKILL)  # anything of its group still there
+            kill_group(child.process.pid)  # anything of its group still there
             child.state = "stopped"
         remove_orphaned_segments()  # those of a child that had to be killed
         self._write_state()

@@ -26,6 +26,7 @@ from milo_voice.registry import Registry, load_registry, models_dir
 from milo_voice.weights.embedded import build_embedded
 
 REPO = Path(__file__).resolve().parent.parent
+_SEGMENTS_AT_START = pytest.StashKey[set[str]]()
 REPOSITORY_MODELS = ("stt", "tts", "tts_stream", "translate", "chat", "chat_stream")
 SERVED_MODELS = (
     *REPOSITORY_MODELS, "tts_cancel", "chat_cancel", "chat_cloud", "chat_cloud_stream", "chat_cloud_cancel",
@@ -209,3 +210,33 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server on a free loopback port, for the tests' own use."""
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server.url
+
+
+# -- nothing left behind ----------------------------------------------------------------------
+
+SEGMENT_PREFIXES = ("psm_", "pytrtion", "milo_")
+
+
+def _stack_segments() -> set[str]:
+    return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(SEGMENT_PREFIXES)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SEGMENTS_AT_START] = _stack_segments()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The run fails if it leaves a process it started, or a shared memory segment, behind."""
+    import psutil
+
+    children = [
+        p for p in psutil.Process().children(recursive=True)
+        if "multiprocessing.resource_tracker" not in " ".join(p.cmdline())
+    ]  # fmt: skip
+    _gone, alive = psutil.wait_procs(children, timeout=15)
+    time.sleep(1)  # resource trackers remove their segments once their process is gone
+    segments = _stack_segments() - session.config.stash.get(_SEGMENTS_AT_START, set())
+    if alive or segments:
+        left = [f"process {p.pid} {' '.join(p.cmdline()[:4])}" for p in alive] + [f"/dev/shm/{s}" for s in segments]
+        print("\nthe test run left behind:\n  " + "\n  ".join(left), file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

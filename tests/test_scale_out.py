@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from milo_voice.child_processes import kill_group
 from milo_voice.registry import model_section
 from milo_voice.serving.shared_memory import remove_orphaned_segments
 from tests.conftest import REPO, TritonHost, facade_process, free_port, wait_http_ok
@@ -101,7 +102,9 @@ def test_the_facade_spreads_load_and_survives_losing_a_host(embedded_dir: Path, 
         def kill_second_host() -> None:
             done.wait(120)
             served_before_kill.extend(e["served"] for e in httpx.get(f"{facade}/ready").json()["endpoints"])
-            os.killpg(second_process.pid, signal.SIGKILL)
+            # Outright, the host and its Triton (as a dead machine or container), but for the resource
+            # trackers, which remove the shared memory they served (a dead container's /dev/shm goes too).
+            kill_group(second_process.pid)
 
         served_before_kill: list[int] = []
         killer = threading.Thread(target=kill_second_host)
