@@ -290,3 +290,34 @@ def test_while_others_reply_a_new_prompt_is_read_a_few_tokens_a_step(embedded_di
         assert streaming.wait().completion_tokens == 200
     finally:
         role.close()
+
+
+def test_a_cancel_that_arrives_before_its_request_stops_it_when_it_comes(chat: LocalChat) -> None:
+    """chat_cancel sent while the request still waits in Triton's queue: nothing runs yet, so the
+    id is kept, and the request ends as cancelled when it starts, before any compute."""
+    import json
+
+    import numpy as np
+
+    from milo_voice.serving.tensor_io import ChatDefaults, ChatService
+
+    service = ChatService(chat, ChatDefaults())
+    assert service.cancel("late-arrival") is False  # nothing running under that id yet
+    ended: list[dict[str, np.ndarray]] = []
+    done = threading.Event()
+
+    def emit(outputs: object, final: bool) -> None:
+        assert isinstance(outputs, dict) and final
+        ended.append(outputs)
+        done.set()
+
+    messages = json.dumps([{"role": "user", "content": QUESTIONS[1]}])
+    inputs = {
+        "messages": np.array([messages.encode()], dtype=np.object_),
+        "max_tokens": np.array([200], dtype=np.int32),
+        "request_id": np.array([b"late-arrival"], dtype=np.object_),
+    }
+    service.start(inputs, emit, None, streaming=False)
+    assert done.wait(60)
+    assert ended[0]["finish_reason"][0] == b"cancelled"
+    assert ended[0]["completion_tokens"][0] == 0

@@ -175,3 +175,23 @@ def test_a_translation_cut_by_the_output_limit_is_that_requests_422_message(embe
     # Only the cut request: the same call with it alone answers its error, it does not fail the call.
     alone = handler.compute({"text": column(["Merci."]), "source": column(["fr"]), "target": column(["mg"])})
     assert "output limit" in alone["error"][0][0].decode()
+
+
+def test_a_tts_stream_cancelled_before_it_starts_synthesises_nothing(embedded_dir: Path) -> None:
+    """tts_cancel may reach the host before the stream does: the stream is stopped when it comes;
+    cancelled while it runs, it stops before its next sentence."""
+    from milo_voice.roles.tts import TextToSpeech
+    from milo_voice.serving.tensor_io import StreamCancels, tts_stream_handler
+
+    cancels = StreamCancels()
+    voices = {"mg": embedded_dir / "tts" / "mms-tts-mlg", "fr": embedded_dir / "tts" / "mms-tts-fra"}
+    handler = tts_stream_handler(TextToSpeech(voices), cancels)
+    column = lambda value: np.array([value.encode()], dtype=np.object_)  # noqa: E731
+    request = {"text": column("Salama. Veloma. Misaotra."), "language": column("mg"), "request_id": column("early")}
+    assert cancels.cancel("early") is False  # nothing running under that id yet
+    assert list(handler.stream(request)) == []
+    stream = handler.stream(request)  # the id was taken once: this one runs
+    first = next(stream)
+    assert first["spoken_text"][0] == b"Salama."
+    assert cancels.cancel("early") is True
+    assert list(stream) == []

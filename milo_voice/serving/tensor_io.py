@@ -245,6 +245,31 @@ def tts_handler(role: TextToSpeech) -> BatchHandler:
     return BatchHandler(compute, {"speed": np.float32(1.0)})
 
 
+class EarlyCancels:
+    """Request ids cancelled before their request arrived, so that it is cancelled when it does.
+
+    A client gives up (and sends the cancel) while its request still waits in Triton's queue or
+    on its way; the cancel then finds nothing running. Kept ``keep_s`` seconds, at most ``size``.
+    """
+
+    def __init__(self, keep_s: float = 60.0, size: int = 4096) -> None:
+        self.keep_s = keep_s
+        self.size = size
+        self._ids: dict[str, float] = {}  # insertion order is expiry order
+
+    def add(self, request_id: str) -> None:
+        now = time.monotonic()
+        self._ids.pop(request_id, None)
+        self._ids[request_id] = now + self.keep_s
+        while self._ids and (len(self._ids) > self.size or next(iter(self._ids.values())) < now):
+            del self._ids[next(iter(self._ids))]
+
+    def take(self, request_id: str) -> bool:
+        """True (once) if ``request_id`` was cancelled before it arrived."""
+        deadline = self._ids.pop(request_id, None)
+        return deadline is not None and deadline >= time.monotonic()
+
+
 class StreamCancels:
     """Streams running in this process by their caller's request id, for a cancel model to stop.
 
@@ -255,6 +280,7 @@ class StreamCancels:
 
     def __init__(self) -> None:
         self._running: dict[str, threading.Event] = {}
+        self._early = EarlyCancels()
         self._lock = threading.Lock()
 
     @contextmanager
@@ -266,6 +292,8 @@ class StreamCancels:
             return
         with self._lock:
             self._running[request_id] = cancelled
+            if self._early.take(request_id):
+                cancelled.set()
         try:
             yield cancelled
         finally:
@@ -276,8 +304,9 @@ class StreamCancels:
     def cancel(self, request_id: str) -> bool:
         with self._lock:
             cancelled = self._running.get(request_id)
-        if cancelled is None:
-            return False
+            if cancelled is None:
+                self._early.add(request_id)
+                return False
         cancelled.set()
         return True
 
@@ -299,14 +328,16 @@ def tts_stream_handler(role: TextToSpeech, cancels: StreamCancels | None = None)
         speed = float(request["speed"][0]) if "speed" in request else 1.0
         request_id = text(request["request_id"]) if "request_id" in request else ""
         with cancels.running(request_id) as cancelled:
-            for speech in role.stream(text(request["text"]), text(request["language"]), speed):
+            sentences = role.stream(text(request["text"]), text(request["language"]), speed)
+            while not cancelled.is_set():  # checked before each sentence is synthesised
+                speech = next(sentences, None)
+                if speech is None:
+                    return
                 yield {
                     "audio": speech.audio,
                     "sample_rate": np.array([speech.sample_rate], dtype=np.int32),
                     "spoken_text": np.array([speech.spoken_text.encode("utf-8")], dtype=np.object_),
                 }
-                if cancelled.is_set():  # checked before the next sentence is synthesised
-                    return
 
     # sample_rate 0 marks a filler piece; clients skip it.
     idle = {
@@ -475,6 +506,7 @@ class ChatService:
         self.concurrency = int(getattr(backend, "concurrency", 1))
         self.in_flight = 0
         self._running: dict[str, RequestStarted] = {}
+        self._early = EarlyCancels()
         self._lock = threading.Lock()
 
     def start(self, inputs: Inputs, emit: Emit, is_cancelled: Callable[[], bool] | None, streaming: bool) -> Any:
@@ -522,11 +554,16 @@ class ChatService:
             # A reply may end before ``start`` returns: then there is nothing left to cancel.
             if request_id and not ended:
                 self._running[request_id] = started
+            cancelled_early = bool(request_id) and self._early.take(request_id)
+        if cancelled_early:  # the engine drops it at admission, before any compute
+            started.cancel()
         return started
 
     def cancel(self, request_id: str) -> bool:
         with self._lock:
             started = self._running.pop(request_id, None)
+            if started is None:
+                self._early.add(request_id)
         if started is not None:
             started.cancel()
         return started is not None
@@ -605,7 +642,8 @@ def chat_cancel_handler(services: Sequence[ChatService]) -> BatchHandler:
 
     def compute(inputs: Inputs) -> Outputs:
         ids = [text(row) for row in inputs["request_id"]]
-        return {"cancelled": _int_column([int(any(s.cancel(i) for s in services)) if i else 0 for i in ids])}
+        # Every instance hears of it (no short cut): one that has not seen the request yet keeps the id.
+        return {"cancelled": _int_column([int(any([s.cancel(i) for s in services])) if i else 0 for i in ids])}
 
     return BatchHandler(compute)
 
