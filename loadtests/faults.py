@@ -36,7 +36,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,8 +242,8 @@ class Caller:
             self.acknowledged_turns += 1
         return call
 
-    async def stored_turns(self) -> int:
-        response = await self.client.get(f"/v1/chat/sessions/{self.session_id}")
+    async def stored_turns(self, client: httpx.AsyncClient) -> int:
+        response = await client.get(f"/v1/chat/sessions/{self.session_id}")
         return len(response.json()["turns"]) if response.status_code == 200 else 0
 
 
@@ -262,9 +262,9 @@ async def _load(callers: list[Caller], until: asyncio.Event, calls: list[Call]) 
 
 
 async def _lost(outcome: Outcome, stack: Stack, callers: list[Caller]) -> None:
-    for caller in callers:
-        outcome.sessions_lost += max(0, 2 * caller.acknowledged_turns - await caller.stored_turns())
     async with _client(stack) as client:
+        for caller in callers:
+            outcome.sessions_lost += max(0, 2 * caller.acknowledged_turns - await caller.stored_turns(client))
         outcome.tokens_lost = int((await client.get("/v1/chat/sessions/none-such")).status_code in (401, 403))
 
 
@@ -276,39 +276,43 @@ def _first_success_after(calls: list[Call], moment: float, kinds: tuple[str, ...
 # -- scenarios ----------------------------------------------------------------------------------
 
 
-async def redis_outage(stack: Stack, clients: int = 4, down_s: float = 3.0) -> Outcome:
-    outcome = Outcome("redis", stack.server)
+@contextlib.asynccontextmanager
+async def under_load(stack: Stack, clients: int) -> AsyncIterator[tuple[httpx.AsyncClient, list[Caller], list[Call]]]:
+    """``clients`` callers sending while the block runs (a fault injected in it); their calls after."""
     calls: list[Call] = []
     until = asyncio.Event()
     async with _client(stack) as client:
         callers = [Caller(client, f"client-{i}") for i in range(clients)]
         load = asyncio.create_task(_load(callers, until, calls))
-        await asyncio.sleep(2.0)
+        try:
+            await asyncio.sleep(2.0)
+            yield client, callers, calls
+            await asyncio.sleep(4.0)  # the load goes on a while after the fault ended
+        finally:
+            until.set()
+            await load
+
+
+async def redis_outage(stack: Stack, clients: int = 4, down_s: float = 3.0) -> Outcome:
+    outcome = Outcome("redis", stack.server)
+    async with under_load(stack, clients) as (_, callers, calls):
         stack.redis.kill()
         killed = time.monotonic()
         await asyncio.sleep(down_s)
         stack.redis.start()
         back = time.monotonic()
-        await asyncio.sleep(4.0)
-        until.set()
-        await load
-        outcome.add(calls)
-        # Every request needs Redis for its token: the first one served after Redis is back.
-        outcome.recovery_s = _first_success_after(calls, back, ("translate", "chat"))
-        during = [c for c in calls if killed <= c.started < back]
-        outcome.notes["during_outage"] = dict(Counter(f"{c.status} {c.code}".strip() for c in during))
-        await _lost(outcome, stack, callers)
+    outcome.add(calls)
+    # Every request needs Redis for its token: the first one served after Redis is back.
+    outcome.recovery_s = _first_success_after(calls, back, ("translate", "chat"))
+    during = [c for c in calls if killed <= c.started < back]
+    outcome.notes["during_outage"] = dict(Counter(f"{c.status} {c.code}".strip() for c in during))
+    await _lost(outcome, stack, callers)
     return outcome
 
 
 async def host_crash(stack: Stack, clients: int = 4, bound_s: float = 240.0) -> Outcome:
     outcome = Outcome("host", stack.server)
-    calls: list[Call] = []
-    until = asyncio.Event()
-    async with _client(stack) as client:
-        callers = [Caller(client, f"client-{i}") for i in range(clients)]
-        load = asyncio.create_task(_load(callers, until, calls))
-        await asyncio.sleep(2.0)
+    async with under_load(stack, clients) as (client, callers, calls):
         stack.note_processes()
         os.kill(stack.host_pid(), signal.SIGKILL)
         killed = time.monotonic()
@@ -323,16 +327,13 @@ async def host_crash(stack: Stack, clients: int = 4, bound_s: float = 240.0) -> 
                 back_at = now
                 break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(4.0)
-        until.set()
-        await load
-        stack.note_processes()
-        outcome.add(calls)
-        outcome.notes["ready_503_after_s"] = round(not_ready_at - killed, 2) if not_ready_at else None
-        outcome.notes["host_back_after_s"] = round(back_at - killed, 1) if back_at else None
-        if back_at is not None:
-            outcome.recovery_s = max(0.0, _first_success_after(calls, back_at, ("translate", "chat")) or 0.0)
-        await _lost(outcome, stack, callers)
+    stack.note_processes()
+    outcome.add(calls)
+    outcome.notes["ready_503_after_s"] = round(not_ready_at - killed, 2) if not_ready_at else None
+    outcome.notes["host_back_after_s"] = round(back_at - killed, 1) if back_at else None
+    if back_at is not None:
+        outcome.recovery_s = max(0.0, _first_success_after(calls, back_at, ("translate", "chat")) or 0.0)
+    await _lost(outcome, stack, callers)
     return outcome
 
 
