@@ -52,7 +52,10 @@ def error_response(request: Request, error: ApiError) -> JSONResponse:
     if error.field:
         body["field"] = error.field
     rid = request_id(request)
-    level = logging.ERROR if error.status >= 500 else logging.INFO
+    # A 503 with Retry-After is an answer by policy (a queue full, a dependency away, which its
+    # owner logs once per outage): one line per request at ERROR would bury the real faults.
+    planned = error.status == 503 and "Retry-After" in error.headers
+    level = logging.ERROR if error.status >= 500 and not planned else logging.INFO
     log.log(
         level,
         "request %s %s %s -> %d %s: %s",

@@ -6,7 +6,8 @@ The stack is the real one, on loopback: ``milo-voice serve`` (model host and fac
 embedded weights: translation, chat and TTS), a real Redis (append-only, fsync always), tokens
 on, one token for every caller. Scenarios, each bounded in time and count:
 
-- ``redis``: Redis killed (SIGKILL) under load and started again on the same data 3 s later;
+- ``redis``: Redis killed (SIGKILL) under load and started again on the same data 3 s later
+  (and how many lines the stack logged at ERROR meanwhile: an outage, not every request);
 - ``host``: the model host killed (SIGKILL) under load; ``serve`` starts it again;
 - ``model-fault``: a request that fails inside the model (a text beyond the positions of an
   NLLB whose limits file is missing, so no check refuses it first) sent with seven that do not;
@@ -111,6 +112,11 @@ class Stack:
     def note_processes(self) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             self.seen.update(p.pid for p in psutil.Process(self.serve.pid).children(recursive=True))
+
+    def error_lines(self) -> int:
+        """Lines logged at ERROR so far by serve and its children (their output goes to one log)."""
+        with (self.workdir / "serve.log").open("rb") as log:
+            return sum(b" ERROR " in line for line in log)
 
     def host_pid(self) -> int:
         for child in psutil.Process(self.serve.pid).children():
@@ -295,6 +301,7 @@ async def under_load(stack: Stack, clients: int) -> AsyncIterator[tuple[httpx.As
 
 async def redis_outage(stack: Stack, clients: int = 4, down_s: float = 3.0) -> Outcome:
     outcome = Outcome("redis", stack.server)
+    errors_before = stack.error_lines()
     async with under_load(stack, clients) as (_, callers, calls):
         stack.redis.kill()
         killed = time.monotonic()
@@ -306,12 +313,14 @@ async def redis_outage(stack: Stack, clients: int = 4, down_s: float = 3.0) -> O
     outcome.recovery_s = _first_success_after(calls, back, ("translate", "chat"))
     during = [c for c in calls if killed <= c.started < back]
     outcome.notes["during_outage"] = dict(Counter(f"{c.status} {c.code}".strip() for c in during))
+    outcome.notes["error_log_lines"] = stack.error_lines() - errors_before
     await _lost(outcome, stack, callers)
     return outcome
 
 
 async def host_crash(stack: Stack, clients: int = 4, bound_s: float = 240.0) -> Outcome:
     outcome = Outcome("host", stack.server)
+    errors_before = stack.error_lines()
     async with under_load(stack, clients) as (client, callers, calls):
         stack.note_processes()
         os.kill(stack.host_pid(), signal.SIGKILL)
@@ -331,6 +340,7 @@ async def host_crash(stack: Stack, clients: int = 4, bound_s: float = 240.0) -> 
     outcome.add(calls)
     outcome.notes["ready_503_after_s"] = round(not_ready_at - killed, 2) if not_ready_at else None
     outcome.notes["host_back_after_s"] = round(back_at - killed, 1) if back_at else None
+    outcome.notes["error_log_lines"] = stack.error_lines() - errors_before
     if back_at is not None:
         outcome.recovery_s = max(0.0, _first_success_after(calls, back_at, ("translate", "chat")) or 0.0)
     await _lost(outcome, stack, callers)

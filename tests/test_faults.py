@@ -32,11 +32,14 @@ def test_faults_never_become_500s_hangs_or_losses(server: str, embedded_dir: Pat
     # Tokens fail closed while Redis is away: every refusal is a 503 with Retry-After.
     assert set(redis.notes["during_outage"]) == {"503 store_unavailable"}, redis
     assert redis.recovery_s is not None and redis.recovery_s <= 5, redis
+    # The outage is logged once (and once more per 30 s), not once per request refused.
+    assert redis.notes["error_log_lines"] <= 3, redis
 
     host = by_name["host"]
     assert set(host.statuses) <= {"200", "503 model_unavailable"}, host
     assert host.notes["ready_503_after_s"] is not None and host.notes["ready_503_after_s"] <= 5, host
     assert host.recovery_s is not None and host.recovery_s <= 5, host
+    assert host.notes["error_log_lines"] <= 5, host
 
     fault = by_name["model-fault"]
     assert fault.notes["failing_request"] == {"422 invalid_input": 3}, fault
