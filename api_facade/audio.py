@@ -7,13 +7,11 @@ WAV and FLAC are written with libsndfile.
 from __future__ import annotations
 
 import io
-from typing import Literal
 
 import av
 import numpy as np
 import soundfile as sf
 
-AudioFormat = Literal["wav", "ogg", "opus", "mp3", "flac", "pcm"]
 MEDIA_TYPES: dict[str, str] = {
     "wav": "audio/wav",
     "ogg": "audio/ogg",

@@ -97,7 +97,6 @@ class TtsRequest(BaseModel):
         return stream
 
 
-SttLanguage = Literal["mg", "fr", "auto"]
 SttResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STT_SAMPLE_RATE = 16000
 AUDIO_WIRE_DTYPE = np.dtype("<f4")
 
 
@@ -47,9 +46,6 @@ class ModelIO:
     streaming: bool = False
     # Only meaningful where every model of the role runs in one process (not in the stock repository).
     shared_process_only: bool = False
-
-    def input(self, name: str) -> TensorSpec:
-        return next(t for t in self.inputs if t.name == name)
 
 
 def _bytes(name: str, optional: bool = False) -> TensorSpec:

@@ -70,9 +70,6 @@ class TextToSpeech:
     def languages(self) -> tuple[str, ...]:
         return tuple(self._voices)
 
-    def sample_rate(self, language: str) -> int:
-        return self._voices[language].sample_rate
-
     def normalize(self, text: str, language: str) -> str:
         return self._normalizers[language](text)
 
