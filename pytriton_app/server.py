@@ -32,7 +32,6 @@ from milo_voice.serving.tensor_io import (
     handler_for,
     stream_cancel_handler,
 )
-from milo_voice.serving.tritonserver import EXIT_TIMEOUT_S
 from pytriton_app.infer import infer_callable
 from pytriton_app.metrics import MetricsRelay
 
@@ -172,7 +171,6 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
         # P50/P95/P99 per model as Prometheus summaries (nv_inference_request_summary_us, ...).
         metrics_config=["summary_latencies=true"],
         exit_on_error=True,
-        exit_timeout_secs=EXIT_TIMEOUT_S,
         log_verbose=int(os.environ.get("MILO_TRITON_LOG_VERBOSE", "0")),
     )
     planner = DevicePlanner()

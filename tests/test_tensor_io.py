@@ -15,7 +15,15 @@ from client import tensors
 from milo_voice.registry import Registry
 from milo_voice.serving.instances import Device
 from milo_voice.serving.python_backend import TritonPythonModel, device_of
-from milo_voice.serving.tensor_io import BatchHandler, StreamHandler, concatenate, isolated, split, with_defaults
+from milo_voice.serving.tensor_io import (
+    BatchHandler,
+    ModelFailure,
+    StreamHandler,
+    concatenate,
+    isolated,
+    split,
+    with_defaults,
+)
 
 
 def test_requests_concatenate_into_a_batch_and_split_back() -> None:
@@ -158,6 +166,9 @@ def test_a_batch_whose_every_request_fails_is_the_models_failure() -> None:
     assert [r if isinstance(r, int) else "failed" for r in outcome] == [2, "failed", 4, "failed", 6]
     with pytest.raises(RuntimeError, match="negative"):
         isolated(compute, [-1, -2])
+    # Alone in its batch, a failing request gets the answer it gets among others, not the call's error.
+    (alone,) = isolated(compute, [-1])
+    assert isinstance(alone, ModelFailure) and str(alone.error) == "negative"
 
 
 def test_a_translation_cut_by_the_output_limit_is_that_requests_422_message(embedded_dir: Path) -> None:

@@ -159,8 +159,9 @@ class Translator:
         cut: set[int] = set()
         for owner, after, result in zip(owners, breaks, results, strict=True):
             hypothesis = result.hypotheses[0]
-            # No end token within the limit (the end token is not in the hypothesis): cut short.
-            if len(hypothesis) >= self.max_decoding_length:
+            # No end token within the limit (the end token is not in the hypothesis): cut short,
+            # unless the length was fixed on purpose (a benchmark's min = max).
+            if len(hypothesis) >= self.max_decoding_length > self.min_decoding_length:
                 cut.add(owner)
             # The first token is the target language code that we forced.
             texts[owner].append(self._sentencepiece.decode(hypothesis[1:]).strip() + after)

@@ -159,14 +159,15 @@ def isolated(compute: Callable[[list[Request]], list[Result]], requests: list[Re
     """``compute(requests)``; if the batch fails, its halves again, down to the requests that fail alone.
 
     One request's failure inside the model (an input beyond what it can hold) is then that
-    request's ``ModelFailure``, not its batch-mates' error. When no request of the batch
-    succeeds, the model itself is failing: the first error is raised, as the server's error for
-    the whole call. (A role may also answer a request with its input error in place, found only
-    by computing: that is an answer, passed on as it is.)
+    request's ``ModelFailure``, not its batch-mates' error. A request alone in its batch gets the
+    same answer (whether it was batched with others is the scheduler's chance). When every request
+    of a batch of several fails alone, the model itself is failing: the first error is raised, as
+    the server's error for the whole call. (A role may also answer a request with its input error
+    in place, found only by computing: that is an answer, passed on as it is.)
     """
     outcome = _bisected(compute, requests)
     failed = [r for r in outcome if isinstance(r, ModelFailure)]
-    if failed and len(failed) == len(outcome):
+    if len(failed) > 1 and len(failed) == len(outcome):
         raise failed[0].error
     if failed:
         log.warning("%d of %d requests of a batch failed alone; the others were answered", len(failed), len(requests))

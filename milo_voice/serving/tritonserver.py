@@ -28,10 +28,6 @@ from milo_voice.child_processes import stop_with_parent
 from milo_voice.registry import REPO_ROOT, registry_path
 from milo_voice.serving.shared_memory import remove_orphaned_segments
 
-# How long a stopping server waits for requests in flight. Short: a host that dies (its parent
-# killed) makes its server stop too, and calls waiting on a dead host must fail, not hang.
-EXIT_TIMEOUT_S = 5
-
 
 @dataclass(frozen=True)
 class ServerPorts:
@@ -88,7 +84,6 @@ def server_command(server: Path, repository: Path, ports: ServerPorts, verbose: 
         "--metrics-config=summary_latencies=true",
         "--exit-on-error=true",
         "--strict-readiness=true",
-        f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
         f"--log-verbose={verbose}",
         # Unique shared-memory names: two servers on one machine (a test beside a dev stack)
         # must not open each other's regions.
