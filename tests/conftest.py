@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import socket
@@ -215,6 +217,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 # -- nothing left behind ----------------------------------------------------------------------
 
 SEGMENT_PREFIXES = ("psm_", "pytrtion", "milo_")
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 def _stack_segments() -> set[str]:
@@ -223,16 +226,24 @@ def _stack_segments() -> set[str]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_SEGMENTS_AT_START] = _stack_segments()
+    # Orphans (a Triton stub whose server died) are given to this process, not to init, so the check
+    # below sees them as its children.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The run fails if it leaves a process it started, or a shared memory segment, behind."""
     import psutil
 
-    children = [
-        p for p in psutil.Process().children(recursive=True)
-        if "multiprocessing.resource_tracker" not in " ".join(p.cmdline())
-    ]  # fmt: skip
+    children = []
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.status() == psutil.STATUS_ZOMBIE:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(process.pid, os.WNOHANG)  # an orphan given to us that has ended
+            elif "multiprocessing.resource_tracker" not in " ".join(process.cmdline()):
+                children.append(process)
     _gone, alive = psutil.wait_procs(children, timeout=15)
     time.sleep(1)  # resource trackers remove their segments once their process is gone
     segments = _stack_segments() - session.config.stash.get(_SEGMENTS_AT_START, set())
