@@ -40,6 +40,12 @@ def _announce_access(settings: Settings) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # uvicorn configures its own loggers only: without this, the facade's records (outages, request
+    # errors) would reach stderr through Python's last-resort handler, warnings and up, unlabelled.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for name in ("api_facade", "client"):  # ours at INFO; libraries (HTTP clients) only warn
+            logging.getLogger(name).setLevel(logging.INFO)
     settings = get_settings()
     app.state.triton = TritonPool(
         settings.triton_urls,

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,7 @@ from milo_voice.registry import load_registry, model_section, models_dir
 
 CALL_TIMEOUT_S = 30.0  # every request's own timeout: "slower than its timeout" means it ran into this
 UNLIMITED = "100000/minute"  # the suite measures faults, not rate limits
+ERROR_RECORD = re.compile(rb"(^|\s)ERROR\s")  # "... ERROR name: message", as serve, host and facade log
 LONG_TTS = " ".join(f"Ity no fehezanteny faha-{n} amin'ny tantara lava." for n in range(1, 13))
 LONG_CHAT = "Count from one to two hundred in words, one number a line."
 
@@ -91,7 +93,10 @@ class Outcome:
             self.statuses[key] = self.statuses.get(key, 0) + count
         self.unplanned_5xx += sum(c.unplanned for c in calls)
         self.over_timeout += sum(c.status == "ReadTimeout" or c.seconds > CALL_TIMEOUT_S for c in calls)
-        self.max_seconds = max([self.max_seconds, *(c.seconds for c in calls)])
+        slowest = max(calls, key=lambda c: c.seconds, default=None)
+        if slowest is not None and slowest.seconds > self.max_seconds:
+            self.max_seconds = slowest.seconds
+            self.notes["slowest"] = f"{slowest.kind} {slowest.status} {slowest.code}".strip()
 
 
 # -- the stack --------------------------------------------------------------------------------
@@ -116,7 +121,7 @@ class Stack:
     def error_lines(self) -> int:
         """Lines logged at ERROR so far by serve and its children (their output goes to one log)."""
         with (self.workdir / "serve.log").open("rb") as log:
-            return sum(b" ERROR " in line for line in log)
+            return sum(ERROR_RECORD.search(line) is not None for line in log)
 
     def host_pid(self) -> int:
         for child in psutil.Process(self.serve.pid).children():

@@ -93,7 +93,6 @@ def _serve(args: argparse.Namespace) -> int:
     from client.tensors import ROLE_MODELS
     from milo_voice.supervisor import Child, Supervisor, answers_200
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="milo-serve-") as scratch:
         state_file = Path(scratch) / "state.json"
         supervisor = Supervisor(state_file)
@@ -212,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 
