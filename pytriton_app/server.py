@@ -26,11 +26,11 @@ from milo_voice.serving.instances import DevicePlanner, load_instance, with_clou
 from milo_voice.serving.shared_memory import remove_orphaned_segments
 from milo_voice.serving.tensor_io import (
     GenerationHandler,
-    StreamCancels,
+    RunningRequests,
+    cancel_handler,
     chat_cancel_handler,
     chat_stream_handler,
     handler_for,
-    stream_cancel_handler,
 )
 from pytriton_app.infer import infer_callable
 from pytriton_app.metrics import MetricsRelay
@@ -117,19 +117,19 @@ def served_name(spec: ModelSpec, io: tensors.ModelIO) -> str:
     return io.name if spec.name == spec.role else f"{spec.name}{io.name.removeprefix(spec.role)}"
 
 
-def callables_for(io: tensors.ModelIO, spec: ModelSpec, instances: list[Any], cancels: StreamCancels) -> list[Any]:
+def callables_for(io: tensors.ModelIO, spec: ModelSpec, instances: list[Any], running: RunningRequests) -> list[Any]:
     """PyTriton's instances of ``io``: one per role instance; for the chat role, which serves many
     requests at once, one per slot for ``chat`` and a single one over every instance for the rest.
-    ``cancels`` holds the model's running streams, which its cancel model stops."""
+    ``running`` holds the model's running streams, which its cancel model stops."""
     if io.name == tensors.CHAT_CANCEL.name:
         return [infer_callable(chat_cancel_handler(instances))]
     if io.name == tensors.CHAT_STREAM.name:
         return [infer_callable(chat_stream_handler(instances))]
     if io.name == tensors.TTS_CANCEL.name:
-        return [infer_callable(stream_cancel_handler(cancels))]
+        return [infer_callable(cancel_handler(running.cancel))]
     callables = []
     for instance in instances:
-        handler = handler_for(io, spec, instance, cancels)
+        handler = handler_for(io, spec, instance, running)
         one_call_per_request = isinstance(handler, GenerationHandler) and not handler.streaming
         callables += [infer_callable(handler)] * (handler.concurrency if one_call_per_request else 1)
     return callables
@@ -138,12 +138,12 @@ def callables_for(io: tensors.ModelIO, spec: ModelSpec, instances: list[Any], ca
 def bind_all(triton: Triton, registry: Registry, instances: dict[str, list[Any]]) -> list[str]:
     bound = []
     for spec in registry.models.values():
-        cancels = StreamCancels()
+        running = RunningRequests()
         for io in tensors.ROLE_MODELS[spec.role]:
             name = served_name(spec, io)
             triton.bind(
                 model_name=name,
-                infer_func=callables_for(io, spec, instances[spec.name], cancels),
+                infer_func=callables_for(io, spec, instances[spec.name], running),
                 inputs=[_tensor(t) for t in io.inputs],
                 outputs=[_tensor(t) for t in io.outputs],
                 config=model_config(spec, io),

@@ -192,9 +192,9 @@ def test_a_tts_stream_cancelled_before_it_starts_synthesises_nothing(embedded_di
     """tts_cancel may reach the host before the stream does: the stream is stopped when it comes;
     cancelled while it runs, it stops before its next sentence."""
     from milo_voice.roles.tts import TextToSpeech
-    from milo_voice.serving.tensor_io import StreamCancels, tts_stream_handler
+    from milo_voice.serving.tensor_io import RunningRequests, tts_stream_handler
 
-    cancels = StreamCancels()
+    cancels = RunningRequests()
     voices = {"mg": embedded_dir / "tts" / "mms-tts-mlg", "fr": embedded_dir / "tts" / "mms-tts-fra"}
     handler = tts_stream_handler(TextToSpeech(voices), cancels)
     column = lambda value: np.array([value.encode()], dtype=np.object_)  # noqa: E731

@@ -271,64 +271,75 @@ class EarlyCancels:
         return deadline is not None and deadline >= time.monotonic()
 
 
-class StreamCancels:
-    """Streams running in this process by their caller's request id, for a cancel model to stop.
+class RunningRequests:
+    """Requests running in this process by their caller's request id, for a cancel model to stop.
 
     PyTriton tells its callables nothing of a client gone, so the client (which knows) calls
-    the stream's cancel model with the id it gave the stream; the stock server's Python
-    backend sees the cancelled request itself and needs none of this.
+    the model's cancel model (``chat_cancel``, ``tts_cancel``) with the id it gave the request;
+    the stock server's Python backend sees the cancelled request itself. A cancel that finds
+    nothing running is kept (``EarlyCancels``): its request is cancelled when it is added.
     """
 
     def __init__(self) -> None:
-        self._running: dict[str, threading.Event] = {}
+        self._cancel: dict[str, Callable[[], None]] = {}
         self._early = EarlyCancels()
         self._lock = threading.Lock()
+
+    def add(self, request_id: str, cancel: Callable[[], None]) -> bool:
+        """``cancel`` stops the request ``request_id`` (no id: nothing to add). True when a cancel
+        for it came first: the caller then cancels it (``cancel(request_id)``), outside its locks."""
+        if not request_id:
+            return False
+        with self._lock:
+            self._cancel[request_id] = cancel
+            return self._early.take(request_id)
+
+    def remove(self, request_id: str, cancel: Callable[[], None] | None = None) -> None:
+        """The request ended (its entry only, when ``cancel`` is given: an id may be used again)."""
+        with self._lock:
+            if cancel is None or self._cancel.get(request_id) == cancel:
+                self._cancel.pop(request_id, None)
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop ``request_id``; False when nothing runs under it (the id is then kept a while)."""
+        with self._lock:
+            cancel = self._cancel.pop(request_id, None)
+            if cancel is None:
+                self._early.add(request_id)
+                return False
+        cancel()
+        return True
 
     @contextmanager
     def running(self, request_id: str) -> Iterator[threading.Event]:
         """An event set when ``request_id`` is cancelled, while the block runs (no id: never set)."""
         cancelled = threading.Event()
-        if not request_id:
-            yield cancelled
-            return
-        with self._lock:
-            self._running[request_id] = cancelled
-            if self._early.take(request_id):
-                cancelled.set()
+        if self.add(request_id, cancelled.set):
+            cancelled.set()
         try:
             yield cancelled
         finally:
-            with self._lock:
-                if self._running.get(request_id) is cancelled:
-                    del self._running[request_id]
-
-    def cancel(self, request_id: str) -> bool:
-        with self._lock:
-            cancelled = self._running.get(request_id)
-            if cancelled is None:
-                self._early.add(request_id)
-                return False
-        cancelled.set()
-        return True
+            self.remove(request_id, cancelled.set)
 
 
-def stream_cancel_handler(cancels: StreamCancels) -> BatchHandler:
-    """``tts_cancel``: stops running streams by request id; ``cancelled`` is 1 where one was found."""
+def cancel_handler(cancel: Callable[[str], bool]) -> BatchHandler:
+    """A cancel model (``chat_cancel``, ``tts_cancel``): ``cancelled`` is 1 where ``cancel`` stopped
+    a running request by its id."""
 
     def compute(inputs: Inputs) -> Outputs:
         ids = [text(row) for row in inputs["request_id"]]
-        return {"cancelled": _int_column([int(cancels.cancel(i)) if i else 0 for i in ids])}
+        return {"cancelled": _int_column([int(cancel(i)) if i else 0 for i in ids])}
 
     return BatchHandler(compute)
 
 
-def tts_stream_handler(role: TextToSpeech, cancels: StreamCancels | None = None) -> StreamHandler:
-    cancels = cancels or StreamCancels()
+def tts_stream_handler(role: TextToSpeech, running: RunningRequests | None = None) -> StreamHandler:
+    running = running or RunningRequests()
 
     def stream(request: Inputs) -> Iterator[Outputs]:
         speed = float(request["speed"][0]) if "speed" in request else 1.0
         request_id = text(request["request_id"]) if "request_id" in request else ""
-        with cancels.running(request_id) as cancelled:
+        with running.running(request_id) as cancelled:
             sentences = role.stream(text(request["text"]), text(request["language"]), speed)
             while not cancelled.is_set():  # checked before each sentence is synthesised
                 speech = next(sentences, None)
@@ -506,8 +517,7 @@ class ChatService:
         self.stream_interval_s = stream_interval_s
         self.concurrency = int(getattr(backend, "concurrency", 1))
         self.in_flight = 0
-        self._running: dict[str, RequestStarted] = {}
-        self._early = EarlyCancels()
+        self.running = RunningRequests()
         self._lock = threading.Lock()
 
     def start(self, inputs: Inputs, emit: Emit, is_cancelled: Callable[[], bool] | None, streaming: bool) -> Any:
@@ -530,7 +540,7 @@ class ChatService:
             with self._lock:
                 ended = True
                 self.in_flight -= 1
-                self._running.pop(request_id, None)
+                self.running.remove(request_id)
             if not streaming:
                 emit(_chat_outputs(event.reply) if isinstance(event, ChatDone) else event.error, True)
             elif isinstance(event, ChatDone):
@@ -553,21 +563,13 @@ class ChatService:
             return _Ended()
         with self._lock:
             # A reply may end before ``start`` returns: then there is nothing left to cancel.
-            if request_id and not ended:
-                self._running[request_id] = started
-            cancelled_early = bool(request_id) and self._early.take(request_id)
+            cancelled_early = not ended and self.running.add(request_id, started.cancel)
         if cancelled_early:  # the engine drops it at admission, before any compute
-            started.cancel()
+            self.running.cancel(request_id)
         return started
 
     def cancel(self, request_id: str) -> bool:
-        with self._lock:
-            started = self._running.pop(request_id, None)
-            if started is None:
-                self._early.add(request_id)
-        if started is not None:
-            started.cancel()
-        return started is not None
+        return self.running.cancel(request_id)
 
     def close(self) -> None:
         """Stop the backend (a local engine's thread); what it still runs fails with a clear error."""
@@ -640,13 +642,8 @@ def chat_stream_handler(services: Sequence[ChatService]) -> GenerationHandler:
 
 def chat_cancel_handler(services: Sequence[ChatService]) -> BatchHandler:
     """Cancels by request id in every instance of the model (the request runs in one of them)."""
-
-    def compute(inputs: Inputs) -> Outputs:
-        ids = [text(row) for row in inputs["request_id"]]
-        # Every instance hears of it (no short cut): one that has not seen the request yet keeps the id.
-        return {"cancelled": _int_column([int(any([s.cancel(i) for s in services])) if i else 0 for i in ids])}
-
-    return BatchHandler(compute)
+    # Every instance hears of it (no short cut): one that has not seen the request yet keeps the id.
+    return cancel_handler(lambda request_id: any([s.cancel(request_id) for s in services]))
 
 
 # -- which handler serves which model ------------------------------------------------
@@ -665,16 +662,16 @@ _CHAT_FACTORIES: dict[str, Callable[[ChatService], GenerationHandler]] = {
 }
 
 
-def handler_for(io: tensors.ModelIO, spec: ModelSpec, instance: Any, cancels: StreamCancels | None = None) -> Handler:
+def handler_for(io: tensors.ModelIO, spec: ModelSpec, instance: Any, running: RunningRequests | None = None) -> Handler:
     """The handler that serves ``io`` (a role's model or its stream) with one instance of ``spec``.
 
     A chat instance is a ``ChatService`` (``chat_service``), shared by the role's models;
-    ``cancels`` is where a stream registers for its model's cancel model (PyTriton).
+    ``running`` is where a TTS stream registers for its model's cancel model (PyTriton).
     """
     if spec.role == "chat":
         return _CHAT_FACTORIES[io.name](instance)
     if io.name == tensors.TTS_STREAM.name:
-        return tts_stream_handler(instance, cancels)
+        return tts_stream_handler(instance, running)
     return _FACTORIES[io.name](instance)
 
 
