@@ -12,7 +12,7 @@ import hashlib
 from collections import OrderedDict
 from typing import Protocol
 
-from api_facade.redis_connection import DEGRADED, RedisConnection, RedisUnavailableError
+from api_facade.redis_connection import RedisConnection
 
 
 def cache_key(revision: str, source: str, target: str, text: str) -> str:
@@ -59,18 +59,12 @@ class RedisCache:
         self._fallback = MemoryCache(fallback_entries)
 
     async def get(self, key: str) -> str | None:
-        try:
-            return await self._connection.run(self.USE, lambda: self._redis.get(key))
-        except RedisUnavailableError:
-            DEGRADED.labels(self.USE).inc()
-            return await self._fallback.get(key)
+        return await self._connection.run_or(self.USE, lambda: self._redis.get(key), lambda: self._fallback.get(key))
 
     async def set(self, key: str, value: str) -> None:
-        try:
-            await self._connection.run(self.USE, lambda: self._redis.set(key, value, ex=self.ttl_s or None))
-        except RedisUnavailableError:
-            DEGRADED.labels(self.USE).inc()
-            await self._fallback.set(key, value)
+        await self._connection.run_or(
+            self.USE, lambda: self._redis.set(key, value, ex=self.ttl_s or None), lambda: self._fallback.set(key, value)
+        )
 
     async def close(self) -> None:
         """The connection is shared: its owner closes it."""

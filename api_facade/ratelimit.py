@@ -22,7 +22,7 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from api_facade.redis_connection import DEGRADED, RedisConnection, RedisUnavailableError
+from api_facade.redis_connection import RedisConnection
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -110,11 +110,9 @@ class RateLimiter:
         if self._shared is None or self._redis is None:
             return await self._hit(self._memory, item, key)
         shared = self._shared
-        try:
-            return await self._redis.run(self.USE, lambda: self._hit(shared, item, key))
-        except RedisUnavailableError:
-            DEGRADED.labels(self.USE).inc()
-            return await self._hit(self._memory, item, key)
+        return await self._redis.run_or(
+            self.USE, lambda: self._hit(shared, item, key), lambda: self._hit(self._memory, item, key)
+        )
 
     @staticmethod
     async def _hit(limiter: MovingWindowRateLimiter, item: RateLimitItem, key: tuple[str, ...]) -> LimitState:

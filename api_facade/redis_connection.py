@@ -118,6 +118,14 @@ class RedisConnection:
         self.succeeded()
         return result
 
+    async def run_or(self, use: str, command: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]]) -> T:
+        """``command``'s result, or ``fallback``'s while Redis is down (counted as a fallback of ``use``)."""
+        try:
+            return await self.run(use, command)
+        except RedisUnavailableError:
+            DEGRADED.labels(use).inc()
+            return await fallback()
+
     def failed(self, use: str, error: BaseException | None) -> None:
         """Count a command that Redis did not serve, and log the outage (throttled)."""
         REDIS_ERRORS.labels(use).inc()
