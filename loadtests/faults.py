@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 import psutil
 
-from loadtests.processes import REPO, RedisServer, free_port, redis_server, stop, wait_ok
+from loadtests.processes import REPO, RedisServer, free_port, redis_server, stop, tokens_cli, wait_ok
 from milo_voice.registry import load_registry, model_section, models_dir
 
 CALL_TIMEOUT_S = 30.0  # every request's own timeout: "slower than its timeout" means it ran into this
@@ -181,11 +181,7 @@ def running_stack(server: str, workdir: Path) -> Iterator[Stack]:
             "MILO_CHAT_CLOUD_URL": "",
             "PYTHONUNBUFFERED": "1",
         }
-        token = subprocess.run(
-            [sys.executable, "-m", "milo_voice.cli", "tokens", "create", "fault-suite", "--tier", "standard",
-             "--scopes", "stt,tts,translate,chat"],
-            cwd=REPO, env=env, capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        token = tokens_cli(env, "create", "fault-suite", "--tier", "standard", "--scopes", "stt,tts,translate,chat")
         command = [
             sys.executable, "-m", "milo_voice.cli", "serve", "--server", server, "--host", "127.0.0.1",
             "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),

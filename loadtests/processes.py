@@ -113,3 +113,12 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+def tokens_cli(env: dict[str, str], *args: str) -> str:
+    """``milo-voice tokens ARGS`` in its own process with ``env``; its last line (the token, when one is issued)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "milo_voice.cli", "tokens", *args],
+        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return result.stdout.strip().splitlines()[-1]

@@ -142,15 +142,6 @@ class TritonHost:
         return f"127.0.0.1:{self.grpc}"
 
 
-def tokens_cli(env: dict[str, str], *args: str) -> str:
-    """``milo-voice tokens ARGS`` in its own process with ``env``; its last line (the token, when one is issued)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "milo_voice.cli", "tokens", *args],
-        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return result.stdout.strip().splitlines()[-1]
-
-
 @contextmanager
 def facade_process(triton: TritonHost, log_path: Path, **env: str) -> Iterator[str]:
     """The facade as a real uvicorn server in its own process; yields its base URL once it answers."""

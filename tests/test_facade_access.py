@@ -17,7 +17,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from tests.conftest import TritonHost, facade_client, facade_process, free_port, tokens_cli
+from loadtests.processes import tokens_cli
+from tests.conftest import TritonHost, facade_client, facade_process, free_port
 
 pytestmark = pytest.mark.integration
 

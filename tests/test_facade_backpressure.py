@@ -24,8 +24,9 @@ import httpx
 import pytest
 from redis import Redis
 
+from loadtests.processes import tokens_cli
 from milo_voice.registry import model_section
-from tests.conftest import REPO, TritonHost, facade_process, free_port, tokens_cli, wait_http_ok
+from tests.conftest import REPO, TritonHost, facade_process, free_port, wait_http_ok
 
 pytestmark = pytest.mark.integration
 
