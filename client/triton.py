@@ -115,6 +115,10 @@ def _chat_inputs(
     return values
 
 
+def _tts_stream_inputs(text: str, language: str, speed: float, request_id: str) -> dict[str, Any]:
+    return {"text": text, "language": language, "speed": speed, "request_id": request_id}
+
+
 def _new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -408,7 +412,7 @@ class MiloTritonClient(_WithOptions):
     def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> Iterator[SpeechResult]:
         """Audio sentence by sentence; closing the iterator early stops the synthesis on the server."""
         request_id = _new_request_id()
-        values = {"text": text, "language": language, "speed": speed, "request_id": request_id}
+        values = _tts_stream_inputs(text, language, speed, request_id)
         finished = False
         try:
             for outputs in self._stream(tensors.TTS_STREAM, values):
@@ -640,7 +644,7 @@ class AsyncMiloTritonClient(_WithOptions):
     async def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> AsyncIterator[SpeechResult]:
         """Audio sentence by sentence; closing the iterator early stops the synthesis on the server."""
         request_id = _new_request_id()
-        values = {"text": text, "language": language, "speed": speed, "request_id": request_id}
+        values = _tts_stream_inputs(text, language, speed, request_id)
         finished = False
         try:
             async for outputs in self._stream(tensors.TTS_STREAM, values):

@@ -32,7 +32,7 @@ def _alive(pid: int) -> bool:
 
 
 def remove_orphaned_segments(root: Path = SHM) -> list[Path]:
-    """Remove the segments of PyTriton hosts that no longer run; return what was removed."""
+    """Remove the segments of model hosts that no longer run; return what was removed."""
     removed = []
     for path in sorted([*root.glob("pytrtion*"), *root.glob("milo_*")]):
         match = SEGMENT.match(path.name)
