@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_facade.metrics import BUSY
 from api_facade.redis_connection import RedisUnavailableError
-from client import ModelInputError, TritonBusyError, TritonUnavailableError
+from client import InputError, TritonBusyError, TritonUnavailableError
 
 log = logging.getLogger("api_facade")
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -108,8 +108,8 @@ def install(app: FastAPI) -> None:
         message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
         return error_response(request, ApiError(422, "invalid_request", f"{field}: {message}", field))
 
-    @app.exception_handler(ModelInputError)
-    async def on_model_input_error(request: Request, exc: ModelInputError) -> JSONResponse:
+    @app.exception_handler(InputError)
+    async def on_model_input_error(request: Request, exc: InputError) -> JSONResponse:
         return error_response(request, ApiError(422, "invalid_input", str(exc)))
 
     @app.exception_handler(TritonUnavailableError)

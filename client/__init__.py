@@ -1,29 +1,39 @@
-"""Typed client for Milo Voice: one method per model over Triton (HTTP or gRPC, sync or asyncio)."""
+"""Typed client for Milo Voice's models over Triton: one server or a pool, asyncio or blocking.
 
+The records it sends and returns are the contract's (``contract.records``).
+"""
+
+from client.blocking import MiloTritonClient
+from client.calls import CallOptions, ModelCalls
+from client.errors import TritonBusyError, TritonUnavailableError
 from client.pool import TritonPool
-from client.results import ChatDelta, ChatResult, Segment, SpeechResult, TranscriptionResult, TranslationResult
-from client.triton import (
-    AsyncMiloTritonClient,
-    CallOptions,
-    ChatSampling,
-    MiloTritonClient,
-    ModelInputError,
-    TritonBusyError,
-    TritonUnavailableError,
+from client.triton import AsyncMiloTritonClient
+from contract.records import (
+    ChatDelta,
+    ChatMessage,
+    ChatReply,
+    ChatRequest,
+    InputError,
+    Segment,
+    Speech,
+    Transcription,
+    Translation,
 )
 
 __all__ = [
     "AsyncMiloTritonClient",
     "CallOptions",
     "ChatDelta",
-    "ChatResult",
-    "ChatSampling",
+    "ChatMessage",
+    "ChatReply",
+    "ChatRequest",
+    "InputError",
     "MiloTritonClient",
-    "ModelInputError",
+    "ModelCalls",
     "Segment",
-    "SpeechResult",
-    "TranscriptionResult",
-    "TranslationResult",
+    "Speech",
+    "Transcription",
+    "Translation",
     "TritonBusyError",
     "TritonPool",
     "TritonUnavailableError",

@@ -1,10 +1,11 @@
 """Client-side load balancing over several Triton servers, with health checks and failover.
 
-``TritonPool`` offers the calls of ``AsyncMiloTritonClient`` and spreads them over several
-servers: each call goes to the healthy server with the fewest calls in flight (ties taken
-in turn). A background probe asks every server ``/v2/health/ready`` and takes a server
-out of rotation when it stops answering, and back when it answers again; a call that
-finds a server unreachable marks it down at once instead of waiting for the probe.
+``TritonPool`` is a transport of ``ModelCalls`` (the same typed calls as one server's
+``AsyncMiloTritonClient``) that spreads them over several servers: each call goes to the
+healthy server with the fewest calls in flight (ties taken in turn). A background probe
+asks every server ``/v2/health/ready`` and takes a server out of rotation when it stops
+answering, and back when it answers again; a call that finds a server unreachable marks
+it down at once instead of waiting for the probe. A cancel goes to every server.
 
 Inference has no side effects, so a call that fails because its server is unreachable,
 or went away while answering, is sent again to another server. A full queue (busy) also
@@ -18,26 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from client import tensors
-from client.results import ChatDelta, ChatResult, SpeechResult, TranscriptionResult, TranslationResult
-from client.triton import (
-    AsyncMiloTritonClient,
-    CallOptions,
-    ChatSampling,
-    Message,
-    Protocol,
-    TritonBusyError,
-    TritonUnavailableError,
-)
+from client.calls import CallOptions, ModelCalls
+from client.errors import TritonBusyError, TritonUnavailableError
+from client.triton import AsyncMiloTritonClient, Protocol
+from contract import codec, tensors
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +63,8 @@ class Endpoint:
 OnRetry = Callable[[Endpoint, Exception], None]
 
 
-class TritonPool:
-    """The calls of ``AsyncMiloTritonClient``, spread over several Triton servers."""
+class TritonPool(ModelCalls):
+    """The calls of ``ModelCalls``, spread over several Triton servers."""
 
     def __init__(
         self,
@@ -84,6 +75,7 @@ class TritonPool:
         probe_interval_s: float = 2.0,
         on_retry: OnRetry | None = None,
     ) -> None:
+        super().__init__()
         if not urls:
             raise ValueError("a Triton pool needs at least one server URL")
         grpc = list(grpc_urls or [None] * len(urls))
@@ -94,7 +86,6 @@ class TritonPool:
             for url, g in zip(urls, grpc, strict=True)
         ]
         self.probe_interval_s = probe_interval_s
-        self.options: CallOptions | None = None
         self._on_retry = on_retry
         self._turn = 0
         self._probe: asyncio.Task[None] | None = None
@@ -111,6 +102,7 @@ class TritonPool:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+        await self.wait_background()
         for endpoint in self.endpoints:
             await endpoint.client.close()
 
@@ -120,12 +112,6 @@ class TritonPool:
 
     async def __aexit__(self, *_: object) -> None:
         await self.close()
-
-    def with_options(self, options: CallOptions) -> TritonPool:
-        """A view whose calls carry ``options``; it shares the servers and their health (do not close it)."""
-        view = copy.copy(self)
-        view.options = options
-        return view
 
     # -- health ----------------------------------------------------------------------
 
@@ -188,23 +174,22 @@ class TritonPool:
         order = {id(e): (i - self._turn) % len(self.endpoints) for i, e in enumerate(self.endpoints)}
         return min(candidates, key=lambda e: (e.in_flight, order[id(e)]))
 
-    def _client(self, endpoint: Endpoint) -> AsyncMiloTritonClient:
-        return endpoint.client if self.options is None else endpoint.client.with_options(self.options)
-
     def _failed(self, endpoint: Endpoint, exc: TritonUnavailableError) -> None:
         if not isinstance(exc, TritonBusyError):
             self._mark_down(endpoint, str(exc))
         if self._on_retry is not None:
             self._on_retry(endpoint, exc)
 
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    # -- the transport -----------------------------------------------------------------
+
+    async def infer_tensors(self, io: tensors.ModelIO, inputs: codec.Arrays, options: CallOptions) -> codec.Arrays:
         tried: set[int] = set()
         error: TritonUnavailableError | None = None
         while (endpoint := self._pick(tried)) is not None:
             tried.add(id(endpoint))
             endpoint.in_flight += 1
             try:
-                result = await getattr(self._client(endpoint), method)(*args, **kwargs)
+                result = await endpoint.client.infer_tensors(io, inputs, options)
             except TritonUnavailableError as exc:
                 error = exc
                 self._failed(endpoint, exc)
@@ -216,7 +201,9 @@ class TritonPool:
             return result
         raise error or TritonUnavailableError("no Triton server configured")
 
-    async def _stream(self, method: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    async def stream_tensors(
+        self, io: tensors.ModelIO, inputs: codec.Arrays, options: CallOptions
+    ) -> AsyncIterator[codec.Arrays]:
         tried: set[int] = set()
         error: TritonUnavailableError | None = None
         while (endpoint := self._pick(tried)) is not None:
@@ -224,7 +211,7 @@ class TritonPool:
             started = False
             endpoint.in_flight += 1
             try:
-                async for piece in getattr(self._client(endpoint), method)(*args, **kwargs):
+                async for piece in endpoint.client.stream_tensors(io, inputs, options):
                     started = True
                     yield piece
             except TritonUnavailableError as exc:
@@ -239,50 +226,8 @@ class TritonPool:
             return
         raise error or TritonUnavailableError("no Triton server configured")
 
-    # -- the calls of AsyncMiloTritonClient ---------------------------------------------
-
-    async def infer(
-        self, io: tensors.ModelIO, values: dict[str, Any], priority: int | None = None, timeout_us: int | None = None
-    ) -> dict[str, np.ndarray]:
-        return await self._call("infer", io, values, priority, timeout_us)  # type: ignore[no-any-return]
-
-    async def transcribe(
-        self, audio: np.ndarray, language: str = "auto", priority: int | None = None
-    ) -> TranscriptionResult:
-        return await self._call("transcribe", audio, language, priority)  # type: ignore[no-any-return]
-
-    async def synthesize(
-        self, text: str, language: str, speed: float = 1.0, priority: int | None = None
-    ) -> SpeechResult:
-        return await self._call("synthesize", text, language, speed, priority)  # type: ignore[no-any-return]
-
-    async def translate(self, text: str, source: str, target: str, priority: int | None = None) -> TranslationResult:
-        return await self._call("translate", text, source, target, priority)  # type: ignore[no-any-return]
-
-    async def chat(
-        self,
-        messages: Sequence[Message],
-        language: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        priority: int | None = None,
-        model: str = tensors.CHAT.name,
-        sampling: ChatSampling | None = None,
-    ) -> ChatResult:
-        return await self._call(  # type: ignore[no-any-return]
-            "chat", messages, language, max_tokens, temperature, priority, model=model, sampling=sampling
-        )
-
-    def chat_stream(
-        self,
-        messages: Sequence[Message],
-        language: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        model: str = tensors.CHAT.name,
-        sampling: ChatSampling | None = None,
-    ) -> AsyncIterator[ChatDelta]:
-        return self._stream("chat_stream", messages, language, max_tokens, temperature, model=model, sampling=sampling)
-
-    def synthesize_stream(self, text: str, language: str, speed: float = 1.0) -> AsyncIterator[SpeechResult]:
-        return self._stream("synthesize_stream", text, language, speed)
+    async def cancel(self, io: tensors.ModelIO, request_id: str) -> bool:
+        """Sent to every server in rotation: the pool does not keep which one runs a request, and a
+        server that never saw it keeps the id a while, harmlessly."""
+        healthy = [e for e in self.endpoints if e.healthy] or self.endpoints
+        return any(await asyncio.gather(*(e.client.cancel(io, request_id) for e in healthy)))

@@ -90,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.model_repository and args.server != "tritonserver":
         print("error: --model-repository is for --server tritonserver", file=sys.stderr)
         return 2
-    from client.tensors import ROLE_MODELS
+    from contract.tensors import ROLE_MODELS
     from milo_voice.supervisor import Child, Supervisor, answers_200
 
     with tempfile.TemporaryDirectory(prefix="milo-serve-") as scratch:

@@ -3,7 +3,7 @@
 Every served model gets ``model_repository/<model>/config.pbtxt`` and ``1/model.py``, the
 Python backend's entry point (``milo_voice.serving.python_backend``). The PyTriton host
 builds the same settings in memory; a stock Triton server reads them from the files. Both
-come from ``registry.toml`` (batching, queues, priorities, instances) and ``client.tensors``
+come from ``registry.toml`` (batching, queues, priorities, instances) and ``contract.tensors``
 (inputs and outputs), so the two servers cannot drift apart. ``milo-voice models
 triton-configs`` writes the files; ``--check`` fails when a committed file differs from
 what the registry says (the test suite runs that check).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client import tensors
+from contract import tensors
 from milo_voice.registry import ModelSpec, Registry
 
 HEADER = "# Generated from model_repository/registry.toml by `milo-voice models triton-configs`; do not edit.\n"

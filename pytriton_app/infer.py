@@ -1,10 +1,10 @@
 """The callables PyTriton binds: the shared tensor handlers, wrapped for PyTriton.
 
 ``milo_voice.serving.tensor_io`` turns tensors into role calls and back; this module only
-adapts those handlers to PyTriton's calling conventions: ``@batch`` for batched models
-(after each request gets its optional inputs' defaults, so that ``@batch`` sees one set
-of keys), an async generator for decoupled ones, and for the chat models, which decode
-many requests at once, per-request calls that wait on the role's events.
+adapts those handlers to PyTriton's calling conventions: a call's requests as a list for
+batched models (each request's own tensors, whatever optional inputs it sent), an async
+generator for decoupled ones, and for the chat models, which decode many requests at once,
+per-request calls that wait on the role's events.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import numpy as np
-from pytriton.decorators import batch
 
 from milo_voice.serving.tensor_io import (
     BatchHandler,
@@ -24,23 +23,14 @@ from milo_voice.serving.tensor_io import (
     Outputs,
     StreamHandler,
     join_queued,
-    with_defaults,
 )
 
 
 def batched_infer(handler: BatchHandler) -> Callable[..., Any]:
-    @batch
-    def infer(**inputs: np.ndarray) -> Outputs:
-        return handler.compute(inputs)
+    def infer(requests: list[Any]) -> list[Outputs]:
+        return handler([dict(request.items()) for request in requests])
 
-    def with_optional_inputs(requests: list[Any]) -> Any:
-        for request in requests:
-            for name, value in with_defaults(dict(request.items()), handler.defaults).items():
-                if name not in request:
-                    request[name] = value
-        return infer(requests)
-
-    return with_optional_inputs
+    return infer
 
 
 def streamed_infer(handler: StreamHandler) -> Callable[..., Any]:

@@ -14,12 +14,11 @@ import sysconfig
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
 from pytriton.model_config.common import TimeoutAction
 from pytriton.triton import Triton, TritonConfig
 
-from client import tensors
+from contract import tensors
 from milo_voice.registry import ModelSpec, Registry, active_profile, load_registry
 from milo_voice.serving.chat_metrics import PrometheusChatMetrics
 from milo_voice.serving.instances import DevicePlanner, load_instance, with_cloud_chat
@@ -59,8 +58,7 @@ def prefer_running_libpython() -> None:
 
 
 def _tensor(spec: tensors.TensorSpec) -> Tensor:
-    dtype = np.bytes_ if spec.dtype is np.bytes_ else spec.dtype
-    return Tensor(name=spec.name, dtype=dtype, shape=spec.shape, optional=spec.optional)
+    return Tensor(name=spec.name, dtype=spec.dtype, shape=spec.shape, optional=spec.optional)
 
 
 def model_config(spec: ModelSpec, io: tensors.ModelIO) -> ModelConfig:
@@ -126,7 +124,7 @@ def callables_for(io: tensors.ModelIO, spec: ModelSpec, instances: list[Any], ru
     if io.name == tensors.CHAT_STREAM.name:
         return [infer_callable(chat_stream_handler(instances))]
     if io.name == tensors.TTS_CANCEL.name:
-        return [infer_callable(cancel_handler(running.cancel))]
+        return [infer_callable(cancel_handler(io, running.cancel))]
     callables = []
     for instance in instances:
         handler = handler_for(io, spec, instance, running)

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.records import SttRequest
 from loadtests.bench import gpu, shapes
 from milo_voice.registry import Registry, load_registry
-from milo_voice.roles.stt import SpeechToText, SttRequest
+from milo_voice.roles.stt import SpeechToText
 
 TOY_WHISPER = shapes.WhisperShape(d_model=64, encoder_layers=2, decoder_layers=2, attention_heads=2, ffn_dim=128)
 
@@ -124,7 +125,8 @@ def test_nllb_shape_pads_the_vocabulary_and_honours_fixed_lengths(tmp_path: Path
 def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, embedded_dir: Path) -> None:
     import gguf
 
-    from milo_voice.roles.chat import ChatMessage, ChatRequest, LocalChat
+    from contract.records import ChatMessage, ChatRequest
+    from milo_voice.roles.chat import LocalChat
 
     tokenizer = shapes.read_gguf_tokenizer(embedded_dir / "chat" / "model.gguf")
     shape = shapes.LlamaShape(embedding=256, layers=2, heads=4, kv_heads=2, ffn=512, context=2048)

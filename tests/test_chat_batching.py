@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from milo_voice.roles.chat import ChatDone, ChatMessage, ChatReply, ChatRequest, LocalChat
+from contract import codec, tensors
+from contract.records import ChatMessage, ChatReply, ChatRequest
+from milo_voice.roles.chat import ChatDone, LocalChat
 from milo_voice.roles.generation import Failed, GenerationRequest, TextPiece
 from milo_voice.roles.llama_engine import EngineBusyError, EngineStoppedError
 
@@ -227,11 +229,7 @@ def test_the_blocking_stream_cancels_when_its_reader_stops(chat: LocalChat) -> N
 
 def test_a_paced_stream_sends_its_first_piece_at_once_then_joined_pieces(chat: LocalChat) -> None:
     """``chat_stream`` as the servers run it: responses at most one per interval, no text lost."""
-    import json
-
-    import numpy as np
-
-    from milo_voice.serving.tensor_io import ChatDefaults, ChatService
+    from milo_voice.serving.tensor_io import ChatService
 
     whole = Recorder()
     chat.start(ask(QUESTIONS[2], max_tokens=60), whole)
@@ -246,12 +244,8 @@ def test_a_paced_stream_sends_its_first_piece_at_once_then_joined_pieces(chat: L
             ended.set()
 
     interval = 0.1
-    service = ChatService(chat, ChatDefaults(), stream_interval_s=interval)
-    messages = json.dumps([{"role": "user", "content": QUESTIONS[2]}])
-    inputs = {
-        "messages": np.array([messages.encode()], dtype=np.object_),
-        "max_tokens": np.array([60], dtype=np.int32), "temperature": np.array([0.0], dtype=np.float32),
-    }  # fmt: skip
+    service = ChatService(chat, stream_interval_s=interval)
+    inputs = codec.pack_request(tensors.CHAT_STREAM, ask(QUESTIONS[2], max_tokens=60))
     started = time.perf_counter()
     service.start(inputs, emit, None, streaming=True)
     assert ended.wait(120)
@@ -295,29 +289,19 @@ def test_while_others_reply_a_new_prompt_is_read_a_few_tokens_a_step(embedded_di
 def test_a_cancel_that_arrives_before_its_request_stops_it_when_it_comes(chat: LocalChat) -> None:
     """chat_cancel sent while the request still waits in Triton's queue: nothing runs yet, so the
     id is kept, and the request ends as cancelled when it starts, before any compute."""
-    import json
+    from milo_voice.serving.tensor_io import ChatService
 
-    import numpy as np
-
-    from milo_voice.serving.tensor_io import ChatDefaults, ChatService
-
-    service = ChatService(chat, ChatDefaults())
+    service = ChatService(chat)
     assert service.cancel("late-arrival") is False  # nothing running under that id yet
-    ended: list[dict[str, np.ndarray]] = []
+    ended: list[ChatReply] = []
     done = threading.Event()
 
     def emit(outputs: object, final: bool) -> None:
         assert isinstance(outputs, dict) and final
-        ended.append(outputs)
+        ended.append(codec.unpack_result(tensors.CHAT, outputs))
         done.set()
 
-    messages = json.dumps([{"role": "user", "content": QUESTIONS[1]}])
-    inputs = {
-        "messages": np.array([messages.encode()], dtype=np.object_),
-        "max_tokens": np.array([200], dtype=np.int32),
-        "request_id": np.array([b"late-arrival"], dtype=np.object_),
-    }
-    service.start(inputs, emit, None, streaming=False)
+    request = ask(QUESTIONS[1], max_tokens=200, request_id="late-arrival")
+    service.start(codec.pack_request(tensors.CHAT, request), emit, None, streaming=False)
     assert done.wait(60)
-    assert ended[0]["finish_reason"][0] == b"cancelled"
-    assert ended[0]["completion_tokens"][0] == 0
+    assert ended[0].finish_reason == "cancelled" and ended[0].completion_tokens == 0

@@ -18,11 +18,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from client import AsyncMiloTritonClient, CallOptions, ChatSampling, MiloTritonClient, TritonBusyError
+from client import AsyncMiloTritonClient, CallOptions, ChatMessage, ChatRequest, MiloTritonClient, TritonBusyError
 from milo_voice.registry import load_registry, model_section
 from milo_voice.triton_repository import write_configs
 from tests.conftest import TritonHost, facade_process, free_port, running_host
@@ -31,7 +32,11 @@ pytestmark = pytest.mark.integration
 
 SLOTS = 2
 QUEUE = 2
-MESSAGES = [{"role": "user", "content": "Tell me about Madagascar."}]
+MESSAGES = [ChatMessage("user", "Tell me about Madagascar.")]
+
+
+def question(**options: Any) -> ChatRequest:
+    return ChatRequest(MESSAGES, **options)
 
 
 def chat_only_registry(path: Path) -> Path:
@@ -107,7 +112,7 @@ def test_the_metrics_port_has_the_engines_series_beside_tritons(stack: ChatStack
     assert engine(stack.host, "slots", stack.stream_model) == SLOTS
     with MiloTritonClient(stack.host.http_url) as milo:
         before = engine(stack.host, "generated_tokens_total", "chat")
-        assert milo.chat(MESSAGES, max_tokens=7).completion_tokens == 7
+        assert milo.chat(question(max_tokens=7)).completion_tokens == 7
     assert engine(stack.host, "generated_tokens_total", "chat") == before + 7
     assert engine(stack.host, "slots_busy", "chat") == 0
     page = metrics(stack.host)
@@ -122,7 +127,7 @@ async def test_a_short_request_is_answered_while_a_long_stream_goes_on(stack: Ch
 
         async def long_stream() -> int:
             count = 0
-            async for delta in milo.chat_stream(MESSAGES, max_tokens=300):
+            async for delta in milo.chat_stream(question(max_tokens=300)):
                 count += bool(delta.text)
                 if short_done.is_set():
                     pieces_after_short.append(time.perf_counter())
@@ -130,7 +135,7 @@ async def test_a_short_request_is_answered_while_a_long_stream_goes_on(stack: Ch
 
         streaming = asyncio.create_task(long_stream())
         await asyncio.sleep(0.5)  # the stream is under way
-        short = await milo.chat(MESSAGES, max_tokens=4)
+        short = await milo.chat(question(max_tokens=4))
         short_done.set()
         assert short.completion_tokens == 4
         assert await streaming > 250
@@ -143,7 +148,7 @@ async def test_beyond_the_slots_requests_queue_by_priority_and_a_full_queue_is_b
         finished: list[str] = []
 
         async def ask(client: AsyncMiloTritonClient, name: str, tokens: int) -> None:
-            await client.chat(MESSAGES, max_tokens=tokens)
+            await client.chat(question(max_tokens=tokens))
             finished.append(name)
 
         # Both slots busy, the first for a shorter while.
@@ -154,9 +159,8 @@ async def test_beyond_the_slots_requests_queue_by_priority_and_a_full_queue_is_b
         urgent = asyncio.create_task(ask(premium, "premium", 40))
         await asyncio.sleep(0.3)
         # The standard level's queue is full now: more are refused at once.
-        refused = await asyncio.gather(
-            *[standard.chat(MESSAGES, max_tokens=8) for _ in range(3)], return_exceptions=True
-        )
+        late = [standard.chat(question(max_tokens=8)) for _ in range(3)]
+        refused = await asyncio.gather(*late, return_exceptions=True)
         assert any(isinstance(r, TritonBusyError) for r in refused), refused
         await asyncio.gather(*holders, *waiting, urgent)
         # Premium went ahead of the standard requests still in Triton's queue (on the stock server,
@@ -186,20 +190,19 @@ def test_a_client_that_leaves_a_stream_frees_its_slot(stack: ChatStack) -> None:
 def test_sampling_options_reach_the_model(stack: ChatStack) -> None:
     """A seed repeats a sampled reply, on the whole-reply model and the stream alike; a stop string cuts it."""
     with MiloTritonClient(stack.host.http_url, grpc_url=stack.host.grpc_url) as milo:
-        seeded = ChatSampling(top_p=0.9, seed=5)
-        first = milo.chat(MESSAGES, max_tokens=12, temperature=1.0, sampling=seeded).text
-        assert milo.chat(MESSAGES, max_tokens=12, temperature=1.0, sampling=seeded).text == first
-        streamed = "".join(d.text for d in milo.chat_stream(MESSAGES, max_tokens=12, temperature=1.0, sampling=seeded))
+        seeded = question(max_tokens=12, temperature=1.0, top_p=0.9, seed=5)
+        first = milo.chat(seeded).text
+        assert milo.chat(seeded).text == first
+        streamed = "".join(d.text for d in milo.chat_stream(seeded))
         assert streamed.strip() == first
         stop = first.split()[2]
-        cut = milo.chat(MESSAGES, max_tokens=12, temperature=1.0, sampling=ChatSampling(0.9, 5, (stop,)))
+        cut = milo.chat(question(max_tokens=12, temperature=1.0, top_p=0.9, seed=5, stop=(stop,)))
         assert stop not in cut.text and first.startswith(cut.text) and cut.finish_reason == "stop"
 
 
 def test_a_stream_reports_its_finish_reason(stack: ChatStack) -> None:
-    body = {
-        "model": "milo-chat", "messages": MESSAGES, "max_tokens": 5, "stream": True,
-    }  # fmt: skip
+    messages = [{"role": "user", "content": MESSAGES[0].content}]
+    body = {"model": "milo-chat", "messages": messages, "max_tokens": 5, "stream": True}
     with httpx.Client(timeout=60) as http:
         lines = http.post(f"{stack.facade}/v1/chat/completions", json=body).text.splitlines()
     chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
@@ -214,12 +217,12 @@ async def test_a_request_that_waits_out_its_queue_timeout_is_told_busy_not_timed
     if stack.host.server != "pytriton":
         pytest.skip("the stock server hands one waiting request to the role, out of Triton's queue")
     async with AsyncMiloTritonClient(stack.host.grpc_url, protocol="grpc", timeout_s=3.0) as milo:
-        holders = [asyncio.create_task(milo.chat(MESSAGES, max_tokens=n)) for n in (150, 400)]
+        holders = [asyncio.create_task(milo.chat(question(max_tokens=n))) for n in (150, 400)]
         try:
             await asyncio.sleep(0.5)
             waiting = milo.with_options(CallOptions(priority=2, queue_timeout_us=500_000))
             with pytest.raises(TritonBusyError):
-                await waiting.chat(MESSAGES, max_tokens=4)
+                await waiting.chat(question(max_tokens=4))
         finally:
             for holder in holders:
                 holder.cancel()

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from client import AsyncMiloTritonClient, MiloTritonClient, TritonUnavailableError, tensors
+from client import AsyncMiloTritonClient, MiloTritonClient, TritonUnavailableError
 from tests.conftest import free_port
 
 
@@ -28,15 +28,8 @@ def test_async_client_without_server() -> None:
     asyncio.run(run())
 
 
-def test_audio_wire_format_round_trips() -> None:
-    samples = np.linspace(-1, 1, 1001, dtype=np.float32)
-    np.testing.assert_array_equal(tensors.decode_audio(tensors.encode_audio(samples)), samples)
-    with pytest.raises(ValueError, match="whole number"):
-        tensors.decode_audio(b"\x00\x01\x02")
-
-
 def test_a_calls_deadline_is_its_queue_timeout_and_then_its_compute_budget() -> None:
-    from client.triton import _deadline_s
+    from client.triton import deadline_s
 
-    assert _deadline_s(60.0, None) == 60.0
-    assert _deadline_s(60.0, 120_000_000) == 180.0
+    assert deadline_s(60.0, None) == 60.0
+    assert deadline_s(60.0, 120_000_000) == 180.0

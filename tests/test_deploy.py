@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ import check_jsonschema
 import jsonschema
 import kubernetes_validate
 import pytest
-import tomllib
 import yaml
 
 from loadtests.audit import AUDIT_TARGETS_MS

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pytriton.model_config.common import TimeoutAction
 
-from client import tensors
+from contract import tensors
 from milo_voice.registry import Registry
 from milo_voice.serving.instances import DevicePlanner
 from pytriton_app.server import model_config, served_name

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from milo_voice.roles.stt import SpeechToText, SttInputError, SttRequest
+from contract.records import SttRequest, Transcription
+from milo_voice.roles.stt import SpeechToText, SttInputError
 from tests.conftest import speak
 
 
@@ -114,6 +115,11 @@ def test_fixed_windows_when_no_speech_is_found(stt: SpeechToText) -> None:
 def test_bad_input_is_refused(stt: SpeechToText, audio: np.ndarray, language: str, message: str) -> None:
     with pytest.raises(SttInputError, match=message):
         stt.transcribe(audio, language)
+    # In a batch, the refusal is that request's answer; the others are transcribed.
+    tone = np.sin(np.arange(16000, dtype=np.float32) / 10) * 0.1
+    answered, refused = stt.transcribe_batch([SttRequest(tone, "fr"), SttRequest(audio, language)])
+    assert isinstance(refused, SttInputError) and message in str(refused)
+    assert isinstance(answered, Transcription) and answered.duration == 1.0
 
 
 @pytest.mark.parametrize("n_mels", [80, 128])

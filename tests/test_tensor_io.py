@@ -11,37 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from client import tensors
+from contract import tensors
 from milo_voice.registry import Registry
 from milo_voice.serving.instances import Device
 from milo_voice.serving.python_backend import TritonPythonModel, device_of
-from milo_voice.serving.tensor_io import (
-    BatchHandler,
-    ModelFailure,
-    StreamHandler,
-    concatenate,
-    isolated,
-    split,
-    with_defaults,
-)
-
-
-def test_requests_concatenate_into_a_batch_and_split_back() -> None:
-    first = {"text": np.array([[b"a"], [b"b"]], dtype=np.object_), "n": np.array([[1], [2]], dtype=np.int32)}
-    second = {"text": np.array([[b"c"]], dtype=np.object_), "n": np.array([[3]], dtype=np.int32)}
-    batch, sizes = concatenate([first, second])
-    assert sizes == [2, 1]
-    assert batch["n"].ravel().tolist() == [1, 2, 3]
-    parts = split({"out": batch["n"] * 10}, sizes)
-    assert [p["out"].ravel().tolist() for p in parts] == [[10, 20], [30]]
-
-
-def test_missing_optional_inputs_get_their_defaults_per_row() -> None:
-    request = {"audio": np.array([[b"x"], [b"y"]], dtype=np.object_)}
-    filled = with_defaults(request, {"language": b"auto"})
-    assert filled["language"].shape == (2, 1) and filled["language"][1][0] == b"auto"
-    given = with_defaults({**request, "language": np.array([[b"fr"], [b"mg"]], dtype=np.object_)}, {"language": b"x"})
-    assert given["language"].ravel().tolist() == [b"fr", b"mg"]
+from milo_voice.serving.tensor_io import BatchHandler, ModelFailure, StreamHandler, isolated
 
 
 def test_instances_go_where_triton_placed_them() -> None:
@@ -129,9 +103,10 @@ def test_the_python_backend_adapter_batches_requests_and_streams(registry: Regis
     pieces = [response.outputs["spoken_text"][0] for response, _flags in good.sender.sent[:-1]]
     assert pieces == [b"Salama.", b"Veloma."]
     assert good.sender.sent[-1] == (None, 1)
-    ((error_response, flags),) = bad.sender.sent
-    # The client tells a refused input by the exception's name: "...InputError: <message>".
-    assert flags == 1 and error_response.error == "TtsInputError: language 'zz' is not one of ['mg', 'fr']"
+    # A refused stream answers one piece, its error in the error tensor (no Triton error to parse).
+    ((refusal, flags), final) = bad.sender.sent
+    assert flags == 0 and refusal.error is None and final == (None, 1)
+    assert refusal.outputs["error"][0] == b"language 'zz' is not one of ['mg', 'fr']"
 
 
 @pytest.mark.integration
@@ -147,7 +122,7 @@ def test_a_request_that_fails_inside_the_model_fails_alone(embedded_dir: Path, t
     texts = ["Misaotra betsaka tompoko.", endless, "Hello everyone.", "Salama."]
     column = lambda values: np.array([[v.encode()] for v in values], dtype=np.object_)  # noqa: E731
     sources = ["en" if t.startswith("Hello") else "mg" for t in texts]
-    outputs = handler.compute({"text": column(texts), "source": column(sources), "target": column(["fr"] * 4)})
+    (outputs,) = handler([{"text": column(texts), "source": column(sources), "target": column(["fr"] * 4)}])
     errors = [e[0].decode() for e in outputs["error"]]
     assert errors[0] == errors[2] == errors[3] == ""
     assert errors[1].startswith("the model could not process this request: RuntimeError")
@@ -177,14 +152,13 @@ def test_a_translation_cut_by_the_output_limit_is_that_requests_422_message(embe
 
     handler = translate_handler(Translator(embedded_dir / "translate", max_decoding_length=8))
     column = lambda values: np.array([[v.encode()] for v in values], dtype=np.object_)  # noqa: E731
-    outputs = handler.compute(
-        {"text": column(["Merci.", "Hello everyone."]), "source": column(["fr", "en"]), "target": column(["mg", "fr"])}
-    )
+    texts, sources, targets = column(["Merci.", "Hello everyone."]), column(["fr", "en"]), column(["mg", "fr"])
+    (outputs,) = handler([{"text": texts, "source": sources, "target": targets}])
     errors = [e[0].decode() for e in outputs["error"]]
     assert errors[0].startswith("the translation of a sentence reached the model's output limit of 8 tokens")
     assert errors[1] == "" and outputs["translation"][1][0].decode() == "Bonjour à tous."
     # Only the cut request: the same call with it alone answers its error, it does not fail the call.
-    alone = handler.compute({"text": column(["Merci."]), "source": column(["fr"]), "target": column(["mg"])})
+    (alone,) = handler([{"text": column(["Merci."]), "source": column(["fr"]), "target": column(["mg"])}])
     assert "output limit" in alone["error"][0][0].decode()
 
 

@@ -21,7 +21,8 @@ import soundfile as sf
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from client import AsyncMiloTritonClient, MiloTritonClient, ModelInputError, tensors
+from client import AsyncMiloTritonClient, ChatMessage, ChatRequest, InputError, MiloTritonClient
+from contract import tensors
 from tests.conftest import TritonHost, facade_client, speak
 
 pytestmark = pytest.mark.integration
@@ -102,31 +103,31 @@ def test_translate(milo: MiloTritonClient) -> None:
 
 
 def test_chat_and_streams(milo: MiloTritonClient) -> None:
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
-    reply = milo.chat(messages, max_tokens=16, temperature=0.0)
+    request = ChatRequest([ChatMessage("user", "What is the capital of France?")], max_tokens=16, temperature=0.0)
+    reply = milo.chat(request)
     assert reply.text and reply.completion_tokens > 0
-    tokens = list(milo.chat_stream(messages, max_tokens=16, temperature=0.0))
+    tokens = list(milo.chat_stream(request))
     assert len(tokens) > 2
     clips = list(milo.synthesize_stream("Salama. Manao ahoana ianao?", "mg"))
     assert [c.spoken_text for c in clips] == ["Salama.", "Manao ahoana ianao?"]
 
 
 def test_bad_input_in_a_batch_does_not_fail_its_neighbours(milo: MiloTritonClient) -> None:
-    with pytest.raises(ModelInputError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         milo.translate("   ", "mg", "fr")
-    with pytest.raises(ModelInputError, match="language"):
+    with pytest.raises(InputError, match="language"):
         milo.synthesize("Salama", "xx")
-    with pytest.raises(ModelInputError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         milo.transcribe(np.zeros(0, dtype=np.float32), "fr")
     # The raw call returns the tensors: the refusal is in ``error``, the other outputs are empty.
-    outputs = milo.infer(tensors.CHAT, {"messages": "not json"})
+    outputs = milo.infer_tensors(tensors.CHAT, {"messages": np.array([[b"not json"]], dtype=np.object_)})
     assert b"Expecting value" in outputs["error"].reshape(-1)[0]
     assert outputs["text"].reshape(-1)[0] == b""
 
     def mixed(i: int) -> str:
         try:
             return milo.translate("Bonjour à tous." if i % 2 else " ", "fr", "mg").text
-        except ModelInputError:
+        except InputError:
             return "refused"
 
     with ThreadPoolExecutor(16) as pool:
@@ -145,7 +146,7 @@ def test_asyncio_client(server: TritonHost, clip: np.ndarray) -> None:
             assert results[0].text == "Bonjour à tous."
             assert "bonjour" in results[1].text.lower()
             assert results[2].duration > 0.2
-            tokens = [t async for t in milo.chat_stream([{"role": "user", "content": "Hi"}], max_tokens=8)]
+            tokens = [t async for t in milo.chat_stream(ChatRequest([ChatMessage("user", "Hi")], max_tokens=8))]
             assert tokens
 
     asyncio.run(run())
@@ -198,8 +199,8 @@ def test_fifty_concurrent_mixed_requests(server: TritonHost, clip: np.ndarray) -
             if kind == 2:
                 return c.translate("Misaotra betsaka tompoko.", "mg", "en").text == "Thank you very much sir."
             if kind == 3:
-                return bool(c.chat([{"role": "user", "content": "Salama"}], max_tokens=8).text)
-            return len(list(c.chat_stream([{"role": "user", "content": "Bonjour"}], max_tokens=6))) > 0
+                return bool(c.chat(ChatRequest([ChatMessage("user", "Salama")], max_tokens=8)).text)
+            return len(list(c.chat_stream(ChatRequest([ChatMessage("user", "Bonjour")], max_tokens=6)))) > 0
 
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(call, range(50)))

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from milo_voice.roles.tts import TextToSpeech, TtsInputError, TtsRequest, split_sentences
+from contract.records import Speech, TtsRequest
+from milo_voice.roles.tts import TextToSpeech, TtsInputError, split_sentences
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_synthesis_is_reproducible(tts: TextToSpeech) -> None:
 
 def test_stream_yields_one_clip_per_sentence(tts: TextToSpeech) -> None:
     text = "Salama. Manao ahoana ianao? Tsara be!"
-    clips = list(tts.stream(text, "mg"))
+    clips = list(tts.stream(TtsRequest(text, "mg")))
     assert [c.spoken_text for c in clips] == split_sentences(text)
     assert all(c.duration > 0.2 for c in clips)
 
@@ -70,3 +71,11 @@ def test_stream_yields_one_clip_per_sentence(tts: TextToSpeech) -> None:
 def test_bad_input_is_refused(tts: TextToSpeech, text: str, language: str, speed: float, message: str) -> None:
     with pytest.raises(TtsInputError, match=message):
         tts.synthesize(text, language, speed)
+
+
+def test_a_refused_request_is_answered_in_place_in_its_batch(tts: TextToSpeech) -> None:
+    first, refused, last = tts.synthesize_batch(
+        [TtsRequest("Salama.", "mg"), TtsRequest("?!", "mg"), TtsRequest("Bonjour.", "fr")]
+    )
+    assert isinstance(refused, TtsInputError) and "no words" in str(refused)
+    assert isinstance(first, Speech) and isinstance(last, Speech) and first.spoken_text == "Salama."

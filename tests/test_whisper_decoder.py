@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from milo_voice.roles.stt import SpeechToText, SttRequest
+from contract.records import SttRequest
+from milo_voice.roles.stt import SpeechToText
 from milo_voice.roles.whisper_decoder import WhisperDecoder
 from tests.conftest import speak
 

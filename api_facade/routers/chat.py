@@ -19,7 +19,7 @@ from api_facade.metrics import AUDIO_SECONDS, TOKENS, ChatTiming
 from api_facade.protocol import SESSION_ID_PATTERN, ChatAnswer, ChatAudio, ChatBody, SessionTurn, SessionView
 from api_facade.sessions import SessionStore, Turn, trim_to_budget
 from api_facade.settings import Settings, get_settings
-from client import SpeechResult, TritonPool
+from client import ChatMessage, ChatRequest, Speech, TritonPool
 
 router = APIRouter(tags=["chat"])
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
@@ -27,7 +27,7 @@ SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 CHAT_MODELS = {"local": "chat", "cloud": "chat_cloud"}
 
 
-def _audio(speech: SpeechResult, audio_format: str) -> ChatAudio:
+def _audio(speech: Speech, audio_format: str) -> ChatAudio:
     return ChatAudio(
         format=audio_format,
         sample_rate=speech.sample_rate,
@@ -50,8 +50,9 @@ async def _conversation(body: ChatBody, sessions: SessionStore, settings: Settin
     return session_id, len(history), trim_to_budget(turns, budget)
 
 
-def _messages(turns: list[Turn]) -> list[dict[str, str]]:
-    return [{"role": t.role, "content": t.content} for t in turns]
+def _request(body: ChatBody, turns: list[Turn]) -> ChatRequest:
+    messages = [ChatMessage(t.role, t.content) for t in turns]
+    return ChatRequest(messages, body.language, body.max_tokens, body.temperature)
 
 
 @router.post("/v1/chat", response_model=ChatAnswer, response_model_exclude_none=True)
@@ -71,7 +72,7 @@ async def chat(
         )
 
     with ChatTiming("/v1/chat"):
-        result = await triton.chat(_messages(context), body.language, body.max_tokens, body.temperature, model=model)
+        result = await triton.chat(_request(body, context), model=model)
     TOKENS.inc(result.completion_tokens)
     # An empty reply is returned as it is (never invented) and not stored: the user may ask again.
     if result.text.strip():
@@ -105,9 +106,8 @@ async def _stream(
     yield _sse("session", {"session_id": session_id})
     pieces: list[str] = []
     try:
-        messages = _messages(context)
         with ChatTiming("/v1/chat") as timing:
-            async for delta in triton.chat_stream(messages, body.language, body.max_tokens, body.temperature, model):
+            async for delta in triton.chat_stream(_request(body, context), model):
                 if delta.text:
                     pieces.append(delta.text)
                     timing.token()

@@ -26,7 +26,7 @@ from api_facade.metrics import AUDIO_SECONDS, TOKENS, ChatTiming
 from api_facade.routers.stt import transcribe_upload
 from api_facade.settings import Settings, get_settings
 from api_facade.subtitles import to_srt, to_vtt
-from client import ChatSampling, TritonPool
+from client import ChatMessage, ChatRequest, TritonPool
 from milo_voice.roles.chat import MAX_STOP_CHARS, MAX_STOP_STRINGS
 
 router = APIRouter(tags=["openai-compatible"])
@@ -156,9 +156,16 @@ class ChatCompletionBody(BaseModel):
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings of 1 to {MAX_STOP_CHARS} characters")
         return stops
 
-    def sampling(self) -> ChatSampling:
+    def chat_request(self) -> ChatRequest:
         # The validator has made ``stop`` a list (or None).
-        return ChatSampling(top_p=self.top_p, seed=self.seed, stop=tuple(self.stop or ()))
+        return ChatRequest(
+            messages=[ChatMessage(m.role, m.content) for m in self.messages],
+            max_tokens=self.max_completion_tokens or self.max_tokens or 256,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=tuple(self.stop or ()),
+        )
 
 
 def _chunk(completion_id: str, created: int, model: str, delta: dict[str, str], finish: str | None) -> bytes:
@@ -173,18 +180,15 @@ def _chunk(completion_id: str, created: int, model: str, delta: dict[str, str], 
 async def chat_completions(
     body: ChatCompletionBody, triton: Annotated[TritonPool, Depends(triton_for("chat"))]
 ) -> dict[str, Any] | StreamingResponse:
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
-    max_tokens = body.max_completion_tokens or body.max_tokens or 256
+    request = body.chat_request()
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    sampling = body.sampling()
     if body.stream:
 
         async def events() -> AsyncIterator[bytes]:
             yield _chunk(completion_id, created, body.model, {"role": "assistant", "content": ""}, None)
             finish_reason = "stop"
             with ChatTiming("/v1/chat/completions") as timing:
-                stream = triton.chat_stream(messages, None, max_tokens, body.temperature, sampling=sampling)
-                async for delta in stream:
+                async for delta in triton.chat_stream(request):
                     if delta.text:
                         timing.token()
                         yield _chunk(completion_id, created, body.model, {"content": delta.text}, None)
@@ -195,7 +199,7 @@ async def chat_completions(
         return StreamingResponse(events(), media_type="text/event-stream")
 
     with ChatTiming("/v1/chat/completions"):
-        result = await triton.chat(messages, None, max_tokens, body.temperature, sampling=sampling)
+        result = await triton.chat(request)
     TOKENS.inc(result.completion_tokens)
     return {
         "id": completion_id,

@@ -20,7 +20,7 @@ from api_facade.metrics import AUDIO_SECONDS
 from api_facade.protocol import SttResponse, SttSegment
 from api_facade.settings import Settings, get_settings
 from api_facade.subtitles import to_srt, to_vtt
-from client import TranscriptionResult, TritonPool
+from client import Transcription, TritonPool
 
 router = APIRouter(tags=["stt"])
 LANGUAGES = ("mg", "fr", "auto")
@@ -108,9 +108,7 @@ async def _audio_and_options(request: Request, settings: Settings) -> tuple[byte
     raise ApiError(415, "unsupported_media", "send multipart/form-data (field 'file') or JSON with base64 'audio'")
 
 
-async def transcribe_upload(
-    audio_bytes: bytes, language: str, settings: Settings, triton: TritonPool
-) -> TranscriptionResult:
+async def transcribe_upload(audio_bytes: bytes, language: str, settings: Settings, triton: TritonPool) -> Transcription:
     """Checks, decodes and transcribes one uploaded file (shared with the OpenAI-compatible route)."""
     if len(audio_bytes) > settings.max_upload_bytes:
         raise _too_large(settings.max_upload_bytes)

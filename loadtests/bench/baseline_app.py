@@ -20,8 +20,8 @@ from fastapi import FastAPI, File, Form, Response, UploadFile
 from pydantic import BaseModel
 
 from api_facade.audio import decode_upload, encode
+from contract.records import ChatMessage, ChatRequest
 from milo_voice.registry import active_profile, load_registry
-from milo_voice.roles.chat import ChatMessage, ChatRequest
 from milo_voice.serving.instances import DevicePlanner, build_instance
 
 MODELS: dict[str, Any] = {}

@@ -201,7 +201,8 @@ async def measure(system: str, send: Send, clients: int, seconds: float) -> Poin
 
 def engine_levels(args: argparse.Namespace, gguf: Path, slots: int) -> list[Point]:
     """The chat role in this process: each client starts a reply and waits for its end."""
-    from milo_voice.roles.chat import ChatDone, ChatMessage, ChatRequest, LocalChat
+    from contract.records import ChatMessage, ChatRequest
+    from milo_voice.roles.chat import ChatDone, LocalChat
     from milo_voice.roles.generation import TextPiece
 
     role = LocalChat(
@@ -292,7 +293,8 @@ PLACE = "\x00question\x00"
 def rendered_template(gguf: Path) -> tuple[str, str, int]:
     """The text around the question as the chat role renders a prompt (template, system prompt),
     and the first question's prompt length in tokens."""
-    from milo_voice.roles.chat import ChatMessage, ChatRequest, LocalChat, with_system_prompt
+    from contract.records import ChatMessage, ChatRequest
+    from milo_voice.roles.chat import LocalChat, with_system_prompt
 
     role = LocalChat(gguf, n_ctx=512, slots=1, batch_tokens=64)
     try:

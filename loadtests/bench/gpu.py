@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -46,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import tomllib
 
 from loadtests import payloads
 from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_stats
@@ -263,7 +263,8 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from milo_voice.roles.stt import SpeechToText, SttRequest
+    from contract.records import SttRequest
+    from milo_voice.roles.stt import SpeechToText
 
     def role(**options: Any) -> tuple[SpeechToText, int]:
         before = _memory_used_mib()
@@ -372,7 +373,8 @@ def _encoder_agreement(stt: Any, fast: Any, stacked: Any, stacked_gpu: Any, requ
 
 
 def tts_inprocess(path: Path) -> dict[str, Any]:
-    from milo_voice.roles.tts import TextToSpeech, TtsRequest
+    from contract.records import TtsRequest
+    from milo_voice.roles.tts import TextToSpeech
 
     before = _memory_used_mib()
     voices = {"mg": path / "mms-tts-mlg", "fr": path / "mms-tts-fra"}
@@ -393,7 +395,8 @@ def tts_inprocess(path: Path) -> dict[str, Any]:
 
 
 def translate_inprocess(path: Path) -> dict[str, Any]:
-    from milo_voice.roles.translate import TranslateRequest, Translator
+    from contract.records import TranslateRequest
+    from milo_voice.roles.translate import Translator
 
     before = _memory_used_mib()
     translator = Translator(
@@ -411,7 +414,8 @@ def translate_inprocess(path: Path) -> dict[str, Any]:
 
 def chat_inprocess(path: Path) -> dict[str, Any]:
     """The chat role alone on the GPU: one reply, then conversations decoded together (continuous batching)."""
-    from milo_voice.roles.chat import ChatMessage, ChatRequest, LocalChat
+    from contract.records import ChatMessage, ChatRequest
+    from milo_voice.roles.chat import LocalChat
 
     request = ChatRequest([ChatMessage("user", payloads.CHAT_SCRIPT[2])], max_tokens=CHAT_TOKENS)
     rows: dict[str, Any] = {"concurrent": {}}

@@ -27,11 +27,11 @@ import httpx
 import soundfile as sf
 
 from client import MiloTritonClient
+from contract.records import ChatMessage, ChatRequest
 from loadtests import payloads
 from loadtests.processes import REPO, uvicorn_app
 from loadtests.runner import UNLIMITED_ENV, LocalStack, local_stack
 from milo_voice.registry import active_profile, load_registry
-from milo_voice.roles.chat import ChatMessage, ChatRequest
 from milo_voice.serving.instances import DevicePlanner, build_instance
 
 TTS_TEXT = payloads.SHORT_TEXTS["mg"]
@@ -70,7 +70,6 @@ def cases(
     web = httpx.Client(timeout=300)
     source, target, text = TRANSLATE
     chat_request = ChatRequest([ChatMessage("user", CHAT_MESSAGE)], "mg", 32, 0.0)
-    messages = [{"role": "user", "content": CHAT_MESSAGE}]
 
     def facade(base: str, endpoint: str, n: int) -> None:
         if endpoint == "stt":
@@ -108,8 +107,8 @@ def cases(
         },
         "chat": {
             "in process": lambda n: local["chat"].complete(chat_request),
-            "Triton HTTP": lambda n: http.chat(messages, "mg", 32, 0.0),
-            "Triton gRPC": lambda n: grpc.chat(messages, "mg", 32, 0.0),
+            "Triton HTTP": lambda n: http.chat(chat_request),
+            "Triton gRPC": lambda n: grpc.chat(chat_request),
         },
     }
     calls = {endpoint: every[endpoint] for endpoint in endpoints}

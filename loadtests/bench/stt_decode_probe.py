@@ -75,7 +75,7 @@ def measure(model_dir: str, case: str, device: str = "cuda", repeats: int = 15) 
         decode()
     result = {"decode_ms": median_ms(decode, repeats)}
     if case.startswith("role"):
-        from milo_voice.roles.stt import SttRequest
+        from contract.records import SttRequest
 
         audio = np.random.default_rng(1).standard_normal(16000 * 8).astype(np.float32) * 0.1
         request = [SttRequest(audio, "fr")]

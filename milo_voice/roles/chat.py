@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
+from contract.records import ChatMessage, ChatReply, ChatRequest, InputError
 from milo_voice.roles.generation import Failed, Finished, GenerationRequest, Sampling, TextPiece
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ SYSTEM_PROMPT = (
 )
 
 
-class ChatInputError(ValueError):
+class ChatInputError(InputError):
     """A request that cannot be answered (no messages, empty message, unknown role)."""
 
 
@@ -56,30 +57,31 @@ class ChatBackendError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ChatMessage:
-    role: str
-    content: str
+class ChatDefaults:
+    """What a request leaves to the model (None in its record): the registry's chat parameters."""
 
-
-@dataclass(frozen=True)
-class ChatRequest:
-    messages: list[ChatMessage]
-    language: str | None = None  # a hint; the model otherwise follows the user's language
     max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
-    seed: int | None = None  # None: a fresh random seed for each request
-    stop: tuple[str, ...] = ()  # the reply ends before the first of these
 
+    @classmethod
+    def of(cls, params: Mapping[str, object]) -> ChatDefaults:
+        return cls(
+            int(params.get("max_tokens", DEFAULT_MAX_TOKENS)),  # type: ignore[call-overload]
+            float(params.get("temperature", DEFAULT_TEMPERATURE)),  # type: ignore[arg-type]
+            float(params.get("top_p", DEFAULT_TOP_P)),  # type: ignore[arg-type]
+        )
 
-@dataclass(frozen=True)
-class ChatReply:
-    text: str
-    completion_tokens: int
-    prompt_tokens: int
-    finish_reason: str  # "stop", "length" or "cancelled"
-    trimmed_messages: int = 0  # older turns left out to fit the context window
-    cached_tokens: int = 0  # prompt tokens the model already held from an earlier request
+    def resolve(self, request: ChatRequest) -> ChatRequest:
+        """``request`` with what it left out set, then checked (``ChatInputError``): what backends run."""
+        resolved = replace(
+            request,
+            max_tokens=self.max_tokens if request.max_tokens is None else request.max_tokens,
+            temperature=self.temperature if request.temperature is None else request.temperature,
+            top_p=self.top_p if request.top_p is None else request.top_p,
+        )
+        validate(resolved)
+        return resolved
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class ChatBackend(Protocol):
 
 
 def validate(request: ChatRequest) -> None:
+    """What every backend refuses; sampling values left out (None) are refused too: ``ChatDefaults.resolve``."""
     if not request.messages:
         raise ChatInputError("messages is empty")
     for message in request.messages:
@@ -129,18 +132,18 @@ def validate(request: ChatRequest) -> None:
         raise ChatInputError("the last message must come from the user")
     if request.language is not None and request.language not in LANGUAGE_NAMES:
         raise ChatInputError(f"language {request.language!r} is not one of {list(LANGUAGE_NAMES)}")
-    if not 1 <= request.max_tokens <= 4096:
+    if request.max_tokens is None or not 1 <= request.max_tokens <= 4096:
         raise ChatInputError("max_tokens must be between 1 and 4096")
-    if not 0.0 <= request.temperature <= 2.0:
+    if request.temperature is None or not 0.0 <= request.temperature <= 2.0:
         raise ChatInputError("temperature must be between 0 and 2")
-    if not 0.0 < request.top_p <= 1.0:
+    if request.top_p is None or not 0.0 < request.top_p <= 1.0:
         raise ChatInputError("top_p must be above 0 and at most 1")
     if len(request.stop) > MAX_STOP_STRINGS:
         raise ChatInputError(f"at most {MAX_STOP_STRINGS} stop strings")
     if any(not 1 <= len(s) <= MAX_STOP_CHARS for s in request.stop):
         raise ChatInputError(f"a stop string has 1 to {MAX_STOP_CHARS} characters")
-    if request.seed is not None and not -(2**63) <= request.seed < 2**63:
-        raise ChatInputError("seed must be a 64-bit integer")
+    if request.seed is not None and not 0 <= request.seed < 2**63:
+        raise ChatInputError("seed must be 0 or more, below 2^63")
 
 
 def with_system_prompt(request: ChatRequest) -> list[ChatMessage]:
@@ -264,11 +267,13 @@ class LocalChat(_BlockingForms):
         ignore_eos: bool = False,
         observer: EngineObserver | None = None,
         step_prompt_tokens: int | None = None,
+        defaults: ChatDefaults | None = None,
     ) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         from milo_voice.roles.llama_engine import LlamaEngine
 
+        self.defaults = defaults or ChatDefaults()
         self.engine: LlamaEngine = LlamaEngine(
             model_path,
             slots=slots,
@@ -326,8 +331,8 @@ class LocalChat(_BlockingForms):
 
         The reply's room is ``max_tokens``, at most half the slot. Oldest turns go first;
         a last message too long by itself keeps its end, where the question usually is.
+        ``request`` is resolved (``ChatDefaults.resolve``).
         """
-        validate(request)
         budget = self.n_ctx - min(request.max_tokens, self.n_ctx // 2)
         messages, trimmed = fit_to_context(with_system_prompt(request), self.count_tokens, budget)
         tokens = self.render(messages)
@@ -355,7 +360,8 @@ class LocalChat(_BlockingForms):
         pieces: bool = True,
     ) -> Generation:
         """Queue ``request``; its text pieces (with ``pieces``), then its ``ChatDone``, go to ``sink``
-        from the engine's thread."""
+        from the engine's thread. A refused request raises ``ChatInputError`` here."""
+        request = self.defaults.resolve(request)
         tokens, trimmed = self.prompt(request)
 
         def relay(event: TextPiece | Finished | Failed) -> None:
@@ -402,6 +408,7 @@ class CloudChat(_BlockingForms):
     api_key: str | None = None
     timeout: float = 60.0
     concurrency: int = 8  # requests in flight to the remote server at once
+    defaults: ChatDefaults = field(default_factory=ChatDefaults)
     _client: httpx.Client = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -409,7 +416,7 @@ class CloudChat(_BlockingForms):
         self._client = httpx.Client(base_url=self.base_url.rstrip("/"), headers=headers, timeout=self.timeout)
 
     def _body(self, request: ChatRequest, stream: bool) -> dict[str, object]:
-        validate(request)
+        request = self.defaults.resolve(request)
         body: dict[str, object] = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in with_system_prompt(request)],

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ctranslate2
 import numpy as np
@@ -23,7 +23,9 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
+from contract.records import AUTO, InputError, Segment, SttRequest, Transcription
 from milo_voice.roles.log_mel import LogMelExtractor
+from milo_voice.roles.refusals import compute_valid
 from milo_voice.roles.whisper_decoder import WHISPER_TEXT_CONTEXT, SpecialTokens, WhisperDecoder, WhisperDecoding
 from milo_voice.roles.whisper_encoder import WhisperEncoder
 
@@ -33,7 +35,6 @@ WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
 # Fixed windows overlap so that a word cut at one boundary is whole in the next window.
 FALLBACK_OVERLAP_SECONDS = 2.0
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
-AUTO = "auto"
 # The activations' type by the model's compute type (int8 weights compute in float32, float16 or
 # bfloat16): what CTranslate2's generate expects as encoder output, and what the torch encoder and
 # decoder compute in.
@@ -44,34 +45,8 @@ _ACTIVATION_DTYPES = {
 }  # fmt: skip
 
 
-class SttInputError(ValueError):
+class SttInputError(InputError):
     """A request that cannot be transcribed (empty or invalid audio, unknown language)."""
-
-
-@dataclass(frozen=True)
-class SttRequest:
-    audio: np.ndarray  # mono float32 PCM at 16 kHz
-    language: str = AUTO  # a code from ``SpeechToText.languages`` or "auto"
-
-
-@dataclass(frozen=True)
-class Segment:
-    start: float
-    end: float
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-
-
-@dataclass(frozen=True)
-class Transcription:
-    text: str
-    language: str
-    language_probability: float
-    confidence: float  # exp of the duration-weighted mean token log-probability, in (0, 1]
-    duration: float
-    segments: list[Segment] = field(default_factory=list)
-    tokens: int = 0  # tokens decoded over all windows (timestamps included)
 
 
 @dataclass
@@ -177,11 +152,17 @@ class SpeechToText:
     # -- public API -------------------------------------------------------
 
     def transcribe(self, audio: np.ndarray, language: str = AUTO) -> Transcription:
-        return self.transcribe_batch([SttRequest(audio, language)])[0]
+        """One clip; raises ``SttInputError`` where it is refused."""
+        result = self.transcribe_batch([SttRequest(audio, language)])[0]
+        if isinstance(result, InputError):
+            raise result
+        return result
 
-    def transcribe_batch(self, requests: list[SttRequest]) -> list[Transcription]:
-        for request in requests:
-            self.validate(request)
+    def transcribe_batch(self, requests: list[SttRequest]) -> list[Transcription | InputError]:
+        """Every clip's windows decoded in one batch; a refused request gets its error in place."""
+        return compute_valid(requests, self.validate, self._transcribe_valid)
+
+    def _transcribe_valid(self, requests: list[SttRequest]) -> list[Transcription]:
         windows = [w for i, r in enumerate(requests) for w in self._windows(i, r.audio)]
         features = self._batch_features(windows)
         if self._decoder is None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import ctranslate2
 import sentencepiece as spm
+
+from contract.records import InputError, TranslateRequest, Translation
 
 # ISO 639-1 codes that Milo Voice speaks, to NLLB's FLORES-200 codes.
 NLLB_CODES = {"mg": "plt_Latn", "fr": "fra_Latn", "en": "eng_Latn"}
@@ -27,23 +28,8 @@ SENTENCE_BREAK = re.compile(r"(\s*\n\s*|(?<=[.!?\u2026])\s+)")
 CLAUSE_BREAK = re.compile(r"((?<=[,;:])\s+)")
 
 
-class TranslateInputError(ValueError):
+class TranslateInputError(InputError):
     """A request that cannot be translated (empty text, unknown or equal languages)."""
-
-
-@dataclass(frozen=True)
-class TranslateRequest:
-    text: str
-    source: str
-    target: str
-
-
-@dataclass(frozen=True)
-class Translation:
-    text: str
-    source: str
-    target: str
-    score: float  # mean log-probability per generated token
 
 
 class Translator:
@@ -82,11 +68,9 @@ class Translator:
         if positions:
             self.max_decoding_length = min(max_decoding_length, positions - 1)
 
-    def validate(self, request: TranslateRequest) -> None:
-        self._checked_pieces(request)
-
     def _checked_pieces(self, request: TranslateRequest) -> list[tuple[list[str], str]]:
-        """``request`` checked, and its text as ``_pieces`` (which refuses a sentence too long)."""
+        """``request`` checked (``TranslateInputError``), and its text as ``_pieces`` (which refuses a
+        sentence too long): what is checked and what is translated are tokenised once."""
         for field_name, language in (("source", request.source), ("target", request.target)):
             if language not in self.languages:
                 raise TranslateInputError(f"{field_name} language {language!r} is not one of {list(self.languages)}")
@@ -127,32 +111,44 @@ class Translator:
         return pieces
 
     def translate(self, text: str, source: str, target: str) -> Translation:
+        """One text; raises ``TranslateInputError`` where it is refused."""
         result = self.translate_batch([TranslateRequest(text, source, target)])[0]
-        if isinstance(result, TranslateInputError):
+        if isinstance(result, InputError):
             raise result
         return result
 
-    def translate_batch(self, requests: list[TranslateRequest]) -> list[Translation | TranslateInputError]:
+    def translate_batch(self, requests: list[TranslateRequest]) -> list[Translation | InputError]:
         """Every request's sentences translated in one batch, then joined back per request.
 
-        A request whose translation of some piece reached the output limit without ending gets,
-        in its place, the error that says so: a translation is whole or refused, never cut.
+        A refused request gets its error in place, and so does one whose translation of some
+        piece reached the output limit without ending: a translation is whole or refused, never cut.
         """
         owners: list[int] = []
         sources: list[list[str]] = []
         breaks: list[str] = []
+        refused: dict[int, InputError] = {}
         for i, request in enumerate(requests):
-            for tokens, after in self._checked_pieces(request):
+            try:
+                pieces = self._checked_pieces(request)
+            except InputError as exc:
+                refused[i] = exc
+                continue
+            for tokens, after in pieces:
                 owners.append(i)
                 sources.append([NLLB_CODES[request.source], *tokens, "</s>"])
                 breaks.append(after)
-        results = self._translator.translate_batch(
-            sources,
-            target_prefix=[[NLLB_CODES[requests[i].target]] for i in owners],
-            beam_size=self.beam_size,
-            max_decoding_length=self.max_decoding_length,
-            min_decoding_length=self.min_decoding_length,
-            return_scores=True,
+        # CTranslate2 refuses an empty batch: a batch of refusals computes nothing.
+        results = (
+            self._translator.translate_batch(
+                sources,
+                target_prefix=[[NLLB_CODES[requests[i].target]] for i in owners],
+                beam_size=self.beam_size,
+                max_decoding_length=self.max_decoding_length,
+                min_decoding_length=self.min_decoding_length,
+                return_scores=True,
+            )
+            if sources
+            else []
         )
         texts: list[list[str]] = [[] for _ in requests]
         scores: list[list[float]] = [[] for _ in requests]
@@ -166,19 +162,14 @@ class Translator:
             # The first token is the target language code that we forced.
             texts[owner].append(self._sentencepiece.decode(hypothesis[1:]).strip() + after)
             scores[owner].append(float(result.scores[0]))
-        return [
-            TranslateInputError(
+        for i in cut:
+            refused[i] = TranslateInputError(
                 f"the translation of a sentence reached the model's output limit of {self.max_decoding_length} "
                 "tokens without ending: split the sentence"
             )
-            if i in cut
-            else Translation(
-                text="".join(texts[i]).strip(),
-                source=request.source,
-                target=request.target,
-                score=sum(scores[i]) / len(scores[i]),
-            )
-            for i, request in enumerate(requests)
+        return [
+            refused.get(i) or Translation("".join(texts[i]).strip(), sum(scores[i]) / max(len(scores[i]), 1))
+            for i in range(len(requests))
         ]
 
 

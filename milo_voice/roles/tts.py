@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import VitsModel, VitsTokenizer
 
+from contract.records import InputError, Speech, TtsRequest
+from milo_voice.roles.refusals import compute_valid
 from milo_voice.text.normalize import TextNormalizer
 
 MAX_TEXT_CHARS = 2000
@@ -24,26 +26,8 @@ MAX_TEXT_CHARS = 2000
 _SENTENCE_END = re.compile(r"(?<=[.!?…;:])\s+")
 
 
-class TtsInputError(ValueError):
+class TtsInputError(InputError):
     """A request that cannot be synthesised (empty text, unknown language, bad speed)."""
-
-
-@dataclass(frozen=True)
-class TtsRequest:
-    text: str
-    language: str
-    speed: float = 1.0
-
-
-@dataclass(frozen=True)
-class Speech:
-    audio: np.ndarray  # mono float32 PCM in [-1, 1]
-    sample_rate: int
-    spoken_text: str  # the normalised text the voice read
-
-    @property
-    def duration(self) -> float:
-        return self.audio.size / self.sample_rate
 
 
 class _Voice:
@@ -86,11 +70,17 @@ class TextToSpeech:
             raise TtsInputError("speed must be between 0.25 and 4.0")
 
     def synthesize(self, text: str, language: str, speed: float = 1.0) -> Speech:
-        return self.synthesize_batch([TtsRequest(text, language, speed)])[0]
+        """One text; raises ``TtsInputError`` where it is refused."""
+        result = self.synthesize_batch([TtsRequest(text, language, speed)])[0]
+        if isinstance(result, InputError):
+            raise result
+        return result
 
-    def synthesize_batch(self, requests: list[TtsRequest]) -> list[Speech]:
-        for request in requests:
-            self.validate(request)
+    def synthesize_batch(self, requests: list[TtsRequest]) -> list[Speech | InputError]:
+        """A refused request gets its error in place."""
+        return compute_valid(requests, self.validate, self._synthesize_valid)
+
+    def _synthesize_valid(self, requests: list[TtsRequest]) -> list[Speech]:
         results: list[Speech | None] = [None] * len(requests)
         # One forward pass per (language, speed): a voice is one model and speed scales all durations.
         groups: dict[tuple[str, float], list[int]] = {}
@@ -102,11 +92,12 @@ class TextToSpeech:
                 results[i] = speech
         return [r for r in results if r is not None]
 
-    def stream(self, text: str, language: str, speed: float = 1.0) -> Iterator[Speech]:
-        """Speech sentence by sentence, so the first audio is ready long before the last."""
-        self.validate(TtsRequest(text, language, speed))
-        for sentence in split_sentences(text):
-            yield self.synthesize(sentence, language, speed)
+    def stream(self, request: TtsRequest) -> Iterator[Speech]:
+        """Speech sentence by sentence, so the first audio is ready long before the last; the request
+        is checked before the first (``TtsInputError``)."""
+        self.validate(request)
+        for sentence in split_sentences(request.text):
+            yield self._synthesize_valid([replace(request, text=sentence)])[0]
 
     def _synthesize_voice(self, language: str, texts: list[str], speed: float) -> list[Speech]:
         voice = self._voices[language]

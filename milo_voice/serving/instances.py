@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from milo_voice.registry import Instances, ModelSpec, Registry, models_dir
-from milo_voice.roles.chat import CloudChat, LocalChat
+from milo_voice.roles.chat import ChatDefaults, CloudChat, LocalChat
 from milo_voice.roles.generation import EngineObserver
 from milo_voice.serving.tensor_io import chat_service
 from milo_voice.serving.warmup import warm_up
@@ -69,12 +69,12 @@ class DevicePlanner:
 CLOUD_CHAT = "chat_cloud"
 
 
-def cloud_chat(concurrency: int = 8) -> CloudChat:
+def cloud_chat(concurrency: int = 8, defaults: ChatDefaults | None = None) -> CloudChat:
     url = os.environ.get("MILO_CHAT_CLOUD_URL")
     if not url:
         raise RuntimeError("the cloud chat backend needs MILO_CHAT_CLOUD_URL")
     model, key = os.environ.get("MILO_CHAT_CLOUD_MODEL", "default"), os.environ.get("MILO_CHAT_CLOUD_KEY")
-    return CloudChat(url, model, key, concurrency=concurrency)
+    return CloudChat(url, model, key, concurrency=concurrency, defaults=defaults or ChatDefaults())
 
 
 def with_cloud_chat(registry: Registry) -> Registry:
@@ -147,7 +147,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
         )
     if spec.role == "chat":
         if spec.name == CLOUD_CHAT or os.environ.get("MILO_CHAT_BACKEND", "local") == "cloud":
-            return cloud_chat(int(params.get("slots", 8)))
+            return cloud_chat(int(params.get("slots", 8)), ChatDefaults.of(params))
         return LocalChat(
             path / "model.gguf",
             n_ctx=int(params.get("n_ctx", 4096)),
@@ -159,6 +159,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
             n_threads=_cpu_threads() or None,
             ignore_eos=bool(params.get("ignore_eos", False)),
             observer=chat_observer,
+            defaults=ChatDefaults.of(params),
             step_prompt_tokens=_optional_int(params.get("gpu_step_prompt_tokens" if gpu else "step_prompt_tokens")),
         )
     raise ValueError(f"unknown role {spec.role!r}")

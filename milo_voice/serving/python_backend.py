@@ -21,23 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from client import tensors
+from contract import tensors
 from milo_voice.registry import active_profile, load_registry
 from milo_voice.serving.chat_metrics import TritonChatMetrics
 from milo_voice.serving.instances import Device, load_instance, with_cloud_chat
 from milo_voice.serving.tensor_io import (
-    INPUT_ERRORS,
     BatchHandler,
     GenerationHandler,
     Handler,
     Inputs,
     Outputs,
     StreamHandler,
-    concatenate,
     handler_for,
     join_queued,
-    split,
-    with_defaults,
 )
 
 log = logging.getLogger(__name__)
@@ -98,10 +94,9 @@ class TritonPythonModel:
         )
 
     def _batch(self, requests: list[Any], handler: BatchHandler) -> list[Any]:
-        """Every request of the call computed as one batch, as PyTriton's ``@batch`` does."""
+        """Every request of the call computed as one batch, as the PyTriton host does."""
         try:
-            batch, sizes = concatenate([with_defaults(self._inputs(r), handler.defaults) for r in requests])
-            return [self._response(part) for part in split(handler.compute(batch), sizes)]
+            return [self._response(outputs) for outputs in handler([self._inputs(r) for r in requests])]
         except Exception as exc:  # one failure answers every request; the server lives on
             log.exception("batch of %d failed", len(requests))
             error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
@@ -147,10 +142,8 @@ class TritonPythonModel:
 
     def _send(self, sender: Any, outputs: Outputs | Exception, flags: int) -> None:
         try:
-            if isinstance(outputs, Exception):
-                if not isinstance(outputs, INPUT_ERRORS):
-                    log.error("chat request failed: %s", outputs)
-                # "<exception name>: <message>" is how clients tell a refused input from a fault.
+            if isinstance(outputs, Exception):  # a fault: a refused input is answered in its error tensor
+                log.error("chat request failed: %s", outputs)
                 error = self.pb_utils.TritonError(f"{type(outputs).__name__}: {outputs}")
                 sender.send(self.pb_utils.InferenceResponse(error=error), flags=flags)
             else:
@@ -169,10 +162,7 @@ class TritonPythonModel:
                 sender.send(self._response(outputs))
             sender.send(flags=final)
         except Exception as exc:  # the client gets the error; the server lives on
-            if not isinstance(exc, INPUT_ERRORS):
-                log.exception("stream failed")
-            # "<exception name>: <message>" (TtsInputError, ValueError) is how clients tell a refused
-            # input from a server fault.
+            log.exception("stream failed")  # a refused input is answered in its error tensor
             error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
             sender.send(self.pb_utils.InferenceResponse(error=error), flags=final)
         finally:

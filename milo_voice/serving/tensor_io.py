@@ -1,45 +1,32 @@
 """Triton tensors in, a role's batch call, Triton tensors out: for any Triton server.
 
 Each served model gets one handler built around one role instance. A batched model's
-handler takes the inputs of a whole batch (``[batch, 1]`` arrays) and returns its
-outputs; a streaming model's handler takes one request and yields one set of outputs
-per piece. The handlers know nothing of the server: the PyTriton host wraps them with
-``@batch``, the stock Triton Python backend (``python_backend``) with its own request
-objects, and tests call them directly.
+handler takes the requests of one call (each its tensors by name, with a leading batch
+axis) and returns each one's outputs; a streaming model's handler takes one request and
+yields one set of outputs per piece. ``contract.codec`` turns tensors into the contract's
+records and back; the handlers know nothing of the server: the PyTriton host binds them,
+the stock Triton Python backend (``python_backend``) calls them with its own request
+objects' tensors, and tests call them directly.
 
-A request that fails validation gets its message in the ``error`` tensor while the rest
-of its batch is computed normally.
+A request the role refuses (its input error, found by the role's batch call) is answered
+in its ``error`` tensor while the rest of its batch is computed normally.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import numpy as np
-
-from client import tensors
+from contract import codec, tensors
+from contract.codec import Arrays
+from contract.records import Cancelled, CancelRequest, ChatDelta, ChatReply, InputError
 from milo_voice.registry import ModelSpec
-from milo_voice.roles.chat import (
-    DEFAULT_MAX_TOKENS,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_P,
-    ChatBackend,
-    ChatDone,
-    ChatEvent,
-    ChatInputError,
-    ChatMessage,
-    ChatReply,
-    ChatRequest,
-    validate,
-)
+from milo_voice.roles.chat import ChatBackend, ChatDone, ChatEvent
 from milo_voice.roles.generation import TextPiece
 
 if TYPE_CHECKING:
@@ -51,100 +38,49 @@ log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
-Outputs = dict[str, np.ndarray]
-Inputs = dict[str, np.ndarray]
-# What a request's parsing and validation raise for bad input (not a server fault).
-INPUT_ERRORS = (ValueError, KeyError, TypeError, UnicodeDecodeError)
+Outputs = Arrays
+Inputs = Arrays
 
 
 @dataclass(frozen=True)
 class BatchHandler:
-    """A batched model: its optional inputs' defaults and the call that computes a batch."""
+    """A batched model: the requests of one call in, each one's outputs out, computed as one batch.
 
-    compute: Callable[[Inputs], Outputs]
-    defaults: dict[str, Any] = field(default_factory=dict)
+    ``compute`` is the role's batch call: a result, or the request's ``InputError``, per request.
+    """
+
+    io: tensors.ModelIO
+    compute: Callable[[list[Any]], Sequence[Any]]
+
+    def __call__(self, requests: Sequence[Inputs]) -> list[Outputs]:
+        unpacked = [codec.unpack_requests(self.io, inputs) for inputs in requests]
+        answers = iter(answer(self.compute, [row for rows in unpacked for row in rows]))
+        return [codec.pack_results(self.io, [next(answers) for _ in rows]) for rows in unpacked]
 
 
 @dataclass(frozen=True)
 class StreamHandler:
-    """A decoupled model: one request in, one set of outputs per piece out.
-
-    ``idle`` is a filler piece (one that clients skip) for a server that answers
-    several streams in lockstep and must say something for one that has ended.
-    """
+    """A decoupled model: one request in, one set of outputs per piece out (a refused request:
+    one piece, its error). ``idle`` is the filler piece clients skip, for a server that answers
+    several streams in lockstep and must say something for one that has ended."""
 
     stream: Callable[[Inputs], Iterator[Outputs]]
     idle: Outputs
 
 
-def with_defaults(request: Inputs, defaults: dict[str, Any]) -> Inputs:
-    """``request`` with every missing optional input set to its default, one row per sample."""
-    size = len(next(iter(request.values())))
-    filled = dict(request)
-    for name, value in defaults.items():
-        if name not in filled:
-            dtype = np.object_ if isinstance(value, bytes) else np.asarray(value).dtype
-            filled[name] = np.array([[value]] * size, dtype=dtype)
-    return filled
-
-
-def concatenate(requests: Sequence[Inputs]) -> tuple[Inputs, list[int]]:
-    """Several requests' inputs as one batch, and each request's number of rows."""
-    sizes = [len(next(iter(r.values()))) for r in requests]
-    names = requests[0].keys()
-    return {name: np.concatenate([r[name] for r in requests]) for name in names}, sizes
-
-
-def split(outputs: Outputs, sizes: Sequence[int]) -> list[Outputs]:
-    """A batch's outputs cut back into one set per request (the inverse of ``concatenate``)."""
-    bounds = np.cumsum([0, *sizes])
-    return [{name: value[start:end] for name, value in outputs.items()} for start, end in itertools.pairwise(bounds)]
-
-
-def text(cell: np.ndarray) -> str:
-    value = cell[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _bytes_column(values: Sequence[str | bytes]) -> np.ndarray:
-    return np.array([[v.encode("utf-8") if isinstance(v, str) else v] for v in values], dtype=np.object_)
-
-
-def _float_column(values: Sequence[float]) -> np.ndarray:
-    return np.array([[v] for v in values], dtype=np.float32)
-
-
-def _int_column(values: Sequence[int]) -> np.ndarray:
-    return np.array([[v] for v in values], dtype=np.int32)
-
-
-def run_valid(
-    parse: Callable[[int], Request],
-    count: int,
-    check: Callable[[Request], None],
-    compute: Callable[[list[Request]], list[Result]],
-) -> tuple[list[Result | None], list[str]]:
-    """Parse and validate each request; compute the valid ones in one batch call."""
-    errors = [""] * count
-    parsed: dict[int, Request] = {}
-    for i in range(count):
-        try:
-            request = parse(i)
-            check(request)
-            parsed[i] = request
-        except INPUT_ERRORS as exc:
-            errors[i] = str(exc) or type(exc).__name__
-    results: list[Result | None] = [None] * count
-    if parsed:
-        for i, result in zip(parsed, isolated(compute, list(parsed.values())), strict=True):
+def answer(compute: Callable[[list[Request]], Sequence[Result]], requests: list[Request | InputError]) -> list[Any]:
+    """Each request's result or ``InputError``: the readable requests computed in one batch call
+    (``isolated``, so a request that makes the model fail gets its own error, not its batch-mates)."""
+    answers: list[Any] = list(requests)
+    readable = [i for i, request in enumerate(requests) if not isinstance(request, InputError)]
+    if readable:
+        results = isolated(compute, [requests[i] for i in readable])
+        for i, result in zip(readable, results, strict=True):
             if isinstance(result, ModelFailure):
                 cause = result.error
-                errors[i] = f"the model could not process this request: {type(cause).__name__}: {cause}"
-            elif isinstance(result, Exception):  # refused by the role once computed (an output cut short)
-                errors[i] = str(result) or type(result).__name__
-            else:
-                results[i] = result
-    return results, errors
+                result = InputError(f"the model could not process this request: {type(cause).__name__}: {cause}")
+            answers[i] = result
+    return answers
 
 
 class ModelFailure(Exception):
@@ -155,15 +91,15 @@ class ModelFailure(Exception):
         self.error = error
 
 
-def isolated(compute: Callable[[list[Request]], list[Result]], requests: list[Request]) -> list[Result | ModelFailure]:
+def isolated(compute: Callable[[list[Request]], Sequence[Result]], requests: list[Request]) -> list[Any]:
     """``compute(requests)``; if the batch fails, its halves again, down to the requests that fail alone.
 
     One request's failure inside the model (an input beyond what it can hold) is then that
     request's ``ModelFailure``, not its batch-mates' error. A request alone in its batch gets the
     same answer (whether it was batched with others is the scheduler's chance). When every request
     of a batch of several fails alone, the model itself is failing: the first error is raised, as
-    the server's error for the whole call. (A role may also answer a request with its input error
-    in place, found only by computing: that is an answer, passed on as it is.)
+    the server's error for the whole call. (A role answers a request it refuses with its
+    ``InputError`` in place: that is an answer, passed on as it is.)
     """
     outcome = _bisected(compute, requests)
     failed = [r for r in outcome if isinstance(r, ModelFailure)]
@@ -174,7 +110,7 @@ def isolated(compute: Callable[[list[Request]], list[Result]], requests: list[Re
     return outcome
 
 
-def _bisected(compute: Callable[[list[Request]], list[Result]], requests: list[Request]) -> list[Result | ModelFailure]:
+def _bisected(compute: Callable[[list[Request]], Sequence[Result]], requests: list[Request]) -> list[Any]:
     try:
         return list(compute(requests))
     except Exception as exc:  # what failed is found by splitting the batch
@@ -184,66 +120,19 @@ def _bisected(compute: Callable[[list[Request]], list[Result]], requests: list[R
         return _bisected(compute, requests[:middle]) + _bisected(compute, requests[middle:])
 
 
-# -- speech to text ------------------------------------------------------------
-
-
-# Each handler imports its role's records where it is built: a model's process loads only its own
-# role's libraries (a chat host no torch, CTranslate2 or FFmpeg).
+# -- the roles' models ---------------------------------------------------------------
 
 
 def stt_handler(role: SpeechToText) -> BatchHandler:
-    from milo_voice.roles.stt import SttRequest
-
-    def compute(inputs: Inputs) -> Outputs:
-        audio, language = inputs["audio"], inputs["language"]
-        results, errors = run_valid(
-            lambda i: SttRequest(tensors.decode_audio(audio[i][0]), text(language[i])),
-            len(audio),
-            role.validate,
-            role.transcribe_batch,
-        )
-        return {
-            "text": _bytes_column([r.text if r else "" for r in results]),
-            "language": _bytes_column([r.language if r else "" for r in results]),
-            "language_probability": _float_column([r.language_probability if r else 0.0 for r in results]),
-            "confidence": _float_column([r.confidence if r else 0.0 for r in results]),
-            "duration": _float_column([r.duration if r else 0.0 for r in results]),
-            "segments": _bytes_column([json.dumps([asdict(s) for s in r.segments]) if r else "[]" for r in results]),
-            "error": _bytes_column(errors),
-        }
-
-    return BatchHandler(compute, {"language": b"auto"})
-
-
-# -- text to speech ------------------------------------------------------------
+    return BatchHandler(tensors.STT, role.transcribe_batch)
 
 
 def tts_handler(role: TextToSpeech) -> BatchHandler:
-    from milo_voice.roles.tts import TtsRequest
+    return BatchHandler(tensors.TTS, role.synthesize_batch)
 
-    def compute(inputs: Inputs) -> Outputs:
-        texts, language, speed = inputs["text"], inputs["language"], inputs["speed"]
-        results, errors = run_valid(
-            lambda i: TtsRequest(text(texts[i]), text(language[i]), float(speed[i][0])),
-            len(texts),
-            role.validate,
-            role.synthesize_batch,
-        )
-        # Triton cannot ship a zero-length tensor: a batch of refusals still carries one sample.
-        longest = max((r.audio.size for r in results if r), default=0) or 1
-        audio = np.zeros((len(results), longest), dtype=np.float32)
-        for i, result in enumerate(results):
-            if result:
-                audio[i, : result.audio.size] = result.audio
-        return {
-            "audio": audio,
-            "num_samples": _int_column([r.audio.size if r else 0 for r in results]),
-            "sample_rate": _int_column([r.sample_rate if r else 0 for r in results]),
-            "spoken_text": _bytes_column([r.spoken_text if r else "" for r in results]),
-            "error": _bytes_column(errors),
-        }
 
-    return BatchHandler(compute, {"speed": np.float32(1.0)})
+def translate_handler(role: Translator) -> BatchHandler:
+    return BatchHandler(tensors.TRANSLATE, role.translate_batch)
 
 
 class EarlyCancels:
@@ -322,65 +211,38 @@ class RunningRequests:
             self.remove(request_id, cancelled.set)
 
 
-def cancel_handler(cancel: Callable[[str], bool]) -> BatchHandler:
+def cancel_handler(io: tensors.ModelIO, cancel: Callable[[str], bool]) -> BatchHandler:
     """A cancel model (``chat_cancel``, ``tts_cancel``): ``cancelled`` is 1 where ``cancel`` stopped
     a running request by its id."""
 
-    def compute(inputs: Inputs) -> Outputs:
-        ids = [text(row) for row in inputs["request_id"]]
-        return {"cancelled": _int_column([int(cancel(i)) if i else 0 for i in ids])}
+    def compute(requests: list[CancelRequest]) -> list[Cancelled]:
+        return [Cancelled(int(bool(r.request_id) and cancel(r.request_id))) for r in requests]
 
-    return BatchHandler(compute)
+    return BatchHandler(io, compute)
 
 
 def tts_stream_handler(role: TextToSpeech, running: RunningRequests | None = None) -> StreamHandler:
     running = running or RunningRequests()
+    io = tensors.TTS_STREAM
 
-    def stream(request: Inputs) -> Iterator[Outputs]:
-        speed = float(request["speed"][0]) if "speed" in request else 1.0
-        request_id = text(request["request_id"]) if "request_id" in request else ""
-        with running.running(request_id) as cancelled:
-            sentences = role.stream(text(request["text"]), text(request["language"]), speed)
+    def stream(inputs: Inputs) -> Iterator[Outputs]:
+        request = codec.unpack_requests(io, inputs)[0]
+        if isinstance(request, InputError):
+            yield codec.pack_piece(io, request)
+            return
+        with running.running(request.request_id) as cancelled:
+            sentences = role.stream(request)
             while not cancelled.is_set():  # checked before each sentence is synthesised
-                speech = next(sentences, None)
+                try:
+                    speech = next(sentences, None)
+                except InputError as refused:  # the role checks the request before its first sentence
+                    yield codec.pack_piece(io, refused)
+                    return
                 if speech is None:
                     return
-                yield {
-                    "audio": speech.audio,
-                    "sample_rate": np.array([speech.sample_rate], dtype=np.int32),
-                    "spoken_text": np.array([speech.spoken_text.encode("utf-8")], dtype=np.object_),
-                }
+                yield codec.pack_piece(io, speech)
 
-    # sample_rate 0 marks a filler piece; clients skip it.
-    idle = {
-        "audio": np.zeros(1, dtype=np.float32),
-        "sample_rate": np.array([0], dtype=np.int32),
-        "spoken_text": np.array([b""], dtype=np.object_),
-    }
-    return StreamHandler(stream, idle)
-
-
-# -- translation -----------------------------------------------------------------
-
-
-def translate_handler(role: Translator) -> BatchHandler:
-    from milo_voice.roles.translate import TranslateRequest
-
-    def compute(inputs: Inputs) -> Outputs:
-        texts, source, target = inputs["text"], inputs["source"], inputs["target"]
-        results, errors = run_valid(
-            lambda i: TranslateRequest(text(texts[i]), text(source[i]), text(target[i])),
-            len(texts),
-            role.validate,
-            role.translate_batch,
-        )
-        return {
-            "translation": _bytes_column([r.text if r else "" for r in results]),
-            "score": _float_column([r.score if r else 0.0 for r in results]),
-            "error": _bytes_column(errors),
-        }
-
-    return BatchHandler(compute)
+    return StreamHandler(stream, codec.filler(io))
 
 
 # -- chat ------------------------------------------------------------------------
@@ -413,56 +275,6 @@ class GenerationHandler:
     concurrency: int
     streaming: bool
     merge: Callable[[Outputs, Outputs], Outputs] | None = None
-
-
-@dataclass(frozen=True)
-class ChatDefaults:
-    """The registry's defaults for what a chat request leaves out."""
-
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    temperature: float = DEFAULT_TEMPERATURE
-
-    @classmethod
-    def of(cls, spec: ModelSpec) -> ChatDefaults:
-        return cls(
-            int(spec.params.get("max_tokens", DEFAULT_MAX_TOKENS)),
-            float(spec.params.get("temperature", DEFAULT_TEMPERATURE)),
-        )
-
-
-def _cell(inputs: Inputs, name: str) -> Any:
-    """The one value of input ``name`` of one request (with or without a batch axis), or None."""
-    if name not in inputs:
-        return None
-    value = np.asarray(inputs[name]).reshape(-1)[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def parse_chat_request(inputs: Inputs, defaults: ChatDefaults) -> tuple[ChatRequest, str]:
-    """One request's chat inputs as a ``ChatRequest``, and its ``request_id`` ("" when none)."""
-    decoded = json.loads(_cell(inputs, "messages"))
-    if not isinstance(decoded, list) or not all(isinstance(m, dict) for m in decoded):
-        raise ValueError('messages must be a JSON list of {"role", "content"} objects')
-    stop = json.loads(_cell(inputs, "stop") or "[]")
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise ValueError("stop must be a JSON list of strings")
-    max_tokens, temperature = _cell(inputs, "max_tokens"), _cell(inputs, "temperature")
-    top_p, seed = _cell(inputs, "top_p"), _cell(inputs, "seed")
-    if seed is not None and seed < 0:
-        raise ValueError("seed must be 0 or more")
-    request = ChatRequest(
-        messages=[ChatMessage(str(m.get("role", "")), str(m.get("content", ""))) for m in decoded],
-        language=_cell(inputs, "language") or None,
-        max_tokens=int(max_tokens) if max_tokens is not None else defaults.max_tokens,
-        temperature=float(temperature) if temperature is not None else defaults.temperature,
-        top_p=float(top_p) if top_p is not None else DEFAULT_TOP_P,
-        seed=int(seed) if seed is not None else None,
-        stop=tuple(stop),
-    )
-    validate(request)
-    return request, _cell(inputs, "request_id") or ""
 
 
 class _Ended:
@@ -511,9 +323,8 @@ class ChatService:
     ``stream_interval_s`` paces ``chat_stream``: see ``_StreamPacer``.
     """
 
-    def __init__(self, backend: ChatBackend, defaults: ChatDefaults, stream_interval_s: float = 0.0) -> None:
+    def __init__(self, backend: ChatBackend, stream_interval_s: float = 0.0) -> None:
         self.backend = backend
-        self.defaults = defaults
         self.stream_interval_s = stream_interval_s
         self.concurrency = int(getattr(backend, "concurrency", 1))
         self.in_flight = 0
@@ -521,12 +332,12 @@ class ChatService:
         self._lock = threading.Lock()
 
     def start(self, inputs: Inputs, emit: Emit, is_cancelled: Callable[[], bool] | None, streaming: bool) -> Any:
-        try:
-            request, request_id = parse_chat_request(inputs, self.defaults)
-        except INPUT_ERRORS as exc:
-            message = str(exc) or type(exc).__name__
-            emit(ChatInputError(message) if streaming else _chat_outputs(None, message), True)
+        io = tensors.CHAT_STREAM if streaming else tensors.CHAT
+        request = codec.unpack_requests(io, inputs)[0]
+        if isinstance(request, InputError):
+            emit(_chat_outputs(io, request), True)
             return _Ended()
+        request_id = request.request_id
         pacer = _StreamPacer(self.stream_interval_s)
         ended = False
 
@@ -535,31 +346,30 @@ class ChatService:
             if isinstance(event, TextPiece):
                 text = pacer.piece(event.text)
                 if text is not None:
-                    emit(_stream_piece(text, ""), False)
+                    emit(_chat_outputs(io, ChatDelta(text)), False)
                 return
             with self._lock:
                 ended = True
                 self.in_flight -= 1
                 self.running.remove(request_id)
             if not streaming:
-                emit(_chat_outputs(event.reply) if isinstance(event, ChatDone) else event.error, True)
+                emit(_chat_outputs(io, event.reply) if isinstance(event, ChatDone) else event.error, True)
             elif isinstance(event, ChatDone):
-                emit(_stream_piece(pacer.rest(), event.reply.finish_reason), True)
+                emit(_chat_outputs(io, ChatDelta(pacer.rest(), event.reply.finish_reason)), True)
             else:
                 held = pacer.rest()
                 if held:
-                    emit(_stream_piece(held, ""), False)
+                    emit(_chat_outputs(io, ChatDelta(held)), False)
                 emit(event.error, True)
 
         with self._lock:
             self.in_flight += 1
         try:
             started = self.backend.start(request, sink, is_cancelled, pieces=streaming)
-        except Exception as exc:  # refused by the template, a full queue, a backend gone
+        except Exception as exc:  # refused by the role, a full queue, a backend gone
             with self._lock:
                 self.in_flight -= 1
-            refused = isinstance(exc, ChatInputError) and not streaming
-            emit(_chat_outputs(None, str(exc)) if refused else exc, True)
+            emit(_chat_outputs(io, exc) if isinstance(exc, InputError) else exc, True)
             return _Ended()
         with self._lock:
             # A reply may end before ``start`` returns: then there is nothing left to cancel.
@@ -578,21 +388,9 @@ class ChatService:
             close()
 
 
-def _chat_outputs(reply: ChatReply | None, error: str = "") -> Outputs:
-    return {
-        "text": _bytes_column([reply.text if reply else ""]),
-        "completion_tokens": _int_column([reply.completion_tokens if reply else 0]),
-        "prompt_tokens": _int_column([reply.prompt_tokens if reply else 0]),
-        "finish_reason": _bytes_column([reply.finish_reason if reply else "error"]),
-        "error": _bytes_column([error]),
-    }
-
-
-def _stream_piece(token: str, finish_reason: str) -> Outputs:
-    return {
-        "token": np.array([token.encode("utf-8")], dtype=np.object_),
-        "finish_reason": np.array([finish_reason.encode("utf-8")], dtype=np.object_),
-    }
+def _chat_outputs(io: tensors.ModelIO, answer: ChatReply | ChatDelta | InputError) -> Outputs:
+    """``chat``'s outputs (a batch of one) or one ``chat_stream`` piece."""
+    return codec.pack_piece(io, answer) if io.streaming else codec.pack_results(io, [answer])
 
 
 Queued = tuple[Any, Outputs | Exception, bool]  # (whose stream, its outputs or error, final)
@@ -616,11 +414,9 @@ def join_queued(items: Sequence[Queued], merge: Callable[[Outputs, Outputs], Out
 
 def merge_stream_pieces(first: Outputs, then: Outputs) -> Outputs:
     """Two consecutive ``chat_stream`` pieces as one: the texts joined, the later finish reason."""
-    token = first["token"][0] + then["token"][0]
-    return {
-        "token": np.array([token], dtype=np.object_),
-        "finish_reason": then["finish_reason"] if then["finish_reason"][0] else first["finish_reason"],
-    }
+    io = tensors.CHAT_STREAM
+    earlier, later = codec.unpack_result(io, first), codec.unpack_result(io, then)
+    return codec.pack_piece(io, ChatDelta(earlier.text + later.text, later.finish_reason or earlier.finish_reason))
 
 
 def chat_handler(service: ChatService) -> GenerationHandler:
@@ -643,7 +439,7 @@ def chat_stream_handler(services: Sequence[ChatService]) -> GenerationHandler:
 def chat_cancel_handler(services: Sequence[ChatService]) -> BatchHandler:
     """Cancels by request id in every instance of the model (the request runs in one of them)."""
     # Every instance hears of it (no short cut): one that has not seen the request yet keeps the id.
-    return cancel_handler(lambda request_id: any([s.cancel(request_id) for s in services]))
+    return cancel_handler(tensors.CHAT_CANCEL, lambda request_id: any([s.cancel(request_id) for s in services]))
 
 
 # -- which handler serves which model ------------------------------------------------
@@ -679,4 +475,4 @@ def chat_service(spec: ModelSpec, backend: ChatBackend) -> ChatService:
     interval_ms = float(spec.params.get("stream_interval_ms", 0))
     if interval_ms < 0:
         raise ValueError(f"{spec.name}: stream_interval_ms must be >= 0, not {interval_ms}")
-    return ChatService(backend, ChatDefaults.of(spec), interval_ms / 1000)
+    return ChatService(backend, interval_ms / 1000)
