@@ -1,35 +1,49 @@
-"""What routes are given: the Triton client, the cache, the phrasebook (made once, at start)."""
+"""What routes are given, typed: settings, the stores and the Triton client, all made once per app."""
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from api_facade.cache import TranslationCache
+from api_facade.conversation import Conversations
 from api_facade.phrasebook import Phrasebook
 from api_facade.sessions import SessionStore
+from api_facade.settings import Settings
 from client import TritonPool
 
 
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
 def get_triton(request: Request) -> TritonPool:
-    return request.app.state.triton
+    """The app's Triton client, at the default priority (routes take theirs from ``access.triton_for``)."""
+    return request.app.state.triton  # type: ignore[no-any-return]
 
 
 def get_cache(request: Request) -> TranslationCache:
-    return request.app.state.translation_cache
+    return request.app.state.translation_cache  # type: ignore[no-any-return]
 
 
 def get_phrasebook(request: Request) -> Phrasebook:
-    return request.app.state.phrasebook
-
-
-def get_translate_revision(request: Request) -> str:
-    return request.app.state.translate_revision
-
-
-def get_voices(request: Request) -> dict[str, str]:
-    """Language -> voice name of the served TTS model."""
-    return request.app.state.voices
+    return request.app.state.phrasebook  # type: ignore[no-any-return]
 
 
 def get_sessions(request: Request) -> SessionStore:
-    return request.app.state.sessions
+    return request.app.state.sessions  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+TritonDep = Annotated[TritonPool, Depends(get_triton)]
+CacheDep = Annotated[TranslationCache, Depends(get_cache)]
+PhrasebookDep = Annotated[Phrasebook, Depends(get_phrasebook)]
+
+
+def get_conversations(request: Request) -> Conversations:
+    return request.app.state.conversations  # type: ignore[no-any-return]
+
+
+SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
+ConversationsDep = Annotated[Conversations, Depends(get_conversations)]

@@ -1,6 +1,10 @@
-"""Every error the facade answers, in one shape, mapped to HTTP in one place.
+"""Every error the facade answers, mapped to HTTP in one place, in one shape:
 
     {"error": {"code": "...", "message": "...", "field": "..."}, "request_id": "..."}
+
+and on the OpenAI-compatible routes in OpenAI's (which its SDKs read), with the same code:
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "...", "code": "..."}, "request_id": "..."}
 
 The request id is also in the ``X-Request-ID`` header and in the log line of the
 error, so a user's report can be found in the logs.
@@ -19,6 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_facade.metrics import BUSY
+from api_facade.openai_protocol import OPENAI_PATHS, OpenAIErrorDetail, error_type
 from api_facade.redis_connection import RedisUnavailableError
 from client import InputError, TritonBusyError, TritonUnavailableError
 
@@ -47,10 +52,19 @@ def request_id(request: Request) -> str:
     return getattr(request.state, "request_id", "") or "-"
 
 
-def error_response(request: Request, error: ApiError) -> JSONResponse:
+def _body(request: Request, error: ApiError) -> dict[str, Any]:
+    if request.url.path.startswith(OPENAI_PATHS):
+        detail = OpenAIErrorDetail(
+            message=error.message, type=error_type(error.status), param=error.field, code=error.code
+        )
+        return detail.model_dump()
     body: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.field:
         body["field"] = error.field
+    return body
+
+
+def error_response(request: Request, error: ApiError) -> JSONResponse:
     rid = request_id(request)
     # A 503 with Retry-After is an answer by policy (a queue full, a dependency away, which its
     # owner logs once per outage): one line per request at ERROR would bury the real faults.
@@ -67,7 +81,7 @@ def error_response(request: Request, error: ApiError) -> JSONResponse:
         error.message,
     )
     return JSONResponse(
-        {"error": body, "request_id": rid},
+        {"error": _body(request, error), "request_id": rid},
         status_code=error.status,
         headers={**error.headers, REQUEST_ID_HEADER: rid},
     )

@@ -10,17 +10,17 @@ from fastapi import FastAPI
 from prometheus_client import start_http_server
 
 from api_facade import errors, metrics
+from api_facade.auth.ratelimit import RateLimiter, parse_networks
+from api_facade.auth.tokens import TokenService, open_token_store
 from api_facade.cache import MemoryCache, RedisCache
+from api_facade.conversation import Conversations
 from api_facade.disconnect import CancelOnDisconnect
 from api_facade.phrasebook import Phrasebook
-from api_facade.ratelimit import RateLimiter, parse_networks
 from api_facade.redis_connection import RedisConnection
 from api_facade.routers import admin, chat, health, openai_compat, stt, translate, tts
 from api_facade.sessions import MemorySessionStore, RedisSessionStore
-from api_facade.settings import Settings, get_settings
-from api_facade.tokens import TokenService, open_token_store
+from api_facade.settings import Settings
 from client import TritonPool
-from milo_voice.registry import active_profile, load_registry
 
 log = logging.getLogger("api_facade")
 
@@ -38,16 +38,17 @@ def _announce_access(settings: Settings) -> None:
         )
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+def _configure_logging() -> None:
     # uvicorn configures its own loggers only: without this, the facade's records (outages, request
     # errors) would reach stderr through Python's last-resort handler, warnings and up, unlabelled.
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         for name in ("api_facade", "client"):  # ours at INFO; libraries (HTTP clients) only warn
             logging.getLogger(name).setLevel(logging.INFO)
-    settings = get_settings()
-    app.state.triton = TritonPool(
+
+
+def triton_pool(settings: Settings) -> TritonPool:
+    return TritonPool(
         settings.triton_urls,
         protocol=settings.triton_protocol,  # type: ignore[arg-type]
         grpc_urls=settings.triton_grpc_urls,
@@ -55,7 +56,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         probe_interval_s=settings.triton_probe_interval_s,
         on_retry=metrics.count_retry,
     )
-    await app.state.triton.start()
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI, given_triton: TritonPool | None) -> AsyncIterator[None]:
+    _configure_logging()
+    settings: Settings = app.state.settings
+    app.state.triton = given_triton or triton_pool(settings)
+    if given_triton is None:
+        await app.state.triton.start()
     # One Redis connection for every store; each store says what it does while Redis is down.
     redis = RedisConnection(settings.redis_url) if settings.redis_url else None
     app.state.redis = redis
@@ -70,12 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if redis is not None
         else MemorySessionStore(settings.session_ttl_s)
     )
-    profile = active_profile()
-    # A model server may serve some roles only (a chat-only deployment): what is absent stays empty.
-    models = {spec.role: spec for spec in load_registry().models.values()}
-    translate = models.get("translate")
-    app.state.translate_revision = f"{profile}:{translate.weights(profile).revision}" if translate else profile
-    app.state.voices = models["tts"].weights(profile).voices if "tts" in models else {}
+    app.state.conversations = Conversations(app.state.sessions, settings)
     app.state.tokens = TokenService(open_token_store(redis, settings.data_dir), tuple(settings.tiers))
     app.state.rate_limiter = RateLimiter(redis)
     app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
@@ -90,25 +94,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await app.state.tokens.store.close()
     await app.state.sessions.close()
     await app.state.translation_cache.close()
-    await app.state.triton.close()
+    if given_triton is None:  # the caller's own pool is the caller's to close
+        await app.state.triton.close()
     if redis is not None:
         await redis.close()
 
 
-app = FastAPI(
-    title="Milo Voice",
-    version="0.1.0",
-    description="Speech to text, text to speech, translation and chat for Malagasy and French.",
-    lifespan=lifespan,
-)
-errors.install(app)
-metrics.install(app)
-# Outermost: a client that leaves cancels everything below, Triton call included.
-app.add_middleware(CancelOnDisconnect)
-app.include_router(health.router)
-app.include_router(translate.router)
-app.include_router(tts.router)
-app.include_router(stt.router)
-app.include_router(chat.router)
-app.include_router(openai_compat.router)
-app.include_router(admin.router)
+def create_app(settings: Settings | None = None, triton: TritonPool | None = None) -> FastAPI:
+    """The facade. ``settings``: read from the environment (``MILO_*``) when not given. ``triton``:
+    where model calls go; by default a pool over the settings' Triton servers, made at start and
+    closed at the end (a given one is the caller's: tests pass a transport that needs no server).
+
+    Served by ``uvicorn --factory api_facade.main:create_app``.
+    """
+    app = FastAPI(
+        title="Milo Voice",
+        version="0.1.0",
+        description="Speech to text, text to speech, translation and chat for Malagasy and French.",
+        lifespan=lambda app: _lifespan(app, triton),
+    )
+    app.state.settings = settings or Settings()
+    errors.install(app)
+    metrics.install(app)
+    # Outermost: a client that leaves cancels everything below, Triton call included.
+    app.add_middleware(CancelOnDisconnect)
+    for router in (health, translate, tts, stt, chat, openai_compat, admin):
+        app.include_router(router.router)
+    return app

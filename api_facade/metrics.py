@@ -10,7 +10,6 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from api_facade.redis_connection import RedisUnavailableError
-from api_facade.settings import get_settings
 from client.pool import Endpoint
 
 # Buckets around the audit targets: health 10 ms, translate 130 ms, TTS 120 ms, STT 237 ms, chat 2.3 s.
@@ -105,7 +104,7 @@ def install(app: FastAPI) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        if get_settings().metrics_port is not None:
+        if request.app.state.settings.metrics_port is not None:
             return Response(status_code=404)  # served on its own port instead
         await refresh(request.app)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -119,9 +118,10 @@ async def refresh(app: FastAPI) -> None:
     """Gauges read at scrape time."""
     with contextlib.suppress(RedisUnavailableError):  # the gauge keeps its last value during an outage
         SESSIONS.set(await app.state.sessions.count())
-    for model in get_settings().required_models:
+    settings = app.state.settings
+    for model in settings.required_models:
         MODEL_READY.labels(model).set(1 if await app.state.triton.is_model_ready(model) else 0)
-    for name, process in get_settings().supervised_processes().items():
+    for name, process in settings.supervised_processes().items():
         PROCESS_RUNNING.labels(name).set(1 if process.get("state") == "running" else 0)
         PROCESS_RESTARTS.labels(name).set(process.get("restarts", 0))
     for endpoint in app.state.triton.status():

@@ -131,8 +131,8 @@ class ChatBody(BaseModel):
         None, description="local model or the OpenAI-compatible cloud backend (default from settings)"
     )
     language: SpeechLanguage | None = Field(None, description="reply language hint; voice mode speaks it")
-    max_tokens: int = Field(256, ge=1, le=1024)
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1, le=1024, description="left out: the model's default")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="left out: the model's default")
     stream: bool = Field(False, description="Server-Sent Events: token events, then audio events in voice mode")
     voice_format: AudioFormatName = "wav"
 

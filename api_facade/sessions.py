@@ -1,7 +1,7 @@
 """Chat sessions: every turn is kept; Redis when ``MILO_REDIS_URL`` is set, else in process.
 
 Sessions expire ``ttl_s`` after their last turn. What is sent to the model is trimmed
-elsewhere (``trim_to_budget``); the store always keeps the whole conversation.
+(``trim_to_budget``, by ``api_facade.conversation``); the store keeps the whole conversation.
 
 While Redis is down, writes are refused (``RedisUnavailableError``, a 503: the caller sends
 the turn again, nothing half-stored) and so is a chat turn's read, before the model runs; a
@@ -143,13 +143,15 @@ def estimate_tokens(text: str) -> int:
 
 
 def trim_to_budget(turns: list[Turn], budget: int) -> list[Turn]:
-    """The most recent turns that fit ``budget`` tokens; the newest turn is always kept."""
-    kept: list[Turn] = []
-    used = 0
-    for turn in reversed(turns):
-        cost = estimate_tokens(turn.content)
+    """The most recent turns that fit ``budget`` tokens; system turns and the newest turn are always kept."""
+    used = sum(estimate_tokens(t.content) for t in turns if t.role == "system")
+    kept: set[int] = set()
+    for i in range(len(turns) - 1, -1, -1):
+        if turns[i].role == "system":
+            continue
+        cost = estimate_tokens(turns[i].content)
         if kept and used + cost > budget:
             break
-        kept.append(turn)
+        kept.add(i)
         used += cost
-    return list(reversed(kept))
+    return [t for i, t in enumerate(turns) if i in kept or t.role == "system"]

@@ -10,8 +10,6 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from milo_voice.registry import REPO_ROOT, active_profile
-
 ROUTE_FAMILIES = ("stt", "tts", "translate", "chat", "admin", "models")
 
 
@@ -79,6 +77,11 @@ class Settings(BaseSettings):
     chat_system_prompt_tokens: int = 120
     voice_default_language: str = "mg"
     chat_default_backend: str = "local"
+    # What the served models are, which ``milo-voice serve`` sets from the registry: the weights'
+    # profile, each TTS language's voice, and the translation weights' revision (in the cache's key).
+    profile: str = "embedded"
+    voices: dict[str, str] = {"mg": "mms-tts-mlg", "fr": "mms-tts-fra"}
+    translate_revision: str = "unversioned"
     # Uploads larger than this are refused with 413 before any decoding.
     max_upload_bytes: int = 25 * 1024 * 1024
     max_audio_seconds: float = 600.0
@@ -86,7 +89,7 @@ class Settings(BaseSettings):
     # Access control. Unset: on, except in the embedded quick start (MILO_PROFILE=embedded).
     auth_enabled: bool | None = None
     # Where the token file lives when there is no Redis.
-    data_dir: Path = REPO_ROOT / "data"
+    data_dir: Path = Path(__file__).resolve().parent.parent / "data"
     token_rotation_grace_s: float = 3600.0
     tiers: dict[str, TierPolicy] = DEFAULT_TIERS
     # The tier of every caller while auth is off.
@@ -127,12 +130,13 @@ class Settings(BaseSettings):
 
     @property
     def auth_on(self) -> bool:
-        return self.auth_enabled if self.auth_enabled is not None else active_profile() != "embedded"
+        return self.auth_enabled if self.auth_enabled is not None else self.profile != "embedded"
 
     def tier(self, name: str) -> TierPolicy:
         return self.tiers.get(name) or self.tiers[self.anonymous_tier]
 
 
 @lru_cache
-def get_settings() -> Settings:
+def settings_from_environment() -> Settings:
+    """The settings of a process that is not a facade app (the tokens command)."""
     return Settings()

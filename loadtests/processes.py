@@ -35,15 +35,26 @@ def wait_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes]) -> Non
     raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
 
 
+# The facade's app factory, as uvicorn takes it (``--factory``).
+FACADE_APP = "api_facade.main:create_app"
+
+
 @contextlib.contextmanager
 def uvicorn_app(
-    app: str, log_path: Path, env: dict[str, str] | None = None, ready_path: str = "/health", timeout_s: float = 120
+    app: str,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    ready_path: str = "/health",
+    timeout_s: float = 120,
+    factory: bool = False,
 ) -> Iterator[str]:
-    """``app`` ("module:attribute") served by uvicorn in its own process; yields its base URL."""
+    """``app`` ("module:attribute", or with ``factory`` "module:function" that makes the app) served by
+    uvicorn in its own process; yields its base URL."""
     port = free_port()
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "uvicorn", *(["--factory"] if factory else []), app,
+             "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:

@@ -10,16 +10,21 @@ milo-voice tokens create|list|rotate|revoke   API tokens of the facade
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import tempfile
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
-from milo_voice.registry import PROFILES, active_profile, load_registry, models_dir, registry_path
+from milo_voice.registry import PROFILES, Registry, active_profile, load_registry, models_dir, registry_path
 from milo_voice.text.normalize import SUPPORTED_LANGUAGES, normalize_text
+
+# Entry points of this group are functions that add subcommands to ``milo-voice``.
+COMMAND_PLUGINS = "milo_voice.commands"
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -84,6 +89,17 @@ def _triton_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def served_models_settings(registry: Registry, profile: str) -> dict[str, str]:
+    """What the facade knows of the served models (it reads no registry), as its ``MILO_*`` settings."""
+    by_role = {spec.role: spec for spec in registry.models.values()}
+    tts, translate = by_role.get("tts"), by_role.get("translate")
+    return {
+        "MILO_PROFILE": profile,
+        "MILO_VOICES": json.dumps(tts.weights(profile).voices if tts else {}),
+        "MILO_TRANSLATE_REVISION": translate.weights(profile).revision if translate else "none",
+    }
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Run a Triton server (the PyTriton host or the stock tritonserver) and the facade, each started
     again if it dies (``milo_voice.supervisor``); stop both on Ctrl-C or SIGTERM."""
@@ -125,12 +141,13 @@ def _serve(args: argparse.Namespace) -> int:
             # Streams go over gRPC: the facade must know the port whatever it is.
             "MILO_TRITON_GRPC_URL": f"127.0.0.1:{args.grpc_port}",
             "MILO_SUPERVISOR_STATE": str(state_file),
+            **served_models_settings(load_registry(), active_profile()),
         }
         facade = supervisor.add(
             Child(
                 name="facade",
-                command=[sys.executable, "-m", "uvicorn", "api_facade.main:app", "--host", args.host,
-                         "--port", str(args.facade_port)],
+                command=[sys.executable, "-m", "uvicorn", "--factory", "api_facade.main:create_app",
+                         "--host", args.host, "--port", str(args.facade_port)],
                 env=facade_env,
                 ready_checks=[answers_200(f"http://127.0.0.1:{args.facade_port}/health")],
             )
@@ -204,9 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     normalize.add_argument("text", nargs="+")
     normalize.set_defaults(func=_normalize)
 
-    from api_facade.token_cli import add_token_commands
-
-    add_token_commands(commands)
+    # Commands that other packages add (the facade's ``tokens``), found by their entry points:
+    # the core knows nothing of them.
+    for plugin in entry_points(group=COMMAND_PLUGINS):
+        plugin.load()(commands)
     return parser
 
 

@@ -23,7 +23,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from scipy.signal import resample_poly
 
-from loadtests.processes import redis_server, stop, uvicorn_app
+from loadtests.processes import FACADE_APP, redis_server, stop, uvicorn_app
 from milo_voice.registry import Registry, load_registry, models_dir
 from milo_voice.weights.embedded import build_embedded
 
@@ -82,13 +82,10 @@ def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | 
 def facade_client(
     triton_url: str, grpc_url: str | None = None, peer: tuple[str, int] = ("testclient", 50000), **env: str
 ) -> Iterator[TestClient]:
-    """The facade in process, its lifespan run, configured through ``MILO_*`` variables.
-
-    The app is one object: a second client's lifespan replaces the first one's Triton
-    client, so tests open one facade at a time.
-    """
-    from api_facade.main import app
-    from api_facade.settings import get_settings
+    """The facade in process (``create_app``), its lifespan run; ``env``: its settings, as the
+    ``MILO_*`` variables a deployment sets (read as a deployment's are)."""
+    from api_facade.main import create_app
+    from api_facade.settings import Settings
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MILO_TRITON_URL", triton_url)
@@ -97,12 +94,9 @@ def facade_client(
         patch.delenv("MILO_REDIS_URL", raising=False)
         for name, value in env.items():
             patch.setenv(name, value)
-        get_settings.cache_clear()
-        try:
-            with TestClient(app, client=peer) as client:
-                yield client
-        finally:
-            get_settings.cache_clear()
+        settings = Settings()
+    with TestClient(create_app(settings), client=peer) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")
@@ -146,7 +140,7 @@ class TritonHost:
 def facade_process(triton: TritonHost, log_path: Path, **env: str) -> Iterator[str]:
     """The facade as a real uvicorn server in its own process; yields its base URL once it answers."""
     full_env = {"MILO_TRITON_URL": triton.http_url, "MILO_TRITON_GRPC_URL": triton.grpc_url, "PYTHONUNBUFFERED": "1"}
-    with uvicorn_app("api_facade.main:app", log_path, {**full_env, **env}, timeout_s=60) as url:
+    with uvicorn_app(FACADE_APP, log_path, {**full_env, **env}, timeout_s=60, factory=True) as url:
         yield url
 
 

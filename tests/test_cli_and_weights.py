@@ -136,3 +136,20 @@ def test_triton_configs_follow_the_registry_in_use(tmp_path: Path) -> None:
     stt = (registry.parent / "stt" / "config.pbtxt").read_text()
     assert "kind: KIND_GPU" in stt and "count: 2" in stt
     assert (registry.parent / "chat_stream" / "1" / "model.py").is_file()
+
+
+def test_serve_tells_the_facade_the_served_models_and_its_defaults_are_the_registrys() -> None:
+    """The facade reads no registry: ``milo-voice serve`` passes what it must know as settings, and
+    a facade deployed alone (compose, Kubernetes) falls back on defaults that must match."""
+    from api_facade.settings import Settings
+    from milo_voice.cli import served_models_settings
+    from milo_voice.registry import PROFILES, load_registry
+
+    registry = load_registry()
+    defaults = Settings(triton_url="127.0.0.1:8000")
+    for profile in PROFILES:
+        settings = served_models_settings(registry, profile)
+        assert json.loads(settings["MILO_VOICES"]) == defaults.voices
+        assert settings["MILO_PROFILE"] == profile
+    translate = registry.by_role("translate").weights("production").revision
+    assert served_models_settings(registry, "production")["MILO_TRANSLATE_REVISION"] == translate

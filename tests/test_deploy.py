@@ -124,6 +124,16 @@ def test_compose_stack_shape() -> None:
                 assert str(value).startswith("${"), f"{name} has a literal value"
 
 
+def test_deployed_facades_are_told_the_served_translation_revision() -> None:
+    """The facade reads no registry: the revision in its translation cache's key is set beside it."""
+    from milo_voice.registry import load_registry
+
+    revision = load_registry().by_role("translate").weights("production").revision
+    facade = load_compose("docker-compose.yml")["services"]["facade"]["environment"]
+    config = yaml.safe_load((DEPLOY / "k8s" / "config.yaml").read_text())
+    assert facade["MILO_TRANSLATE_REVISION"] == config["data"]["MILO_TRANSLATE_REVISION"] == revision
+
+
 def test_the_cpu_override_removes_gpu_passthrough() -> None:
     stack = merged(load_compose("docker-compose.yml"), load_compose("docker-compose.cpu.yml"))
     server = stack["services"]["model-server"]
@@ -250,8 +260,9 @@ def recording_rules() -> list[dict[str, Any]]:
 
 
 def test_alerting_targets_are_the_audit_table() -> None:
-    from api_facade.main import app
+    from api_facade.main import create_app
 
+    app = create_app()
     targets = {r["labels"]["route"]: float(r["expr"][7:-1]) for r in recording_rules() if "audit" in r["record"]}
     routes = {"health": "/health", "tts": "/v1/tts", "stt": "/v1/stt", "chat": "/v1/chat", "translate": "/v1/translate"}
     assert targets == {routes[name]: ms / 1000 for name, ms in AUDIT_TARGETS_MS.items()}

@@ -79,11 +79,17 @@ def test_speech_and_transcription(sdk: openai.OpenAI) -> None:
     assert verbose.language == "fr" and verbose.duration > 2
 
 
-def test_sdk_errors_are_422(sdk: openai.OpenAI) -> None:
-    with pytest.raises(openai.UnprocessableEntityError):
+def test_sdk_errors_are_422_in_openais_error_shape(sdk: openai.OpenAI, api: TestClient) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as empty:
         sdk.chat.completions.create(model="milo-chat", messages=[{"role": "user", "content": "  "}])
+    # The SDK reads OpenAI's error body: its message, type, param and code come through.
+    assert empty.value.type == "invalid_request_error" and empty.value.code == "invalid_request"
+    assert empty.value.param == "messages" and "a message is empty" in empty.value.message
     with pytest.raises(openai.UnprocessableEntityError):
         sdk.audio.speech.create(model="milo-tts", voice="alloy", input="Salama")
+    # The facade's own routes keep the facade's shape.
+    own = api.post("/v1/translate", json={"text": "", "source": "mg", "target": "fr"}).json()["error"]
+    assert set(own) >= {"code", "message"} and "type" not in own
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -12,12 +12,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
+import schemathesis.specs.openapi.schemas
 from hypothesis import HealthCheck, given, settings
 
 from api_facade.audio import encode
 from tests.conftest import TritonHost, facade_process, speak, wait_http_ok
 
 pytestmark = pytest.mark.integration
+# schemathesis imports its schema module on first use; compiled then, late in a long run, CPython 3.11
+# once failed on it (SystemError: AST constructor recursion depth mismatch): it is imported here,
+# when the tests are collected.
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from redis import Redis
 
-from api_facade.ratelimit import LimitState, RateLimiter, client_ip, parse_limit, parse_networks, tightest
+from api_facade.auth.ratelimit import LimitState, RateLimiter, client_ip, parse_limit, parse_networks, tightest
 from api_facade.redis_connection import RedisConnection
 
 PROXIES = parse_networks(["10.0.0.0/8", "127.0.0.1"])

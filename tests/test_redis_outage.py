@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from api_facade.auth.ratelimit import RateLimiter, parse_limit
+from api_facade.auth.tokens import RedisTokenStore, TokenService
 from api_facade.cache import RedisCache
-from api_facade.ratelimit import RateLimiter, parse_limit
 from api_facade.redis_connection import RedisConnection, RedisUnavailableError
 from api_facade.sessions import RedisSessionStore, Turn
-from api_facade.tokens import RedisTokenStore, TokenService
 from loadtests.processes import RedisServer, redis_server
 
 

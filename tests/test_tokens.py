@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from api_facade.redis_connection import RedisConnection
-from api_facade.tokens import (
+from api_facade.auth.tokens import (
     FileTokenStore,
     InvalidTokenError,
     RedisTokenStore,
@@ -19,6 +18,7 @@ from api_facade.tokens import (
     TokenService,
     TokenStore,
 )
+from api_facade.redis_connection import RedisConnection
 
 TIERS = ("premium", "standard")
 

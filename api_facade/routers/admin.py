@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
-from api_facade.access import access
+from api_facade.auth.access import access
+from api_facade.auth.tokens import IssuedToken, TokenError, TokenService
+from api_facade.dependencies import SettingsDep
 from api_facade.errors import ApiError
 from api_facade.protocol import TOKEN_NAME_PATTERN, IssuedTokenView, TokenCreate, TokenRotate, TokenView
-from api_facade.settings import Settings, get_settings
-from api_facade.tokens import IssuedToken, TokenError, TokenService
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(access("admin"))])
 TokenName = Annotated[str, Path(pattern=TOKEN_NAME_PATTERN)]
@@ -43,7 +43,7 @@ async def create_token(body: TokenCreate, tokens: Annotated[TokenService, Depend
 async def rotate_token(
     name: TokenName,
     tokens: Annotated[TokenService, Depends(get_tokens)],
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     body: TokenRotate | None = None,
 ) -> IssuedTokenView:
     grace = body.grace_s if body and body.grace_s is not None else settings.token_rotation_grace_s

@@ -10,16 +10,14 @@ one Redis, so taking them all out of rotation would only turn 503s into refused 
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api_facade.dependencies import get_triton
+from api_facade.dependencies import SettingsDep, TritonDep
 from api_facade.errors import RETRY_AFTER_S
 from api_facade.redis_connection import RedisConnection, RedisUnavailableError
-from api_facade.settings import Settings, get_settings
-from client import TritonPool
 
 router = APIRouter(tags=["health"])
 
@@ -32,8 +30,8 @@ async def health() -> dict[str, str]:
 @router.get("/ready", summary="Readiness: every required model is ready in Triton (503 naming those that are not)")
 async def ready(
     request: Request,
-    triton: Annotated[TritonPool, Depends(get_triton)],
-    settings: Annotated[Settings, Depends(get_settings)],
+    triton: TritonDep,
+    settings: SettingsDep,
 ) -> Any:
     models = {name: await triton.is_model_ready(name) for name in settings.required_models}
     not_ready = [name for name, ok in models.items() if not ok]

@@ -6,19 +6,20 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from api_facade.access import triton_for
 from api_facade.audio import UndecodableAudioError, decode_upload
+from api_facade.auth.access import SttTriton
+from api_facade.dependencies import SettingsDep
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS
 from api_facade.protocol import SttResponse, SttSegment
-from api_facade.settings import Settings, get_settings
+from api_facade.settings import Settings
 from api_facade.subtitles import to_srt, to_vtt
 from client import Transcription, TritonPool
 
@@ -130,8 +131,8 @@ async def transcribe_upload(audio_bytes: bytes, language: str, settings: Setting
 @router.post("/v1/stt", openapi_extra=REQUEST_BODY, response_model=SttResponse, response_model_exclude_none=True)
 async def stt(
     request: Request,
-    triton: Annotated[TritonPool, Depends(triton_for("stt"))],
-    settings: Annotated[Settings, Depends(get_settings)],
+    triton: SttTriton,
+    settings: SettingsDep,
 ) -> Any:
     audio_bytes, language, response_format = await _audio_and_options(request, settings)
     if language not in LANGUAGES:

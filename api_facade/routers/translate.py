@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from api_facade.access import triton_for
-from api_facade.cache import TranslationCache, cache_key
-from api_facade.dependencies import get_cache, get_phrasebook, get_translate_revision
+from api_facade.auth.access import TranslateTriton
+from api_facade.cache import cache_key
+from api_facade.dependencies import CacheDep, PhrasebookDep, SettingsDep
 from api_facade.metrics import CACHE
-from api_facade.phrasebook import Phrasebook
 from api_facade.protocol import Translated, TranslateRequest, TranslateResponse
-from client import TritonPool
 
 router = APIRouter(tags=["translate"])
 
@@ -21,17 +18,17 @@ router = APIRouter(tags=["translate"])
 @router.post("/v1/translate", response_model=TranslateResponse, response_model_exclude_none=True)
 async def translate(
     body: TranslateRequest,
-    triton: Annotated[TritonPool, Depends(triton_for("translate"))],
-    cache: Annotated[TranslationCache, Depends(get_cache)],
-    phrasebook: Annotated[Phrasebook, Depends(get_phrasebook)],
-    revision: Annotated[str, Depends(get_translate_revision)],
+    triton: TranslateTriton,
+    cache: CacheDep,
+    phrasebook: PhrasebookDep,
+    settings: SettingsDep,
 ) -> TranslateResponse:
     async def one(text: str) -> Translated:
         fixed = phrasebook.lookup(text, body.source, body.target)
         if fixed is not None:
             CACHE.labels("phrasebook").inc()
             return Translated(text=fixed, origin="phrasebook")
-        key = cache_key(revision, body.source, body.target, text.strip())
+        key = cache_key(f"{settings.profile}:{settings.translate_revision}", body.source, body.target, text.strip())
         cached = await cache.get(key)
         if cached is not None:
             CACHE.labels("hit").inc()

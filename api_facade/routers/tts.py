@@ -8,18 +8,16 @@ import io
 import struct
 import zipfile
 from collections.abc import AsyncIterator
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
-from api_facade.access import triton_for
 from api_facade.audio import MEDIA_TYPES, encode
-from api_facade.dependencies import get_voices
+from api_facade.auth.access import TtsTriton
+from api_facade.dependencies import SettingsDep
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS
 from api_facade.protocol import Clip, TtsBatchRequest, TtsBatchResponse, TtsRequest
-from client import TritonPool
 
 router = APIRouter(tags=["tts"])
 AUDIO_RESPONSE = {200: {"content": {media: {} for media in MEDIA_TYPES.values()}, "description": "the audio"}}
@@ -45,9 +43,7 @@ def streaming_wav_header(sample_rate: int) -> bytes:
     response_model=TtsBatchResponse,
     responses={200: {"content": {"application/zip": {}}, "description": "JSON of clips, or a zip of files"}},
 )
-async def tts_batch(
-    body: TtsBatchRequest, triton: Annotated[TritonPool, Depends(triton_for("tts"))]
-) -> TtsBatchResponse | Response:
+async def tts_batch(body: TtsBatchRequest, triton: TtsTriton) -> TtsBatchResponse | Response:
     # Sent together, the texts reach Triton's dynamic batcher together and share a forward pass.
     speeches = await asyncio.gather(*(triton.synthesize(t, body.language, body.speed) for t in body.texts))
     clips = []
@@ -78,10 +74,10 @@ async def tts_batch(
 @router.post("/v1/tts", responses=AUDIO_RESPONSE, response_class=Response)
 async def tts(
     body: TtsRequest,
-    triton: Annotated[TritonPool, Depends(triton_for("tts"))],
-    voices: Annotated[dict[str, str], Depends(get_voices)],
+    triton: TtsTriton,
+    settings: SettingsDep,
 ) -> Response:
-    check_voice(body, voices)
+    check_voice(body, settings.voices)
     media_type = MEDIA_TYPES[body.format]
     if not body.stream:
         speech = await triton.synthesize(body.text, body.language, body.speed)

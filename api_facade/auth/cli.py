@@ -13,14 +13,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+from api_facade.auth.tokens import SCOPES, TokenError, TokenService, open_token_store
 from api_facade.redis_connection import RedisConnection, RedisUnavailableError
-from api_facade.settings import get_settings
-from api_facade.tokens import SCOPES, TokenError, TokenService, open_token_store
+from api_facade.settings import settings_from_environment
 
 
 def _run(action: Callable[[TokenService], Awaitable[int]]) -> int:
     async def main() -> int:
-        settings = get_settings()
+        settings = settings_from_environment()
         redis = RedisConnection(settings.redis_url) if settings.redis_url else None
         service = TokenService(open_token_store(redis, settings.data_dir), tuple(settings.tiers))
         try:
@@ -71,7 +71,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    grace = args.grace if args.grace is not None else get_settings().token_rotation_grace_s
+    grace = args.grace if args.grace is not None else settings_from_environment().token_rotation_grace_s
 
     async def action(service: TokenService) -> int:
         issued = await service.rotate(args.name, grace)

@@ -16,11 +16,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api_facade.auth.ratelimit import LimitState, RateLimiter, client_ip, parse_limit, tightest
+from api_facade.auth.tokens import SCOPES, InvalidTokenError, Principal, TokenService
 from api_facade.errors import ApiError
 from api_facade.metrics import AUTH_FAILURES, RATE_LIMITED
-from api_facade.ratelimit import LimitState, RateLimiter, client_ip, parse_limit, tightest
-from api_facade.settings import ROUTE_FAMILIES, Settings, get_settings
-from api_facade.tokens import SCOPES, InvalidTokenError, Principal, TokenService
+from api_facade.settings import ROUTE_FAMILIES, Settings
 from client import CallOptions, TritonPool
 
 # The scope each family needs; "models" (the OpenAI model list) needs a valid token only.
@@ -85,7 +85,7 @@ class Access:
         self.family = family
 
     async def __call__(self, request: Request) -> Caller:
-        settings = get_settings()
+        settings: Settings = request.app.state.settings
         limiter: RateLimiter = request.app.state.rate_limiter
         peer = request.client.host if request.client else None
         ip = client_ip(peer, request.headers.get("x-forwarded-for"), request.app.state.trusted_proxies)
@@ -125,3 +125,10 @@ def triton_for(family: str) -> object:
         return client.with_options(caller.options)
 
     return bound_client
+
+
+# The Triton client of each route family, bound to the caller's priority and queue timeout.
+SttTriton = Annotated[TritonPool, Depends(triton_for("stt"))]
+TtsTriton = Annotated[TritonPool, Depends(triton_for("tts"))]
+TranslateTriton = Annotated[TritonPool, Depends(triton_for("translate"))]
+ChatTriton = Annotated[TritonPool, Depends(triton_for("chat"))]

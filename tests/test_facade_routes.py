@@ -1,0 +1,143 @@
+"""The facade's route logic on a scripted transport: no Triton server, the real contract codec.
+
+``create_app`` takes the Triton client it calls; here a ``TritonPool`` whose transport answers
+each model from a function of its request record (packed and unpacked by ``contract.codec`` as
+on the wire), and records what each route sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from api_facade.main import create_app
+from api_facade.settings import Settings
+from client import CallOptions, TritonPool
+from client.calls import ModelCalls
+from contract import codec, tensors
+from contract.records import ChatDelta, ChatReply, ChatRequest, InputError, Speech, Translation
+
+
+class ScriptedTriton(TritonPool):
+    """Answers ``model -> function(request record)``; a stream's function returns its pieces."""
+
+    def __init__(self, answers: dict[str, Callable[[Any], Any]]) -> None:
+        ModelCalls.__init__(self)
+        self.endpoints = []
+        self.answers = answers
+        self.sent: list[tuple[str, Any, CallOptions]] = []
+
+    async def is_model_ready(self, model: str) -> bool:
+        return True
+
+    async def close(self) -> None:
+        await self.wait_background()
+
+    async def infer_tensors(self, io: tensors.ModelIO, inputs: codec.Arrays, options: CallOptions) -> codec.Arrays:
+        (request,) = codec.unpack_requests(io, inputs)
+        self.sent.append((io.name, request, options))
+        return codec.pack_results(io, [self.answers[io.name](request)])
+
+    async def stream_tensors(
+        self, io: tensors.ModelIO, inputs: codec.Arrays, options: CallOptions
+    ) -> AsyncIterator[codec.Arrays]:
+        (request,) = codec.unpack_requests(io, inputs)
+        self.sent.append((io.name, request, options))
+        for piece in self.answers[io.name](request):
+            yield codec.pack_piece(io, piece)
+
+
+def echo_reply(request: ChatRequest) -> ChatReply:
+    return ChatReply(f"heard {len(request.messages)}", 3, 40, "length", trimmed_messages=0, cached_tokens=32)
+
+
+def speech(request: Any) -> Speech:
+    return Speech(np.zeros(1600, dtype=np.float32), 16000, request.text)
+
+
+@pytest.fixture
+def scripted() -> ScriptedTriton:
+    return ScriptedTriton(
+        {
+            "chat": echo_reply,
+            "chat_stream": lambda r: [ChatDelta("Sa"), ChatDelta("lama", "stop")],
+            "tts": speech,
+            "translate": lambda r: Translation(f"<{r.text}>", -0.1) if r.text != "refuse" else InputError("no way"),
+        }
+    )
+
+
+@pytest.fixture
+def api(scripted: ScriptedTriton) -> Iterator[TestClient]:
+    settings = Settings(triton_url="scripted:0", redis_url=None, chat_n_ctx=600, translate_revision="r7")
+    with TestClient(create_app(settings, triton=scripted)) as client:
+        yield client
+
+
+def test_a_chat_turn_sends_the_history_that_fits_and_stores_the_whole_session(
+    api: TestClient, scripted: ScriptedTriton
+) -> None:
+    session_id = ""
+    for i in range(6):
+        body = {"message": f"message {i} " + "words " * 60, **({"session_id": session_id} if session_id else {})}
+        answer = api.post("/v1/chat", json=body).json()
+        session_id = answer["session_id"]
+    requests = [request for name, request, _ in scripted.sent if name == "chat"]
+    assert [len(r.messages) for r in requests[:3]] == [1, 3, 5]
+    assert len(requests[-1].messages) < 11 and requests[-1].messages[-1].content.startswith("message 5")
+    # Left out by the caller, the sampling is left to the model (its registry defaults), not set here.
+    assert requests[-1].max_tokens is None and requests[-1].temperature is None
+    assert answer["turns"] == 12 and len(api.get(f"/v1/chat/sessions/{session_id}").json()["turns"]) == 12
+
+
+def test_voice_mode_speaks_the_reply_in_the_asked_language(api: TestClient, scripted: ScriptedTriton) -> None:
+    answer = api.post("/v1/chat", json={"message": "Bonjour", "mode": "voice", "language": "fr"}).json()
+    (tts,) = [request for name, request, _ in scripted.sent if name == "tts"]
+    assert tts.language == "fr" and tts.text == answer["reply"] and answer["audio"]["duration"] == 0.1
+
+
+def test_chat_completions_keep_the_system_prompt_and_report_cached_tokens(
+    api: TestClient, scripted: ScriptedTriton
+) -> None:
+    messages = [{"role": "system", "content": "Be brief."}]
+    messages += [{"role": "user" if i % 2 == 0 else "assistant", "content": "words " * 80} for i in range(9)]
+    body = {"model": "milo-chat", "messages": messages, "max_tokens": 5, "stop": "\n", "seed": 3}
+    completion = api.post("/v1/chat/completions", json=body).json()
+    (request,) = [request for name, request, _ in scripted.sent if name == "chat"]
+    assert request.messages[0].content == "Be brief." and len(request.messages) < len(messages)
+    assert (request.max_tokens, request.stop, request.seed) == (5, ("\n",), 3)
+    assert completion["choices"][0]["finish_reason"] == "length"
+    assert completion["usage"]["prompt_tokens_details"] == {"cached_tokens": 32}
+
+
+def test_a_streamed_completion_ends_with_the_models_finish_reason(api: TestClient) -> None:
+    body = {"messages": [{"role": "user", "content": "Salama"}], "stream": True}
+    lines = [line for line in api.post("/v1/chat/completions", json=body).text.splitlines() if line]
+    assert lines[-1] == "data: [DONE]" and '"finish_reason":"stop"' in lines[-2]
+    assert "".join(line.split('"content":"')[1].split('"')[0] for line in lines[1:-2]) == "Salama"
+
+
+def test_translations_come_from_the_phrasebook_the_model_then_the_cache_and_refusals_are_422(
+    api: TestClient, scripted: ScriptedTriton
+) -> None:
+    assert api.post("/v1/translate", json={"text": "Veloma", "source": "mg", "target": "fr"}).json()["translations"][
+        0
+    ] == {"text": "Au revoir", "origin": "phrasebook"}
+    body = {"text": "Trano fotsy", "source": "mg", "target": "fr"}
+    first, again = (api.post("/v1/translate", json=body).json() for _ in range(2))
+    assert first["translations"][0] == {"text": "<Trano fotsy>", "origin": "model"}
+    assert again["translations"][0]["origin"] == "cache"
+    assert len([name for name, *_ in scripted.sent if name == "translate"]) == 1
+    refused = api.post("/v1/translate", json={**body, "text": "refuse"})
+    assert refused.status_code == 422 and refused.json()["error"] == {"code": "invalid_input", "message": "no way"}
+
+
+def test_the_callers_tier_sets_the_triton_priority(api: TestClient, scripted: ScriptedTriton) -> None:
+    api.post("/v1/tts", json={"text": "Salama", "language": "mg"})
+    (_, _, options) = scripted.sent[-1]
+    standard = Settings(triton_url="scripted:0").tier("standard")
+    assert options.priority == standard.priority and options.queue_timeout_us == standard.queue_timeout_s * 1e6
