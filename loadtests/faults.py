@@ -18,7 +18,7 @@ For each: requests sent and answered by status; unplanned 5xx (any 5xx but a 503
 Retry-After, or no answer from the facade); requests slower than their timeout; chat turns
 acknowledged but not stored (sessions lost) and tokens that stopped working; the time from the
 dependency's return to the first request served; and, once the stack has stopped, its
-processes and shared memory segments still there. ``tests/test_faults.py`` runs the same
+processes and shared memory segments still there. ``tests/integration/test_faults.py`` runs the same
 scenarios and holds the goals; this prints and writes the table.
 """
 

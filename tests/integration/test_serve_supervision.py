@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, free_port, wait_http_ok
-from tests.test_scale_out import translate_only_registry
+from tests.integration.test_scale_out import translate_only_registry
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 from milo_voice.registry import Registry
 from milo_voice.weights.production import WeightsUnavailableError, pull_model, pull_production
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def milo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

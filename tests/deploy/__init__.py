@@ -1,0 +1,1 @@
+"""The deploy/ files: compose and Kubernetes schemas, images, Prometheus rules, the dashboard."""

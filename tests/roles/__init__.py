@@ -1,0 +1,1 @@
+"""The model roles in process on the embedded weights, and the tensor handlers both servers use."""
