@@ -123,7 +123,7 @@ def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = 
             # batching up to 8: the knee of the in-process curve (docs/benchmarks.md, section 4).
             stt.update(max_batch_size=8, preferred_batch_sizes=[4, 8], instances={"count": 2, "kind": "auto"})
         if variant.endswith("-numpy") or "-numpy-" in variant:
-            stt["params"]["torch_features"] = False  # faster-whisper's NumPy features, one window at a time
+            stt["params"]["features"] = "numpy"  # faster-whisper's NumPy features, one window at a time
         if "-q5" in variant:
             stt["max_queue_delay_us"] = 5000
         if "-b32" in variant:  # batches up to 32: with the torch encoder the curve goes on past 8
@@ -132,9 +132,9 @@ def bench_models(tuned: dict[str, dict[str, Any]] | None = None, variant: str = 
             stt["max_queue_delay_us"] = 1000
         if "-ct2enc" in variant:
             # CTranslate2's own encoder (no flash attention), and so its decoder too
-            stt["params"].update(torch_encoder=False, torch_decoder=False)
+            stt["params"].update(encoder="ctranslate2", decoder="ctranslate2")
         if "-ct2dec" in variant:
-            stt["params"]["torch_decoder"] = False  # CTranslate2's decoder (no CUDA graphs)
+            stt["params"]["decoder"] = "ctranslate2"  # CTranslate2's decoder (no CUDA graphs)
     elif variant == "audit":
         # What the GPU runs found for the audit table: STT text only, 2 instances of batch 8, 1 ms
         # queue delay, features and encoder in torch on the GPU; translation computed in float16 (beam 2 kept).
@@ -264,33 +264,34 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
     import torch
 
     from contract.records import SttRequest
-    from milo_voice.roles.stt import SpeechToText
+    from milo_voice.roles.stt import SpeechToText, SttOptions
 
-    def role(**options: Any) -> tuple[SpeechToText, int]:
+    def role(encoder: str, decoder: str) -> tuple[SpeechToText, Any, int]:
         before = _memory_used_mib()
-        made = SpeechToText(str(path), device="cuda", compute_type="float16", fixed_new_tokens=STT_TOKENS, **options)
-        return made, round(_memory_used_mib() - before)
+        options = SttOptions(compute_type="float16", fixed_new_tokens=STT_TOKENS, encoder=encoder, decoder=decoder)  # type: ignore[arg-type]
+        made = SpeechToText(str(path), device="cuda", options=options)
+        return made, made.backend, round(_memory_used_mib() - before)
 
-    stt, memory = role(torch_encoder=False, torch_decoder=False)
+    stt, _, memory = role("ctranslate2", "ctranslate2")
     rows: dict[str, Any] = {"memory_mib": memory}
-    fast, rows["torch_encoder_memory_mib"] = role(torch_encoder=True, torch_decoder=False)
-    fastest, rows["torch_decoder_memory_mib"] = role(torch_encoder=True, torch_decoder=True)
+    fast, fast_backend, rows["torch_encoder_memory_mib"] = role("torch", "ctranslate2")
+    fastest, fastest_backend, rows["torch_decoder_memory_mib"] = role("torch", "torch")
     audio = _clip("long")
-    features = np.ascontiguousarray(stt._features(audio))
-    suppress = [-1, stt._tokenizer.eot]
+    features = np.ascontiguousarray(stt.features.one(audio))
+    suppress = [-1, stt.tokenizer.eot]
     for batch in (1, 8, 32):
         requests = [SttRequest(audio, "fr")] * batch
         tokens = stt.transcribe_batch(requests)[0].tokens
         stacked_np = np.stack([features] * batch)
         stacked = ctranslate2.StorageView.from_array(stacked_np)
         stacked_gpu = torch.from_numpy(stacked_np).cuda()
-        states = fast._encoder(stacked_gpu)  # type: ignore[misc]
+        states = fast_backend.encoder(stacked_gpu)
         states_view = ctranslate2.StorageView.from_array(states)
         torch.cuda.synchronize()
         # Without timestamps (<|notimestamps|> in the prompt) CTranslate2 skips its timestamp rules.
         prompts = {
-            "model": [stt._prompt("fr")] * batch,
-            "no_timestamps": [[*stt._prompt("fr"), stt._tokenizer.no_timestamps]] * batch,
+            "model": [stt.prompts("fr")] * batch,
+            "no_timestamps": [[*stt.prompts("fr"), stt.tokenizer.no_timestamps]] * batch,
         }
 
         def decode(prompt: list[list[int]], stacked: Any = stacked) -> None:
@@ -301,7 +302,7 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
             stt.model.encode(stacked, to_cpu=False)
 
         def torch_encode(stacked_gpu: Any = stacked_gpu) -> None:
-            fast._encoder(stacked_gpu)  # type: ignore[misc]
+            fast_backend.encoder(stacked_gpu)
             torch.cuda.synchronize()
 
         # Decoding alone, from the same ready encoder output (the torch encoder's), timestamps on.
@@ -309,7 +310,7 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
             stt.model.generate(states_view, prompt, beam_size=1, max_length=2 * STT_TOKENS, suppress_tokens=suppress)
 
         def torch_decode(prompt: list[list[int]] = prompts["model"], states: Any = states) -> None:
-            fastest._decoder.start(states).generate(prompt, STT_TOKENS, suppress)  # type: ignore[union-attr]
+            fastest_backend.decoder.start(states).generate(prompt, STT_TOKENS, suppress)
 
         repeats = 10 if batch == 1 else 5
         role_ms = timed(lambda requests=requests: stt.transcribe_batch(requests), repeats)
@@ -358,7 +359,7 @@ def _encoder_agreement(stt: Any, fast: Any, stacked: Any, stacked_gpu: Any, requ
     import torch
 
     reference = torch.as_tensor(stt.model.encode(stacked, to_cpu=False), device="cuda").float()
-    ours = fast._encoder(stacked_gpu).float()
+    ours = fast.backend.encoder(stacked_gpu).float()  # type: ignore[union-attr]
     with_ct2, with_torch = stt.transcribe_batch(requests)[0], fast.transcribe_batch(requests)[0]
     first = [s.text for s in with_ct2.segments], [s.text for s in with_torch.segments]
     return {

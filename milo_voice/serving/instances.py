@@ -109,23 +109,10 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
     gpu = device.kind == "cuda"
     # Each role's libraries load only where that role is built (a chat process needs no torch).
     if spec.role == "stt":
-        from milo_voice.roles.stt import SpeechToText
+        from milo_voice.roles.stt import SpeechToText, SttOptions
 
-        return SpeechToText(
-            str(path),
-            device=device.kind,
-            device_index=device.index,
-            compute_type="float16" if gpu else "int8",
-            languages=tuple(params.get("languages", ("mg", "fr"))),
-            beam_size=int(params.get("beam_size", 1)),
-            cpu_threads=_cpu_threads(),
-            fixed_new_tokens=params.get("fixed_new_tokens"),
-            timestamps=bool(params.get("timestamps", True)),
-            torch_features=params.get("torch_features"),
-            torch_encoder=params.get("torch_encoder"),
-            torch_decoder=params.get("torch_decoder"),
-            decoder_batch=int(params.get("decoder_batch", 32)),
-        )
+        options = SttOptions.from_params(params, "float16" if gpu else "int8", _cpu_threads())
+        return SpeechToText(str(path), device.kind, device.index, options)
     if spec.role == "tts":
         from milo_voice.roles.tts import TextToSpeech
 

@@ -12,7 +12,7 @@ import pytest
 from contract.records import SttRequest
 from loadtests.bench import gpu, shapes
 from milo_voice.registry import Registry, load_registry
-from milo_voice.roles.stt import SpeechToText
+from milo_voice.roles.stt import SpeechToText, SttOptions
 
 TOY_WHISPER = shapes.WhisperShape(d_model=64, encoder_layers=2, decoder_layers=2, attention_heads=2, ffn_dim=128)
 
@@ -25,8 +25,8 @@ def toy_whisper(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) ->
 
 
 def test_whisper_shape_is_read_by_faster_whisper_with_128_mel_bins(toy_whisper: Path) -> None:
-    stt = SpeechToText(str(toy_whisper), fixed_new_tokens=8)
-    assert stt._whisper.feat_kwargs["feature_size"] == 128
+    stt = SpeechToText(str(toy_whisper), options=SttOptions(fixed_new_tokens=8))
+    assert stt.whisper.feat_kwargs["feature_size"] == 128
     assert stt.model.n_mels == 128
     assert stt.model.is_multilingual
 
@@ -36,11 +36,11 @@ def test_torch_encoder_reads_deduplicated_weights_of_a_seeded_shape(toy_whisper:
     import ctranslate2
     import torch
 
-    from milo_voice.roles.whisper_encoder import WhisperEncoder, read_model_bin
+    from milo_voice.roles.whisper.encoder import WhisperEncoder, read_model_bin
 
     names = read_model_bin(toy_whisper / "model.bin", prefix="encoder/")
     assert "encoder/conv1/bias" in names and "encoder/layer_0/self_attention/linear_0/bias" in names
-    stt = SpeechToText(str(toy_whisper), compute_type="float32", torch_encoder=False)
+    stt = SpeechToText(str(toy_whisper), options=SttOptions(compute_type="float32", encoder="ctranslate2"))
     features = np.random.default_rng(5).standard_normal((2, 128, 3000)).astype(np.float32)
     expected = np.array(stt.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
     got = WhisperEncoder.from_model_dir(toy_whisper)(torch.from_numpy(features)).numpy()
@@ -50,7 +50,7 @@ def test_torch_encoder_reads_deduplicated_weights_of_a_seeded_shape(toy_whisper:
 def test_bfloat16_weights_are_read_from_their_bits() -> None:
     import torch
 
-    from milo_voice.roles.whisper_encoder import weight_tensor
+    from milo_voice.roles.whisper.encoder import weight_tensor
 
     value = torch.tensor([[1.5, -2.25], [0.0078125, 3.0]], dtype=torch.bfloat16)
     bits = value.view(torch.int16).numpy().view(np.uint16)  # how read_model_bin returns bfloat16
@@ -59,7 +59,7 @@ def test_bfloat16_weights_are_read_from_their_bits() -> None:
 
 def test_torch_decoder_decodes_a_seeded_shape_like_ctranslate2(toy_whisper: Path) -> None:
     """The decoder's zero biases and its output projection are aliases in a seeded model.bin."""
-    from milo_voice.roles.whisper_encoder import read_model_bin
+    from milo_voice.roles.whisper.encoder import read_model_bin
 
     names = read_model_bin(toy_whisper / "model.bin", prefix="decoder/")
     assert "decoder/projection/weight" in names and "decoder/layer_1/attention/linear_1/bias" in names
@@ -69,10 +69,12 @@ def test_torch_decoder_decodes_a_seeded_shape_like_ctranslate2(toy_whisper: Path
     for torch_decoder in (False, True):
         stt = SpeechToText(
             str(toy_whisper),
-            compute_type="float32",
-            fixed_new_tokens=12,
-            torch_encoder=True,
-            torch_decoder=torch_decoder,
+            options=SttOptions(
+                compute_type="float32",
+                fixed_new_tokens=12,
+                encoder="torch",
+                decoder="torch" if torch_decoder else "ctranslate2",
+            ),
         )
         results[torch_decoder] = stt.transcribe_batch(requests)
     for got, expected in zip(results[True], results[False], strict=True):
@@ -83,18 +85,18 @@ def test_torch_decoder_decodes_a_seeded_shape_like_ctranslate2(toy_whisper: Path
 
 @pytest.mark.parametrize("new_tokens", [4, 32])
 def test_fixed_new_tokens_decode_exactly_that_many_per_window(toy_whisper: Path, new_tokens: int) -> None:
-    stt = SpeechToText(str(toy_whisper), fixed_new_tokens=new_tokens)
+    stt = SpeechToText(str(toy_whisper), options=SttOptions(fixed_new_tokens=new_tokens))
     short, long = np.full(16000, 0.01, np.float32), np.full(40 * 16000, 0.01, np.float32)
     results = stt.transcribe_batch([SttRequest(short, "fr"), SttRequest(long, "fr")])
     assert [r.tokens for r in results] == [new_tokens, 2 * new_tokens]  # 40 s is two windows
 
 
 def test_timestamps_off_puts_notimestamps_in_the_prompt(toy_whisper: Path) -> None:
-    with_times = SpeechToText(str(toy_whisper), fixed_new_tokens=6)
-    text_only = SpeechToText(str(toy_whisper), fixed_new_tokens=6, timestamps=False)
-    no_timestamps = text_only._tokenizer.no_timestamps
-    assert no_timestamps not in with_times._prompt("fr")
-    assert text_only._prompt("fr")[-1] == no_timestamps
+    with_times = SpeechToText(str(toy_whisper), options=SttOptions(fixed_new_tokens=6))
+    text_only = SpeechToText(str(toy_whisper), options=SttOptions(fixed_new_tokens=6, timestamps=False))
+    no_timestamps = text_only.tokenizer.no_timestamps
+    assert no_timestamps not in with_times.prompts("fr")
+    assert text_only.prompts("fr")[-1] == no_timestamps
     result = text_only.transcribe(np.full(16000, 0.01, np.float32), "fr")
     assert result.tokens == 6
     assert all(s.start == 0.0 for s in result.segments)  # no timestamp tokens: one segment per window
@@ -172,16 +174,16 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
 
     stt = registry_of("stt-no-timestamps-x2-numpy")["stt"]
     assert stt.instances.count == 2 and stt.batching.max_batch_size == 8
-    assert stt.params["timestamps"] is False and stt.params["torch_features"] is False
+    assert stt.params["timestamps"] is False and stt.params["features"] == "numpy"
     fast = registry_of("stt-no-timestamps-x2-q5")["stt"]
-    assert fast.batching.max_queue_delay_us == 5000 and "torch_features" not in fast.params
-    assert "torch_encoder" not in fast.params  # the role's default: torch on a GPU
+    assert fast.batching.max_queue_delay_us == 5000 and "features" not in fast.params
+    assert "encoder" not in fast.params  # the role's default: torch on a GPU
     ct2 = registry_of("stt-no-timestamps-x2-q1-ct2enc")["stt"]
-    assert ct2.batching.max_queue_delay_us == 1000 and ct2.params["torch_encoder"] is False
-    assert ct2.params["torch_decoder"] is False  # CTranslate2's decoder reads only its own encoder's output
+    assert ct2.batching.max_queue_delay_us == 1000 and ct2.params["encoder"] == "ctranslate2"
+    assert ct2.params["decoder"] == "ctranslate2"  # CTranslate2's decoder reads only its own encoder's output
     ct2_decoder = registry_of("stt-large-v3-no-timestamps-x2-q1-ct2dec")["stt"]
-    assert ct2_decoder.params["torch_decoder"] is False and "torch_encoder" not in ct2_decoder.params
-    assert "torch_decoder" not in fast.params
+    assert ct2_decoder.params["decoder"] == "ctranslate2" and "encoder" not in ct2_decoder.params
+    assert "decoder" not in fast.params
     assert registry_of("chat-x2")["chat"].instances.count == 2
     assert registry_of("chat-s16")["chat"].params["gpu_slots"] == 16
     unbatched = registry_of("chat-unbatched")

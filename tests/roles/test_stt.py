@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from contract.records import SttRequest, Transcription
-from milo_voice.roles.stt import SpeechToText, SttInputError
+from milo_voice.roles.stt import SpeechToText, SttInputError, SttOptions
+from milo_voice.roles.whisper.backends import CTranslate2Backend
 from tests.conftest import speak
 
 
 @pytest.fixture(scope="module")
 def stt(embedded_dir: Path) -> SpeechToText:
-    return SpeechToText(str(embedded_dir / "stt"), compute_type="int8")
+    return SpeechToText(str(embedded_dir / "stt"), options=SttOptions(compute_type="int8"))
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +77,14 @@ class CountingModel:
 def test_batch_is_decoded_in_one_call(stt: SpeechToText, french: np.ndarray) -> None:
     other = speak("Merci beaucoup, au revoir.")
     alone = [stt.transcribe(french, "fr").text, stt.transcribe(other, "fr").text]
-    counting = CountingModel(stt.model)
-    stt.model = counting  # type: ignore[assignment]
+    backend = stt.backend
+    assert isinstance(backend, CTranslate2Backend)
+    counting = CountingModel(backend.model)
+    backend.model = counting  # type: ignore[assignment]
     try:
         batch = stt.transcribe_batch([SttRequest(french, "fr"), SttRequest(other, "fr"), SttRequest(french, "auto")])
     finally:
-        stt.model = counting._model
+        backend.model = counting._model
     assert counting.generate_calls == 1
     assert counting.encode_calls == 1
     assert [r.text for r in batch[:2]] == alone
@@ -124,10 +127,10 @@ def test_bad_input_is_refused(stt: SpeechToText, audio: np.ndarray, language: st
 
 @pytest.mark.parametrize("n_mels", [80, 128])
 def test_batched_torch_features_equal_faster_whispers(n_mels: int) -> None:
-    """The GPU path's features (log_mel.py, run here on the CPU) are faster-whisper's, to float precision."""
+    """The GPU path's features (whisper/features.py, run here on the CPU) are faster-whisper's, to float precision."""
     from faster_whisper.feature_extractor import FeatureExtractor
 
-    from milo_voice.roles.log_mel import LogMelExtractor
+    from milo_voice.roles.whisper.features import LogMelExtractor
 
     rng = np.random.default_rng(3)
     windows = (rng.standard_normal((3, 480000)) * 0.1).astype(np.float32)
@@ -141,8 +144,8 @@ def test_batched_torch_features_equal_faster_whispers(n_mels: int) -> None:
 
 
 def test_torch_features_transcribe_like_numpy_features(embedded_dir: Path, french: np.ndarray) -> None:
-    numpy_features = SpeechToText(str(embedded_dir / "stt"), compute_type="int8", torch_features=False)
-    torch_features = SpeechToText(str(embedded_dir / "stt"), compute_type="int8", torch_features=True)
+    numpy_features = SpeechToText(str(embedded_dir / "stt"), options=SttOptions(compute_type="int8", features="numpy"))
+    torch_features = SpeechToText(str(embedded_dir / "stt"), options=SttOptions(compute_type="int8", features="torch"))
     # Features differ by float rounding only (the test above), so do the scores, barely.
     _assert_transcribes_alike(numpy_features, torch_features, french)
 
@@ -161,7 +164,7 @@ def _assert_transcribes_alike(reference: SpeechToText, other: SpeechToText, spee
 @pytest.fixture(scope="module")
 def exact(embedded_dir: Path) -> SpeechToText:
     """float32 and CTranslate2's own encoder: what the torch encoder is held to."""
-    return SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=False)
+    return SpeechToText(str(embedded_dir / "stt"), options=SttOptions(compute_type="float32", encoder="ctranslate2"))
 
 
 def test_torch_encoder_computes_ctranslate2s_encoder_output(
@@ -170,9 +173,9 @@ def test_torch_encoder_computes_ctranslate2s_encoder_output(
     import ctranslate2
     import torch
 
-    from milo_voice.roles.whisper_encoder import WhisperEncoder
+    from milo_voice.roles.whisper.encoder import WhisperEncoder
 
-    features = np.ascontiguousarray(exact._features(french)[None])
+    features = np.ascontiguousarray(exact.features.one(french)[None])
     expected = np.array(exact.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
     got = WhisperEncoder.from_model_dir(embedded_dir / "stt")(torch.from_numpy(features)).numpy()
     assert got.shape == expected.shape == (1, 1500, 512)
@@ -185,7 +188,7 @@ def test_int8_weights_are_dequantised_like_ctranslate2(
 ) -> None:
     import torch
 
-    from milo_voice.roles.whisper_encoder import WhisperEncoder, read_model_bin
+    from milo_voice.roles.whisper.encoder import WhisperEncoder, read_model_bin
 
     weights = read_model_bin(embedded_dir / "stt" / "model.bin", prefix="encoder/")
     quantized = dict(weights)
@@ -194,7 +197,7 @@ def test_int8_weights_are_dequantised_like_ctranslate2(
             scale = 127.0 / np.abs(value.astype(np.float32)).max(axis=1)
             quantized[name] = np.round(value.astype(np.float32) * scale[:, None]).astype(np.int8)
             quantized[name.removesuffix("weight") + "weight_scale"] = scale.astype(np.float32)
-    features = torch.from_numpy(exact._features(french)[None])
+    features = torch.from_numpy(exact.features.one(french)[None])
     full, dequantised = WhisperEncoder(weights)(features), WhisperEncoder(quantized)(features)
     # int8 rounding moves the states a little, not more: same encoder, same scales.
     assert torch.nn.functional.cosine_similarity(full.flatten(), dequantised.flatten(), dim=0) > 0.99
@@ -203,12 +206,12 @@ def test_int8_weights_are_dequantised_like_ctranslate2(
 def test_torch_encoder_transcribes_like_ctranslate2(
     embedded_dir: Path, exact: SpeechToText, french: np.ndarray
 ) -> None:
-    torch_encoder = SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=True)
+    torch_encoder = SpeechToText(str(embedded_dir / "stt"), options=SttOptions(compute_type="float32", encoder="torch"))
     _assert_transcribes_alike(exact, torch_encoder, french)
 
 
 def test_a_model_bin_of_another_kind_is_refused(embedded_dir: Path) -> None:
-    from milo_voice.roles.whisper_encoder import ModelFileError, read_model_bin
+    from milo_voice.roles.whisper.encoder import ModelFileError, read_model_bin
 
     with pytest.raises(ModelFileError, match="not a Whisper model"):
         read_model_bin(embedded_dir / "translate" / "model.bin")

@@ -10,15 +10,17 @@ import pytest
 import torch
 
 from contract.records import SttRequest
-from milo_voice.roles.stt import SpeechToText
-from milo_voice.roles.whisper_decoder import WhisperDecoder
+from milo_voice.roles.stt import SpeechToText, SttOptions
+from milo_voice.roles.whisper.decoder import WhisperDecoder
 from tests.conftest import speak
 
 
 @pytest.fixture(scope="module")
 def role(embedded_dir: Path) -> SpeechToText:
     """float32 on both sides, so that what differs is only the order of the sums."""
-    return SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=True, torch_decoder=True)
+    return SpeechToText(
+        str(embedded_dir / "stt"), options=SttOptions(compute_type="float32", encoder="torch", decoder="torch")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +28,9 @@ def states(role: SpeechToText) -> torch.Tensor:
     """Encoder states of French speech and of noise: the noise makes the timestamp rules work hard."""
     french = speak("Bonjour, je voudrais acheter du riz au marché.")
     noise = np.random.default_rng(7).normal(0, 0.2, 16000 * 3).astype(np.float32)
-    features = np.ascontiguousarray(np.stack([role._features(french), role._features(noise)]))
-    assert role._encoder is not None
-    return role._encoder(torch.from_numpy(features))
+    features = np.ascontiguousarray(np.stack([role.features.one(french), role.features.one(noise)]))
+    assert role.backend.encoder is not None
+    return role.backend.encoder(torch.from_numpy(features))
 
 
 def _ctranslate2(role: SpeechToText, states: torch.Tensor, prompts: list[list[int]], new: int, suppress: list[int]):
@@ -49,19 +51,19 @@ def _ctranslate2(role: SpeechToText, states: torch.Tensor, prompts: list[list[in
 def test_greedy_decoding_is_ctranslate2s(
     role: SpeechToText, states: torch.Tensor, timestamps: bool, until_end: bool
 ) -> None:
-    assert role._decoder is not None
+    assert role.backend.decoder is not None
     role.timestamps = timestamps
     try:
-        prompts = [role._prompt("fr"), role._prompt("mg")]
+        prompts = [role.prompts("fr"), role.prompts("mg")]
     finally:
         role.timestamps = True
-    new, suppress = (224, [-1]) if until_end else (20, [-1, role._tokenizer.eot])
+    new, suppress = (224, [-1]) if until_end else (20, [-1, role.tokenizer.eot])
     expected = _ctranslate2(role, states, prompts, new, suppress)
-    got = role._decoder.start(states).generate(prompts, new, suppress)
+    got = role.backend.decoder.start(states).generate(prompts, new, suppress)
 
     assert [g.tokens for g in got] == [r.sequences_ids[0] for r in expected]
     if timestamps:  # the rules were exercised: timestamps came out, in pairs after the first
-        assert any(t >= role._tokenizer.timestamp_begin for t in got[1].tokens[1:])
+        assert any(t >= role.tokenizer.timestamp_begin for t in got[1].tokens[1:])
     if not until_end:
         assert [len(g.tokens) for g in got] == [20, 20]
     for g, r in zip(got, expected, strict=True):
@@ -71,18 +73,18 @@ def test_greedy_decoding_is_ctranslate2s(
 
 
 def test_max_new_tokens_bounds_decoding_as_in_ctranslate2(role: SpeechToText, states: torch.Tensor) -> None:
-    assert role._decoder is not None
-    prompts = [role._prompt("fr")] * 2
+    assert role.backend.decoder is not None
+    prompts = [role.prompts("fr")] * 2
     expected = _ctranslate2(role, states, prompts, 5, [-1])
-    got = role._decoder.start(states).generate(prompts, 5, [-1])
+    got = role.backend.decoder.start(states).generate(prompts, 5, [-1])
     assert [g.tokens for g in got] == [r.sequences_ids[0] for r in expected]
     assert max(len(g.tokens) for g in got) == 5
 
 
 def test_language_probabilities_are_ctranslate2s_detection(role: SpeechToText, states: torch.Tensor) -> None:
-    assert role._decoder is not None
-    ids = [role._language_token_ids[lang] for lang in role.languages]
-    got = role._decoder.language_probabilities(role._decoder.start(states).sot_logits, ids)
+    assert role.backend.decoder is not None
+    ids = [role.prompts.language_ids[lang] for lang in role.languages]
+    got = role.backend.decoder.language_probabilities(role.backend.decoder.start(states).sot_logits, ids)
     detected = role.model.detect_language(ctranslate2.StorageView.from_array(states.numpy()))
     for row, languages in zip(got, detected, strict=True):
         probabilities = dict(languages)
@@ -92,7 +94,9 @@ def test_language_probabilities_are_ctranslate2s_detection(role: SpeechToText, s
 
 def test_role_transcribes_alike_with_either_decoder(embedded_dir: Path, role: SpeechToText) -> None:
     """Whole requests, language detection included, and a long one decoded over several chunks."""
-    reference = SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=True, torch_decoder=False)
+    reference = SpeechToText(
+        str(embedded_dir / "stt"), options=SttOptions(compute_type="float32", encoder="torch", decoder="ctranslate2")
+    )
     french = speak("Bonjour, je voudrais acheter du riz au marché.")
     pause = np.zeros(16000 * 30, dtype=np.float32)
     long = np.concatenate([french, pause, french, pause, french])  # three windows
@@ -125,10 +129,10 @@ def test_concurrent_callers_get_their_own_transcripts(role: SpeechToText) -> Non
 
 
 def test_timestamp_bounds_follow_whispers_rules(role: SpeechToText) -> None:
-    assert role._decoder is not None
-    rules = role._decoder.logit_rules((-1,), True, timestamps=True)
-    assert role._decoder.logit_rules((-1,), True, timestamps=True) is rules  # masks built once per option set
-    begin, eot, last = role._tokenizer.timestamp_begin, role._tokenizer.eot, role._decoder.vocabulary_size - 1
+    assert role.backend.decoder is not None
+    rules = role.backend.decoder.logit_rules((-1,), True, timestamps=True)
+    assert role.backend.decoder.logit_rules((-1,), True, timestamps=True) is rules  # masks built once per option set
+    begin, eot, last = role.tokenizer.timestamp_begin, role.tokenizer.eot, role.backend.decoder.vocabulary_size - 1
     word = 1000
     bounds, check = rules._timestamp_bounds([[begin + 5], [begin + 5, word], [begin + 5, word, begin + 9],
                                             [begin + 5, word, begin + 9, begin + 9]])  # fmt: skip
@@ -142,10 +146,13 @@ def test_timestamp_bounds_follow_whispers_rules(role: SpeechToText) -> None:
 
 
 def test_bad_uses_are_refused(embedded_dir: Path, role: SpeechToText, states: torch.Tensor) -> None:
-    assert role._decoder is not None
+    assert role.backend.decoder is not None
     with pytest.raises(ValueError, match="all of one length"):
-        role._decoder.start(states).generate([role._prompt("fr"), role._prompt("fr")[:2]], 5)
+        role.backend.decoder.start(states).generate([role.prompts("fr"), role.prompts("fr")[:2]], 5)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         WhisperDecoder.from_model_dir(embedded_dir / "stt", role._special_tokens(), cuda_graphs=True)
     with pytest.raises(ValueError, match="needs the torch encoder"):
-        SpeechToText(str(embedded_dir / "stt"), compute_type="float32", torch_encoder=False, torch_decoder=True)
+        SpeechToText(
+            str(embedded_dir / "stt"),
+            options=SttOptions(compute_type="float32", encoder="ctranslate2", decoder="torch"),
+        )

@@ -4,7 +4,7 @@ On an H100 the CTranslate2 wheel from PyPI spends 40 of its 70 ms per 30 s windo
 encoder: it is built without flash attention, and the encoder's attention over 1,500 frames
 dominates. torch's ``scaled_dot_product_attention`` runs that attention with flash kernels.
 This module computes the same encoder output (same layers, same weights, read from the
-model's ``model.bin``) for the torch decoder beside it (whisper_decoder.py) or for
+model's ``model.bin``) for the torch decoder beside it (decoder.py) or for
 CTranslate2's ``generate``, which accepts encoder output in place of features.
 
 The weights are read from the one model directory faster-whisper loads, so there is nothing

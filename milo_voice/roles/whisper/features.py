@@ -1,4 +1,5 @@
-"""Whisper's log-mel features for a whole batch of 30 s windows in one torch call, on the model's device.
+"""Whisper's log-mel features of a batch of 30 s windows: faster-whisper's NumPy extractor, window by
+window, or (``LogMelExtractor``) the whole batch in one torch call on the model's device.
 
 faster-whisper's extractor is NumPy, one window at a time on one CPU thread: about 30 ms a
 window at 128 mels, which bounded the served STT on an H100 at about 11 clips/s
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 from faster_whisper.feature_extractor import FeatureExtractor
 
-SAMPLE_RATE = 16000
+from milo_voice.roles.whisper.windows import SAMPLE_RATE, WINDOW_SAMPLES, Window
+
 N_FFT = 400
 HOP = 160
 FRAMES = 3000  # 30 s at a 10 ms hop
@@ -41,3 +43,26 @@ class LogMelExtractor:
         # Per window: nothing below 8 (a factor of 1e8) under its loudest bin, then scaled.
         floor = log_spec.amax(dim=(1, 2), keepdim=True) - 8.0
         return ((torch.maximum(log_spec, floor) + 4.0) / 4.0)[:, :, :FRAMES].contiguous()
+
+
+class Features:
+    """The features of a batch of windows, in the way chosen when the role was built."""
+
+    def __init__(self, extractor: FeatureExtractor, log_mel: LogMelExtractor | None) -> None:
+        self.extractor = extractor
+        self.log_mel = log_mel
+
+    def __call__(self, windows: list[Window]) -> np.ndarray | torch.Tensor:
+        if self.log_mel is None:
+            return np.stack([self.one(w.audio) for w in windows])
+        padded = np.zeros((len(windows), WINDOW_SAMPLES), dtype=np.float32)
+        for row, window in zip(padded, windows, strict=True):
+            row[: window.audio.size] = window.audio[:WINDOW_SAMPLES]
+        return self.log_mel(padded)
+
+    def one(self, audio: np.ndarray) -> np.ndarray:
+        """One window's features with faster-whisper's extractor."""
+        padded = np.zeros(WINDOW_SAMPLES, dtype=np.float32)
+        padded[: audio.size] = audio[:WINDOW_SAMPLES]
+        # The feature extractor pads 160 samples on its own and yields one frame too many.
+        return self.extractor(padded)[:, : self.extractor.nb_max_frames]

@@ -14,7 +14,7 @@ timestamp at most 1 s, a timestamp forced when all timestamps together outweigh 
 the same no-speech probability (softmax at ``<|startoftranscript|>``) and the same cumulative
 log-probability. Tests hold the two to the same tokens on the CPU in float32.
 
-Like the encoder beside it (whisper_encoder.py), the weights come from the model directory
+Like the encoder beside it (encoder.py), the weights come from the model directory
 faster-whisper loads; nothing else is downloaded or converted.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from milo_voice.roles.whisper_encoder import LAYER_NORM_EPSILON, read_model_bin, weight_tensor
+from milo_voice.roles.whisper.encoder import LAYER_NORM_EPSILON, read_model_bin, weight_tensor
 
 # CTranslate2's WhisperOptions default: the first timestamp is at most 50 x 20 ms into the window.
 MAX_INITIAL_TIMESTAMP_INDEX = 50
@@ -60,7 +60,7 @@ class WhisperDecoding:
 
 
 class WhisperDecoder:
-    """Greedy decoding from ``[batch, frames, d_model]`` encoder states (whisper_encoder.py's output)."""
+    """Greedy decoding from ``[batch, frames, d_model]`` encoder states (encoder.py's output)."""
 
     def __init__(
         self,
