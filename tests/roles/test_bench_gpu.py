@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from contract.records import SttRequest
-from loadtests.bench import gpu, shapes
+from loadtests.bench import shapes
+from loadtests.bench.gpu import common, served, tune, variants
 from milo_voice.registry import Registry, load_registry
 from milo_voice.roles.stt import SpeechToText, SttOptions
 
@@ -149,14 +150,14 @@ def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, em
 @pytest.mark.parametrize("variant", ["configured", "unbatched", "stt-no-timestamps", "chat"])
 def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str) -> None:
     path = tmp_path / "registry.toml"
-    path.write_text(gpu.dump_registry(gpu.bench_models(None, variant)))
+    path.write_text(variants.dump_registry(variants.bench_models(None, variant)))
     registry = load_registry(path)
     if variant == "chat":
         assert list(registry.models) == ["chat"]
     else:
-        assert registry["stt"].params["fixed_new_tokens"] == gpu.STT_TOKENS
-        assert registry["translate"].params["min_decoding_length"] == gpu.TRANSLATE_TOKENS
-        assert registry["translate"].params["max_decoding_length"] == gpu.TRANSLATE_TOKENS
+        assert registry["stt"].params["fixed_new_tokens"] == common.STT_TOKENS
+        assert registry["translate"].params["min_decoding_length"] == common.TRANSLATE_TOKENS
+        assert registry["translate"].params["max_decoding_length"] == common.TRANSLATE_TOKENS
     assert registry["chat"].params["ignore_eos"] is True
     # Chat takes requests one at a time and batches them in the role: its slots say "unbatched".
     sizes = {spec.batching.max_batch_size for spec in registry.models.values() if spec.role != "chat"}
@@ -169,7 +170,7 @@ def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str)
 def test_stt_and_chat_variants(tmp_path: Path) -> None:
     def registry_of(variant: str) -> Registry:
         path = tmp_path / f"{variant}.toml"
-        path.write_text(gpu.dump_registry(gpu.bench_models(None, variant)))
+        path.write_text(variants.dump_registry(variants.bench_models(None, variant)))
         return load_registry(path)
 
     stt = registry_of("stt-no-timestamps-x2-numpy")["stt"]
@@ -195,22 +196,22 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
     assert audit["translate"].params["gpu_compute_type"] == "float16"
     assert audit["stt"].params["timestamps"] is False and audit["stt"].batching.max_queue_delay_us == 1000
     with pytest.raises(ValueError, match="unknown variant"):
-        gpu.bench_models(None, "chat-fast")
+        variants.bench_models(None, "chat-fast")
 
 
 def test_tuned_variant_takes_batch_sizes_and_instances(tmp_path: Path) -> None:
     tuned = {"stt": {"max_batch_size": 8, "preferred_batch_sizes": [2, 4, 8], "instances": 2}}
     path = tmp_path / "registry.toml"
-    path.write_text(gpu.dump_registry(gpu.bench_models(tuned, "tuned")))
+    path.write_text(variants.dump_registry(variants.bench_models(tuned, "tuned")))
     stt = load_registry(path)["stt"]
     assert (stt.batching.max_batch_size, stt.batching.preferred_batch_sizes, stt.instances.count) == (8, (2, 4, 8), 2)
 
 
 def test_knee_is_the_smallest_size_near_the_best_throughput() -> None:
-    assert gpu.knee({1: 8.1, 8: 12.2, 32: 12.2}) == 8
-    assert gpu.knee({1: 8.0, 16: 125.0, 32: 219.0, 64: 401.0}) == 64
-    assert gpu.knee({1: 30.0, 2: 46.6, 4: 66.8, 8: 87.9, 16: 93.1}) == 8
-    assert gpu.knee({1: 5.0}) == 1
+    assert tune.knee({1: 8.1, 8: 12.2, 32: 12.2}) == 8
+    assert tune.knee({1: 8.0, 16: 125.0, 32: 219.0, 64: 401.0}) == 64
+    assert tune.knee({1: 30.0, 2: 46.6, 4: 66.8, 8: 87.9, 16: 93.1}) == 8
+    assert tune.knee({1: 5.0}) == 1
 
 
 def test_batch_stats_from_triton_metrics() -> None:
@@ -223,7 +224,7 @@ def test_batch_stats_from_triton_metrics() -> None:
             'nv_inference_exec_count{model="stt",version="1"} 99',
         ]
     )
-    stats = gpu.parse_batch_stats(text)
+    stats = served.parse_batch_stats(text)
     assert stats["tts"] == {"requests": 133.0, "executions": 52.0, "mean_batch": 2.56}
     assert stats["stt"]["mean_batch"] == 1.0
 
@@ -238,7 +239,7 @@ def test_tuning_reads_the_stt_curve_of_the_role_a_gpu_host_runs(tmp_path: Path) 
     }
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "inprocess.json").write_text(json.dumps({"stt": {"large-v3-turbo": rows}}))
-    gpu.phase_tune(argparse.Namespace(work=tmp_path))
+    tune.phase_tune(argparse.Namespace(work=tmp_path))
     tuned = json.loads((tmp_path / "results" / "tune.json").read_text())
     assert tuned["tuned"]["stt"]["max_batch_size"] == 32  # the torch curve still climbs past 8
     assert "98.3" in tuned["reasons"]["stt"]

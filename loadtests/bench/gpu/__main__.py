@@ -1,0 +1,46 @@
+"""``python -m loadtests.bench.gpu PHASE``: one phase of the GPU benchmark (see the package's doc)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from loadtests.bench.gpu.build import phase_build
+from loadtests.bench.gpu.common import LEVELS, REPO
+from loadtests.bench.gpu.inprocess import phase_inprocess
+from loadtests.bench.gpu.served import phase_locust, phase_overhead, phase_served
+from loadtests.bench.gpu.tune import phase_tune
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.gpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("phase", choices=["build", "inprocess", "tune", "served", "locust", "overhead"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/milo-gpu"))
+    parser.add_argument("--assets", default=os.environ.get("MILO_GPU_ASSETS", str(REPO / ".gpu-assets")))
+    parser.add_argument("--only", default="", help="build/inprocess: a subset of stt,tts,translate,chat")
+    parser.add_argument("--no-large-v3", action="store_true", help="build: the turbo STT shape only")
+    parser.add_argument("--variants", default="configured,unbatched", help="served/locust: registry variants")
+    parser.add_argument("--endpoints", default="stt,tts,translate,chat", help="served: endpoints measured")
+    parser.add_argument("--drop", default="", help="served/locust: models left out of the variants")
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--levels", type=lambda text: [int(x) for x in text.split(",")], default=list(LEVELS))
+    parser.add_argument("--profile", default="production", help="embedded: dry-run served/locust without a GPU")
+    parser.add_argument("--duration", default="60s")
+    parser.add_argument(
+        "--server", choices=("pytriton", "tritonserver"), default="pytriton", help="served/locust: which Triton"
+    )
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    phases: dict[str, Callable[[argparse.Namespace], None]] = {
+        "build": phase_build, "inprocess": phase_inprocess, "tune": phase_tune,
+        "served": phase_served, "locust": phase_locust, "overhead": phase_overhead,
+    }  # fmt: skip
+    phases[args.phase](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""What every phase of the GPU benchmark shares: the fixed workloads, timing, GPU memory, results."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loadtests.processes import REPO
+
+REGISTRY = REPO / "model_repository" / "registry.toml"
+STT_TOKENS = 32  # per 30 s window, as in the in-process reference
+TRANSLATE_TOKENS = 24  # a sentence of about 15 words
+CHAT_TOKENS = 64  # a short spoken answer (the Locust suites ask for 64 too)
+LEVELS = (1, 8, 32)
+CHAT_CONCURRENCY = (1, 4, 16, 32)  # conversations decoded together in process
+# Requests per level at least (and twice the concurrency): a stable median in a few seconds.
+MIN_REQUESTS = {"tts": 32, "stt": 16, "translate": 64, "chat": 8}
+# Reference measured in process on an H100 (CTranslate2 fp16, greedy, 32 tokens per window).
+STT_REFERENCE = {
+    "large-v3-turbo": {"batch1_ms": 70.0, "batch32_clips_s": 36.0},
+    "large-v3": {"batch1_ms": 244.0, "batch32_clips_s": 25.7},
+}
+
+
+def gpu_memory() -> dict[str, Any]:
+    """Memory in use on the GPU (MiB), in total and per process, as nvidia-smi reports it."""
+
+    def query(what: str) -> str:
+        try:
+            command = ["nvidia-smi", f"--query-{what}", "--format=csv,noheader,nounits"]
+            return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+        except FileNotFoundError:  # no NVIDIA driver: a CPU dry run
+            return ""
+
+    total = query("gpu=name,memory.used,memory.total")
+    apps = query("compute-apps=pid,process_name,used_memory")
+    name, used, capacity = ([*total.split(", "), "", "", ""])[:3]
+    return {
+        "gpu": name,
+        "used_mib": int(used) if used.isdigit() else None,
+        "total_mib": int(capacity) if capacity.isdigit() else None,
+        "processes": [line.split(", ") for line in apps.splitlines() if line],
+    }
+
+
+def timed(function: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    """Median seconds of ``function`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        function()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def save(work: Path, phase: str, data: dict[str, Any]) -> Path:
+    out = work / "results" / f"{phase}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), **data}
+    out.write_text(json.dumps(data, indent=1))
+    print(json.dumps(data, indent=1)[:6000], flush=True)
+    return out

@@ -1,0 +1,258 @@
+"""Phase ``inprocess``: the role classes called directly on the GPU."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loadtests import payloads
+from loadtests.bench.gpu.common import (
+    CHAT_CONCURRENCY,
+    CHAT_TOKENS,
+    STT_TOKENS,
+    TRANSLATE_TOKENS,
+    gpu_memory,
+    save,
+    timed,
+)
+from loadtests.bench.gpu.tune import phase_tune
+
+
+def _clip(kind: str = "long") -> Any:
+    import io
+
+    import soundfile as sf
+
+    audio, _ = sf.read(io.BytesIO(payloads.clip_wav(kind)), dtype="float32")
+    return audio
+
+
+def _memory_used_mib() -> float:
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**20
+
+
+def stt_inprocess(path: Path) -> dict[str, Any]:
+    """The reference (CTranslate2 alone, features ready) and the role in three settings, side by side:
+    all CTranslate2, the encoder in torch, encoder and decoder in torch."""
+    import ctranslate2
+    import numpy as np
+    import torch
+
+    from contract.records import SttRequest
+    from milo_voice.roles.stt import SpeechToText, SttOptions
+
+    def role(encoder: str, decoder: str) -> tuple[SpeechToText, Any, int]:
+        before = _memory_used_mib()
+        options = SttOptions(compute_type="float16", fixed_new_tokens=STT_TOKENS, encoder=encoder, decoder=decoder)  # type: ignore[arg-type]
+        made = SpeechToText(str(path), device="cuda", options=options)
+        return made, made.backend, round(_memory_used_mib() - before)
+
+    stt, _, memory = role("ctranslate2", "ctranslate2")
+    rows: dict[str, Any] = {"memory_mib": memory}
+    fast, fast_backend, rows["torch_encoder_memory_mib"] = role("torch", "ctranslate2")
+    fastest, fastest_backend, rows["torch_decoder_memory_mib"] = role("torch", "torch")
+    audio = _clip("long")
+    features = np.ascontiguousarray(stt.features.one(audio))
+    suppress = [-1, stt.tokenizer.eot]
+    for batch in (1, 8, 32):
+        requests = [SttRequest(audio, "fr")] * batch
+        tokens = stt.transcribe_batch(requests)[0].tokens
+        stacked_np = np.stack([features] * batch)
+        stacked = ctranslate2.StorageView.from_array(stacked_np)
+        stacked_gpu = torch.from_numpy(stacked_np).cuda()
+        states = fast_backend.encoder(stacked_gpu)
+        states_view = ctranslate2.StorageView.from_array(states)
+        torch.cuda.synchronize()
+        # Without timestamps (<|notimestamps|> in the prompt) CTranslate2 skips its timestamp rules.
+        prompts = {
+            "model": [stt.prompts("fr")] * batch,
+            "no_timestamps": [[*stt.prompts("fr"), stt.tokenizer.no_timestamps]] * batch,
+        }
+
+        def decode(prompt: list[list[int]], stacked: Any = stacked) -> None:
+            encoded = stt.model.encode(stacked, to_cpu=False)
+            stt.model.generate(encoded, prompt, beam_size=1, max_length=2 * STT_TOKENS, suppress_tokens=suppress)
+
+        def ct2_encode(stacked: Any = stacked) -> None:
+            stt.model.encode(stacked, to_cpu=False)
+
+        def torch_encode(stacked_gpu: Any = stacked_gpu) -> None:
+            fast_backend.encoder(stacked_gpu)
+            torch.cuda.synchronize()
+
+        # Decoding alone, from the same ready encoder output (the torch encoder's), timestamps on.
+        def ct2_decode(prompt: list[list[int]] = prompts["model"], states_view: Any = states_view) -> None:
+            stt.model.generate(states_view, prompt, beam_size=1, max_length=2 * STT_TOKENS, suppress_tokens=suppress)
+
+        def torch_decode(prompt: list[list[int]] = prompts["model"], states: Any = states) -> None:
+            fastest_backend.decoder.start(states).generate(prompt, STT_TOKENS, suppress)
+
+        repeats = 10 if batch == 1 else 5
+        role_ms = timed(lambda requests=requests: stt.transcribe_batch(requests), repeats)
+        role_torch_encoder = timed(lambda requests=requests: fast.transcribe_batch(requests), repeats)
+        role_torch = timed(lambda requests=requests: fastest.transcribe_batch(requests), repeats)
+        model = timed(functools.partial(decode, prompts["model"]), repeats)
+        rows[f"batch{batch}"] = {
+            "tokens_per_window": tokens,
+            "role_ms": round(role_ms * 1000, 1),
+            "role_torch_encoder_ms": round(role_torch_encoder * 1000, 1),
+            "role_torch_ms": round(role_torch * 1000, 1),
+            "model_ms": round(model * 1000, 1),
+            "role_clips_s": round(batch / role_ms, 1),
+            "role_torch_encoder_clips_s": round(batch / role_torch_encoder, 1),
+            "role_torch_clips_s": round(batch / role_torch, 1),
+            "model_clips_s": round(batch / model, 1),
+            "ct2_encoder_ms": round(timed(ct2_encode, repeats) * 1000, 1),
+            "torch_encoder_ms": round(timed(torch_encode, repeats) * 1000, 1),
+            "ct2_decode_ms": round(timed(ct2_decode, repeats) * 1000, 1),
+            "torch_decode_ms": round(timed(torch_decode, repeats) * 1000, 1),
+        }
+        no_timestamps = timed(functools.partial(decode, prompts["no_timestamps"]), repeats)
+        rows[f"batch{batch}"]["no_timestamps_ms"] = round(no_timestamps * 1000, 1)
+        if batch == 1:
+            rows["encoder_agreement"] = _encoder_agreement(stt, fast, stacked, stacked_gpu, requests)
+            rows["decoder_agreement"] = _decoder_agreement(fast, fastest, requests)
+    return rows
+
+
+def _decoder_agreement(reference: Any, torch_decoder: Any, requests: list[Any]) -> dict[str, Any]:
+    """The torch decoder's float16 transcript against CTranslate2's, from the same torch encoder."""
+    expected, got = reference.transcribe_batch(requests)[0], torch_decoder.transcribe_batch(requests)[0]
+    return {
+        "same_text": expected.text == got.text,
+        "same_segments": [(s.start, s.end) for s in expected.segments] == [(s.start, s.end) for s in got.segments],
+        "confidence_ct2": expected.confidence,
+        "confidence_torch": got.confidence,
+        "text_ct2": expected.text[:200],
+        "text_torch": got.text[:200],
+    }
+
+
+def _encoder_agreement(stt: Any, fast: Any, stacked: Any, stacked_gpu: Any, requests: list[Any]) -> dict[str, Any]:
+    """How far the torch encoder's float16 output is from CTranslate2's, and what that does to decoding."""
+    import numpy as np
+    import torch
+
+    reference = torch.as_tensor(stt.model.encode(stacked, to_cpu=False), device="cuda").float()
+    ours = fast.backend.encoder(stacked_gpu).float()  # type: ignore[union-attr]
+    with_ct2, with_torch = stt.transcribe_batch(requests)[0], fast.transcribe_batch(requests)[0]
+    first = [s.text for s in with_ct2.segments], [s.text for s in with_torch.segments]
+    return {
+        "max_abs_diff": round(float((reference - ours).abs().max()), 4),
+        "max_abs_value": round(float(reference.abs().max()), 2),
+        "cosine": round(float(torch.nn.functional.cosine_similarity(reference.flatten(), ours.flatten(), dim=0)), 6),
+        "same_text": first[0] == first[1],
+        "text_ct2": " ".join(first[0])[:200],
+        "text_torch": " ".join(first[1])[:200],
+        "finite": bool(np.isfinite(ours.cpu().numpy()).all()),
+    }
+
+
+def tts_inprocess(path: Path) -> dict[str, Any]:
+    from contract.records import TtsRequest
+    from milo_voice.roles.tts import TextToSpeech
+
+    before = _memory_used_mib()
+    voices = {"mg": path / "mms-tts-mlg", "fr": path / "mms-tts-fra"}
+    tts = TextToSpeech(voices, device="cuda")
+    rows: dict[str, Any] = {"memory_mib": round(_memory_used_mib() - before), "batches": {}}
+    text = payloads.LONG_TEXTS["mg"][:120]
+    for batch in (1, 2, 4, 8, 16):
+        requests = [TtsRequest(text, "mg")] * batch
+        audio_s = sum(s.duration for s in tts.synthesize_batch(requests))
+        seconds = timed(lambda requests=requests: tts.synthesize_batch(requests), 5)
+        rows["batches"][batch] = {
+            "ms": round(seconds * 1000, 1),
+            "requests_s": round(batch / seconds, 1),
+            "audio_s_per_s": round(audio_s / seconds, 1),
+            "rtf": round(seconds / audio_s, 4),
+        }
+    return rows
+
+
+def translate_inprocess(path: Path) -> dict[str, Any]:
+    from contract.records import TranslateRequest
+    from milo_voice.roles.translate import Translator
+
+    before = _memory_used_mib()
+    translator = Translator(
+        path, device="cuda", compute_type="int8_float16",
+        min_decoding_length=TRANSLATE_TOKENS, max_decoding_length=TRANSLATE_TOKENS,
+    )  # fmt: skip
+    rows: dict[str, Any] = {"memory_mib": round(_memory_used_mib() - before), "batches": {}}
+    source, target, text = payloads.TRANSLATE_LONG[0]
+    for batch in (1, 4, 8, 16, 32, 64):
+        requests = [TranslateRequest(text, source, target)] * batch
+        seconds = timed(lambda requests=requests: translator.translate_batch(requests), 5)
+        rows["batches"][batch] = {"ms": round(seconds * 1000, 1), "requests_s": round(batch / seconds, 1)}
+    return rows
+
+
+def chat_inprocess(path: Path) -> dict[str, Any]:
+    """The chat role alone on the GPU: one reply, then conversations decoded together (continuous batching)."""
+    from contract.records import ChatMessage, ChatRequest
+    from milo_voice.roles.chat import LocalChat
+
+    request = ChatRequest([ChatMessage("user", payloads.CHAT_SCRIPT[2])], max_tokens=CHAT_TOKENS)
+    rows: dict[str, Any] = {"concurrent": {}}
+    before = _memory_used_mib()
+    chat = LocalChat(path, n_ctx=4096, slots=max(CHAT_CONCURRENCY), n_gpu_layers=-1, ignore_eos=True)
+    try:
+        rows["memory_mib"] = round(_memory_used_mib() - before)
+        reply = chat.complete(request)
+        seconds = timed(lambda: chat.complete(request), 5)
+        rows["single"] = {
+            "ms": round(seconds * 1000, 1),
+            "completion_tokens": reply.completion_tokens,
+            "prompt_tokens": reply.prompt_tokens,
+            "tokens_s": round(reply.completion_tokens / seconds, 1),
+        }
+        for count in CHAT_CONCURRENCY:
+            batch = [request] * count
+            chat.complete_batch(batch)
+            seconds = timed(lambda batch=batch: chat.complete_batch(batch), 3)
+            rows["concurrent"][count] = {
+                "tokens_s": round(count * reply.completion_tokens / seconds, 1),
+                "ms_per_reply": round(seconds * 1000, 1),
+            }
+    finally:
+        chat.close()
+    return rows
+
+
+def phase_inprocess(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.cuda.init()
+    models = args.work / "models" / "production"
+    results: dict[str, Any] = {"gpu": gpu_memory()["gpu"]}
+    only = [x for x in args.only.split(",") if x]
+    steps: dict[str, Callable[[], Any]] = {
+        "stt": lambda: {
+            "large-v3-turbo": stt_inprocess(models / "stt"),
+            "large-v3": stt_inprocess(args.work / "models-large-v3" / "production" / "stt"),
+        },
+        "tts": lambda: tts_inprocess(models / "tts"),
+        "translate": lambda: translate_inprocess(models / "translate"),
+        "chat": lambda: chat_inprocess(models / "chat" / "model.gguf"),
+    }
+    for name, step in steps.items():
+        if only and name not in only:
+            continue
+        try:
+            results[name] = step()
+        except Exception as exc:  # one role failing must not lose the others' figures
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(name, json.dumps(results[name])[:2000], flush=True)
+    previous = args.work / "results" / "inprocess.json"
+    if only and previous.exists():
+        results = {**json.loads(previous.read_text()), **results}
+    save(args.work, "inprocess", results)
+    phase_tune(args)

@@ -1,0 +1,206 @@
+"""Phases ``served``, ``locust`` and ``overhead``: the whole stack on a registry variant."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import statistics
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loadtests import payloads
+from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_stats
+from loadtests.bench.batching import SENDERS, Point, Send, measure
+from loadtests.bench.gpu.common import CHAT_TOKENS, MIN_REQUESTS, REPO, gpu_memory, save
+from loadtests.bench.gpu.variants import bench_models, dump_registry
+
+
+async def _chat(client: httpx.AsyncClient, base: str, n: int) -> httpx.Response:
+    body = {"message": payloads.CHAT_SCRIPT[n % 3], "language": "mg", "max_tokens": CHAT_TOKENS}
+    return await client.post(f"{base}/v1/chat", json=body)
+
+
+async def _stt_long(client: httpx.AsyncClient, base: str, n: int) -> httpx.Response:
+    files = {"file": ("clip.wav", payloads.clip_wav("long"), "audio/wav")}
+    return await client.post(f"{base}/v1/stt", files=files, data={"language": "fr"})
+
+
+SERVED_SENDERS: dict[str, Send] = {
+    "tts": SENDERS["tts"],
+    "stt": _stt_long,
+    "translate": SENDERS["translate"],
+    "chat": _chat,
+}
+
+
+def triton_batch_stats(metrics_url: str) -> dict[str, dict[str, float]]:
+    return parse_batch_stats(urllib.request.urlopen(metrics_url, timeout=5).read().decode())
+
+
+def parse_batch_stats(text: str) -> dict[str, dict[str, float]]:
+    """Per model: requests, executions (batches) and their ratio, from Triton's Prometheus text."""
+    stats: dict[str, dict[str, float]] = {}
+    for metric, key in (("nv_inference_request_success", "requests"), ("nv_inference_exec_count", "executions")):
+        for model, value in re.findall(rf'^{metric}{{model="([^"]+)"[^}}]*}} ([0-9.e+]+)$', text, re.M):
+            stats.setdefault(model, {})[key] = stats.get(model, {}).get(key, 0.0) + float(value)
+    for row in stats.values():
+        if row.get("executions"):
+            row["mean_batch"] = round(row.get("requests", 0.0) / row["executions"], 2)
+    return stats
+
+
+async def _probe(base: str) -> dict[str, float]:
+    """Audio seconds per TTS answer and per STT clip, for the real-time factors."""
+    async with httpx.AsyncClient(timeout=300) as client:
+        tts = [await SENDERS["tts"](client, base, n) for n in (0, 1)]
+        chat = (await _chat(client, base, 0)).json()
+    import io
+
+    import soundfile as sf
+
+    tts_seconds = [sf.info(io.BytesIO(r.content)).duration for r in tts if r.status_code == 200]
+    stt_seconds = sf.info(io.BytesIO(payloads.clip_wav("long"))).duration
+    return {
+        "tts_audio_s": round(statistics.mean(tts_seconds), 2) if tts_seconds else 0.0,
+        "stt_clip_s": round(stt_seconds, 2),
+        "chat_completion_tokens": float(chat.get("completion_tokens", 0)) if isinstance(chat, dict) else 0.0,
+    }
+
+
+def variant_environment(args: argparse.Namespace, variant: str) -> tuple[dict[str, str], list[str]]:
+    """The environment that makes the stack (and the overhead bench) use ``variant``'s registry."""
+    tuned = None
+    if variant == "tuned":
+        tuned = json.loads((args.work / "results" / "tune.json").read_text())["tuned"]
+    registry = args.work / f"registry-{variant}.toml"
+    models = bench_models(tuned, variant)
+    for name in args.drop.split(","):
+        if name and len(models) > 1:
+            models.pop(name, None)
+    registry.write_text(dump_registry(models))
+    env: dict[str, str] = {
+        "MILO_REGISTRY": str(registry),
+        "MILO_PROFILE": args.profile,
+        "MILO_MODELS_DIR": str(args.work / ("models-large-v3" if variant.startswith("stt-large-v3") else "models")),
+        "MILO_AUTH_ENABLED": "false",
+        "MILO_REQUIRED_MODELS": json.dumps(list(models)),
+        "MILO_TRITON_TIMEOUT_S": "600",
+    }
+    if variant.startswith("stt-large-v3"):  # the other roles' weights, shared with the main folder
+        for name in models:
+            link = args.work / "models-large-v3" / "production" / name
+            if name != "stt" and not link.exists():
+                link.symlink_to(args.work / "models" / "production" / name)
+    if args.profile == "embedded":  # a dry run of the phase on a machine without a GPU
+        env["MILO_MODELS_DIR"] = str(REPO / "models")
+    return env, list(models)
+
+
+@contextlib.contextmanager
+def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any]:
+    from loadtests.runner import local_stack
+
+    env, models = variant_environment(args, variant)
+    registry = Path(env["MILO_REGISTRY"])
+    repository = None
+    if args.server == "tritonserver":
+        # The stock server reads the variant from its own repository, generated like the committed one.
+        from milo_voice.registry import load_registry
+        from milo_voice.triton_repository import write_configs
+
+        repository = args.work / f"repository-{variant}"
+        write_configs(load_registry(registry), repository, instance_kind="gpu" if args.profile != "embedded" else None)
+    started = time.perf_counter()
+    with local_stack(log, env, args.server, repository) as stack:
+        print(f"{variant}: stack ready in {time.perf_counter() - started:.0f} s", flush=True)
+        yield stack, list(models), round(time.perf_counter() - started, 1)
+
+
+def phase_served(args: argparse.Namespace) -> None:
+    for variant in args.variants.split(","):
+        log = args.work / f"stack-{variant}{_server_suffix(args)}.log"
+        result: dict[str, Any] = {"variant": variant, "server": args.server}
+        try:
+            with stack_for(args, variant, log) as (stack, models, start_s):
+                result["start_s"] = start_s
+                result["memory_after_load"] = gpu_memory()
+                result["probe"] = asyncio.run(_probe(stack.facade)) if "tts" in models else {}
+                points: list[Point] = []
+                measured = (
+                    (variant.split("-")[0],) if variant.split("-")[0] in ("stt", "chat", "translate") else
+                    args.endpoints.split(",")
+                )  # fmt: skip
+                for endpoint in [e for e in measured if e in models]:
+                    for level in args.levels:
+                        total = max(MIN_REQUESTS[endpoint], 2 * level)
+                        point = asyncio.run(
+                            measure(variant, stack.facade, endpoint, level, total, SERVED_SENDERS[endpoint])
+                        )
+                        points.append(point)
+                        print(
+                            f"{variant:<12} {endpoint:<9} c={level:<3} {point.throughput_rps:8.2f} req/s "
+                            f"P50 {point.p50_ms:8.1f} ms P95 {point.p95_ms:8.1f} ms errors {point.errors}",
+                            flush=True,
+                        )
+                result["points"] = [asdict(p) for p in points]
+                result["memory_after_load_test"] = gpu_memory()
+                result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
+        except Exception as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"{variant} failed: {exc}; log tail:\n{_tail(log)}", flush=True)
+        save(args.work, f"served-{variant}{_server_suffix(args)}", result)
+
+
+def _server_suffix(args: argparse.Namespace) -> str:
+    return "" if args.server == "pytriton" else f"-{args.server}"
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+# -- locust -------------------------------------------------------------------------------------
+
+
+def phase_locust(args: argparse.Namespace) -> None:
+    from loadtests.runner import build_parser, run_locust
+
+    variant = args.variants.split(",")[0]
+    out = args.work / f"locust-{variant}{_server_suffix(args)}"
+    out.mkdir(parents=True, exist_ok=True)
+    locust_args = build_parser().parse_args(
+        ["--users", str(args.users), "--spawn-rate", "4", "--duration", args.duration, "--report-only"]
+    )
+    result: dict[str, Any] = {"variant": variant, "server": args.server, "users": args.users, "duration": args.duration}
+    with stack_for(args, variant, out / "stack.log") as (stack, _models, _start):
+        code = run_locust(locust_args, stack.facade, out)
+        result["locust_exit"] = code
+        result["memory"] = gpu_memory()
+        result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
+    verdicts = gate(read_locust_stats(out / "locust_stats.csv"), dict(AUDIT_TARGETS_MS), 0.01)
+    result["verdicts"] = [asdict(v) for v in verdicts]
+    result["table"] = format_table(verdicts)
+    save(args.work, f"locust-{variant}{_server_suffix(args)}", result)
+
+
+def phase_overhead(args: argparse.Namespace) -> None:
+    """``loadtests.bench.overhead`` (hop by hop, one request at a time) on each variant's registry."""
+    from loadtests.bench import overhead
+
+    for variant in args.variants.split(","):
+        env, _models = variant_environment(args, variant)
+        os.environ.update(env)
+        out = args.work / "results" / f"overhead-{variant}{_server_suffix(args)}"
+        overhead.main(["--server", args.server, "--endpoints", args.endpoints, "--out", str(out)])
