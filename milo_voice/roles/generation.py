@@ -15,10 +15,11 @@ FINISH_REASONS = ("stop", "length", "cancelled")
 
 @dataclass(frozen=True)
 class Sampling:
-    """How one generation picks its tokens; ``temperature`` 0 is greedy."""
+    """How one generation picks its tokens; ``temperature`` 0 is greedy. A chat request's values
+    come resolved (``ChatDefaults``): the engine has no defaults of its own for them."""
 
-    temperature: float = 0.7
-    top_p: float = 0.95
+    temperature: float
+    top_p: float
     top_k: int = 40
     min_p: float = 0.05
     seed: int | None = None  # None: a fresh random seed
@@ -28,7 +29,7 @@ class Sampling:
 class GenerationRequest:
     prompt: tuple[int, ...]
     max_tokens: int
-    sampling: Sampling = Sampling()
+    sampling: Sampling
     stop: tuple[str, ...] = ()
     pieces: bool = True  # report the text as it comes (``TextPiece``), not only in the result
 

@@ -17,7 +17,7 @@ import pytest
 from contract import codec, tensors
 from contract.records import ChatMessage, ChatReply, ChatRequest
 from milo_voice.roles.chat import ChatDone, LocalChat
-from milo_voice.roles.generation import Failed, GenerationRequest, TextPiece
+from milo_voice.roles.generation import Failed, GenerationRequest, Sampling, TextPiece
 from milo_voice.roles.llama_engine import EngineBusyError, EngineStoppedError
 
 QUESTIONS = [
@@ -203,7 +203,7 @@ def test_a_full_queue_refuses_at_once_and_closing_ends_everything(embedded_dir: 
         assert rec.done.wait(10)
         assert isinstance(rec.error, EngineStoppedError)
     with pytest.raises(EngineStoppedError):
-        role.engine.submit(GenerationRequest((1, 2, 3), 4), lambda event: None)
+        role.engine.submit(GenerationRequest((1, 2, 3), 4, Sampling(0.0, 1.0)), lambda event: None)
 
 
 def test_an_outside_cancellation_check_stops_the_generation(chat: LocalChat) -> None:
