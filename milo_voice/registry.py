@@ -7,14 +7,14 @@ PyTriton host, the weight builders and the CLI all read it from here.
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from milo_voice.settings import REPO_ROOT, server_settings
+
 DEFAULT_REGISTRY = REPO_ROOT / "model_repository" / "registry.toml"
 PROFILES = ("embedded", "production")
 ROLES = ("stt", "tts", "translate", "chat")
@@ -22,14 +22,11 @@ ROLES = ("stt", "tts", "translate", "chat")
 
 def models_dir() -> Path:
     """Where built and downloaded weights live (``MILO_MODELS_DIR``, default ``./models``)."""
-    return Path(os.environ.get("MILO_MODELS_DIR", REPO_ROOT / "models")).resolve()
+    return server_settings().models_dir.resolve()
 
 
 def active_profile() -> str:
-    profile = os.environ.get("MILO_PROFILE", "embedded")
-    if profile not in PROFILES:
-        raise ValueError(f"MILO_PROFILE={profile!r}; expected one of {PROFILES}")
-    return profile
+    return server_settings().profile
 
 
 @dataclass(frozen=True)
@@ -158,7 +155,7 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
 
 def registry_path() -> Path:
     """The registry in use: ``MILO_REGISTRY``, else the repository's own."""
-    return Path(os.environ.get("MILO_REGISTRY", DEFAULT_REGISTRY))
+    return server_settings().registry
 
 
 def load_registry(path: Path | str | None = None) -> Registry:

@@ -31,6 +31,7 @@ from milo_voice.serving.tensor_io import (
     chat_stream_handler,
     handler_for,
 )
+from milo_voice.settings import server_settings
 from pytriton_app.infer import infer_callable
 from pytriton_app.metrics import MetricsRelay
 
@@ -169,7 +170,7 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
         # P50/P95/P99 per model as Prometheus summaries (nv_inference_request_summary_us, ...).
         metrics_config=["summary_latencies=true"],
         exit_on_error=True,
-        log_verbose=int(os.environ.get("MILO_TRITON_LOG_VERBOSE", "0")),
+        log_verbose=server_settings().triton_log_verbose,
     )
     planner = DevicePlanner()
     log.info("profile %s, %d GPU(s) visible", profile, planner.gpu_count)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from milo_voice.roles.chat import ChatDefaults, CloudChat, LocalChat
 from milo_voice.roles.generation import EngineObserver
 from milo_voice.serving.tensor_io import chat_service
 from milo_voice.serving.warmup import warm_up
+from milo_voice.settings import server_settings
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,16 @@ CLOUD_CHAT = "chat_cloud"
 
 
 def cloud_chat(concurrency: int = 8, defaults: ChatDefaults | None = None) -> CloudChat:
-    url = os.environ.get("MILO_CHAT_CLOUD_URL")
-    if not url:
+    settings = server_settings()
+    if not settings.chat_cloud_url:
         raise RuntimeError("the cloud chat backend needs MILO_CHAT_CLOUD_URL")
-    model, key = os.environ.get("MILO_CHAT_CLOUD_MODEL", "default"), os.environ.get("MILO_CHAT_CLOUD_KEY")
-    return CloudChat(url, model, key, concurrency=concurrency, defaults=defaults or ChatDefaults())
+    return CloudChat(
+        settings.chat_cloud_url,
+        settings.chat_cloud_model,
+        settings.chat_cloud_key,
+        concurrency=concurrency,
+        defaults=defaults or ChatDefaults(),
+    )
 
 
 def with_cloud_chat(registry: Registry) -> Registry:
@@ -84,7 +89,7 @@ def with_cloud_chat(registry: Registry) -> Registry:
     the same way and both show in Triton's metrics. One instance on the CPU: it only waits
     on the network, with ``slots`` requests in flight to the remote server.
     """
-    if not os.environ.get("MILO_CHAT_CLOUD_URL"):
+    if not server_settings().chat_cloud_url:
         return registry
     chat = registry.by_role("chat")
     cloud = dataclasses.replace(
@@ -95,7 +100,7 @@ def with_cloud_chat(registry: Registry) -> Registry:
 
 def _cpu_threads() -> int:
     # Several instances share the cores; each gets an equal share rather than all of them.
-    return int(os.environ.get("MILO_CPU_THREADS", "0"))
+    return server_settings().cpu_threads
 
 
 def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer: EngineObserver | None = None) -> Any:
@@ -133,7 +138,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
             intra_threads=_cpu_threads(),
         )
     if spec.role == "chat":
-        if spec.name == CLOUD_CHAT or os.environ.get("MILO_CHAT_BACKEND", "local") == "cloud":
+        if spec.name == CLOUD_CHAT or server_settings().chat_backend == "cloud":
             return cloud_chat(int(params.get("slots", 8)), ChatDefaults.of(params))
         return LocalChat(
             path / "model.gguf",

@@ -27,6 +27,7 @@ from pathlib import Path
 from milo_voice.child_processes import stop_with_parent
 from milo_voice.registry import REPO_ROOT, registry_path
 from milo_voice.serving.shared_memory import remove_orphaned_segments
+from milo_voice.settings import server_settings
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def start_server(
     repository = repository or registry_path().parent
     workdir = workdir or Path(tempfile.mkdtemp(prefix="milo-tritonserver-"))
     server = prepare_server(workdir)
-    verbose = int(os.environ.get("MILO_TRITON_LOG_VERBOSE", "0"))
+    verbose = server_settings().triton_log_verbose
     command = server_command(server, repository.resolve(), ports, verbose)
     return subprocess.Popen(  # type: ignore[call-overload]
         command, env=server_environment(), preexec_fn=stop_with_parent, **popen

@@ -1,0 +1,43 @@
+"""The model servers' settings, read from the environment (``MILO_*``) in this one place.
+
+The facade has its own (``api_facade.settings``): the two processes share no setting but the
+profile, which ``milo-voice serve`` passes to both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MILO_", extra="ignore")
+
+    # Which weights: the embedded ones (built from what packages ship) or the production ones.
+    profile: Literal["embedded", "production"] = "embedded"
+    models_dir: Path = REPO_ROOT / "models"
+    registry: Path = REPO_ROOT / "model_repository" / "registry.toml"
+    # Threads per instance for the CPU roles; 0: the library's own choice.
+    cpu_threads: int = 0
+    # Chat through the OpenAI-compatible cloud backend instead of the local model; with a URL, the
+    # cloud backend is also served beside the local one as ``chat_cloud``.
+    chat_backend: Literal["local", "cloud"] = "local"
+    chat_cloud_url: str | None = None
+    chat_cloud_model: str = "default"
+    chat_cloud_key: str | None = None
+    triton_log_verbose: int = 0
+
+    @field_validator("chat_cloud_url")
+    @classmethod
+    def _unset_when_empty(cls, url: str | None) -> str | None:
+        return url or None
+
+
+def server_settings() -> ServerSettings:
+    """Read anew at each call: tests and the CLI change the environment between calls."""
+    return ServerSettings()
