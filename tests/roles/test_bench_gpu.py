@@ -147,7 +147,7 @@ def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, em
     assert reply.finish_reason == "length"
 
 
-@pytest.mark.parametrize("variant", ["configured", "unbatched", "stt-no-timestamps", "chat"])
+@pytest.mark.parametrize("variant", ["configured", "unbatched", "stt-text", "chat"])
 def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str) -> None:
     path = tmp_path / "registry.toml"
     path.write_text(variants.dump_registry(variants.bench_models(None, variant)))
@@ -163,7 +163,7 @@ def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str)
     sizes = {spec.batching.max_batch_size for spec in registry.models.values() if spec.role != "chat"}
     assert (sizes == {1}) == (variant == "unbatched")
     assert (registry["chat"].params["gpu_slots"] == 1) == (variant == "unbatched")
-    if variant == "stt-no-timestamps":
+    if variant == "stt-text":
         assert registry["stt"].params["timestamps"] is False
 
 
@@ -173,16 +173,16 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
         path.write_text(variants.dump_registry(variants.bench_models(None, variant)))
         return load_registry(path)
 
-    stt = registry_of("stt-no-timestamps-x2-numpy")["stt"]
+    stt = registry_of("stt-text+stt-x2+stt-numpy")["stt"]
     assert stt.instances.count == 2 and stt.batching.max_batch_size == 8
     assert stt.params["timestamps"] is False and stt.params["features"] == "numpy"
-    fast = registry_of("stt-no-timestamps-x2-q5")["stt"]
+    fast = registry_of("stt-text+stt-x2+stt-q5")["stt"]
     assert fast.batching.max_queue_delay_us == 5000 and "features" not in fast.params
     assert "encoder" not in fast.params  # the role's default: torch on a GPU
-    ct2 = registry_of("stt-no-timestamps-x2-q1-ct2enc")["stt"]
+    ct2 = registry_of("stt-text+stt-x2+stt-q1+stt-ct2enc")["stt"]
     assert ct2.batching.max_queue_delay_us == 1000 and ct2.params["encoder"] == "ctranslate2"
     assert ct2.params["decoder"] == "ctranslate2"  # CTranslate2's decoder reads only its own encoder's output
-    ct2_decoder = registry_of("stt-large-v3-no-timestamps-x2-q1-ct2dec")["stt"]
+    ct2_decoder = registry_of("stt-large-v3+stt-text+stt-x2+stt-q1+stt-ct2dec")["stt"]
     assert ct2_decoder.params["decoder"] == "ctranslate2" and "encoder" not in ct2_decoder.params
     assert "decoder" not in fast.params
     assert registry_of("chat-x2")["chat"].instances.count == 2
@@ -191,11 +191,13 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
     # The facade needs every role, so the others stay (only chat is measured).
     assert set(unbatched.models) == {"stt", "tts", "translate", "chat"}
     assert unbatched["chat"].params["gpu_slots"] == 1 and unbatched["stt"].batching.max_batch_size > 1
-    assert registry_of("translate-base")["translate"].params["gpu_compute_type"] == "int8_float16"
+    assert registry_of("translate-int8")["translate"].params["gpu_compute_type"] == "int8_float16"
     audit = registry_of("audit")
     assert audit["translate"].params["gpu_compute_type"] == "float16"
     assert audit["stt"].params["timestamps"] is False and audit["stt"].batching.max_queue_delay_us == 1000
-    with pytest.raises(ValueError, match="unknown variant"):
+    # Overlays compose in order, each one a file of overlays/.
+    assert registry_of("translate-int8+translate-beam1")["translate"].params["beam_size"] == 1
+    with pytest.raises(ValueError, match="unknown overlay 'chat-fast'"):
         variants.bench_models(None, "chat-fast")
 
 

@@ -19,9 +19,9 @@ state under ``--work`` and writes its results to ``--work/results/<phase>.json``
 
 The results are read in ``docs/benchmarks.md`` (section 4).
 
-Registry variants: ``configured`` (model_repository/registry.toml as committed), ``unbatched``
-(max_batch_size 1), ``tuned`` (from ``inprocess``), ``stt-no-timestamps``, ``stt-large-v3`` and
-``stt-large-v3-no-timestamps`` (STT measured alone), or one model's name (that model alone).
+Registry variants (``variants.py``): ``configured`` (model_repository/registry.toml as committed),
+``unbatched`` (max_batch_size 1), ``tuned`` (from ``inprocess``), ``audit``, one model's name (that
+model alone), or overlays joined by "+" (``stt-text+stt-x2+stt-q1``: the files of ``overlays/``).
 Each variant fixes generation lengths, since seeded weights stop at random places: STT decodes 32
 tokens per window (the reference's workload), translation 24 tokens, chat ``max_tokens`` (64).
 """

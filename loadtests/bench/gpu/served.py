@@ -22,7 +22,7 @@ from loadtests import payloads
 from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_stats
 from loadtests.bench.batching import SENDERS, Point, Send, measure
 from loadtests.bench.gpu.common import CHAT_TOKENS, MIN_REQUESTS, REPO, gpu_memory, save
-from loadtests.bench.gpu.variants import bench_models, dump_registry
+from loadtests.bench.gpu.variants import bench_models, dump_registry, overlay_names
 
 
 async def _chat(client: httpx.AsyncClient, base: str, n: int) -> httpx.Response:
@@ -84,6 +84,7 @@ def variant_environment(args: argparse.Namespace, variant: str) -> tuple[dict[st
         tuned = json.loads((args.work / "results" / "tune.json").read_text())["tuned"]
     registry = args.work / f"registry-{variant}.toml"
     models = bench_models(tuned, variant)
+    large_v3 = "stt-large-v3" in overlay_names(variant)
     for name in args.drop.split(","):
         if name and len(models) > 1:
             models.pop(name, None)
@@ -91,12 +92,12 @@ def variant_environment(args: argparse.Namespace, variant: str) -> tuple[dict[st
     env: dict[str, str] = {
         "MILO_REGISTRY": str(registry),
         "MILO_PROFILE": args.profile,
-        "MILO_MODELS_DIR": str(args.work / ("models-large-v3" if variant.startswith("stt-large-v3") else "models")),
+        "MILO_MODELS_DIR": str(args.work / ("models-large-v3" if large_v3 else "models")),
         "MILO_AUTH_ENABLED": "false",
         "MILO_REQUIRED_MODELS": json.dumps(list(models)),
         "MILO_TRITON_TIMEOUT_S": "600",
     }
-    if variant.startswith("stt-large-v3"):  # the other roles' weights, shared with the main folder
+    if large_v3:  # the other roles' weights, shared with the main folder
         for name in models:
             link = args.work / "models-large-v3" / "production" / name
             if name != "stt" and not link.exists():
@@ -136,10 +137,9 @@ def phase_served(args: argparse.Namespace) -> None:
                 result["memory_after_load"] = gpu_memory()
                 result["probe"] = asyncio.run(_probe(stack.facade)) if "tts" in models else {}
                 points: list[Point] = []
-                measured = (
-                    (variant.split("-")[0],) if variant.split("-")[0] in ("stt", "chat", "translate") else
-                    args.endpoints.split(",")
-                )  # fmt: skip
+                # A variant whose overlays all change one role's model measures that role only.
+                roles = {overlay.split("-")[0] for overlay in variant.split("+")}
+                measured = sorted(roles) if roles <= {"stt", "chat", "translate"} else args.endpoints.split(",")
                 for endpoint in [e for e in measured if e in models]:
                     for level in args.levels:
                         total = max(MIN_REQUESTS[endpoint], 2 * level)
