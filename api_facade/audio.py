@@ -12,6 +12,8 @@ import av
 import numpy as np
 import soundfile as sf
 
+from contract.records import STT_SAMPLE_RATE
+
 MEDIA_TYPES: dict[str, str] = {
     "wav": "audio/wav",
     "ogg": "audio/ogg",
@@ -30,7 +32,7 @@ class UndecodableAudioError(ValueError):
     """The upload is not audio that FFmpeg can decode."""
 
 
-def decode_upload(data: bytes, sample_rate: int = 16000) -> np.ndarray:
+def decode_upload(data: bytes, sample_rate: int = STT_SAMPLE_RATE) -> np.ndarray:
     """wav, flac, ogg/opus, mp3, webm, m4a... to mono float32 at ``sample_rate``.
 
     Mono WAV or FLAC already at ``sample_rate`` (what voice clients send) is read by

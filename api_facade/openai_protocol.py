@@ -11,12 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from contract.records import MAX_STOP_CHARS, MAX_STOP_STRINGS
+
 CHAT_MODEL, STT_MODEL, TTS_MODEL = "milo-chat", "milo-stt", "milo-tts"
 # The routes that answer in OpenAI's shapes, errors included (an SDK reads ``error.message``).
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/audio/", "/v1/models")
-# As OpenAI's chat completions: at most 4 stop strings (each 1 to 64 characters here).
-MAX_STOP_STRINGS = 4
-MAX_STOP_CHARS = 64
 
 
 # -- errors ------------------------------------------------------------------------

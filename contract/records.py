@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 AUTO = "auto"  # STT: detect the spoken language
+STT_SAMPLE_RATE = 16000  # STT's audio: mono PCM at this rate
+# As OpenAI's chat completions: at most 4 stop strings, each of 1 to 64 characters here.
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 64
 
 
 class InputError(ValueError):
@@ -28,7 +32,7 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class SttRequest:
-    audio: np.ndarray  # mono float32 PCM at 16 kHz
+    audio: np.ndarray  # mono float32 PCM at ``STT_SAMPLE_RATE``
     language: str = AUTO  # a language the model serves, or "auto"
 
 

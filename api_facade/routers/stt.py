@@ -22,6 +22,7 @@ from api_facade.protocol import SttResponse, SttSegment
 from api_facade.settings import Settings
 from api_facade.subtitles import to_srt, to_vtt
 from client import Transcription, TritonPool
+from contract.records import STT_SAMPLE_RATE
 
 router = APIRouter(tags=["stt"])
 LANGUAGES = ("mg", "fr", "auto")
@@ -121,7 +122,7 @@ async def transcribe_upload(audio_bytes: bytes, language: str, settings: Setting
         raise ApiError(415, "unsupported_media", str(exc), "audio") from exc
     if samples.size == 0:
         raise ApiError(422, "invalid_request", "audio: no samples in the file", "audio")
-    if samples.size / 16000 > settings.max_audio_seconds:
+    if samples.size / STT_SAMPLE_RATE > settings.max_audio_seconds:
         raise ApiError(413, "payload_too_large", f"audio is longer than {settings.max_audio_seconds} s", "audio")
     result = await triton.transcribe(samples, language)
     AUDIO_SECONDS.labels("in").inc(result.duration)

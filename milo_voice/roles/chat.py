@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
-from contract.records import ChatMessage, ChatReply, ChatRequest, InputError
+from contract.records import MAX_STOP_CHARS, MAX_STOP_STRINGS, ChatMessage, ChatReply, ChatRequest, InputError
 from milo_voice.roles.generation import Failed, Finished, GenerationRequest, Sampling, TextPiece
 
 if TYPE_CHECKING:
@@ -37,8 +37,6 @@ MAX_MESSAGE_CHARS = 16000
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.95
-MAX_STOP_STRINGS = 4  # as OpenAI's chat completions
-MAX_STOP_CHARS = 64
 
 SYSTEM_PROMPT = (
     "You are Milo, a friendly voice assistant for people in Madagascar. "

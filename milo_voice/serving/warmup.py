@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from contract.records import ChatMessage, ChatRequest, SttRequest, TranslateRequest, TtsRequest
-
-SAMPLE_RATE = 16000
+from contract.records import STT_SAMPLE_RATE, ChatMessage, ChatRequest, SttRequest, TranslateRequest, TtsRequest
 
 
 def warm_up(role: str, instance: object) -> None:
     if role == "stt":
-        tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE) / SAMPLE_RATE).astype(np.float32)
+        tone = 0.1 * np.sin(2 * np.pi * 220 * np.arange(STT_SAMPLE_RATE) / STT_SAMPLE_RATE).astype(np.float32)
         instance.transcribe_batch([SttRequest(tone, "auto")])  # type: ignore[attr-defined]
     elif role == "tts":
         for language in instance.languages:  # type: ignore[attr-defined]

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-SAMPLE_RATE = 16000
+from contract.records import STT_SAMPLE_RATE
+
+SAMPLE_RATE = STT_SAMPLE_RATE
 WINDOW_SECONDS = 30.0
 WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
 # Fixed windows overlap so that a word cut at one boundary is whole in the next window.
