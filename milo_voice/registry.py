@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from milo_voice.settings import REPO_ROOT, server_settings
+from milo_voice.settings import DEFAULT_REGISTRY, PROFILES, server_settings
 
-DEFAULT_REGISTRY = REPO_ROOT / "model_repository" / "registry.toml"
-PROFILES = ("embedded", "production")
 ROLES = ("stt", "tts", "translate", "chat")
 
 

@@ -7,21 +7,24 @@ profile, which ``milo-voice serve`` passes to both.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REGISTRY = REPO_ROOT / "model_repository" / "registry.toml"
+# Which weights: the embedded ones (built from what packages ship) or the production ones.
+Profile = Literal["embedded", "production"]
+PROFILES: tuple[str, ...] = get_args(Profile)
 
 
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MILO_", extra="ignore")
 
-    # Which weights: the embedded ones (built from what packages ship) or the production ones.
-    profile: Literal["embedded", "production"] = "embedded"
+    profile: Profile = "embedded"
     models_dir: Path = REPO_ROOT / "models"
-    registry: Path = REPO_ROOT / "model_repository" / "registry.toml"
+    registry: Path = DEFAULT_REGISTRY
     # Threads per instance for the CPU roles; 0: the library's own choice.
     cpu_threads: int = 0
     # Chat through the OpenAI-compatible cloud backend instead of the local model; with a URL, the

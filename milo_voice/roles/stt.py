@@ -137,7 +137,9 @@ class SpeechToText:
         use_torch_encoder = options.encoder == "torch" or (options.encoder == "auto" and on_gpu)
         encoder = WhisperEncoder.from_model_dir(model_path, torch_device, dtype) if use_torch_encoder else None
         greedy = options.beam_size == 1
-        use_torch_decoder = options.decoder == "torch" or (options.decoder == "auto" and on_gpu and encoder and greedy)
+        use_torch_decoder = options.decoder == "torch" or (
+            options.decoder == "auto" and on_gpu and encoder is not None and greedy
+        )
         if not use_torch_decoder:
             return CTranslate2Backend(self.model, self.prompts, limits, options.beam_size, encoder)
         if encoder is None or not greedy:

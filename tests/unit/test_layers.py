@@ -11,6 +11,7 @@ never sees a role, a server or the registry (it learns of the models from its se
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import pytest
 
@@ -26,18 +27,23 @@ ALLOWED = {
 }
 
 
+def imported(path: Path) -> set[str]:
+    """The top-level names of what ``path`` imports, at any depth of the file."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
 def project_imports(package: str) -> dict[str, set[str]]:
-    """Per file of ``package``, the project packages it imports (at any depth of the file)."""
-    found: dict[str, set[str]] = {}
-    for path in sorted((REPO / package).rglob("*.py")):
-        names: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module.split(".")[0])
-        found[str(path.relative_to(REPO))] = (names & set(PACKAGES)) - {package}
-    return found
+    """Per file of ``package``, the project packages it imports."""
+    return {
+        str(path.relative_to(REPO)): (imported(path) & set(PACKAGES)) - {package}
+        for path in sorted((REPO / package).rglob("*.py"))
+    }
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
@@ -48,13 +54,7 @@ def test_no_package_imports_one_above_it(package: str) -> None:
 
 def test_the_contract_needs_no_torch_and_no_server() -> None:
     """The client and the facade image import it: numpy and the standard library only."""
-    third_party = set()
-    for path in (REPO / "contract").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                third_party.add(node.module.split(".")[0])
-            elif isinstance(node, ast.Import):
-                third_party |= {alias.name.split(".")[0] for alias in node.names}
+    third_party = set().union(*(imported(path) for path in (REPO / "contract").rglob("*.py")))
     assert (
         third_party - {"__future__", "contract", "numpy", "dataclasses", "enum", "json", "collections", "typing"}
         == set()
