@@ -18,6 +18,7 @@ from fastapi import Depends, Request
 
 from api_facade.auth.ratelimit import LimitState, RateLimiter, client_ip, parse_limit, tightest
 from api_facade.auth.tokens import SCOPES, InvalidTokenError, Principal, TokenService
+from api_facade.dependencies import get_triton
 from api_facade.errors import ApiError
 from api_facade.metrics import AUTH_FAILURES, RATE_LIMITED
 from api_facade.settings import ROUTE_FAMILIES, Settings
@@ -121,8 +122,7 @@ def triton_for(family: str) -> object:
     caller_of = access(family)
 
     async def bound_client(request: Request, caller: Annotated[Caller, Depends(caller_of)]) -> TritonPool:
-        client: TritonPool = request.app.state.triton
-        return client.with_options(caller.options)
+        return get_triton(request).with_options(caller.options)
 
     return bound_client
 
