@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from milo_voice.child_processes import stop_with_parent
-from milo_voice.registry import REPO_ROOT, registry_path
+from milo_voice.registry import registry_path
 from milo_voice.serving.shared_memory import remove_orphaned_segments
-from milo_voice.settings import server_settings
+from milo_voice.settings import REPO_ROOT, server_settings
 
 
 @dataclass(frozen=True)
