@@ -16,6 +16,7 @@ from typing import Any
 from milo_voice.settings import DEFAULT_REGISTRY, PROFILES, server_settings
 
 ROLES = ("stt", "tts", "translate", "chat")
+IMPLEMENTATION = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 def models_dir() -> Path:
@@ -79,6 +80,9 @@ class ModelSpec:
     instances: Instances
     params: dict[str, Any]
     profiles: dict[str, Weights]
+    # "module:Class": a subclass of the role's class built in its place with the same arguments
+    # (a load test's fixed generation lengths, a fine-tuned variant's own pre- or post-processing).
+    implementation: str = ""
 
     def weights(self, profile: str) -> Weights:
         try:
@@ -140,6 +144,9 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
             voices=dict(weights.get("voices", {})),
             alternatives=tuple(weights.get("alternatives", ())),
         )
+    implementation = str(table.get("implementation", ""))
+    if implementation and not IMPLEMENTATION.fullmatch(implementation):
+        raise ValueError(f"model {name!r}: implementation {implementation!r} is not 'module:Class'")
     return ModelSpec(
         name=name,
         role=role,
@@ -148,6 +155,7 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
         instances=instances,
         params=dict(table.get("params", {})),
         profiles=profiles,
+        implementation=implementation,
     )
 
 

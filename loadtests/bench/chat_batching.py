@@ -30,9 +30,9 @@ import asyncio
 import json
 import os
 import platform
-import re
 import tempfile
 import time
+import tomllib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import tomli_w
 
-from loadtests.bench import llama_server
+from loadtests.bench import fixed_lengths, llama_server
 from loadtests.processes import REPO
 from milo_voice.registry import active_profile, load_registry, model_section, models_dir
 
@@ -202,12 +203,13 @@ async def measure(system: str, send: Send, clients: int, seconds: float) -> Poin
 def engine_levels(args: argparse.Namespace, gguf: Path, slots: int) -> list[Point]:
     """The chat role in this process: each client starts a reply and waits for its end."""
     from contract.records import ChatMessage, ChatRequest
-    from milo_voice.roles.chat import ChatDone, LocalChat
+    from loadtests.bench.fixed_lengths.chat import FixedLengthChat
+    from milo_voice.roles.chat import ChatDone
     from milo_voice.roles.generation import TextPiece
 
-    role = LocalChat(
+    role = FixedLengthChat(
         gguf, n_ctx=args.n_ctx, slots=slots, batch_tokens=args.batch_tokens,
-        n_gpu_layers=-1 if args.gpu else 0, n_threads=args.threads, ignore_eos=True,
+        n_gpu_layers=-1 if args.gpu else 0, n_threads=args.threads,
     )  # fmt: skip
 
     async def send(_client: httpx.AsyncClient, n: int) -> Sample:
@@ -244,19 +246,17 @@ def chat_registry(
 ) -> str:
     """The committed chat entry alone, with ``slots`` slots (on CPU and GPU hosts) and fixed reply
     lengths; its other parameters as committed, the stream interval and prompt chunk too unless given."""
-    section = model_section("chat")
-    params = {
-        **load_registry().by_role("chat").params,
-        "n_ctx": n_ctx, "slots": slots, "gpu_slots": slots, "batch_tokens": batch_tokens, "ignore_eos": True,
-    }  # fmt: skip
+    registry = tomllib.loads(model_section("chat"))
+    chat = registry["models"]["chat"]
+    chat["implementation"] = fixed_lengths.CHAT
+    chat["params"].update(n_ctx=n_ctx, slots=slots, gpu_slots=slots, batch_tokens=batch_tokens)
     if stream_interval_ms is not None:
-        params["stream_interval_ms"] = stream_interval_ms
+        chat["params"]["stream_interval_ms"] = stream_interval_ms
     if step_prompt_tokens is not None:
-        params["step_prompt_tokens"] = step_prompt_tokens
-    inline = ", ".join(f"{key} = {json.dumps(value)}" for key, value in params.items())
-    section = re.sub(r"params = \{[^}]*\}", f"params = {{ {inline} }}", section)
+        chat["params"]["step_prompt_tokens"] = step_prompt_tokens
     # Every client's request must wait in Triton's queue rather than be refused.
-    return re.sub(r"max_queue_size = \d+", "max_queue_size = 256", section)
+    chat["max_queue_size"] = 256
+    return tomli_w.dumps(registry)
 
 
 @contextmanager

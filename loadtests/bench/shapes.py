@@ -18,8 +18,8 @@ it with ``MILO_PROFILE=production`` through the same loaders as the real weights
   float16 with SmolLM2's tokenizer and chat template, then quantised to Q4_K_M by llama.cpp.
 
 Seeded weights say nothing sensible, so their generations stop at random lengths: the
-benchmark's registry fixes the lengths instead (``fixed_new_tokens``, ``min_decoding_length``,
-``ignore_eos``). Never serve these folders as a product.
+benchmark's registry fixes the lengths instead (``loadtests.bench.fixed_lengths``, served as the
+models' ``implementation``). Never serve these folders as a product.
 """
 
 from __future__ import annotations

@@ -39,10 +39,11 @@ def measure(model_dir: str, case: str, device: str = "cuda", repeats: int = 15) 
         if device == "cuda":
             torch.cuda.synchronize()
     if case.startswith("role"):
-        from milo_voice.roles.stt import SpeechToText, SttOptions
+        from loadtests.bench.fixed_lengths.stt import FixedLengthSpeechToText
+        from milo_voice.roles.stt import SttOptions
 
-        options = SttOptions(compute_type=COMPUTE[device], fixed_new_tokens=TOKENS, timestamps=False, encoder="torch")
-        stt = SpeechToText(model_dir, device=device, options=options)
+        options = SttOptions(compute_type=COMPUTE[device], max_new_tokens=TOKENS, timestamps=False, encoder="torch")
+        stt = FixedLengthSpeechToText(model_dir, device=device, options=options)
         model = stt.model
     else:
         model = ctranslate2.models.Whisper(model_dir, device=device, compute_type=COMPUTE[device])

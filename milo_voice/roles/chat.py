@@ -262,7 +262,6 @@ class LocalChat(_BlockingForms):
         n_gpu_layers: int = 0,
         main_gpu: int = 0,
         n_threads: int | None = None,
-        ignore_eos: bool = False,
         observer: EngineObserver | None = None,
         step_prompt_tokens: int | None = None,
         defaults: ChatDefaults | None = None,
@@ -281,7 +280,6 @@ class LocalChat(_BlockingForms):
             n_gpu_layers=n_gpu_layers,
             main_gpu=main_gpu,
             n_threads=n_threads,
-            ignore_eos=ignore_eos,
             observer=observer,
             step_prompt_tokens=step_prompt_tokens,
         )
@@ -377,9 +375,12 @@ class LocalChat(_BlockingForms):
             else:
                 sink(event)
 
-        sampling = Sampling(temperature=request.temperature, top_p=request.top_p, seed=request.seed)
-        generation = GenerationRequest(tokens, request.max_tokens, sampling, request.stop, pieces)
+        generation = GenerationRequest(tokens, request.max_tokens, self.sampling(request), request.stop, pieces)
         return self.engine.submit(generation, relay, is_cancelled)
+
+    def sampling(self, request: ChatRequest) -> Sampling:
+        """How ``request`` (its defaults resolved) picks its tokens."""
+        return Sampling(temperature=request.temperature, top_p=request.top_p, seed=request.seed)
 
     def close(self) -> None:
         self.engine.close()

@@ -23,6 +23,9 @@ class Sampling:
     top_k: int = 40
     min_p: float = 0.05
     seed: int | None = None  # None: a fresh random seed
+    # End-of-generation tokens never sampled: the reply runs to ``max_tokens`` (as llama.cpp's
+    # server offers per request; load tests use it for replies of a known length).
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

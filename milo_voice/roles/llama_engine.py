@@ -259,7 +259,6 @@ class LlamaEngine:
         n_gpu_layers: int = 0,
         main_gpu: int = 0,
         n_threads: int | None = None,
-        ignore_eos: bool = False,
         observer: EngineObserver | None = None,
         step_prompt_tokens: int | None = None,
     ) -> None:
@@ -295,7 +294,6 @@ class LlamaEngine:
         self.batch_tokens = batch_tokens
         self.step_prompt_tokens = step_prompt_tokens or batch_tokens
         self.max_queued = max_queued
-        self.ignore_eos = ignore_eos
         self.observer = observer or EngineObserver()
         self.observer.capacity(slots)
         self._pieces = [self._piece(t) for t in range(self.n_vocab)]
@@ -536,7 +534,7 @@ class LlamaEngine:
         if sampling.temperature <= 0:
             return None
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        if self.ignore_eos and len(self._eog_ids):
+        if sampling.ignore_eos and len(self._eog_ids):
             bias = (lc.llama_logit_bias * len(self._eog_ids))(
                 *[lc.llama_logit_bias(int(t), float("-inf")) for t in self._eog_ids]
             )
@@ -592,9 +590,10 @@ class LlamaEngine:
         if greedy:
             table = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(len(logits_rows), self.n_vocab))
             picked = table[[output_index[job.output_row] for job in greedy]]
-            if self.ignore_eos:
+            ignoring = [i for i, job in enumerate(greedy) if job.generation.request.sampling.ignore_eos]
+            if ignoring and len(self._eog_ids):
                 picked = picked.copy()
-                picked[:, self._eog_ids] = -np.inf
+                picked[np.ix_(ignoring, self._eog_ids)] = -np.inf
             for job, token in zip(greedy, np.argmax(picked, axis=1).tolist(), strict=True):
                 chosen[id(job)] = token
         for job in rows:
@@ -625,7 +624,7 @@ class LlamaEngine:
         if job.generated == 0:
             job.first_token_at = now
             self.observer.first_token(now - job.generation.submitted)
-        if self._is_eog[token] and not self.ignore_eos:
+        if self._is_eog[token] and not job.generation.request.sampling.ignore_eos:
             job.finish_reason = "stop"
         else:
             job.generated += 1

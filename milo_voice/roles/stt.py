@@ -68,9 +68,6 @@ class SttOptions:
     features: FeaturesChoice = "auto"
     encoder: Choice = "auto"
     decoder: Choice = "auto"
-    # Benchmarks only: decode exactly this many tokens per window (end of text suppressed), so
-    # that models with seeded weights do the work that real speech would make them do.
-    fixed_new_tokens: int | None = None
 
     @classmethod
     def from_params(cls, params: dict[str, Any], compute_type: str, cpu_threads: int) -> SttOptions:
@@ -86,7 +83,6 @@ class SttOptions:
             features=params.get("features", "auto"),
             encoder=params.get("encoder", "auto"),
             decoder=params.get("decoder", "auto"),
-            fixed_new_tokens=params.get("fixed_new_tokens"),
         )
 
 
@@ -126,13 +122,14 @@ class SpeechToText:
         )
         self.backend = self._backend(model_path, torch_device, on_gpu)
 
+    def decoding_limits(self) -> DecodingLimits:
+        """How far each window's decoding may go and which tokens it never picks: Whisper's own
+        rules up to ``max_new_tokens``. A subclass may change them (a load test's fixed lengths)."""
+        return DecodingLimits(self.options.max_new_tokens)
+
     def _backend(self, model_path: str, torch_device: str, on_gpu: bool) -> Backend:
         options = self.options
-        limits = (
-            DecodingLimits(options.fixed_new_tokens, (-1, self.tokenizer.eot))
-            if options.fixed_new_tokens
-            else DecodingLimits(options.max_new_tokens)
-        )
+        limits = self.decoding_limits()
         dtype = _ACTIVATION_DTYPES[self.model.compute_type]
         use_torch_encoder = options.encoder == "torch" or (options.encoder == "auto" and on_gpu)
         encoder = WhisperEncoder.from_model_dir(model_path, torch_device, dtype) if use_torch_encoder else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import ctranslate2
 import sentencepiece as spm
@@ -44,7 +45,6 @@ class Translator:
         languages: tuple[str, ...] = ("mg", "fr", "en"),
         beam_size: int = 2,
         max_decoding_length: int = 256,
-        min_decoding_length: int = 1,
         max_input_tokens: int = 512,
         intra_threads: int = 0,
     ) -> None:
@@ -59,8 +59,6 @@ class Translator:
         self.languages = tuple(languages)
         self.beam_size = beam_size
         self.max_decoding_length = max_decoding_length
-        # Above 1 for benchmarks only: seeded weights would otherwise stop at random lengths.
-        self.min_decoding_length = min_decoding_length
         # Source positions hold the language code, the text and the end token; target positions
         # the language code and the translation.
         positions = _max_positions(path)
@@ -110,6 +108,15 @@ class Translator:
                     pieces.append((clause_tokens, clause_after))
         return pieces
 
+    def decoding_options(self) -> dict[str, Any]:
+        """CTranslate2's search options for every piece (a subclass may add its own)."""
+        return {"beam_size": self.beam_size, "max_decoding_length": self.max_decoding_length}
+
+    def reached_output_limit(self, hypothesis: list[str]) -> bool:
+        """Whether a piece's translation stopped at the output limit instead of ending: the end
+        token is not in the hypothesis, so one that fills the limit was cut short."""
+        return len(hypothesis) >= self.max_decoding_length
+
     def translate(self, text: str, source: str, target: str) -> Translation:
         """One text; raises ``TranslateInputError`` where it is refused."""
         result = self.translate_batch([TranslateRequest(text, source, target)])[0]
@@ -142,10 +149,8 @@ class Translator:
             self._translator.translate_batch(
                 sources,
                 target_prefix=[[NLLB_CODES[requests[i].target]] for i in owners],
-                beam_size=self.beam_size,
-                max_decoding_length=self.max_decoding_length,
-                min_decoding_length=self.min_decoding_length,
                 return_scores=True,
+                **self.decoding_options(),
             )
             if sources
             else []
@@ -155,9 +160,7 @@ class Translator:
         cut: set[int] = set()
         for owner, after, result in zip(owners, breaks, results, strict=True):
             hypothesis = result.hypotheses[0]
-            # No end token within the limit (the end token is not in the hypothesis): cut short,
-            # unless the length was fixed on purpose (a benchmark's min = max).
-            if len(hypothesis) >= self.max_decoding_length > self.min_decoding_length:
+            if self.reached_output_limit(hypothesis):
                 cut.add(owner)
             # The first token is the target language code that we forced.
             texts[owner].append(self._sentencepiece.decode(hypothesis[1:]).strip() + after)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import importlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from milo_voice.registry import Instances, ModelSpec, Registry, models_dir
 from milo_voice.roles.chat import ChatDefaults, CloudChat, LocalChat
@@ -93,7 +94,11 @@ def with_cloud_chat(registry: Registry) -> Registry:
         return registry
     chat = registry.by_role("chat")
     cloud = dataclasses.replace(
-        chat, name=CLOUD_CHAT, description="Chat through an OpenAI-compatible server", instances=Instances(1, "cpu")
+        chat,
+        name=CLOUD_CHAT,
+        description="Chat through an OpenAI-compatible server",
+        instances=Instances(1, "cpu"),
+        implementation="",
     )
     return Registry(models={**registry.models, CLOUD_CHAT: cloud})
 
@@ -101,6 +106,20 @@ def with_cloud_chat(registry: Registry) -> Registry:
 def _cpu_threads() -> int:
     # Several instances share the cores; each gets an equal share rather than all of them.
     return server_settings().cpu_threads
+
+
+Role = TypeVar("Role")
+
+
+def role_class(spec: ModelSpec, base: type[Role]) -> type[Role]:
+    """``base``, or the registry's ``implementation`` of it, which must be a subclass."""
+    if not spec.implementation:
+        return base
+    module, _, name = spec.implementation.partition(":")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"model {spec.name!r}: {spec.implementation} is not a subclass of {base.__name__}")
+    return cls
 
 
 def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer: EngineObserver | None = None) -> Any:
@@ -117,16 +136,16 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
         from milo_voice.roles.stt import SpeechToText, SttOptions
 
         options = SttOptions.from_params(params, "float16" if gpu else "int8", _cpu_threads())
-        return SpeechToText(str(path), device.kind, device.index, options)
+        return role_class(spec, SpeechToText)(str(path), device.kind, device.index, options)
     if spec.role == "tts":
         from milo_voice.roles.tts import TextToSpeech
 
         voices = {lang: path / voice for lang, voice in weights.voices.items()}
-        return TextToSpeech(voices, device=str(device))
+        return role_class(spec, TextToSpeech)(voices, device=str(device))
     if spec.role == "translate":
         from milo_voice.roles.translate import Translator
 
-        return Translator(
+        return role_class(spec, Translator)(
             path,
             device=device.kind,
             device_index=device.index,
@@ -134,13 +153,13 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
             languages=tuple(params.get("languages", ("mg", "fr", "en"))),
             beam_size=int(params.get("beam_size", 2)),
             max_decoding_length=int(params.get("max_decoding_length", 256)),
-            min_decoding_length=int(params.get("min_decoding_length", 1)),
             intra_threads=_cpu_threads(),
         )
     if spec.role == "chat":
         if spec.name == CLOUD_CHAT or server_settings().chat_backend == "cloud":
+            role_class(spec, CloudChat)  # an implementation of the local backend cannot be the cloud one
             return cloud_chat(int(params.get("slots", 8)), ChatDefaults.of(params))
-        return LocalChat(
+        return role_class(spec, LocalChat)(
             path / "model.gguf",
             n_ctx=int(params.get("n_ctx", 4096)),
             slots=int(params.get("gpu_slots" if gpu else "slots", 4)),
@@ -149,7 +168,6 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
             n_gpu_layers=-1 if gpu else 0,  # full offload where a GPU exists
             main_gpu=device.index,
             n_threads=_cpu_threads() or None,
-            ignore_eos=bool(params.get("ignore_eos", False)),
             observer=chat_observer,
             defaults=ChatDefaults.of(params),
             step_prompt_tokens=_optional_int(params.get("gpu_step_prompt_tokens" if gpu else "step_prompt_tokens")),

@@ -3,8 +3,8 @@
 Through Triton and the real facade (uvicorn): streams interleave with other requests,
 requests beyond the slots wait in Triton's queue where priorities apply and a full queue
 answers busy, a client that leaves frees its slot, and the host's metrics port shows the
-engine's series beside Triton's. The registry turns ``ignore_eos`` on, so every reply runs
-to its ``max_tokens``: request lengths are known.
+engine's series beside Triton's. The registry serves the benchmarks' fixed-length chat role, so
+every reply runs to its ``max_tokens``: request lengths are known.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from client import AsyncMiloTritonClient, CallOptions, ChatMessage, ChatRequest, MiloTritonClient, TritonBusyError
+from loadtests.bench import fixed_lengths
 from milo_voice.registry import load_registry, model_section
 from milo_voice.triton_repository import write_configs
 from tests.conftest import TritonHost, facade_process, free_port, running_host
@@ -43,7 +44,8 @@ def chat_only_registry(path: Path) -> Path:
     """The registry's real chat entry with two slots, a queue of two and replies of fixed length."""
     section = model_section("chat")
     section = re.sub(r"max_queue_size = \d+", f"max_queue_size = {QUEUE}", section)
-    section = re.sub(r"params = \{[^}]*\}", f"params = {{ n_ctx = 1024, slots = {SLOTS}, ignore_eos = true }}", section)
+    section = re.sub(r"params = \{[^}]*\}", f"params = {{ n_ctx = 1024, slots = {SLOTS} }}", section)
+    section = section.replace("[models.chat]\n", f'[models.chat]\nimplementation = "{fixed_lengths.CHAT}"\n', 1)
     path.write_text(section)
     return path
 

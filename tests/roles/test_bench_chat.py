@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loadtests.bench import chat_batching as bench
+from loadtests.bench import fixed_lengths
 from milo_voice.registry import load_registry
 
 
@@ -15,7 +16,7 @@ def test_the_benchmark_registry_is_the_chat_entry_with_its_slots_and_fixed_lengt
     assert list(registry.models) == ["chat"]
     params = registry["chat"].params
     assert (params["slots"], params["gpu_slots"], params["n_ctx"], params["batch_tokens"]) == (16, 16, 2048, 256)
-    assert params["ignore_eos"] is True
+    assert registry["chat"].implementation == fixed_lengths.CHAT
     assert registry["chat"].batching.max_batch_size == 1  # the committed entry's, unchanged
     assert registry["chat"].weights("embedded").source == load_registry().by_role("chat").weights("embedded").source
 

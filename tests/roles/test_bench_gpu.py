@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from contract.records import SttRequest
-from loadtests.bench import shapes
+from loadtests.bench import fixed_lengths, shapes
+from loadtests.bench.fixed_lengths.chat import FixedLengthChat
+from loadtests.bench.fixed_lengths.stt import FixedLengthSpeechToText
+from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 from loadtests.bench.gpu import common, served, tune, variants
 from milo_voice.registry import Registry, load_registry
 from milo_voice.roles.stt import SpeechToText, SttOptions
@@ -26,7 +29,7 @@ def toy_whisper(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) ->
 
 
 def test_whisper_shape_is_read_by_faster_whisper_with_128_mel_bins(toy_whisper: Path) -> None:
-    stt = SpeechToText(str(toy_whisper), options=SttOptions(fixed_new_tokens=8))
+    stt = SpeechToText(str(toy_whisper), options=SttOptions(max_new_tokens=8))
     assert stt.whisper.feat_kwargs["feature_size"] == 128
     assert stt.model.n_mels == 128
     assert stt.model.is_multilingual
@@ -68,11 +71,11 @@ def test_torch_decoder_decodes_a_seeded_shape_like_ctranslate2(toy_whisper: Path
     requests = [SttRequest(a, "fr") for a in audio] + [SttRequest(audio[1], "auto")]
     results = {}
     for torch_decoder in (False, True):
-        stt = SpeechToText(
+        stt = FixedLengthSpeechToText(
             str(toy_whisper),
             options=SttOptions(
                 compute_type="float32",
-                fixed_new_tokens=12,
+                max_new_tokens=12,
                 encoder="torch",
                 decoder="torch" if torch_decoder else "ctranslate2",
             ),
@@ -85,16 +88,16 @@ def test_torch_decoder_decodes_a_seeded_shape_like_ctranslate2(toy_whisper: Path
 
 
 @pytest.mark.parametrize("new_tokens", [4, 32])
-def test_fixed_new_tokens_decode_exactly_that_many_per_window(toy_whisper: Path, new_tokens: int) -> None:
-    stt = SpeechToText(str(toy_whisper), options=SttOptions(fixed_new_tokens=new_tokens))
+def test_fixed_length_stt_decodes_max_new_tokens_per_window(toy_whisper: Path, new_tokens: int) -> None:
+    stt = FixedLengthSpeechToText(str(toy_whisper), options=SttOptions(max_new_tokens=new_tokens))
     short, long = np.full(16000, 0.01, np.float32), np.full(40 * 16000, 0.01, np.float32)
     results = stt.transcribe_batch([SttRequest(short, "fr"), SttRequest(long, "fr")])
     assert [r.tokens for r in results] == [new_tokens, 2 * new_tokens]  # 40 s is two windows
 
 
 def test_timestamps_off_puts_notimestamps_in_the_prompt(toy_whisper: Path) -> None:
-    with_times = SpeechToText(str(toy_whisper), options=SttOptions(fixed_new_tokens=6))
-    text_only = SpeechToText(str(toy_whisper), options=SttOptions(fixed_new_tokens=6, timestamps=False))
+    with_times = FixedLengthSpeechToText(str(toy_whisper), options=SttOptions(max_new_tokens=6))
+    text_only = FixedLengthSpeechToText(str(toy_whisper), options=SttOptions(max_new_tokens=6, timestamps=False))
     no_timestamps = text_only.tokenizer.no_timestamps
     assert no_timestamps not in with_times.prompts("fr")
     assert text_only.prompts("fr")[-1] == no_timestamps
@@ -113,8 +116,10 @@ def test_nllb_shape_pads_the_vocabulary_and_honours_fixed_lengths(tmp_path: Path
     vocabulary = json.loads((tmp_path / "translate" / "shared_vocabulary.json").read_text())
     assert len(vocabulary) == 4096
     assert "fra_Latn" in vocabulary and "plt_Latn" in vocabulary
-    translator = Translator(tmp_path / "translate", min_decoding_length=10, max_decoding_length=10)
-    assert translator.translate("Misaotra betsaka", "mg", "fr").text  # loads and decodes
+    fixed = FixedLengthTranslator(tmp_path / "translate", max_decoding_length=10)
+    # Every sentence decodes to the limit, which the production role would refuse as cut short.
+    assert fixed.translate("Misaotra betsaka", "mg", "fr").text
+    assert Translator.reached_output_limit(fixed, ["tok"] * 10) and not fixed.reached_output_limit(["tok"] * 10)
     raw = ctranslate2.Translator(str(tmp_path / "translate"))
     result = raw.translate_batch(
         [["plt_Latn", "▁Misaotra", "</s>"]],
@@ -129,7 +134,6 @@ def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, em
     import gguf
 
     from contract.records import ChatMessage, ChatRequest
-    from milo_voice.roles.chat import LocalChat
 
     tokenizer = shapes.read_gguf_tokenizer(embedded_dir / "chat" / "model.gguf")
     shape = shapes.LlamaShape(embedding=256, layers=2, heads=4, kv_heads=2, ffn=512, context=2048)
@@ -138,7 +142,7 @@ def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, em
     assert reader.fields["general.file_type"].contents() == shapes.LLAMA_FTYPE_MOSTLY_Q4_K_M
     assert reader.fields["llama.block_count"].contents() == 2
     assert reader.fields["tokenizer.chat_template"].contents() == tokenizer["tokenizer.chat_template"]
-    chat = LocalChat(tmp_path / "chat" / "model.gguf", n_ctx=512, slots=2, ignore_eos=True)
+    chat = FixedLengthChat(tmp_path / "chat" / "model.gguf", n_ctx=512, slots=2)
     try:
         reply = chat.complete(ChatRequest([ChatMessage("user", "Salama")], max_tokens=12))
     finally:
@@ -155,10 +159,11 @@ def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str)
     if variant == "chat":
         assert list(registry.models) == ["chat"]
     else:
-        assert registry["stt"].params["fixed_new_tokens"] == common.STT_TOKENS
-        assert registry["translate"].params["min_decoding_length"] == common.TRANSLATE_TOKENS
+        assert registry["stt"].params["max_new_tokens"] == common.STT_TOKENS
         assert registry["translate"].params["max_decoding_length"] == common.TRANSLATE_TOKENS
-    assert registry["chat"].params["ignore_eos"] is True
+        assert registry["stt"].implementation == fixed_lengths.STT
+        assert registry["translate"].implementation == fixed_lengths.TRANSLATE
+    assert registry["chat"].implementation == fixed_lengths.CHAT
     # Chat takes requests one at a time and batches them in the role: its slots say "unbatched".
     sizes = {spec.batching.max_batch_size for spec in registry.models.values() if spec.role != "chat"}
     assert (sizes == {1}) == (variant == "unbatched")

@@ -9,15 +9,16 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from contract import codec, tensors
 from contract.records import ChatMessage, ChatReply, ChatRequest
+from loadtests.bench.fixed_lengths.chat import FixedLengthChat
 from milo_voice.roles.chat import ChatDone, LocalChat
-from milo_voice.roles.generation import Failed, GenerationRequest, Sampling, TextPiece
+from milo_voice.roles.generation import Failed, Finished, GenerationRequest, GenerationResult, Sampling, TextPiece
 from milo_voice.roles.llama_engine import EngineBusyError, EngineStoppedError
 
 QUESTIONS = [
@@ -130,6 +131,39 @@ def test_stop_strings_and_token_limits_apply_per_conversation(chat: LocalChat) -
     assert stop_word not in stopped.text and free.text.startswith(stopped.text)
     assert stopped.finish_reason == "stop"
     assert untouched.text == free.text and untouched.finish_reason == free.finish_reason
+
+
+def test_ignoring_the_end_token_applies_to_its_own_generation_only(chat: LocalChat) -> None:
+    """``Sampling.ignore_eos`` (as llama.cpp's server takes it per request): that generation runs to
+    its ``max_tokens``, greedy or sampled, while the one decoded beside it ends where it would."""
+    request = chat.defaults.resolve(ask("Say hello.", max_tokens=120))
+    free = chat.complete(request)
+    assert free.finish_reason == "stop" and free.completion_tokens < 120  # the model ends it by itself
+    tokens, _ = chat.prompt(request)
+    results: dict[str, GenerationResult | Exception] = {}
+    all_ended = threading.Event()
+
+    def collect(name: str) -> Callable[[object], None]:
+        def sink(event: object) -> None:  # on the engine's thread
+            if isinstance(event, Finished | Failed):
+                results[name] = event.result if isinstance(event, Finished) else event.error
+                if len(results) == 3:
+                    all_ended.set()
+
+        return sink
+
+    for name, sampling in (
+        ("plain", Sampling(0.0, 1.0)),
+        ("greedy", Sampling(0.0, 1.0, ignore_eos=True)),
+        ("sampled", Sampling(0.8, 0.95, seed=3, ignore_eos=True)),
+    ):
+        chat.engine.submit(GenerationRequest(tokens, 120, sampling, pieces=False), collect(name))
+    assert all_ended.wait(120), results
+    assert all(isinstance(result, GenerationResult) for result in results.values()), results
+    assert (results["plain"].finish_reason, results["plain"].text.strip()) == ("stop", free.text)
+    for name in ("greedy", "sampled"):
+        assert (results[name].finish_reason, results[name].completion_tokens) == ("length", 120)
+    assert results["greedy"].text.strip().startswith(free.text)
 
 
 def test_a_stop_string_split_across_tokens_is_never_streamed(chat: LocalChat) -> None:
@@ -263,7 +297,7 @@ def test_while_others_reply_a_new_prompt_is_read_a_few_tokens_a_step(embedded_di
     """``step_prompt_tokens``: a prompt that arrives while a reply streams is read in chunks,
     and the streaming reply gets a token at every one of those steps."""
     model = embedded_dir / "chat" / "model.gguf"
-    role = LocalChat(model, n_ctx=1024, slots=2, batch_tokens=256, step_prompt_tokens=4, ignore_eos=True)
+    role = FixedLengthChat(model, n_ctx=1024, slots=2, batch_tokens=256, step_prompt_tokens=4)
     try:
         streaming = Recorder()
         role.start(ask(QUESTIONS[0], max_tokens=200), streaming)

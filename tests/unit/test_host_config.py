@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,22 @@ def test_a_chat_process_loads_only_the_chat_roles_libraries(embedded_dir: Path) 
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_registry_implementation_is_built_in_the_roles_place(registry: Registry, embedded_dir: Path) -> None:
+    """``implementation``: a subclass of the role's class, built with the same arguments (how the
+    benchmarks fix generation lengths from outside the roles); anything else is refused."""
+    from loadtests.bench import fixed_lengths
+    from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
+    from milo_voice.roles.chat import LocalChat
+    from milo_voice.serving.instances import Device, build_instance, role_class
+
+    spec = dataclasses.replace(registry["translate"], implementation=fixed_lengths.TRANSLATE)
+    assert type(build_instance(spec, "embedded", Device("cpu"))) is FixedLengthTranslator
+    assert type(build_instance(registry["translate"], "embedded", Device("cpu"))).__name__ == "Translator"
+    wrong = dataclasses.replace(registry["chat"], implementation=fixed_lengths.TRANSLATE)
+    with pytest.raises(ValueError, match="not a subclass of LocalChat"):
+        role_class(wrong, LocalChat)
+    missing = dataclasses.replace(registry["chat"], implementation="loadtests.bench.fixed_lengths.chat:Nothing")
+    with pytest.raises(ValueError, match="not a subclass"):
+        role_class(missing, LocalChat)

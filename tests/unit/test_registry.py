@@ -47,3 +47,14 @@ def test_bad_registry_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="default_priority_level"):
         load_registry(bad)
+
+
+def test_an_implementation_must_name_a_class_in_a_module(tmp_path: Path) -> None:
+    entry = '[models.x]\nrole = "stt"\nmax_batch_size = 1\nmax_queue_delay_us = 0\ninstances = { count = 1 }\n'
+    path = tmp_path / "registry.toml"
+    path.write_text(entry + 'implementation = "a.module:Class"\n')
+    assert load_registry(path)["x"].implementation == "a.module:Class"
+    for bad in ("a.module.Class", "a module:Class", ":Class", "a.module:"):
+        path.write_text(entry + f'implementation = "{bad}"\n')
+        with pytest.raises(ValueError, match="is not 'module:Class'"):
+            load_registry(path)

@@ -46,12 +46,13 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
     import torch
 
     from contract.records import SttRequest
-    from milo_voice.roles.stt import SpeechToText, SttOptions
+    from loadtests.bench.fixed_lengths.stt import FixedLengthSpeechToText
+    from milo_voice.roles.stt import SttOptions
 
-    def role(encoder: str, decoder: str) -> tuple[SpeechToText, Any, int]:
+    def role(encoder: str, decoder: str) -> tuple[FixedLengthSpeechToText, Any, int]:
         before = _memory_used_mib()
-        options = SttOptions(compute_type="float16", fixed_new_tokens=STT_TOKENS, encoder=encoder, decoder=decoder)  # type: ignore[arg-type]
-        made = SpeechToText(str(path), device="cuda", options=options)
+        options = SttOptions(compute_type="float16", max_new_tokens=STT_TOKENS, encoder=encoder, decoder=decoder)  # type: ignore[arg-type]
+        made = FixedLengthSpeechToText(str(path), device="cuda", options=options)
         return made, made.backend, round(_memory_used_mib() - before)
 
     stt, _, memory = role("ctranslate2", "ctranslate2")
@@ -179,13 +180,12 @@ def tts_inprocess(path: Path) -> dict[str, Any]:
 
 def translate_inprocess(path: Path) -> dict[str, Any]:
     from contract.records import TranslateRequest
-    from milo_voice.roles.translate import Translator
+    from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 
     before = _memory_used_mib()
-    translator = Translator(
-        path, device="cuda", compute_type="int8_float16",
-        min_decoding_length=TRANSLATE_TOKENS, max_decoding_length=TRANSLATE_TOKENS,
-    )  # fmt: skip
+    translator = FixedLengthTranslator(
+        path, device="cuda", compute_type="int8_float16", max_decoding_length=TRANSLATE_TOKENS
+    )
     rows: dict[str, Any] = {"memory_mib": round(_memory_used_mib() - before), "batches": {}}
     source, target, text = payloads.TRANSLATE_LONG[0]
     for batch in (1, 4, 8, 16, 32, 64):
@@ -198,12 +198,12 @@ def translate_inprocess(path: Path) -> dict[str, Any]:
 def chat_inprocess(path: Path) -> dict[str, Any]:
     """The chat role alone on the GPU: one reply, then conversations decoded together (continuous batching)."""
     from contract.records import ChatMessage, ChatRequest
-    from milo_voice.roles.chat import LocalChat
+    from loadtests.bench.fixed_lengths.chat import FixedLengthChat
 
     request = ChatRequest([ChatMessage("user", payloads.CHAT_SCRIPT[2])], max_tokens=CHAT_TOKENS)
     rows: dict[str, Any] = {"concurrent": {}}
     before = _memory_used_mib()
-    chat = LocalChat(path, n_ctx=4096, slots=max(CHAT_CONCURRENCY), n_gpu_layers=-1, ignore_eos=True)
+    chat = FixedLengthChat(path, n_ctx=4096, slots=max(CHAT_CONCURRENCY), n_gpu_layers=-1)
     try:
         rows["memory_mib"] = round(_memory_used_mib() - before)
         reply = chat.complete(request)

@@ -23,6 +23,7 @@ from typing import Any
 
 import tomli_w
 
+from loadtests.bench import fixed_lengths as fixed_lengths_roles
 from loadtests.bench.gpu.common import REGISTRY, STT_TOKENS, TRANSLATE_TOKENS
 
 OVERLAYS = Path(__file__).parent / "overlays"
@@ -69,9 +70,12 @@ def apply(models: Models, overlay: Models) -> None:
 
 def fixed_lengths() -> Models:
     return {
-        "stt": {"params": {"fixed_new_tokens": STT_TOKENS}},
-        "translate": {"params": {"min_decoding_length": TRANSLATE_TOKENS, "max_decoding_length": TRANSLATE_TOKENS}},
-        "chat": {"params": {"ignore_eos": True}},
+        "stt": {"implementation": fixed_lengths_roles.STT, "params": {"max_new_tokens": STT_TOKENS}},
+        "translate": {
+            "implementation": fixed_lengths_roles.TRANSLATE,
+            "params": {"max_decoding_length": TRANSLATE_TOKENS},
+        },
+        "chat": {"implementation": fixed_lengths_roles.CHAT},
     }
 
 
