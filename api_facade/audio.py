@@ -7,6 +7,7 @@ WAV and FLAC are written with libsndfile.
 from __future__ import annotations
 
 import io
+import struct
 
 import av
 import numpy as np
@@ -109,3 +110,13 @@ def _encode_with_ffmpeg(audio: np.ndarray, sample_rate: int, container: str, cod
         for packet in stream.encode(None):
             output.mux(packet)
     return buffer.getvalue()
+
+
+def streaming_wav_header(sample_rate: int) -> bytes:
+    """A WAV header for 16-bit mono audio of unknown length (sizes set to the maximum)."""
+    unknown = 0xFFFFFFFF
+    return (
+        b"RIFF" + struct.pack("<I", unknown) + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data" + struct.pack("<I", unknown)
+    )  # fmt: skip

@@ -16,6 +16,8 @@ from api_facade.sessions import SessionStore, Turn, trim_to_budget
 from api_facade.settings import Settings
 from contract.records import ChatMessage, ChatRequest
 
+CHAT_MODELS = {"local": "chat", "cloud": "chat_cloud"}
+
 
 @dataclass(frozen=True)
 class ChatTurn:
@@ -73,6 +75,7 @@ class Conversations:
         await self.sessions.append(turn.session_id, [Turn("user", turn.message), Turn("assistant", reply)])
         return turn.stored_turns + 2
 
-    def voice_language(self, language: str | None) -> str:
-        """The language a reply is spoken in: the one asked for, else the default voice's."""
-        return language or self.settings.voice_default_language
+    def model(self, backend: str | None) -> str:
+        """The Triton model of a chat backend ("local", "cloud"; None: the default one). The host
+        serves "chat_cloud" when a cloud URL is configured."""
+        return CHAT_MODELS[backend or self.settings.chat_default_backend]

@@ -4,34 +4,36 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
 from api_facade.cache import TranslationCache
 from api_facade.conversation import Conversations
 from api_facade.phrasebook import Phrasebook
 from api_facade.sessions import SessionStore
 from api_facade.settings import Settings
+from api_facade.voice.vad import VadModel
 from client import TritonPool
 
 
-def get_settings(request: Request) -> Settings:
+def get_settings(request: HTTPConnection) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_triton(request: Request) -> TritonPool:
+def get_triton(request: HTTPConnection) -> TritonPool:
     """The app's Triton client, at the default priority (routes take theirs from ``access.triton_for``)."""
     return request.app.state.triton  # type: ignore[no-any-return]
 
 
-def get_cache(request: Request) -> TranslationCache:
+def get_cache(request: HTTPConnection) -> TranslationCache:
     return request.app.state.translation_cache  # type: ignore[no-any-return]
 
 
-def get_phrasebook(request: Request) -> Phrasebook:
+def get_phrasebook(request: HTTPConnection) -> Phrasebook:
     return request.app.state.phrasebook  # type: ignore[no-any-return]
 
 
-def get_sessions(request: Request) -> SessionStore:
+def get_sessions(request: HTTPConnection) -> SessionStore:
     return request.app.state.sessions  # type: ignore[no-any-return]
 
 
@@ -41,9 +43,18 @@ CacheDep = Annotated[TranslationCache, Depends(get_cache)]
 PhrasebookDep = Annotated[Phrasebook, Depends(get_phrasebook)]
 
 
-def get_conversations(request: Request) -> Conversations:
+def get_vad(connection: HTTPConnection) -> VadModel:
+    """The voice activity model, loaded at the first realtime conversation."""
+    state = connection.app.state
+    if getattr(state, "vad", None) is None:
+        state.vad = VadModel()
+    return state.vad  # type: ignore[no-any-return]
+
+
+def get_conversations(request: HTTPConnection) -> Conversations:
     return request.app.state.conversations  # type: ignore[no-any-return]
 
 
 SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
 ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
+VadDep = Annotated[VadModel, Depends(get_vad)]

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 
 from api_facade.metrics import BUSY
 from api_facade.openai_protocol import OPENAI_PATHS, OpenAIErrorDetail, error_type
@@ -48,11 +49,11 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def request_id(request: Request) -> str:
+def request_id(request: HTTPConnection) -> str:
     return getattr(request.state, "request_id", "") or "-"
 
 
-def _body(request: Request, error: ApiError) -> dict[str, Any]:
+def _body(request: HTTPConnection, error: ApiError) -> dict[str, Any]:
     if request.url.path.startswith(OPENAI_PATHS):
         detail = OpenAIErrorDetail(
             message=error.message, type=error_type(error.status), param=error.field, code=error.code
@@ -64,7 +65,7 @@ def _body(request: Request, error: ApiError) -> dict[str, Any]:
     return body
 
 
-def error_response(request: Request, error: ApiError) -> JSONResponse:
+def error_response(request: HTTPConnection, error: ApiError) -> JSONResponse:
     rid = request_id(request)
     # A 503 with Retry-After is an answer by policy (a queue full, a dependency away, which its
     # owner logs once per outage): one line per request at ERROR would bury the real faults.
@@ -97,6 +98,32 @@ def _retry_later(code: str, message: str, after_s: int) -> ApiError:
     return ApiError(503, code, message, headers={"Retry-After": str(after_s)})
 
 
+# What the model servers and stores raise, and what each means to a client. Subclasses first.
+MAPPED: tuple[type[Exception], ...] = (
+    InputError, TritonBusyError, TritonUnavailableError, RedisUnavailableError, TimeoutError,
+)  # fmt: skip
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """The answer to ``exc``, one of ``MAPPED`` (on HTTP routes and on the realtime WebSocket alike)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, InputError):
+        return ApiError(422, "invalid_input", str(exc))
+    if isinstance(exc, TritonBusyError):
+        BUSY.inc()
+        return _retry_later("model_busy", f"the model is at capacity; retry shortly: {exc}", BUSY_RETRY_AFTER_S)
+    if isinstance(exc, TritonUnavailableError):
+        message = f"the model server cannot take this request now: {exc}"
+        return _retry_later("model_unavailable", message, RETRY_AFTER_S)
+    if isinstance(exc, RedisUnavailableError):
+        # Only stores that must not guess get here: tokens (fail closed) and session writes.
+        return _retry_later("store_unavailable", f"{exc}; retry shortly", RETRY_AFTER_S)
+    if isinstance(exc, TimeoutError):
+        return ApiError(504, "model_timeout", "the model server did not answer in time")
+    raise TypeError(f"{type(exc).__name__} has no mapping") from exc
+
+
 def install(app: FastAPI) -> None:
     """Request ids on every response, and every exception turned into the one error shape."""
 
@@ -122,29 +149,11 @@ def install(app: FastAPI) -> None:
         message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
         return error_response(request, ApiError(422, "invalid_request", f"{field}: {message}", field))
 
-    @app.exception_handler(InputError)
-    async def on_model_input_error(request: Request, exc: InputError) -> JSONResponse:
-        return error_response(request, ApiError(422, "invalid_input", str(exc)))
+    async def on_mapped(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(request, as_api_error(exc))
 
-    @app.exception_handler(TritonUnavailableError)
-    async def on_unavailable(request: Request, exc: TritonUnavailableError) -> JSONResponse:
-        message = f"the model server cannot take this request now: {exc}"
-        return error_response(request, _retry_later("model_unavailable", message, RETRY_AFTER_S))
-
-    @app.exception_handler(TritonBusyError)
-    async def on_busy(request: Request, exc: TritonBusyError) -> JSONResponse:
-        BUSY.inc()
-        message = f"the model is at capacity; retry shortly: {exc}"
-        return error_response(request, _retry_later("model_busy", message, BUSY_RETRY_AFTER_S))
-
-    @app.exception_handler(RedisUnavailableError)
-    async def on_store_unavailable(request: Request, exc: RedisUnavailableError) -> JSONResponse:
-        # Only stores that must not guess get here: tokens (fail closed) and session writes.
-        return error_response(request, _retry_later("store_unavailable", f"{exc}; retry shortly", RETRY_AFTER_S))
-
-    @app.exception_handler(TimeoutError)
-    async def on_timeout(request: Request, exc: TimeoutError) -> JSONResponse:
-        return error_response(request, ApiError(504, "model_timeout", "the model server did not answer in time"))
+    for mapped in MAPPED:
+        app.add_exception_handler(mapped, on_mapped)  # type: ignore[arg-type]
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -17,7 +17,7 @@ from api_facade.conversation import Conversations
 from api_facade.disconnect import CancelOnDisconnect
 from api_facade.phrasebook import Phrasebook
 from api_facade.redis_connection import RedisConnection
-from api_facade.routers import admin, chat, health, openai_compat, stt, translate, tts
+from api_facade.routers import admin, chat, health, openai_compat, realtime, stt, translate, tts, voice
 from api_facade.sessions import MemorySessionStore, RedisSessionStore
 from api_facade.settings import Settings
 from client import TritonPool
@@ -118,6 +118,6 @@ def create_app(settings: Settings | None = None, triton: TritonPool | None = Non
     metrics.install(app)
     # Outermost: a client that leaves cancels everything below, Triton call included.
     app.add_middleware(CancelOnDisconnect)
-    for router in (health, translate, tts, stt, chat, openai_compat, admin):
+    for router in (health, translate, tts, stt, chat, voice, realtime, openai_compat, admin):
         app.include_router(router.router)
     return app

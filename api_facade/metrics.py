@@ -35,6 +35,12 @@ CHAT_FIRST_TOKEN = Histogram(
     ["route"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.3, 5.0, 10.0, 30.0),
 )
+VOICE_FIRST_AUDIO = Histogram(
+    "milo_voice_first_audio_seconds",
+    "From a spoken question received (or its end of turn) to the first audio of the reply sent",
+    ["route"],
+    buckets=LATENCY_BUCKETS,
+)
 CHAT_IN_FLIGHT = Gauge("milo_chat_requests_in_flight", "Chat requests being answered by the model", ["route"])
 AUTH_FAILURES = Counter("milo_auth_failures_total", "Requests refused for a missing or invalid token", ["reason"])
 RATE_LIMITED = Counter("milo_rate_limited_total", "Requests refused with 429", ["family", "kind"])

@@ -163,6 +163,9 @@ class SpeechRequest(BaseModel):
     voice: str = Field("mg", description="'mg' or 'fr', or a voice name such as 'mms-tts-fra'")
     response_format: Literal["mp3", "opus", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
+    # audio: the file's bytes as each sentence is spoken (flac: whole, it cannot be joined);
+    # sse: speech.audio.delta events, each a whole file of one sentence.
+    stream_format: Literal["audio", "sse"] = "audio"
 
     @field_validator("input")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -67,7 +67,9 @@ class TranslateResponse(BaseModel):
 
 SpeechLanguage = Literal["mg", "fr"]
 AudioFormatName = Literal["wav", "ogg", "opus", "mp3", "flac", "pcm"]
-STREAMABLE_FORMATS = ("wav", "pcm", "mp3", "ogg", "opus")
+# Formats whose pieces, each encoded alone, join into one playable stream.
+StreamableFormat = Literal["wav", "pcm", "mp3", "ogg", "opus"]
+STREAMABLE_FORMATS: tuple[str, ...] = get_args(StreamableFormat)
 MAX_TTS_CHARS = 2000
 
 
@@ -157,6 +159,33 @@ class ChatAnswer(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     audio: ChatAudio | None = None
+
+
+class VoiceOptions(BaseModel):
+    """``POST /v1/voice``'s fields beside the audio (form fields, or JSON members beside ``audio``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN, description="created when absent")
+    language: SpeechLanguage | Literal["auto"] = Field(
+        "auto", description="the question's language; the reply is spoken in it (auto: heard, then the reply's own)"
+    )
+    output: Literal["audio", "events"] = Field(
+        "audio", description="audio: the reply's audio as it is spoken; events: Server-Sent Events of it all"
+    )
+    format: StreamableFormat = Field("wav", description="audio format of the reply (events: of each piece)")
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    backend: Literal["local", "cloud"] | None = None
+    max_tokens: int | None = Field(None, ge=1, le=1024, description="left out: the model's default")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="left out: the model's default")
+
+
+class VoiceAudio(ChatAudio):
+    """One piece of a spoken reply, in the order spoken."""
+
+    index: int
+    text: str
+    language: str
 
 
 class SessionTurn(BaseModel):

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ROUTE_FAMILIES = ("stt", "tts", "translate", "chat", "admin", "models")
+ROUTE_FAMILIES = ("stt", "tts", "translate", "chat", "voice", "admin", "models")
 
 
 class TierPolicy(BaseModel):
@@ -37,6 +37,7 @@ DEFAULT_TIERS = {
             "tts": "300/minute",
             "translate": "600/minute",
             "chat": "120/minute",
+            "voice": "120/minute",  # a spoken turn (POST /v1/voice, a realtime response)
             "default": "120/minute",
         },
     ),
@@ -48,6 +49,7 @@ DEFAULT_TIERS = {
             "tts": "60/minute",
             "translate": "120/minute",
             "chat": "30/minute",
+            "voice": "30/minute",
             "default": "30/minute",
         },
     ),
@@ -85,6 +87,15 @@ class Settings(BaseSettings):
     # Uploads larger than this are refused with 413 before any decoding.
     max_upload_bytes: int = 25 * 1024 * 1024
     max_audio_seconds: float = 600.0
+    # WebSocket /v1/realtime: a conversation ends after max_session_s, or idle_timeout_s without a
+    # frame from the client; a frame beyond max_frame_bytes is refused (an error event, the
+    # connection stays); a user turn is ended after max_turn_s of speech.
+    realtime_max_session_s: float = 900.0
+    realtime_idle_timeout_s: float = 60.0
+    realtime_max_frame_bytes: int = 256 * 1024
+    realtime_max_turn_s: float = 60.0
+    # Partial transcripts while the user speaks: one each time this much more speech arrived.
+    realtime_partial_interval_s: float = 1.0
 
     # Access control. Unset: on, except in the embedded quick start (MILO_PROFILE=embedded).
     auth_enabled: bool | None = None

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
 from api_facade.auth.ratelimit import LimitState, RateLimiter, client_ip, parse_limit, tightest
 from api_facade.auth.tokens import SCOPES, InvalidTokenError, Principal, TokenService
@@ -24,9 +25,13 @@ from api_facade.metrics import AUTH_FAILURES, RATE_LIMITED
 from api_facade.settings import ROUTE_FAMILIES, Settings
 from client import CallOptions, TritonPool
 
-# The scope each family needs; "models" (the OpenAI model list) needs a valid token only.
-FAMILY_SCOPE: dict[str, str | None] = {"stt": "stt", "tts": "tts", "translate": "translate", "chat": "chat",
-                                       "admin": "admin", "models": None}  # fmt: skip
+# The scopes each family needs; "models" (the OpenAI model list) needs a valid token only, a spoken
+# turn all three it goes through.
+FAMILY_SCOPES: dict[str, tuple[str, ...]] = {"stt": ("stt",), "tts": ("tts",), "translate": ("translate",),
+                                             "chat": ("chat",), "voice": ("stt", "chat", "tts"),
+                                             "admin": ("admin",), "models": ()}  # fmt: skip
+# Browsers cannot set headers on a WebSocket: they send the token as a subprotocol instead.
+TOKEN_SUBPROTOCOL = "bearer."
 RATE_LIMIT_HEADERS = "rate_limit_headers"
 
 
@@ -42,9 +47,13 @@ def _anonymous(settings: Settings) -> Principal:
     return Principal("anonymous", settings.anonymous_tier, frozenset(s for s in SCOPES if s != "admin"))
 
 
-def _bearer(request: Request) -> str:
+def _bearer(request: HTTPConnection) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    if not header and request.scope["type"] == "websocket":
+        offered = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",")]
+        token = next((p.removeprefix(TOKEN_SUBPROTOCOL) for p in offered if p.startswith(TOKEN_SUBPROTOCOL)), "")
+        scheme = "bearer"
     if scheme.lower() != "bearer" or not token.strip():
         AUTH_FAILURES.labels("missing").inc()
         raise ApiError(
@@ -54,7 +63,7 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-async def _authenticate(request: Request, settings: Settings) -> Principal:
+async def _authenticate(request: HTTPConnection, settings: Settings) -> Principal:
     if not settings.auth_on:
         return _anonymous(settings)
     tokens: TokenService = request.app.state.tokens
@@ -85,7 +94,7 @@ class Access:
             raise ValueError(f"unknown route family {family!r}")
         self.family = family
 
-    async def __call__(self, request: Request) -> Caller:
+    async def __call__(self, request: HTTPConnection) -> Caller:
         settings: Settings = request.app.state.settings
         limiter: RateLimiter = request.app.state.rate_limiter
         peer = request.client.host if request.client else None
@@ -97,18 +106,32 @@ class Access:
 
         principal = await _authenticate(request, settings)
         request.state.principal = principal.name
-        scope = FAMILY_SCOPE[self.family]
-        if scope is not None and scope not in principal.scopes:
-            hint = " (admin routes need auth on: MILO_AUTH_ENABLED=true)" if not settings.auth_on else ""
-            raise ApiError(403, "insufficient_scope", f"this token lacks the {scope!r} scope{hint}")
+        for scope in FAMILY_SCOPES[self.family]:
+            if scope not in principal.scopes:
+                hint = " (admin routes need auth on: MILO_AUTH_ENABLED=true)" if not settings.auth_on else ""
+                raise ApiError(403, "insufficient_scope", f"this token lacks the {scope!r} scope{hint}")
 
-        tier = settings.tier(principal.tier)
-        token_state = await limiter.hit(parse_limit(tier.limit_for(self.family)), "token", self.family, principal.name)
-        if not token_state.allowed:
-            raise _refuse(token_state, self.family, "token")
+        token_state = await _count_for_token(request, self.family, principal)
         setattr(request.state, RATE_LIMIT_HEADERS, tightest([ip_state, token_state]).headers())
+        tier = settings.tier(principal.tier)
         options = CallOptions(priority=tier.priority, queue_timeout_us=int(tier.queue_timeout_s * 1_000_000))
         return Caller(principal, ip, options)
+
+
+async def _count_for_token(connection: HTTPConnection, family: str, principal: Principal) -> LimitState:
+    settings: Settings = connection.app.state.settings
+    limiter: RateLimiter = connection.app.state.rate_limiter
+    limit = parse_limit(settings.tier(principal.tier).limit_for(family))
+    state = await limiter.hit(limit, "token", family, principal.name)
+    if not state.allowed:
+        raise _refuse(state, family, "token")
+    return state
+
+
+async def count_call(connection: HTTPConnection, family: str, caller: Caller) -> None:
+    """One more call of ``family`` by an already admitted caller (a realtime conversation's reply);
+    ``ApiError`` 429 beyond its tier's limit."""
+    await _count_for_token(connection, family, caller.principal)
 
 
 @cache
@@ -121,7 +144,7 @@ def triton_for(family: str) -> object:
     """Dependency: the Triton client bound to the caller's priority and queue timeout."""
     caller_of = access(family)
 
-    async def bound_client(request: Request, caller: Annotated[Caller, Depends(caller_of)]) -> TritonPool:
+    async def bound_client(request: HTTPConnection, caller: Annotated[Caller, Depends(caller_of)]) -> TritonPool:
         return get_triton(request).with_options(caller.options)
 
     return bound_client
@@ -132,3 +155,4 @@ SttTriton = Annotated[TritonPool, Depends(triton_for("stt"))]
 TtsTriton = Annotated[TritonPool, Depends(triton_for("tts"))]
 TranslateTriton = Annotated[TritonPool, Depends(triton_for("translate"))]
 ChatTriton = Annotated[TritonPool, Depends(triton_for("chat"))]
+VoiceTriton = Annotated[TritonPool, Depends(triton_for("voice"))]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -17,45 +17,50 @@ from api_facade.dependencies import ConversationsDep, SessionsDep, SettingsDep
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS, TOKENS, ChatTiming
 from api_facade.protocol import SESSION_ID_PATTERN, ChatAnswer, ChatAudio, ChatBody, SessionTurn, SessionView
-from client import Speech, TritonPool
+from api_facade.voice.language import reply_language
+from api_facade.voice.reply import Voice, spoken_reply
+from api_facade.voice.streams import FirstAudio, reply_events, sse
+from client import TritonPool
 
 router = APIRouter(tags=["chat"])
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
-# Triton model of each backend; the host serves "chat_cloud" when a cloud URL is configured.
-CHAT_MODELS = {"local": "chat", "cloud": "chat_cloud"}
+ROUTE = "/v1/chat"
 
 
-def _audio(speech: Speech, audio_format: str) -> ChatAudio:
-    return ChatAudio(
-        format=audio_format,
-        sample_rate=speech.sample_rate,
-        duration=round(speech.duration, 3),
-        data=base64.b64encode(encode(speech.audio, speech.sample_rate, audio_format)).decode(),
-    )
-
-
-def _sse(event: str, data: object) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
-@router.post("/v1/chat", response_model=ChatAnswer, response_model_exclude_none=True)
+@router.post(ROUTE, response_model=ChatAnswer, response_model_exclude_none=True)
 async def chat(
     body: ChatBody, triton: ChatTriton, conversations: ConversationsDep, settings: SettingsDep
 ) -> ChatAnswer | StreamingResponse:
+    started = time.perf_counter()
     turn = await conversations.turn(body.session_id, body.message, body.language, body.max_tokens, body.temperature)
-    model = CHAT_MODELS[body.backend or settings.chat_default_backend]
+    model = conversations.model(body.backend)
+    if body.stream and body.mode == "voice":
+        voice = Voice(body.language, None, settings.voice_default_language)
+        reply = spoken_reply(triton, turn.request, voice, model)
+        return StreamingResponse(
+            _session_first(
+                turn, reply_events(reply, turn, conversations, body.voice_format, ROUTE, FirstAudio(ROUTE, started))
+            ),
+            media_type="text/event-stream",
+        )
     if body.stream:
-        return StreamingResponse(_stream(body, turn, triton, conversations, model), media_type="text/event-stream")
+        return StreamingResponse(_text_stream(turn, triton, conversations, model), media_type="text/event-stream")
 
-    with ChatTiming("/v1/chat"):
+    with ChatTiming(ROUTE):
         result = await triton.chat(turn.request, model=model)
     TOKENS.inc(result.completion_tokens)
     stored_turns = await conversations.answered(turn, result.text)
     audio = None
     if body.mode == "voice" and result.text.strip():
-        speech = await triton.synthesize(result.text, conversations.voice_language(body.language))
+        language = reply_language(body.language, None, result.text, settings.voice_default_language)
+        speech = await triton.synthesize(result.text, language)
         AUDIO_SECONDS.labels("out").inc(speech.duration)
-        audio = _audio(speech, body.voice_format)
+        audio = ChatAudio(
+            format=body.voice_format,
+            sample_rate=speech.sample_rate,
+            duration=round(speech.duration, 3),
+            data=base64.b64encode(encode(speech.audio, speech.sample_rate, body.voice_format)).decode(),
+        )
     return ChatAnswer(
         session_id=turn.session_id,
         reply=result.text,
@@ -67,27 +72,33 @@ async def chat(
     )
 
 
-async def _stream(
-    body: ChatBody, turn: ChatTurn, triton: TritonPool, conversations: Conversations, model: str
+async def _session_first(turn: ChatTurn, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield sse("session", {"session_id": turn.session_id})
+    async for chunk in events:
+        yield chunk
+
+
+async def _text_stream(
+    turn: ChatTurn, triton: TritonPool, conversations: Conversations, model: str
 ) -> AsyncIterator[bytes]:
-    yield _sse("session", {"session_id": turn.session_id})
+    yield sse("session", {"session_id": turn.session_id})
     pieces: list[str] = []
+    finish_reason = "stop"
     try:
-        with ChatTiming("/v1/chat") as timing:
+        with ChatTiming(ROUTE) as timing:
             async for delta in triton.chat_stream(turn.request, model):
                 if delta.text:
                     pieces.append(delta.text)
                     timing.token()
-                    yield _sse("token", {"text": delta.text})
+                    yield sse("token", {"text": delta.text})
+                finish_reason = delta.finish_reason or finish_reason
         reply = "".join(pieces).strip()
-        await conversations.answered(turn, reply)
-        if body.mode == "voice" and reply:
-            async for speech in triton.synthesize_stream(reply, conversations.voice_language(body.language)):
-                AUDIO_SECONDS.labels("out").inc(speech.duration)
-                yield _sse("audio", _audio(speech, body.voice_format).model_dump())
-        yield _sse("done", {"session_id": turn.session_id, "reply": reply})
+        turns = await conversations.answered(turn, reply)
+        yield sse(
+            "done", {"session_id": turn.session_id, "reply": reply, "turns": turns, "finish_reason": finish_reason}
+        )
     except Exception as exc:  # the status line is sent: the stream reports the failure itself
-        yield _sse("error", {"code": "stream_failed", "message": str(exc)})
+        yield sse("error", {"code": "stream_failed", "message": str(exc)})
 
 
 @router.get("/v1/chat/sessions/{session_id}", response_model=SessionView, dependencies=[Depends(access("chat"))])

@@ -44,9 +44,11 @@ from api_facade.openai_protocol import (
     Usage,
     VerboseTranscription,
 )
-from api_facade.routers.stt import transcribe_upload
+from api_facade.protocol import STREAMABLE_FORMATS
 from api_facade.sessions import Turn
 from api_facade.subtitles import to_srt, to_vtt
+from api_facade.uploads import transcribe_upload
+from api_facade.voice.streams import streamed_speech
 
 router = APIRouter(
     tags=["openai-compatible"],
@@ -93,6 +95,10 @@ async def speech(body: SpeechRequest, triton: TtsTriton, settings: SettingsDep) 
     language = body.voice if body.voice in voices else by_name.get(body.voice)
     if language is None:
         raise ApiError(422, "invalid_request", f"voice: one of {sorted([*voices, *by_name])}", "voice")
+    if body.response_format in STREAMABLE_FORMATS or body.stream_format == "sse":
+        # Sentence by sentence: an SDK's streaming response gets the first sentence at once.
+        sse_events = body.stream_format == "sse"
+        return await streamed_speech(triton, body.input, language, body.speed, body.response_format, sse_events)
     result = await triton.synthesize(body.input, language, body.speed)
     AUDIO_SECONDS.labels("out").inc(result.duration)
     return Response(

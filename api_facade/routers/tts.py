@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import struct
 import zipfile
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Response
-from fastapi.responses import StreamingResponse
 
 from api_facade.audio import MEDIA_TYPES, encode
 from api_facade.auth.access import TtsTriton
@@ -18,6 +15,7 @@ from api_facade.dependencies import SettingsDep
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS
 from api_facade.protocol import Clip, TtsBatchRequest, TtsBatchResponse, TtsRequest
+from api_facade.voice.streams import streamed_speech
 
 router = APIRouter(tags=["tts"])
 AUDIO_RESPONSE = {200: {"content": {media: {} for media in MEDIA_TYPES.values()}, "description": "the audio"}}
@@ -26,16 +24,6 @@ AUDIO_RESPONSE = {200: {"content": {media: {} for media in MEDIA_TYPES.values()}
 def check_voice(body: TtsRequest, voices: dict[str, str]) -> None:
     if body.voice not in ("default", voices.get(body.language)):
         raise ApiError(422, "invalid_request", f"voice: no voice {body.voice!r} for {body.language!r}", "voice")
-
-
-def streaming_wav_header(sample_rate: int) -> bytes:
-    """A WAV header for 16-bit mono audio of unknown length (sizes set to the maximum)."""
-    unknown = 0xFFFFFFFF
-    return (
-        b"RIFF" + struct.pack("<I", unknown) + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-        + b"data" + struct.pack("<I", unknown)
-    )  # fmt: skip
 
 
 @router.post(
@@ -85,21 +73,4 @@ async def tts(
         headers = {"X-Sample-Rate": str(speech.sample_rate), "X-Audio-Duration": f"{speech.duration:.3f}"}
         return Response(encode(speech.audio, speech.sample_rate, body.format), media_type=media_type, headers=headers)
 
-    pieces = triton.synthesize_stream(body.text, body.language, body.speed)
-    # The first sentence is synthesised before the response starts, so bad input still
-    # gets a proper error status instead of a broken stream.
-    first = await anext(pieces, None)
-
-    async def audio() -> AsyncIterator[bytes]:
-        if first is None:
-            return
-        if body.format == "wav":
-            yield streaming_wav_header(first.sample_rate)
-        chunk_format = "pcm" if body.format == "wav" else body.format
-        AUDIO_SECONDS.labels("out").inc(first.duration)
-        yield encode(first.audio, first.sample_rate, chunk_format)
-        async for speech in pieces:
-            AUDIO_SECONDS.labels("out").inc(speech.duration)
-            yield encode(speech.audio, speech.sample_rate, chunk_format)
-
-    return StreamingResponse(audio(), media_type=media_type)
+    return await streamed_speech(triton, body.text, body.language, body.speed, body.format)

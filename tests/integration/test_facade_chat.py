@@ -82,17 +82,21 @@ def sse_events(text: str) -> list[tuple[str, dict[str, object]]]:
     return events
 
 
-def test_stream_sends_tokens_then_audio_then_done(api: TestClient) -> None:
-    body = {"message": "Bonjour", "stream": True, "mode": "voice", "language": "fr", "max_tokens": 12}
+def test_a_voice_stream_sends_tokens_and_each_pieces_audio_then_done(api: TestClient) -> None:
+    """The order of the events; that the audio streams while the reply is written is shown over a
+    real connection in test_streaming."""
+    body = {"message": "Bonjour", "stream": True, "mode": "voice", "language": "fr", "max_tokens": 40}
     with api.stream("POST", "/v1/chat", json=body) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = sse_events(response.read().decode())
     kinds = [kind for kind, _ in events]
     assert kinds[0] == "session" and kinds[-1] == "done"
-    assert "token" in kinds and "audio" in kinds
-    assert kinds.index("audio") > max(i for i, k in enumerate(kinds) if k == "token")
+    assert kinds.index("token") < kinds.index("audio")
     reply = "".join(str(data["text"]) for kind, data in events if kind == "token").strip()
     assert events[-1][1]["reply"] == reply
+    audio = [data for kind, data in events if kind == "audio"]
+    assert [a["index"] for a in audio] == list(range(len(audio))) and {a["language"] for a in audio} == {"fr"}
+    assert " ".join(str(a["text"]) for a in audio).split() == reply.split()
     session = api.get(f"/v1/chat/sessions/{events[0][1]['session_id']}").json()
     assert session["turns"][-1]["content"] == reply
 

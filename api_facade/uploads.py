@@ -1,0 +1,110 @@
+"""Audio uploads: read within the size limit, as multipart (field ``file``) or JSON (base64
+``audio``), with the request's other fields; decoded, checked and transcribed. Shared by
+``/v1/stt``, ``/v1/voice`` and the OpenAI-compatible transcription route."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from api_facade.audio import UndecodableAudioError, decode_upload
+from api_facade.errors import ApiError
+from api_facade.metrics import AUDIO_SECONDS
+from api_facade.settings import Settings
+from client import Transcription, TritonPool
+from contract.records import STT_SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class AudioUpload:
+    audio: bytes  # the file as sent
+    fields: dict[str, str]  # the other form fields or JSON members, as text
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"audio is larger than {limit} bytes", "audio")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)  # refused before reading or decoding anything
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _text_fields(items: dict[str, object], audio_field: str) -> dict[str, str]:
+    return {k: str(v) for k, v in items.items() if k != audio_field and isinstance(v, str | int | float | bool)}
+
+
+async def read_audio_upload(request: Request, settings: Settings) -> AudioUpload:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    # base64 grows the payload by a third; multipart adds a little framing.
+    limit = settings.max_upload_bytes * 4 // 3 + 65536
+    if content_type == "application/json":
+        try:
+            payload = json.loads(await _read_body(request, limit))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(422, "invalid_request", f"body is not valid JSON: {exc}", "body") from exc
+        if not isinstance(payload, dict) or not isinstance(payload.get("audio"), str):
+            raise ApiError(422, "invalid_request", "audio: a base64 string is required", "audio")
+        try:
+            audio = base64.b64decode(payload["audio"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ApiError(422, "invalid_request", "audio: not valid base64", "audio") from exc
+        return AudioUpload(audio, _text_fields(payload, "audio"))
+    if content_type == "multipart/form-data":
+        body = await _read_body(request, limit)
+
+        async def replay() -> AsyncIterator[bytes]:
+            yield body
+
+        try:
+            form = await MultiPartParser(request.headers, replay()).parse()
+        except MultiPartException as exc:
+            raise ApiError(422, "invalid_request", f"body: {exc.message}", "body") from exc
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "invalid_request", "file: an audio file upload is required", "file")
+        return AudioUpload(await upload.read(), _text_fields(dict(form.items()), "file"))
+    raise ApiError(415, "unsupported_media", "send multipart/form-data (field 'file') or JSON with base64 'audio'")
+
+
+def decode_checked(audio_bytes: bytes, settings: Settings) -> np.ndarray:
+    """An uploaded file as 16 kHz mono samples, within the size and duration limits."""
+    if len(audio_bytes) > settings.max_upload_bytes:
+        raise _too_large(settings.max_upload_bytes)
+    if not audio_bytes:
+        raise ApiError(422, "invalid_request", "audio: the file is empty", "audio")
+    try:
+        samples = decode_upload(audio_bytes)
+    except UndecodableAudioError as exc:
+        raise ApiError(415, "unsupported_media", str(exc), "audio") from exc
+    if samples.size == 0:
+        raise ApiError(422, "invalid_request", "audio: no samples in the file", "audio")
+    if samples.size / STT_SAMPLE_RATE > settings.max_audio_seconds:
+        raise ApiError(413, "payload_too_large", f"audio is longer than {settings.max_audio_seconds} s", "audio")
+    return samples
+
+
+async def transcribe_samples(samples: np.ndarray, language: str, triton: TritonPool) -> Transcription:
+    result = await triton.transcribe(samples, language)
+    AUDIO_SECONDS.labels("in").inc(result.duration)
+    return result
+
+
+async def transcribe_upload(audio_bytes: bytes, language: str, settings: Settings, triton: TritonPool) -> Transcription:
+    """Checks, decodes and transcribes one uploaded file (``/v1/stt`` and the OpenAI-compatible route)."""
+    return await transcribe_samples(decode_checked(audio_bytes, settings), language, triton)

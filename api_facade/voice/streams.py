@@ -1,0 +1,148 @@
+"""Speech as an HTTP body that streams: a text spoken sentence by sentence (``/v1/tts``,
+``/v1/audio/speech``), and a spoken reply as Server-Sent Events of its text and audio or as its
+audio alone (``POST /v1/voice``, ``/v1/chat``'s voice mode). A reply's body stores the turn in
+the session once the reply has ended (a reply cut short by a client that left is not stored).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fastapi.responses import StreamingResponse
+
+from api_facade.audio import MEDIA_TYPES, encode, streaming_wav_header
+from api_facade.conversation import ChatTurn, Conversations
+from api_facade.metrics import AUDIO_SECONDS, VOICE_FIRST_AUDIO, ChatTiming
+from api_facade.protocol import VoiceAudio
+from api_facade.voice.reply import ReplyAudio, ReplyEnd, ReplyEvent, ReplyText
+from client import Speech, TritonPool
+
+log = logging.getLogger("api_facade")
+
+
+def sse(event: str, data: object) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def audio_piece(event: ReplyAudio, audio_format: str) -> VoiceAudio:
+    speech = event.speech
+    return VoiceAudio(
+        index=event.index,
+        text=event.text,
+        language=event.language,
+        format=audio_format,
+        sample_rate=speech.sample_rate,
+        duration=round(speech.duration, 3),
+        data=base64.b64encode(encode(speech.audio, speech.sample_rate, audio_format)).decode(),
+    )
+
+
+class FirstAudio:
+    """Observes, once, the time from ``started`` to the first audio sent."""
+
+    def __init__(self, route: str, started: float) -> None:
+        self.route, self.started, self.sent = route, started, False
+
+    def __call__(self) -> None:
+        if not self.sent:
+            self.sent = True
+            VOICE_FIRST_AUDIO.labels(self.route).observe(time.perf_counter() - self.started)
+
+
+async def reply_events(
+    reply: AsyncIterator[ReplyEvent],
+    turn: ChatTurn,
+    conversations: Conversations,
+    audio_format: str,
+    route: str,
+    first_audio: Callable[[], None],
+) -> AsyncIterator[bytes]:
+    """``token`` events as the text comes, ``audio`` events as each piece is spoken, then ``done``
+    (or ``error``: the status line is sent, so the stream reports a failure itself)."""
+    try:
+        with ChatTiming(route) as timing:
+            async for event in reply:
+                if isinstance(event, ReplyText):
+                    timing.token()
+                    yield sse("token", {"text": event.text})
+                elif isinstance(event, ReplyAudio):
+                    AUDIO_SECONDS.labels("out").inc(event.speech.duration)
+                    first_audio()
+                    yield sse("audio", audio_piece(event, audio_format).model_dump())
+                elif isinstance(event, ReplyEnd):
+                    turns = await conversations.answered(turn, event.text)
+                    done = {"session_id": turn.session_id, "reply": event.text, "turns": turns}
+                    yield sse("done", {**done, "finish_reason": event.finish_reason, "language": event.language})
+    except Exception as exc:
+        log.warning("%s stream failed: %r", route, exc)
+        yield sse("error", {"code": "stream_failed", "message": str(exc)})
+
+
+async def reply_audio(
+    reply: AsyncIterator[ReplyEvent],
+    turn: ChatTurn,
+    conversations: Conversations,
+    audio_format: str,
+    route: str,
+    first_audio: Callable[[], None],
+) -> AsyncIterator[bytes]:
+    """The reply's audio alone, piece after piece, as one stream of ``audio_format``. A failure
+    after the first byte can only end the stream early: it is logged."""
+    piece_format = "pcm" if audio_format == "wav" else audio_format
+    try:
+        with ChatTiming(route) as timing:
+            async for event in reply:
+                if isinstance(event, ReplyText):
+                    timing.token()
+                elif isinstance(event, ReplyAudio):
+                    speech = event.speech
+                    AUDIO_SECONDS.labels("out").inc(speech.duration)
+                    header = (
+                        streaming_wav_header(speech.sample_rate) if audio_format == "wav" and event.index == 0 else b""
+                    )
+                    first_audio()
+                    yield header + encode(speech.audio, speech.sample_rate, piece_format)
+                elif isinstance(event, ReplyEnd):
+                    await conversations.answered(turn, event.text)
+    except Exception as exc:
+        log.warning("%s audio stream ended early: %r", route, exc)
+
+
+async def streamed_speech(
+    triton: TritonPool, text: str, language: str, speed: float, audio_format: str, sse_events: bool = False
+) -> StreamingResponse:
+    """``text`` spoken sentence by sentence, each sent as soon as it is synthesised: one stream of
+    ``audio_format``, or (``sse_events``) OpenAI's ``speech.audio.delta`` / ``speech.audio.done``
+    events. The first sentence is synthesised before the status line, so that bad input still
+    gets its error status instead of a broken stream."""
+    pieces = triton.synthesize_stream(text, language, speed)
+    first = await anext(pieces, None)
+
+    async def spoken() -> AsyncIterator[Speech]:
+        if first is None:
+            return
+        yield first
+        async for speech in pieces:
+            yield speech
+
+    async def audio() -> AsyncIterator[bytes]:
+        piece_format = "pcm" if audio_format == "wav" else audio_format
+        async for speech in spoken():
+            AUDIO_SECONDS.labels("out").inc(speech.duration)
+            header = streaming_wav_header(speech.sample_rate) if audio_format == "wav" and speech is first else b""
+            yield header + encode(speech.audio, speech.sample_rate, piece_format)
+
+    async def events() -> AsyncIterator[bytes]:
+        async for speech in spoken():
+            AUDIO_SECONDS.labels("out").inc(speech.duration)
+            data = base64.b64encode(encode(speech.audio, speech.sample_rate, audio_format)).decode()
+            yield f"data: {json.dumps({'type': 'speech.audio.delta', 'audio': data})}\n\n".encode()
+        yield f"data: {json.dumps({'type': 'speech.audio.done'})}\n\n".encode()
+
+    if sse_events:
+        return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(audio(), media_type=MEDIA_TYPES[audio_format])
