@@ -75,7 +75,7 @@ def error_response(request: HTTPConnection, error: ApiError) -> JSONResponse:
         level,
         "request %s %s %s -> %d %s: %s",
         rid,
-        request.method,
+        request.scope.get("method", "WEBSOCKET"),
         request.url.path,
         error.status,
         error.code,

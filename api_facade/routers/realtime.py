@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from api_facade.auth.access import Caller, access, count_call
 from api_facade.dependencies import get_conversations, get_settings, get_triton, get_vad
-from api_facade.errors import ApiError, error_response
+from api_facade.errors import REQUEST_ID_HEADER, ApiError, error_response
 from api_facade.voice.realtime import RealtimeConversation
 
 router = APIRouter(tags=["voice"])
@@ -35,6 +36,8 @@ async def _refuse(websocket: WebSocket, error: ApiError) -> None:
 @router.websocket("/v1/realtime")
 async def realtime(websocket: WebSocket) -> None:
     settings = get_settings(websocket)
+    # The HTTP middleware that names requests does not see WebSockets.
+    websocket.state.request_id = (websocket.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:64]
     try:
         caller: Caller = await access("voice")(websocket)
     except ApiError as error:

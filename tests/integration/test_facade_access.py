@@ -207,3 +207,35 @@ def test_metrics_can_move_to_their_own_port(triton_host: TritonHost) -> None:
         assert client.get("/metrics").status_code == 404
         scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
         assert scraped.status_code == 200 and "milo_http_request_duration_seconds" in scraped.text
+
+
+def test_the_realtime_handshake_is_checked_like_a_rest_call(replicas: Replicas) -> None:
+    """A browser offers its token as a subprotocol beside "realtime"; a refused handshake gets the
+    HTTP status and error body a REST call would."""
+    import asyncio
+
+    import websockets
+
+    voice = cli(replicas, "create", "voice-app", "--scopes", "stt,chat,tts")
+    chat_only = cli(replicas, "create", "chat-app", "--scopes", "chat")
+    url = replicas.a.replace("http://", "ws://") + "/v1/realtime"
+
+    async def refused(**options: object) -> tuple[int, dict[str, object]]:
+        with pytest.raises(websockets.InvalidStatus) as raised:
+            async with websockets.connect(url, **options):  # type: ignore[arg-type]
+                pass
+        response = raised.value.response
+        return response.status_code, json.loads(response.body or b"{}")
+
+    async def accepted(**options: object) -> dict[str, object]:
+        async with websockets.connect(url, **options) as connection:  # type: ignore[arg-type]
+            assert connection.subprotocol == "realtime"
+            return json.loads(await connection.recv())  # type: ignore[no-any-return]
+
+    status, body = asyncio.run(refused())
+    assert status == 401 and body["error"]["code"] == "unauthenticated"  # type: ignore[index]
+    status, body = asyncio.run(refused(subprotocols=["realtime", f"bearer.{chat_only}"]))
+    assert status == 403 and "'stt'" in body["error"]["message"]  # type: ignore[index]
+    assert asyncio.run(accepted(subprotocols=["realtime", f"bearer.{voice}"]))["type"] == "session.created"
+    header = {"Authorization": f"Bearer {voice}"}
+    assert asyncio.run(accepted(subprotocols=["realtime"], additional_headers=header))["type"] == "session.created"
