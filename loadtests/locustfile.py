@@ -11,6 +11,7 @@ answers, not refusals.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from typing import Any
 
@@ -155,3 +156,40 @@ class MixedUser(ChatUser):
     @task(1)
     def probe(self) -> None:
         self.health()
+
+
+class VoiceUser(MiloUser):
+    """Spoken turns: ``POST /v1/voice`` with a spoken question, its reply's audio read as it streams.
+
+    Besides the request itself ("voice": until the status line), each turn reports "voice first
+    audio" (question sent to the first audio byte, what the user waits for) and "voice last audio".
+    """
+
+    wait_time = between(1, 3)
+
+    @task
+    def turn(self) -> None:
+        clip = payloads.clip_wav("question")
+        started = time.perf_counter()
+        first = 0.0
+        with self.client.post(
+            "/v1/voice", name="voice", files={"file": ("question.wav", clip, "audio/wav")},
+            data={"max_tokens": "64"}, stream=True, catch_response=True,
+        ) as response:  # fmt: skip
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+                return
+            size = 0
+            for chunk in response.iter_content(chunk_size=None):
+                if chunk and not first:
+                    first = time.perf_counter() - started
+                size += len(chunk)
+            if not first:
+                response.failure("no audio in the reply")
+                return
+        last = time.perf_counter() - started
+        for name, seconds in (("voice first audio", first), ("voice last audio", last)):
+            events.request.fire(
+                request_type="POST", name=name, response_time=seconds * 1000, response_length=size,
+                exception=None, context={},
+            )  # fmt: skip

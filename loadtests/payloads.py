@@ -50,6 +50,8 @@ CLIP_TEXTS = {
         "Bonjour, je voudrais réserver un taxi pour demain matin à huit heures, "
         "de l'hôtel jusqu'à l'aéroport d'Ivato, pour deux personnes avec leurs bagages."
     ),
+    # A spoken turn's question (the voice benchmarks and the Locust voice scenario).
+    "question": "Bonjour, pouvez-vous me raconter une histoire sur Madagascar ?",
 }
 
 

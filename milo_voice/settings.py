@@ -25,7 +25,7 @@ class ServerSettings(BaseSettings):
     profile: Profile = "embedded"
     models_dir: Path = REPO_ROOT / "models"
     registry: Path = DEFAULT_REGISTRY
-    # Threads per instance for the CPU roles; 0: the library's own choice.
+    # Threads per instance for the CPU roles; 0: the cores the process may run on.
     cpu_threads: int = 0
     # Chat through the OpenAI-compatible cloud backend instead of the local model; with a URL, the
     # cloud backend is also served beside the local one as ``chat_cloud``.

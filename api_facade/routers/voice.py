@@ -85,9 +85,14 @@ async def voice(
     options = _options(upload.fields)
     samples = decode_checked(upload.audio, settings)
     # Never an answer to a question nobody asked: a recogniser given silence may still write.
-    if not await asyncio.to_thread(vad.has_speech, samples):
-        raise ApiError(422, "no_speech", "no speech was heard in the audio", "audio")
-    heard = await transcribe_samples(samples, options.language, triton)
+    # The check runs beside the transcription, not before it: it costs the turn no time.
+    transcribing = asyncio.create_task(transcribe_samples(samples, options.language, triton))
+    try:
+        if not await asyncio.to_thread(vad.has_speech, samples):
+            raise ApiError(422, "no_speech", "no speech was heard in the audio", "audio")
+        heard = await transcribing
+    finally:
+        transcribing.cancel()  # no-op once it is done
     if not heard.text.strip():
         raise ApiError(422, "no_speech", "no words were recognised in the audio", "audio")
     asked = None if options.language == "auto" else options.language

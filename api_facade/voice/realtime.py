@@ -42,6 +42,7 @@ from contract.records import STT_SAMPLE_RATE
 
 log = logging.getLogger("api_facade")
 ROUTE = "/v1/realtime"
+PARTIAL_PRIORITY = 2  # the registry's lowest level
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -70,6 +71,7 @@ class RealtimeConversation:
         self._detector_for(self.config.turn_detection)
         self.samples_in = 0  # stream position, in samples
         self._prefix = np.zeros(0, np.float32)  # audio before the speech started, kept for padding
+        self._heard_speech = False  # push to talk: whether the turn so far holds speech
         self._turn: list[np.ndarray] = []  # the turn's audio so far
         self._turn_samples = 0
         self._partial_at = 0  # turn samples when the last partial transcript was asked
@@ -90,10 +92,13 @@ class RealtimeConversation:
             return
         samples = np.frombuffer(pcm16, "<i2").astype(np.float32) / 32768.0
         self.samples_in += len(samples)
-        if self.detector is None:  # the client ends turns itself
+        # Voice activity runs on every frame: it ends turns under server detection, and in push
+        # to talk it says whether a committed turn holds any speech at all.
+        events = self.detector.feed(self.vad(samples))
+        if self.config.turn_detection is None:  # the client ends turns itself
+            self._heard_speech = self._heard_speech or any(isinstance(e, SpeechStarted) for e in events)
             await self._keep(samples)
             return
-        events = self.detector.feed(self.vad(samples))
         if not events and not self.detector.speaking:
             self._pad(samples)
             return
@@ -150,9 +155,7 @@ class RealtimeConversation:
     # -- turns ---------------------------------------------------------------------------------
 
     def _detector_for(self, settings: ServerVad | None) -> None:
-        if settings is None:
-            self.detector: TurnDetector | None = None
-            return
+        settings = settings or ServerVad()
         detection = TurnDetection(settings.threshold, settings.silence_duration_ms, settings.prefix_padding_ms)
         self.detector = TurnDetector(detection)
         self.vad = self.vad_model.stream()
@@ -202,10 +205,12 @@ class RealtimeConversation:
 
     def _clear_turn(self) -> None:
         self._turn, self._turn_samples, self._partial_at = [], 0, 0
+        self._heard_speech = self.detector.speaking
 
     async def _transcribe_partial(self, audio: np.ndarray, turn: int) -> None:
         try:
-            heard = await self.triton.transcribe(audio, self._language() or "auto")
+            # The lowest priority: a final transcript waiting in the same queue goes first.
+            heard = await self.triton.transcribe(audio, self._language() or "auto", priority=PARTIAL_PRIORITY)
             if turn == self._turns and heard.text.strip():  # still the same turn
                 await self.send("conversation.item.input_audio_transcription.partial", transcript=heard.text)
         except Exception as exc:  # a partial is a courtesy: the final transcript reports failures
@@ -216,27 +221,27 @@ class RealtimeConversation:
 
     async def _end_turn(self) -> None:
         audio = np.concatenate(self._turn) if self._turn else np.zeros(0, np.float32)
+        heard_speech = self._heard_speech or self.config.turn_detection is not None
         self._clear_turn()
         await self._stop_partial()  # stale now, and it would hold up the final transcript
         self._turns += 1
-        if self.detector is not None:
-            self.detector.speaking = False
+        self.detector.speaking = False
         await self.send("input_audio_buffer.committed", item_id=f"item_{self._turns}")
         await self.cancel_response()
         ended = asyncio.get_running_loop().time()
-        self._response = asyncio.create_task(self._answer(audio, f"item_{self._turns}", ended))
+        self._response = asyncio.create_task(self._answer(audio, heard_speech, f"item_{self._turns}", ended))
 
     def _language(self) -> str | None:
         return None if self.config.language in (None, "auto") else self.config.language
 
-    async def _answer(self, audio: np.ndarray, item_id: str, ended: float) -> None:
+    async def _answer(self, audio: np.ndarray, heard_speech: bool, item_id: str, ended: float) -> None:
         """The turn transcribed, then answered aloud. Failures become error events."""
         response_id = f"resp_{uuid.uuid4().hex[:16]}"
         done: dict[str, Any] = {"id": response_id, "status": "failed"}
         try:
             AUDIO_SECONDS.labels("in").inc(len(audio) / STT_SAMPLE_RATE)
             # A turn the client committed itself may hold no speech: never transcribed, never answered.
-            if self.detector is None and not await asyncio.to_thread(self.vad_model.has_speech, audio):
+            if not heard_speech:
                 await self.send("conversation.item.input_audio_transcription.completed", item_id=item_id, transcript="")
                 return
             heard = await self.triton.transcribe(audio, self._language() or "auto")

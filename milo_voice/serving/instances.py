@@ -11,6 +11,7 @@ import ctypes
 import dataclasses
 import importlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -104,8 +105,10 @@ def with_cloud_chat(registry: Registry) -> Registry:
 
 
 def _cpu_threads() -> int:
-    # Several instances share the cores; each gets an equal share rather than all of them.
-    return server_settings().cpu_threads
+    """Threads per CPU instance: ``MILO_CPU_THREADS``, else the cores this process may run on.
+    Not the libraries' own default: CTranslate2 starts 4 threads, which on 2 cores made a Whisper
+    transcription slower (docs/benchmarks.md, "Spoken turn")."""
+    return server_settings().cpu_threads or len(os.sched_getaffinity(0))
 
 
 Role = TypeVar("Role")

@@ -36,3 +36,17 @@ def test_short_locust_run_produces_reports(triton_host: TritonHost, tmp_path: Pa
     for endpoint in ("health", "tts", "stt", "translate", "chat"):
         assert f"| {endpoint} |" in gate_table
     assert "P50/target" in result.stdout
+
+
+def test_the_voice_scenario_reports_time_to_first_audio(triton_host: TritonHost, tmp_path: Path) -> None:
+    with facade_process(triton_host, tmp_path / "facade.log") as url:
+        result = subprocess.run(
+            [sys.executable, "-m", "loadtests", "--url", url, "--scenario", "voice", "--users", "2",
+             "--spawn-rate", "2", "--duration", "12s", "--out", str(tmp_path / "report"), "--report-only"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    stats = read_locust_stats(tmp_path / "report" / "locust_stats.csv")
+    first, last = stats["voice first audio"], stats["voice last audio"]
+    assert first.requests == last.requests > 0 and stats["voice"].failures == 0
+    assert 0 < first.p50_ms <= last.p50_ms

@@ -329,3 +329,22 @@ def test_an_idle_or_expired_conversation_is_closed_with_a_reason(triton_host: Tr
     with facade_process(triton_host, tmp_path / "facade.log", **env) as url:
         closes = asyncio.run(run(url))
     assert closes == ["idle_timeout", "session_expired"]
+
+
+def test_a_committed_turn_without_speech_is_never_answered(facade: str) -> None:
+    async def run() -> list[str]:
+        async with websockets.connect(realtime_url(facade)) as connection:
+            client = Realtime(connection)
+            await client.until("session.created")
+            await connection.send(json.dumps({"type": "session.update", "session": {"turn_detection": None}}))
+            await client.until("session.updated")
+            noise = np.random.default_rng(3).normal(0, 0.003, 24000).astype(np.float32)  # room noise
+            await client.send_audio(noise)
+            await connection.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            completed = await client.until("conversation.item.input_audio_transcription.completed")
+            assert completed["transcript"] == ""
+            with pytest.raises(TimeoutError):
+                await client.until("response.created", timeout=3)
+            return client.kinds()
+
+    assert "response.created" not in asyncio.run(run())

@@ -11,13 +11,13 @@ from pathlib import Path
 from loadtests.bench.gpu.build import phase_build
 from loadtests.bench.gpu.common import LEVELS, REPO
 from loadtests.bench.gpu.inprocess import phase_inprocess
-from loadtests.bench.gpu.served import phase_locust, phase_overhead, phase_served
+from loadtests.bench.gpu.served import phase_locust, phase_overhead, phase_served, phase_voice
 from loadtests.bench.gpu.tune import phase_tune
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench.gpu", description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=["build", "inprocess", "tune", "served", "locust", "overhead"])
+    parser.add_argument("phase", choices=["build", "inprocess", "tune", "served", "locust", "overhead", "voice"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/milo-gpu"))
     parser.add_argument("--assets", default=os.environ.get("MILO_GPU_ASSETS", str(REPO / ".gpu-assets")))
     parser.add_argument("--only", default="", help="build/inprocess: a subset of stt,tts,translate,chat")
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=lambda text: [int(x) for x in text.split(",")], default=list(LEVELS))
     parser.add_argument("--profile", default="production", help="embedded: dry-run served/locust without a GPU")
     parser.add_argument("--duration", default="60s")
+    parser.add_argument("--seconds", type=float, default=20.0, help="voice: how long each level starts new turns")
+    parser.add_argument("--max-tokens", type=int, default=64, help="voice: the length of every reply")
     parser.add_argument(
         "--server", choices=("pytriton", "tritonserver"), default="pytriton", help="served/locust: which Triton"
     )
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Callable[[argparse.Namespace], None]] = {
         "build": phase_build, "inprocess": phase_inprocess, "tune": phase_tune,
-        "served": phase_served, "locust": phase_locust, "overhead": phase_overhead,
+        "served": phase_served, "locust": phase_locust, "overhead": phase_overhead, "voice": phase_voice,
     }  # fmt: skip
     phases[args.phase](args)
     return 0

@@ -204,3 +204,24 @@ def phase_overhead(args: argparse.Namespace) -> None:
         os.environ.update(env)
         out = args.work / "results" / f"overhead-{variant}{_server_suffix(args)}"
         overhead.main(["--server", args.server, "--endpoints", args.endpoints, "--out", str(out)])
+
+
+def phase_voice(args: argparse.Namespace) -> None:
+    """The spoken turn (``loadtests.bench.voice_turn``) on a variant's stack: three calls against
+    ``/v1/voice`` against the realtime WebSocket, with the variant's fixed reply lengths."""
+    from loadtests.bench import voice_turn
+
+    variant = args.variants.split(",")[0]
+    out = args.work / f"voice-{variant}{_server_suffix(args)}"
+    out.mkdir(parents=True, exist_ok=True)
+    turn_args = voice_turn.build_parser().parse_args(
+        ["--out", str(out), "--levels", ",".join(map(str, args.levels)), "--seconds", str(args.seconds),
+         "--max-tokens", str(args.max_tokens)]
+    )  # fmt: skip
+    turn_args.fixed_length_replies = True  # the variant's chat serves the fixed-length role
+    with stack_for(args, variant, out / "stack.log") as (stack, _models, _start):
+        machine = f"{gpu_memory()['gpu'] or 'no GPU'} ({args.server}, variant {variant})"
+        result = voice_turn.run(turn_args, stack.facade, machine)
+        result["memory"] = gpu_memory()
+        result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
+    save(args.work, f"voice-{variant}{_server_suffix(args)}", result)
