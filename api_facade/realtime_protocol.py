@@ -42,6 +42,8 @@ class SessionConfig(BaseModel):
     turn_detection: ServerVad | None = ServerVad()
     partial_transcripts: bool | None = None
     speed: float | None = Field(None, ge=0.25, le=4.0)
+    max_response_output_tokens: int | None = Field(None, ge=1, le=1024, description="unset: the model's default")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="unset: the model's default")
 
 
 class SessionUpdate(BaseModel):

@@ -75,6 +75,8 @@ async def realtime(websocket: WebSocket) -> None:
                 message = await asyncio.wait_for(websocket.receive(), min(left, settings.realtime_idle_timeout_s))
             except TimeoutError:
                 ended = left <= settings.realtime_idle_timeout_s
+                if not ended and conversation.busy:
+                    continue  # the client waits for the server, which is still answering: not idle
                 code, what = ("session_expired", "the session's time is up") if ended else ("idle_timeout", "no frame")
                 await conversation.error(code, what)
                 await websocket.close(code=1000, reason=code)

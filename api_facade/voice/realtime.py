@@ -80,6 +80,11 @@ class RealtimeConversation:
         self._responding: str | None = None  # the id of the response created and not yet done
         self._turns = 0
 
+    @property
+    def busy(self) -> bool:
+        """Whether the server is still working on a turn (transcribing or answering it)."""
+        return self._response is not None and not self._response.done()
+
     # -- the client's frames -------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -256,7 +261,11 @@ class RealtimeConversation:
                 await self.error(refused.code, refused.message)
                 return
             asked = self._language()
-            turn = await self.conversations.turn(self.config.session_id, heard.text, asked or heard.language)
+            config = self.config
+            turn = await self.conversations.turn(
+                config.session_id, heard.text, asked or heard.language, config.max_response_output_tokens,
+                config.temperature,
+            )  # fmt: skip
             voice = Voice(asked, heard.language, self.settings.voice_default_language, self.config.speed or 1.0)
             await self.send("response.created", response={"id": response_id, "status": "in_progress"})
             self._responding = response_id
