@@ -67,7 +67,9 @@ class RealtimeConversation:
         self._send = send
         self._send_lock = asyncio.Lock()
         self.allow_response = allow_response
-        self.config = SessionConfig(session_id=uuid.uuid4().hex, language="auto", partial_transcripts=True, speed=1.0)
+        # Partial transcripts are asked for: on a busy recogniser the one still running when the
+        # turn ends holds up the final transcript (docs/benchmarks.md, "Spoken turn").
+        self.config = SessionConfig(session_id=uuid.uuid4().hex, language="auto", partial_transcripts=False, speed=1.0)
         self._detector_for(self.config.turn_detection)
         self.samples_in = 0  # stream position, in samples
         self._prefix = np.zeros(0, np.float32)  # audio before the speech started, kept for padding

@@ -225,8 +225,12 @@ def test_a_live_turn_is_found_by_voice_activity_and_answered_aloud(facade: str, 
             client = Realtime(connection)
             created = await client.until("session.created")
             assert created["session"]["turn_detection"]["type"] == "server_vad"
+            assert created["session"]["partial_transcripts"] is False
+            await connection.send(json.dumps({"type": "session.update", "session": {"partial_transcripts": True}}))
+            await client.until("session.updated")
             silence = np.zeros(8000, np.float32)
-            await client.send_audio(np.concatenate([silence, speak(QUESTION), silence, silence]), pace=0.01)
+            # At the pace it is spoken: partial transcripts come while the user still speaks.
+            await client.send_audio(np.concatenate([silence, speak(QUESTION), silence, silence]), pace=0.04)
             await client.until("response.done")
             return client
 
@@ -238,6 +242,8 @@ def test_a_live_turn_is_found_by_voice_activity_and_answered_aloud(facade: str, 
                      "response.audio.done", "response.done"):  # fmt: skip
         assert expected in kinds, (expected, kinds)
     assert kinds.index("input_audio_buffer.speech_started") < kinds.index("input_audio_buffer.speech_stopped")
+    partial = kinds.index("conversation.item.input_audio_transcription.partial")
+    assert kinds.index("input_audio_buffer.speech_started") < partial < kinds.index("input_audio_buffer.committed")
     events = dict(reversed([(event["type"], event) for _, event in client.events]))
     started = events["input_audio_buffer.speech_started"]["audio_start_ms"]
     assert 400 <= started <= 700  # the speech began after half a second of silence
