@@ -9,6 +9,7 @@ import binascii
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from fastapi import Request
@@ -27,6 +28,31 @@ from contract.records import STT_SAMPLE_RATE
 class AudioUpload:
     audio: bytes  # the file as sent
     fields: dict[str, str]  # the other form fields or JSON members, as text
+
+
+def upload_request_body(fields: dict[str, Any], example: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads an audio upload with ``fields`` beside it
+    (``openapi_extra``: the route reads its body itself, so FastAPI cannot describe it)."""
+    json_body: dict[str, Any] = {
+        "schema": {
+            "type": "object",
+            "required": ["audio"],
+            "properties": {"audio": {"type": "string", "format": "byte", "description": "base64 of the audio file"}}
+            | fields,
+        }
+    }
+    if example:
+        json_body["example"] = example
+    multipart = {
+        "schema": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary"}} | fields,
+        }
+    }
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": multipart, "application/json": json_body}}
+    }
 
 
 def _too_large(limit: int) -> ApiError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -10,16 +9,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from fastapi.responses import StreamingResponse
 
-from api_facade.audio import encode
 from api_facade.auth.access import ChatTriton, access
 from api_facade.conversation import ChatTurn, Conversations
 from api_facade.dependencies import ConversationsDep, SessionsDep, SettingsDep
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS, TOKENS, ChatTiming
-from api_facade.protocol import SESSION_ID_PATTERN, ChatAnswer, ChatAudio, ChatBody, SessionTurn, SessionView
+from api_facade.protocol import SESSION_ID_PATTERN, ChatAnswer, ChatBody, SessionTurn, SessionView
 from api_facade.voice.language import reply_language
 from api_facade.voice.reply import Voice, spoken_reply
-from api_facade.voice.streams import FirstAudio, reply_events, sse
+from api_facade.voice.streams import FirstAudio, encoded_audio, reply_events, sse
 from client import TritonPool
 
 router = APIRouter(tags=["chat"])
@@ -55,12 +53,7 @@ async def chat(
         language = reply_language(body.language, None, result.text, settings.voice_default_language)
         speech = await triton.synthesize(result.text, language)
         AUDIO_SECONDS.labels("out").inc(speech.duration)
-        audio = ChatAudio(
-            format=body.voice_format,
-            sample_rate=speech.sample_rate,
-            duration=round(speech.duration, 3),
-            data=base64.b64encode(encode(speech.audio, speech.sample_rate, body.voice_format)).decode(),
-        )
+        audio = encoded_audio(speech, body.voice_format)
     return ChatAnswer(
         session_id=turn.session_id,
         reply=result.text,

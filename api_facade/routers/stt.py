@@ -12,42 +12,19 @@ from api_facade.dependencies import SettingsDep
 from api_facade.errors import ApiError
 from api_facade.protocol import SttResponse, SttSegment
 from api_facade.subtitles import to_srt, to_vtt
-from api_facade.uploads import read_audio_upload, transcribe_upload
+from api_facade.uploads import read_audio_upload, transcribe_upload, upload_request_body
 
 router = APIRouter(tags=["stt"])
 LANGUAGES = ("mg", "fr", "auto")
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 
-REQUEST_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "language": {"type": "string", "enum": list(LANGUAGES), "default": "auto"},
-                        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
-                    },
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["audio"],
-                    "properties": {
-                        "audio": {"type": "string", "format": "byte", "description": "base64 of the audio file"},
-                        "language": {"type": "string", "enum": list(LANGUAGES), "default": "auto"},
-                        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
-                    },
-                },
-                "example": {"audio": "UklGRiQAAABXQVZFZm10IBAAAAABAAEAgD4AAAB9AAACABAAZGF0YQAAAAA=", "language": "fr"},
-            },
-        },
-    }
-}
+REQUEST_BODY = upload_request_body(
+    {
+        "language": {"type": "string", "enum": list(LANGUAGES), "default": "auto"},
+        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
+    },
+    example={"audio": "UklGRiQAAABXQVZFZm10IBAAAAABAAEAgD4AAAB9AAACABAAZGF0YQAAAAA=", "language": "fr"},
+)
 
 
 @router.post("/v1/stt", openapi_extra=REQUEST_BODY, response_model=SttResponse, response_model_exclude_none=True)

@@ -22,35 +22,17 @@ from api_facade.auth.access import VoiceTriton
 from api_facade.dependencies import ConversationsDep, SettingsDep, VadDep
 from api_facade.errors import ApiError
 from api_facade.protocol import VoiceOptions
-from api_facade.uploads import decode_checked, read_audio_upload, transcribe_samples
+from api_facade.uploads import decode_checked, read_audio_upload, transcribe_samples, upload_request_body
 from api_facade.voice.reply import ReplyEvent, Voice, spoken_reply
 from api_facade.voice.streams import FirstAudio, reply_audio, reply_events, sse
 
 router = APIRouter(tags=["voice"])
 ROUTE = "/v1/voice"
 
-_FIELDS = {name: {"type": "string"} for name in VoiceOptions.model_json_schema()["properties"]}
-REQUEST_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}, **_FIELDS},
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["audio"],
-                    "properties": {"audio": {"type": "string", "format": "byte"}, **_FIELDS},
-                }
-            },
-        },
-    }
-}
+# Form fields arrive as text, so every field is a string here; VoiceOptions validates them.
+REQUEST_BODY = upload_request_body(
+    {name: {"type": "string"} for name in VoiceOptions.model_json_schema()["properties"]}
+)
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "output=audio: the reply's audio as it is spoken (headers X-Session-Id, X-Transcript, "

@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from api_facade.audio import MEDIA_TYPES, encode, streaming_wav_header
 from api_facade.conversation import ChatTurn, Conversations
 from api_facade.metrics import AUDIO_SECONDS, VOICE_FIRST_AUDIO, ChatTiming
-from api_facade.protocol import VoiceAudio
+from api_facade.protocol import ChatAudio, VoiceAudio
 from api_facade.voice.reply import ReplyAudio, ReplyEnd, ReplyEvent, ReplyText
 from client import Speech, TritonPool
 
@@ -28,17 +28,19 @@ def sse(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def audio_piece(event: ReplyAudio, audio_format: str) -> VoiceAudio:
-    speech = event.speech
-    return VoiceAudio(
-        index=event.index,
-        text=event.text,
-        language=event.language,
+def encoded_audio(speech: Speech, audio_format: str) -> ChatAudio:
+    """``speech`` as a JSON body carries it: a whole file of ``audio_format``, in base64."""
+    return ChatAudio(
         format=audio_format,
         sample_rate=speech.sample_rate,
         duration=round(speech.duration, 3),
         data=base64.b64encode(encode(speech.audio, speech.sample_rate, audio_format)).decode(),
     )
+
+
+def audio_piece(event: ReplyAudio, audio_format: str) -> VoiceAudio:
+    audio = encoded_audio(event.speech, audio_format)
+    return VoiceAudio(index=event.index, text=event.text, language=event.language, **audio.model_dump())
 
 
 class FirstAudio:

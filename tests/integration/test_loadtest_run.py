@@ -17,14 +17,20 @@ from tests.conftest import REPO, TritonHost, facade_process
 pytestmark = pytest.mark.integration
 
 
-def test_short_locust_run_produces_reports(triton_host: TritonHost, tmp_path: Path) -> None:
-    with facade_process(triton_host, tmp_path / "facade.log") as url:
+def locust(host: TritonHost, tmp_path: Path, scenario: str, users: int, duration: str) -> str:
+    """``python -m loadtests`` against a real facade; its output. The report goes to ``tmp_path/report``."""
+    with facade_process(host, tmp_path / "facade.log") as url:
         result = subprocess.run(
-            [sys.executable, "-m", "loadtests", "--url", url, "--scenario", "all", "--users", "5",
-             "--spawn-rate", "5", "--duration", "6s", "--out", str(tmp_path / "report"), "--report-only"],
+            [sys.executable, "-m", "loadtests", "--url", url, "--scenario", scenario, "--users", str(users),
+             "--spawn-rate", str(users), "--duration", duration, "--out", str(tmp_path / "report"), "--report-only"],
             cwd=REPO, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_short_locust_run_produces_reports(triton_host: TritonHost, tmp_path: Path) -> None:
+    output = locust(triton_host, tmp_path, "all", 5, "6s")
     report = tmp_path / "report"
     assert (report / "report.html").read_text().lower().count("locust") > 0
     stats = read_locust_stats(report / "locust_stats.csv")
@@ -35,17 +41,11 @@ def test_short_locust_run_produces_reports(triton_host: TritonHost, tmp_path: Pa
     gate_table = (report / "gate.md").read_text()
     for endpoint in ("health", "tts", "stt", "translate", "chat"):
         assert f"| {endpoint} |" in gate_table
-    assert "P50/target" in result.stdout
+    assert "P50/target" in output
 
 
 def test_the_voice_scenario_reports_time_to_first_audio(triton_host: TritonHost, tmp_path: Path) -> None:
-    with facade_process(triton_host, tmp_path / "facade.log") as url:
-        result = subprocess.run(
-            [sys.executable, "-m", "loadtests", "--url", url, "--scenario", "voice", "--users", "2",
-             "--spawn-rate", "2", "--duration", "12s", "--out", str(tmp_path / "report"), "--report-only"],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    locust(triton_host, tmp_path, "voice", 2, "12s")
     stats = read_locust_stats(tmp_path / "report" / "locust_stats.csv")
     first, last = stats["voice first audio"], stats["voice last audio"]
     assert first.requests == last.requests > 0 and stats["voice"].failures == 0
