@@ -67,8 +67,8 @@ class RealtimeConversation:
         self._send = send
         self._send_lock = asyncio.Lock()
         self.allow_response = allow_response
-        # Partial transcripts are asked for: on a busy recogniser the one still running when the
-        # turn ends holds up the final transcript (docs/benchmarks.md, "Spoken turn").
+        # Partial transcripts only when a session asks for them: on a busy recogniser the one still
+        # running when the turn ends holds up the final transcript (docs/benchmarks.md, "Spoken turn").
         self.config = SessionConfig(session_id=uuid.uuid4().hex, language="auto", partial_transcripts=False, speed=1.0)
         self._detector_for(self.config.turn_detection)
         self.samples_in = 0  # stream position, in samples
