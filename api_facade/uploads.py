@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -20,8 +21,9 @@ from api_facade.audio import UndecodableAudioError, decode_upload
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS
 from api_facade.settings import Settings
+from api_facade.voice.vad import VadModel
 from client import Transcription, TritonPool
-from contract.records import STT_SAMPLE_RATE
+from contract.records import AUTO, STT_SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,28 @@ async def transcribe_samples(samples: np.ndarray, language: str, triton: TritonP
     return result
 
 
-async def transcribe_upload(audio_bytes: bytes, language: str, settings: Settings, triton: TritonPool) -> Transcription:
-    """Checks, decodes and transcribes one uploaded file (``/v1/stt`` and the OpenAI-compatible route)."""
-    return await transcribe_samples(decode_checked(audio_bytes, settings), language, triton)
+async def transcribe_heard(
+    samples: np.ndarray, language: str, triton: TritonPool, vad: VadModel
+) -> Transcription | None:
+    """The transcript of ``samples``, or None when they hold no speech: a recogniser given
+    silence may still write something, which must not reach anyone as what was said. The voice
+    check runs beside the transcription, so that speech costs no more time."""
+    transcribing = asyncio.create_task(transcribe_samples(samples, language, triton))
+    try:
+        if not await asyncio.to_thread(vad.has_speech, samples):
+            return None
+        return await transcribing
+    finally:
+        transcribing.cancel()  # no-op once it is done
+
+
+async def transcribe_upload(
+    audio_bytes: bytes, language: str, settings: Settings, triton: TritonPool, vad: VadModel
+) -> Transcription:
+    """Checks, decodes and transcribes one uploaded file (``/v1/stt`` and the OpenAI-compatible
+    route); audio without speech is an empty transcript."""
+    samples = decode_checked(audio_bytes, settings)
+    heard = await transcribe_heard(samples, language, triton, vad)
+    if heard is None:
+        return Transcription("", "" if language == AUTO else language, 0.0, 0.0, samples.size / STT_SAMPLE_RATE)
+    return heard

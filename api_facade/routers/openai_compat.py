@@ -20,7 +20,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from api_facade.audio import MEDIA_TYPES, encode
 from api_facade.auth.access import ChatTriton, SttTriton, TtsTriton, access
-from api_facade.dependencies import ConversationsDep, SettingsDep
+from api_facade.dependencies import ConversationsDep, SettingsDep, VadDep
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS, TOKENS, ChatTiming
 from api_facade.openai_protocol import (
@@ -65,12 +65,13 @@ async def models() -> ModelList:
 async def transcriptions(
     triton: SttTriton,
     settings: SettingsDep,
+    vad: VadDep,
     file: Annotated[UploadFile, File(description="the audio file")],
     model: Annotated[str, Form()] = STT_MODEL,
     language: Annotated[Literal["mg", "fr"] | None, Form()] = None,
     response_format: Annotated[Literal["json", "text", "srt", "verbose_json", "vtt"], Form()] = "json",
 ) -> Transcription | VerboseTranscription | Response:
-    result = await transcribe_upload(await file.read(), language or "auto", settings, triton)
+    result = await transcribe_upload(await file.read(), language or "auto", settings, triton, vad)
     if response_format == "text":
         return PlainTextResponse(result.text)
     if response_format == "srt":

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from api_facade.auth.access import SttTriton
-from api_facade.dependencies import SettingsDep
+from api_facade.dependencies import SettingsDep, VadDep
 from api_facade.errors import ApiError
 from api_facade.protocol import SttResponse, SttSegment
 from api_facade.subtitles import to_srt, to_vtt
@@ -32,6 +32,7 @@ async def stt(
     request: Request,
     triton: SttTriton,
     settings: SettingsDep,
+    vad: VadDep,
 ) -> Any:
     upload = await read_audio_upload(request, settings)
     audio_bytes, language = upload.audio, upload.fields.get("language", "auto")
@@ -42,7 +43,7 @@ async def stt(
         raise ApiError(
             422, "invalid_request", f"response_format: must be one of {list(RESPONSE_FORMATS)}", "response_format"
         )
-    result = await transcribe_upload(audio_bytes, language, settings, triton)
+    result = await transcribe_upload(audio_bytes, language, settings, triton, vad)
     if response_format == "text":
         return PlainTextResponse(result.text)
     if response_format == "srt":

@@ -6,7 +6,6 @@ synthesised while the next is written: the first audio leaves long before the re
 
 from __future__ import annotations
 
-import asyncio
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ from api_facade.auth.access import VoiceTriton
 from api_facade.dependencies import ConversationsDep, SettingsDep, VadDep
 from api_facade.errors import ApiError
 from api_facade.protocol import VoiceOptions
-from api_facade.uploads import decode_checked, read_audio_upload, transcribe_samples, upload_request_body
+from api_facade.uploads import decode_checked, read_audio_upload, transcribe_heard, upload_request_body
 from api_facade.voice.reply import ReplyEvent, Voice, spoken_reply
 from api_facade.voice.streams import FirstAudio, reply_audio, reply_events, sse
 
@@ -66,15 +65,10 @@ async def voice(
     received = time.perf_counter()
     options = _options(upload.fields)
     samples = decode_checked(upload.audio, settings)
-    # Never an answer to a question nobody asked: a recogniser given silence may still write.
-    # The check runs beside the transcription, not before it: it costs the turn no time.
-    transcribing = asyncio.create_task(transcribe_samples(samples, options.language, triton))
-    try:
-        if not await asyncio.to_thread(vad.has_speech, samples):
-            raise ApiError(422, "no_speech", "no speech was heard in the audio", "audio")
-        heard = await transcribing
-    finally:
-        transcribing.cancel()  # no-op once it is done
+    # Never an answer to a question nobody asked.
+    heard = await transcribe_heard(samples, options.language, triton, vad)
+    if heard is None:
+        raise ApiError(422, "no_speech", "no speech was heard in the audio", "audio")
     if not heard.text.strip():
         raise ApiError(422, "no_speech", "no words were recognised in the audio", "audio")
     asked = None if options.language == "auto" else options.language

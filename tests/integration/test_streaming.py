@@ -354,3 +354,18 @@ def test_a_committed_turn_without_speech_is_never_answered(facade: str) -> None:
             return client.kinds()
 
     assert "response.created" not in asyncio.run(run())
+
+
+def test_silence_is_an_empty_transcript_never_a_made_up_one(facade: str) -> None:
+    """Whisper given silence writes something (it did in this suite); no route passes it on."""
+    import openai
+
+    quiet = np.random.default_rng(5).normal(0, 0.002, 32000).astype(np.float32)  # room noise, 2 s
+    for audio in (np.zeros(32000, np.float32), quiet):
+        files = {"file": ("quiet.wav", wav_of(audio), "audio/wav")}
+        heard = httpx.post(f"{facade}/v1/stt", files=files, data={"language": "fr"}, timeout=60).json()
+        assert (heard["text"], heard["language"], heard["duration"]) == ("", "fr", 2.0)
+        auto = httpx.post(f"{facade}/v1/stt", files=files, timeout=60).json()
+        assert (auto["text"], auto["language"]) == ("", "")
+    sdk = openai.OpenAI(base_url=f"{facade}/v1", api_key="unused")
+    assert sdk.audio.transcriptions.create(model="milo-stt", file=("quiet.wav", wav_of(quiet))).text == ""
