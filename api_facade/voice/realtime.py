@@ -35,6 +35,7 @@ from api_facade.realtime_protocol import (
     SessionUpdate,
 )
 from api_facade.settings import Settings
+from api_facade.uploads import transcribe_samples
 from api_facade.voice.reply import ReplyAudio, ReplyEnd, ReplyText, Voice, spoken_reply
 from api_facade.voice.vad import SpeechStarted, SpeechStopped, TurnDetection, TurnDetector, VadModel
 from client import TritonPool
@@ -246,12 +247,11 @@ class RealtimeConversation:
         response_id = f"resp_{uuid.uuid4().hex[:16]}"
         done: dict[str, Any] = {"id": response_id, "status": "failed"}
         try:
-            AUDIO_SECONDS.labels("in").inc(len(audio) / STT_SAMPLE_RATE)
             # A turn the client committed itself may hold no speech: never transcribed, never answered.
             if not heard_speech:
                 await self.send("conversation.item.input_audio_transcription.completed", item_id=item_id, transcript="")
                 return
-            heard = await self.triton.transcribe(audio, self._language() or "auto")
+            heard = await transcribe_samples(audio, self._language() or "auto", self.triton)
             await self.send(
                 "conversation.item.input_audio_transcription.completed",
                 item_id=item_id, transcript=heard.text, language=heard.language,

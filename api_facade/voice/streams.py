@@ -38,6 +38,15 @@ def encoded_audio(speech: Speech, audio_format: str) -> ChatAudio:
     )
 
 
+def joined_piece(speech: Speech, audio_format: str, first: bool) -> bytes:
+    """One piece of a stream of ``audio_format`` that pieces are appended to: a WAV stream is
+    one open-ended header, then raw PCM; the other streamable formats join whole files."""
+    if audio_format != "wav":
+        return encode(speech.audio, speech.sample_rate, audio_format)
+    header = streaming_wav_header(speech.sample_rate) if first else b""
+    return header + encode(speech.audio, speech.sample_rate, "pcm")
+
+
 def audio_piece(event: ReplyAudio, audio_format: str) -> VoiceAudio:
     audio = encoded_audio(event.speech, audio_format)
     return VoiceAudio(index=event.index, text=event.text, language=event.language, **audio.model_dump())
@@ -94,20 +103,15 @@ async def reply_audio(
 ) -> AsyncIterator[bytes]:
     """The reply's audio alone, piece after piece, as one stream of ``audio_format``. A failure
     after the first byte can only end the stream early: it is logged."""
-    piece_format = "pcm" if audio_format == "wav" else audio_format
     try:
         with ChatTiming(route) as timing:
             async for event in reply:
                 if isinstance(event, ReplyText):
                     timing.token()
                 elif isinstance(event, ReplyAudio):
-                    speech = event.speech
-                    AUDIO_SECONDS.labels("out").inc(speech.duration)
-                    header = (
-                        streaming_wav_header(speech.sample_rate) if audio_format == "wav" and event.index == 0 else b""
-                    )
+                    AUDIO_SECONDS.labels("out").inc(event.speech.duration)
                     first_audio()
-                    yield header + encode(speech.audio, speech.sample_rate, piece_format)
+                    yield joined_piece(event.speech, audio_format, first=event.index == 0)
                 elif isinstance(event, ReplyEnd):
                     await conversations.answered(turn, event.text)
     except Exception as exc:
@@ -132,11 +136,9 @@ async def streamed_speech(
             yield speech
 
     async def audio() -> AsyncIterator[bytes]:
-        piece_format = "pcm" if audio_format == "wav" else audio_format
         async for speech in spoken():
             AUDIO_SECONDS.labels("out").inc(speech.duration)
-            header = streaming_wav_header(speech.sample_rate) if audio_format == "wav" and speech is first else b""
-            yield header + encode(speech.audio, speech.sample_rate, piece_format)
+            yield joined_piece(speech, audio_format, first=speech is first)
 
     async def events() -> AsyncIterator[bytes]:
         async for speech in spoken():
