@@ -42,8 +42,9 @@ import soundfile as sf
 import websockets
 
 from loadtests import payloads
+from loadtests.bench import triton_counters
 
-METHODS = ("three_calls", "voice", "realtime", "realtime_no_partials", "tts_stream", "chat_stream")
+METHODS = ("three_calls", "voice", "voice_events", "realtime", "realtime_no_partials", "tts_stream", "chat_stream")
 FIVE_SENTENCES = (
     "Bonjour à tous. Je m'appelle Milo. Je suis un assistant vocal. "
     "Je parle le français et le malgache. Au revoir et à bientôt."
@@ -55,6 +56,7 @@ FRAME_SAMPLES = 640  # 40 ms at 16 kHz
 class Turn:
     first_s: float  # end of the question (or request sent) -> first audio byte (or first token)
     last_s: float  # -> last audio byte (or last token)
+    heard_s: float | None = None  # voice_events: -> the transcript (sent with the reply's first token)
 
 
 @dataclass
@@ -64,15 +66,18 @@ class Level:
     seconds: float  # how long new turns were started
     turns: list[Turn] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    triton: dict[str, Any] = field(default_factory=dict)  # per model, what the level did (triton_counters)
 
     def summary(self) -> dict[str, Any]:
         firsts = [t.first_s for t in self.turns]
         lasts = [t.last_s for t in self.turns]
+        heard = [t.heard_s for t in self.turns if t.heard_s is not None]
         return {
             "method": self.method, "concurrency": self.concurrency, "turns": len(self.turns),
             "errors": len(self.errors), "error_samples": self.errors[:3],
             "first_p50_ms": _ms(firsts, 50), "first_p95_ms": _ms(firsts, 95),
-            "last_p50_ms": _ms(lasts, 50), "last_p95_ms": _ms(lasts, 95),
+            "last_p50_ms": _ms(lasts, 50), "last_p95_ms": _ms(lasts, 95), "triton": self.triton,
+            **({"heard_p50_ms": _ms(heard, 50), "heard_p95_ms": _ms(heard, 95)} if heard else {}),
         }  # fmt: skip
 
 
@@ -89,6 +94,7 @@ class Client:
     question_wav: bytes
     question_pcm: bytes
     max_tokens: int
+    triton_metrics: str | None = None  # Triton's Prometheus URL: where each level's time went, per model
 
 
 def question_audio() -> tuple[bytes, bytes]:
@@ -116,6 +122,27 @@ async def voice(http: httpx.AsyncClient, client: Client) -> Turn:
     started = time.perf_counter()
     files = {"file": ("question.wav", client.question_wav, "audio/wav")}
     return await _timed_body(http, "POST", "/v1/voice", started, files=files, data={"max_tokens": client.max_tokens})
+
+
+async def voice_events(http: httpx.AsyncClient, client: Client) -> Turn:
+    """``/v1/voice`` as events: beside the first audio, when the transcript came (the server sends
+    it with the reply's first token), which splits a turn's time into hearing and speaking."""
+    started, heard, first, event = time.perf_counter(), 0.0, 0.0, ""
+    files = {"file": ("question.wav", client.question_wav, "audio/wav")}
+    form = {"max_tokens": client.max_tokens, "output": "events"}
+    async with http.stream("POST", "/v1/voice", files=files, data=form) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"/v1/voice: {response.status_code} {(await response.aread())[:200]!r}")
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+                heard = heard or (time.perf_counter() - started if event == "transcript" else 0.0)
+                first = first or (time.perf_counter() - started if event == "audio" else 0.0)
+            elif event == "error":
+                raise RuntimeError(f"/v1/voice error event: {line[:200]}")
+    if not first:
+        raise RuntimeError("/v1/voice: no audio event")
+    return Turn(first, time.perf_counter() - started, heard)
 
 
 async def tts_stream(http: httpx.AsyncClient, client: Client) -> Turn:
@@ -210,6 +237,7 @@ Measure = Callable[[httpx.AsyncClient, Client], Awaitable[Turn]]
 
 async def run_level(client: Client, method: str, concurrency: int, seconds: float) -> Level:
     level = Level(method, concurrency, seconds)
+    before = triton_counters.read(client.triton_metrics) if client.triton_metrics else None
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(base_url=client.url, headers=client.headers, timeout=600, limits=limits) as http:
@@ -232,11 +260,14 @@ async def run_level(client: Client, method: str, concurrency: int, seconds: floa
                     await realtime.close()
 
         await asyncio.gather(*(conversation() for _ in range(concurrency)))
+    if client.triton_metrics and before is not None:
+        level.triton = triton_counters.stretch(before, triton_counters.read(client.triton_metrics))
     return level
 
 
 MEASURES: dict[str, Measure] = {
-    "three_calls": three_calls, "voice": voice, "tts_stream": tts_stream, "chat_stream": chat_stream,
+    "three_calls": three_calls, "voice": voice, "voice_events": voice_events,
+    "tts_stream": tts_stream, "chat_stream": chat_stream,
 }  # fmt: skip
 
 
@@ -301,6 +332,33 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['concurrency']} | {r['three_calls_over_voice']} | {r['three_calls_over_realtime']} | "
             f"{r['three_calls_over_realtime_no_partials']} |"
         )
+    heard = [r for r in result["rows"] if r.get("heard_p50_ms") is not None]
+    if heard:
+        lines += [
+            "",
+            "voice_events: end of the question to the transcript, which comes with the reply's first token "
+            "(the rest of the first audio's time is the chat writing the first piece, and its synthesis):",
+            "",
+            "| conversations | heard P50 | heard P95 | first audio P50 |",
+            "|---|---|---|---|",
+        ]
+        for r in heard:
+            lines.append(f"| {r['concurrency']} | {r['heard_p50_ms']} | {r['heard_p95_ms']} | {r['first_p50_ms']} |")
+    if any(r.get("triton") for r in result["rows"]):
+        lines += [
+            "",
+            "Where the time went, per Triton model (read from Triton's counters before and after each level; "
+            "compute: the batch a request ran in; the streaming models count to their last response):",
+            "",
+            "| conversations | way | model | requests | mean batch | queue ms | compute ms | request ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in result["rows"]:
+            for model, m in (r.get("triton") or {}).items():
+                lines.append(
+                    f"| {r['concurrency']} | {r['method']} | {model} | {m['requests']:.0f} | {m['mean_batch']} | "
+                    f"{m['queue_ms']} | {m['compute_ms']} | {m['request_ms']} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -317,14 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="own stack only: serve the fixed-length chat role, so that every reply is --max-tokens long",
     )
+    parser.add_argument(
+        "--triton-metrics", help="with --url: Triton's metrics URL, to show where each level's time went per model"
+    )
     parser.add_argument("--out", type=Path, required=True)
     return parser
 
 
-def run(args: argparse.Namespace, url: str, machine: str) -> dict[str, Any]:
+def run(args: argparse.Namespace, url: str, machine: str, triton_metrics: str | None = None) -> dict[str, Any]:
     wav, pcm = question_audio()
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    client = Client(url, headers, wav, pcm, args.max_tokens)
+    client = Client(url, headers, wav, pcm, args.max_tokens, triton_metrics or args.triton_metrics)
     levels = [int(level) for level in args.levels.split(",")]
     rows = asyncio.run(measure_all(client, levels, args.seconds, args.methods.split(",")))
     result = {
@@ -352,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.fixed_length_replies:
         env["MILO_REGISTRY"] = str(fixed_length_registry(args.out / "registry.toml"))
     with local_stack(args.out / "stack.log", env) as stack:
-        run(args, stack.facade, machine)
+        run(args, stack.facade, machine, f"http://{stack.metrics}/metrics")
 
 
 def fixed_length_registry(path: Path) -> Path:

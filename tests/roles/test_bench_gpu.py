@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from contract.records import SttRequest
-from loadtests.bench import fixed_lengths, shapes
+from loadtests.bench import fixed_lengths, shapes, triton_counters
 from loadtests.bench.fixed_lengths.chat import FixedLengthChat
 from loadtests.bench.fixed_lengths.stt import FixedLengthSpeechToText
 from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
-from loadtests.bench.gpu import common, served, tune, variants
+from loadtests.bench.gpu import common, tune, variants
 from milo_voice.registry import Registry, load_registry
 from milo_voice.roles.stt import SpeechToText, SttOptions
 
@@ -221,19 +221,32 @@ def test_knee_is_the_smallest_size_near_the_best_throughput() -> None:
     assert tune.knee({1: 5.0}) == 1
 
 
-def test_batch_stats_from_triton_metrics() -> None:
-    text = "\n".join(
-        [
-            "# HELP nv_inference_request_success Number of successful inference requests",
-            'nv_inference_request_success{model="tts",version="1"} 133',
-            'nv_inference_request_success{model="stt",version="1"} 99',
-            'nv_inference_exec_count{model="tts",version="1"} 52',
-            'nv_inference_exec_count{model="stt",version="1"} 99',
-        ]
-    )
-    stats = served.parse_batch_stats(text)
-    assert stats["tts"] == {"requests": 133.0, "executions": 52.0, "mean_batch": 2.56}
-    assert stats["stt"]["mean_batch"] == 1.0
+def test_triton_counters_over_a_stretch_of_load() -> None:
+    def text(tts: tuple[int, int, int, int], stt_requests: int) -> str:
+        requests, executions, queue_us, compute_us = tts
+        return "\n".join(
+            [
+                "# HELP nv_inference_request_success Number of successful inference requests",
+                f'nv_inference_request_success{{model="tts",version="1"}} {requests}',
+                f'nv_inference_exec_count{{model="tts",version="1"}} {executions}',
+                f'nv_inference_queue_duration_us{{model="tts",version="1"}} {queue_us}',
+                f'nv_inference_compute_infer_duration_us{{model="tts",version="1"}} {compute_us}',
+                f'nv_inference_request_duration_us{{model="tts",version="1"}} {queue_us + compute_us}',
+                f'nv_inference_request_success{{model="stt",version="1"}} {stt_requests}',
+                f'nv_inference_exec_count{{model="stt",version="1"}} {stt_requests}',
+            ]
+        )
+
+    before = triton_counters.parse(text((33, 12, 50_000, 300_000), 99))
+    after = triton_counters.parse(text((133, 52, 2_050_000, 4_300_000), 99))
+    assert after["tts"]["requests"] == 133.0 and triton_counters.mean_batch(after["tts"]) == 2.56
+    # Only what the stretch did, and only the models that served in it.
+    assert triton_counters.stretch(before, after) == {
+        "tts": {
+            "requests": 100.0, "executions": 40.0, "mean_batch": 2.5,
+            "queue_ms": 20.0, "compute_ms": 40.0, "request_ms": 60.0,
+        }
+    }  # fmt: skip
 
 
 def test_tuning_reads_the_stt_curve_of_the_role_a_gpu_host_runs(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", default="60s")
     parser.add_argument("--seconds", type=float, default=20.0, help="voice: how long each level starts new turns")
     parser.add_argument("--max-tokens", type=int, default=64, help="voice: the length of every reply")
+    parser.add_argument("--methods", default="", help="voice: the ways measured (default: all of voice_turn's)")
     parser.add_argument(
         "--server", choices=("pytriton", "tritonserver"), default="pytriton", help="served/locust: which Triton"
     )

@@ -7,10 +7,8 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import statistics
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +18,7 @@ import httpx
 
 from loadtests import payloads
 from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_stats
+from loadtests.bench import triton_counters
 from loadtests.bench.batching import SENDERS, Point, Send, measure
 from loadtests.bench.gpu.common import CHAT_TOKENS, MIN_REQUESTS, REPO, gpu_memory, save
 from loadtests.bench.gpu.variants import bench_models, dump_registry, overlay_names
@@ -44,19 +43,11 @@ SERVED_SENDERS: dict[str, Send] = {
 
 
 def triton_batch_stats(metrics_url: str) -> dict[str, dict[str, float]]:
-    return parse_batch_stats(urllib.request.urlopen(metrics_url, timeout=5).read().decode())
-
-
-def parse_batch_stats(text: str) -> dict[str, dict[str, float]]:
-    """Per model: requests, executions (batches) and their ratio, from Triton's Prometheus text."""
-    stats: dict[str, dict[str, float]] = {}
-    for metric, key in (("nv_inference_request_success", "requests"), ("nv_inference_exec_count", "executions")):
-        for model, value in re.findall(rf'^{metric}{{model="([^"]+)"[^}}]*}} ([0-9.e+]+)$', text, re.M):
-            stats.setdefault(model, {})[key] = stats.get(model, {}).get(key, 0.0) + float(value)
-    for row in stats.values():
-        if row.get("executions"):
-            row["mean_batch"] = round(row.get("requests", 0.0) / row["executions"], 2)
-    return stats
+    """Per model, Triton's counters since it started, with the mean batch."""
+    counters = triton_counters.read(metrics_url)
+    for row in counters.values():
+        row["mean_batch"] = triton_counters.mean_batch(row) or 0.0
+    return counters
 
 
 async def _probe(base: str) -> dict[str, float]:
@@ -211,17 +202,16 @@ def phase_voice(args: argparse.Namespace) -> None:
     ``/v1/voice`` against the realtime WebSocket, with the variant's fixed reply lengths."""
     from loadtests.bench import voice_turn
 
-    variant = args.variants.split(",")[0]
+    variant = args.variants.split(",")[0]  # one a call: a level of every way takes minutes
     out = args.work / f"voice-{variant}{_server_suffix(args)}"
     out.mkdir(parents=True, exist_ok=True)
     turn_args = voice_turn.build_parser().parse_args(
         ["--out", str(out), "--levels", ",".join(map(str, args.levels)), "--seconds", str(args.seconds),
-         "--max-tokens", str(args.max_tokens)]
+         "--max-tokens", str(args.max_tokens), *(["--methods", args.methods] if args.methods else [])]
     )  # fmt: skip
     turn_args.fixed_length_replies = True  # the variant's chat serves the fixed-length role
     with stack_for(args, variant, out / "stack.log") as (stack, _models, _start):
         machine = f"{gpu_memory()['gpu'] or 'no GPU'} ({args.server}, variant {variant})"
-        result = voice_turn.run(turn_args, stack.facade, machine)
+        result = voice_turn.run(turn_args, stack.facade, machine, f"http://{stack.metrics}/metrics")
         result["memory"] = gpu_memory()
-        result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
     save(args.work, f"voice-{variant}{_server_suffix(args)}", result)

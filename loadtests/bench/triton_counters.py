@@ -1,0 +1,63 @@
+"""Triton's per-model counters, read from its Prometheus text before and after a stretch of load,
+and what that stretch did per model: requests, executions (batches), how many requests a batch
+held, and where a request's time went (waiting in the queue, or in the batch it ran in).
+
+Triton adds the compute time of a batch to every request in it, so ``compute_ms`` is the time
+of the batch a request rode in, not a share of it. Decoupled models (the streaming ones) count
+the time to their last response.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+COUNTERS = {
+    "nv_inference_request_success": "requests",
+    "nv_inference_exec_count": "executions",
+    "nv_inference_queue_duration_us": "queue_us",
+    "nv_inference_compute_infer_duration_us": "compute_us",
+    "nv_inference_request_duration_us": "request_us",
+}
+
+Counters = dict[str, dict[str, float]]  # model -> counter -> value
+
+
+def parse(text: str) -> Counters:
+    """The counters of each model, summed over its versions."""
+    counters: Counters = {}
+    for metric, key in COUNTERS.items():
+        for model, value in re.findall(rf'^{metric}{{model="([^"]+)"[^}}]*}} ([0-9.e+]+)$', text, re.M):
+            row = counters.setdefault(model, {})
+            row[key] = row.get(key, 0.0) + float(value)
+    return counters
+
+
+def read(metrics_url: str) -> Counters:
+    return parse(urllib.request.urlopen(metrics_url, timeout=5).read().decode())
+
+
+def mean_batch(counters: dict[str, float]) -> float | None:
+    executions = counters.get("executions", 0.0)
+    return round(counters.get("requests", 0.0) / executions, 2) if executions else None
+
+
+def stretch(before: Counters, after: Counters) -> dict[str, dict[str, float | None]]:
+    """Per model that served a request between the two readings: its requests and executions,
+    the mean batch, and the mean queue, compute and whole-request times of a request in ms."""
+    out: dict[str, dict[str, float | None]] = {}
+    for model, now in sorted(after.items()):
+        then = before.get(model, {})
+        delta = {key: now.get(key, 0.0) - then.get(key, 0.0) for key in COUNTERS.values()}
+        requests = delta["requests"]
+        if requests <= 0:
+            continue
+        out[model] = {
+            "requests": requests,
+            "executions": delta["executions"],
+            "mean_batch": mean_batch(delta),
+            "queue_ms": round(delta["queue_us"] / requests / 1000, 1),
+            "compute_ms": round(delta["compute_us"] / requests / 1000, 1),
+            "request_ms": round(delta["request_us"] / requests / 1000, 1),
+        }
+    return out
