@@ -17,13 +17,16 @@ class ChunkRules:
     """How soon a piece of the reply is spoken.
 
     The first piece is short: it may end at a clause break once it has ``first_min_chars``,
-    so that the listener hears something soon. Later pieces, synthesised while earlier ones
+    and waits for no break beyond ``first_max_chars`` (cut at the last space before it), so
+    that the listener hears something soon even when the reply opens with a long sentence; the
+    wait is the time the chat takes to write it. Later pieces, synthesised while earlier ones
     play, are at least ``min_chars`` (whole sentences read more naturally than fragments). No
     piece waits beyond ``max_chars`` for a break: it is cut at the last space (a model that
     writes no punctuation must not keep the listener waiting to the end).
     """
 
     first_min_chars: int = 12
+    first_max_chars: int = 48
     min_chars: int = 24
     max_chars: int = 220
 
@@ -64,7 +67,8 @@ class SentenceChunker:
             for match in CLAUSE_END.finditer(text):
                 if len(text[: match.start()].strip()) >= least:
                     return match.end()
-        if len(text) > rules.max_chars:
-            space = text.rfind(" ", 0, rules.max_chars)
-            return space + 1 if space > 0 else rules.max_chars
+        longest = rules.first_max_chars if self._pieces == 0 else rules.max_chars
+        if len(text) > longest:
+            space = text.rfind(" ", 0, longest)
+            return space + 1 if space > 0 else longest
         return None

@@ -19,6 +19,7 @@ from api_facade.conversation import ChatTurn, Conversations
 from api_facade.metrics import AUDIO_SECONDS, VOICE_FIRST_AUDIO, ChatTiming
 from api_facade.protocol import ChatAudio, VoiceAudio
 from api_facade.voice.reply import ReplyAudio, ReplyEnd, ReplyEvent, ReplyText
+from api_facade.voice.speech import spoken_text
 from client import Speech, TritonPool
 
 log = logging.getLogger("api_facade")
@@ -121,19 +122,22 @@ async def reply_audio(
 async def streamed_speech(
     triton: TritonPool, text: str, language: str, speed: float, audio_format: str, sse_events: bool = False
 ) -> StreamingResponse:
-    """``text`` spoken sentence by sentence, each sent as soon as it is synthesised: one stream of
-    ``audio_format``, or (``sse_events``) OpenAI's ``speech.audio.delta`` / ``speech.audio.done``
-    events. The first sentence is synthesised before the status line, so that bad input still
-    gets its error status instead of a broken stream."""
-    pieces = triton.synthesize_stream(text, language, speed)
+    """``text`` spoken piece by piece (``voice.speech``), each sent as soon as it is synthesised:
+    one stream of ``audio_format``, or (``sse_events``) OpenAI's ``speech.audio.delta`` /
+    ``speech.audio.done`` events. The first piece is synthesised before the status line, so that
+    bad input still gets its error status instead of a broken stream."""
+    pieces = spoken_text(triton, text, language, speed)
     first = await anext(pieces, None)
 
     async def spoken() -> AsyncIterator[Speech]:
         if first is None:
             return
         yield first
-        async for speech in pieces:
-            yield speech
+        try:
+            async for speech in pieces:
+                yield speech
+        finally:
+            await pieces.aclose()  # type: ignore[attr-defined]
 
     async def audio() -> AsyncIterator[bytes]:
         async for speech in spoken():

@@ -18,6 +18,7 @@ from api_facade.settings import Settings
 from api_facade.voice.language import detect_language, reply_language
 from api_facade.voice.reply import ReplyAudio, ReplyEnd, ReplyText, Voice, spoken_reply
 from api_facade.voice.sentences import ChunkRules, SentenceChunker
+from api_facade.voice.speech import spoken_text, text_pieces
 from api_facade.voice.vad import FRAME, MODEL_PATH, SpeechStarted, SpeechStopped, TurnDetection, TurnDetector, VadModel
 from client import CallOptions
 from contract import codec, tensors
@@ -32,7 +33,7 @@ from contract.records import (
     Transcription,
 )
 from tests.conftest import speak
-from tests.unit.test_facade_routes import ScriptedTriton
+from tests.unit.test_facade_routes import ScriptedTriton, speech
 
 
 def chunks(text: str, rules: ChunkRules | None = None, step: int = 3) -> list[str]:
@@ -57,8 +58,17 @@ def test_the_first_piece_may_end_at_a_clause_and_no_piece_waits_past_its_limit()
     assert chunks("Misaotra betsaka tompoko, afaka manampy anao aho anio.")[0] == "Misaotra betsaka tompoko,"
     assert chunks("Eny, tompoko. Afaka manampy anao aho.")[0] == "Eny, tompoko."
     unpunctuated = " ".join(["teny"] * 100)
-    pieces = chunks(unpunctuated, ChunkRules(max_chars=60))
-    assert all(len(piece) <= 60 for piece in pieces) and " ".join(pieces) == unpunctuated
+    pieces = chunks(unpunctuated, ChunkRules(first_max_chars=30, max_chars=60))
+    assert len(pieces[0]) <= 30 and all(len(piece) <= 60 for piece in pieces[1:])
+    assert " ".join(pieces) == unpunctuated
+    # A reply opening with a long sentence is heard from its first words; the rest is whole.
+    long_opening = (
+        "Madagasikara dia nosy lehibe any amin'ny Ranomasimbe Indiana, ary maro ny karazam-biby "
+        "tsy hita any an-kafa. Tsara ny toetr'andro."
+    )
+    first, *rest = chunks(long_opening)
+    assert first == "Madagasikara dia nosy lehibe any amin'ny" and len(first) <= ChunkRules().first_max_chars
+    assert rest == ["Ranomasimbe Indiana, ary maro ny karazam-biby tsy hita any an-kafa.", "Tsara ny toetr'andro."]
     assert chunks("Première ligne\nDeuxième ligne") == ["Première ligne", "Deuxième ligne"]
 
 
@@ -208,6 +218,88 @@ def test_closing_the_reply_early_stops_the_chat_on_the_server() -> None:
     asyncio.run(run())
     assert triton.cancelled == ["chat_cancel"]
     assert not any(call.startswith("chat: Au revoir") for call, _ in triton.calls)
+
+
+class SlowTts(ScriptedTriton):
+    """A TTS that takes ``seconds`` a piece and records, per piece, how many were in flight when
+    it was sent and when it finished."""
+
+    def __init__(self, seconds: float = 0.03, refuse: str = "") -> None:
+        super().__init__({})
+        self.seconds, self.refuse = seconds, refuse
+        self.in_flight = 0
+        self.sent_with: list[tuple[str, int]] = []  # (piece, others in flight when it was sent)
+        self.finished: list[str] = []
+
+    async def infer_tensors(self, io: tensors.ModelIO, inputs: codec.Arrays, options: CallOptions) -> codec.Arrays:
+        (request,) = codec.unpack_requests(io, inputs)
+        self.sent_with.append((request.text, self.in_flight))
+        self.in_flight += 1
+        try:
+            await asyncio.sleep(self.seconds)
+        finally:
+            self.in_flight -= 1
+        self.finished.append(request.text)
+        result = InputError("nothing to say") if request.text == self.refuse else speech(request)
+        return codec.pack_results(io, [result])
+
+
+SIX_SENTENCES = (
+    "Bonjour à tous, je suis Milo. Je parle le français et le malgache. Je lis les nombres. "
+    "Je lis aussi les dates. Je traduis des phrases. Au revoir et à bientôt."
+)
+
+
+def test_a_text_is_spoken_first_piece_alone_then_the_rest_together_in_order() -> None:
+    triton = SlowTts()
+
+    async def run() -> list[str]:
+        return [s.spoken_text async for s in spoken_text(triton, SIX_SENTENCES, "fr", 1.0, ahead=3)]
+
+    spoken = asyncio.run(run())
+    # Cut as a streamed reply is: short sentences joined after the first.
+    assert (
+        spoken
+        == text_pieces(SIX_SENTENCES)
+        == [
+            "Bonjour à tous, je suis Milo.",
+            "Je parle le français et le malgache.",
+            "Je lis les nombres. Je lis aussi les dates.",
+            "Je traduis des phrases. Au revoir et à bientôt.",
+        ]
+    )
+    sent = dict(triton.sent_with)
+    # Nothing else was sent while the first piece was synthesised; the next three went together.
+    assert sent[spoken[0]] == 0 and triton.sent_with[1][0] == spoken[1]
+    assert [sent[piece] for piece in spoken[1:4]] == [0, 1, 2]
+    assert max(sent.values()) < 3  # never more than ``ahead`` in flight
+
+
+def test_a_later_piece_the_voice_cannot_say_is_left_out_but_a_refused_first_piece_is_an_error() -> None:
+    triton = SlowTts(refuse="***")
+
+    async def run(text: str) -> list[str]:
+        return [s.spoken_text async for s in spoken_text(triton, text, "fr", 1.0)]
+
+    assert asyncio.run(run("Voici ce que je vois.\n***\nMerci beaucoup.")) == [
+        "Voici ce que je vois.",
+        "Merci beaucoup.",
+    ]
+    with pytest.raises(InputError):
+        asyncio.run(run("***"))
+
+
+def test_closing_a_spoken_text_early_cancels_the_pieces_in_flight() -> None:
+    triton = SlowTts(seconds=0.2)
+
+    async def run() -> None:
+        pieces = spoken_text(triton, SIX_SENTENCES, "fr", 1.0)
+        await anext(pieces)
+        await pieces.aclose()  # type: ignore[attr-defined]
+        await asyncio.sleep(0.3)
+
+    asyncio.run(run())
+    assert triton.finished == ["Bonjour à tous, je suis Milo."] and triton.in_flight == 0
 
 
 @pytest.fixture
