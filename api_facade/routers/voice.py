@@ -23,7 +23,7 @@ from api_facade.errors import ApiError
 from api_facade.protocol import VoiceOptions
 from api_facade.uploads import decode_checked, read_audio_upload, transcribe_heard, upload_request_body
 from api_facade.voice.reply import ReplyEvent, Voice, spoken_reply
-from api_facade.voice.streams import FirstAudio, reply_audio, reply_events, sse
+from api_facade.voice.streams import ClosingStream, FirstAudio, reply_audio, reply_events, sse
 
 router = APIRouter(tags=["voice"])
 ROUTE = "/v1/voice"
@@ -93,11 +93,11 @@ async def voice(
             async for chunk in reply_events(events, turn, conversations, options.format, ROUTE, first_audio):
                 yield chunk
 
-        return StreamingResponse(body(), media_type="text/event-stream")
+        return ClosingStream(body(), reply, media_type="text/event-stream")
     headers = {
         "X-Session-Id": turn.session_id,
         "X-Transcript": urllib.parse.quote(heard.text),
         "X-Transcript-Language": heard.language,
     }
     audio = reply_audio(events, turn, conversations, options.format, ROUTE, first_audio)
-    return StreamingResponse(audio, media_type=MEDIA_TYPES[options.format], headers=headers)
+    return ClosingStream(audio, reply, media_type=MEDIA_TYPES[options.format], headers=headers)

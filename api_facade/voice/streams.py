@@ -11,8 +11,10 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from api_facade.audio import MEDIA_TYPES, encode, streaming_wav_header
 from api_facade.conversation import ChatTurn, Conversations
@@ -23,6 +25,22 @@ from api_facade.voice.speech import spoken_text
 from client import Speech, TritonPool
 
 log = logging.getLogger("api_facade")
+
+
+class ClosingStream(StreamingResponse):
+    """A streamed body whose ``source`` (a generator with work in flight: a chat, syntheses) is
+    closed once the response is over, however it ended. A client that leaves before the body
+    started is cancelled before the body ran, so the body's own cleanup never would."""
+
+    def __init__(self, content: AsyncIterator[bytes], source: AsyncIterator[Any], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.source = source
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.source.aclose()  # type: ignore[attr-defined]
 
 
 def sse(event: str, data: object) -> bytes:
@@ -133,11 +151,8 @@ async def streamed_speech(
         if first is None:
             return
         yield first
-        try:
-            async for speech in pieces:
-                yield speech
-        finally:
-            await pieces.aclose()  # type: ignore[attr-defined]
+        async for speech in pieces:
+            yield speech
 
     async def audio() -> AsyncIterator[bytes]:
         async for speech in spoken():
@@ -152,5 +167,5 @@ async def streamed_speech(
         yield f"data: {json.dumps({'type': 'speech.audio.done'})}\n\n".encode()
 
     if sse_events:
-        return StreamingResponse(events(), media_type="text/event-stream")
-    return StreamingResponse(audio(), media_type=MEDIA_TYPES[audio_format])
+        return ClosingStream(events(), pieces, media_type="text/event-stream")
+    return ClosingStream(audio(), pieces, media_type=MEDIA_TYPES[audio_format])

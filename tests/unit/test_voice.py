@@ -338,3 +338,49 @@ def speech_wav(audio: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, audio, 16000, format="WAV")
     return buffer.getvalue()
+
+
+def test_a_client_gone_before_the_reply_body_started_stops_the_chat(
+    paced_api: tuple[TestClient, PacedTriton],
+) -> None:
+    """The client leaves while the status line is being sent, before the body is iterated: the
+    request is cancelled there, and the reply's chat is cancelled, not written to its end."""
+    import httpx
+
+    api, triton = paced_api
+    triton.interval = 0.2
+    triton.answers["stt"] = lambda r: Transcription("Salut Milo", "fr", 1.0, 0.9, 2.0, [])
+    wav = speech_wav(np.concatenate([speak("Bonjour, comment allez-vous ?"), np.zeros(8000, np.float32)]))
+    upload = httpx.Request("POST", "http://facade/v1/voice", files={"file": ("q.wav", wav, "audio/wav")})
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+        "method": "POST", "scheme": "http", "path": "/v1/voice", "raw_path": b"/v1/voice", "query_string": b"",
+        "root_path": "", "headers": [(k.lower().encode(), v.encode()) for k, v in upload.headers.items()],
+        "client": ("127.0.0.1", 50000), "server": ("facade", 80),
+    }  # fmt: skip
+    body = [{"type": "http.request", "body": upload.read(), "more_body": False}]
+    status_line = asyncio.Event()
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        if body:
+            return body.pop(0)
+        await status_line.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+        if message["type"] == "http.response.start":
+            status_line.set()
+            await asyncio.sleep(30)  # a slow network: the client is gone before this returns
+
+    async def converse() -> None:
+        await api.app(scope, receive, send)  # type: ignore[arg-type]
+        await asyncio.wait_for(triton.stream_closed.wait(), 5)
+        await triton.wait_background()
+
+    assert api.portal is not None
+    api.portal.call(converse)
+    assert sent == ["http.response.start"]
+    assert triton.cancelled == ["chat_cancel"]
+    assert not any(call.startswith("chat: Au revoir") for call, _ in triton.calls)
