@@ -60,7 +60,8 @@ def test_gpu_hosts_take_the_registry_gpu_count(registry: Registry) -> None:
     instances = registry["stt"].instances
     assert instances.count_on(0) == instances.count == 1
     assert instances.count_on(1) == instances.gpu_count == 2
-    assert registry["tts"].instances.count_on(1) == registry["tts"].instances.count
+    assert registry["tts"].instances.count_on(1) == 4 and registry["tts"].instances.count_on(0) == 1
+    assert registry["translate"].instances.count_on(1) == registry["translate"].instances.count
 
 
 def test_a_chat_process_loads_only_the_chat_roles_libraries(embedded_dir: Path) -> None:
