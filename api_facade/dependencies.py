@@ -10,7 +10,6 @@ from starlette.requests import HTTPConnection
 from api_facade.cache import TranslationCache
 from api_facade.conversation import Conversations
 from api_facade.phrasebook import Phrasebook
-from api_facade.sessions import SessionStore
 from api_facade.settings import Settings
 from api_facade.voice.vad import VadModel
 from client import TritonPool
@@ -33,10 +32,6 @@ def get_phrasebook(request: HTTPConnection) -> Phrasebook:
     return request.app.state.phrasebook  # type: ignore[no-any-return]
 
 
-def get_sessions(request: HTTPConnection) -> SessionStore:
-    return request.app.state.sessions  # type: ignore[no-any-return]
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TritonDep = Annotated[TritonPool, Depends(get_triton)]
 CacheDep = Annotated[TranslationCache, Depends(get_cache)]
@@ -55,6 +50,5 @@ def get_conversations(request: HTTPConnection) -> Conversations:
     return request.app.state.conversations  # type: ignore[no-any-return]
 
 
-SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
 ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
 VadDep = Annotated[VadModel, Depends(get_vad)]

@@ -19,7 +19,8 @@ from starlette.requests import HTTPConnection
 
 from api_facade.auth.ratelimit import LimitState, RateLimiter, client_ip, parse_limit, tightest
 from api_facade.auth.tokens import SCOPES, InvalidTokenError, Principal, TokenService
-from api_facade.dependencies import get_triton
+from api_facade.conversation import Conversations
+from api_facade.dependencies import get_conversations, get_triton
 from api_facade.errors import ApiError
 from api_facade.metrics import AUTH_FAILURES, RATE_LIMITED
 from api_facade.settings import ROUTE_FAMILIES, Settings
@@ -40,6 +41,7 @@ class Caller:
     principal: Principal
     ip: str
     options: CallOptions
+    owner: str  # whose sessions it reaches: its token's, or (auth off) its address's
 
 
 def _anonymous(settings: Settings) -> Principal:
@@ -115,7 +117,8 @@ class Access:
         setattr(request.state, RATE_LIMIT_HEADERS, tightest([ip_state, token_state]).headers())
         tier = settings.tier(principal.tier)
         options = CallOptions(priority=tier.priority, queue_timeout_us=int(tier.queue_timeout_s * 1_000_000))
-        return Caller(principal, ip, options)
+        owner = f"token:{principal.name}" if settings.auth_on else f"client:{ip}"
+        return Caller(principal, ip, options, owner)
 
 
 async def _count_for_token(connection: HTTPConnection, family: str, principal: Principal) -> LimitState:
@@ -150,9 +153,23 @@ def triton_for(family: str) -> object:
     return bound_client
 
 
+@cache
+def conversations_for(family: str) -> object:
+    """Dependency: the chat sessions of the caller (``Conversations.owned_by``)."""
+    caller_of = access(family)
+
+    async def owned(request: HTTPConnection, caller: Annotated[Caller, Depends(caller_of)]) -> Conversations:
+        return get_conversations(request).owned_by(caller.owner)
+
+    return owned
+
+
 # The Triton client of each route family, bound to the caller's priority and queue timeout.
 SttTriton = Annotated[TritonPool, Depends(triton_for("stt"))]
 TtsTriton = Annotated[TritonPool, Depends(triton_for("tts"))]
 TranslateTriton = Annotated[TritonPool, Depends(triton_for("translate"))]
 ChatTriton = Annotated[TritonPool, Depends(triton_for("chat"))]
 VoiceTriton = Annotated[TritonPool, Depends(triton_for("voice"))]
+# The caller's own chat sessions, for the routes that keep them.
+ChatConversations = Annotated[Conversations, Depends(conversations_for("chat"))]
+VoiceConversations = Annotated[Conversations, Depends(conversations_for("voice"))]

@@ -6,12 +6,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 from fastapi.responses import StreamingResponse
 
-from api_facade.auth.access import ChatTriton, access
+from api_facade.auth.access import ChatConversations, ChatTriton
 from api_facade.conversation import ChatTurn, Conversations
-from api_facade.dependencies import ConversationsDep, SessionsDep, SettingsDep
+from api_facade.dependencies import SettingsDep
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS, TOKENS, ChatTiming
 from api_facade.protocol import SESSION_ID_PATTERN, ChatAnswer, ChatBody, SessionTurn, SessionView
@@ -27,7 +27,7 @@ ROUTE = "/v1/chat"
 
 @router.post(ROUTE, response_model=ChatAnswer, response_model_exclude_none=True)
 async def chat(
-    body: ChatBody, triton: ChatTriton, conversations: ConversationsDep, settings: SettingsDep
+    body: ChatBody, triton: ChatTriton, conversations: ChatConversations, settings: SettingsDep
 ) -> ChatAnswer | StreamingResponse:
     started = time.perf_counter()
     turn = await conversations.turn(body.session_id, body.message, body.language, body.max_tokens, body.temperature)
@@ -94,15 +94,15 @@ async def _text_stream(
         yield sse("error", {"code": "stream_failed", "message": str(exc)})
 
 
-@router.get("/v1/chat/sessions/{session_id}", response_model=SessionView, dependencies=[Depends(access("chat"))])
-async def get_session(session_id: SessionId, sessions: SessionsDep) -> SessionView:
-    turns = await sessions.load(session_id, stale_ok=True)
+@router.get("/v1/chat/sessions/{session_id}", response_model=SessionView)
+async def get_session(session_id: SessionId, conversations: ChatConversations) -> SessionView:
+    turns = await conversations.history(session_id, stale_ok=True)
     if turns is None:
         raise ApiError(404, "session_not_found", f"no session {session_id!r} (never created, deleted or expired)")
     return SessionView(session_id=session_id, turns=[SessionTurn(role=t.role, content=t.content) for t in turns])
 
 
-@router.delete("/v1/chat/sessions/{session_id}", status_code=204, dependencies=[Depends(access("chat"))])
-async def delete_session(session_id: SessionId, sessions: SessionsDep) -> None:
-    if not await sessions.delete(session_id):
+@router.delete("/v1/chat/sessions/{session_id}", status_code=204)
+async def delete_session(session_id: SessionId, conversations: ChatConversations) -> None:
+    if not await conversations.forget(session_id):
         raise ApiError(404, "session_not_found", f"no session {session_id!r}")

@@ -60,7 +60,7 @@ async def realtime(websocket: WebSocket) -> None:
 
     conversation = RealtimeConversation(
         get_triton(websocket).with_options(caller.options),
-        get_conversations(websocket),
+        get_conversations(websocket).owned_by(caller.owner),
         get_vad(websocket),
         settings,
         send,

@@ -17,8 +17,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from api_facade.audio import MEDIA_TYPES
-from api_facade.auth.access import VoiceTriton
-from api_facade.dependencies import ConversationsDep, SettingsDep, VadDep
+from api_facade.auth.access import VoiceConversations, VoiceTriton
+from api_facade.dependencies import SettingsDep, VadDep
 from api_facade.errors import ApiError
 from api_facade.protocol import VoiceOptions
 from api_facade.uploads import decode_checked, read_audio_upload, transcribe_heard, upload_request_body
@@ -59,7 +59,7 @@ async def _prepend(first: ReplyEvent, rest: AsyncIterator[ReplyEvent]) -> AsyncI
 
 @router.post(ROUTE, openapi_extra=REQUEST_BODY, responses=RESPONSES, response_class=StreamingResponse)
 async def voice(
-    request: Request, triton: VoiceTriton, conversations: ConversationsDep, settings: SettingsDep, vad: VadDep
+    request: Request, triton: VoiceTriton, conversations: VoiceConversations, settings: SettingsDep, vad: VadDep
 ) -> StreamingResponse:
     upload = await read_audio_upload(request, settings)
     received = time.perf_counter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -239,3 +240,44 @@ def test_the_realtime_handshake_is_checked_like_a_rest_call(replicas: Replicas) 
     assert asyncio.run(accepted(subprotocols=["realtime", f"bearer.{voice}"]))["type"] == "session.created"
     header = {"Authorization": f"Bearer {voice}"}
     assert asyncio.run(accepted(subprotocols=["realtime"], additional_headers=header))["type"] == "session.created"
+
+
+def test_a_session_belongs_to_the_token_that_made_it(replicas: Replicas) -> None:
+    alice = {"Authorization": f"Bearer {cli(replicas, 'create', 'alice', '--scopes', 'chat')}"}
+    mallory = {"Authorization": f"Bearer {cli(replicas, 'create', 'mallory', '--scopes', 'chat')}"}
+
+    def say(base: str, headers: dict[str, str], session_id: str | None = None) -> dict[str, object]:
+        body = {
+            "message": "Salama",
+            "max_tokens": 4,
+            "temperature": 0,
+            **({"session_id": session_id} if session_id else {}),
+        }
+        response = httpx.post(f"{base}/v1/chat", json=body, headers=headers, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    chosen = say(replicas.a, alice, "alice-notes")
+    issued = say(replicas.a, alice)
+    assert chosen["session_id"] == "alice-notes" and chosen["turns"] == 2
+    assert len(str(issued["session_id"])) == 32  # the server's own id: 122 random bits
+    for base in (replicas.a, replicas.b):
+        for session_id in ("alice-notes", issued["session_id"]):
+            seen = httpx.get(f"{base}/v1/chat/sessions/{session_id}", headers=mallory, timeout=30)
+            assert seen.status_code == 404 and seen.json()["error"]["code"] == "session_not_found"
+            gone = httpx.delete(f"{base}/v1/chat/sessions/{session_id}", headers=mallory, timeout=30)
+            assert gone.status_code == 404
+    # The same id chosen by another token is another session, in that token's namespace.
+    assert say(replicas.b, mallory, "alice-notes")["turns"] == 2
+    assert say(replicas.b, mallory, "alice-notes")["turns"] == 4
+    for base in (replicas.a, replicas.b):
+        mine = httpx.get(f"{base}/v1/chat/sessions/alice-notes", headers=alice, timeout=30).json()
+        assert [t["role"] for t in mine["turns"]] == ["user", "assistant"]
+    # Stored under a hash of the owner: no token's name in the store's keys.
+    keys = [
+        k.decode().removeprefix("milo:session:") for k in Redis.from_url(replicas.redis_url).scan_iter("milo:session:*")
+    ]
+    owners = {key.split(":")[0] for key in keys}
+    assert len(owners) == 2 and all(re.fullmatch(r"[0-9a-f]{24}", owner) for owner in owners)
+    assert sorted(key.split(":")[1] for key in keys).count("alice-notes") == 2
+    assert httpx.delete(f"{replicas.b}/v1/chat/sessions/alice-notes", headers=alice, timeout=30).status_code == 204
