@@ -36,10 +36,18 @@ BUSY_RETRY_AFTER_S = 1
 
 
 class ApiError(Exception):
-    """An error with its HTTP status, a stable code and, where it applies, the field at fault."""
+    """An error with its HTTP status, a stable code and, where it applies, the field at fault.
+    ``internal``: what went wrong inside (hosts, ports, library errors), for the log line of the
+    request id only, never for the client."""
 
     def __init__(
-        self, status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        internal: str = "",
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -47,6 +55,7 @@ class ApiError(Exception):
         self.message = message
         self.field = field
         self.headers = headers or {}
+        self.internal = internal
 
 
 def request_id(request: HTTPConnection) -> str:
@@ -73,13 +82,14 @@ def error_response(request: HTTPConnection, error: ApiError) -> JSONResponse:
     level = logging.ERROR if error.status >= 500 and not planned else logging.INFO
     log.log(
         level,
-        "request %s %s %s -> %d %s: %s",
+        "request %s %s %s -> %d %s: %s%s",
         rid,
         request.scope.get("method", "WEBSOCKET"),
         request.url.path,
         error.status,
         error.code,
         error.message,
+        f" ({error.internal})" if error.internal else "",
     )
     return JSONResponse(
         {"error": _body(request, error), "request_id": rid},
@@ -94,8 +104,8 @@ def _field_of(location: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def _retry_later(code: str, message: str, after_s: int) -> ApiError:
-    return ApiError(503, code, message, headers={"Retry-After": str(after_s)})
+def _retry_later(code: str, message: str, after_s: int, exc: Exception) -> ApiError:
+    return ApiError(503, code, message, headers={"Retry-After": str(after_s)}, internal=repr(exc))
 
 
 # What the model servers and stores raise, and what each means to a client. Subclasses first.
@@ -112,13 +122,14 @@ def as_api_error(exc: Exception) -> ApiError:
         return ApiError(422, "invalid_input", str(exc))
     if isinstance(exc, TritonBusyError):
         BUSY.inc()
-        return _retry_later("model_busy", f"the model is at capacity; retry shortly: {exc}", BUSY_RETRY_AFTER_S)
+        return _retry_later("model_busy", "the model is at capacity; retry shortly", BUSY_RETRY_AFTER_S, exc)
     if isinstance(exc, TritonUnavailableError):
-        message = f"the model server cannot take this request now: {exc}"
-        return _retry_later("model_unavailable", message, RETRY_AFTER_S)
+        message = "the model server cannot take this request now; retry shortly"
+        return _retry_later("model_unavailable", message, RETRY_AFTER_S, exc)
     if isinstance(exc, RedisUnavailableError):
         # Only stores that must not guess get here: tokens (fail closed) and session writes.
-        return _retry_later("store_unavailable", f"{exc}; retry shortly", RETRY_AFTER_S)
+        message = "a store this request needs cannot be reached; retry shortly"
+        return _retry_later("store_unavailable", message, RETRY_AFTER_S, exc)
     if isinstance(exc, TimeoutError):
         return ApiError(504, "model_timeout", "the model server did not answer in time")
     raise TypeError(f"{type(exc).__name__} has no mapping") from exc
@@ -158,8 +169,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media"}
+        # The headers too: a 405's Allow names the methods the path takes.
+        code = codes.get(exc.status_code, "http_error")
         return error_response(
-            request, ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+            request, ApiError(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
         )
 
     @app.exception_handler(Exception)

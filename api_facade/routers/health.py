@@ -22,12 +22,16 @@ from api_facade.redis_connection import RedisConnection, RedisUnavailableError
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Liveness: the facade process answers")
+@router.api_route("/health", methods=["GET", "HEAD"], summary="Liveness: the facade process answers")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: every required model is ready in Triton (503 naming those that are not)")
+@router.api_route(
+    "/ready",
+    methods=["GET", "HEAD"],
+    summary="Readiness: every required model is ready in Triton (503 naming those that are not)",
+)
 async def ready(
     request: Request,
     triton: TritonDep,

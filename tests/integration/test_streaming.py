@@ -261,7 +261,8 @@ def test_speaking_over_the_reply_cancels_it_and_frees_the_slot(facade: str, trit
         async with websockets.connect(realtime_url(facade)) as connection:
             client = Realtime(connection)
             await client.until("session.created")
-            update = {"turn_detection": None}
+            # Greedy, and long enough: a sampled reply may end before the user speaks over it.
+            update = {"turn_detection": None, "temperature": 0, "max_response_output_tokens": 256}
             await connection.send(json.dumps({"type": "session.update", "session": update}))
             await client.until("session.updated")
             # Push to talk: the whole question, then commit.

@@ -141,3 +141,65 @@ def test_the_callers_tier_sets_the_triton_priority(api: TestClient, scripted: Sc
     (_, _, options) = scripted.sent[-1]
     standard = Settings(triton_url="scripted:0").tier("standard")
     assert options.priority == standard.priority and options.queue_timeout_us == standard.queue_timeout_s * 1e6
+
+
+def test_sessions_are_kept_per_owner_and_older_unowned_ones_are_claimed_once() -> None:
+    import asyncio
+
+    from api_facade.conversation import Conversations
+    from api_facade.sessions import MemorySessionStore, Turn
+
+    store = MemorySessionStore(ttl_s=600)
+    book = Conversations(store, Settings(triton_url="scripted:0", redis_url=None))
+    here, there = book.owned_by("client:10.0.0.1"), book.owned_by("client:10.0.0.2")
+
+    async def run() -> None:
+        turn = await here.turn("notes", "Salama")
+        assert await here.answered(turn, "Salama tompoko") == 2
+        assert await there.history("notes") is None and not await there.forget("notes")
+        assert [t.content for t in await here.history("notes") or []] == ["Salama", "Salama tompoko"]
+        # The same id from another owner starts that owner's own session.
+        assert (await there.turn("notes", "Bonjour")).stored_turns == 0
+        # A session stored before sessions had owners: the first caller to name it gets it, alone.
+        await store.append("older", [Turn("user", "Manahoana"), Turn("assistant", "Tsara")])
+        assert [t.content for t in await there.history("older") or []] == ["Manahoana", "Tsara"]
+        assert await store.load("older") is None and await here.history("older") is None
+        assert len(await there.history("older") or []) == 2
+
+    asyncio.run(run())
+    with pytest.raises(RuntimeError, match="owned_by"):
+        book.key("notes")
+
+
+def test_errors_tell_the_client_what_to_do_and_keep_internals_for_the_log(
+    api: TestClient, scripted: ScriptedTriton, caplog: pytest.LogCaptureFixture
+) -> None:
+    from client import TritonUnavailableError
+
+    def unreachable(request: Any) -> Any:
+        raise TritonUnavailableError("cannot connect to 10.1.2.3:8001: aiohttp.ClientConnectorError(refused)")
+
+    scripted.answers["translate"] = unreachable
+    with caplog.at_level("INFO", logger="api_facade"):
+        response = api.post(
+            "/v1/translate", json={"text": "Fehezanteny vaovao tanteraka ity.", "source": "mg", "target": "fr"}
+        )
+    body = response.json()
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert body["error"] == {
+        "code": "model_unavailable",
+        "message": "the model server cannot take this request now; retry shortly",
+    }
+    assert "10.1.2.3" not in response.text and "aiohttp" not in response.text
+    # The log line of the same request id has what went wrong inside.
+    (line,) = [r.getMessage() for r in caplog.records if body["request_id"] in r.getMessage()]
+    assert "10.1.2.3:8001" in line and "ClientConnectorError" in line
+
+
+def test_405_names_the_allowed_methods_and_head_answers_where_get_does(api: TestClient) -> None:
+    wrong = api.put("/v1/tts", json={})
+    assert wrong.status_code == 405 and wrong.headers["Allow"] == "POST"
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+    for path in ("/health", "/ready"):
+        head = api.head(path)
+        assert head.status_code == 200 and head.content == b""
