@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,9 +36,6 @@ def wait_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes]) -> Non
 
 
 # The facade's app factory, as uvicorn takes it (``--factory``).
-FACADE_APP = "api_facade.main:create_app"
-
-
 @contextlib.contextmanager
 def uvicorn_app(
     app: str,
@@ -46,17 +43,36 @@ def uvicorn_app(
     env: dict[str, str] | None = None,
     ready_path: str = "/health",
     timeout_s: float = 120,
-    factory: bool = False,
 ) -> Iterator[str]:
-    """``app`` ("module:attribute", or with ``factory`` "module:function" that makes the app) served by
-    uvicorn in its own process; yields its base URL."""
+    """``app`` ("module:attribute") served by uvicorn in its own process; yields its base URL."""
+    with _http_server(
+        lambda port: [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)],
+        log_path, env, ready_path, timeout_s,
+    ) as url:  # fmt: skip
+        yield url
+
+
+@contextlib.contextmanager
+def facade_server(
+    log_path: Path, env: dict[str, str] | None = None, ready_path: str = "/health", timeout_s: float = 120
+) -> Iterator[str]:
+    """The facade in its own process, started as every deployment starts it (``python -m
+    api_facade``); yields its base URL."""
+    with _http_server(
+        lambda port: [sys.executable, "-m", "api_facade", "--port", str(port)], log_path, env, ready_path, timeout_s
+    ) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _http_server(
+    command: Callable[[int], list[str]], log_path: Path, env: dict[str, str] | None, ready_path: str, timeout_s: float
+) -> Iterator[str]:
     port = free_port()
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", *(["--factory"] if factory else []), app,
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            command(port), cwd=REPO, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             wait_ok(f"http://127.0.0.1:{port}{ready_path}", timeout_s, process)
             yield f"http://127.0.0.1:{port}"

@@ -146,8 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
         facade = supervisor.add(
             Child(
                 name="facade",
-                command=[sys.executable, "-m", "uvicorn", "--factory", "api_facade.main:create_app",
-                         "--host", args.host, "--port", str(args.facade_port)],
+                command=[sys.executable, "-m", "api_facade", "--host", args.host, "--port", str(args.facade_port)],
                 env=facade_env,
                 ready_checks=[answers_200(f"http://127.0.0.1:{args.facade_port}/health")],
             )
@@ -194,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--facade-port", type=int, default=8080)
-    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="the facade's address (default loopback only; 0.0.0.0: every interface)"
+    )
     serve.add_argument("--ready-timeout", type=float, default=600)
     serve.set_defaults(func=_serve)
 

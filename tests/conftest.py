@@ -23,7 +23,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from scipy.signal import resample_poly
 
-from loadtests.processes import FACADE_APP, redis_server, stop, uvicorn_app
+from loadtests.processes import facade_server, redis_server, stop
 from milo_voice.registry import Registry, load_registry, models_dir
 from milo_voice.weights.embedded import build_embedded
 
@@ -140,7 +140,7 @@ class TritonHost:
 def facade_process(triton: TritonHost, log_path: Path, **env: str) -> Iterator[str]:
     """The facade as a real uvicorn server in its own process; yields its base URL once it answers."""
     full_env = {"MILO_TRITON_URL": triton.http_url, "MILO_TRITON_GRPC_URL": triton.grpc_url, "PYTHONUNBUFFERED": "1"}
-    with uvicorn_app(FACADE_APP, log_path, {**full_env, **env}, timeout_s=60, factory=True) as url:
+    with facade_server(log_path, {**full_env, **env}, timeout_s=60) as url:
         yield url
 
 

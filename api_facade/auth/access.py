@@ -1,10 +1,13 @@
 """Who may call a route, how often, and at which Triton priority: one dependency per route family.
 
 Every ``/v1/*`` route depends on ``access(family)``, which, in order:
-1. counts the call against the client IP's limit (so calls with bad tokens count too);
-2. authenticates the bearer token (401) unless auth is off;
-3. checks the token's scopes (403);
-4. counts the call against the token's limit for its tier (429);
+1. authenticates the bearer token unless auth is off; a call without a valid token counts
+   against its client address's limit (429 beyond it, so guessing tokens is throttled), then
+   gets its 401;
+2. checks the token's scopes (403);
+3. counts the call against the caller's limit for its tier (429): a token's own budget, or,
+   auth off, the client address's (which also has the address limit). A flood of bad tokens
+   from an address therefore never spends the budget of a valid token sent from it.
 and returns the ``Caller``, whose tier gives the Triton priority and queue timeout.
 """
 
@@ -102,39 +105,47 @@ class Access:
         peer = request.client.host if request.client else None
         ip = client_ip(peer, request.headers.get("x-forwarded-for"), request.app.state.trusted_proxies)
 
-        ip_state = await limiter.hit(parse_limit(settings.ip_rate_limit), "ip", self.family, ip)
-        if not ip_state.allowed:
-            raise _refuse(ip_state, self.family, "client address")
+        async def count_address() -> LimitState:
+            state = await limiter.hit(parse_limit(settings.ip_rate_limit), "ip", self.family, ip)
+            if not state.allowed:
+                raise _refuse(state, self.family, "client address")
+            return state
 
-        principal = await _authenticate(request, settings)
+        try:
+            principal = await _authenticate(request, settings)
+        except ApiError:
+            await count_address()
+            raise
         request.state.principal = principal.name
         for scope in FAMILY_SCOPES[self.family]:
             if scope not in principal.scopes:
                 hint = " (admin routes need auth on: MILO_AUTH_ENABLED=true)" if not settings.auth_on else ""
                 raise ApiError(403, "insufficient_scope", f"this token lacks the {scope!r} scope{hint}")
 
-        token_state = await _count_for_token(request, self.family, principal)
-        setattr(request.state, RATE_LIMIT_HEADERS, tightest([ip_state, token_state]).headers())
+        owner = f"token:{principal.name}" if settings.auth_on else f"client:{ip}"
+        states = [] if settings.auth_on else [await count_address()]
+        states.append(await _count_for_caller(request, self.family, principal, owner))
+        setattr(request.state, RATE_LIMIT_HEADERS, tightest(states).headers())
         tier = settings.tier(principal.tier)
         options = CallOptions(priority=tier.priority, queue_timeout_us=int(tier.queue_timeout_s * 1_000_000))
-        owner = f"token:{principal.name}" if settings.auth_on else f"client:{ip}"
         return Caller(principal, ip, options, owner)
 
 
-async def _count_for_token(connection: HTTPConnection, family: str, principal: Principal) -> LimitState:
+async def _count_for_caller(connection: HTTPConnection, family: str, principal: Principal, owner: str) -> LimitState:
+    """One call against ``owner``'s budget for its tier: a token's, or an anonymous address's."""
     settings: Settings = connection.app.state.settings
     limiter: RateLimiter = connection.app.state.rate_limiter
     limit = parse_limit(settings.tier(principal.tier).limit_for(family))
-    state = await limiter.hit(limit, "token", family, principal.name)
+    state = await limiter.hit(limit, "caller", family, owner)
     if not state.allowed:
-        raise _refuse(state, family, "token")
+        raise _refuse(state, family, "token" if owner.startswith("token:") else "client address")
     return state
 
 
 async def count_call(connection: HTTPConnection, family: str, caller: Caller) -> None:
     """One more call of ``family`` by an already admitted caller (a realtime conversation's reply);
     ``ApiError`` 429 beyond its tier's limit."""
-    await _count_for_token(connection, family, caller.principal)
+    await _count_for_caller(connection, family, caller.principal, caller.owner)
 
 
 @cache

@@ -26,4 +26,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD curl -fsS http://127.0.0.1:8080/health || exit 1
 # Several workers share nothing but Redis (sessions, cache, rate limits, tokens).
-CMD ["uvicorn", "--factory", "api_facade.main:create_app", "--host", "0.0.0.0", "--port", "8080", "--workers", "2", "--proxy-headers"]
+# python -m api_facade: uvicorn with its forwarded-header rewriting off; the facade believes
+# X-Forwarded-For only from MILO_TRUSTED_PROXIES (set it to the ingress's addresses).
+CMD ["python", "-m", "api_facade", "--host", "0.0.0.0", "--port", "8080", "--workers", "2"]

@@ -29,7 +29,7 @@ import soundfile as sf
 from client import MiloTritonClient
 from contract.records import ChatMessage, ChatRequest
 from loadtests import payloads
-from loadtests.processes import FACADE_APP, REPO, uvicorn_app
+from loadtests.processes import REPO, facade_server
 from loadtests.runner import UNLIMITED_ENV, LocalStack, local_stack
 from milo_voice.registry import active_profile, load_registry
 from milo_voice.serving.instances import DevicePlanner, build_instance
@@ -44,7 +44,7 @@ def grpc_facade(stack: LocalStack, log_path: Path) -> contextlib.AbstractContext
     """A second facade on the same Triton, calling it over gRPC."""
     grpc = stack.triton_grpc
     env = {**UNLIMITED_ENV, "MILO_TRITON_PROTOCOL": "grpc", "MILO_TRITON_URL": grpc, "MILO_TRITON_GRPC_URL": grpc}
-    return uvicorn_app(FACADE_APP, log_path, env, ready_path="/ready", factory=True)
+    return facade_server(log_path, env, ready_path="/ready")
 
 
 def median_ms(call: Callable[[int], object], runs: int) -> float:

@@ -38,7 +38,7 @@ def test_serve_killed_by_sigkill_leaves_no_process_and_no_shared_memory(embedded
             wait_http_ok(f"http://127.0.0.1:{ports[3]}/ready", 300, serve)
             descendants = psutil.Process(serve.pid).children(recursive=True)  # host, its Triton, facade
             hosts = [p.pid for p in descendants if "pytriton_app" in " ".join(p.cmdline())]
-            assert hosts and any("uvicorn" in " ".join(p.cmdline()) for p in descendants)
+            assert hosts and any("api_facade" in " ".join(p.cmdline()) for p in descendants)
             serve.send_signal(signal.SIGKILL)
             serve.wait(timeout=10)
             _stopped, alive = psutil.wait_procs(descendants, timeout=60)
