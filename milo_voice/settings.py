@@ -34,6 +34,10 @@ class ServerSettings(BaseSettings):
     chat_cloud_model: str = "default"
     chat_cloud_key: str | None = None
     triton_log_verbose: int = 0
+    # Where Triton's HTTP and gRPC servers listen. Loopback: clients go through the facade, with its
+    # tokens, limits and priorities. A model-server container listens on 0.0.0.0 for the facade's
+    # container, on the internal network only (deploy/docker-compose.yml publishes no Triton port).
+    triton_bind: str = "127.0.0.1"
 
     @field_validator("chat_cloud_url")
     @classmethod

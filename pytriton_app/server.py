@@ -161,7 +161,9 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
     # Triton's metrics go to a loopback port; the host serves the public one (``MetricsRelay``).
     triton_metrics_port = free_loopback_port()
     config = TritonConfig(
+        http_address=server_settings().triton_bind,
         http_port=ports.http,
+        grpc_address=server_settings().triton_bind,
         grpc_port=ports.grpc,
         metrics_port=triton_metrics_port,
         metrics_address="127.0.0.1",

@@ -5,7 +5,7 @@
 # the entrypoint pull the production profile on first start (HF_TOKEN at run time only).
 #
 #   docker build -f deploy/docker/model-server.Dockerfile -t milo-voice/model-server:0.1.0 .
-#   docker run --gpus all --shm-size=2g -p 8000-8002:8000-8002 -v milo-models:/models milo-voice/model-server:0.1.0
+#   docker run --gpus all --shm-size=2g --network milo -v milo-models:/models milo-voice/model-server:0.1.0
 #
 # --shm-size: Triton's Python backend moves every tensor through /dev/shm; Docker's default
 # 64 MB fails on the first batch of audio. 2 GB covers a batch of 16 thirty-second clips per
@@ -53,7 +53,9 @@ ENV MILO_REGISTRY=/opt/milo/model_repository/registry.toml
 RUN milo-voice models triton-configs --instance-kind gpu
 
 USER milo
-ENV MILO_PROFILE=production MILO_MODELS_DIR=/models MILO_SERVER=pytriton HOME=/home/milo
+# Triton listens on every interface of the container, for the facade's container; publish its
+# ports only on a network that needs direct Triton clients (docs/security.md).
+ENV MILO_PROFILE=production MILO_MODELS_DIR=/models MILO_SERVER=pytriton HOME=/home/milo MILO_TRITON_BIND=0.0.0.0
 VOLUME ["/models"]
 EXPOSE 8000 8001 8002
 # Ready only once every model is loaded and warmed up (strict readiness): start_period covers loading.

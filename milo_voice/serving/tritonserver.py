@@ -71,12 +71,16 @@ def server_environment() -> dict[str, str]:
     return env
 
 
-def server_command(server: Path, repository: Path, ports: ServerPorts, verbose: int = 0) -> list[str]:
+def server_command(
+    server: Path, repository: Path, ports: ServerPorts, verbose: int = 0, bind: str = "127.0.0.1"
+) -> list[str]:
     return [
         str(server / "bin" / "tritonserver"),
         f"--model-repository={repository}",
         f"--backend-directory={server / 'backends'}",
+        f"--http-address={bind}",
         f"--http-port={ports.http}",
+        f"--grpc-address={bind}",
         f"--grpc-port={ports.grpc}",
         f"--metrics-port={ports.metrics}",
         "--allow-metrics=true",
@@ -106,7 +110,7 @@ def start_server(
     workdir = workdir or Path(tempfile.mkdtemp(prefix="milo-tritonserver-"))
     server = prepare_server(workdir)
     verbose = server_settings().triton_log_verbose
-    command = server_command(server, repository.resolve(), ports, verbose)
+    command = server_command(server, repository.resolve(), ports, verbose, server_settings().triton_bind)
     return subprocess.Popen(  # type: ignore[call-overload]
         command, env=server_environment(), preexec_fn=stop_with_parent, **popen
     )

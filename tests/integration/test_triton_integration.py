@@ -70,6 +70,28 @@ def test_every_model_is_ready_on_both_protocols(server: TritonHost) -> None:
     assert grpc.get_model_config("chat_stream").config.model_transaction_policy.decoupled
 
 
+def test_triton_listens_on_loopback_only(server: TritonHost) -> None:
+    """Clients reach the models through the facade (tokens, limits, priorities) unless a
+    deployment opens Triton on purpose (MILO_TRITON_BIND)."""
+    import ipaddress
+
+    import psutil
+
+    listening = {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port in (server.http, server.grpc)
+    }
+    assert {port for _, port in listening} == {server.http, server.grpc}
+
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        mapped = getattr(address, "ipv4_mapped", None)  # gRPC listens as ::ffff:127.0.0.1
+        return (mapped or address).is_loopback
+
+    assert all(loopback(ip) for ip, _ in listening), listening
+
+
 def test_raw_tritonclient_translate(server: TritonHost) -> None:
     """A plain tritonclient user needs nothing from Milo Voice's client."""
     client = httpclient.InferenceServerClient(server.http_url)
