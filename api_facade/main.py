@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import start_http_server
 
-from api_facade import errors, metrics
+from api_facade import access_log, errors, metrics
 from api_facade.auth.ratelimit import RateLimiter, parse_networks
 from api_facade.auth.tokens import TokenService, open_token_store
 from api_facade.cache import MemoryCache, RedisCache
@@ -39,6 +39,7 @@ def _announce_access(settings: Settings) -> None:
 
 
 def _configure_logging() -> None:
+    access_log.install()
     # uvicorn configures its own loggers only: without this, the facade's records (outages, request
     # errors) would reach stderr through Python's last-resort handler, warnings and up, unlabelled.
     if not logging.getLogger().handlers:

@@ -281,3 +281,32 @@ def test_a_session_belongs_to_the_token_that_made_it(replicas: Replicas) -> None
     assert len(owners) == 2 and all(re.fullmatch(r"[0-9a-f]{24}", owner) for owner in owners)
     assert sorted(key.split(":")[1] for key in keys).count("alice-notes") == 2
     assert httpx.delete(f"{replicas.b}/v1/chat/sessions/alice-notes", headers=alice, timeout=30).status_code == 204
+
+
+def test_a_forwarded_header_from_an_untrusted_peer_changes_no_address(triton_host: TritonHost, tmp_path: Path) -> None:
+    """Through the real server (``python -m api_facade``): uvicorn's own default would believe
+    X-Forwarded-For from 127.0.0.1 and give each spoofed address a fresh budget."""
+    env = {"MILO_IP_RATE_LIMIT": "2/minute"}
+    with facade_process(triton_host, tmp_path / "facade.log", **env) as base:
+        codes = [translate(base, None, **{"X-Forwarded-For": f"10.0.0.{i}"}).status_code for i in range(3)]
+    assert codes == [200, 200, 429]
+
+
+def test_bad_tokens_from_an_address_never_spend_a_valid_tokens_budget(
+    replicas: Replicas, triton_host: TritonHost, tmp_path: Path
+) -> None:
+    valid = cli(replicas, "create", "neighbour", "--tier", "premium", "--scopes", "translate")
+    env = {**replicas.env, "MILO_IP_RATE_LIMIT": "3/minute"}
+    with facade_process(triton_host, tmp_path / "facade.log", **env) as base:
+        guesses = [translate(base, "guessed-token").status_code for _ in range(5)]
+        assert guesses == [401, 401, 401, 429, 429]  # guessing is throttled per address
+        assert [translate(base, valid).status_code for _ in range(5)] == [200] * 5
+
+
+def test_a_token_in_a_query_string_is_refused_and_not_logged(triton_host: TritonHost, tmp_path: Path) -> None:
+    log = tmp_path / "facade.log"
+    with facade_process(triton_host, log, MILO_AUTH_ENABLED="true") as base:
+        refused = httpx.get(f"{base}/v1/models?token=milo_abc.s3cr3t-value&limit=5", timeout=30)
+        assert refused.status_code == 401
+    written = log.read_text()
+    assert "GET /v1/models?token=***&limit=5" in written and "s3cr3t-value" not in written

@@ -203,3 +203,11 @@ def test_405_names_the_allowed_methods_and_head_answers_where_get_does(api: Test
     for path in ("/health", "/ready"):
         head = api.head(path)
         assert head.status_code == 200 and head.content == b""
+
+
+def test_secrets_in_a_request_line_are_redacted_for_the_access_log() -> None:
+    from api_facade.access_log import redacted
+
+    assert redacted("/v1/models?token=abc.def&limit=5") == "/v1/models?token=***&limit=5"
+    assert redacted("/v1/tts?api_key=zz&Access_Token=yy") == "/v1/tts?api_key=***&Access_Token=***"
+    assert redacted("/v1/translate?text=keyboard") == "/v1/translate?text=keyboard"
