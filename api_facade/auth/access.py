@@ -13,6 +13,7 @@ and returns the ``Caller``, whose tier gives the Triton priority and queue timeo
 
 # No ``from __future__ import annotations`` here: FastAPI must see the dependency of
 # ``triton_for``'s inner function as an object, not a string naming a local variable.
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated
@@ -153,26 +154,26 @@ def access(family: str) -> Access:
     return Access(family)
 
 
+def _for_caller(family: str, build: Callable[[HTTPConnection, Caller], object]) -> object:
+    """A dependency that admits the caller of ``family`` and gives ``build(request, caller)``."""
+    caller_of = access(family)
+
+    async def dependency(request: HTTPConnection, caller: Annotated[Caller, Depends(caller_of)]) -> object:
+        return build(request, caller)
+
+    return dependency
+
+
 @cache
 def triton_for(family: str) -> object:
     """Dependency: the Triton client bound to the caller's priority and queue timeout."""
-    caller_of = access(family)
-
-    async def bound_client(request: HTTPConnection, caller: Annotated[Caller, Depends(caller_of)]) -> TritonPool:
-        return get_triton(request).with_options(caller.options)
-
-    return bound_client
+    return _for_caller(family, lambda request, caller: get_triton(request).with_options(caller.options))
 
 
 @cache
 def conversations_for(family: str) -> object:
     """Dependency: the chat sessions of the caller (``Conversations.owned_by``)."""
-    caller_of = access(family)
-
-    async def owned(request: HTTPConnection, caller: Annotated[Caller, Depends(caller_of)]) -> Conversations:
-        return get_conversations(request).owned_by(caller.owner)
-
-    return owned
+    return _for_caller(family, lambda request, caller: get_conversations(request).owned_by(caller.owner))
 
 
 # The Triton client of each route family, bound to the caller's priority and queue timeout.
