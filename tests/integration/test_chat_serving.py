@@ -153,9 +153,10 @@ async def test_beyond_the_slots_requests_queue_by_priority_and_a_full_queue_is_b
             await client.chat(question(max_tokens=tokens))
             finished.append(name)
 
-        # Both slots busy, the first for a shorter while (once the earlier tests' requests have left them).
+        # Both slots busy, the first for a shorter while (once the earlier tests' requests have left them),
+        # but long enough that the urgent request is queued before it ends, however fast the machine.
         await asyncio.to_thread(wait_until, lambda: engine(stack.host, "slots_busy", "chat") == 0)
-        holders = [asyncio.create_task(ask(standard, f"holder{i}", n)) for i, n in enumerate((60, 400))]
+        holders = [asyncio.create_task(ask(standard, f"holder{i}", n)) for i, n in enumerate((200, 400))]
         await asyncio.to_thread(wait_until, lambda: engine(stack.host, "slots_busy", "chat") == SLOTS)
         waiting = [asyncio.create_task(ask(standard, f"standard{i}", 40)) for i in range(2)]
         await asyncio.sleep(0.3)

@@ -118,7 +118,9 @@ def test_chat_events_stream_token_by_token(facade: str) -> None:
     _response, arrivals = timed_stream("POST", f"{facade}/v1/chat", json=body)
     events = sse_events(arrivals)
     tokens = [at for at, kind, _ in events if kind == "token"]
-    assert len(tokens) > 10 and events[-1][1] == "done"
+    # Paced streams join the tokens of each interval into one event: how many events depends on
+    # how fast the machine writes, that they are spread over the generation does not.
+    assert len(tokens) >= 5 and events[-1][1] == "done"
     assert tokens[-1] - tokens[0] > 0.2  # the tokens came as they were generated
 
 
