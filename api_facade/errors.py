@@ -98,6 +98,29 @@ def error_response(request: HTTPConnection, error: ApiError) -> JSONResponse:
     )
 
 
+# What FastAPI says of a body it could not read as JSON at all (its HTTPException's detail).
+FASTAPI_UNPARSABLE_BODY = "There was an error parsing the body"
+# Pydantic's error types for a body that is not an object where one was expected.
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type", "model_type"})
+
+
+def _invalid_request(request: Request, error: Any) -> ApiError:
+    """The answer to the first of a request's validation errors: 400 for a body that is not JSON
+    (with where it broke), 415 for a body sent as something else, 422 naming the field at fault."""
+    location = tuple(error.get("loc", ("body",)))
+    if error.get("type") == "json_invalid":
+        at = f" at character {location[1]}" if len(location) > 1 else ""
+        reason = (error.get("ctx") or {}).get("error", "it does not parse")
+        return ApiError(400, "invalid_json", f"the body is not valid JSON: {reason}{at}", "body")
+    content_type = request.headers.get("content-type", "")
+    if location == ("body",) and error.get("type") in _NOT_AN_OBJECT and "json" not in content_type:
+        message = f"send the body as application/json (it came as {content_type or 'no content type'})"
+        return ApiError(415, "unsupported_media", message, "body")
+    field = _field_of(location)
+    message = str(error.get("msg", "invalid request")).removeprefix("Value error, ")
+    return ApiError(422, "invalid_request", f"{field}: {message}", field)
+
+
 def _field_of(location: tuple[Any, ...]) -> str:
     # ("body", "text") -> "text"; ("body", "messages", 0, "content") -> "messages.0.content"
     parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
@@ -156,9 +179,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
-        field = _field_of(tuple(first.get("loc", ("body",))))
-        message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-        return error_response(request, ApiError(422, "invalid_request", f"{field}: {message}", field))
+        return error_response(request, _invalid_request(request, first))
 
     async def on_mapped(request: Request, exc: Exception) -> JSONResponse:
         return error_response(request, as_api_error(exc))
@@ -168,7 +189,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media"}
+        if exc.status_code == 400 and exc.detail == FASTAPI_UNPARSABLE_BODY:  # e.g. not UTF-8
+            return error_response(request, ApiError(400, "invalid_json", "the body is not JSON in UTF-8", "body"))
+        codes = {
+            404: "not_found", 405: "method_not_allowed", 408: "body_timeout",
+            413: "payload_too_large", 415: "unsupported_media",
+        }  # fmt: skip
         # The headers too: a 405's Allow names the methods the path takes.
         code = codes.get(exc.status_code, "http_error")
         return error_response(

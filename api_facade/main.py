@@ -12,6 +12,7 @@ from prometheus_client import start_http_server
 from api_facade import access_log, errors, metrics
 from api_facade.auth.ratelimit import RateLimiter, parse_networks
 from api_facade.auth.tokens import TokenService, open_token_store
+from api_facade.body_limits import BodyLimits
 from api_facade.cache import MemoryCache, RedisCache
 from api_facade.conversation import Conversations
 from api_facade.disconnect import CancelOnDisconnect
@@ -117,8 +118,10 @@ def create_app(settings: Settings | None = None, triton: TritonPool | None = Non
     app.state.settings = settings or Settings()
     errors.install(app)
     metrics.install(app)
-    # Outermost: a client that leaves cancels everything below, Triton call included.
+    # A client that leaves cancels everything below, Triton call included.
     app.add_middleware(CancelOnDisconnect)
+    # Outermost: no body is read past its route's limit or its deadline, by anything.
+    app.add_middleware(BodyLimits)
     for router in (health, translate, tts, stt, chat, voice, realtime, openai_compat, admin):
         app.include_router(router.router)
     return app

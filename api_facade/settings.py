@@ -84,8 +84,12 @@ class Settings(BaseSettings):
     profile: str = "embedded"
     voices: dict[str, str] = {"mg": "mms-tts-mlg", "fr": "mms-tts-fra"}
     translate_revision: str = "unversioned"
-    # Uploads larger than this are refused with 413 before any decoding.
+    # Uploads larger than this are refused with 413 before any decoding; other bodies (JSON) beyond
+    # max_json_bytes. A body must have arrived within its timeout (api_facade/body_limits.py).
     max_upload_bytes: int = 25 * 1024 * 1024
+    max_json_bytes: int = 1024 * 1024
+    upload_body_timeout_s: float = 120.0
+    json_body_timeout_s: float = 15.0
     max_audio_seconds: float = 600.0
     # WebSocket /v1/realtime: a conversation ends after max_session_s, or idle_timeout_s without a
     # frame from the client; a frame beyond max_frame_bytes is refused (an error event, the
@@ -105,7 +109,7 @@ class Settings(BaseSettings):
     tiers: dict[str, TierPolicy] = DEFAULT_TIERS
     # The tier of every caller while auth is off.
     anonymous_tier: str = "standard"
-    # Per client IP and route family, whoever calls (also counts calls with bad tokens).
+    # Per client address and route family: anonymous callers, and calls without a valid token.
     ip_rate_limit: str = "600/minute"
     # Proxies whose X-Forwarded-For is believed (addresses or CIDR blocks).
     trusted_proxies: list[str] = []
@@ -113,6 +117,12 @@ class Settings(BaseSettings):
     metrics_port: int | None = None
     # Set by `milo-voice serve`: its processes' state (milo_voice.supervisor), shown in /ready and metrics.
     supervisor_state: Path | None = None
+
+    @property
+    def max_upload_body_bytes(self) -> int:
+        """The body an upload may take: base64 (a JSON upload) grows the audio by a third, and
+        multipart adds a little framing."""
+        return self.max_upload_bytes * 4 // 3 + 65536
 
     def supervised_processes(self) -> dict[str, dict[str, Any]]:
         """What ``milo-voice serve`` last wrote of its processes; empty when not run by it."""

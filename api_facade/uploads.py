@@ -79,13 +79,14 @@ def _text_fields(items: dict[str, object], audio_field: str) -> dict[str, str]:
 
 async def read_audio_upload(request: Request, settings: Settings) -> AudioUpload:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    # base64 grows the payload by a third; multipart adds a little framing.
-    limit = settings.max_upload_bytes * 4 // 3 + 65536
+    limit = settings.max_upload_body_bytes
     if content_type == "application/json":
         try:
             payload = json.loads(await _read_body(request, limit))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(422, "invalid_request", f"body is not valid JSON: {exc}", "body") from exc
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}", "body") from exc
+        except RecursionError as exc:  # nested beyond what the parser follows
+            raise ApiError(400, "invalid_json", "the body is nested too deeply", "body") from exc
         if not isinstance(payload, dict) or not isinstance(payload.get("audio"), str):
             raise ApiError(422, "invalid_request", "audio: a base64 string is required", "audio")
         try:

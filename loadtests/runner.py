@@ -75,6 +75,8 @@ def local_stack(
         sys.executable, "-m", "milo_voice.cli", "serve", "--host", "127.0.0.1", "--server", server,
         "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
         "--metrics-port", str(ports["metrics"]), "--facade-port", str(ports["facade"]),
+        # Each run starts from nothing and never meets a developer's own stack's Redis.
+        "--no-redis",
         *(["--model-repository", str(repository)] if repository else []),
     ]  # fmt: skip
     with log_path.open("wb") as log:

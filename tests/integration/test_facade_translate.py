@@ -109,10 +109,12 @@ def test_request_id_is_in_the_error_log(api: TestClient, caplog: pytest.LogCaptu
     assert any("trace-42" in record.getMessage() and "422" in record.getMessage() for record in caplog.records)
 
 
-def test_not_json_is_a_422(api: TestClient) -> None:
+def test_not_json_is_a_400_saying_where_it_broke(api: TestClient) -> None:
     response = api.post("/v1/translate", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422
-    assert response.json()["error"]["code"] == "invalid_request"
+    assert response.status_code == 400
+    assert (
+        response.json()["error"]["code"] == "invalid_json" and "at character 1" in response.json()["error"]["message"]
+    )
 
 
 def test_triton_down_is_a_503_with_retry_after() -> None:

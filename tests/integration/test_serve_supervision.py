@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
 from tests.conftest import REPO, free_port, wait_http_ok
+from tests.integration.test_chat_serving import chat_only_registry
 from tests.integration.test_scale_out import translate_only_registry
 
 pytestmark = pytest.mark.integration
@@ -24,12 +27,14 @@ def test_serve_killed_by_sigkill_leaves_no_process_and_no_shared_memory(embedded
     ports = [free_port() for _ in range(4)]
     env = {
         **os.environ, "MILO_REGISTRY": str(registry), "MILO_PROFILE": "embedded",
-        "MILO_REQUIRED_MODELS": '["translate"]', "PYTHONUNBUFFERED": "1",
+        "MILO_REQUIRED_MODELS": '["translate"]', "PYTHONUNBUFFERED": "1", "MILO_DATA_DIR": str(tmp_path),
     }  # fmt: skip
     env.pop("MILO_CHAT_CLOUD_URL", None)
+    env.pop("MILO_REDIS_URL", None)
     command = [
         sys.executable, "-m", "milo_voice.cli", "serve", "--host", "127.0.0.1", "--http-port", str(ports[0]),
         "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--facade-port", str(ports[3]),
+        "--redis-port", str(free_port()),
     ]  # fmt: skip
     descendants: list[psutil.Process] = []
     with (tmp_path / "serve.log").open("wb") as log:
@@ -39,6 +44,7 @@ def test_serve_killed_by_sigkill_leaves_no_process_and_no_shared_memory(embedded
             descendants = psutil.Process(serve.pid).children(recursive=True)  # host, its Triton, facade
             hosts = [p.pid for p in descendants if "pytriton_app" in " ".join(p.cmdline())]
             assert hosts and any("api_facade" in " ".join(p.cmdline()) for p in descendants)
+            assert any("redis-server" in " ".join(p.cmdline()) for p in descendants)
             serve.send_signal(signal.SIGKILL)
             serve.wait(timeout=10)
             _stopped, alive = psutil.wait_procs(descendants, timeout=60)
@@ -52,3 +58,44 @@ def test_serve_killed_by_sigkill_leaves_no_process_and_no_shared_memory(embedded
     time.sleep(0.5)
     for pid in hosts:  # the host stopped the SIGTERM way: it freed its shared memory
         assert not sorted(Path("/dev/shm").glob(f"pytrtion{pid}-*"))
+
+
+def test_chat_sessions_survive_a_restart_of_serve(embedded_dir: Path, tmp_path: Path) -> None:
+    """``milo-voice serve`` starts its own Redis, append-only under the data folder, and the
+    facade keeps its state there: a session made before a restart is there after it."""
+    ports = [free_port() for _ in range(5)]
+    env = {
+        **os.environ, "MILO_REGISTRY": str(chat_only_registry(tmp_path / "registry.toml")),
+        "MILO_PROFILE": "embedded", "MILO_REQUIRED_MODELS": '["chat"]', "PYTHONUNBUFFERED": "1",
+        "MILO_DATA_DIR": str(tmp_path / "data"),
+    }  # fmt: skip
+    env.pop("MILO_CHAT_CLOUD_URL", None)
+    env.pop("MILO_REDIS_URL", None)
+    command = [
+        sys.executable, "-m", "milo_voice.cli", "serve", "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+        "--metrics-port", str(ports[2]), "--facade-port", str(ports[3]), "--redis-port", str(ports[4]),
+    ]  # fmt: skip
+    facade = f"http://127.0.0.1:{ports[3]}"
+
+    def served(log: Path) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+        @contextlib.contextmanager
+        def running() -> Iterator[subprocess.Popen[bytes]]:
+            with log.open("wb") as out:
+                serve = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+                try:
+                    wait_http_ok(f"{facade}/ready", 300, serve)
+                    yield serve
+                finally:
+                    serve.send_signal(signal.SIGINT)
+                    serve.wait(timeout=60)
+
+        return running()
+
+    with served(tmp_path / "first.log"):
+        body = {"message": "Salama", "session_id": "kept", "max_tokens": 4, "temperature": 0}
+        assert httpx.post(f"{facade}/v1/chat", json=body, timeout=120).json()["turns"] == 2
+    first_log = (tmp_path / "first.log").read_text()
+    assert f"state: Redis at redis://127.0.0.1:{ports[4]}/0, its data in {tmp_path / 'data' / 'redis'}" in first_log
+    with served(tmp_path / "second.log"):
+        kept = httpx.get(f"{facade}/v1/chat/sessions/kept", timeout=30)
+        assert kept.status_code == 200 and [t["role"] for t in kept.json()["turns"]] == ["user", "assistant"]

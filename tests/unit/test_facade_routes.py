@@ -211,3 +211,20 @@ def test_secrets_in_a_request_line_are_redacted_for_the_access_log() -> None:
     assert redacted("/v1/models?token=abc.def&limit=5") == "/v1/models?token=***&limit=5"
     assert redacted("/v1/tts?api_key=zz&Access_Token=yy") == "/v1/tts?api_key=***&Access_Token=***"
     assert redacted("/v1/translate?text=keyboard") == "/v1/translate?text=keyboard"
+
+
+def test_a_body_that_is_not_json_gets_400_and_one_sent_as_something_else_415(api: TestClient) -> None:
+    broken = api.post(
+        "/v1/translate", content=b'{"text": "Salama", "source": ', headers={"Content-Type": "application/json"}
+    )
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
+    assert broken.json()["error"]["message"].startswith("the body is not valid JSON: ") and "character" in broken.text
+    latin1 = api.post(
+        "/v1/translate", content='{"text": "été"}'.encode("latin-1"), headers={"Content-Type": "application/json"}
+    )
+    assert latin1.status_code == 400 and latin1.json()["error"]["code"] == "invalid_json"
+    plain = api.post("/v1/translate", content=b"Salama", headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415 and "application/json" in plain.json()["error"]["message"]
+    # A well-formed body with a bad field still names the field.
+    field = api.post("/v1/translate", json={"text": "Salama", "source": "xx", "target": "fr"})
+    assert field.status_code == 422 and field.json()["error"]["field"] == "source"
