@@ -13,14 +13,18 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from milo_voice.registry import PROFILES, Registry, active_profile, load_registry, models_dir, registry_path
+from milo_voice.settings import REPO_ROOT
+from milo_voice.supervisor import Child, Supervisor, accepts_connections, answers_200
 from milo_voice.text.normalize import SUPPORTED_LANGUAGES, normalize_text
 
 # Entry points of this group are functions that add subcommands to ``milo-voice``.
@@ -100,6 +104,37 @@ def served_models_settings(registry: Registry, profile: str) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class LocalRedis:
+    child: Child
+    url: str
+
+
+def _local_redis(args: argparse.Namespace, supervisor: Supervisor, scratch: Path) -> tuple[LocalRedis | None, str]:
+    """The Redis that serve starts for the facade's state (sessions, tokens, limits, the translation
+    cache), so that it survives a restart and is shared by replicas: unless ``MILO_REDIS_URL``
+    names one already, ``--no-redis`` says not to, or redis-server is missing. Its data is
+    append-only under the data folder. Also the line that says where the state lives."""
+    if os.environ.get("MILO_REDIS_URL"):
+        return None, f"state: Redis at {os.environ['MILO_REDIS_URL']} (MILO_REDIS_URL)"
+    if args.no_redis or shutil.which("redis-server") is None:
+        why = "--no-redis" if args.no_redis else "no redis-server on this machine"
+        return None, f"state: in the facade's memory ({why}): sessions and tokens end with it"
+    folder = Path(os.environ.get("MILO_DATA_DIR", REPO_ROOT / "data")) / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    child = supervisor.add(
+        Child(
+            name="redis",
+            command=["redis-server", "--port", str(args.redis_port), "--bind", "127.0.0.1", "--dir", str(folder),
+                     "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
+            env=dict(os.environ),
+            ready_checks=[accepts_connections(args.redis_port)],
+        )
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{args.redis_port}/0"
+    return LocalRedis(child, url), f"state: Redis at {url}, its data in {folder} (append-only)"
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Run a Triton server (the PyTriton host or the stock tritonserver) and the facade, each started
     again if it dies (``milo_voice.supervisor``); stop both on Ctrl-C or SIGTERM."""
@@ -107,7 +142,6 @@ def _serve(args: argparse.Namespace) -> int:
         print("error: --model-repository is for --server tritonserver", file=sys.stderr)
         return 2
     from contract.tensors import ROLE_MODELS
-    from milo_voice.supervisor import Child, Supervisor, answers_200
 
     with tempfile.TemporaryDirectory(prefix="milo-serve-") as scratch:
         state_file = Path(scratch) / "state.json"
@@ -135,8 +169,10 @@ def _serve(args: argparse.Namespace) -> int:
                 ready_checks=[answers_200(f"http://127.0.0.1:{args.http_port}/v2/models/{m}/ready") for m in served],
             )
         )  # fmt: skip
+        redis, state_line = _local_redis(args, supervisor, Path(scratch))
         facade_env = {
             **os.environ,
+            **({"MILO_REDIS_URL": redis.url} if redis else {}),
             "MILO_TRITON_URL": f"127.0.0.1:{args.http_port}",
             # Streams go over gRPC: the facade must know the port whatever it is.
             "MILO_TRITON_GRPC_URL": f"127.0.0.1:{args.grpc_port}",
@@ -154,6 +190,11 @@ def _serve(args: argparse.Namespace) -> int:
         # SIGTERM (a container runtime, a test) takes the same way out as Ctrl-C.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
+            if redis is not None:
+                supervisor.start(redis.child)
+                if not supervisor.wait_ready(redis.child, 30):
+                    print(f"error: redis-server did not start on port {args.redis_port} (in use?)", file=sys.stderr)
+                    return 1
             supervisor.start(host)
             if not supervisor.wait_ready(host, args.ready_timeout):
                 code = host.process.poll() if host.process else None
@@ -163,7 +204,7 @@ def _serve(args: argparse.Namespace) -> int:
             supervisor.start(facade)
             print(
                 f"Milo Voice is up: Triton http :{args.http_port} grpc :{args.grpc_port} "
-                f"metrics :{args.metrics_port}, facade http://{args.host}:{args.facade_port}",
+                f"metrics :{args.metrics_port}, facade http://{args.host}:{args.facade_port}\n{state_line}",
                 flush=True,
             )
             while True:
@@ -197,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="the facade's address (default loopback only; 0.0.0.0: every interface)"
     )
     serve.add_argument("--ready-timeout", type=float, default=600)
+    serve.add_argument("--redis-port", type=int, default=6379, help="the Redis serve starts for the facade's state")
+    serve.add_argument("--no-redis", action="store_true", help="keep the facade's state in its memory")
     serve.set_defaults(func=_serve)
 
     models = commands.add_parser("models", help="manage model weights").add_subparsers(dest="action", required=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import time
 import urllib.request
@@ -46,6 +47,14 @@ def answers_200(url: str) -> Callable[[], bool]:
                 return response.status == 200
         except OSError:
             return False
+
+    return check
+
+
+def accepts_connections(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
 
     return check
 
