@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from contract.records import MAX_STOP_CHARS, MAX_STOP_STRINGS
 
 CHAT_MODEL, STT_MODEL, TTS_MODEL = "milo-chat", "milo-stt", "milo-tts"
+# OpenAI's own voice names, which SDK examples use: each speaks the input's language.
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage", "shimmer", "verse"}
+)
 # The routes that answer in OpenAI's shapes, errors included (an SDK reads ``error.message``).
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/audio/", "/v1/models")
 
@@ -60,9 +64,33 @@ class ModelList(BaseModel):
 # -- chat completions --------------------------------------------------------------
 
 
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class OtherPart(BaseModel):
+    """A part of a kind the chat does not read (an image, audio): refused by the route."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
 class ChatCompletionMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart | OtherPart]
+
+    def text(self) -> str:
+        """The message's text: its content, or its text parts joined by line breaks."""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    def unread_parts(self) -> list[str]:
+        """The kinds of its parts the chat cannot read."""
+        if isinstance(self.content, str):
+            return []
+        return [part.type for part in self.content if not isinstance(part, TextPart)]
 
 
 class ChatCompletionRequest(BaseModel):
@@ -79,11 +107,38 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: str | list[str] | None = Field(None, description="up to 4 strings; the reply ends before the first")
     stream: bool = False
+    # Taken so that asking for them is answered (400, ``unsupported``) rather than ignored.
+    n: int = Field(1, ge=1, description="1 only: one reply a request")
+    tools: list[dict[str, object]] | None = Field(None, description="not served")
+    tool_choice: str | dict[str, object] | None = Field(None, description="not served")
+    functions: list[dict[str, object]] | None = Field(None, description="not served")
+    function_call: str | dict[str, object] | None = Field(None, description="not served")
+    logprobs: bool | None = Field(None, description="not served")
+    response_format: dict[str, object] | None = Field(None, description="'text' only")
+    stream_options: dict[str, object] | None = Field(None, description="include_usage is not served yet")
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """The first option asked for that Milo Voice does not serve: (field, why), or None."""
+        if self.n != 1:
+            return "n", "one reply a request: n must be 1"
+        for name in ("tools", "tool_choice", "functions", "function_call"):
+            if getattr(self, name):
+                return name, "tool and function calls are not served"
+        if self.logprobs:
+            return "logprobs", "log probabilities are not served"
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            return "response_format", "only text replies are served (no JSON mode or schema)"
+        if self.stream_options and self.stream_options.get("include_usage"):
+            return "stream_options", "usage in streams is not served yet; a non-streamed reply has it"
+        for i, message in enumerate(self.messages):
+            if unread := message.unread_parts():
+                return f"messages.{i}.content", f"only text parts are read, not {', '.join(sorted(set(unread)))}"
+        return None
 
     @field_validator("messages")
     @classmethod
     def _messages(cls, messages: list[ChatCompletionMessage]) -> list[ChatCompletionMessage]:
-        if any(not m.content.strip() for m in messages):
+        if any(not m.text().strip() and not m.unread_parts() for m in messages):
             raise ValueError("a message is empty")
         if messages[-1].role != "user":
             raise ValueError("the last message must come from the user")
@@ -160,7 +215,11 @@ class SpeechRequest(BaseModel):
 
     model: str = TTS_MODEL
     input: str = Field(max_length=2000)
-    voice: str = Field("mg", description="'mg' or 'fr', or a voice name such as 'mms-tts-fra'")
+    voice: str = Field(
+        "mg",
+        description="'mg' or 'fr', a voice name such as 'mms-tts-fra', or one of OpenAI's voice names "
+        "(alloy, ash, ...): those speak the input's language as read from its words, else the default",
+    )
     response_format: Literal["mp3", "opus", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     # audio: the file's bytes as each sentence is spoken (flac: whole, it cannot be joined);

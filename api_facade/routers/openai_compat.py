@@ -25,6 +25,7 @@ from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS, TOKENS, ChatTiming
 from api_facade.openai_protocol import (
     CHAT_MODEL,
+    OPENAI_VOICES,
     STT_MODEL,
     TTS_MODEL,
     AssistantMessage,
@@ -48,17 +49,31 @@ from api_facade.protocol import STREAMABLE_FORMATS
 from api_facade.sessions import Turn
 from api_facade.subtitles import to_srt, to_vtt
 from api_facade.uploads import transcribe_upload
+from api_facade.voice.language import reply_language
 from api_facade.voice.streams import streamed_speech
+
+# What Whisper is restricted to here (the registry's STT languages).
+TRANSCRIBED_LANGUAGES = ("mg", "fr")
 
 router = APIRouter(
     tags=["openai-compatible"],
-    responses={code: {"model": OpenAIError} for code in (401, 403, 413, 422, 429, 503, 504)},
+    responses={code: {"model": OpenAIError} for code in (400, 401, 403, 404, 413, 415, 422, 429, 503, 504)},
 )
+
+
+MODELS = (CHAT_MODEL, STT_MODEL, TTS_MODEL)
 
 
 @router.get("/v1/models", response_model=ModelList, dependencies=[Depends(access("models"))])
 async def models() -> ModelList:
-    return ModelList(data=[ModelCard(id=name) for name in (CHAT_MODEL, STT_MODEL, TTS_MODEL)])
+    return ModelList(data=[ModelCard(id=name) for name in MODELS])
+
+
+@router.get("/v1/models/{model_id}", response_model=ModelCard, dependencies=[Depends(access("models"))])
+async def model(model_id: str) -> ModelCard:
+    if model_id not in MODELS:
+        raise ApiError(404, "model_not_found", f"no model {model_id!r}; the models are {', '.join(MODELS)}", "model")
+    return ModelCard(id=model_id)
 
 
 @router.post("/v1/audio/transcriptions", response_model=Transcription | VerboseTranscription)
@@ -68,9 +83,13 @@ async def transcriptions(
     vad: VadDep,
     file: Annotated[UploadFile, File(description="the audio file")],
     model: Annotated[str, Form()] = STT_MODEL,
-    language: Annotated[Literal["mg", "fr"] | None, Form()] = None,
+    language: Annotated[str | None, Form(description="mg or fr; left out: detected")] = None,
     response_format: Annotated[Literal["json", "text", "srt", "verbose_json", "vtt"], Form()] = "json",
 ) -> Transcription | VerboseTranscription | Response:
+    if language not in (None, *TRANSCRIBED_LANGUAGES):
+        served = " and ".join(TRANSCRIBED_LANGUAGES)
+        message = f"language {language!r} is not transcribed: {served} are (leave it out to detect which)"
+        raise ApiError(400, "unsupported_language", message, "language")
     result = await transcribe_upload(await file.read(), language or "auto", settings, triton, vad)
     if response_format == "text":
         return PlainTextResponse(result.text)
@@ -94,8 +113,12 @@ async def speech(body: SpeechRequest, triton: TtsTriton, settings: SettingsDep) 
     voices = settings.voices
     by_name = {name: language for language, name in voices.items()}
     language = body.voice if body.voice in voices else by_name.get(body.voice)
+    if body.voice in OPENAI_VOICES:  # the input's own language where its words say it, else the default
+        language = reply_language(None, None, body.input, settings.voice_default_language)
     if language is None:
-        raise ApiError(422, "invalid_request", f"voice: one of {sorted([*voices, *by_name])}", "voice")
+        choices = ", ".join(sorted([*voices, *by_name]))
+        message = f"voice {body.voice!r} is not served: {choices}, or one of OpenAI's voice names"
+        raise ApiError(400, "unsupported_voice", message, "voice")
     if body.response_format in STREAMABLE_FORMATS or body.stream_format == "sse":
         # Sentence by sentence: an SDK's streaming response gets the first sentence at once.
         sse_events = body.stream_format == "sse"
@@ -115,9 +138,13 @@ def _sse(chunk: ChatCompletionChunk) -> bytes:
 async def chat_completions(
     body: ChatCompletionRequest, triton: ChatTriton, conversations: ConversationsDep
 ) -> ChatCompletion | StreamingResponse:
+    if unsupported := body.unsupported():
+        field, why = unsupported
+        raise ApiError(400, "unsupported_parameter", f"{field}: {why}", field)
     # The validator has made ``stop`` a list (or None); what is None is left to the model's defaults.
+    # A "developer" message is what newer models call the system message.
     request = conversations.request(
-        [Turn(m.role, m.content) for m in body.messages],
+        [Turn("system" if m.role == "developer" else m.role, m.text()) for m in body.messages],
         max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,

@@ -31,6 +31,37 @@ def sdk(api: TestClient) -> openai.OpenAI:
 
 def test_models(sdk: openai.OpenAI) -> None:
     assert {m.id for m in sdk.models.list()} == {"milo-chat", "milo-stt", "milo-tts"}
+    assert sdk.models.retrieve("milo-stt").id == "milo-stt"
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.models.retrieve("gpt-4o")
+    assert missing.value.code == "model_not_found"
+
+
+def test_what_sdk_examples_send_is_served_or_refused_clearly(sdk: openai.OpenAI) -> None:
+    """OpenAI's voice names, content as a list of text parts and a developer message are served;
+    options Milo Voice does not serve are a 400 naming them, never silently ignored."""
+    spoken = sdk.audio.speech.create(model="milo-tts", voice="alloy", input="Bonjour à tous.", response_format="wav")
+    assert sf.read(io.BytesIO(spoken.content))[0].size > 0
+    parts = [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"}]
+    messages = [{"role": "developer", "content": "Answer briefly."}, {"role": "user", "content": parts}]
+    completion = sdk.chat.completions.create(model="milo-chat", messages=messages, max_tokens=8)  # type: ignore[arg-type]
+    assert completion.choices[0].message.content
+    ask = {"model": "milo-chat", "messages": [{"role": "user", "content": "Salama"}]}
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    image = [{"type": "image_url", "image_url": {"url": "https://example.org/a.png"}}]
+    for extra, param in (
+        ({"n": 2}, "n"),
+        ({"tools": [tool]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"stream": True, "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"messages": [{"role": "user", "content": image}]}, "messages.0.content"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.chat.completions.create(**{**ask, **extra})  # type: ignore[call-overload]
+        assert refused.value.code == "unsupported_parameter" and refused.value.param == param
+    with pytest.raises(openai.BadRequestError) as english:
+        sdk.audio.transcriptions.create(model="milo-stt", file=("a.wav", b"RIFF"), language="en")
+    assert english.value.code == "unsupported_language" and "mg and fr" in english.value.message
 
 
 def test_chat_completion(sdk: openai.OpenAI) -> None:
@@ -85,8 +116,9 @@ def test_sdk_errors_are_422_in_openais_error_shape(sdk: openai.OpenAI, api: Test
     # The SDK reads OpenAI's error body: its message, type, param and code come through.
     assert empty.value.type == "invalid_request_error" and empty.value.code == "invalid_request"
     assert empty.value.param == "messages" and "a message is empty" in empty.value.message
-    with pytest.raises(openai.UnprocessableEntityError):
-        sdk.audio.speech.create(model="milo-tts", voice="alloy", input="Salama")
+    with pytest.raises(openai.BadRequestError) as voice:
+        sdk.audio.speech.create(model="milo-tts", voice="nobody", input="Salama")
+    assert voice.value.code == "unsupported_voice" and voice.value.param == "voice"
     # The facade's own routes keep the facade's shape.
     own = api.post("/v1/translate", json={"text": "", "source": "mg", "target": "fr"}).json()["error"]
     assert set(own) >= {"code", "message"} and "type" not in own
