@@ -115,7 +115,7 @@ class ChatCompletionRequest(BaseModel):
     function_call: str | dict[str, object] | None = Field(None, description="not served")
     logprobs: bool | None = Field(None, description="not served")
     response_format: dict[str, object] | None = Field(None, description="'text' only")
-    stream_options: dict[str, object] | None = Field(None, description="include_usage is not served yet")
+    stream_options: dict[str, object] | None = Field(None, description="include_usage: a last chunk with the usage")
 
     def unsupported(self) -> tuple[str, str] | None:
         """The first option asked for that Milo Voice does not serve: (field, why), or None."""
@@ -128,8 +128,6 @@ class ChatCompletionRequest(BaseModel):
             return "logprobs", "log probabilities are not served"
         if self.response_format and self.response_format.get("type", "text") != "text":
             return "response_format", "only text replies are served (no JSON mode or schema)"
-        if self.stream_options and self.stream_options.get("include_usage"):
-            return "stream_options", "usage in streams is not served yet; a non-streamed reply has it"
         for i, message in enumerate(self.messages):
             if unread := message.unread_parts():
                 return f"messages.{i}.content", f"only text parts are read, not {', '.join(sorted(set(unread)))}"
@@ -203,6 +201,7 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChatCompletionChunkChoice]
+    usage: Usage | None = None  # on the last chunk only (no choices), with stream_options.include_usage
 
 
 # -- audio -------------------------------------------------------------------------

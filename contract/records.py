@@ -129,10 +129,14 @@ class ChatReply:
 
 @dataclass(frozen=True)
 class ChatDelta:
-    """A piece of a streamed reply; the last one carries the finish reason ("stop", "length")."""
+    """A piece of a streamed reply; the last one carries the finish reason ("stop", "length") and
+    the reply's token counts (0 on the pieces before it)."""
 
     text: str
     finish_reason: str = ""  # empty while the reply goes on
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
 
 
 # -- cancel models -----------------------------------------------------------------

@@ -185,7 +185,14 @@ CHAT = ModelIO(
 CHAT_STREAM = ModelIO(
     name="chat_stream",
     inputs=_CHAT_INPUTS,
-    outputs=(_text("token", field="text"), _text("finish_reason"), ERROR),
+    outputs=(
+        _text("token", field="text"),
+        _text("finish_reason"),
+        _int("prompt_tokens"),
+        _int("completion_tokens"),
+        _int("cached_tokens"),
+        ERROR,
+    ),
     request=records.ChatRequest,
     result=records.ChatDelta,
     streaming=True,

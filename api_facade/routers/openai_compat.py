@@ -161,14 +161,20 @@ async def chat_completions(
 
         async def events() -> AsyncIterator[bytes]:
             yield chunk(ChunkDelta(role="assistant", content=""))
-            finish_reason = "stop"
+            finish_reason, last = "stop", None
             with ChatTiming("/v1/chat/completions") as timing:
                 async for delta in triton.chat_stream(request):
                     if delta.text:
                         timing.token()
                         yield chunk(ChunkDelta(content=delta.text))
-                    finish_reason = delta.finish_reason or finish_reason
+                    finish_reason, last = delta.finish_reason or finish_reason, delta
             yield chunk(ChunkDelta(), finish_reason)
+            if body.stream_options and body.stream_options.get("include_usage") and last is not None:
+                TOKENS.inc(last.completion_tokens)
+                usage = _usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
+                yield _sse(
+                    ChatCompletionChunk(id=completion_id, created=created, model=body.model, choices=[], usage=usage)
+                )
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -181,10 +187,14 @@ async def chat_completions(
         created=created,
         model=body.model,
         choices=[ChatCompletionChoice(message=AssistantMessage(content=reply.text), finish_reason=reply.finish_reason)],
-        usage=Usage(
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            total_tokens=reply.prompt_tokens + reply.completion_tokens,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=reply.cached_tokens),
-        ),
+        usage=_usage(reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens),
+    )
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
     )

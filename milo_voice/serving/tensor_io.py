@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from contract import codec, tensors
@@ -355,7 +355,11 @@ class ChatService:
             if not streaming:
                 emit(_chat_outputs(io, event.reply) if isinstance(event, ChatDone) else event.error, True)
             elif isinstance(event, ChatDone):
-                emit(_chat_outputs(io, ChatDelta(pacer.rest(), event.reply.finish_reason)), True)
+                reply = event.reply
+                last = ChatDelta(
+                    pacer.rest(), reply.finish_reason, reply.prompt_tokens, reply.completion_tokens, reply.cached_tokens
+                )
+                emit(_chat_outputs(io, last), True)
             else:
                 held = pacer.rest()
                 if held:
@@ -413,10 +417,13 @@ def join_queued(items: Sequence[Queued], merge: Callable[[Outputs, Outputs], Out
 
 
 def merge_stream_pieces(first: Outputs, then: Outputs) -> Outputs:
-    """Two consecutive ``chat_stream`` pieces as one: the texts joined, the later finish reason."""
+    """Two consecutive ``chat_stream`` pieces as one: the texts joined, the later finish reason
+    and token counts (only the last piece has them)."""
     io = tensors.CHAT_STREAM
     earlier, later = codec.unpack_result(io, first), codec.unpack_result(io, then)
-    return codec.pack_piece(io, ChatDelta(earlier.text + later.text, later.finish_reason or earlier.finish_reason))
+    return codec.pack_piece(
+        io, replace(later, text=earlier.text + later.text, finish_reason=later.finish_reason or earlier.finish_reason)
+    )
 
 
 def chat_handler(service: ChatService) -> GenerationHandler:

@@ -53,7 +53,6 @@ def test_what_sdk_examples_send_is_served_or_refused_clearly(sdk: openai.OpenAI)
         ({"n": 2}, "n"),
         ({"tools": [tool]}, "tools"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"stream": True, "stream_options": {"include_usage": True}}, "stream_options"),
         ({"messages": [{"role": "user", "content": image}]}, "messages.0.content"),
     ):
         with pytest.raises(openai.BadRequestError) as refused:
@@ -82,6 +81,13 @@ def test_chat_completion_stream(sdk: openai.OpenAI) -> None:
         assert text.strip() == whole.choices[0].message.content
         assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
         assert whole.choices[0].finish_reason == ("length" if max_tokens == 3 else "stop")
+    # Asked for, the usage comes in a last chunk of its own, as in the whole reply.
+    counted = list(
+        sdk.chat.completions.create(**ask, max_tokens=64, stream=True, stream_options={"include_usage": True})
+    )
+    assert counted[-1].choices == [] and counted[-1].usage is not None
+    assert counted[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert counted[-1].usage.prompt_tokens == whole.usage.prompt_tokens
 
 
 def test_chat_completion_sampling_options(sdk: openai.OpenAI) -> None:
