@@ -33,22 +33,33 @@ class UndecodableAudioError(ValueError):
     """The upload is not audio that FFmpeg can decode."""
 
 
-def decode_upload(data: bytes, sample_rate: int = STT_SAMPLE_RATE) -> np.ndarray:
+class TooLongAudioError(ValueError):
+    """The upload is longer than it may be: said by its header, or found while decoding."""
+
+
+def decode_upload(data: bytes, sample_rate: int = STT_SAMPLE_RATE, max_seconds: float = float("inf")) -> np.ndarray:
     """wav, flac, ogg/opus, mp3, webm, m4a... to mono float32 at ``sample_rate``.
 
     Mono WAV or FLAC already at ``sample_rate`` (what voice clients send) is read by
     libsndfile directly; the rest goes through FFmpeg (PyAV, no model library, so the
     facade image stays small). A damaged frame ends the decoding there, as a player
     would stop; what came before it is kept.
+
+    Audio longer than ``max_seconds`` is refused (``TooLongAudioError``) by its header's duration
+    before anything is decoded, or, where the header does not say, as soon as the decoding passes
+    the limit: a small file of hours of silence costs neither the time nor the memory of hours.
     """
-    ready = _ready_pcm(data, sample_rate)
+    ready = _ready_pcm(data, sample_rate, max_seconds)
     if ready is not None:
         return ready
     chunks: list[np.ndarray] = []
+    decoded, most = 0, max_seconds * sample_rate
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 raise UndecodableAudioError("cannot decode the audio: the file has no audio stream")
+            if container.duration is not None and container.duration / av.time_base > max_seconds:
+                raise TooLongAudioError(f"its header says {container.duration / av.time_base:.0f} s")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             frames = container.decode(audio=0)
             while True:
@@ -58,16 +69,23 @@ def decode_upload(data: bytes, sample_rate: int = STT_SAMPLE_RATE) -> np.ndarray
                     break
                 except av.error.InvalidDataError:
                     break
-                chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    decoded += chunks[-1].size
+                if decoded > most:
+                    raise TooLongAudioError(f"more than {max_seconds:g} s decoded")
             chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
     except (av.error.FFmpegError, ValueError, IndexError) as exc:
-        if isinstance(exc, UndecodableAudioError):
+        if isinstance(exc, (UndecodableAudioError, TooLongAudioError)):
             raise
         raise UndecodableAudioError(f"cannot decode the audio: {exc}") from exc
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
+    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
+    if samples.size > most:
+        raise TooLongAudioError(f"{samples.size / sample_rate:.0f} s decoded")
+    return samples
 
 
-def _ready_pcm(data: bytes, sample_rate: int) -> np.ndarray | None:
+def _ready_pcm(data: bytes, sample_rate: int, max_seconds: float = float("inf")) -> np.ndarray | None:
     """Mono WAV/FLAC at ``sample_rate``, read without FFmpeg; None for anything else."""
     if not data.startswith((b"RIFF", b"fLaC")):
         return None
@@ -75,6 +93,8 @@ def _ready_pcm(data: bytes, sample_rate: int) -> np.ndarray | None:
         with sf.SoundFile(io.BytesIO(data)) as file:
             if file.samplerate != sample_rate or file.channels != 1:
                 return None
+            if file.frames / file.samplerate > max_seconds:
+                raise TooLongAudioError(f"its header says {file.frames / file.samplerate:.0f} s")
             return file.read(dtype="float32")
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None  # FFmpeg may still read what libsndfile cannot

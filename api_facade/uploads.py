@@ -17,7 +17,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from api_facade.audio import UndecodableAudioError, decode_upload
+from api_facade.audio import TooLongAudioError, UndecodableAudioError, decode_upload
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS
 from api_facade.settings import Settings
@@ -111,20 +111,22 @@ async def read_audio_upload(request: Request, settings: Settings) -> AudioUpload
     raise ApiError(415, "unsupported_media", "send multipart/form-data (field 'file') or JSON with base64 'audio'")
 
 
-def decode_checked(audio_bytes: bytes, settings: Settings) -> np.ndarray:
-    """An uploaded file as 16 kHz mono samples, within the size and duration limits."""
+async def decode_checked(audio_bytes: bytes, settings: Settings) -> np.ndarray:
+    """An uploaded file as 16 kHz mono samples, within the size and duration limits. Decoded in a
+    worker thread: the event loop (every other request, /health) does not wait on FFmpeg."""
     if len(audio_bytes) > settings.max_upload_bytes:
         raise _too_large(settings.max_upload_bytes)
     if not audio_bytes:
         raise ApiError(422, "invalid_request", "audio: the file is empty", "audio")
     try:
-        samples = decode_upload(audio_bytes)
+        samples = await asyncio.to_thread(decode_upload, audio_bytes, STT_SAMPLE_RATE, settings.max_audio_seconds)
     except UndecodableAudioError as exc:
         raise ApiError(415, "unsupported_media", str(exc), "audio") from exc
+    except TooLongAudioError as exc:
+        message = f"audio is longer than the limit of {settings.max_audio_seconds:g} s ({exc})"
+        raise ApiError(413, "payload_too_large", message, "audio") from exc
     if samples.size == 0:
         raise ApiError(422, "invalid_request", "audio: no samples in the file", "audio")
-    if samples.size / STT_SAMPLE_RATE > settings.max_audio_seconds:
-        raise ApiError(413, "payload_too_large", f"audio is longer than {settings.max_audio_seconds} s", "audio")
     return samples
 
 
@@ -154,7 +156,7 @@ async def transcribe_upload(
 ) -> Transcription:
     """Checks, decodes and transcribes one uploaded file (``/v1/stt`` and the OpenAI-compatible
     route); audio without speech is an empty transcript."""
-    samples = decode_checked(audio_bytes, settings)
+    samples = await decode_checked(audio_bytes, settings)
     heard = await transcribe_heard(samples, language, triton, vad)
     if heard is None:
         return Transcription("", "" if language == AUTO else language, 0.0, 0.0, samples.size / STT_SAMPLE_RATE)

@@ -64,7 +64,7 @@ async def voice(
     upload = await read_audio_upload(request, settings)
     received = time.perf_counter()
     options = _options(upload.fields)
-    samples = decode_checked(upload.audio, settings)
+    samples = await decode_checked(upload.audio, settings)
     # Never an answer to a question nobody asked.
     heard = await transcribe_heard(samples, options.language, triton, vad)
     if heard is None:

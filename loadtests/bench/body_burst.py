@@ -6,7 +6,8 @@ Starts the facade alone (auth on, tokens in a scratch folder; no model server: e
 is refused before a model would be called) and sends, ``--bodies`` at a time, unauthenticated
 bodies of ``--megabytes`` each: declared by ``Content-Length``, then undeclared (chunked), then
 trickled at 1 byte a second. Prints the answers, how long each burst took, and the facade's
-resident memory before, after each burst and once the bursts are over.
+resident memory before, after each burst and once the bursts are over. Then a file of two hours
+of silence (2.6 MiB of Opus) to /v1/stt: how soon its 413 comes, and /health meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import json
 import re
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -92,10 +94,43 @@ async def burst(url: str, way: str, bodies: int, megabytes: int) -> dict[str, An
             "rss_after_mib": resident_mib(url)}  # fmt: skip
 
 
+def long_audio(path: Path) -> dict[str, Any]:
+    """A small file of two hours of silence (Opus, 6 kbit/s) sent to /v1/stt (auth off): how soon
+    the 413 comes, how /health answers meanwhile, and the facade's memory."""
+    if not path.exists():
+        subprocess.run(
+            ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
+             "-t", "7200", "-c:a", "libopus", "-b:a", "6k", str(path)],
+            check=True,
+        )  # fmt: skip
+    data = path.read_bytes()
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {"MILO_AUTH_ENABLED": "false", "MILO_DATA_DIR": scratch, "MILO_TRITON_URL": f"127.0.0.1:{free_port()}",
+               "MILO_REQUIRED_MODELS": "[]"}  # fmt: skip
+        with facade_server(Path(scratch) / "facade.log", env) as url:
+            before = resident_mib(url)
+
+            async def probe() -> tuple[int, float, float]:
+                async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+                    started = time.monotonic()
+                    upload = asyncio.create_task(client.post("/v1/stt", files={"file": (path.name, data)}))
+                    health_started = time.monotonic()
+                    await client.get("/health")
+                    health_s = time.monotonic() - health_started
+                    response = await upload
+                    return response.status_code, time.monotonic() - started, health_s
+
+            status, seconds, health_s = asyncio.run(probe())
+            return {"file_mib": round(len(data) / MIB, 2), "status": status, "seconds": round(seconds, 3),
+                    "health_meanwhile_s": round(health_s, 3), "rss_before_mib": before,
+                    "rss_after_mib": resident_mib(url)}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bodies", type=int, default=50)
     parser.add_argument("--megabytes", type=int, default=20)
+    parser.add_argument("--long-audio", default="/tmp/milo-two-hours-of-silence.ogg", help="made with ffmpeg if absent")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
@@ -119,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         # the answer: the server's own access log says what it answered.
         log = (Path(scratch) / "facade.log").read_text()
         result["answered_by_the_server"] = dict(Counter(re.findall(r'"POST /v1/translate HTTP/1.1" (\d{3})', log)))
+    result["long_audio"] = long_audio(Path(args.long_audio))
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
