@@ -14,22 +14,17 @@ import asyncio
 import uuid
 
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from api_facade.errors import REQUEST_ID_HEADER, ApiError, error_response
+from api_facade.http_middleware import HttpMiddleware
 from api_facade.settings import Settings
 
 UPLOAD_PATHS = frozenset({"/v1/stt", "/v1/voice", "/v1/audio/transcriptions"})
 
 
-class BodyLimits:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class BodyLimits(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings: Settings = scope["app"].state.settings
         upload = scope["path"] in UPLOAD_PATHS
         limit = settings.max_upload_body_bytes if upload else settings.max_json_bytes

@@ -13,21 +13,16 @@ import asyncio
 import contextlib
 import logging
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from api_facade.http_middleware import HttpMiddleware
 from api_facade.metrics import CANCELLED
 
 log = logging.getLogger("api_facade")
 
 
-class CancelOnDisconnect:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class CancelOnDisconnect(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
 
         inbox: asyncio.Queue[Message] = asyncio.Queue()
         client_left = asyncio.Event()
