@@ -187,8 +187,10 @@ def _serve(args: argparse.Namespace) -> int:
                 ready_checks=[answers_200(f"http://127.0.0.1:{args.facade_port}/health")],
             )
         )  # fmt: skip
-        # SIGTERM (a container runtime, a test) takes the same way out as Ctrl-C.
+        # SIGTERM (a container runtime, a test) takes the same way out as Ctrl-C; and Ctrl-C (SIGINT)
+        # does even where serve was started with SIGINT ignored, as a shell's background job is.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             if redis is not None:
                 supervisor.start(redis.child)
