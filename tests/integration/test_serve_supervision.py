@@ -87,7 +87,12 @@ def test_chat_sessions_survive_a_restart_of_serve(embedded_dir: Path, tmp_path: 
                     yield serve
                 finally:
                     serve.send_signal(signal.SIGINT)
-                    serve.wait(timeout=60)
+                    try:
+                        serve.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        serve.kill()  # the test fails, and leaves nothing behind (serve's children die with it)
+                        serve.wait(timeout=10)
+                        raise
 
         return running()
 
