@@ -11,12 +11,11 @@ every other body ``max_json_bytes`` and ``json_body_timeout_s``.
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 from starlette.requests import HTTPConnection
 from starlette.types import Message, Receive, Scope, Send
 
-from api_facade.errors import REQUEST_ID_HEADER, ApiError, error_response
+from api_facade.errors import REQUEST_ID_HEADER, ApiError, error_response, new_request_id
 from api_facade.http_middleware import HttpMiddleware
 from api_facade.settings import Settings
 
@@ -71,8 +70,7 @@ class BodyLimits(HttpMiddleware):
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, error: ApiError) -> None:
-    headers = dict(scope["headers"])
-    state = scope.setdefault("state", {})
-    state["request_id"] = (headers.get(REQUEST_ID_HEADER.lower().encode(), b"").decode() or uuid.uuid4().hex)[:64]
+    given = dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode(), b"").decode()
+    scope.setdefault("state", {})["request_id"] = new_request_id(given)
     error.headers = {**error.headers, "Connection": "close"}  # the rest of the body is not read
     await error_response(HTTPConnection(scope), error)(scope, receive, send)

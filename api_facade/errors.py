@@ -58,6 +58,11 @@ class ApiError(Exception):
         self.internal = internal
 
 
+def new_request_id(given: str | None) -> str:
+    """The id a request goes by: the client's ``X-Request-ID`` (bounded), else a fresh one."""
+    return (given or uuid.uuid4().hex)[:64]
+
+
 def request_id(request: HTTPConnection) -> str:
     return getattr(request.state, "request_id", "") or "-"
 
@@ -163,8 +168,7 @@ def install(app: FastAPI) -> None:
 
     @app.middleware("http")
     async def add_request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        request.state.request_id = rid[:64]
+        request.state.request_id = new_request_id(request.headers.get(REQUEST_ID_HEADER))
         response = await call_next(request)
         response.headers[REQUEST_ID_HEADER] = request.state.request_id
         # RateLimit-* of the caller's tightest limit, set by the access dependency.

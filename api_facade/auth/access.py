@@ -12,7 +12,7 @@ and returns the ``Caller``, whose tier gives the Triton priority and queue timeo
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must see the dependency of
-# ``triton_for``'s inner function as an object, not a string naming a local variable.
+# ``_for_caller``'s inner function as an object, not a string naming a local variable.
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache

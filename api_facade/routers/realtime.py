@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from api_facade.auth.access import Caller, access, count_call
 from api_facade.dependencies import get_conversations, get_settings, get_triton, get_vad
-from api_facade.errors import REQUEST_ID_HEADER, ApiError, error_response
+from api_facade.errors import REQUEST_ID_HEADER, ApiError, error_response, new_request_id
 from api_facade.voice.realtime import RealtimeConversation
 
 router = APIRouter(tags=["voice"])
@@ -37,7 +36,7 @@ async def _refuse(websocket: WebSocket, error: ApiError) -> None:
 async def realtime(websocket: WebSocket) -> None:
     settings = get_settings(websocket)
     # The HTTP middleware that names requests does not see WebSockets.
-    websocket.state.request_id = (websocket.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:64]
+    websocket.state.request_id = new_request_id(websocket.headers.get(REQUEST_ID_HEADER))
     try:
         caller: Caller = await access("voice")(websocket)
     except ApiError as error:
