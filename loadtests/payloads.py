@@ -65,17 +65,32 @@ def clip_wav(kind: str) -> bytes:
     ready = Path(os.environ.get("MILO_CLIPS_DIR", "")) / f"{kind}.wav"
     if os.environ.get("MILO_CLIPS_DIR") and ready.is_file():
         return ready.read_bytes()
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is missing: run `make setup`")
-    with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
-        subprocess.run(["espeak-ng", "-v", "fr", "-s", "140", "-w", wav.name, CLIP_TEXTS[kind]], check=True)
-        audio, rate = sf.read(wav.name, dtype="float32")
-    from scipy.signal import resample_poly  # only here: machines with clips ready-made may lack SciPy
-
-    audio = resample_poly(audio, 16000, rate).astype(np.float32)
+    audio = spoken(CLIP_TEXTS[kind], "fr", 140)
     out = io.BytesIO()
     sf.write(out, audio, 16000, format="WAV", subtype="PCM_16")
     return out.getvalue()
+
+
+def spoken(text: str, voice: str = "fr", words_per_minute: int | None = None) -> np.ndarray:
+    """``text`` said by a voice of this machine, as 16 kHz mono float32.
+
+    ``voice``: an espeak-ng voice (``fr``, ``fr+m3``; ``mb-fr1`` to ``mb-fr7`` are MBROLA's, which
+    espeak-ng drives where the ``mbrola-fr*`` packages are installed), or ``pico`` (SVOX Pico's
+    French, ``pico2wave``). ``words_per_minute`` is espeak-ng's speed; Pico has one.
+    """
+    with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
+        if voice == "pico":
+            command = ["pico2wave", "-l", "fr-FR", "-w", wav.name, text]
+        else:
+            speed = ["-s", str(words_per_minute)] if words_per_minute else []
+            command = ["espeak-ng", "-v", voice, *speed, "-w", wav.name, text]
+        if shutil.which(command[0]) is None:
+            raise RuntimeError(f"{command[0]} is missing: run `make setup`")
+        subprocess.run(command, check=True, capture_output=True)
+        audio, rate = sf.read(wav.name, dtype="float32")
+    from scipy.signal import resample_poly  # only here: machines with clips ready-made may lack SciPy
+
+    return resample_poly(audio, 16000, rate).astype(np.float32)
 
 
 def write_clips(folder: Path) -> None:

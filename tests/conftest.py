@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 from fastapi.testclient import TestClient
-from scipy.signal import resample_poly
 
+from loadtests import payloads
 from loadtests.processes import facade_server, redis_server, stop
 from milo_voice.registry import Registry, load_registry, models_dir
 from milo_voice.weights.embedded import build_embedded
@@ -51,10 +49,7 @@ def speak(text: str, voice: str = "fr+m3", words_per_minute: int = 120) -> np.nd
     """Speech made by espeak-ng, as 16 kHz mono float32 (what STT takes)."""
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is missing: run `make setup`")
-    with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", wav.name, text], check=True)
-        audio, rate = sf.read(wav.name, dtype="float32")
-    return resample_poly(audio, 16000, rate).astype(np.float32)
+    return payloads.spoken(text, voice, words_per_minute)
 
 
 def free_port() -> int:

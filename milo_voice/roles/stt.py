@@ -23,9 +23,9 @@ from milo_voice.roles.refusals import compute_valid
 from milo_voice.roles.whisper.backends import Backend, CTranslate2Backend, TorchBackend
 from milo_voice.roles.whisper.decoder import SpecialTokens, WhisperDecoder
 from milo_voice.roles.whisper.encoder import WhisperEncoder
-from milo_voice.roles.whisper.features import Features, LogMelExtractor
+from milo_voice.roles.whisper.features import Features, LogMelExtractor, cut_to, encoded_frames
 from milo_voice.roles.whisper.transcripts import DecodingLimits, Prompts, transcription
-from milo_voice.roles.whisper.windows import SAMPLE_RATE, plan_windows
+from milo_voice.roles.whisper.windows import SAMPLE_RATE, WINDOW_SECONDS, plan_windows
 
 # The activations' type by the model's compute type (int8 weights compute in float32, float16 or
 # bfloat16): what CTranslate2's generate expects as encoder output, and what the torch encoder and
@@ -54,6 +54,12 @@ class SttOptions:
     greedy decoder ("torch", the default on a GPU with the torch encoder and beam size 1: CTranslate2
     launches hundreds of kernels per token, which at batch 1 made large-v3 decode at about 8 ms a
     token on an H100).
+
+    ``min_encoded_seconds``: Whisper encodes every window over 30 s, a short one padded with
+    silence, and on a CPU the encoder is most of a short question's time. Below 30, a window is
+    encoded over its own length plus one second, and at least this long (``features.encoded_frames``).
+    Whisper was trained on 30 s windows only: what a shorter one costs in accuracy, and gains in
+    time, is measured side by side by ``loadtests/bench/stt_window.py`` (docs/benchmarks.md).
     """
 
     compute_type: str = "default"
@@ -68,10 +74,19 @@ class SttOptions:
     features: FeaturesChoice = "auto"
     encoder: Choice = "auto"
     decoder: Choice = "auto"
+    min_encoded_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.min_encoded_seconds <= WINDOW_SECONDS:
+            raise ValueError(f"min_encoded_seconds must be from 1 to 30, not {self.min_encoded_seconds}")
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], compute_type: str, cpu_threads: int) -> SttOptions:
-        """The options of a registry entry's ``params``."""
+    def from_params(
+        cls, params: dict[str, Any], compute_type: str, cpu_threads: int, on_gpu: bool = False
+    ) -> SttOptions:
+        """The options of a registry entry's ``params``; a ``gpu_`` key, where present, holds the value
+        on a GPU (a GPU encodes the full window fast, so the cut is a CPU setting)."""
+        encoded = "gpu_min_encoded_seconds" if on_gpu else "min_encoded_seconds"
         return cls(
             compute_type=compute_type,
             languages=tuple(params.get("languages", cls.languages)),
@@ -83,6 +98,7 @@ class SttOptions:
             features=params.get("features", "auto"),
             encoder=params.get("encoder", "auto"),
             decoder=params.get("decoder", "auto"),
+            min_encoded_seconds=float(params.get(encoded, cls.min_encoded_seconds)),
         )
 
 
@@ -141,6 +157,9 @@ class SpeechToText:
             return CTranslate2Backend(self.model, self.prompts, limits, options.beam_size, encoder)
         if encoder is None or not greedy:
             raise ValueError("the torch decoder needs the torch encoder and beam_size 1 (it decodes greedily)")
+        if options.min_encoded_seconds < WINDOW_SECONDS:
+            # Its step buffers and CUDA graphs are made for one number of frames: any other is a recapture.
+            raise ValueError("the torch decoder decodes 30 s windows only: leave min_encoded_seconds at 30")
         # The longest prompt (4 tokens) and the most tokens one window decodes.
         decoder = WhisperDecoder.from_model_dir(
             model_path, self._special_tokens(), torch_device, dtype, max_length=4 + limits.new_tokens
@@ -183,7 +202,8 @@ class SpeechToText:
 
     def _transcribe_valid(self, requests: list[SttRequest]) -> list[Transcription]:
         windows = [w for i, r in enumerate(requests) for w in plan_windows(i, r.audio)]
-        languages, decodings = self.backend.decode(requests, windows, self.features(windows))
+        features = cut_to(self.features(windows), encoded_frames(windows, self.options.min_encoded_seconds))
+        languages, decodings = self.backend.decode(requests, windows, features)
         segments: list[list[Segment]] = [[] for _ in requests]
         tokens = [0] * len(requests)
         for window, decoding in zip(windows, decodings, strict=True):

@@ -138,7 +138,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
     if spec.role == "stt":
         from milo_voice.roles.stt import SpeechToText, SttOptions
 
-        options = SttOptions.from_params(params, "float16" if gpu else "int8", _cpu_threads())
+        options = SttOptions.from_params(params, "float16" if gpu else "int8", _cpu_threads(), on_gpu=gpu)
         return role_class(spec, SpeechToText)(str(path), device.kind, device.index, options)
     if spec.role == "tts":
         from milo_voice.roles.tts import TextToSpeech

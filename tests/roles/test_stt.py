@@ -215,3 +215,54 @@ def test_a_model_bin_of_another_kind_is_refused(embedded_dir: Path) -> None:
 
     with pytest.raises(ModelFileError, match="not a Whisper model"):
         read_model_bin(embedded_dir / "translate" / "model.bin")
+
+
+def test_a_short_window_is_encoded_over_its_own_length(embedded_dir: Path, french: np.ndarray) -> None:
+    """min_encoded_seconds below 30: the encoder reads the audio's seconds plus one, at least the
+    minimum, and the transcript is still French with its segments inside the clip."""
+    cut = SpeechToText(str(embedded_dir / "stt"), options=SttOptions(compute_type="int8", min_encoded_seconds=4))
+    seen: list[tuple[int, ...]] = []
+    decode = cut.backend.decode
+
+    def recording(requests: Any, windows: Any, features: Any) -> Any:
+        seen.append(tuple(features.shape))
+        return decode(requests, windows, features)
+
+    cut.backend.decode = recording  # type: ignore[method-assign]
+    result = cut.transcribe(french, "auto")
+    assert result.language == "fr" and "bonjour" in result.text.lower()
+    assert result.segments[-1].end <= result.duration + 0.05
+    seconds = int(np.ceil(french.size / 16000)) + 1
+    assert seen == [(1, 80, max(4, seconds) * 100)]
+
+
+def test_a_batch_is_encoded_over_its_longest_window_and_never_past_30_s() -> None:
+    from milo_voice.roles.whisper.features import encoded_frames
+    from milo_voice.roles.whisper.windows import Window
+
+    def window(seconds: float) -> Window:
+        return Window(0, 0.0, np.zeros(int(seconds * 16000), np.float32))
+
+    assert encoded_frames([window(2.5)], 30) == 3000
+    assert encoded_frames([window(2.5)], 10) == 1000  # the minimum
+    assert encoded_frames([window(2.5), window(12.2)], 10) == 1400  # 13 s, and one more
+    assert encoded_frames([window(29.5)], 10) == 3000
+    assert encoded_frames([window(2.5)], 2) == 400
+
+
+def test_the_window_cut_is_checked_and_read_per_device() -> None:
+    with pytest.raises(ValueError, match="min_encoded_seconds"):
+        SttOptions(min_encoded_seconds=0.5)
+    params = {"min_encoded_seconds": 10}
+    assert SttOptions.from_params(params, "int8", 2).min_encoded_seconds == 10
+    assert SttOptions.from_params(params, "float16", 0, on_gpu=True).min_encoded_seconds == 30
+    assert (
+        SttOptions.from_params({**params, "gpu_min_encoded_seconds": 20}, "float16", 0, on_gpu=True).min_encoded_seconds
+        == 20
+    )
+
+
+def test_the_torch_decoder_refuses_a_cut_window(embedded_dir: Path) -> None:
+    options = SttOptions(compute_type="float32", encoder="torch", decoder="torch", min_encoded_seconds=10)
+    with pytest.raises(ValueError, match="30 s windows"):
+        SpeechToText(str(embedded_dir / "stt"), options=options)

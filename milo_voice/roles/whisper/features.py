@@ -10,15 +10,18 @@ is, and hands them to CTranslate2 without a trip through host memory.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from milo_voice.roles.whisper.windows import SAMPLE_RATE, WINDOW_SAMPLES, Window
+from milo_voice.roles.whisper.windows import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, Window
 
 N_FFT = 400
 HOP = 160
 FRAMES = 3000  # 30 s at a 10 ms hop
+FRAMES_PER_SECOND = 100
 
 
 class LogMelExtractor:
@@ -66,3 +69,24 @@ class Features:
         padded[: audio.size] = audio[:WINDOW_SAMPLES]
         # The feature extractor pads 160 samples on its own and yields one frame too many.
         return self.extractor(padded)[:, : self.extractor.nb_max_frames]
+
+
+def encoded_frames(windows: list[Window], min_seconds: float) -> int:
+    """How many frames of a batch's features the encoder reads: all 3000 (Whisper's 30 s, as it was
+    trained) when ``min_seconds`` is 30, else the longest window's whole seconds plus one second of
+    the silence after it, and at least ``min_seconds``. Whisper's encoder takes any length up to 30 s
+    (its position encodings are cut to the input), and its time grows faster than the length."""
+    if min_seconds >= WINDOW_SECONDS:
+        return FRAMES
+    longest = max(w.audio.size for w in windows) / SAMPLE_RATE
+    seconds = max(math.ceil(min_seconds), math.ceil(longest) + 1)
+    return min(FRAMES, seconds * FRAMES_PER_SECOND)
+
+
+def cut_to(features: np.ndarray | torch.Tensor, frames: int) -> np.ndarray | torch.Tensor:
+    """The first ``frames`` frames of every window's features, contiguous as the encoders read them."""
+    if features.shape[-1] == frames:
+        return features
+    if isinstance(features, np.ndarray):
+        return np.ascontiguousarray(features[:, :, :frames])
+    return features[:, :, :frames].contiguous()

@@ -1,0 +1,1 @@
+"""How right what the stack says and hears is: error rates of transcripts against references."""
