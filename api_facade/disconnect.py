@@ -24,17 +24,29 @@ log = logging.getLogger("api_facade")
 class CancelOnDisconnect(HttpMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
 
-        inbox: asyncio.Queue[Message] = asyncio.Queue()
+        # What the connection gave, or the error receiving raised (a body refused by body_limits.py),
+        # which the app then meets where it reads.
+        inbox: asyncio.Queue[Message | Exception] = asyncio.Queue()
         client_left = asyncio.Event()
         response_sent = False
 
         async def read_connection() -> None:
             while True:
-                message = await receive()
+                try:
+                    message = await receive()
+                except Exception as exc:
+                    inbox.put_nowait(exc)
+                    return
                 inbox.put_nowait(message)
                 if message["type"] == "http.disconnect":
                     client_left.set()
                     return
+
+        async def next_message() -> Message:
+            message = await inbox.get()
+            if isinstance(message, Exception):
+                raise message
+            return message
 
         async def send_tracked(message: Message) -> None:
             nonlocal response_sent
@@ -43,7 +55,7 @@ class CancelOnDisconnect(HttpMiddleware):
                 response_sent = True
 
         reader = asyncio.create_task(read_connection())
-        work = asyncio.create_task(self.app(scope, inbox.get, send_tracked))
+        work = asyncio.create_task(self.app(scope, next_message, send_tracked))
         left = asyncio.create_task(client_left.wait())
         try:
             await asyncio.wait({work, left}, return_when=asyncio.FIRST_COMPLETED)

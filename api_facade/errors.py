@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
+from starlette.types import Message, Receive, Scope, Send
 
+from api_facade.http_middleware import HttpMiddleware
 from api_facade.metrics import BUSY
 from api_facade.openai_protocol import OPENAI_PATHS, OpenAIErrorDetail, error_type
+from api_facade.protocol import ErrorDetail
 from api_facade.redis_connection import RedisUnavailableError
 from client import InputError, TritonBusyError, TritonUnavailableError
 
@@ -73,10 +76,7 @@ def _body(request: HTTPConnection, error: ApiError) -> dict[str, Any]:
             message=error.message, type=error_type(error.status), param=error.field, code=error.code
         )
         return detail.model_dump()
-    body: dict[str, Any] = {"code": error.code, "message": error.message}
-    if error.field:
-        body["field"] = error.field
-    return body
+    return ErrorDetail(code=error.code, message=error.message, field=error.field or None).model_dump(exclude_none=True)
 
 
 def error_response(request: HTTPConnection, error: ApiError) -> JSONResponse:
@@ -163,18 +163,29 @@ def as_api_error(exc: Exception) -> ApiError:
     raise TypeError(f"{type(exc).__name__} has no mapping") from exc
 
 
-def install(app: FastAPI) -> None:
-    """Request ids on every response, and every exception turned into the one error shape."""
+class RequestIds(HttpMiddleware):
+    """The outermost middleware: every request gets its id before anything can refuse it, and every
+    response carries it, with the RateLimit-* headers of the caller's tightest limit (set by the
+    access dependency)."""
 
-    @app.middleware("http")
-    async def add_request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request.state.request_id = new_request_id(request.headers.get(REQUEST_ID_HEADER))
-        response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = request.state.request_id
-        # RateLimit-* of the caller's tightest limit, set by the access dependency.
-        for name, value in getattr(request.state, "rate_limit_headers", {}).items():
-            response.headers.setdefault(name, value)
-        return response
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.setdefault("state", {})
+        given = dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
+        state["request_id"] = new_request_id(given)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = state["request_id"]
+                for name, value in state.get("rate_limit_headers", {}).items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def install(app: FastAPI) -> None:
+    """Every exception turned into the one error shape."""
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -193,6 +204,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ApiError):  # the body's reading refused (body_limits.py)
+            return error_response(request, exc.__cause__)
         if exc.status_code == 400 and exc.detail == FASTAPI_UNPARSABLE_BODY:  # e.g. not UTF-8
             return error_response(request, ApiError(400, "invalid_json", "the body is not JSON in UTF-8", "body"))
         codes = {

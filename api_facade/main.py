@@ -9,13 +9,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import start_http_server
 
-from api_facade import access_log, errors, metrics
+from api_facade import access_log, errors, metrics, openapi
+from api_facade.auth.first import AuthenticateFirst
 from api_facade.auth.ratelimit import RateLimiter, parse_networks
 from api_facade.auth.tokens import TokenService, open_token_store
 from api_facade.body_limits import BodyLimits
 from api_facade.cache import MemoryCache, RedisCache
 from api_facade.conversation import Conversations
 from api_facade.disconnect import CancelOnDisconnect
+from api_facade.errors import RequestIds
+from api_facade.metrics import MeasureRequests
 from api_facade.phrasebook import Phrasebook
 from api_facade.redis_connection import RedisConnection
 from api_facade.routers import admin, chat, health, openai_compat, realtime, stt, translate, tts, voice
@@ -57,6 +60,7 @@ def triton_pool(settings: Settings) -> TritonPool:
         timeout_s=settings.triton_timeout_s,
         probe_interval_s=settings.triton_probe_interval_s,
         on_retry=metrics.count_retry,
+        access_key=settings.triton_key,
     )
 
 
@@ -118,10 +122,16 @@ def create_app(settings: Settings | None = None, triton: TritonPool | None = Non
     app.state.settings = settings or Settings()
     errors.install(app)
     metrics.install(app)
-    # A client that leaves cancels everything below, Triton call included.
+    openapi.install(app)
+    # The last added is the outermost. From the outside in: every request gets its id, then is
+    # measured whatever answers it; a token is checked before any body is read; no body is read
+    # past its route's limit or deadline; a client that leaves cancels everything below, Triton
+    # call included.
     app.add_middleware(CancelOnDisconnect)
-    # Outermost: no body is read past its route's limit or its deadline, by anything.
     app.add_middleware(BodyLimits)
+    app.add_middleware(AuthenticateFirst)
+    app.add_middleware(MeasureRequests)
+    app.add_middleware(RequestIds)
     for router in (health, translate, tts, stt, chat, voice, realtime, openai_compat, admin):
         app.include_router(router.router)
     return app

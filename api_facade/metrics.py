@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.types import Message, Receive, Scope, Send
 
+from api_facade.http_middleware import HttpMiddleware
 from api_facade.redis_connection import RedisUnavailableError
 from client.pool import Endpoint
 
+CLIENT_CLOSED = 499  # nginx's status for a request its client closed before the answer
 # Buckets around the audit targets: health 10 ms, translate 130 ms, TTS 120 ms, STT 237 ms, chat 2.3 s.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.13, 0.25, 0.5, 1.0, 2.3, 5.0, 10.0, 30.0)
 
@@ -84,30 +87,56 @@ class ChatTiming:
             CHAT_FIRST_TOKEN.labels(self.route).observe(time.perf_counter() - self.started)
 
 
-def _route_of(request: Request) -> str:
-    # The route template keeps the label set small: /v1/chat/sessions/{session_id}, not each id.
-    route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
+def _route_of(scope: Scope) -> str:
+    """The route template, which keeps the label set small (/v1/chat/sessions/{session_id}, not
+    each id). A request refused before routing is matched against the schema's paths."""
+    route = scope.get("route")
+    if route is not None:
+        return getattr(route, "path", "unmatched")
+    app = scope.get("app")
+    if app is None:
+        return "unmatched"
+    templates = getattr(app.state, "route_templates", None)
+    if templates is None:
+        templates = app.state.route_templates = [
+            (re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path)) + "$"), path)
+            for path in app.openapi()["paths"]
+        ]
+    return next((path for pattern, path in templates if pattern.match(scope["path"])), "unmatched")
 
 
-def install(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path == "/metrics":
-            return await call_next(request)
+class MeasureRequests(HttpMiddleware):
+    """Every request's time and status, refusals included: the middlewares inside it refuse
+    unauthenticated callers and oversized or late bodies. A request whose client left before any
+    answer is counted as 499 (the client closed it), not as a server error."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/metrics":
+            await self.app(scope, receive, send)
+            return
         IN_FLIGHT.inc()
         started = time.perf_counter()
-        status = 500
+        status = CLIENT_CLOSED
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, send_status)
+        except Exception:
+            status = 500
+            raise
         finally:
             IN_FLIGHT.dec()
-            REQUEST_SECONDS.labels(_route_of(request), request.method, str(status)).observe(
+            REQUEST_SECONDS.labels(_route_of(scope), scope["method"], str(status)).observe(
                 time.perf_counter() - started
             )
 
+
+def install(app: FastAPI) -> None:
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
         if request.app.state.settings.metrics_port is not None:

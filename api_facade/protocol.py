@@ -17,6 +17,19 @@ def _not_blank(text: str) -> str:
     return text
 
 
+class ErrorDetail(BaseModel):
+    code: str  # stable, for programs: "payload_too_large", "rate_limited", ...
+    message: str  # for people: what was wrong and what to do
+    field: str | None = None  # the request field at fault, where there is one
+
+
+class ErrorResponse(BaseModel):
+    """Every error the facade answers off the OpenAI-compatible routes."""
+
+    error: ErrorDetail
+    request_id: str  # also in the X-Request-ID header and in the facade's log line of the error
+
+
 class TranslateRequest(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"text": "Manao ahoana daholo ianareo.", "source": "mg", "target": "fr"}]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import socket
@@ -15,10 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests import payloads
 from loadtests.processes import facade_server, redis_server, stop
@@ -50,6 +54,36 @@ def speak(text: str, voice: str = "fr+m3", words_per_minute: int = 120) -> np.nd
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is missing: run `make setup`")
     return payloads.spoken(text, voice, words_per_minute)
+
+
+def raw_request(base: str, head: str, body_pieces: list[bytes], pause_s: float) -> tuple[int, dict[str, object], float]:
+    """``head`` then each piece after ``pause_s``; the status, the JSON body and the seconds taken."""
+    address = urlsplit(base)
+    started = time.monotonic()
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        connection.sendall(head.encode())
+        try:
+            for piece in body_pieces:
+                time.sleep(pause_s)
+                connection.sendall(piece)
+        except OSError:  # the server answered and closed while the client was still sending
+            pass
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1] or b"{}")
+    return status, body, time.monotonic() - started
+
+
+def metric_value(base: str, name: str, **labels: str) -> float:
+    """The value of one sample of the facade's /metrics (0 where it has none yet)."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
 
 
 def free_port() -> int:

@@ -1,9 +1,9 @@
 """Who may call a route, how often, and at which Triton priority: one dependency per route family.
 
 Every ``/v1/*`` route depends on ``access(family)``, which, in order:
-1. authenticates the bearer token unless auth is off; a call without a valid token counts
-   against its client address's limit (429 beyond it, so guessing tokens is throttled), then
-   gets its 401;
+1. authenticates the bearer token unless auth is off (over HTTP, ``AuthenticateFirst`` has done it
+   before the body was read); a call without a valid token counts against its client address's
+   limit (429 beyond it, so guessing tokens is throttled), then gets its 401;
 2. checks the token's scopes (403);
 3. counts the call against the caller's limit for its tier (429): a token's own budget, or,
    auth off, the client address's (which also has the address limit). A flood of bad tokens
@@ -38,6 +38,8 @@ FAMILY_SCOPES: dict[str, tuple[str, ...]] = {"stt": ("stt",), "tts": ("tts",), "
 # Browsers cannot set headers on a WebSocket: they send the token as a subprotocol instead.
 TOKEN_SUBPROTOCOL = "bearer."
 RATE_LIMIT_HEADERS = "rate_limit_headers"
+UNAUTHENTICATED = "unauthenticated"  # the family under which calls without a valid token are counted
+AUTHENTICATED = "principal_found"  # the request state's key for the principal AuthenticateFirst found
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,14 @@ def _bearer(request: HTTPConnection) -> str:
     return token.strip()
 
 
-async def _authenticate(request: HTTPConnection, settings: Settings) -> Principal:
+async def authenticate(request: HTTPConnection, settings: Settings) -> Principal:
+    """The caller: the principal ``AuthenticateFirst`` found for this request, else its token's
+    (verified now: a WebSocket), else, auth off, the anonymous one. ``ApiError`` 401 without one."""
     if not settings.auth_on:
         return _anonymous(settings)
+    found = request.scope.get("state", {}).get(AUTHENTICATED)
+    if isinstance(found, Principal):
+        return found
     tokens: TokenService = request.app.state.tokens
     try:
         return await tokens.verify(_bearer(request))
@@ -102,20 +109,11 @@ class Access:
 
     async def __call__(self, request: HTTPConnection) -> Caller:
         settings: Settings = request.app.state.settings
-        limiter: RateLimiter = request.app.state.rate_limiter
-        peer = request.client.host if request.client else None
-        ip = client_ip(peer, request.headers.get("x-forwarded-for"), request.app.state.trusted_proxies)
-
-        async def count_address() -> LimitState:
-            state = await limiter.hit(parse_limit(settings.ip_rate_limit), "ip", self.family, ip)
-            if not state.allowed:
-                raise _refuse(state, self.family, "client address")
-            return state
-
+        ip = _address(request)
         try:
-            principal = await _authenticate(request, settings)
+            principal = await authenticate(request, settings)
         except ApiError:
-            await count_address()
+            await count_failed_authentication(request)
             raise
         request.state.principal = principal.name
         for scope in FAMILY_SCOPES[self.family]:
@@ -124,12 +122,33 @@ class Access:
                 raise ApiError(403, "insufficient_scope", f"this token lacks the {scope!r} scope{hint}")
 
         owner = f"token:{principal.name}" if settings.auth_on else f"client:{ip}"
-        states = [] if settings.auth_on else [await count_address()]
+        states = [] if settings.auth_on else [await _count_address(request, self.family, ip)]
         states.append(await _count_for_caller(request, self.family, principal, owner))
         setattr(request.state, RATE_LIMIT_HEADERS, tightest(states).headers())
         tier = settings.tier(principal.tier)
         options = CallOptions(priority=tier.priority, queue_timeout_us=int(tier.queue_timeout_s * 1_000_000))
         return Caller(principal, ip, options, owner)
+
+
+def _address(connection: HTTPConnection) -> str:
+    peer = connection.client.host if connection.client else None
+    return client_ip(peer, connection.headers.get("x-forwarded-for"), connection.app.state.trusted_proxies)
+
+
+async def _count_address(connection: HTTPConnection, family: str, ip: str) -> LimitState:
+    """One call against the client address's limit (``ApiError`` 429 beyond it)."""
+    settings: Settings = connection.app.state.settings
+    limiter: RateLimiter = connection.app.state.rate_limiter
+    state = await limiter.hit(parse_limit(settings.ip_rate_limit), "ip", family, ip)
+    if not state.allowed:
+        raise _refuse(state, family, "client address")
+    return state
+
+
+async def count_failed_authentication(connection: HTTPConnection) -> None:
+    """A call without a valid token, against its address's limit for such calls on any route: 429
+    past it, so that tokens cannot be guessed at speed; never against a valid token's budget."""
+    await _count_address(connection, UNAUTHENTICATED, _address(connection))
 
 
 async def _count_for_caller(connection: HTTPConnection, family: str, principal: Principal, owner: str) -> LimitState:

@@ -14,6 +14,7 @@ from api_facade.conversation import ChatTurn, Conversations
 from api_facade.dependencies import SettingsDep
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS, TOKENS, ChatTiming
+from api_facade.openapi import AUTH, BODY, FOUND, MODEL, STORE, error_responses
 from api_facade.protocol import SESSION_ID_PATTERN, ChatAnswer, ChatBody, SessionTurn, SessionView
 from api_facade.voice.language import reply_language
 from api_facade.voice.reply import Voice, spoken_reply
@@ -25,7 +26,9 @@ SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 ROUTE = "/v1/chat"
 
 
-@router.post(ROUTE, response_model=ChatAnswer, response_model_exclude_none=True)
+@router.post(
+    ROUTE, response_model=ChatAnswer, response_model_exclude_none=True, responses=error_responses(AUTH, BODY, MODEL)
+)
 async def chat(
     body: ChatBody, triton: ChatTriton, conversations: ChatConversations, settings: SettingsDep
 ) -> ChatAnswer | StreamingResponse:
@@ -94,7 +97,7 @@ async def _text_stream(
         yield sse("error", {"code": "stream_failed", "message": str(exc)})
 
 
-@router.get("/v1/chat/sessions/{session_id}", response_model=SessionView)
+@router.get("/v1/chat/sessions/{session_id}", response_model=SessionView, responses=error_responses(AUTH, FOUND, STORE))
 async def get_session(session_id: SessionId, conversations: ChatConversations) -> SessionView:
     turns = await conversations.history(session_id, stale_ok=True)
     if turns is None:
@@ -102,7 +105,7 @@ async def get_session(session_id: SessionId, conversations: ChatConversations) -
     return SessionView(session_id=session_id, turns=[SessionTurn(role=t.role, content=t.content) for t in turns])
 
 
-@router.delete("/v1/chat/sessions/{session_id}", status_code=204)
+@router.delete("/v1/chat/sessions/{session_id}", status_code=204, responses=error_responses(AUTH, FOUND, STORE))
 async def delete_session(session_id: SessionId, conversations: ChatConversations) -> None:
     if not await conversations.forget(session_id):
         raise ApiError(404, "session_not_found", f"no session {session_id!r}")

@@ -29,7 +29,11 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: every required model is ready in Triton (503 naming those that are not)")
+@router.get(
+    "/ready",
+    summary="Readiness: every required model is ready in Triton (503 naming those that are not)",
+    responses={503: {"description": "The same body, status `not_ready`, with `Retry-After`"}},
+)
 @router.head("/ready", include_in_schema=False)
 async def ready(
     request: Request,

@@ -45,6 +45,7 @@ from api_facade.openai_protocol import (
     Usage,
     VerboseTranscription,
 )
+from api_facade.openapi import AUTH, BODY, FOUND, MODEL, error_responses
 from api_facade.protocol import STREAMABLE_FORMATS
 from api_facade.sessions import Turn
 from api_facade.subtitles import to_srt, to_vtt
@@ -55,28 +56,39 @@ from api_facade.voice.streams import streamed_speech
 # What Whisper is restricted to here (the registry's STT languages).
 TRANSCRIBED_LANGUAGES = ("mg", "fr")
 
-router = APIRouter(
-    tags=["openai-compatible"],
-    responses={code: {"model": OpenAIError} for code in (400, 401, 403, 404, 413, 415, 422, 429, 503, 504)},
-)
+router = APIRouter(tags=["openai-compatible"])
 
 
 MODELS = (CHAT_MODEL, STT_MODEL, TTS_MODEL)
 
 
-@router.get("/v1/models", response_model=ModelList, dependencies=[Depends(access("models"))])
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    dependencies=[Depends(access("models"))],
+    responses=error_responses(AUTH, shape=OpenAIError),
+)
 async def models() -> ModelList:
     return ModelList(data=[ModelCard(id=name) for name in MODELS])
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelCard, dependencies=[Depends(access("models"))])
+@router.get(
+    "/v1/models/{model_id}",
+    response_model=ModelCard,
+    dependencies=[Depends(access("models"))],
+    responses=error_responses(AUTH, FOUND, shape=OpenAIError),
+)
 async def model(model_id: str) -> ModelCard:
     if model_id not in MODELS:
         raise ApiError(404, "model_not_found", f"no model {model_id!r}; the models are {', '.join(MODELS)}", "model")
     return ModelCard(id=model_id)
 
 
-@router.post("/v1/audio/transcriptions", response_model=Transcription | VerboseTranscription)
+@router.post(
+    "/v1/audio/transcriptions",
+    response_model=Transcription | VerboseTranscription,
+    responses=error_responses(AUTH, BODY, MODEL, shape=OpenAIError),
+)
 async def transcriptions(
     triton: SttTriton,
     settings: SettingsDep,
@@ -108,7 +120,9 @@ async def transcriptions(
     return VerboseTranscription(language=result.language, duration=result.duration, text=result.text, segments=segments)
 
 
-@router.post("/v1/audio/speech", response_class=Response)
+@router.post(
+    "/v1/audio/speech", response_class=Response, responses=error_responses(AUTH, BODY, MODEL, shape=OpenAIError)
+)
 async def speech(body: SpeechRequest, triton: TtsTriton, settings: SettingsDep) -> Response:
     voices = settings.voices
     by_name = {name: language for language, name in voices.items()}
@@ -134,7 +148,11 @@ def _sse(chunk: ChatCompletionChunk) -> bytes:
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n".encode()
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses=error_responses(AUTH, BODY, MODEL, shape=OpenAIError),
+)
 async def chat_completions(
     body: ChatCompletionRequest, triton: ChatTriton, conversations: ConversationsDep
 ) -> ChatCompletion | StreamingResponse:

@@ -10,6 +10,7 @@ from fastapi.responses import PlainTextResponse
 from api_facade.auth.access import SttTriton
 from api_facade.dependencies import SettingsDep, VadDep
 from api_facade.errors import ApiError
+from api_facade.openapi import AUTH, BODY, MODEL, error_responses
 from api_facade.protocol import SttResponse, SttSegment
 from api_facade.subtitles import to_srt, to_vtt
 from api_facade.uploads import read_audio_upload, transcribe_upload, upload_request_body
@@ -27,7 +28,13 @@ REQUEST_BODY = upload_request_body(
 )
 
 
-@router.post("/v1/stt", openapi_extra=REQUEST_BODY, response_model=SttResponse, response_model_exclude_none=True)
+@router.post(
+    "/v1/stt",
+    openapi_extra=REQUEST_BODY,
+    response_model=SttResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(AUTH, BODY, MODEL),
+)
 async def stt(
     request: Request,
     triton: SttTriton,

@@ -10,12 +10,18 @@ from api_facade.auth.access import TranslateTriton
 from api_facade.cache import cache_key
 from api_facade.dependencies import CacheDep, PhrasebookDep, SettingsDep
 from api_facade.metrics import CACHE
+from api_facade.openapi import AUTH, BODY, MODEL, error_responses
 from api_facade.protocol import Translated, TranslateRequest, TranslateResponse
 
 router = APIRouter(tags=["translate"])
 
 
-@router.post("/v1/translate", response_model=TranslateResponse, response_model_exclude_none=True)
+@router.post(
+    "/v1/translate",
+    response_model=TranslateResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(AUTH, BODY, MODEL),
+)
 async def translate(
     body: TranslateRequest,
     triton: TranslateTriton,

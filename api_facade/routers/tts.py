@@ -14,6 +14,7 @@ from api_facade.auth.access import TtsTriton
 from api_facade.dependencies import SettingsDep
 from api_facade.errors import ApiError
 from api_facade.metrics import AUDIO_SECONDS
+from api_facade.openapi import AUTH, BODY, MODEL, error_responses
 from api_facade.protocol import Clip, TtsBatchRequest, TtsBatchResponse, TtsRequest
 from api_facade.voice.streams import streamed_speech
 
@@ -29,7 +30,10 @@ def check_voice(body: TtsRequest, voices: dict[str, str]) -> None:
 @router.post(
     "/v1/tts/batch",
     response_model=TtsBatchResponse,
-    responses={200: {"content": {"application/zip": {}}, "description": "JSON of clips, or a zip of files"}},
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "JSON of clips, or a zip of files"},
+        **error_responses(AUTH, BODY, MODEL),
+    },
 )
 async def tts_batch(body: TtsBatchRequest, triton: TtsTriton) -> TtsBatchResponse | Response:
     # Sent together, the texts reach Triton's dynamic batcher together and share a forward pass.
@@ -59,7 +63,7 @@ async def tts_batch(body: TtsBatchRequest, triton: TtsTriton) -> TtsBatchRespons
     )
 
 
-@router.post("/v1/tts", responses=AUDIO_RESPONSE, response_class=Response)
+@router.post("/v1/tts", responses={**AUDIO_RESPONSE, **error_responses(AUTH, BODY, MODEL)}, response_class=Response)
 async def tts(
     body: TtsRequest,
     triton: TtsTriton,

@@ -20,6 +20,7 @@ from api_facade.audio import MEDIA_TYPES
 from api_facade.auth.access import VoiceConversations, VoiceTriton
 from api_facade.dependencies import SettingsDep, VadDep
 from api_facade.errors import ApiError
+from api_facade.openapi import AUTH, BODY, MODEL, error_responses
 from api_facade.protocol import VoiceOptions
 from api_facade.uploads import decode_checked, read_audio_upload, transcribe_heard, upload_request_body
 from api_facade.voice.reply import ReplyEvent, Voice, spoken_reply
@@ -57,7 +58,12 @@ async def _prepend(first: ReplyEvent, rest: AsyncIterator[ReplyEvent]) -> AsyncI
         await rest.aclose()  # type: ignore[attr-defined]
 
 
-@router.post(ROUTE, openapi_extra=REQUEST_BODY, responses=RESPONSES, response_class=StreamingResponse)
+@router.post(
+    ROUTE,
+    openapi_extra=REQUEST_BODY,
+    responses={**RESPONSES, **error_responses(AUTH, BODY, MODEL)},
+    response_class=StreamingResponse,
+)
 async def voice(
     request: Request, triton: VoiceTriton, conversations: VoiceConversations, settings: SettingsDep, vad: VadDep
 ) -> StreamingResponse:

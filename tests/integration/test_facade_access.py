@@ -19,7 +19,7 @@ import pytest
 from redis import Redis
 
 from loadtests.processes import tokens_cli
-from tests.conftest import TritonHost, facade_client, facade_process, free_port
+from tests.conftest import TritonHost, facade_client, facade_process, free_port, metric_value, raw_request
 
 pytestmark = pytest.mark.integration
 
@@ -310,3 +310,21 @@ def test_a_token_in_a_query_string_is_refused_and_not_logged(triton_host: Triton
         assert refused.status_code == 401
     written = log.read_text()
     assert "GET /v1/models?token=***&limit=5" in written and "s3cr3t-value" not in written
+
+
+def test_a_body_is_not_read_before_its_token_is_checked(replicas: Replicas) -> None:
+    """A JSON route's body would be read and parsed before a route dependency runs: the token is
+    checked first, so a caller without one gets its 401 while its declared body is still unsent
+    (else the facade would wait for it, up to its body deadline). The refusal is measured and
+    carries its request id like any answer."""
+    count = "milo_http_request_duration_seconds_count"
+    labels = {"route": "/v1/translate", "method": "POST", "status": "401"}
+    before = metric_value(replicas.a, count, **labels)
+    head = (
+        "POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "X-Request-ID: no-token-probe\r\nContent-Length: 900000\r\n\r\n"
+    )
+    status, body, seconds = raw_request(replicas.a, head, [], 0)
+    assert status == 401 and body["error"]["code"] == "unauthenticated" and seconds < 2
+    assert body["request_id"] == "no-token-probe"
+    assert metric_value(replicas.a, count, **labels) == before + 1

@@ -5,15 +5,12 @@ a body that does not arrive in time ends with 408 instead of holding the connect
 from __future__ import annotations
 
 import json
-import socket
-import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import TritonHost, facade_process
+from tests.conftest import TritonHost, facade_process, metric_value, raw_request
 
 pytestmark = pytest.mark.integration
 
@@ -26,26 +23,6 @@ def facade(triton_host: TritonHost, tmp_path_factory: pytest.TempPathFactory) ->
     env = {"MILO_MAX_JSON_BYTES": "2000", "MILO_JSON_BODY_TIMEOUT_S": "1", "MILO_MAX_UPLOAD_BYTES": "50000"}
     with facade_process(triton_host, log, **env) as url:
         yield url
-
-
-def raw_request(base: str, head: str, body_pieces: list[bytes], pause_s: float) -> tuple[int, dict[str, object], float]:
-    """``head`` then each piece after ``pause_s``; the status, the JSON body and the seconds taken."""
-    address = urlsplit(base)
-    started = time.monotonic()
-    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
-        connection.sendall(head.encode())
-        try:
-            for piece in body_pieces:
-                time.sleep(pause_s)
-                connection.sendall(piece)
-        except OSError:  # the server answered and closed while the client was still sending
-            pass
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    status = int(answer.split(b" ", 2)[1])
-    body = json.loads(answer.split(b"\r\n\r\n", 1)[1] or b"{}")
-    return status, body, time.monotonic() - started
 
 
 def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(facade: str) -> None:
@@ -90,3 +67,17 @@ def test_a_trickled_body_ends_with_408_at_its_deadline(facade: str) -> None:
     assert seconds < 4  # the deadline (1 s), not the client's pace (about 10 s for this body)
     # A body that arrives in time is served as before.
     assert httpx.post(f"{facade}/v1/translate", json=HELLO, timeout=30).status_code == 200
+
+
+def test_refused_bodies_are_counted_as_refusals_not_as_clients_that_left(facade: str) -> None:
+    count = "milo_http_request_duration_seconds_count"
+    labels = {"route": "/v1/translate", "method": "POST"}
+    before = {status: metric_value(facade, count, **labels, status=status) for status in ("413", "408", "499", "500")}
+    cancelled = metric_value(facade, "milo_requests_cancelled_total")
+    head = "POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n"
+    assert raw_request(facade, head.format(5000), [], 0)[0] == 413
+    assert raw_request(facade, head.format(50), [b"{"], 1.5)[0] == 408
+    after = {status: metric_value(facade, count, **labels, status=status) for status in before}
+    assert after["413"] == before["413"] + 1 and after["408"] == before["408"] + 1
+    assert after["499"] == before["499"] and after["500"] == before["500"]
+    assert metric_value(facade, "milo_requests_cancelled_total") == cancelled
