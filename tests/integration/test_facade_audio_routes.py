@@ -45,6 +45,31 @@ def test_tts_formats_decode_back_to_the_same_duration(api: TestClient, audio_for
     assert decoded.size / 16000 == pytest.approx(duration, abs=0.1)
 
 
+@pytest.mark.parametrize("audio_format", ["ogg", "flac", "wav"])
+def test_tts_files_state_one_channel_and_their_length_to_every_reader(
+    api: TestClient, audio_format: str, tmp_path: Path
+) -> None:
+    """What players and tools read from the file's own headers and pages (not a full decode):
+    FFmpeg's ffprobe, sox and libsndfile."""
+    body = {"text": "Tamin'ny 2024 dia tonga izy.", "language": "mg", "format": audio_format}
+    response = api.post("/v1/tts", json=body)
+    assert response.status_code == 200
+    duration = float(response.headers["X-Audio-Duration"])
+    path = tmp_path / f"speech.{audio_format}"
+    path.write_bytes(response.content)
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=channels:format=duration", "-of", "json", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    probed = json.loads(probe.stdout)
+    assert probed["streams"][0]["channels"] == 1
+    assert float(probed["format"]["duration"]) == pytest.approx(duration, abs=0.05)
+    sox = subprocess.run(["soxi", "-D", str(path)], capture_output=True, text=True, check=True)
+    assert float(sox.stdout) == pytest.approx(duration, abs=0.05)
+    info = sf.info(str(path))
+    assert info.channels == 1 and info.duration == pytest.approx(duration, abs=0.05)
+
+
 def test_tts_wav_and_pcm(api: TestClient) -> None:
     wav = api.post("/v1/tts", json={"text": "Bonjour à tous.", "language": "fr"})
     assert wav.headers["content-type"] == "audio/wav"
