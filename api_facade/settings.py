@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # One Triton server, or several comma-separated: the facade spreads calls over them
     # (fewest in flight first), probes their health and fails over (client.pool).
     triton_url: str = "127.0.0.1:8000"
+    # The key of Triton servers that guard their inference endpoints (MILO_TRITON_KEY, the same
+    # on the model server): deploy/docker-compose.yml, where the model server listens beyond loopback.
+    triton_key: str | None = None
     triton_protocol: str = "http"
     # Streaming models are served over gRPC; default: each server's HTTP port + 1.
     triton_grpc_url: str | None = None

@@ -17,8 +17,10 @@ class TritonBusyError(TritonUnavailableError):
     """The model's queue is full, or the request waited in it past its queue timeout: retry soon."""
 
 
-# gRPC status names and HTTP statuses meaning "not here, not now".
-_UNAVAILABLE = {"UNAVAILABLE", "NOT_FOUND", "503", "404"}
+# gRPC status names and HTTP statuses meaning "not here, not now". A server that refuses the
+# caller's key (MILO_TRITON_KEY, contract/triton_access.py) is, to this caller, not there: another
+# server may take the call, and the operator reads why in the log and in the endpoint's status.
+_UNAVAILABLE = {"UNAVAILABLE", "NOT_FOUND", "PERMISSION_DENIED", "UNAUTHENTICATED", "503", "404", "403", "401"}
 _TIMED_OUT = {"DEADLINE_EXCEEDED", "504"}
 # Triton answers both a full queue and a model that is not ready with UNAVAILABLE; only its own
 # message tells the full queue (and a queue timeout) apart, and only a model not ready is a reason

@@ -74,6 +74,7 @@ class TritonPool(ModelCalls):
         timeout_s: float = 60.0,
         probe_interval_s: float = 2.0,
         on_retry: OnRetry | None = None,
+        access_key: str | None = None,
     ) -> None:
         super().__init__()
         if not urls:
@@ -82,7 +83,7 @@ class TritonPool(ModelCalls):
         if len(grpc) != len(urls):
             raise ValueError(f"{len(urls)} Triton URLs but {len(grpc)} gRPC URLs: give one per server or none")
         self.endpoints = [
-            Endpoint(AsyncMiloTritonClient(url, protocol=protocol, grpc_url=g, timeout_s=timeout_s))
+            Endpoint(AsyncMiloTritonClient(url, protocol, g, timeout_s, access_key))
             for url, g in zip(urls, grpc, strict=True)
         ]
         self.probe_interval_s = probe_interval_s

@@ -24,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 from client.calls import CallOptions, ModelCalls
 from client.errors import TritonUnavailableError, classify
 from contract import codec, tensors
+from contract.triton_access import access_headers
 
 Protocol = Literal["http", "grpc"]
 # What a health check that finds no server raises.
@@ -32,7 +33,8 @@ _UNREACHABLE = (InferenceServerException, ConnectionError, OSError, aiohttp.Clie
 
 class AsyncMiloTritonClient(ModelCalls):
     """The calls of ``ModelCalls`` to one Triton server. ``url`` is ``host:port`` (8000 for HTTP,
-    8001 for gRPC by default); streams use ``grpc_url`` (by default the HTTP port + 1)."""
+    8001 for gRPC by default); streams use ``grpc_url`` (by default the HTTP port + 1).
+    ``access_key``: the key of a Triton that guards its inference endpoints (``MILO_TRITON_KEY``)."""
 
     def __init__(
         self,
@@ -40,11 +42,14 @@ class AsyncMiloTritonClient(ModelCalls):
         protocol: Protocol = "http",
         grpc_url: str | None = None,
         timeout_s: float = 60.0,
+        access_key: str | None = None,
     ) -> None:
         super().__init__()
         self.url = url
         self.protocol = protocol
         self.timeout_s = timeout_s
+        self._headers = access_headers(access_key, protocol)
+        self._stream_headers = access_headers(access_key, "grpc")
         if protocol == "http":
             # No session-wide limit: each call's own deadline (``deadline_s``) bounds it.
             self._client: Any = httpclient_aio.InferenceServerClient(url, conn_timeout=None)
@@ -99,6 +104,7 @@ class AsyncMiloTritonClient(ModelCalls):
                     outputs=[self._module.InferRequestedOutput(spec.name) for spec in io.outputs],
                     **_scheduling(options),
                     **({"client_timeout": deadline} if self.protocol == "grpc" else {}),
+                    headers=self._headers or None,
                 ),
                 deadline,
             )
@@ -125,7 +131,8 @@ class AsyncMiloTritonClient(ModelCalls):
             }
 
         deadline = deadline_s(self.timeout_s, options.queue_timeout_us)
-        responses = self._streams().stream_infer(requests(), stream_timeout=deadline)
+        streams = self._streams()
+        responses = streams.stream_infer(requests(), stream_timeout=deadline, headers=self._stream_headers or None)
         try:
             async for result, error in responses:
                 if error is not None:

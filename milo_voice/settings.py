@@ -38,11 +38,14 @@ class ServerSettings(BaseSettings):
     # tokens, limits and priorities. A model-server container listens on 0.0.0.0 for the facade's
     # container, on the internal network only (deploy/docker-compose.yml publishes no Triton port).
     triton_bind: str = "127.0.0.1"
+    # The key Triton's inference and management endpoints then need (contract/triton_access.py);
+    # required where triton_bind is not loopback.
+    triton_key: str | None = None
 
-    @field_validator("chat_cloud_url")
+    @field_validator("chat_cloud_url", "triton_key")
     @classmethod
-    def _unset_when_empty(cls, url: str | None) -> str | None:
-        return url or None
+    def _unset_when_empty(cls, value: str | None) -> str | None:
+        return value or None
 
 
 def server_settings() -> ServerSettings:

@@ -16,9 +16,10 @@ from typing import Any
 
 from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
 from pytriton.model_config.common import TimeoutAction
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 from contract import tensors
+from contract.triton_access import RESTRICTED_APIS, check_exposure
 from milo_voice.registry import ModelSpec, Registry, active_profile, load_registry
 from milo_voice.serving.chat_metrics import PrometheusChatMetrics
 from milo_voice.serving.instances import DevicePlanner, load_instance, with_cloud_chat
@@ -160,10 +161,16 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
     profile = profile or active_profile()
     # Triton's metrics go to a loopback port; the host serves the public one (``MetricsRelay``).
     triton_metrics_port = free_loopback_port()
+    settings = server_settings()
+    check_exposure(settings.triton_bind, settings.triton_key)
+    # Without a key, PyTriton guards its management APIs with a random token of its own.
+    security = None
+    if settings.triton_key:
+        security = TritonSecurityConfig(access_token=settings.triton_key, restricted_endpoints=list(RESTRICTED_APIS))
     config = TritonConfig(
-        http_address=server_settings().triton_bind,
+        http_address=settings.triton_bind,
         http_port=ports.http,
-        grpc_address=server_settings().triton_bind,
+        grpc_address=settings.triton_bind,
         grpc_port=ports.grpc,
         metrics_port=triton_metrics_port,
         metrics_address="127.0.0.1",
@@ -172,7 +179,7 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
         # P50/P95/P99 per model as Prometheus summaries (nv_inference_request_summary_us, ...).
         metrics_config=["summary_latencies=true"],
         exit_on_error=True,
-        log_verbose=server_settings().triton_log_verbose,
+        log_verbose=settings.triton_log_verbose,
     )
     planner = DevicePlanner()
     log.info("profile %s, %d GPU(s) visible", profile, planner.gpu_count)
@@ -182,7 +189,8 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
     try:
         for attempt in range(1, TRITON_STARTS + 1):
             try:
-                with MetricsRelay(ports.metrics, triton_metrics_port), Triton(config=config) as triton:
+                triton_server = Triton(config=config, security_config=security)
+                with MetricsRelay(ports.metrics, triton_metrics_port), triton_server as triton:
                     bound = bind_all(triton, registry, instances)
                     log.info(
                         "serving %s on http :%d, grpc :%d, metrics :%d",

@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.triton_access import check_exposure, restriction
 from milo_voice.child_processes import stop_with_parent
 from milo_voice.registry import registry_path
 from milo_voice.serving.shared_memory import remove_orphaned_segments
@@ -72,8 +73,15 @@ def server_environment() -> dict[str, str]:
 
 
 def server_command(
-    server: Path, repository: Path, ports: ServerPorts, verbose: int = 0, bind: str = "127.0.0.1"
+    server: Path,
+    repository: Path,
+    ports: ServerPorts,
+    verbose: int = 0,
+    bind: str = "127.0.0.1",
+    key: str | None = None,
 ) -> list[str]:
+    check_exposure(bind, key)
+    restricted = [f"--http-restricted-api={restriction(key)}", f"--grpc-restricted-protocol={restriction(key)}"]
     return [
         str(server / "bin" / "tritonserver"),
         f"--model-repository={repository}",
@@ -93,6 +101,7 @@ def server_command(
         # Unique shared-memory names: two servers on one machine (a test beside a dev stack)
         # must not open each other's regions.
         f"--backend-config=python,shm-region-prefix-name=milo_{os.getpid()}_",
+        *(restricted if key else []),
     ]
 
 
@@ -109,8 +118,10 @@ def start_server(
     repository = repository or registry_path().parent
     workdir = workdir or Path(tempfile.mkdtemp(prefix="milo-tritonserver-"))
     server = prepare_server(workdir)
-    verbose = server_settings().triton_log_verbose
-    command = server_command(server, repository.resolve(), ports, verbose, server_settings().triton_bind)
+    settings = server_settings()
+    command = server_command(
+        server, repository.resolve(), ports, settings.triton_log_verbose, settings.triton_bind, settings.triton_key
+    )
     return subprocess.Popen(  # type: ignore[call-overload]
         command, env=server_environment(), preexec_fn=stop_with_parent, **popen
     )
