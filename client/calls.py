@@ -50,6 +50,10 @@ class CallOptions:
     priority: int = 0
     queue_timeout_us: int | None = None
 
+    def later(self, levels: int) -> CallOptions:
+        """The same, ``levels`` priority levels later (the model's default level stays as it is)."""
+        return self if self.priority == 0 else dataclasses.replace(self, priority=self.priority + levels)
+
 
 class ModelCalls:
     """The models' typed calls; a subclass is the transport that carries their tensors."""

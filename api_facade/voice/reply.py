@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from api_facade.voice.language import reply_language
+from api_facade.voice.pieces import for_later_pieces
 from api_facade.voice.sentences import ChunkRules, SentenceChunker
 from client import Speech, TritonPool
 from contract.records import ChatRequest, InputError
@@ -70,15 +71,18 @@ async def spoken_reply(
     chosen: list[str] = []  # the voice, once the first piece fixes it
     written: list[str] = []
     finish_reason = ["stop"]
+    later = for_later_pieces(triton)  # scheduled after every conversation's first piece
 
     async def write() -> None:
         chunker = SentenceChunker(rules)
 
         def speak(piece: str) -> None:
-            if not chosen:
+            first = not chosen
+            if first:
                 chosen.append(reply_language(voice.asked, voice.heard, piece, voice.default))
             # Started at once: a piece is synthesised while the chat writes the next.
-            task = asyncio.create_task(triton.synthesize(piece, chosen[0], voice.speed))
+            speaker = triton if first else later
+            task = asyncio.create_task(speaker.synthesize(piece, chosen[0], voice.speed))
             syntheses.put_nowait((piece, task))
 
         async for delta in triton.chat_stream(request, model):

@@ -4,7 +4,8 @@ batched TTS model rather than the streaming one.
 The streaming model holds its instance for a whole text, so concurrent streams wait for each
 other; pieces sent to the batched model batch with every other stream's. The first piece goes
 alone, for the soonest first byte; once it is back, the next ones go together (they batch while
-the first plays), a few ahead at a time so that a long text cannot fill the model's queue.
+the first plays), a few ahead at a time so that a long text cannot fill the model's queue, and
+after every stream's first piece (``pieces.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 
+from api_facade.voice.pieces import for_later_pieces
 from api_facade.voice.sentences import SentenceChunker
 from client import Speech, TritonPool
 from contract.records import InputError
@@ -36,11 +38,12 @@ async def spoken_text(
     the iterator early cancels the pieces in flight."""
     pieces = iter(text_pieces(text) or [text])
     first = await triton.synthesize(next(pieces), language, speed)
+    later = for_later_pieces(triton)
     pending: deque[asyncio.Task[Speech]] = deque()
 
     def send_more() -> None:
         while len(pending) < ahead and (piece := next(pieces, None)) is not None:
-            pending.append(asyncio.create_task(triton.synthesize(piece, language, speed)))
+            pending.append(asyncio.create_task(later.synthesize(piece, language, speed)))
 
     send_more()
     try:

@@ -143,6 +143,21 @@ def test_the_callers_tier_sets_the_triton_priority(api: TestClient, scripted: Sc
     assert options.priority == standard.priority and options.queue_timeout_us == standard.queue_timeout_s * 1e6
 
 
+def test_later_pieces_of_speech_are_scheduled_after_every_first_piece(
+    api: TestClient, scripted: ScriptedTriton
+) -> None:
+    """A streamed text's first piece at the tier's priority, the rest two levels later (the TTS
+    model's levels 3 and 4), in a spoken reply as in a streamed /v1/tts."""
+    standard = Settings(triton_url="scripted:0").tier("standard").priority
+    text = "Manao ahoana. Tonga soa eto. Misaotra betsaka. Veloma."
+    streamed = api.post("/v1/tts", json={"text": text, "language": "mg", "stream": True, "format": "pcm"})
+    assert streamed.status_code == 200
+    pieces = [(request.text, options.priority) for model, request, options in scripted.sent if model == "tts"]
+    assert len(pieces) >= 2
+    assert pieces[0][1] == standard and {priority for _, priority in pieces[1:]} == {standard + 2}
+    assert " ".join(piece for piece, _ in pieces).split() == text.split()
+
+
 def test_sessions_are_kept_per_owner_and_older_unowned_ones_are_claimed_once() -> None:
     import asyncio
 
@@ -228,3 +243,45 @@ def test_a_body_that_is_not_json_gets_400_and_one_sent_as_something_else_415(api
     # A well-formed body with a bad field still names the field.
     field = api.post("/v1/translate", json={"text": "Salama", "source": "xx", "target": "fr"})
     assert field.status_code == 422 and field.json()["error"]["field"] == "source"
+
+
+def test_the_schema_declares_the_errors_each_route_answers_in_their_real_shape(api: TestClient) -> None:
+    """Every /v1/ operation takes the bearer scheme and lists its error statuses in the shape the
+    facade sends (OpenAI's on the OpenAI routes), never FastAPI's own 422 body; and real error
+    answers of both kinds validate against the schema they are declared with."""
+    import json
+
+    import jsonschema
+
+    from api_facade.openai_protocol import OPENAI_PATHS
+
+    document = api.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": document["components"]["securitySchemes"]["bearer"]["description"],
+    }
+    assert "HTTPValidationError" not in json.dumps(document)
+    for path, operations in document["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            assert operation["security"] == [{"bearer": []}], (method, path)
+            shape = "OpenAIError" if path.startswith(OPENAI_PATHS) else "ErrorResponse"
+            statuses = {"401", "403", "429"} | ({"400", "413", "415", "422"} if method == "post" else set())
+            for status in statuses:
+                content = operation["responses"][status]["content"]["application/json"]
+                assert content["schema"] == {"$ref": f"#/components/schemas/{shape}"}, (method, path, status)
+
+    def valid(body: dict[str, Any], shape: str) -> None:
+        jsonschema.validate(body, {"$ref": f"#/components/schemas/{shape}", "components": document["components"]})
+
+    refused = api.post("/v1/translate", json={"text": "", "source": "mg", "target": "xx"})
+    assert refused.status_code == 422
+    valid(refused.json(), "ErrorResponse")
+    too_large = api.post("/v1/translate", content=b"x" * 2_000_000, headers={"Content-Type": "application/json"})
+    assert too_large.status_code == 413
+    valid(too_large.json(), "ErrorResponse")
+    openai = api.post("/v1/chat/completions", json={"messages": [], "n": 2})
+    assert openai.status_code in (400, 422)
+    valid(openai.json(), "OpenAIError")
