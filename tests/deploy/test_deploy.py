@@ -142,6 +142,20 @@ def test_the_cpu_override_removes_gpu_passthrough() -> None:
     assert server["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}"
 
 
+def test_the_model_server_and_the_facade_share_a_triton_key_from_outside() -> None:
+    """The model server listens beyond loopback in its container: its inference endpoints need
+    a key, which compose and Kubernetes take from the operator, never from a file here."""
+    services = load_compose("docker-compose.yml")["services"]
+    keys = {name: services[name]["environment"]["MILO_TRITON_KEY"] for name in ("model-server", "facade")}
+    assert len(set(keys.values())) == 1 and next(iter(keys.values())).startswith("${MILO_TRITON_KEY:?")
+    for manifest in ("model-server.yaml", "facade.yaml"):
+        documents = list(yaml.safe_load_all((DEPLOY / "k8s" / manifest).read_text()))
+        pods = [d["spec"]["template"]["spec"] for d in documents if d.get("kind") == "Deployment"]
+        containers = [c for pod in pods for c in pod["containers"]]
+        env = {e["name"]: e for c in containers for e in c.get("env", [])}
+        assert env["MILO_TRITON_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "milo-secrets", "key": "triton-key"}
+
+
 # -- images ----------------------------------------------------------------------------------
 
 
