@@ -3,11 +3,13 @@
     python -m loadtests.bench.body_burst [--bodies 50] [--megabytes 20] [--out docs/benchmarks/security]
 
 Starts the facade alone (auth on, tokens in a scratch folder; no model server: every body here
-is refused before a model would be called) and sends, ``--bodies`` at a time, unauthenticated
-bodies of ``--megabytes`` each: declared by ``Content-Length``, then undeclared (chunked), then
-trickled at 1 byte a second. Prints the answers, how long each burst took, and the facade's
-resident memory before, after each burst and once the bursts are over. Then a file of two hours
-of silence (2.6 MiB of Opus) to /v1/stt: how soon its 413 comes, and /health meanwhile.
+is refused before a model would be called) and sends, ``--bodies`` at a time, bodies of
+``--megabytes`` each: declared by ``Content-Length``, then undeclared (chunked), then trickled
+at 1 byte a second; first without a token (refused before the body is read), then with a valid
+one (refused by the route's size limit and body deadline). Prints the answers, how long each
+burst took, and the facade's resident memory before, after each burst and once the bursts are
+over. Then a file of two hours of silence (2.6 MiB of Opus) to /v1/stt: how soon its 413 comes,
+and /health meanwhile.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
-from loadtests.processes import facade_server, free_port
+from loadtests.processes import facade_server, free_port, tokens_cli
 
 MIB = 1024 * 1024
 
@@ -41,27 +43,35 @@ def resident_mib(url: str) -> float:
     raise RuntimeError(f"no process listens on {port}")
 
 
-async def declared(client: httpx.AsyncClient, megabytes: int) -> int:
+def json_headers(token: str | None) -> dict[str, str]:
+    return {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+
+
+async def declared(client: httpx.AsyncClient, megabytes: int, token: str | None) -> int:
     body = b"x" * (megabytes * MIB)
-    response = await client.post("/v1/translate", content=body, headers={"Content-Type": "application/json"})
+    response = await client.post("/v1/translate", content=body, headers=json_headers(token))
     return response.status_code
 
 
-async def undeclared(client: httpx.AsyncClient, megabytes: int) -> int:
+async def undeclared(client: httpx.AsyncClient, megabytes: int, token: str | None) -> int:
     async def chunks() -> AsyncIterator[bytes]:
         piece = b"x" * MIB
         for _ in range(megabytes):
             yield piece
 
-    response = await client.post("/v1/translate", content=chunks(), headers={"Content-Type": "application/json"})
+    response = await client.post("/v1/translate", content=chunks(), headers=json_headers(token))
     return response.status_code
 
 
-async def trickled(url: str, seconds: float) -> int:
+async def trickled(url: str, seconds: float, token: str | None) -> int:
     """Headers, then one byte a second of a 100-byte body; the status the server answers with."""
     address = urlsplit(url)
     reader, writer = await asyncio.open_connection(address.hostname, address.port)
-    head = "POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
+    head = (
+        "POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"{authorization}Content-Length: 100\r\n\r\n"
+    )
     writer.write(head.encode())
     started = time.monotonic()
     try:
@@ -80,18 +90,19 @@ async def trickled(url: str, seconds: float) -> int:
         writer.close()
 
 
-async def burst(url: str, way: str, bodies: int, megabytes: int) -> dict[str, Any]:
+async def burst(url: str, way: str, bodies: int, megabytes: int, token: str | None) -> dict[str, Any]:
     started = time.monotonic()
     limits = httpx.Limits(max_connections=bodies)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         if way == "trickled":
-            codes = await asyncio.gather(*(trickled(url, 60) for _ in range(bodies)), return_exceptions=True)
+            calls = [trickled(url, 60, token) for _ in range(bodies)]
         else:
             send = declared if way == "declared" else undeclared
-            codes = await asyncio.gather(*(send(client, megabytes) for _ in range(bodies)), return_exceptions=True)
+            calls = [send(client, megabytes, token) for _ in range(bodies)]
+        codes = await asyncio.gather(*calls, return_exceptions=True)
     answers = Counter(str(c) if isinstance(c, int) else type(c).__name__ for c in codes)
-    return {"way": way, "seconds": round(time.monotonic() - started, 2), "answers": dict(answers),
-            "rss_after_mib": resident_mib(url)}  # fmt: skip
+    return {"way": way, "token": "valid" if token else "none", "seconds": round(time.monotonic() - started, 2),
+            "answers": dict(answers), "rss_after_mib": resident_mib(url)}  # fmt: skip
 
 
 def long_audio(path: Path) -> dict[str, Any]:
@@ -142,10 +153,12 @@ def main(argv: list[str] | None = None) -> None:
         with facade_server(Path(scratch) / "facade.log", env) as url:
             result: dict[str, Any] = {"bodies": args.bodies, "megabytes": args.megabytes,
                                       "rss_start_mib": resident_mib(url), "bursts": []}  # fmt: skip
-            for way in ("declared", "undeclared", "trickled"):
-                row = asyncio.run(burst(url, way, args.bodies, args.megabytes))
-                result["bursts"].append(row)
-                print(row, flush=True)
+            token = tokens_cli(env, "create", "burst", "--scopes", "translate")
+            for sent_token in (None, token):
+                for way in ("declared", "undeclared", "trickled"):
+                    row = asyncio.run(burst(url, way, args.bodies, args.megabytes, sent_token))
+                    result["bursts"].append(row)
+                    print(row, flush=True)
             time.sleep(10)
             result["rss_10s_later_mib"] = resident_mib(url)
             health = httpx.get(f"{url}/health", timeout=10)
