@@ -1,10 +1,15 @@
 """Malagasy number words.
 
 Malagasy reads a number from its smallest part to its largest: 2024 is
-"efatra amby roapolo sy roa arivo" (four, twenty, two thousand). The lowest
-part is joined to the next by "amby" when it is below a hundred, every other
-join is "sy", and 11-19 are "<unit> ambin'ny folo". Units inside a compound
-take the form "iraika" for one, while a lone one is "iray".
+"efatra amby roapolo sy roa arivo" (four, twenty, two thousand). The word in
+front of each larger part depends on that part's own value: "amby" before a
+part below 200 (the tens, "zato"), "sy" before a part of 200 and more
+("roanjato", "arivo", "roa arivo", "iray alina"...); 11-19 are "<unit> ambin'ny
+folo". One is "iraika" before "amby" (21, 101), "iray" alone or before "sy".
+
+The rule and its examples (157, 203, 1998, 2765, 150301) are tantely.org's
+lesson 3 (https://www.tantely.org/mad/l3.html), 132 mylanguages.org's
+(http://mylanguages.org/malagasy_numbers.php); the tests cite them.
 
 The traditional scale has a word for each power of ten up to a million:
 folo (10), zato (100), arivo (1 000), alina (10 000), hetsy (100 000),
@@ -42,6 +47,7 @@ HUNDREDS = [
 ]
 # Powers of ten above a hundred that take a one-digit multiplier.
 DIGIT_SCALES = [(3, "arivo"), (4, "alina"), (5, "hetsy")]
+AMBY_BELOW = 200  # the value of a part below which "amby", not "sy", stands in front of it
 MILLION = 1_000_000
 BILLION = 1_000_000_000
 
@@ -51,48 +57,44 @@ MINUS = "latsaka"
 PERCENT = "isan-jato"
 
 
-def _parts_below_million(n: int) -> list[str]:
-    """Spoken parts of 0 < n < 10^6, smallest first, before joining."""
-    parts: list[str] = []
+Part = tuple[str, int]  # its words, its value
+
+
+def _parts_below_million(n: int) -> list[Part]:
+    """Spoken parts of 0 < n < 10^6 with their values, smallest first, before joining. A unit
+    part says one as "iray"; ``_join`` makes it "iraika" where "amby" follows."""
+    parts: list[Part] = []
     units, tens = n % 10, (n // 10) % 10
     if tens == 1 and units:
-        parts.append(f"{COMPOUND_UNITS[units]} ambin'ny folo")
+        parts.append((f"{COMPOUND_UNITS[units]} ambin'ny folo", 10 + units))
     else:
         if units:
-            parts.append(COMPOUND_UNITS[units] if n >= 10 else UNITS[units])
+            parts.append((UNITS[units], units))
         if tens:
-            parts.append(TENS[tens])
+            parts.append((TENS[tens], 10 * tens))
     hundreds = (n // 100) % 10
     if hundreds:
-        parts.append(HUNDREDS[hundreds])
+        parts.append((HUNDREDS[hundreds], 100 * hundreds))
     for power, word in DIGIT_SCALES:
         digit = (n // 10**power) % 10
         if digit:
             # A thousand alone is "arivo"; the other scales count "iray alina".
-            parts.append(word if (digit == 1 and word == "arivo") else f"{UNITS[digit]} {word}")
+            words = word if (digit == 1 and word == "arivo") else f"{UNITS[digit]} {word}"
+            parts.append((words, digit * 10**power))
     return parts
 
 
-def _join(parts: list[str], lowest_value: int) -> str:
-    """Join smallest-first parts: "amby" after a lowest part below 100, then "sy"."""
+def _join(parts: list[Part]) -> str:
+    """Smallest-first parts joined: "amby" before a part below 200, "sy" before a larger one."""
     if not parts:
         return ""
-    out = parts[0]
-    for index, part in enumerate(parts[1:]):
-        joiner = "amby" if index == 0 and lowest_value < 100 else "sy"
-        out = f"{out} {joiner} {part}"
-    return out
-
-
-def _lowest_part_value(n: int) -> int:
-    """Value of the smallest non-zero part of n (units and tens count together)."""
-    below_hundred = n % 100
-    if below_hundred:
-        return below_hundred
-    power = 2
-    while n % 10 ** (power + 1) == 0:
-        power += 1
-    return 10**power
+    words = [text for text, _ in parts]
+    for index, (_, value) in enumerate(parts[1:], start=1):
+        joiner = "amby" if value < AMBY_BELOW else "sy"
+        if joiner == "amby" and words[index - 1] == "iray":
+            words[index - 1] = "iraika"  # one inside a compound: 21, 101
+        words[index] = f"{joiner} {words[index]}"
+    return " ".join(words)
 
 
 def cardinal(n: int) -> str:
@@ -104,17 +106,17 @@ def cardinal(n: int) -> str:
     if n >= 1000 * BILLION:
         # Beyond the traditional scale: read digit by digit rather than invent words.
         return " ".join(UNITS[int(d)] for d in str(n))
-    parts: list[str] = []
+    parts: list[Part] = []
     below_million = n % MILLION
     if below_million:
         parts.extend(_parts_below_million(below_million))
     millions = (n // MILLION) % 1000
     if millions:
-        parts.append(f"{cardinal(millions)} tapitrisa")
+        parts.append((f"{cardinal(millions)} tapitrisa", millions * MILLION))
     billions = n // BILLION
     if billions:
-        parts.append(f"{cardinal(billions)} lavitrisa")
-    return _join(parts, _lowest_part_value(n))
+        parts.append((f"{cardinal(billions)} lavitrisa", billions * BILLION))
+    return _join(parts)
 
 
 def ordinal(n: int) -> str:

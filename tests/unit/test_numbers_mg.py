@@ -1,4 +1,11 @@
-"""Malagasy number words: units first, "amby" then "sy", 11-19 with "ambin'ny", euphonic tens and hundreds."""
+"""Malagasy number words: units first; "amby" before a part below 200 and "sy" before a larger
+one; 11-19 with "ambin'ny"; euphonic tens and hundreds.
+
+Cases marked [tantely] are the worked examples of tantely.org's lesson 3
+(https://www.tantely.org/mad/l3.html: "if the number on the right is below 200, amby; from 200
+on, sy"), [mylanguages] http://mylanguages.org/malagasy_numbers.php, [grammar] A Concise Grammar
+of the Malagasy Language (W. E. Cousins, 1894), Numerals (21: iràikàmbiròapòlo).
+"""
 
 import pytest
 
@@ -16,7 +23,7 @@ CARDINALS = [
     (15, "dimy ambin'ny folo"),
     (19, "sivy ambin'ny folo"),
     (20, "roapolo"),
-    (21, "iraika amby roapolo"),
+    (21, "iraika amby roapolo"),  # [grammar]
     (25, "dimy amby roapolo"),
     (30, "telopolo"),
     (40, "efapolo"),
@@ -32,7 +39,13 @@ CARDINALS = [
     (110, "folo amby zato"),
     (111, "iraika ambin'ny folo amby zato"),
     (120, "roapolo amby zato"),
-    (125, "dimy amby roapolo sy zato"),
+    (125, "dimy amby roapolo amby zato"),  # zato is below 200: amby
+    (132, "roa amby telopolo amby zato"),  # [mylanguages]
+    (157, "fito amby dimampolo amby zato"),  # [tantely]
+    (199, "sivy amby sivifolo amby zato"),
+    (201, "iray sy roanjato"),
+    (203, "telo sy roanjato"),  # [tantely]
+    (250, "dimampolo sy roanjato"),
     (200, "roanjato"),
     (300, "telonjato"),
     (400, "efajato"),
@@ -43,20 +56,26 @@ CARDINALS = [
     (900, "sivinjato"),
     (999, "sivy amby sivifolo sy sivinjato"),
     (1000, "arivo"),
-    (1001, "iraika amby arivo"),
+    (1001, "iray sy arivo"),
+    (1015, "dimy ambin'ny folo sy arivo"),
+    (1020, "roapolo sy arivo"),
     (1100, "zato sy arivo"),
     (1200, "roanjato sy arivo"),
     (1500, "dimanjato sy arivo"),
-    (1960, "enimpolo amby sivinjato sy arivo"),
+    (1960, "enimpolo sy sivinjato sy arivo"),
+    (1998, "valo amby sivifolo sy sivinjato sy arivo"),  # [tantely]
     (1999, "sivy amby sivifolo sy sivinjato sy arivo"),
     (2000, "roa arivo"),
     (2024, "efatra amby roapolo sy roa arivo"),
-    (3450, "dimampolo amby efajato sy telo arivo"),
+    (2765, "dimy amby enimpolo sy fitonjato sy roa arivo"),  # [tantely]
+    (3450, "dimampolo sy efajato sy telo arivo"),
     (10000, "iray alina"),
     (12000, "roa arivo sy iray alina"),
     (25000, "dimy arivo sy roa alina"),
     (100000, "iray hetsy"),
     (350000, "dimy alina sy telo hetsy"),
+    (150301, "iray sy telonjato sy dimy alina sy iray hetsy"),  # [tantely]
+    (1000110, "folo amby zato sy iray tapitrisa"),
     (1000000, "iray tapitrisa"),
     (2500000, "dimy hetsy sy roa tapitrisa"),
     (25000000, "dimy amby roapolo tapitrisa"),
