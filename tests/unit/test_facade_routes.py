@@ -285,3 +285,19 @@ def test_the_schema_declares_the_errors_each_route_answers_in_their_real_shape(a
     openai = api.post("/v1/chat/completions", json={"messages": [], "n": 2})
     assert openai.status_code in (400, 422)
     valid(openai.json(), "OpenAIError")
+
+
+def test_a_token_store_that_cannot_be_reached_is_a_503_before_the_body_is_read(scripted: ScriptedTriton) -> None:
+    """Tokens fail closed when their store is away, also where the token is checked first."""
+    from api_facade.redis_connection import RedisUnavailableError
+
+    async def away(token: str) -> None:
+        raise RedisUnavailableError("tokens")
+
+    settings = Settings(triton_url="scripted:0", redis_url=None, auth_enabled=True)
+    with TestClient(create_app(settings, triton=scripted)) as client:
+        client.app.state.tokens.verify = away  # type: ignore[attr-defined]
+        answer = client.post("/v1/translate", json={"text": "a", "source": "mg", "target": "fr"},
+                             headers={"Authorization": "Bearer milo_some.token"})  # fmt: skip
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    assert answer.json()["error"]["code"] == "store_unavailable" and "Redis" not in answer.text
