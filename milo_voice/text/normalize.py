@@ -53,18 +53,35 @@ _SPACES = re.compile(r"\s+")
 _SPACE_BEFORE_STOP = re.compile(r"\s+(?=[.,;:!?](?:\s|$))")
 
 
+# What a written currency code or unit stands for, whatever the language.
+_CURRENCY_OF = {"ar": "ariary", "ariary": "ariary", "mga": "ariary", "€": "euro", "eur": "euro", "euro": "euro",
+                "euros": "euro", "$": "dollar", "usd": "dollar", "dollar": "dollar", "dollars": "dollar",
+                "£": "pound"}  # fmt: skip
+_UNIT_OF = {"km/h": "km/h", "km": "km", "m": "m", "cm": "cm", "mm": "mm", "kg": "kg", "g": "g", "l": "l", "L": "l",
+            "ml": "ml", "mL": "ml", "ha": "ha", "°C": "°C", "°F": "°F", "°": "°"}  # fmt: skip
+# A currency sign or the degree sign met alone is said as its currency or unit, in the plural.
+_SIGN_OF = {"€": ("currency", "euro"), "$": ("currency", "dollar"), "£": ("currency", "pound"), "°": ("unit", "°")}
+
+
 @dataclass(frozen=True)
 class _Language:
     numbers: ModuleType
     hour: str
     minute: str
-    currencies: dict[str, tuple[str, str]]  # code -> (one, many)
-    units: dict[str, tuple[str, str]]  # unit -> (one, many)
+    currencies: dict[str, tuple[str, str]]  # currency (``_CURRENCY_OF``'s) -> (one, many)
+    units: dict[str, tuple[str, str]]  # unit (``_UNIT_OF``'s) -> (one, many)
     months: tuple[str, ...]
     range_word: str  # between the two ends of "2020-2024"
     fraction_word: str  # between the two numbers of "3/4"
     plus: str  # a phone number's "+"
-    symbols: dict[str, str]
+    words_for: dict[str, str]  # the other symbols of ``SYMBOLS``
+
+    def symbol(self, sign: str) -> str:
+        """How a symbol of ``SYMBOLS`` met alone is said."""
+        if sign in _SIGN_OF:
+            kind, name = _SIGN_OF[sign]
+            return (self.currencies if kind == "currency" else self.units)[name][1]
+        return self.words_for[sign]
 
 
 _MONTHS_MG = ("Janoary", "Febroary", "Martsa", "Aprily", "Mey", "Jona", "Jolay", "Aogositra", "Septambra",
@@ -77,41 +94,33 @@ _LANGUAGES = {
     # Malagasy nouns have no plural: one form for one and for many.
     "mg": _Language(
         numbers_mg, "ora", "minitra",
-        currencies={"ar": ("ariary", "ariary"), "ariary": ("ariary", "ariary"), "mga": ("ariary", "ariary"),
-                    "€": ("euro", "euro"), "eur": ("euro", "euro"), "euro": ("euro", "euro"),
-                    "euros": ("euro", "euro"), "$": ("dolara", "dolara"), "usd": ("dolara", "dolara"),
-                    "dollar": ("dolara", "dolara"), "dollars": ("dolara", "dolara"), "£": ("livre", "livre")},
-        units={"km/h": ("kilometatra isan'ora",) * 2, "km": ("kilometatra",) * 2, "m": ("metatra",) * 2,
-               "L": ("litatra",) * 2, "mL": ("mililitatra",) * 2,
-               "cm": ("santimetatra",) * 2, "mm": ("milimetatra",) * 2, "kg": ("kilao",) * 2,
-               "g": ("grama",) * 2, "l": ("litatra",) * 2, "ml": ("mililitatra",) * 2, "ha": ("hektara",) * 2,
-               "°C": ("degre Celsius",) * 2, "°F": ("degre Fahrenheit",) * 2, "°": ("degre",) * 2},
+        currencies={name: (word, word) for name, word in
+                    {"ariary": "ariary", "euro": "euro", "dollar": "dolara", "pound": "livre"}.items()},
+        units={unit: (word, word) for unit, word in
+               {"km/h": "kilometatra isan'ora", "km": "kilometatra", "m": "metatra", "cm": "santimetatra",
+                "mm": "milimetatra", "kg": "kilao", "g": "grama", "l": "litatra", "ml": "mililitatra",
+                "ha": "hektara", "°C": "degre Celsius", "°F": "degre Fahrenheit", "°": "degre"}.items()},
         months=_MONTHS_MG,
         range_word="ka hatramin'ny",
         fraction_word="amin'ny",
         plus="miampy",
-        symbols={"%": "isan-jato", "€": "euro", "$": "dolara", "£": "livre", "°": "degre", "/": "na",
-                 "+": "miampy", "&": "sy", "=": "mitovy amin'ny", "@": "arobaza"},
+        words_for={"%": "isan-jato", "/": "na", "+": "miampy", "&": "sy", "=": "mitovy amin'ny", "@": "arobaza"},
     ),
     "fr": _Language(
         numbers_fr, "heures", "minutes",
-        currencies={"ar": ("ariary", "ariary"), "ariary": ("ariary", "ariary"), "mga": ("ariary", "ariary"),
-                    "€": ("euro", "euros"), "eur": ("euro", "euros"), "euro": ("euro", "euros"),
-                    "euros": ("euro", "euros"), "$": ("dollar", "dollars"), "usd": ("dollar", "dollars"),
-                    "dollar": ("dollar", "dollars"), "dollars": ("dollar", "dollars"), "£": ("livre", "livres")},
+        currencies={"ariary": ("ariary", "ariary"), "euro": ("euro", "euros"), "dollar": ("dollar", "dollars"),
+                    "pound": ("livre", "livres")},
         units={"km/h": ("kilomètre à l'heure", "kilomètres à l'heure"), "km": ("kilomètre", "kilomètres"),
                "m": ("mètre", "mètres"), "cm": ("centimètre", "centimètres"), "mm": ("millimètre", "millimètres"),
                "kg": ("kilogramme", "kilogrammes"), "g": ("gramme", "grammes"), "l": ("litre", "litres"),
-               "ml": ("millilitre", "millilitres"), "mL": ("millilitre", "millilitres"), "L": ("litre", "litres"),
-               "ha": ("hectare", "hectares"),
+               "ml": ("millilitre", "millilitres"), "ha": ("hectare", "hectares"),
                "°C": ("degré Celsius", "degrés Celsius"), "°F": ("degré Fahrenheit", "degrés Fahrenheit"),
                "°": ("degré", "degrés")},
         months=_MONTHS_FR,
         range_word="à",
         fraction_word="sur",
         plus="plus",
-        symbols={"%": "pour cent", "€": "euros", "$": "dollars", "£": "livres", "°": "degrés", "/": "ou",
-                 "+": "plus", "&": "et", "=": "égale", "@": "arobase"},
+        words_for={"%": "pour cent", "/": "ou", "+": "plus", "&": "et", "=": "égale", "@": "arobase"},
     ),
 }
 # fmt: on
@@ -145,7 +154,7 @@ class TextNormalizer:
             (_FRACTION, self._fraction),
             (_SIGNED_NUMBER, self._number),
             (_ANY_DIGITS, lambda match: f" {self.number(match[0])} "),
-            (_SYMBOL, lambda match: f" {self._lang.symbols[match[0]]} "),
+            (_SYMBOL, lambda match: f" {self._lang.symbol(match[0])} "),
         ]
 
     def __call__(self, text: str) -> str:
@@ -183,11 +192,11 @@ class TextNormalizer:
 
     def _currency(self, match: re.Match[str]) -> str:
         # Said after the amount, wherever it was written: "Ar 5000" and "5000 Ar" alike.
-        forms = self._lang.currencies[match["cur"].lower()]
+        forms = self._lang.currencies[_CURRENCY_OF[match["cur"].lower()]]
         return f" {self._counted(forms, match)} "
 
     def _measure(self, match: re.Match[str]) -> str:
-        return f" {self._counted(self._lang.units[match['unit']], match)} "
+        return f" {self._counted(self._lang.units[_UNIT_OF[match['unit']]], match)} "
 
     def _range(self, match: re.Match[str]) -> str:
         start = self.number(match["int"], match["frac"])
