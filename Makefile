@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-DEBIAN_PACKAGES := redis-server espeak-ng sox libsndfile1 ffmpeg
+# libttspico-utils: SVOX Pico, the embedded French voice, from Debian's non-free component, which
+# system-packages enables beside contrib (the same mirror).
+DEBIAN_PACKAGES := redis-server espeak-ng sox libsndfile1 ffmpeg libttspico-utils
 # prometheus brings promtool, which checks the deploy/ rules in the tests (and a server to render the dashboard).
 DEBIAN_TOOLS := prometheus
 # llama.cpp is built from source (no wheel on PyPI); portable flags, and pip's wheel
@@ -15,9 +17,13 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 setup: system-packages python-packages models
 
 system-packages:
-	@missing=""; for cmd in redis-server espeak-ng sox ffmpeg promtool; do command -v $$cmd >/dev/null || missing=1; done; \
+	@missing=""; for cmd in redis-server espeak-ng sox ffmpeg promtool pico2wave; do command -v $$cmd >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  for list in /etc/apt/sources.list.d/*.sources; do [ -f "$$list" ] || continue; \
+	    $$SUDO sed -i -E '/^Components:/{/ contrib( |$$)/!s/$$/ contrib/;/ non-free( |$$)/!s/$$/ non-free/}' "$$list"; done; \
+	  if [ -f /etc/apt/sources.list ]; then \
+	    $$SUDO sed -i -E '/^deb .* main/{/ contrib( |$$)/!s/$$/ contrib/;/ non-free( |$$)/!s/$$/ non-free/}' /etc/apt/sources.list; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEBIAN_PACKAGES) \
 	    && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(DEBIAN_TOOLS); \
 	fi

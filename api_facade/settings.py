@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     chat_default_backend: str = "local"
     # What the served models are, which ``milo-voice serve`` sets from the registry: the weights'
     # profile, each TTS language's voice, and the translation weights' revision (in the cache's key).
+    # The default voices are the production profile's, which a facade deployed alone serves.
     profile: str = "embedded"
     voices: dict[str, str] = {"mg": "mms-tts-mlg", "fr": "mms-tts-fra"}
     translate_revision: str = "unversioned"

@@ -86,6 +86,14 @@ def metric_value(base: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def embedded_voices(embedded_dir: Path) -> dict[str, str | Path]:
+    """The embedded profile's TTS voices as the registry names them (a VITS folder, or Pico's)."""
+    from milo_voice.roles.voices import voice_location
+
+    names = load_registry().by_role("tts").weights("embedded").voices
+    return {language: voice_location(embedded_dir / "tts", name) for language, name in names.items()}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

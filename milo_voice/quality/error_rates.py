@@ -1,7 +1,9 @@
 """Character and word error rates of a transcript against its reference.
 
 Both texts are compared as people read them: case, punctuation and spacing do not count, accents
-and apostrophes do (``l'école`` and ``lécole`` are different words). Rates are edits over the
+and apostrophes do (``l'école`` and ``lécole`` are different words). Given a language, numbers and
+symbols are first spelled out on both sides (``milo_voice.text``), so that a recogniser that
+writes "15 000" where the reference says "quinze mille" is not counted wrong. Rates are edits over the
 reference's length, so a transcript that adds words can score above 1; over a corpus, sum the
 edits and the lengths (``ErrorCount``) rather than averaging rates, so long clips weigh more.
 """
@@ -13,11 +15,16 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from milo_voice.text.normalize import normalize_text
+
 _NOT_SPOKEN = re.compile(r"[^\w\s']")
 
 
-def normalise(text: str) -> str:
-    """Lower case, NFC, punctuation to spaces (apostrophes kept), single spaces."""
+def normalise(text: str, language: str | None = None) -> str:
+    """Numbers spelled out in ``language`` (where given), lower case, NFC, punctuation to spaces
+    (apostrophes kept), single spaces."""
+    if language is not None:
+        text = normalize_text(text, language)
     text = unicodedata.normalize("NFC", text).lower().replace("\u2019", "'")
     return " ".join(_NOT_SPOKEN.sub(" ", text).split())
 
@@ -49,11 +56,11 @@ class ErrorCount:
         return self.edits / self.length if self.length else 0.0
 
 
-def character_errors(reference: str, hypothesis: str) -> ErrorCount:
-    expected, heard = normalise(reference), normalise(hypothesis)
+def character_errors(reference: str, hypothesis: str, language: str | None = None) -> ErrorCount:
+    expected, heard = normalise(reference, language), normalise(hypothesis, language)
     return ErrorCount(edit_distance(expected, heard), len(expected))
 
 
-def word_errors(reference: str, hypothesis: str) -> ErrorCount:
-    expected, heard = normalise(reference).split(), normalise(hypothesis).split()
+def word_errors(reference: str, hypothesis: str, language: str | None = None) -> ErrorCount:
+    expected, heard = normalise(reference, language).split(), normalise(hypothesis, language).split()
     return ErrorCount(edit_distance(expected, heard), len(expected))

@@ -1,24 +1,19 @@
-"""Text to speech with VITS voices (the MMS-TTS architecture) through transformers.
+"""Text to speech, one voice per language (``voices.py``: VITS, the MMS-TTS architecture, or SVOX Pico).
 
-Text is first turned into the words to say (``milo_voice.text``), then the texts of a
-batch are padded together and synthesised in one forward pass; each waveform is cut
-back to its own predicted length.
+Text is first turned into the words to say (``milo_voice.text``); the texts of a batch are then
+grouped by language and speed, and each group is said by its language's voice at once.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import torch
-from transformers import VitsModel, VitsTokenizer
-
 from contract.records import InputError, Speech, TtsRequest
 from milo_voice.roles.refusals import compute_valid
+from milo_voice.roles.voices import Voice, open_voice
 from milo_voice.text.normalize import TextNormalizer
 
 MAX_TEXT_CHARS = 2000
@@ -30,25 +25,16 @@ class TtsInputError(InputError):
     """A request that cannot be synthesised (empty text, unknown language, bad speed)."""
 
 
-class _Voice:
-    def __init__(self, folder: Path, device: str) -> None:
-        self.tokenizer = VitsTokenizer.from_pretrained(folder)
-        self.model = VitsModel.from_pretrained(folder).to(device).eval()
-        self.sample_rate = int(self.model.config.sampling_rate)
-
-
 class TextToSpeech:
-    """One VITS voice per language, e.g. ``{"mg": ".../mms-tts-mlg", "fr": ".../mms-tts-fra"}``."""
+    """One voice per language, e.g. ``{"mg": ".../mms-tts-mlg", "fr": "pico:fr-FR"}``: a VITS folder,
+    or ``pico:<language>`` (``voices.voice_location``)."""
 
     def __init__(self, voices: dict[str, str | Path], device: str = "cpu", seed: int = 0) -> None:
         if not voices:
             raise ValueError("TextToSpeech needs at least one voice")
         self.device = device
-        self.seed = seed
-        self._voices = {lang: _Voice(Path(folder), device) for lang, folder in voices.items()}
+        self._voices: dict[str, Voice] = {lang: open_voice(where, device, seed) for lang, where in voices.items()}
         self._normalizers = {lang: TextNormalizer(lang) for lang in voices}
-        # VITS samples noise: a seeded generator per call keeps output reproducible.
-        self._lock = threading.Lock()
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -100,21 +86,7 @@ class TextToSpeech:
             yield self._synthesize_valid([replace(request, text=sentence)])[0]
 
     def _synthesize_voice(self, language: str, texts: list[str], speed: float) -> list[Speech]:
-        voice = self._voices[language]
-        # A text that normalises to nothing the voice can say still yields a short silence.
-        inputs = voice.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-        if inputs["input_ids"].shape[1] == 0:
-            return [Speech(np.zeros(voice.sample_rate // 10, np.float32), voice.sample_rate, t) for t in texts]
-        with self._lock, torch.inference_mode():
-            torch.manual_seed(self.seed)
-            output = voice.model(**inputs, speaking_rate=speed)
-        waveforms = output.waveform.float().cpu().numpy()
-        lengths = output.sequence_lengths.cpu().numpy()
-        speeches = []
-        for text, waveform, length in zip(texts, waveforms, lengths, strict=True):
-            audio = np.clip(waveform[: int(length)], -1.0, 1.0).astype(np.float32)
-            speeches.append(Speech(audio, voice.sample_rate, text))
-        return speeches
+        return self._voices[language].speak(texts, speed)
 
 
 def split_sentences(text: str) -> list[str]:

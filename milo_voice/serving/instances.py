@@ -142,8 +142,9 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
         return role_class(spec, SpeechToText)(str(path), device.kind, device.index, options)
     if spec.role == "tts":
         from milo_voice.roles.tts import TextToSpeech
+        from milo_voice.roles.voices import voice_location
 
-        voices = {lang: path / voice for lang, voice in weights.voices.items()}
+        voices = {lang: voice_location(path, voice) for lang, voice in weights.voices.items()}
         return role_class(spec, TextToSpeech)(voices, device=str(device))
     if spec.role == "translate":
         from milo_voice.roles.translate import Translator

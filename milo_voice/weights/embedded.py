@@ -102,8 +102,12 @@ def build_seeded_vits(target: Path, voices: dict[str, str], size: str = "small")
     import torch
     from transformers import VitsConfig, VitsModel, VitsTokenizer
 
+    from milo_voice.roles.voices import PICO_PREFIX
+
     vocab = {"<pad>": 0, **{ch: i + 1 for i, ch in enumerate(VOICE_ALPHABET)}}
     for language, voice in voices.items():
+        if voice.startswith(PICO_PREFIX):  # a voice of the system's, nothing to write
+            continue
         torch.manual_seed(SEED)
         config = VitsConfig(
             vocab_size=len(vocab),

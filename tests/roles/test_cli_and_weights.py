@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from milo_voice.registry import Registry
+from milo_voice.registry import Registry, load_registry
 from milo_voice.weights.production import WeightsUnavailableError, pull_model, pull_production
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +42,11 @@ def test_embedded_weights_are_in_the_real_formats(embedded_dir: Path) -> None:
     stt = embedded_dir / "stt"
     assert (stt / "model.bin").stat().st_size > 100_000_000
     assert json.loads((stt / "config.json").read_text())["lang_ids"]
-    for voice in ("mms-tts-mlg", "mms-tts-fra"):
+    voices = load_registry().by_role("tts").weights("embedded").voices
+    assert voices["fr"] == "pico:fr-FR"  # a voice of the system's (Debian's libttspico-utils)
+    vits = [name for name in voices.values() if not name.startswith("pico:")]
+    assert vits == ["mms-tts-mlg"]
+    for voice in vits:
         assert (embedded_dir / "tts" / voice / "model.safetensors").exists()
         assert json.loads((embedded_dir / "tts" / voice / "config.json").read_text())["model_type"] == "vits"
     translate = embedded_dir / "translate"
@@ -149,7 +153,9 @@ def test_serve_tells_the_facade_the_served_models_and_its_defaults_are_the_regis
     defaults = Settings(triton_url="127.0.0.1:8000")
     for profile in PROFILES:
         settings = served_models_settings(registry, profile)
-        assert json.loads(settings["MILO_VOICES"]) == defaults.voices
+        assert json.loads(settings["MILO_VOICES"]) == registry.by_role("tts").weights(profile).voices
         assert settings["MILO_PROFILE"] == profile
+    # A facade deployed alone serves production weights: its default voices are theirs.
+    assert json.loads(served_models_settings(registry, "production")["MILO_VOICES"]) == defaults.voices
     translate = registry.by_role("translate").weights("production").revision
     assert served_models_settings(registry, "production")["MILO_TRANSLATE_REVISION"] == translate

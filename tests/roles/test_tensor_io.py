@@ -169,8 +169,9 @@ def test_a_tts_stream_cancelled_before_it_starts_synthesises_nothing(embedded_di
     from milo_voice.serving.tensor_io import RunningRequests, tts_stream_handler
 
     cancels = RunningRequests()
-    voices = {"mg": embedded_dir / "tts" / "mms-tts-mlg", "fr": embedded_dir / "tts" / "mms-tts-fra"}
-    handler = tts_stream_handler(TextToSpeech(voices), cancels)
+    from tests.conftest import embedded_voices
+
+    handler = tts_stream_handler(TextToSpeech(embedded_voices(embedded_dir)), cancels)
     column = lambda value: np.array([value.encode()], dtype=np.object_)  # noqa: E731
     request = {"text": column("Salama. Veloma. Misaotra."), "language": column("mg"), "request_id": column("early")}
     assert cancels.cancel("early") is False  # nothing running under that id yet

@@ -9,12 +9,12 @@ import pytest
 
 from contract.records import Speech, TtsRequest
 from milo_voice.roles.tts import TextToSpeech, TtsInputError, split_sentences
+from tests.conftest import embedded_voices
 
 
 @pytest.fixture(scope="module")
 def tts(embedded_dir: Path) -> TextToSpeech:
-    root = embedded_dir / "tts"
-    return TextToSpeech({"mg": root / "mms-tts-mlg", "fr": root / "mms-tts-fra"})
+    return TextToSpeech(embedded_voices(embedded_dir))
 
 
 def test_duration_is_plausible_for_the_text(tts: TextToSpeech) -> None:
@@ -37,7 +37,8 @@ def test_longer_text_gives_longer_audio_and_speed_shortens(tts: TextToSpeech) ->
     short = tts.synthesize("Bonjour.", "fr")
     long = tts.synthesize("Bonjour, je voudrais acheter du riz au marché demain matin.", "fr")
     fast = tts.synthesize("Bonjour, je voudrais acheter du riz au marché demain matin.", "fr", speed=2.0)
-    assert long.duration > 3 * short.duration
+    # Pico pads each clip with a little silence, so a text six times longer is not six times longer.
+    assert long.duration > 2 * short.duration
     assert fast.duration < 0.7 * long.duration
 
 

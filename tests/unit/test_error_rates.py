@@ -28,3 +28,10 @@ def test_rates_are_edits_over_the_reference_summed_over_clips() -> None:
     assert total == ErrorCount(2, 6)
     assert total.rate == pytest.approx(1 / 3)
     assert ErrorCount().rate == 0.0
+
+
+def test_given_a_language_numbers_are_compared_as_words() -> None:
+    reference = "Le billet coûte quinze mille ariary."
+    assert character_errors(reference, "Le billet coûte 15 000 Ar.", "fr").edits == 0
+    assert character_errors(reference, "Le billet coûte 15 000 Ar.").edits > 10
+    assert word_errors("Tamin'ny 2024", "tamin'ny efatra amby roapolo sy roa arivo", "mg").edits == 0
