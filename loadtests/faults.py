@@ -47,6 +47,7 @@ import httpx
 import psutil
 
 from loadtests.processes import REPO, RedisServer, free_port, redis_server, stop, tokens_cli, wait_ok
+from milo_voice.child_processes import HOST_STOP_S
 from milo_voice.registry import load_registry, model_section, models_dir
 
 CALL_TIMEOUT_S = 30.0  # every request's own timeout: "slower than its timeout" means it ran into this
@@ -197,7 +198,7 @@ def running_stack(server: str, workdir: Path) -> Iterator[Stack]:
                 yield stack
             finally:
                 stack.note_processes()
-                stop(serve, 90)
+                stop(serve, HOST_STOP_S + 30)
 
 
 def leftovers(stack: Stack) -> list[str]:

@@ -9,6 +9,9 @@ import signal
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# The longest a model host may take to stop once asked: Triton unloads a model's instances one
+# after another (``pytriton_app.server.exit_timeout_s``), and a GPU host has 32 chat instances.
+HOST_STOP_S = 150.0
 
 
 def stop_with_parent() -> None:

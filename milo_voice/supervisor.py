@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from milo_voice.child_processes import kill_group, stop_with_parent
+from milo_voice.child_processes import HOST_STOP_S, kill_group, stop_with_parent
 from milo_voice.serving.shared_memory import remove_orphaned_segments
 
 log = logging.getLogger("milo_voice.serve")
@@ -151,7 +151,7 @@ class Supervisor:
         child.backoff_s = min(child.backoff_s * 2, MAX_BACKOFF_S)
         self._write_state()
 
-    def stop_all(self, timeout_s: float = 30.0) -> None:
+    def stop_all(self, timeout_s: float = HOST_STOP_S) -> None:
         """SIGTERM for each child (each stops the Ctrl-C way: the host stops Triton and frees its
         memory), then SIGKILL for what is left. Not SIGINT: a shell starting serve in the
         background has it ignored, and children inherit that."""

@@ -117,9 +117,18 @@ def served_name(spec: ModelSpec, io: tensors.ModelIO) -> str:
     return io.name if spec.name == spec.role else f"{spec.name}{io.name.removeprefix(spec.role)}"
 
 
+# A blocking chat request needs a Triton instance of its own for as long as it decodes (PyTriton
+# answers a non-decoupled call only as a whole). Past 8 instances, those of one model started
+# together often miss PyTriton's handshake (HANDSHAKE_RACE: three starts in a row failed with 16),
+# and unloading them outlasts Triton's exit timeout. So at most 8: blocking requests beyond them
+# wait in Triton's queue, while streams (``chat_stream``, one decoupled instance) use every slot.
+MAX_BLOCKING_INSTANCES = 8
+
+
 def callables_for(io: tensors.ModelIO, spec: ModelSpec, instances: list[Any], running: RunningRequests) -> list[Any]:
     """PyTriton's instances of ``io``: one per role instance; for the chat role, which serves many
-    requests at once, one per slot for ``chat`` and a single one over every instance for the rest.
+    requests at once, one per slot (at most ``MAX_BLOCKING_INSTANCES``) for ``chat`` and a single
+    one over every instance for the rest.
     ``running`` holds the model's running streams, which its cancel model stops."""
     if io.name == tensors.CHAT_CANCEL.name:
         return [infer_callable(chat_cancel_handler(instances))]
@@ -127,30 +136,78 @@ def callables_for(io: tensors.ModelIO, spec: ModelSpec, instances: list[Any], ru
         return [infer_callable(chat_stream_handler(instances))]
     if io.name == tensors.TTS_CANCEL.name:
         return [infer_callable(cancel_handler(io, running.cancel))]
-    callables = []
-    for instance in instances:
-        handler = handler_for(io, spec, instance, running)
-        one_call_per_request = isinstance(handler, GenerationHandler) and not handler.streaming
-        callables += [infer_callable(handler)] * (handler.concurrency if one_call_per_request else 1)
-    return callables
+    handlers = [handler_for(io, spec, instance, running) for instance in instances]
+    if not all(isinstance(h, GenerationHandler) and not h.streaming for h in handlers):
+        return [infer_callable(handler) for handler in handlers]
+    per_request = [infer_callable(h) for h in handlers for _ in range(h.concurrency)]
+    # Over the cap, every role instance keeps its share.
+    return per_request[:: -(-len(per_request) // MAX_BLOCKING_INSTANCES)]
 
 
-def bind_all(triton: Triton, registry: Registry, instances: dict[str, list[Any]]) -> list[str]:
-    bound = []
+@dataclass(frozen=True)
+class Binding:
+    """One Triton model of the host: its name, tensors, settings and PyTriton instances."""
+
+    name: str
+    io: tensors.ModelIO
+    spec: ModelSpec
+    callables: list[Any]
+
+
+def plan_bindings(registry: Registry, instances: dict[str, list[Any]]) -> list[Binding]:
+    bindings = []
     for spec in registry.models.values():
         running = RunningRequests()
         for io in tensors.ROLE_MODELS[spec.role]:
-            name = served_name(spec, io)
-            triton.bind(
-                model_name=name,
-                infer_func=callables_for(io, spec, instances[spec.name], running),
-                inputs=[_tensor(t) for t in io.inputs],
-                outputs=[_tensor(t) for t in io.outputs],
-                config=model_config(spec, io),
-                strict=True,
-            )
-            bound.append(name)
-    return bound
+            callables = callables_for(io, spec, instances[spec.name], running)
+            bindings.append(Binding(served_name(spec, io), io, spec, callables))
+    return bindings
+
+
+def bind_all(triton: Triton, bindings: list[Binding]) -> list[str]:
+    for b in bindings:
+        triton.bind(
+            model_name=b.name,
+            infer_func=b.callables,
+            inputs=[_tensor(t) for t in b.io.inputs],
+            outputs=[_tensor(t) for t in b.io.outputs],
+            config=model_config(b.spec, b.io),
+            strict=True,
+        )
+    return [b.name for b in bindings]
+
+
+# Triton unloads a model's instances one after another, and under PyTriton each takes about 2 s
+# (Triton's backend thread and the proxy's request server each poll once a second). The chat
+# model has one instance per slot: with 16 slots, Triton's default exit timeout (30 s) ran out
+# before the last were finalised; Triton exited and their stubs outlived it, shared memory and all.
+INSTANCE_UNLOAD_S = 3
+EXIT_TIMEOUT_FLOOR_S = 30
+
+
+def exit_timeout_s(bindings: list[Binding]) -> int:
+    """How long Triton may take to stop: in-flight requests, then the largest model's unloading."""
+    most = max((len(b.callables) for b in bindings), default=1)
+    return max(EXIT_TIMEOUT_FLOOR_S, 10 + INSTANCE_UNLOAD_S * most)
+
+
+def triton_config(ports: Ports, metrics_port: int, exit_timeout: int) -> TritonConfig:
+    settings = server_settings()
+    return TritonConfig(
+        http_address=settings.triton_bind,
+        http_port=ports.http,
+        grpc_address=settings.triton_bind,
+        grpc_port=ports.grpc,
+        metrics_port=metrics_port,
+        metrics_address="127.0.0.1",
+        allow_metrics=True,
+        allow_cpu_metrics=True,
+        # P50/P95/P99 per model as Prometheus summaries (nv_inference_request_summary_us, ...).
+        metrics_config=["summary_latencies=true"],
+        exit_on_error=True,
+        exit_timeout_secs=exit_timeout,
+        log_verbose=settings.triton_log_verbose,
+    )
 
 
 def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str | None = None) -> None:
@@ -167,20 +224,6 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
     security = None
     if settings.triton_key:
         security = TritonSecurityConfig(access_token=settings.triton_key, restricted_endpoints=list(RESTRICTED_APIS))
-    config = TritonConfig(
-        http_address=settings.triton_bind,
-        http_port=ports.http,
-        grpc_address=settings.triton_bind,
-        grpc_port=ports.grpc,
-        metrics_port=triton_metrics_port,
-        metrics_address="127.0.0.1",
-        allow_metrics=True,
-        allow_cpu_metrics=True,
-        # P50/P95/P99 per model as Prometheus summaries (nv_inference_request_summary_us, ...).
-        metrics_config=["summary_latencies=true"],
-        exit_on_error=True,
-        log_verbose=settings.triton_log_verbose,
-    )
     planner = DevicePlanner()
     log.info("profile %s, %d GPU(s) visible", profile, planner.gpu_count)
     # Load before Triton starts: Triton answers "server ready" as soon as it runs, so
@@ -189,9 +232,11 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
     try:
         for attempt in range(1, TRITON_STARTS + 1):
             try:
+                bindings = plan_bindings(registry, instances)
+                config = triton_config(ports, triton_metrics_port, exit_timeout_s(bindings))
                 triton_server = Triton(config=config, security_config=security)
                 with MetricsRelay(ports.metrics, triton_metrics_port), triton_server as triton:
-                    bound = bind_all(triton, registry, instances)
+                    bound = bind_all(triton, bindings)
                     log.info(
                         "serving %s on http :%d, grpc :%d, metrics :%d",
                         ", ".join(bound),

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests import payloads
 from loadtests.processes import facade_server, redis_server, stop
+from milo_voice.child_processes import HOST_STOP_S
 from milo_voice.registry import Registry, load_registry, models_dir
 from milo_voice.weights.embedded import build_embedded
 
@@ -195,7 +196,7 @@ def running_host(host: TritonHost, command: list[str], log_path: Path, **env: st
         except (RuntimeError, TimeoutError) as exc:
             pytest.fail(f"{host.server} did not start: {exc}\n{log_path.read_text()[-4000:]}")
         finally:
-            stop(process, 60)
+            stop(process, HOST_STOP_S)
             # A host stopped by SIGTERM frees what it holds: PyTriton's shared memory among it.
             leftovers = sorted(Path("/dev/shm").glob(f"pytrtion{process.pid}-*"))
             assert not leftovers, f"{host.server} left shared memory behind: {leftovers}"

@@ -25,6 +25,7 @@ import pytest
 from redis import Redis
 
 from loadtests.processes import tokens_cli
+from milo_voice.child_processes import HOST_STOP_S
 from milo_voice.registry import model_section
 from tests.conftest import REPO, TritonHost, facade_process, free_port, wait_http_ok
 
@@ -96,7 +97,7 @@ def stack(embedded_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathF
             yield Stack(facade, host, tokens["premium"], tokens["standard"], tokens["hasty"])
     finally:
         process.terminate()
-        process.wait(timeout=60)
+        process.wait(timeout=HOST_STOP_S)
         log.close()
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from milo_voice.child_processes import kill_group
+from milo_voice.child_processes import HOST_STOP_S, kill_group
 from milo_voice.registry import model_section
 from milo_voice.serving.shared_memory import remove_orphaned_segments
 from tests.conftest import REPO, TritonHost, facade_process, free_port, wait_http_ok
@@ -56,7 +56,7 @@ def translate_host(registry: Path, log_path: Path) -> Iterator[tuple[TritonHost,
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=60)
+                process.wait(timeout=HOST_STOP_S)
 
 
 def test_the_facade_spreads_load_and_survives_losing_a_host(embedded_dir: Path, tmp_path: Path) -> None:

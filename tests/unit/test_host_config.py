@@ -12,8 +12,19 @@ from pytriton.model_config.common import TimeoutAction
 
 from contract import tensors
 from milo_voice.registry import Registry
+from milo_voice.roles.chat import CloudChat
 from milo_voice.serving.instances import DevicePlanner
-from pytriton_app.server import model_config, served_name
+from milo_voice.serving.tensor_io import RunningRequests
+from pytriton_app.server import (
+    EXIT_TIMEOUT_FLOOR_S,
+    INSTANCE_UNLOAD_S,
+    MAX_BLOCKING_INSTANCES,
+    callables_for,
+    exit_timeout_s,
+    model_config,
+    plan_bindings,
+    served_name,
+)
 from tests.conftest import REPO
 
 
@@ -95,3 +106,26 @@ def test_a_registry_implementation_is_built_in_the_roles_place(registry: Registr
     missing = dataclasses.replace(registry["chat"], implementation="loadtests.bench.fixed_lengths.chat:Nothing")
     with pytest.raises(ValueError, match="not a subclass"):
         role_class(missing, LocalChat)
+
+
+def _chat(slots: int) -> CloudChat:
+    return CloudChat("http://127.0.0.1:9", "model", concurrency=slots)
+
+
+@pytest.mark.parametrize(("slots", "role_instances", "expected"), [(4, 1, 4), (8, 1, 8), (16, 1, 8), (16, 2, 8)])
+def test_blocking_chat_gets_an_instance_per_slot_up_to_the_cap(
+    registry: Registry, slots: int, role_instances: int, expected: int
+) -> None:
+    instances = [_chat(slots) for _ in range(role_instances)]
+    blocking = callables_for(tensors.CHAT, registry["chat"], instances, RunningRequests())
+    assert len(blocking) == expected <= MAX_BLOCKING_INSTANCES
+    # Streams are one decoupled instance over every slot, however many.
+    assert len(callables_for(tensors.CHAT_STREAM, registry["chat"], instances, RunningRequests())) == 1
+
+
+def test_triton_may_take_as_long_to_stop_as_its_largest_model_takes_to_unload(registry: Registry) -> None:
+    chat_only = Registry({"chat": registry["chat"]})
+    bindings = plan_bindings(chat_only, {"chat": [_chat(16)]})
+    assert {b.name: len(b.callables) for b in bindings}["chat"] == MAX_BLOCKING_INSTANCES
+    assert exit_timeout_s(bindings) >= MAX_BLOCKING_INSTANCES * INSTANCE_UNLOAD_S
+    assert exit_timeout_s([]) == EXIT_TIMEOUT_FLOOR_S
