@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
+
+from milo_voice.quality.reference_voices import spoken
 
 SHORT_TEXTS = {
     "mg": "Manao ahoana, tonga soa.",
@@ -69,28 +67,6 @@ def clip_wav(kind: str) -> bytes:
     out = io.BytesIO()
     sf.write(out, audio, 16000, format="WAV", subtype="PCM_16")
     return out.getvalue()
-
-
-def spoken(text: str, voice: str = "fr", words_per_minute: int | None = None) -> np.ndarray:
-    """``text`` said by a voice of this machine, as 16 kHz mono float32.
-
-    ``voice``: an espeak-ng voice (``fr``, ``fr+m3``; ``mb-fr1`` to ``mb-fr7`` are MBROLA's, which
-    espeak-ng drives where the ``mbrola-fr*`` packages are installed), or ``pico`` (SVOX Pico's
-    French, ``pico2wave``). ``words_per_minute`` is espeak-ng's speed; Pico has one.
-    """
-    with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
-        if voice == "pico":
-            command = ["pico2wave", "-l", "fr-FR", "-w", wav.name, text]
-        else:
-            speed = ["-s", str(words_per_minute)] if words_per_minute else []
-            command = ["espeak-ng", "-v", voice, *speed, "-w", wav.name, text]
-        if shutil.which(command[0]) is None:
-            raise RuntimeError(f"{command[0]} is missing: run `make setup`")
-        subprocess.run(command, check=True, capture_output=True)
-        audio, rate = sf.read(wav.name, dtype="float32")
-    from scipy.signal import resample_poly  # only here: machines with clips ready-made may lack SciPy
-
-    return resample_poly(audio, 16000, rate).astype(np.float32)
 
 
 def write_clips(folder: Path) -> None:

@@ -9,30 +9,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from milo_voice.local_stack import REPO, free_port, wait_ok
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes]) -> None:
-    """Until ``url`` answers 200; fails early when ``process`` exits."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
+__all__ = ["REPO", "free_port", "wait_ok"]
 
 
 # The facade's app factory, as uvicorn takes it (``--factory``).

@@ -12,16 +12,15 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.audit import format_table, gate, parse_targets, read_locust_stats
-from loadtests.processes import REPO, free_port, wait_ok
+from loadtests.processes import REPO
+from milo_voice.local_stack import LocalStack
+from milo_voice.local_stack import local_stack as serve_locally
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 SCENARIOS = {
@@ -57,44 +56,11 @@ UNLIMITED_ENV = {
 }
 
 
-@dataclass(frozen=True)
-class LocalStack:
-    facade: str  # base URL
-    triton_http: str  # host:port
-    triton_grpc: str
-    metrics: str  # host:port of Triton's Prometheus metrics
-
-
-@contextlib.contextmanager
 def local_stack(
     log_path: Path, env: dict[str, str] | None = None, server: str = "pytriton", repository: Path | None = None
-) -> Iterator[LocalStack]:
-    """The whole stack on free ports, as ``make serve`` runs it (``server``: pytriton or tritonserver)."""
-    ports = {name: free_port() for name in ("http", "grpc", "metrics", "facade")}
-    command = [
-        sys.executable, "-m", "milo_voice.cli", "serve", "--host", "127.0.0.1", "--server", server,
-        "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
-        "--metrics-port", str(ports["metrics"]), "--facade-port", str(ports["facade"]),
-        # Each run starts from nothing and never meets a developer's own stack's Redis.
-        "--no-redis",
-        *(["--model-repository", str(repository)] if repository else []),
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        full_env = {**os.environ, **UNLIMITED_ENV, **(env or {})}
-        process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{ports['facade']}"
-        try:
-            print(f"starting the stack (log: {log_path}) ...", flush=True)
-            wait_ok(f"{url}/ready", 900, process)
-            yield LocalStack(
-                url, f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}", f"127.0.0.1:{ports['metrics']}"
-            )
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+) -> contextlib.AbstractContextManager[LocalStack]:
+    """The whole stack for a load test: ``milo_voice.local_stack`` with the rate limits lifted."""
+    return serve_locally(log_path, {**UNLIMITED_ENV, **(env or {})}, server, repository)
 
 
 def run_locust(args: argparse.Namespace, url: str, out: Path) -> int:
