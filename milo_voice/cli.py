@@ -4,6 +4,7 @@ milo-voice serve                     PyTriton host (8000/8001/8002) and the faca
 milo-voice models pull [--profile]   build the embedded weights or fetch the production ones
 milo-voice models list               each model with its weights and whether they are present
 milo-voice normalize --lang mg TEXT  the spoken form that TTS will read
+milo-voice eval [--url URL]          quality report (TTS -> STT, STT, translation chrF) of a stack
 milo-voice tokens create|list|rotate|revoke   API tokens of the facade
 """
 
@@ -43,7 +44,7 @@ def _pull(args: argparse.Namespace) -> int:
     from milo_voice.weights.production import WeightsUnavailableError, pull_production
 
     try:
-        paths = pull_production(registry, root, args.models or None)
+        paths = pull_production(registry, root, args.models or None, force=args.force)
     except WeightsUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -53,18 +54,25 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _list(_args: argparse.Namespace) -> int:
+    from milo_voice.weights.identity import stored_revision
+
     registry = load_registry()
     root = models_dir()
     current = active_profile()
-    print(f"{'model':<10} {'role':<10} {'profile':<11} {'present':<8} {'batch':>5} {'inst':>4}  source")
+    print(
+        f"{'model':<10} {'role':<10} {'profile':<11} {'present':<8} {'revision':<24} {'batch':>5} {'inst':>4}  source"
+    )
     for spec in registry.models.values():
         for profile in PROFILES:
             weights = spec.weights(profile)
-            present = (spec.path(profile, root) / ".complete").exists()
+            folder = spec.path(profile, root)
+            present = (folder / ".complete").exists()
+            # What the folder holds (its content hash), else the registry's label of what to fetch.
+            revision = (stored_revision(folder) if present else None) or f"({weights.revision})"
             marker = "*" if profile == current else " "
             print(
                 f"{spec.name:<10} {spec.role:<10} {profile + marker:<11} {'yes' if present else 'no':<8} "
-                f"{spec.batching.max_batch_size:>5} {spec.instances.count:>4}  "
+                f"{revision:<24} {spec.batching.max_batch_size:>5} {spec.instances.count:>4}  "
                 f"{weights.source} ({weights.architecture})"
             )
     print("* active profile (MILO_PROFILE)")
@@ -73,6 +81,31 @@ def _list(_args: argparse.Namespace) -> int:
 
 def _normalize(args: argparse.Namespace) -> int:
     print(normalize_text(" ".join(args.text), args.lang))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from milo_voice.local_stack import local_stack
+    from milo_voice.quality.eval_set import load_clips, load_eval_set
+    from milo_voice.quality.evaluation import EvalOptions, FacadeCaller, evaluate
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would drown the report
+    options = EvalOptions(spoken_sentences=args.spoken_sentences, translation_pairs=args.translation_pairs)
+    clips = load_clips(Path(args.clips)) if args.clips else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        url = args.url
+        if url is None:  # this machine's stack on the active profile, started for the report
+            url = stack.enter_context(local_stack(out / "stack.log", {"MILO_ANONYMOUS_TIER": "premium"})).facade
+        caller = FacadeCaller(url, args.token)
+        stack.callback(caller.close)
+        report = evaluate(caller, load_eval_set(), options, clips)
+    (out / "eval.json").write_text(report.to_json() + "\n")
+    (out / "eval.md").write_text(report.to_markdown())
+    print(report.to_markdown())
     return 0
 
 
@@ -247,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="manage model weights").add_subparsers(dest="action", required=True)
     pull = models.add_parser("pull", help="build (embedded) or download and convert (production) weights")
     pull.add_argument("--profile", choices=PROFILES, default=active_profile())
-    pull.add_argument("--force", action="store_true", help="rebuild embedded weights even if present")
+    pull.add_argument(
+        "--force", action="store_true", help="build or fetch again even if complete (new weights replace the old)"
+    )
     pull.add_argument("models", nargs="*", help="model names (default: all)")
     pull.set_defaults(func=_pull)
     listing = models.add_parser("list", help="list models, their weights and whether they are present")
@@ -266,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     normalize.add_argument("--lang", choices=SUPPORTED_LANGUAGES, required=True)
     normalize.add_argument("text", nargs="+")
     normalize.set_defaults(func=_normalize)
+
+    quality = commands.add_parser(
+        "eval", help="a quality report of a served stack: TTS -> STT, STT, translation chrF (markdown and JSON)"
+    )
+    quality.add_argument("--url", help="the facade of a running stack (default: start this machine's, then stop it)")
+    quality.add_argument("--token", default=os.environ.get("MILO_EVAL_TOKEN", ""), help="an API token, if auth is on")
+    quality.add_argument("--out", default="eval", help="folder for eval.md and eval.json")
+    quality.add_argument("--clips", help="a manifest (path, language, text) of recordings for the STT rows")
+    quality.add_argument("--spoken-sentences", type=int, default=12, help="sentences said and heard per language")
+    quality.add_argument("--translation-pairs", type=int, help="translate only the first N pairs (default: all)")
+    quality.set_defaults(func=_eval)
 
     # Commands that other packages add (the facade's ``tokens``), found by their entry points:
     # the core knows nothing of them.

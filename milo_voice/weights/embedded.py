@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from milo_voice.registry import ModelSpec, Registry
+from milo_voice.weights import identity
 from milo_voice.weights.production import write_nllb_limits
 
 log = logging.getLogger(__name__)
@@ -298,12 +299,14 @@ def build_embedded(registry: Registry, models_dir: Path, force: bool = False) ->
         target = models_dir / "embedded" / spec.name
         marker = target / ".complete"
         if marker.exists() and marker.read_text() == weights.revision and not force:
+            identity.read(target)  # weights built before identities were stored get one now
             continue
         builder = BUILDERS.get(weights.source)
         if builder is None:
             raise ValueError(f"no builder for embedded weights {weights.source!r} of model {spec.name!r}")
         log.info("building embedded weights for %s from %s", spec.name, weights.source)
         builder(target, spec)
+        identity.write(target)
         marker.write_text(weights.revision)
         built.append(spec.name)
     return built

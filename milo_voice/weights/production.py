@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Protocol
 
 from milo_voice.registry import ModelSpec, Registry
+from milo_voice.weights import identity
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,16 @@ def write_nllb_limits(source: Path, target: Path) -> None:
     (target / LIMITS_FILE).write_text(json.dumps({"max_positions": int(positions)}) + "\n")
 
 
-def pull_model(spec: ModelSpec, models_dir: Path, downloader: Downloader, source: str | None = None) -> Path:
-    """Fetch (and convert) one model's production weights; return the folder the host reads."""
+def pull_model(
+    spec: ModelSpec, models_dir: Path, downloader: Downloader, source: str | None = None, force: bool = False
+) -> Path:
+    """Fetch (and convert) one model's production weights; return the folder the host reads.
+
+    Weights already complete at the registry's revision are kept, unless ``force``. Otherwise the
+    download goes to ``models/downloads`` (the hub client skips files it already has), the served
+    folder is assembled beside the old one with its identity (``identity.py``), and replaces it
+    whole: no file of older weights stays, and a failed pull leaves the old folder as it was.
+    """
     weights = spec.weights("production")
     source = source or weights.source
     if not source.startswith("hf:"):
@@ -94,33 +104,68 @@ def pull_model(spec: ModelSpec, models_dir: Path, downloader: Downloader, source
     location = source.removeprefix("hf:")
     target = models_dir / "production" / spec.name
     marker = target / ".complete"
-    if marker.exists() and marker.read_text() == weights.revision:
-        log.info("%s: production weights already complete in %s", spec.name, target)
+    if marker.exists() and marker.read_text() == weights.revision and not force:
+        log.info("%s: production weights %s already complete in %s", spec.name, identity.read(target).revision, target)
         return target
-    target.mkdir(parents=True, exist_ok=True)
-    if spec.role == "stt":
-        downloader.snapshot(location, weights.revision, target, WHISPER_FILES)
-    elif spec.role == "tts":
-        repos = location.split("+")
-        for voice in weights.voices.values():
-            repo = next(r for r in repos if r.endswith(voice))
-            downloader.snapshot(repo, weights.revision, target / voice, VITS_FILES)
-    elif spec.role == "translate":
-        download = models_dir / "downloads" / spec.name
-        downloader.snapshot(location, weights.revision, download, NLLB_FILES)
-        log.info("converting %s to CTranslate2", location)
-        convert_nllb(download, target)
-    elif spec.role == "chat":
-        repo, _, filename = location.rpartition("/")
-        path = downloader.file(repo, filename, weights.revision, models_dir / "downloads" / spec.name)
-        shutil.copyfile(path, target / "model.gguf")
-    (target / ".complete").write_text(weights.revision)
+    download = models_dir / "downloads" / spec.name
+    incoming = target.with_name(f".{spec.name}.incoming")
+    shutil.rmtree(incoming, ignore_errors=True)
+    incoming.mkdir(parents=True)
+    try:
+        if spec.role == "stt":
+            _link_tree(downloader.snapshot(location, weights.revision, download, WHISPER_FILES), incoming)
+        elif spec.role == "tts":
+            repos = location.split("+")
+            for voice in weights.voices.values():
+                repo = next(r for r in repos if r.endswith(voice))
+                fetched = downloader.snapshot(repo, weights.revision, download / voice, VITS_FILES)
+                _link_tree(fetched, incoming / voice)
+        elif spec.role == "translate":
+            downloader.snapshot(location, weights.revision, download, NLLB_FILES)
+            log.info("converting %s to CTranslate2", location)
+            convert_nllb(download, incoming)
+        elif spec.role == "chat":
+            repo, _, filename = location.rpartition("/")
+            shutil.copyfile(downloader.file(repo, filename, weights.revision, download), incoming / "model.gguf")
+        revision = identity.write(incoming).revision
+        (incoming / ".complete").write_text(weights.revision)
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+    _replace(target, incoming)
+    log.info("%s: production weights %s (%s) in %s", spec.name, revision, weights.revision, target)
     return target
 
 
+def _link_tree(source: Path, target: Path) -> None:
+    """``source``'s files in ``target``, hard-linked where one file system holds both (no second
+    copy of gigabytes of weights); the hub client replaces a file it updates, so links stay intact."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link, ignore=shutil.ignore_patterns(".cache"), dirs_exist_ok=True)
+
+
+def _replace(target: Path, incoming: Path) -> None:
+    previous = target.with_name(f".{target.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        target.rename(previous)
+    incoming.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
 def pull_production(
-    registry: Registry, models_dir: Path, names: list[str] | None = None, downloader: Downloader | None = None
+    registry: Registry,
+    models_dir: Path,
+    names: list[str] | None = None,
+    downloader: Downloader | None = None,
+    force: bool = False,
 ) -> list[Path]:
     downloader = downloader or HubDownloader()
     selected = names or list(registry.models)
-    return [pull_model(registry[name], models_dir, downloader) for name in selected]
+    return [pull_model(registry[name], models_dir, downloader, force=force) for name in selected]

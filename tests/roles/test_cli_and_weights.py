@@ -114,6 +114,7 @@ def test_production_pull_skips_complete_weights(registry: Registry, tmp_path: Pa
     spec = registry["translate"]
     target = tmp_path / "production" / "translate"
     target.mkdir(parents=True)
+    (target / "model.bin").write_bytes(b"weights")
     (target / ".complete").write_text(spec.weights("production").revision)
     downloader = RecordingDownloader()
     assert pull_model(spec, tmp_path, downloader) == target
@@ -122,6 +123,7 @@ def test_production_pull_skips_complete_weights(registry: Registry, tmp_path: Pa
     with pytest.raises(WeightsUnavailableError):
         pull_model(spec, tmp_path, downloader)
     assert downloader.calls
+    assert (target / "model.bin").read_bytes() == b"weights"  # a failed pull leaves what was there
 
 
 def test_triton_configs_follow_the_registry_in_use(tmp_path: Path) -> None:
