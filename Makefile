@@ -3,21 +3,23 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-# libttspico-utils: SVOX Pico, the embedded French voice, from Debian's non-free component, which
-# system-packages enables beside contrib (the same mirror).
-DEBIAN_PACKAGES := redis-server espeak-ng sox libsndfile1 ffmpeg libttspico-utils
+# libttspico-utils: SVOX Pico, the embedded French voice; mbrola-fr1: the French voice of
+# `milo-voice eval`'s clips, that the served voices did not make. Both from Debian's non-free
+# component, which system-packages enables beside contrib (the same mirror).
+DEBIAN_PACKAGES := redis-server espeak-ng sox libsndfile1 ffmpeg libttspico-utils mbrola-fr1
 # prometheus brings promtool, which checks the deploy/ rules in the tests (and a server to render the dashboard).
 DEBIAN_TOOLS := prometheus
 # llama.cpp is built from source (no wheel on PyPI); portable flags, and pip's wheel
 # cache makes every later install on the same machine take seconds.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
-.PHONY: setup system-packages python-packages models serve test loadtest bench lint clean
+.PHONY: setup system-packages python-packages models serve test eval loadtest bench lint clean
 
 setup: system-packages python-packages models
 
 system-packages:
-	@missing=""; for cmd in redis-server espeak-ng sox ffmpeg promtool pico2wave; do command -v $$cmd >/dev/null || missing=1; done; \
+	@missing=""; for cmd in redis-server espeak-ng sox ffmpeg promtool pico2wave mbrola; do command -v $$cmd >/dev/null || missing=1; done; \
+	[ -e /usr/share/mbrola/fr1 ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  for list in /etc/apt/sources.list.d/*.sources; do [ -f "$$list" ] || continue; \
@@ -48,6 +50,12 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -ra
+
+# The quality report of the stack (starts it on the active profile, unless URL is given):
+# make eval [URL=http://host:8080 TOKEN=mv_...] [EVAL_OUT=eval]
+EVAL_OUT ?= eval
+eval: setup
+	$(BIN)/milo-voice eval --out $(EVAL_OUT) $(if $(URL),--url $(URL)) $(if $(TOKEN),--token $(TOKEN))
 
 # A bounded headless Locust run gated on the audit table; starts the stack unless URL is given.
 # make loadtest URL=http://host:8080 TOKEN=mv_... LOADTEST_ARGS="--users 20 --duration 2m"
