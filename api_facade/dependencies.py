@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from api_facade.cache import TranslationCache
 from api_facade.conversation import Conversations
 from api_facade.phrasebook import Phrasebook
+from api_facade.served_weights import ServedRevisions
 from api_facade.settings import Settings
 from api_facade.voice.vad import VadModel
 from client import TritonPool
@@ -28,6 +29,10 @@ def get_cache(request: HTTPConnection) -> TranslationCache:
     return request.app.state.translation_cache  # type: ignore[no-any-return]
 
 
+def get_served_revisions(request: HTTPConnection) -> ServedRevisions:
+    return request.app.state.served_revisions  # type: ignore[no-any-return]
+
+
 def get_phrasebook(request: HTTPConnection) -> Phrasebook:
     return request.app.state.phrasebook  # type: ignore[no-any-return]
 
@@ -36,6 +41,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 TritonDep = Annotated[TritonPool, Depends(get_triton)]
 CacheDep = Annotated[TranslationCache, Depends(get_cache)]
 PhrasebookDep = Annotated[Phrasebook, Depends(get_phrasebook)]
+RevisionsDep = Annotated[ServedRevisions, Depends(get_served_revisions)]
 
 
 def get_vad(connection: HTTPConnection) -> VadModel:

@@ -22,6 +22,7 @@ from api_facade.metrics import MeasureRequests
 from api_facade.phrasebook import Phrasebook
 from api_facade.redis_connection import RedisConnection
 from api_facade.routers import admin, chat, health, openai_compat, realtime, stt, translate, tts, voice
+from api_facade.served_weights import ServedRevisions
 from api_facade.sessions import MemorySessionStore, RedisSessionStore
 from api_facade.settings import Settings
 from client import TritonPool
@@ -80,6 +81,7 @@ async def _lifespan(app: FastAPI, given_triton: TritonPool | None) -> AsyncItera
         else MemoryCache(settings.translation_cache_entries)
     )
     app.state.phrasebook = Phrasebook.load()
+    app.state.served_revisions = ServedRevisions()
     app.state.sessions = (
         RedisSessionStore(redis, settings.session_ttl_s)
         if redis is not None

@@ -26,6 +26,7 @@ REQUEST_SECONDS = Histogram(
 )
 IN_FLIGHT = Gauge("milo_http_requests_in_flight", "Requests being served")
 CACHE = Counter("milo_translation_lookups_total", "Translation lookups by outcome", ["outcome"])
+WEIGHTS = Gauge("milo_model_weights_info", "1 for the weights each model last said it serves", ["model", "revision"])
 SESSIONS = Gauge("milo_chat_active_sessions", "Chat sessions stored and not expired")
 AUDIO_SECONDS = Counter(
     "milo_audio_seconds_total", "Seconds of audio transcribed (in) and synthesised (out)", ["direction"]

@@ -83,11 +83,10 @@ class Settings(BaseSettings):
     voice_default_language: str = "mg"
     chat_default_backend: str = "local"
     # What the served models are, which ``milo-voice serve`` sets from the registry: the weights'
-    # profile, each TTS language's voice, and the translation weights' revision (in the cache's key).
+    # profile and each TTS language's voice. (Which weights: the models say, ``served_weights``.)
     # The default voices are the production profile's, which a facade deployed alone serves.
     profile: str = "embedded"
     voices: dict[str, str] = {"mg": "mms-tts-mlg", "fr": "mms-tts-fra"}
-    translate_revision: str = "unversioned"
     # Uploads larger than this are refused with 413 before any decoding; other bodies (JSON) beyond
     # max_json_bytes. A body must have arrived within its timeout (api_facade/body_limits.py).
     max_upload_bytes: int = 25 * 1024 * 1024

@@ -62,6 +62,8 @@ class ModelCalls:
 
     def __init__(self) -> None:
         self._background: set[asyncio.Task[Any]] = set()
+        # How many times a server came back into rotation: it may serve other weights since.
+        self.restarts = 0
 
     # -- the transport -----------------------------------------------------------------
 

@@ -142,6 +142,7 @@ class TritonPool(ModelCalls):
     def _mark_up(self, endpoint: Endpoint) -> None:
         if not endpoint.healthy:
             endpoint.healthy, endpoint.changed_at = True, time.time()
+            self.restarts += 1
             log.info("Triton at %s back in rotation", endpoint.url)
 
     @property

@@ -92,6 +92,9 @@ class TranslateRequest:
 class Translation:
     text: str
     score: float  # mean log-probability per generated token
+    # The weights that translated it: their content hash (``milo_voice.weights.identity``), the
+    # facade's translation cache keys by it.
+    revision: str = ""
 
 
 # -- chat --------------------------------------------------------------------------

@@ -148,7 +148,7 @@ TTS_STREAM = ModelIO(
 TRANSLATE = ModelIO(
     name="translate",
     inputs=(_text("text"), _text("source"), _text("target")),
-    outputs=(_text("translation", field="text"), _float("score"), ERROR),
+    outputs=(_text("translation", field="text"), _float("score"), _text("revision"), ERROR),
     request=records.TranslateRequest,
     result=records.Translation,
 )

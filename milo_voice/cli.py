@@ -129,12 +129,8 @@ def _triton_configs(args: argparse.Namespace) -> int:
 def served_models_settings(registry: Registry, profile: str) -> dict[str, str]:
     """What the facade knows of the served models (it reads no registry), as its ``MILO_*`` settings."""
     by_role = {spec.role: spec for spec in registry.models.values()}
-    tts, translate = by_role.get("tts"), by_role.get("translate")
-    return {
-        "MILO_PROFILE": profile,
-        "MILO_VOICES": json.dumps(tts.weights(profile).voices if tts else {}),
-        "MILO_TRANSLATE_REVISION": translate.weights(profile).revision if translate else "none",
-    }
+    tts = by_role.get("tts")
+    return {"MILO_PROFILE": profile, "MILO_VOICES": json.dumps(tts.weights(profile).voices if tts else {})}
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ async def ready(
     redis_down = redis is not None and not redis.up
     status = "not_ready" if not_ready else "degraded" if triton.degraded or redis_down else "ready"
     body = {"status": status, "models": models, "not_ready": not_ready, "endpoints": triton.status()}
+    if weights := request.app.state.served_revisions.view():
+        body["weights"] = weights  # as the models last said (a content hash of their weights)
     if redis is not None:
         body["redis"] = "up" if redis.up else "down"
     if processes := settings.supervised_processes():

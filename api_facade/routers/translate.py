@@ -1,4 +1,8 @@
-"""POST /v1/translate: phrasebook first, then the cache, then NLLB through Triton."""
+"""POST /v1/translate: phrasebook first, then the cache, then NLLB through Triton.
+
+The cache is read under the weights the model last said it serves (``served_weights``) and written
+under those that translated, so new weights never answer from older ones' translations.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from fastapi import APIRouter
 
 from api_facade.auth.access import TranslateTriton
 from api_facade.cache import cache_key
-from api_facade.dependencies import CacheDep, PhrasebookDep, SettingsDep
+from api_facade.dependencies import CacheDep, PhrasebookDep, RevisionsDep, SettingsDep
 from api_facade.metrics import CACHE
 from api_facade.openapi import AUTH, BODY, MODEL, error_responses
 from api_facade.protocol import Translated, TranslateRequest, TranslateResponse
@@ -27,21 +31,27 @@ async def translate(
     triton: TranslateTriton,
     cache: CacheDep,
     phrasebook: PhrasebookDep,
+    revisions: RevisionsDep,
     settings: SettingsDep,
 ) -> TranslateResponse:
+    def key(revision: str, text: str) -> str:
+        return cache_key(f"{settings.profile}:{revision}", body.source, body.target, text.strip())
+
     async def one(text: str) -> Translated:
         fixed = phrasebook.lookup(text, body.source, body.target)
         if fixed is not None:
             CACHE.labels("phrasebook").inc()
             return Translated(text=fixed, origin="phrasebook")
-        key = cache_key(f"{settings.profile}:{settings.translate_revision}", body.source, body.target, text.strip())
-        cached = await cache.get(key)
+        served = revisions.current("translate", triton.restarts)
+        cached = await cache.get(key(served, text)) if served is not None else None
         if cached is not None:
             CACHE.labels("hit").inc()
             return Translated(text=cached, origin="cache")
         CACHE.labels("miss").inc()
         result = await triton.translate(text, body.source, body.target)
-        await cache.set(key, result.text)
+        if result.revision:  # weights that do not say what they are are never cached
+            revisions.learn("translate", result.revision, triton.restarts)
+            await cache.set(key(result.revision, text), result.text)
         return Translated(text=result.text, origin="model")
 
     # Sent together, the texts reach Triton's dynamic batcher together.

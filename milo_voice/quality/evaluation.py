@@ -81,7 +81,9 @@ class Report:
         )
 
     def to_markdown(self) -> str:
+        weights = ", ".join(f"{model} {revision}" for model, revision in self.stack.get("weights", {}).items())
         lines = [
+            *([f"Weights: {weights}", ""] if weights else []),
             "| task | language | metric | value | items | detail |",
             "|---|---|---|---:|---:|---|",
         ]
@@ -230,9 +232,10 @@ def evaluate(
     options: EvalOptions = EvalOptions(),
     clips: list[SpokenClip] | None = None,
 ) -> Report:
-    ready = caller.ready()
-    report = Report(stack={"status": ready.get("status"), "models": ready.get("models", {})})
+    report = Report(stack={})
     tts_to_stt(caller, texts, options, report)
     stt_on_clips(caller, texts, options, report, clips)
     translation(caller, texts, options, report)
+    ready = caller.ready()  # last: by now the models have said which weights they run
+    report.stack = {key: ready[key] for key in ("status", "models", "weights") if key in ready}
     return report

@@ -17,6 +17,7 @@ import ctranslate2
 import sentencepiece as spm
 
 from contract.records import InputError, TranslateRequest, Translation
+from milo_voice.weights import identity
 
 # ISO 639-1 codes that Milo Voice speaks, to NLLB's FLORES-200 codes.
 NLLB_CODES = {"mg": "plt_Latn", "fr": "fra_Latn", "en": "eng_Latn"}
@@ -49,6 +50,7 @@ class Translator:
         intra_threads: int = 0,
     ) -> None:
         path = Path(model_path)
+        self.revision = identity.read(path).revision
         self._translator = ctranslate2.Translator(
             str(path), device=device, device_index=device_index, compute_type=compute_type, intra_threads=intra_threads
         )
@@ -171,7 +173,8 @@ class Translator:
                 "tokens without ending: split the sentence"
             )
         return [
-            refused.get(i) or Translation("".join(texts[i]).strip(), sum(scores[i]) / max(len(scores[i]), 1))
+            refused.get(i)
+            or Translation("".join(texts[i]).strip(), sum(scores[i]) / max(len(scores[i]), 1), self.revision)
             for i in range(len(requests))
         ]
 

@@ -124,14 +124,12 @@ def test_compose_stack_shape() -> None:
                 assert str(value).startswith("${"), f"{name} has a literal value"
 
 
-def test_deployed_facades_are_told_the_served_translation_revision() -> None:
-    """The facade reads no registry: the revision in its translation cache's key is set beside it."""
-    from milo_voice.registry import load_registry
-
-    revision = load_registry().by_role("translate").weights("production").revision
+def test_deployed_facades_are_not_told_a_weights_label() -> None:
+    """Which weights translate is said by the model's replies (a content hash), never by a label
+    set beside the facade, which stayed "main" whatever weights were pulled."""
     facade = load_compose("docker-compose.yml")["services"]["facade"]["environment"]
     config = yaml.safe_load((DEPLOY / "k8s" / "config.yaml").read_text())
-    assert facade["MILO_TRANSLATE_REVISION"] == config["data"]["MILO_TRANSLATE_REVISION"] == revision
+    assert not [name for name in (*facade, *config["data"]) if "REVISION" in name]
 
 
 def test_the_cpu_override_removes_gpu_passthrough() -> None:

@@ -63,6 +63,9 @@ def test_redis_cache_is_shared_and_survives_a_restart(triton_host: TritonHost, r
     keys = redis.Redis.from_url(redis_url).keys("milo:translate:*")
     assert keys
     with facade_client(triton_host.http_url, MILO_REDIS_URL=redis_url) as restarted:
+        # A new facade reads the cache once the model has said which weights it runs (any reply).
+        other = {**body, "text": "Misaotra betsaka tompoko."}
+        assert restarted.post("/v1/translate", json=other).json()["translations"][0]["origin"] == "model"
         cached = restarted.post("/v1/translate", json=body).json()["translations"][0]
     assert cached == {"text": "The children study at school every day.", "origin": "cache"}
 

@@ -11,9 +11,11 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from milo_voice.weights import identity
 from tests.conftest import REPO, TritonHost, facade_process
 
 pytestmark = pytest.mark.integration
@@ -56,6 +58,10 @@ def test_malagasy_without_recordings_is_reported_as_not_measured(report: dict) -
     assert row["value"] is None and "--clips" in row["detail"]
     # The seeded Malagasy voice is not speech: measured, and far from right.
     assert _row(report, "tts->stt", "mg", "CER")["value"] > 0.5
+
+
+def test_the_report_names_the_weights_it_measured(report: dict, embedded_dir: Path) -> None:
+    assert report["stack"]["weights"]["translate"] == identity.stored_revision(embedded_dir / "translate")
 
 
 def test_every_translation_direction_is_scored_with_where_it_came_from(report: dict) -> None:

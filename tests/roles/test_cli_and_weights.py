@@ -159,5 +159,3 @@ def test_serve_tells_the_facade_the_served_models_and_its_defaults_are_the_regis
         assert settings["MILO_PROFILE"] == profile
     # A facade deployed alone serves production weights: its default voices are theirs.
     assert json.loads(served_models_settings(registry, "production")["MILO_VOICES"]) == defaults.voices
-    translate = registry.by_role("translate").weights("production").revision
-    assert served_models_settings(registry, "production")["MILO_TRANSLATE_REVISION"] == translate

@@ -9,6 +9,7 @@ import pytest
 
 from contract.records import TranslateRequest, Translation
 from milo_voice.roles.translate import TranslateInputError, Translator
+from milo_voice.weights import identity
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,12 @@ def test_known_phrases(translator: Translator, text: str, source: str, target: s
     result = translator.translate(text, source, target)
     assert result.text == expected
     assert result.score < 0
+
+
+def test_each_translation_names_the_weights_that_made_it(translator: Translator, embedded_dir: Path) -> None:
+    revision = identity.read(embedded_dir / "translate").revision
+    assert revision.startswith("sha256:")
+    assert translator.translate("Bonjour à tous.", "fr", "mg").revision == revision
 
 
 def test_batch_shape_and_determinism(translator: Translator) -> None:
@@ -77,7 +84,7 @@ def test_bad_input_is_refused(translator: Translator, text: str, source: str, ta
         [TranslateRequest(text, source, target), TranslateRequest("Bonjour à tous.", "fr", "mg")]
     )
     assert isinstance(refused, TranslateInputError) and answered == Translation(
-        "Manao ahoana daholo ianareo.", answered.score
+        "Manao ahoana daholo ianareo.", answered.score, translator.revision
     )
 
 

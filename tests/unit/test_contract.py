@@ -42,7 +42,7 @@ RESULTS = {
     "stt": Transcription("bonjour", "fr", 0.9, 0.8, 1.5, [Segment(0.0, 1.5, "bonjour", -0.2, 0.01)], tokens=4),
     "tts": Speech(np.linspace(-0.5, 0.5, 300, dtype=np.float32), 16000, "salama"),
     "tts_stream": Speech(np.linspace(-0.5, 0.5, 200, dtype=np.float32), 16000, "veloma"),
-    "translate": Translation("Manao ahoana daholo ianareo.", -0.25),
+    "translate": Translation("Manao ahoana daholo ianareo.", -0.25, "sha256:478022cc2c182d0c"),
     "chat": ChatReply("Salama!", 3, 20, "stop", trimmed_messages=1, cached_tokens=12),
     "chat_stream": ChatDelta("Sal", ""),
     "chat_cancel": Cancelled(1),

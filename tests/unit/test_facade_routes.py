@@ -66,14 +66,16 @@ def scripted() -> ScriptedTriton:
             "chat": echo_reply,
             "chat_stream": lambda r: [ChatDelta("Sa"), ChatDelta("lama", "stop")],
             "tts": speech,
-            "translate": lambda r: Translation(f"<{r.text}>", -0.1) if r.text != "refuse" else InputError("no way"),
+            "translate": lambda r: (
+                Translation(f"<{r.text}>", -0.1, "sha256:r7") if r.text != "refuse" else InputError("no way")
+            ),
         }
     )
 
 
 @pytest.fixture
 def api(scripted: ScriptedTriton) -> Iterator[TestClient]:
-    settings = Settings(triton_url="scripted:0", redis_url=None, chat_n_ctx=600, translate_revision="r7")
+    settings = Settings(triton_url="scripted:0", redis_url=None, chat_n_ctx=600)
     with TestClient(create_app(settings, triton=scripted)) as client:
         yield client
 
@@ -134,6 +136,31 @@ def test_translations_come_from_the_phrasebook_the_model_then_the_cache_and_refu
     assert len([name for name, *_ in scripted.sent if name == "translate"]) == 1
     refused = api.post("/v1/translate", json={**body, "text": "refuse"})
     assert refused.status_code == 422 and refused.json()["error"] == {"code": "invalid_input", "message": "no way"}
+
+
+def test_new_weights_never_answer_from_older_weights_translations(api: TestClient, scripted: ScriptedTriton) -> None:
+    body = {"text": "Trano mena", "source": "mg", "target": "fr"}
+
+    def origins() -> list[str]:
+        return [api.post("/v1/translate", json=body).json()["translations"][0]["origin"] for _ in range(2)]
+
+    assert origins() == ["model", "cache"]
+    assert api.get("/ready").json()["weights"] == {"translate": "sha256:r7"}
+    # The server comes back with fine-tuned weights: the cache is not read until the model has said
+    # which weights it runs, and what the old weights wrote is never read again.
+    scripted.answers["translate"] = lambda r: Translation(f"[{r.text}]", -0.1, "sha256:tuned")
+    scripted.restarts += 1
+    assert origins() == ["model", "cache"]
+    answer = api.post("/v1/translate", json=body).json()["translations"][0]
+    assert answer == {"text": "[Trano mena]", "origin": "cache"}
+    assert api.get("/ready").json()["weights"] == {"translate": "sha256:tuned"}
+    metrics = api.get("/metrics").text
+    assert 'milo_model_weights_info{model="translate",revision="sha256:tuned"} 1.0' in metrics
+    assert 'revision="sha256:r7"' not in metrics
+    # Weights that do not say what they are: every translation comes from the model.
+    scripted.answers["translate"] = lambda r: Translation(f"({r.text})", -0.1)
+    scripted.restarts += 1
+    assert origins() == ["model", "model"]
 
 
 def test_the_callers_tier_sets_the_triton_priority(api: TestClient, scripted: ScriptedTriton) -> None:
