@@ -30,6 +30,13 @@ SENTENCE_BREAK = re.compile(r"(\s*\n\s*|(?<=[.!?\u2026])\s+)")
 CLAUSE_BREAK = re.compile(r"((?<=[,;:])\s+)")
 
 
+def read_vocabulary(folder: Path) -> list[str]:
+    """A converted model's tokens, by id (CTranslate2 writes ``shared_vocabulary.json`` or ``.txt``)."""
+    if (folder / "shared_vocabulary.json").is_file():
+        return list(json.loads((folder / "shared_vocabulary.json").read_text(encoding="utf-8")))
+    return (folder / "shared_vocabulary.txt").read_text(encoding="utf-8").splitlines()
+
+
 class TranslateInputError(InputError):
     """A request that cannot be translated (empty text, unknown or equal languages)."""
 
@@ -59,6 +66,11 @@ class Translator:
         if unknown:
             raise ValueError(f"no NLLB code for languages {sorted(unknown)}")
         self.languages = tuple(languages)
+        # Weights converted without their language codes would turn every code into <unk>.
+        vocabulary = set(read_vocabulary(path))
+        absent = sorted(NLLB_CODES[lang] for lang in languages if NLLB_CODES[lang] not in vocabulary)
+        if absent:
+            raise ValueError(f"{path}: the vocabulary has no language code {', '.join(absent)}")
         self.beam_size = beam_size
         self.max_decoding_length = max_decoding_length
         # Source positions hold the language code, the text and the end token; target positions

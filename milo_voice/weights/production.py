@@ -70,12 +70,43 @@ class HubDownloader:
             raise WeightsUnavailableError(f"cannot download {repo}/{filename}@{revision}: {exc}") from exc
 
 
+class ConversionError(RuntimeError):
+    """Converted weights that would not translate as the originals do."""
+
+
 def convert_nllb(source: Path, target: Path, quantization: str = "int8_float16") -> None:
     import ctranslate2
 
     converter = ctranslate2.converters.TransformersConverter(str(source), copy_files=["sentencepiece.bpe.model"])
     converter.convert(str(target), quantization=quantization, force=True)
+    check_language_tokens(source, target)
     write_nllb_limits(source, target)
+
+
+def check_language_tokens(source: Path, target: Path) -> None:
+    """Every language code the role uses is in the converted vocabulary, at the tokenizer's id.
+
+    The converter takes the codes from the tokenizer; a tokenizer whose files do not list them
+    (no added tokens in ``tokenizer.json``, no ``additional_special_tokens``) converts without an
+    error into a model whose every language code is ``<unk>``: it would translate into nothing
+    in particular. Refused here instead.
+    """
+    from transformers import AutoTokenizer
+
+    from milo_voice.roles.translate import NLLB_CODES, read_vocabulary
+
+    vocabulary = read_vocabulary(target)
+    missing = sorted(code for code in NLLB_CODES.values() if code not in vocabulary)
+    if missing:
+        raise ConversionError(
+            f"the converted vocabulary of {source} has no {', '.join(missing)}: its tokenizer files do not "
+            "list the language codes (tokenizer.json's added tokens, additional_special_tokens)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    moved = {c: (vocabulary.index(c), tokenizer.convert_tokens_to_ids(c)) for c in NLLB_CODES.values()}
+    moved = {code: ids for code, ids in moved.items() if ids[0] != ids[1]}
+    if moved:
+        raise ConversionError(f"language codes at other ids than the tokenizer's (converted, tokenizer): {moved}")
 
 
 def write_nllb_limits(source: Path, target: Path) -> None:
