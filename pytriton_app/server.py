@@ -21,6 +21,7 @@ from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 from contract import tensors
 from contract.triton_access import RESTRICTED_APIS, check_exposure
 from milo_voice.registry import ModelSpec, Registry, active_profile, load_registry
+from milo_voice.serving import weights_metrics
 from milo_voice.serving.chat_metrics import PrometheusChatMetrics
 from milo_voice.serving.instances import DevicePlanner, load_instance, with_cloud_chat
 from milo_voice.serving.shared_memory import remove_orphaned_segments
@@ -104,7 +105,9 @@ def free_loopback_port() -> int:
 def build_role_instances(spec: ModelSpec, profile: str, planner: DevicePlanner) -> list[Any]:
     count = spec.instances.count_on(planner.gpu_count)
     observer = PrometheusChatMetrics(spec.name) if spec.role == "chat" else None
-    return [load_instance(spec, profile, planner.place(spec.instances.kind), observer) for _ in range(count)]
+    instances = [load_instance(spec, profile, planner.place(spec.instances.kind), observer) for _ in range(count)]
+    weights_metrics.publish(spec, profile)
+    return instances
 
 
 def load_all(registry: Registry, profile: str, planner: DevicePlanner) -> dict[str, list[Any]]:

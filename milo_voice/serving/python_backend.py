@@ -35,6 +35,7 @@ from milo_voice.serving.tensor_io import (
     handler_for,
     join_queued,
 )
+from milo_voice.serving.weights_metrics import TritonWeightsMetric
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class TritonPythonModel:
         metrics = getattr(pb_utils, "MetricFamily", None) is not None and spec.role == "chat"
         observer = TritonChatMetrics(pb_utils, args.get("model_name", spec.name)) if metrics else None
         self.instance = load_instance(spec, active_profile(), device_of(args), observer)
+        if getattr(pb_utils, "MetricFamily", None) is not None:
+            self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
         self.handler: Handler = handler_for(self.io, spec, self.instance)
         self._outbox: queue.SimpleQueue[tuple[Any, Outputs | Exception, bool] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None

@@ -10,6 +10,7 @@ time: a folder whose files changed since is hashed again when it is next read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -59,9 +60,11 @@ def compute(folder: Path) -> WeightsIdentity:
 
 
 def write(folder: Path) -> WeightsIdentity:
-    """Hash ``folder``'s weights and store the result beside them."""
+    """Hash ``folder``'s weights and store the result beside them (where the folder is writable:
+    weights mounted read-only are hashed each time they are read)."""
     identity = compute(folder)
-    (folder / IDENTITY_FILE).write_text(json.dumps(asdict(identity), indent=1) + "\n")
+    with contextlib.suppress(OSError):
+        (folder / IDENTITY_FILE).write_text(json.dumps(asdict(identity), indent=1) + "\n")
     return identity
 
 

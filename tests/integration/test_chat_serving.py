@@ -27,6 +27,7 @@ from client import AsyncMiloTritonClient, CallOptions, ChatMessage, ChatRequest,
 from loadtests.bench import fixed_lengths
 from milo_voice.registry import load_registry, model_section
 from milo_voice.triton_repository import write_configs
+from milo_voice.weights import identity
 from tests.conftest import TritonHost, facade_process, free_port, running_host
 
 pytestmark = pytest.mark.integration
@@ -120,6 +121,16 @@ def test_the_metrics_port_has_the_engines_series_beside_tritons(stack: ChatStack
     page = metrics(stack.host)
     for histogram in ("time_to_first_token_seconds", "queue_seconds"):
         assert page[f'milo_chat_engine_{histogram}_count{{model="chat"}}'] >= 1
+
+
+def test_the_metrics_port_says_which_weights_the_host_loaded(stack: ChatStack, embedded_dir: Path) -> None:
+    revision = identity.stored_revision(embedded_dir / "chat")
+    assert revision is not None and revision.startswith("sha256:")
+    page = metrics(stack.host)
+    assert page.get(f'milo_model_weights_info{{model="chat",revision="{revision}"}}', 0.0) >= 1
+    assert [name for name in page if name.startswith("milo_model_weights_info")] == [
+        f'milo_model_weights_info{{model="chat",revision="{revision}"}}'
+    ]
 
 
 async def test_a_short_request_is_answered_while_a_long_stream_goes_on(stack: ChatStack) -> None:

@@ -48,6 +48,20 @@ def test_a_stored_identity_is_read_back_until_the_files_change(tmp_path: Path) -
     assert identity.stored_revision(folder) == changed.revision  # stored again
 
 
+def test_weights_mounted_read_only_are_hashed_without_storing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _folder(tmp_path, {"model.bin": b"one"})
+    original = Path.write_text
+
+    def read_only(path: Path, *args: object, **kwargs: object) -> int:
+        if path.name == identity.IDENTITY_FILE:
+            raise PermissionError(13, "Read-only file system", str(path))
+        return original(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    assert identity.read(folder).revision == identity.compute(folder).revision
+    assert identity.stored_revision(folder) is None
+
+
 class LocalHub:
     """A hub on disk: ``repos[repo]`` is the files a snapshot of it holds now."""
 
