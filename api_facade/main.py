@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -92,10 +94,18 @@ async def _lifespan(app: FastAPI, given_triton: TritonPool | None) -> AsyncItera
     app.state.rate_limiter = RateLimiter(redis)
     app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
     metrics_server = None
-    if settings.metrics_port is not None:
+    refreshing: asyncio.Task[None] | None = None
+    if metrics.MULTIPROCESS_DIR is not None:  # one of several workers (the parent serves metrics_port)
+        metrics.forget_gone_workers()
+        refreshing = asyncio.create_task(metrics.refresh_forever(app))
+    elif settings.metrics_port is not None:
         metrics_server, _ = start_http_server(settings.metrics_port)
     _announce_access(settings)
     yield
+    if refreshing is not None:
+        refreshing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refreshing
     if metrics_server is not None:
         metrics_server.shutdown()
         metrics_server.server_close()

@@ -1,13 +1,32 @@
-"""The facade's own Prometheus metrics, served on GET /metrics (Triton's are on :8002)."""
+"""The facade's own Prometheus metrics, served on GET /metrics (Triton's are on :8002).
+
+Several workers (``python -m api_facade --workers N``) share them through prometheus_client's
+multiprocess mode: each worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR``, which
+the parent sets, and a scrape answered by any worker reads them all. Counters and histograms add
+up; each gauge says how its workers' values combine (``multiprocess_mode``: in-flight counts add
+up over the live workers, states read at scrape time take the most recent value).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import re
 import time
+from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.types import Message, Receive, Scope, Send
 
 from api_facade.http_middleware import HttpMiddleware
@@ -24,10 +43,20 @@ REQUEST_SECONDS = Histogram(
     ["route", "method", "status"],
     buckets=LATENCY_BUCKETS,
 )
-IN_FLIGHT = Gauge("milo_http_requests_in_flight", "Requests being served")
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+# A worker's gauges read at scrape time are also read this often, so that a scrape answered by
+# another worker finds them at most this old.
+REFRESH_S = 5.0
+
+IN_FLIGHT = Gauge("milo_http_requests_in_flight", "Requests being served", multiprocess_mode="livesum")
 CACHE = Counter("milo_translation_lookups_total", "Translation lookups by outcome", ["outcome"])
-WEIGHTS = Gauge("milo_model_weights_info", "1 for the weights each model last said it serves", ["model", "revision"])
-SESSIONS = Gauge("milo_chat_active_sessions", "Chat sessions stored and not expired")
+WEIGHTS = Gauge(
+    "milo_served_weights_info",
+    "1 for the weights each model last said it serves",
+    ["model", "revision"],
+    multiprocess_mode="mostrecent",
+)
+SESSIONS = Gauge("milo_chat_active_sessions", "Chat sessions stored and not expired", multiprocess_mode="mostrecent")
 AUDIO_SECONDS = Counter(
     "milo_audio_seconds_total", "Seconds of audio transcribed (in) and synthesised (out)", ["direction"]
 )
@@ -45,23 +74,43 @@ VOICE_FIRST_AUDIO = Histogram(
     ["route"],
     buckets=LATENCY_BUCKETS,
 )
-CHAT_IN_FLIGHT = Gauge("milo_chat_requests_in_flight", "Chat requests being answered by the model", ["route"])
+CHAT_IN_FLIGHT = Gauge(
+    "milo_chat_requests_in_flight", "Chat requests being answered by the model", ["route"], multiprocess_mode="livesum"
+)
 AUTH_FAILURES = Counter("milo_auth_failures_total", "Requests refused for a missing or invalid token", ["reason"])
 RATE_LIMITED = Counter("milo_rate_limited_total", "Requests refused with 429", ["family", "kind"])
 CANCELLED = Counter(
     "milo_requests_cancelled_total", "Requests whose client left before the answer; their work was cancelled"
 )
-MODEL_READY = Gauge("milo_model_ready", "1 while a required model is ready on a Triton server in rotation", ["model"])
-TRITON_UP = Gauge("milo_triton_endpoint_up", "1 while a Triton server is in the facade's rotation", ["endpoint"])
-TRITON_IN_FLIGHT = Gauge("milo_triton_endpoint_in_flight", "Calls in flight to a Triton server", ["endpoint"])
+MODEL_READY = Gauge(
+    "milo_model_ready",
+    "1 while a required model is ready on a Triton server in rotation",
+    ["model"],
+    multiprocess_mode="mostrecent",
+)
+TRITON_UP = Gauge(
+    "milo_triton_endpoint_up",
+    "1 while a Triton server is in the facade's rotation",
+    ["endpoint"],
+    multiprocess_mode="mostrecent",
+)
+TRITON_IN_FLIGHT = Gauge(
+    "milo_triton_endpoint_in_flight", "Calls in flight to a Triton server", ["endpoint"], multiprocess_mode="livesum"
+)
 TRITON_RETRIES = Counter(
     "milo_triton_retries_total", "Calls sent again to another Triton server, by the server that failed", ["endpoint"]
 )
 PROCESS_RUNNING = Gauge(
-    "milo_supervised_process_running", "1 while a process of `milo-voice serve` runs and is ready", ["process"]
+    "milo_supervised_process_running",
+    "1 while a process of `milo-voice serve` runs and is ready",
+    ["process"],
+    multiprocess_mode="mostrecent",
 )
 PROCESS_RESTARTS = Gauge(
-    "milo_supervised_process_restarts", "Times `milo-voice serve` started a process again after it died", ["process"]
+    "milo_supervised_process_restarts",
+    "Times `milo-voice serve` started a process again after it died",
+    ["process"],
+    multiprocess_mode="mostrecent",
 )
 BUSY = Counter("milo_model_busy_total", "Requests refused at once because a model's queue was full or too slow")
 
@@ -143,7 +192,42 @@ def install(app: FastAPI) -> None:
         if request.app.state.settings.metrics_port is not None:
             return Response(status_code=404)  # served on its own port instead
         await refresh(request.app)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def registry() -> CollectorRegistry:
+    """What a scrape reads: this process's metrics, or every worker's in multiprocess mode."""
+    if MULTIPROCESS_DIR is None:
+        return REGISTRY
+    collected = CollectorRegistry()
+    multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+    return collected
+
+
+def exposition() -> bytes:
+    return generate_latest(registry())
+
+
+def forget_gone_workers() -> None:
+    """The live-only gauges of workers that died (uvicorn starts another) no longer count."""
+    if MULTIPROCESS_DIR is None:
+        return
+    files = [p.name for p in Path(MULTIPROCESS_DIR).glob("gauge_live*_*.db")]
+    for pid in {int(match.group(1)) for name in files if (match := re.search(r"_(\d+)\.db$", name))}:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass
+
+
+async def refresh_forever(app: FastAPI) -> None:
+    """Multiprocess mode: this worker's scrape-time gauges, kept fresh for scrapes others answer."""
+    while True:
+        await asyncio.sleep(REFRESH_S)
+        with contextlib.suppress(Exception):  # a failed read only leaves a gauge as it was
+            await refresh(app)
 
 
 def count_retry(endpoint: Endpoint, _error: Exception) -> None:

@@ -21,7 +21,7 @@ class ServedRevisions:
             return
         previous = self._known.get(model)
         if previous is not None and previous[0] != revision:
-            WEIGHTS.remove(model, previous[0])
+            WEIGHTS.labels(model, previous[0]).set(0)  # (workers share gauges: set, never removed)
         self._known[model] = (revision, restarts)
         WEIGHTS.labels(model, revision).set(1)
 

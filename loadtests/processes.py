@@ -36,12 +36,20 @@ def uvicorn_app(
 
 @contextlib.contextmanager
 def facade_server(
-    log_path: Path, env: dict[str, str] | None = None, ready_path: str = "/health", timeout_s: float = 120
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    ready_path: str = "/health",
+    timeout_s: float = 120,
+    workers: int = 1,
 ) -> Iterator[str]:
     """The facade in its own process, started as every deployment starts it (``python -m
     api_facade``); yields its base URL."""
     with _http_server(
-        lambda port: [sys.executable, "-m", "api_facade", "--port", str(port)], log_path, env, ready_path, timeout_s
+        lambda port: [sys.executable, "-m", "api_facade", "--port", str(port), "--workers", str(workers)],
+        log_path,
+        env,
+        ready_path,
+        timeout_s,
     ) as url:
         yield url
 

@@ -25,7 +25,8 @@ ENV MILO_PROFILE=production MILO_REGISTRY=/opt/milo/model_repository/registry.to
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD curl -fsS http://127.0.0.1:8080/health || exit 1
-# Several workers share nothing but Redis (sessions, cache, rate limits, tokens).
+# Several workers share Redis (sessions, cache, rate limits, tokens) and their metrics, which any
+# worker's /metrics reports whole (prometheus_client's multiprocess mode, a folder under /tmp).
 # python -m api_facade: uvicorn with its forwarded-header rewriting off; the facade believes
 # X-Forwarded-For only from MILO_TRUSTED_PROXIES (set it to the ingress's addresses).
 CMD ["python", "-m", "api_facade", "--host", "0.0.0.0", "--port", "8080", "--workers", "2"]

@@ -155,8 +155,8 @@ def test_new_weights_never_answer_from_older_weights_translations(api: TestClien
     assert answer == {"text": "[Trano mena]", "origin": "cache"}
     assert api.get("/ready").json()["weights"] == {"translate": "sha256:tuned"}
     metrics = api.get("/metrics").text
-    assert 'milo_model_weights_info{model="translate",revision="sha256:tuned"} 1.0' in metrics
-    assert 'revision="sha256:r7"' not in metrics
+    assert 'milo_served_weights_info{model="translate",revision="sha256:tuned"} 1.0' in metrics
+    assert 'milo_served_weights_info{model="translate",revision="sha256:r7"} 0.0' in metrics
     # Weights that do not say what they are: every translation comes from the model.
     scripted.answers["translate"] = lambda r: Translation(f"({r.text})", -0.1)
     scripted.restarts += 1
