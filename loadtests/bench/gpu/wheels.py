@@ -7,8 +7,8 @@ CUDA, and each call carries at most 64 MiB. This downloads, for that interpreter
 exactly the versions this project's virtual environment runs (the facade, the clients, Locust),
 NumPy 1.26.4 (PyTriton 0.7 answers empty tensors under NumPy 2) and SciPy 1.14.1 (the image's
 SciPy does not load under NumPy 1.26, and transformers then fails with a misleading error), plus
-llama-cpp-python's slim sdist. The files are packed into numbered folders of at most
-``FOLDER_LIMIT`` bytes, the largest first; ``MANIFEST.txt`` lists the device commands, one call
+llama-cpp-python's slim sdist. The files are packed into numbered folders, the largest first, each
+small enough to travel with the working tree (``folder_limit``); ``MANIFEST.txt`` lists the device commands, one call
 per folder, carrying that folder (the ``llama-build`` line goes in its folder's call):
 
     bash loadtests/bench/gpu_device.sh install .gpu-wheels/01
@@ -26,7 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-FOLDER_LIMIT = 60 * 1024 * 1024  # under the 64 MiB a device call carries, with room for a script
+CALL_LIMIT = 64 * 1024 * 1024  # what a device call carries: the working tree and the carried folder
+MARGIN = 1024 * 1024
 # Pinned whatever this environment has (see the module's docstring).
 FIXED = {"numpy": "1.26.4", "scipy": "1.14.1"}
 # What the image lacks: the serving stack, the facade, the clients, the benchmark's tools.
@@ -67,7 +68,14 @@ def download(requirements: list[str], into: Path, python_version: str) -> None:
     subprocess.run(command, check=True)
 
 
-def pack(files: list[Path], limit: int = FOLDER_LIMIT) -> list[list[Path]]:
+def folder_limit(repo: Path) -> int:
+    """A call's 64 MiB, less the working tree that travels with every call (tracked files)."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
+    tree = sum((repo / name).stat().st_size for name in listed.decode().split("\0") if (repo / name).is_file())
+    return CALL_LIMIT - tree - MARGIN
+
+
+def pack(files: list[Path], limit: int) -> list[list[Path]]:
     """Files into as few folders of at most ``limit`` bytes as first-fit of the largest first gives."""
     folders: list[list[Path]] = []
     room: list[int] = []
@@ -97,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if not sdist.exists():
         subprocess.run([sys.executable, "-m", "loadtests.bench.llama_server", "slim", str(sdist)], check=True)
     # The folder with the sdist goes last: llama.cpp's background build runs once the rest is in.
-    folders = sorted(pack(sorted(staging.iterdir())), key=lambda files: sdist in files)
+    limit = folder_limit(Path(__file__).resolve().parents[3])
+    print(f"folders of at most {limit / (1 << 20):.1f} MiB (a call carries the working tree too)")
+    folders = sorted(pack(sorted(staging.iterdir()), limit), key=lambda files: sdist in files)
     for stale in args.out.glob("[0-9][0-9]"):
         shutil.rmtree(stale)
     lines = []
