@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=lambda text: [int(x) for x in text.split(",")], default=list(LEVELS))
     parser.add_argument("--profile", default="production", help="embedded: dry-run served/locust without a GPU")
     parser.add_argument("--duration", default="60s")
-    parser.add_argument("--seconds", type=float, default=20.0, help="voice: how long each level starts new turns")
+    parser.add_argument(
+        "--seconds", type=float, default=20.0, help="served, voice: how long each level is measured (new turns)"
+    )
+    parser.add_argument("--warmup", type=float, default=5.0, help="served: seconds each level sends before counting")
     parser.add_argument("--max-tokens", type=int, default=64, help="voice: the length of every reply")
     parser.add_argument("--methods", default="", help="voice: the ways measured (default: all of voice_turn's)")
     parser.add_argument(

@@ -19,8 +19,6 @@ TRANSLATE_TOKENS = 24  # a sentence of about 15 words
 CHAT_TOKENS = 64  # a short spoken answer (the Locust suites ask for 64 too)
 LEVELS = (1, 8, 32)
 CHAT_CONCURRENCY = (1, 4, 16, 32)  # conversations decoded together in process
-# Requests per level at least (and twice the concurrency): a stable median in a few seconds.
-MIN_REQUESTS = {"tts": 32, "stt": 16, "translate": 64, "chat": 8}
 # Reference measured in process on an H100 (CTranslate2 fp16, greedy, 32 tokens per window).
 STT_REFERENCE = {
     "large-v3-turbo": {"batch1_ms": 70.0, "batch32_clips_s": 36.0},

@@ -19,8 +19,9 @@ import httpx
 from loadtests import payloads
 from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_stats
 from loadtests.bench import triton_counters
-from loadtests.bench.batching import SENDERS, Point, Send, measure
-from loadtests.bench.gpu.common import CHAT_TOKENS, MIN_REQUESTS, REPO, gpu_memory, save
+from loadtests.bench.batching import SENDERS, Send
+from loadtests.bench.gpu.common import CHAT_TOKENS, REPO, gpu_memory, save
+from loadtests.bench.gpu.levels import Level, inprocess_rates, run_level
 from loadtests.bench.gpu.variants import bench_models, dump_registry, overlay_names
 
 
@@ -127,29 +128,56 @@ def phase_served(args: argparse.Namespace) -> None:
                 result["start_s"] = start_s
                 result["memory_after_load"] = gpu_memory()
                 result["probe"] = asyncio.run(_probe(stack.facade)) if "tts" in models else {}
-                points: list[Point] = []
+                levels: list[dict[str, Any]] = []
                 # A variant whose overlays all change one role's model measures that role only.
                 roles = {overlay.split("-")[0] for overlay in variant.split("+")}
                 measured = sorted(roles) if roles <= {"stt", "chat", "translate"} else args.endpoints.split(",")
                 for endpoint in [e for e in measured if e in models]:
-                    for level in args.levels:
-                        total = max(MIN_REQUESTS[endpoint], 2 * level)
-                        point = asyncio.run(
-                            measure(variant, stack.facade, endpoint, level, total, SERVED_SENDERS[endpoint])
-                        )
-                        points.append(point)
-                        print(
-                            f"{variant:<12} {endpoint:<9} c={level:<3} {point.throughput_rps:8.2f} req/s "
-                            f"P50 {point.p50_ms:8.1f} ms P95 {point.p95_ms:8.1f} ms errors {point.errors}",
-                            flush=True,
-                        )
-                result["points"] = [asdict(p) for p in points]
+                    reference = inprocess_rates(args.work, endpoint)
+                    for concurrency in args.levels:
+                        level = asyncio.run(
+                            run_level(
+                                stack.facade, endpoint, concurrency, SERVED_SENDERS[endpoint],
+                                args.seconds, args.warmup, f"http://{stack.metrics}/metrics",
+                            )
+                        )  # fmt: skip
+                        row = {**asdict(level), **served_over_inprocess(level, reference)}
+                        levels.append(row)
+                        print(level_line(variant, row), flush=True)
+                result["levels"] = levels
                 result["memory_after_load_test"] = gpu_memory()
                 result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
         except Exception as exc:
             result["error"] = f"{type(exc).__name__}: {exc}"
             print(f"{variant} failed: {exc}; log tail:\n{_tail(log)}", flush=True)
         save(args.work, f"served-{variant}{_server_suffix(args)}", result)
+
+
+def served_over_inprocess(level: Level, reference: dict[int, float]) -> dict[str, Any]:
+    """The level's throughput over the role's best rate in process at any batch, and at the batch
+    Triton formed on average in the level (the nearest measured below it)."""
+    if not reference:
+        return {}
+    best_batch = max(reference, key=lambda batch: reference[batch])
+    formed = max((row.get("mean_batch") or 0.0 for row in level.triton.values()), default=0.0)
+    at = max((batch for batch in reference if batch <= max(formed, 1.0)), default=min(reference))
+    return {
+        "inprocess_best": {"batch": best_batch, "rate": reference[best_batch]},
+        "served_over_best": round(level.throughput_rps / reference[best_batch], 3),
+        "inprocess_at_formed_batch": {"batch": at, "rate": reference[at]},
+        "served_over_formed_batch": round(level.throughput_rps / reference[at], 3),
+    }
+
+
+def level_line(variant: str, row: dict[str, Any]) -> str:
+    batches = ", ".join(f"{m} {t['mean_batch']}" for m, t in row["triton"].items())
+    gpu = row["gpu_utilisation"] or {}
+    return (
+        f"{variant:<12} {row['endpoint']:<9} c={row['concurrency']:<3} {row['throughput_rps']:8.2f} req/s "
+        f"P50 {row['p50_ms']:7.1f} P95 {row['p95_ms']:7.1f} P99 {row['p99_ms']:7.1f} ms errors {row['errors']} "
+        f"| per execution: {batches or '-'} | GPU {gpu.get('mean', '-')}% "
+        f"| served/in-process best {row.get('served_over_best', '-')}"
+    )
 
 
 def _server_suffix(args: argparse.Namespace) -> str:

@@ -1,0 +1,146 @@
+"""One concurrency level of the served benchmark, run for a fixed time, and what it did.
+
+A level sends for ``warmup_s`` first (batches and caches settle; nothing is counted), then for
+``seconds``: every client sends its next request as soon as its last is answered. Counted are the
+requests answered inside the window (throughput), the latency of those started inside it
+(P50/P95/P99), Triton's per-model counters read at the window's start and end (requests per
+execution: the batches the level formed), and the GPU's utilisation sampled through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loadtests.bench import triton_counters
+from loadtests.bench.batching import Send
+
+
+@dataclass
+class Level:
+    endpoint: str
+    concurrency: int
+    seconds: float
+    requests: int  # answered inside the window
+    errors: int
+    throughput_rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    triton: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per model, the window's
+    gpu_utilisation: dict[str, float] | None = None  # mean and max percent, where nvidia-smi answers
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+class GpuSampler:
+    """nvidia-smi's utilisation of GPU 0 every ``interval_s`` in a thread, while in the block."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gpu-sampler", daemon=True)
+
+    def _run(self) -> None:
+        command = ["nvidia-smi", "--id=0", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        while not self._stop.wait(self.interval_s):
+            try:
+                out = subprocess.run(command, capture_output=True, text=True, timeout=5).stdout.strip()
+            except (FileNotFoundError, subprocess.TimeoutExpired):
+                return  # no driver here (a CPU dry run): nothing to sample
+            if out.isdigit():
+                self.samples.append(float(out))
+
+    def __enter__(self) -> GpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float] | None:
+        if not self.samples:
+            return None
+        return {"mean": round(statistics.mean(self.samples), 1), "max": max(self.samples), "n": len(self.samples)}
+
+
+async def run_level(
+    base: str,
+    endpoint: str,
+    concurrency: int,
+    send: Send,
+    seconds: float = 20.0,
+    warmup_s: float = 5.0,
+    metrics_url: str | None = None,
+) -> Level:
+    latencies: list[float] = []
+    answered = errors = 0
+    window: dict[str, float] = {}
+
+    async def client_loop(client: httpx.AsyncClient, number: int) -> None:
+        nonlocal answered, errors
+        n = number
+        while True:
+            started = time.perf_counter()
+            if "end" in window and started >= window["end"]:
+                return
+            response = await send(client, base, n)
+            done = time.perf_counter()
+            n += concurrency
+            if "start" not in window or started < window["start"] or done > window["end"]:
+                continue  # warm-up, or answered after the window: not counted
+            latencies.append((done - started) * 1000)
+            answered += response.status_code == 200
+            errors += response.status_code != 200
+
+    before: triton_counters.Counters = {}
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=900, limits=limits) as client:
+        clients = [asyncio.create_task(client_loop(client, i)) for i in range(concurrency)]
+        await asyncio.sleep(warmup_s)
+        if metrics_url:
+            before = await asyncio.to_thread(triton_counters.read, metrics_url)
+        window["start"] = time.perf_counter()
+        window["end"] = window["start"] + seconds
+        with GpuSampler() as gpu:
+            await asyncio.sleep(seconds)
+            after = await asyncio.to_thread(triton_counters.read, metrics_url) if metrics_url else {}
+        await asyncio.gather(*clients)  # those in flight finish; none is counted after the window
+    return Level(
+        endpoint, concurrency, seconds, answered, errors, round(answered / seconds, 2),
+        round(statistics.median(latencies), 1) if latencies else 0.0,
+        round(percentile(latencies, 0.95), 1) if latencies else 0.0,
+        round(percentile(latencies, 0.99), 1) if latencies else 0.0,
+        triton_counters.stretch(before, after) if metrics_url else {}, gpu.summary(),
+    )  # fmt: skip
+
+
+def inprocess_rates(work: Path, endpoint: str) -> dict[int, float]:
+    """The role's own rate by batch size, from the ``inprocess`` phase's results (requests or clips/s)."""
+    path = work / "results" / "inprocess.json"
+    if not path.exists():
+        return {}
+    results: dict[str, Any] = json.loads(path.read_text())
+    if endpoint == "stt":
+        turbo = results.get("stt", {}).get("large-v3-turbo", {})
+        return {
+            int(key.removeprefix("batch")): float(row["role_torch_clips_s"])
+            for key, row in turbo.items()
+            if key.startswith("batch") and "role_torch_clips_s" in row
+        }
+    batches = results.get(endpoint, {}).get("batches", {})
+    return {int(batch): float(row["requests_s"]) for batch, row in batches.items() if "requests_s" in row}

@@ -1,0 +1,44 @@
+"""The served benchmark's level: a fixed window after a warm-up, what it counts and how it compares."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from loadtests.bench.gpu.levels import Level, percentile, run_level
+from loadtests.bench.gpu.served import served_over_inprocess
+
+
+def test_a_level_counts_only_what_is_answered_inside_its_window() -> None:
+    sent: list[float] = []
+
+    async def send(client: httpx.AsyncClient, base: str, n: int) -> httpx.Response:
+        sent.append(time.perf_counter())
+        await asyncio.sleep(0.05)  # each client: about 20 answers a second
+        return httpx.Response(200 if n % 10 else 503)
+
+    started = time.perf_counter()
+    level = asyncio.run(run_level("http://unused", "stt", 4, send, seconds=1.0, warmup_s=0.5))
+    elapsed = time.perf_counter() - started
+    assert 1.5 <= elapsed < 1.8  # warm-up, window, and the requests in flight at its end
+    assert 55 <= level.requests + level.errors <= 80  # 4 clients x 20 a second x 1 s, not the warm-up
+    assert level.errors > 0 and abs(level.throughput_rps - level.requests) < 1e-9
+    assert 50 <= level.p50_ms <= level.p95_ms <= level.p99_ms < 150
+    assert len(sent) > level.requests + level.errors  # the warm-up's requests were sent, not counted
+    assert level.triton == {} and level.gpu_utilisation is None  # no Triton here, no GPU
+
+
+def test_percentiles_of_a_short_list() -> None:
+    assert percentile([5.0, 1.0, 3.0], 0.5) == 3.0
+    assert percentile([float(v) for v in range(1, 101)], 0.99) == 99.0
+
+
+def test_served_throughput_is_set_beside_the_roles_rate_in_process() -> None:
+    level = Level("stt", 64, 20.0, 2000, 0, 100.0, 500.0, 700.0, 800.0, {"stt": {"mean_batch": 14.2}})
+    ratios = served_over_inprocess(level, {1: 27.1, 8: 83.9, 32: 105.5})
+    assert ratios["inprocess_best"] == {"batch": 32, "rate": 105.5}
+    assert ratios["served_over_best"] == round(100.0 / 105.5, 3)
+    assert ratios["inprocess_at_formed_batch"] == {"batch": 8, "rate": 83.9}  # batches of 14: below 32
+    assert served_over_inprocess(level, {}) == {}
