@@ -57,10 +57,14 @@ UNLIMITED_ENV = {
 
 
 def local_stack(
-    log_path: Path, env: dict[str, str] | None = None, server: str = "pytriton", repository: Path | None = None
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    server: str = "pytriton",
+    repository: Path | None = None,
+    facade_workers: int = 1,
 ) -> contextlib.AbstractContextManager[LocalStack]:
     """The whole stack for a load test: ``milo_voice.local_stack`` with the rate limits lifted."""
-    return serve_locally(log_path, {**UNLIMITED_ENV, **(env or {})}, server, repository)
+    return serve_locally(log_path, {**UNLIMITED_ENV, **(env or {})}, server, repository, facade_workers)
 
 
 def run_locust(args: argparse.Namespace, url: str, out: Path) -> int:

@@ -211,7 +211,8 @@ def _serve(args: argparse.Namespace) -> int:
         facade = supervisor.add(
             Child(
                 name="facade",
-                command=[sys.executable, "-m", "api_facade", "--host", args.host, "--port", str(args.facade_port)],
+                command=[sys.executable, "-m", "api_facade", "--host", args.host, "--port", str(args.facade_port),
+                         "--workers", str(args.facade_workers)],
                 env=facade_env,
                 ready_checks=[answers_200(f"http://127.0.0.1:{args.facade_port}/health")],
             )
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--facade-port", type=int, default=8080)
+    serve.add_argument("--facade-workers", type=int, default=1, help="facade processes (they share one port)")
     serve.add_argument(
         "--host", default="127.0.0.1", help="the facade's address (default loopback only; 0.0.0.0: every interface)"
     )

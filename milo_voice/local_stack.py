@@ -49,7 +49,11 @@ class LocalStack:
 
 @contextlib.contextmanager
 def local_stack(
-    log_path: Path, env: dict[str, str] | None = None, server: str = "pytriton", repository: Path | None = None
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    server: str = "pytriton",
+    repository: Path | None = None,
+    facade_workers: int = 1,
 ) -> Iterator[LocalStack]:
     """``milo-voice serve`` on free ports (``server``: pytriton or tritonserver), yielded once the
     facade is ready, and stopped the Ctrl-C way afterwards. No Redis: each run starts from nothing
@@ -59,6 +63,7 @@ def local_stack(
         sys.executable, "-m", "milo_voice.cli", "serve", "--host", "127.0.0.1", "--server", server,
         "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
         "--metrics-port", str(ports["metrics"]), "--facade-port", str(ports["facade"]), "--no-redis",
+        "--facade-workers", str(facade_workers),
         *(["--model-repository", str(repository)] if repository else []),
     ]  # fmt: skip
     with log_path.open("wb") as log:

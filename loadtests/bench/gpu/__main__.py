@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=20.0, help="served, voice: how long each level is measured (new turns)"
     )
     parser.add_argument("--warmup", type=float, default=5.0, help="served: seconds each level sends before counting")
+    parser.add_argument("--facade-workers", type=int, default=1, help="served: the facade's processes")
     parser.add_argument("--max-tokens", type=int, default=64, help="voice: the length of every reply")
     parser.add_argument("--methods", default="", help="voice: the ways measured (default: all of voice_turn's)")
     parser.add_argument(

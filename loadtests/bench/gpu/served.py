@@ -114,7 +114,7 @@ def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any
         repository = args.work / f"repository-{variant}"
         write_configs(load_registry(registry), repository, instance_kind="gpu" if args.profile != "embedded" else None)
     started = time.perf_counter()
-    with local_stack(log, env, args.server, repository) as stack:
+    with local_stack(log, env, args.server, repository, args.facade_workers) as stack:
         print(f"{variant}: stack ready in {time.perf_counter() - started:.0f} s", flush=True)
         yield stack, list(models), round(time.perf_counter() - started, 1)
 
@@ -122,7 +122,7 @@ def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any
 def phase_served(args: argparse.Namespace) -> None:
     for variant in args.variants.split(","):
         log = args.work / f"stack-{variant}{_server_suffix(args)}.log"
-        result: dict[str, Any] = {"variant": variant, "server": args.server}
+        result: dict[str, Any] = {"variant": variant, "server": args.server, "facade_workers": args.facade_workers}
         try:
             with stack_for(args, variant, log) as (stack, models, start_s):
                 result["start_s"] = start_s
@@ -150,7 +150,8 @@ def phase_served(args: argparse.Namespace) -> None:
         except Exception as exc:
             result["error"] = f"{type(exc).__name__}: {exc}"
             print(f"{variant} failed: {exc}; log tail:\n{_tail(log)}", flush=True)
-        save(args.work, f"served-{variant}{_server_suffix(args)}", result)
+        workers = f"-w{args.facade_workers}" if args.facade_workers > 1 else ""
+        save(args.work, f"served-{variant}{_server_suffix(args)}{workers}", result)
 
 
 def served_over_inprocess(level: Level, reference: dict[int, float]) -> dict[str, Any]:
