@@ -31,7 +31,8 @@ libraries() {
     export LD_LIBRARY_PATH="$libdir:$site/nvidia_pytriton.libs:/tmp/cu12:$cuda:${cudnn:+$cudnn:}${LD_LIBRARY_PATH:-}"
     # llama.cpp as `llama-build` built it: llama-cpp-python loads these, llama-server runs from there.
     local server
-    server=$(ls "$HOME"/.cache/milo-voice/llama-server-*-cuda/llama-server 2>/dev/null | head -1)
+    # Not built (phases without chat): nothing to set; `|| true`, or pipefail would end the script.
+    server=$(ls "$HOME"/.cache/milo-voice/llama-server-*-cuda/llama-server 2>/dev/null | head -1 || true)
     if [ -n "$server" ]; then
         export LLAMA_CPP_LIB_PATH=$(dirname "$server") LLAMA_SERVER=$server
         export LD_LIBRARY_PATH="$LLAMA_CPP_LIB_PATH:$LD_LIBRARY_PATH"  # libllama finds libggml there
