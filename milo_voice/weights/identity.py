@@ -20,6 +20,9 @@ IDENTITY_FILE = ".identity.json"
 # Bookkeeping of the stack's own, not weights.
 NOT_WEIGHTS = {IDENTITY_FILE, ".complete"}
 CHUNK = 1 << 20
+# Identities this process already hashed: a folder mounted read-only, where none can be stored,
+# is hashed once, not by every role and metric that asks.
+_HASHED: dict[Path, WeightsIdentity] = {}
 
 
 @dataclass(frozen=True)
@@ -68,22 +71,24 @@ def write(folder: Path) -> WeightsIdentity:
     return identity
 
 
+def _stored(folder: Path) -> WeightsIdentity | None:
+    try:
+        return WeightsIdentity(**json.loads((folder / IDENTITY_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def read(folder: Path) -> WeightsIdentity:
     """The stored identity, hashed again (and stored) if the files changed since or none is stored."""
-    stored = folder / IDENTITY_FILE
-    if stored.is_file():
-        try:
-            identity = WeightsIdentity(**json.loads(stored.read_text()))
-        except (ValueError, TypeError):
-            identity = None
-        if identity is not None and identity.stats == _stats(folder, _weight_files(folder)):
-            return identity
-    return write(folder)
+    stats = _stats(folder, _weight_files(folder))
+    for known in (_stored(folder), _HASHED.get(folder)):
+        if known is not None and known.stats == stats:
+            return known
+    identity = _HASHED[folder] = write(folder)
+    return identity
 
 
 def stored_revision(folder: Path) -> str | None:
     """The stored identity's revision, without hashing anything (``None`` if none is stored)."""
-    try:
-        return WeightsIdentity(**json.loads((folder / IDENTITY_FILE).read_text())).revision
-    except (OSError, ValueError, TypeError):
-        return None
+    stored = _stored(folder)
+    return stored.revision if stored is not None else None

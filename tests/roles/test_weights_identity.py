@@ -58,8 +58,13 @@ def test_weights_mounted_read_only_are_hashed_without_storing(tmp_path: Path, mo
         return original(path, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Path, "write_text", read_only)
-    assert identity.read(folder).revision == identity.compute(folder).revision
+    expected = identity.compute(folder).revision
+    hashed = []
+    compute = identity.compute
+    monkeypatch.setattr(identity, "compute", lambda f: hashed.append(f) or compute(f))
+    assert identity.read(folder).revision == expected
     assert identity.stored_revision(folder) is None
+    assert identity.read(folder).revision == expected and len(hashed) == 1  # hashed once per process
 
 
 class LocalHub:
