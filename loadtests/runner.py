@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from loadtests.audit import format_table, gate, parse_targets, read_locust_stats
 from loadtests.processes import REPO
@@ -57,14 +58,11 @@ UNLIMITED_ENV = {
 
 
 def local_stack(
-    log_path: Path,
-    env: dict[str, str] | None = None,
-    server: str = "pytriton",
-    repository: Path | None = None,
-    facade_workers: int = 1,
+    log_path: Path, env: dict[str, str] | None = None, **options: Any
 ) -> contextlib.AbstractContextManager[LocalStack]:
-    """The whole stack for a load test: ``milo_voice.local_stack`` with the rate limits lifted."""
-    return serve_locally(log_path, {**UNLIMITED_ENV, **(env or {})}, server, repository, facade_workers)
+    """The whole stack for a load test: ``milo_voice.local_stack`` (``options``: its ``server``,
+    ``repository`` and ``facade_workers``) with the rate limits lifted."""
+    return serve_locally(log_path, {**UNLIMITED_ENV, **(env or {})}, **options)
 
 
 def run_locust(args: argparse.Namespace, url: str, out: Path) -> int:

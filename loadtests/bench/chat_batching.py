@@ -283,7 +283,7 @@ def stack(args: argparse.Namespace, slots: int, work: Path) -> Iterator[str]:
     if args.server == "tritonserver":
         repository = folder
         write_configs(load_registry(registry), repository, instance_kind="gpu" if args.gpu else None)
-    with local_stack(folder / "stack.log", env, args.server, repository) as running:
+    with local_stack(folder / "stack.log", env, server=args.server, repository=repository) as running:
         yield running.facade
 
 

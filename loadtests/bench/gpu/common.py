@@ -26,18 +26,20 @@ STT_REFERENCE = {
 }
 
 
+def nvidia_smi(query: str, *options: str, timeout_s: float | None = None) -> str | None:
+    """nvidia-smi's CSV answer to ``--query-<query>``; None where there is no NVIDIA driver (a CPU
+    dry run) or it did not answer within ``timeout_s``."""
+    command = ["nvidia-smi", *options, f"--query-{query}", "--format=csv,noheader,nounits"]
+    try:
+        return subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout_s).stdout.strip()
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+
+
 def gpu_memory() -> dict[str, Any]:
     """Memory in use on the GPU (MiB), in total and per process, as nvidia-smi reports it."""
-
-    def query(what: str) -> str:
-        try:
-            command = ["nvidia-smi", f"--query-{what}", "--format=csv,noheader,nounits"]
-            return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
-        except FileNotFoundError:  # no NVIDIA driver: a CPU dry run
-            return ""
-
-    total = query("gpu=name,memory.used,memory.total")
-    apps = query("compute-apps=pid,process_name,used_memory")
+    total = nvidia_smi("gpu=name,memory.used,memory.total") or ""
+    apps = nvidia_smi("compute-apps=pid,process_name,used_memory") or ""
     name, used, capacity = ([*total.split(", "), "", "", ""])[:3]
     return {
         "gpu": name,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import httpx
 
 from loadtests.bench import triton_counters
 from loadtests.bench.batching import Send
+from loadtests.bench.gpu.common import nvidia_smi
 
 
 @dataclass
@@ -55,11 +55,9 @@ class GpuSampler:
         self._thread = threading.Thread(target=self._run, name="gpu-sampler", daemon=True)
 
     def _run(self) -> None:
-        command = ["nvidia-smi", "--id=0", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
         while not self._stop.wait(self.interval_s):
-            try:
-                out = subprocess.run(command, capture_output=True, text=True, timeout=5).stdout.strip()
-            except (FileNotFoundError, subprocess.TimeoutExpired):
+            out = nvidia_smi("gpu=utilization.gpu", "--id=0", timeout_s=5)
+            if out is None:
                 return  # no driver here (a CPU dry run): nothing to sample
             if out.isdigit():
                 self.samples.append(float(out))

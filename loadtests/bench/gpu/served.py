@@ -114,7 +114,7 @@ def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any
         repository = args.work / f"repository-{variant}"
         write_configs(load_registry(registry), repository, instance_kind="gpu" if args.profile != "embedded" else None)
     started = time.perf_counter()
-    with local_stack(log, env, args.server, repository, args.facade_workers) as stack:
+    with local_stack(log, env, server=args.server, repository=repository, facade_workers=args.facade_workers) as stack:
         print(f"{variant}: stack ready in {time.perf_counter() - started:.0f} s", flush=True)
         yield stack, list(models), round(time.perf_counter() - started, 1)
 
