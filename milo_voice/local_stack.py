@@ -45,6 +45,7 @@ class LocalStack:
     triton_http: str  # host:port
     triton_grpc: str
     metrics: str  # host:port of Triton's Prometheus metrics
+    pid: int  # the ``milo-voice serve`` process: the host and the facade run under it
 
 
 @contextlib.contextmanager
@@ -74,8 +75,9 @@ def local_stack(
             print(f"starting the stack (log: {log_path}) ...", flush=True)
             wait_ok(f"{url}/ready", 900, process)
             yield LocalStack(
-                url, f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}", f"127.0.0.1:{ports['metrics']}"
-            )
+                url, f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}", f"127.0.0.1:{ports['metrics']}",
+                process.pid,
+            )  # fmt: skip
         finally:
             process.send_signal(signal.SIGINT)
             try:

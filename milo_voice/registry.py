@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,12 @@ class ModelSpec:
     # "module:Class": a subclass of the role's class built in its place with the same arguments
     # (a load test's fixed generation lengths, a fine-tuned variant's own pre- or post-processing).
     implementation: str = ""
+    # The batching on a host with GPUs, where it differs: there a batch of 32 costs little more
+    # than one request, where on a CPU its time grows with every request in it.
+    gpu_batching: Batching | None = None
+
+    def batching_on(self, gpus: int) -> Batching:
+        return self.gpu_batching if gpus and self.gpu_batching else self.batching
 
     def weights(self, profile: str) -> Weights:
         try:
@@ -113,7 +119,7 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
     role = table["role"]
     if role not in ROLES:
         raise ValueError(f"model {name!r}: unknown role {role!r}; expected one of {ROLES}")
-    batching = Batching(
+    batching = _checked_batching(name, Batching(
         max_batch_size=int(table["max_batch_size"]),
         max_queue_delay_us=int(table["max_queue_delay_us"]),
         preferred_batch_sizes=tuple(table.get("preferred_batch_sizes", ())),
@@ -121,9 +127,16 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
         default_priority_level=int(table.get("default_priority_level", 0)),
         max_queue_size=int(table.get("max_queue_size", 0)),
         queue_timeout_us=int(table.get("queue_timeout_us", 0)),
-    )
-    if batching.priority_levels and not 1 <= batching.default_priority_level <= batching.priority_levels:
-        raise ValueError(f"model {name!r}: default_priority_level outside 1..{batching.priority_levels}")
+    ))  # fmt: skip
+    gpu_batching = None
+    if "gpu_batching" in table:  # the keys it names replace the CPU's
+        changes = dict(table["gpu_batching"])
+        unknown = set(changes) - {f.name for f in fields(Batching)}
+        if unknown:
+            raise ValueError(f"model {name!r}: gpu_batching has unknown keys {sorted(unknown)}")
+        if "preferred_batch_sizes" in changes:
+            changes["preferred_batch_sizes"] = tuple(changes["preferred_batch_sizes"])
+        gpu_batching = _checked_batching(name, replace(batching, **changes))
     gpu_count = table["instances"].get("gpu_count")
     instances = Instances(
         count=int(table["instances"]["count"]),
@@ -156,7 +169,18 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
         params=dict(table.get("params", {})),
         profiles=profiles,
         implementation=implementation,
+        gpu_batching=gpu_batching,
     )
+
+
+def _checked_batching(name: str, batching: Batching) -> Batching:
+    if batching.max_batch_size < 1:
+        raise ValueError(f"model {name!r}: max_batch_size below 1")
+    if any(not 1 <= size <= batching.max_batch_size for size in batching.preferred_batch_sizes):
+        raise ValueError(f"model {name!r}: a preferred batch size outside 1..{batching.max_batch_size}")
+    if batching.priority_levels and not 1 <= batching.default_priority_level <= batching.priority_levels:
+        raise ValueError(f"model {name!r}: default_priority_level outside 1..{batching.priority_levels}")
+    return batching
 
 
 def registry_path() -> Path:

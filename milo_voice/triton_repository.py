@@ -76,7 +76,8 @@ def render_config(spec: ModelSpec, io: tensors.ModelIO, instance_kind: str | Non
     ``instance_kind`` ("gpu", "cpu", "auto") replaces the registry's, for an image that
     knows its hardware: the GPU model-server image pins every instance to ``KIND_GPU``.
     """
-    b = spec.batching
+    # A GPU image's repository takes the registry's batching and count for GPU hosts.
+    b = spec.batching_on(1) if instance_kind == "gpu" else spec.batching
     lines = [HEADER, f'name: "{io.name}"\n', 'backend: "python"\n']
     if io.streaming:
         # Streams answer one request at a time per instance, in several responses.
@@ -85,7 +86,6 @@ def render_config(spec: ModelSpec, io: tensors.ModelIO, instance_kind: str | Non
         lines.append(f"max_batch_size: {b.max_batch_size}\n")
     lines += [_tensors("input", io.inputs), _tensors("output", io.outputs)]
     kind = INSTANCE_KINDS[instance_kind or spec.instances.kind]
-    # A GPU image's repository takes the registry's count for GPU hosts.
     count = spec.instances.count_on(1) if instance_kind == "gpu" else spec.instances.count
     lines.append(f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n")
     if not io.streaming:

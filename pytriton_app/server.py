@@ -64,8 +64,8 @@ def _tensor(spec: tensors.TensorSpec) -> Tensor:
     return Tensor(name=spec.name, dtype=spec.dtype, shape=spec.shape, optional=spec.optional)
 
 
-def model_config(spec: ModelSpec, io: tensors.ModelIO) -> ModelConfig:
-    b = spec.batching
+def model_config(spec: ModelSpec, io: tensors.ModelIO, gpus: int = 0) -> ModelConfig:
+    b = spec.batching_on(gpus)
     if io.streaming:
         # Streams are answered one request at a time per instance: no batching.
         return ModelConfig(batching=False, decoupled=True)
@@ -167,14 +167,14 @@ def plan_bindings(registry: Registry, instances: dict[str, list[Any]]) -> list[B
     return bindings
 
 
-def bind_all(triton: Triton, bindings: list[Binding]) -> list[str]:
+def bind_all(triton: Triton, bindings: list[Binding], gpus: int = 0) -> list[str]:
     for b in bindings:
         triton.bind(
             model_name=b.name,
             infer_func=b.callables,
             inputs=[_tensor(t) for t in b.io.inputs],
             outputs=[_tensor(t) for t in b.io.outputs],
-            config=model_config(b.spec, b.io),
+            config=model_config(b.spec, b.io, gpus),
             strict=True,
         )
     return [b.name for b in bindings]
@@ -239,7 +239,7 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
                 config = triton_config(ports, triton_metrics_port, exit_timeout_s(bindings))
                 triton_server = Triton(config=config, security_config=security)
                 with MetricsRelay(ports.metrics, triton_metrics_port), triton_server as triton:
-                    bound = bind_all(triton, bindings)
+                    bound = bind_all(triton, bindings, planner.gpu_count)
                     log.info(
                         "serving %s on http :%d, grpc :%d, metrics :%d",
                         ", ".join(bound),

@@ -1,4 +1,5 @@
-"""Translation with NLLB-200 on CTranslate2.
+"""Translation with NLLB-200: CTranslate2's ``Translator``, or on a GPU the same model and the same
+beam search in torch with CUDA graphs (``milo_voice/roles/nllb``), from the one model directory.
 
 Every request carries its own source and target language, and the language codes are
 put into the token sequence of that request only: there is no tokenizer-wide
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ctranslate2
 import sentencepiece as spm
@@ -37,6 +38,12 @@ def read_vocabulary(folder: Path) -> list[str]:
     return (folder / "shared_vocabulary.txt").read_text(encoding="utf-8").splitlines()
 
 
+Engine = Literal["auto", "ctranslate2", "torch"]
+# The widest batch the torch engine captures its graphs for at load: sentences of a Triton batch
+# (the registry's largest max_batch_size on a GPU) times the beam.
+WARM_SENTENCES = 64
+
+
 class TranslateInputError(InputError):
     """A request that cannot be translated (empty text, unknown or equal languages)."""
 
@@ -55,12 +62,30 @@ class Translator:
         max_decoding_length: int = 256,
         max_input_tokens: int = 512,
         intra_threads: int = 0,
+        engine: Engine = "auto",
     ) -> None:
+        """``engine``: "torch" decodes in torch with CUDA graphs ("auto" does on a GPU with a beam of 2
+        or more: CTranslate2's decoding there is paced by kernel launches); "ctranslate2" decodes in
+        CTranslate2, as "auto" does on a CPU."""
         path = Path(model_path)
         self.revision = identity.read(path).revision
-        self._translator = ctranslate2.Translator(
-            str(path), device=device, device_index=device_index, compute_type=compute_type, intra_threads=intra_threads
-        )
+        self._translator: Any
+        self.engine = engine if engine != "auto" else "torch" if device == "cuda" and beam_size >= 2 else "ctranslate2"
+        if self.engine == "torch":
+            from milo_voice.roles.nllb.engine import TorchTranslator, torch_dtype
+
+            if beam_size < 2:
+                raise ValueError("the torch engine runs beam search: beam_size 2 or more")
+
+            self._translator = TorchTranslator(
+                path, read_vocabulary(path), f"{device}:{device_index}" if device == "cuda" else device,
+                torch_dtype(compute_type), max_decoding_length,
+            )  # fmt: skip
+        else:
+            self._translator = ctranslate2.Translator(
+                str(path), device=device, device_index=device_index, compute_type=compute_type,
+                intra_threads=intra_threads,
+            )  # fmt: skip
         self._sentencepiece = spm.SentencePieceProcessor(model_file=str(path / "sentencepiece.bpe.model"))
         unknown = set(languages) - set(NLLB_CODES)
         if unknown:
@@ -79,6 +104,8 @@ class Translator:
         self.max_input_tokens = min(max_input_tokens, positions - 2) if positions else max_input_tokens
         if positions:
             self.max_decoding_length = min(max_decoding_length, positions - 1)
+        if self.engine == "torch":
+            self._translator.warm_up(WARM_SENTENCES, beam_size)
 
     def _checked_pieces(self, request: TranslateRequest) -> list[tuple[list[str], str]]:
         """``request`` checked (``TranslateInputError``), and its text as ``_pieces`` (which refuses a

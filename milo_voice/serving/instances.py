@@ -158,6 +158,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
             beam_size=int(params.get("beam_size", 2)),
             max_decoding_length=int(params.get("max_decoding_length", 256)),
             intra_threads=_cpu_threads(),
+            engine=params.get("engine", "auto"),
         )
     if spec.role == "chat":
         if spec.name == CLOUD_CHAT or server_settings().chat_backend == "cloud":

@@ -40,7 +40,8 @@ def test_torch_encoder_reads_deduplicated_weights_of_a_seeded_shape(toy_whisper:
     import ctranslate2
     import torch
 
-    from milo_voice.roles.whisper.encoder import WhisperEncoder, read_model_bin
+    from milo_voice.roles.ctranslate2_files import read_model_bin
+    from milo_voice.roles.whisper.encoder import WhisperEncoder
 
     names = read_model_bin(toy_whisper / "model.bin", prefix="encoder/")
     assert "encoder/conv1/bias" in names and "encoder/layer_0/self_attention/linear_0/bias" in names
@@ -54,7 +55,7 @@ def test_torch_encoder_reads_deduplicated_weights_of_a_seeded_shape(toy_whisper:
 def test_bfloat16_weights_are_read_from_their_bits() -> None:
     import torch
 
-    from milo_voice.roles.whisper.encoder import weight_tensor
+    from milo_voice.roles.ctranslate2_files import weight_tensor
 
     value = torch.tensor([[1.5, -2.25], [0.0078125, 3.0]], dtype=torch.bfloat16)
     bits = value.view(torch.int16).numpy().view(np.uint16)  # how read_model_bin returns bfloat16
@@ -63,7 +64,7 @@ def test_bfloat16_weights_are_read_from_their_bits() -> None:
 
 def test_torch_decoder_decodes_a_seeded_shape_like_ctranslate2(toy_whisper: Path) -> None:
     """The decoder's zero biases and its output projection are aliases in a seeded model.bin."""
-    from milo_voice.roles.whisper.encoder import read_model_bin
+    from milo_voice.roles.ctranslate2_files import read_model_bin
 
     names = read_model_bin(toy_whisper / "model.bin", prefix="decoder/")
     assert "decoder/projection/weight" in names and "decoder/layer_1/attention/linear_1/bias" in names
@@ -128,6 +129,13 @@ def test_nllb_shape_pads_the_vocabulary_and_honours_fixed_lengths(tmp_path: Path
         max_decoding_length=10,
     )
     assert len(result[0].hypotheses[0]) == 10
+    # The torch engine (the GPU's) reads the shape's file and searches as CTranslate2 does.
+    options = {"max_decoding_length": 10, "compute_type": "float32"}
+    reference = FixedLengthTranslator(tmp_path / "translate", engine="ctranslate2", **options)
+    torch_engine = FixedLengthTranslator(tmp_path / "translate", engine="torch", **options)
+    expected = reference.translate("Misaotra betsaka", "mg", "fr")
+    got = torch_engine.translate("Misaotra betsaka", "mg", "fr")
+    assert got.text == expected.text and got.score == pytest.approx(expected.score, abs=1e-4)
 
 
 def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, embedded_dir: Path) -> None:
@@ -165,7 +173,8 @@ def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str)
         assert registry["translate"].implementation == fixed_lengths.TRANSLATE
     assert registry["chat"].implementation == fixed_lengths.CHAT
     # Chat takes requests one at a time and batches them in the role: its slots say "unbatched".
-    sizes = {spec.batching.max_batch_size for spec in registry.models.values() if spec.role != "chat"}
+    served = [spec for spec in registry.models.values() if spec.role != "chat"]
+    sizes = {spec.batching_on(gpus).max_batch_size for spec in served for gpus in (0, 1)}
     assert (sizes == {1}) == (variant == "unbatched")
     assert (registry["chat"].params["gpu_slots"] == 1) == (variant == "unbatched")
     if variant == "stt-text":
@@ -179,13 +188,14 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
         return load_registry(path)
 
     stt = registry_of("stt-text+stt-x2+stt-numpy")["stt"]
-    assert stt.instances.count == 2 and stt.batching.max_batch_size == 8
+    assert stt.instances.count == 2 and stt.batching_on(1).max_batch_size == 8
     assert stt.params["timestamps"] is False and stt.params["features"] == "numpy"
     fast = registry_of("stt-text+stt-x2+stt-q5")["stt"]
-    assert fast.batching.max_queue_delay_us == 5000 and "features" not in fast.params
+    assert fast.batching_on(1).max_queue_delay_us == 5000 and "features" not in fast.params
+    assert fast.batching_on(1).max_batch_size == 8  # overlays merge gpu_batching key by key
     assert "encoder" not in fast.params  # the role's default: torch on a GPU
     ct2 = registry_of("stt-text+stt-x2+stt-q1+stt-ct2enc")["stt"]
-    assert ct2.batching.max_queue_delay_us == 1000 and ct2.params["encoder"] == "ctranslate2"
+    assert ct2.batching_on(1).max_queue_delay_us == 1000 and ct2.params["encoder"] == "ctranslate2"
     assert ct2.params["decoder"] == "ctranslate2"  # CTranslate2's decoder reads only its own encoder's output
     ct2_decoder = registry_of("stt-large-v3+stt-text+stt-x2+stt-q1+stt-ct2dec")["stt"]
     assert ct2_decoder.params["decoder"] == "ctranslate2" and "encoder" not in ct2_decoder.params
@@ -195,11 +205,15 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
     unbatched = registry_of("chat-unbatched")
     # The facade needs every role, so the others stay (only chat is measured).
     assert set(unbatched.models) == {"stt", "tts", "translate", "chat"}
-    assert unbatched["chat"].params["gpu_slots"] == 1 and unbatched["stt"].batching.max_batch_size > 1
+    assert unbatched["chat"].params["gpu_slots"] == 1 and unbatched["stt"].batching_on(1).max_batch_size > 1
+    assert registry_of("unbatched")["stt"].batching_on(1).max_batch_size == 1
+    assert registry_of("translate-ct2")["translate"].params["engine"] == "ctranslate2"
+    assert registry_of("translate-q10")["translate"].batching_on(1).max_queue_delay_us == 10000
+    assert registry_of("tts-q1")["tts"].batching_on(1).max_queue_delay_us == 1000
     assert registry_of("translate-int8")["translate"].params["gpu_compute_type"] == "int8_float16"
     audit = registry_of("audit")
     assert audit["translate"].params["gpu_compute_type"] == "float16"
-    assert audit["stt"].params["timestamps"] is False and audit["stt"].batching.max_queue_delay_us == 1000
+    assert audit["stt"].params["timestamps"] is False and audit["stt"].batching_on(1).max_queue_delay_us == 1000
     # Overlays compose in order, each one a file of overlays/.
     assert registry_of("translate-int8+translate-beam1")["translate"].params["beam_size"] == 1
     with pytest.raises(ValueError, match="unknown overlay 'chat-fast'"):
@@ -211,7 +225,8 @@ def test_tuned_variant_takes_batch_sizes_and_instances(tmp_path: Path) -> None:
     path = tmp_path / "registry.toml"
     path.write_text(variants.dump_registry(variants.bench_models(tuned, "tuned")))
     stt = load_registry(path)["stt"]
-    assert (stt.batching.max_batch_size, stt.batching.preferred_batch_sizes, stt.instances.count) == (8, (2, 4, 8), 2)
+    gpu = stt.batching_on(1)
+    assert (gpu.max_batch_size, gpu.preferred_batch_sizes, stt.instances.count) == (8, (2, 4, 8), 2)
 
 
 def test_knee_is_the_smallest_size_near_the_best_throughput() -> None:

@@ -188,7 +188,8 @@ def test_int8_weights_are_dequantised_like_ctranslate2(
 ) -> None:
     import torch
 
-    from milo_voice.roles.whisper.encoder import WhisperEncoder, read_model_bin
+    from milo_voice.roles.ctranslate2_files import read_model_bin
+    from milo_voice.roles.whisper.encoder import WhisperEncoder
 
     weights = read_model_bin(embedded_dir / "stt" / "model.bin", prefix="encoder/")
     quantized = dict(weights)
@@ -211,9 +212,9 @@ def test_torch_encoder_transcribes_like_ctranslate2(
 
 
 def test_a_model_bin_of_another_kind_is_refused(embedded_dir: Path) -> None:
-    from milo_voice.roles.whisper.encoder import ModelFileError, read_model_bin
+    from milo_voice.roles.ctranslate2_files import ModelFileError, read_model_bin
 
-    with pytest.raises(ModelFileError, match="not a Whisper model"):
+    with pytest.raises(ModelFileError, match="not a WhisperSpec"):
         read_model_bin(embedded_dir / "translate" / "model.bin")
 
 

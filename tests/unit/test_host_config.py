@@ -68,11 +68,25 @@ def test_every_tensor_has_a_triton_type() -> None:
 
 
 def test_gpu_hosts_take_the_registry_gpu_count(registry: Registry) -> None:
-    instances = registry["stt"].instances
+    instances = registry["tts"].instances
     assert instances.count_on(0) == instances.count == 1
-    assert instances.count_on(1) == instances.gpu_count == 2
-    assert registry["tts"].instances.count_on(1) == 4 and registry["tts"].instances.count_on(0) == 1
+    assert instances.count_on(1) == instances.gpu_count == 4
+    assert registry["stt"].instances.count_on(1) == registry["stt"].instances.count == 1
     assert registry["translate"].instances.count_on(1) == registry["translate"].instances.count
+
+
+def test_gpu_hosts_take_the_registry_gpu_batching(registry: Registry) -> None:
+    stt = registry["stt"]
+    on_cpu, on_gpu = model_config(stt, tensors.STT, gpus=0), model_config(stt, tensors.STT, gpus=1)
+    assert on_cpu.max_batch_size == stt.batching.max_batch_size == 8
+    assert on_gpu.max_batch_size == 32 and on_gpu.batcher.preferred_batch_size == [8, 16, 32]
+    # The keys gpu_batching leaves out stay the CPU's: the queue's policy and priorities.
+    assert on_gpu.batcher.max_queue_delay_microseconds == stt.batching.max_queue_delay_us
+    assert on_gpu.batcher.priority_levels == 2
+    assert on_gpu.batcher.default_queue_policy.max_queue_size == stt.batching.max_queue_size
+    translate = registry["translate"]
+    assert translate.batching_on(1).max_queue_delay_us < translate.batching_on(0).max_queue_delay_us
+    assert registry["chat"].batching_on(1) == registry["chat"].batching  # none given: the same everywhere
 
 
 def test_a_chat_process_loads_only_the_chat_roles_libraries(embedded_dir: Path) -> None:

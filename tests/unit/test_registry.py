@@ -47,6 +47,18 @@ def test_bad_registry_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="default_priority_level"):
         load_registry(bad)
+    bad.write_text(
+        '[models.x]\nrole = "stt"\nmax_batch_size = 8\nmax_queue_delay_us = 0\ninstances = { count = 1 }\n'
+        "gpu_batching = { max_batch_size = 32, queue_delay = 5 }\n"
+    )
+    with pytest.raises(ValueError, match="gpu_batching has unknown keys"):
+        load_registry(bad)
+    bad.write_text(
+        '[models.x]\nrole = "stt"\nmax_batch_size = 8\nmax_queue_delay_us = 0\ninstances = { count = 1 }\n'
+        "gpu_batching = { preferred_batch_sizes = [16] }\n"
+    )
+    with pytest.raises(ValueError, match=r"preferred batch size outside 1\.\.8"):
+        load_registry(bad)
 
 
 def test_an_implementation_must_name_a_class_in_a_module(tmp_path: Path) -> None:

@@ -101,8 +101,13 @@ def test_an_image_can_pin_every_instance_to_gpus(registry: Registry, tmp_path: P
     for spec, io in served_models(registry):
         config = text_format.Parse((tmp_path / io.name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-        # The count for GPU hosts (STT: 2) where the registry gives one, the plain count elsewhere.
+        # The count for GPU hosts (TTS: 4) where the registry gives one, the plain count elsewhere.
         assert config.instance_group[0].count == (spec.instances.gpu_count or spec.instances.count)
-    assert registry["stt"].instances.gpu_count == 2
+        # So with the batching: GPU hosts' where the registry gives it (STT: up to 32).
+        if not io.streaming:
+            assert config.max_batch_size == spec.batching_on(1).max_batch_size
+            assert config.dynamic_batching.max_queue_delay_microseconds == spec.batching_on(1).max_queue_delay_us
+    assert registry["tts"].instances.gpu_count == 4
+    assert registry["stt"].batching_on(1).max_batch_size == 32
     # The committed repository keeps the registry's kinds, so it loads on CPU-only machines too.
     assert stale_configs(registry, ROOT) == []

@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="build/inprocess: a subset of stt,tts,translate,chat")
     parser.add_argument("--no-large-v3", action="store_true", help="build: the turbo STT shape only")
     parser.add_argument("--variants", default="configured,unbatched", help="served/locust: registry variants")
-    parser.add_argument("--endpoints", default="stt,tts,translate,chat", help="served: endpoints measured")
+    parser.add_argument(
+        "--endpoints", default="stt,tts,translate,chat",
+        help="served: endpoints measured, each at --levels or at its own (stt-short:1, tts:1/64)",
+    )  # fmt: skip
     parser.add_argument("--drop", default="", help="served/locust: models left out of the variants")
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--levels", type=lambda text: [int(x) for x in text.split(",")], default=list(LEVELS))

@@ -179,19 +179,42 @@ def tts_inprocess(path: Path) -> dict[str, Any]:
 
 
 def translate_inprocess(path: Path) -> dict[str, Any]:
-    from contract.records import TranslateRequest
+    """Both engines of the role in float16 (the registry's GPU compute type), beam 2, side by side:
+    the torch engine (the GPU default) is ``batches``, CTranslate2's ``ctranslate2_batches``."""
+    from contract.records import TranslateRequest, Translation
     from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 
-    before = _memory_used_mib()
-    translator = FixedLengthTranslator(
-        path, device="cuda", compute_type="int8_float16", max_decoding_length=TRANSLATE_TOKENS
-    )
-    rows: dict[str, Any] = {"memory_mib": round(_memory_used_mib() - before), "batches": {}}
-    source, target, text = payloads.TRANSLATE_LONG[0]
-    for batch in (1, 4, 8, 16, 32, 64):
-        requests = [TranslateRequest(text, source, target)] * batch
-        seconds = timed(lambda requests=requests: translator.translate_batch(requests), 5)
-        rows["batches"][batch] = {"ms": round(seconds * 1000, 1), "requests_s": round(batch / seconds, 1)}
+    rows: dict[str, Any] = {}
+    made = {}
+    for engine, key in (("ctranslate2", "ctranslate2_batches"), ("torch", "batches")):
+        before = _memory_used_mib()
+        translator = FixedLengthTranslator(
+            path, device="cuda", compute_type="float16", max_decoding_length=TRANSLATE_TOKENS, engine=engine
+        )
+        made[engine] = translator
+        rows[f"{engine}_memory_mib"] = round(_memory_used_mib() - before)
+        rows[key] = {}
+        source, target, text = payloads.TRANSLATE_LONG[0]
+        for batch in (1, 4, 8, 16, 32, 64):
+            requests = [TranslateRequest(text, source, target)] * batch
+            seconds = timed(lambda requests=requests, t=translator: t.translate_batch(requests), 5)
+            rows[key][batch] = {"ms": round(seconds * 1000, 1), "requests_s": round(batch / seconds, 1)}
+    # What the two decide, on the benchmark's texts (seeded weights: the texts mean nothing, but the
+    # searches must agree but for float16's rounding).
+    requests = [TranslateRequest(t, s, g) for s, g, t in [*payloads.TRANSLATE_SHORT, *payloads.TRANSLATE_LONG]]
+    answers = {engine: made[engine].translate_batch(requests) for engine in made}
+    same = [
+        isinstance(a, Translation) and isinstance(b, Translation) and a.text == b.text
+        for a, b in zip(answers["ctranslate2"], answers["torch"], strict=True)
+    ]
+    rows["agreement"] = {
+        "same_text": sum(same),
+        "of": len(same),
+        "score_diff_max": max(
+            (abs(a.score - b.score) for a, b in zip(answers["ctranslate2"], answers["torch"], strict=True)
+             if isinstance(a, Translation) and isinstance(b, Translation)), default=0.0,
+        ),
+    }  # fmt: skip
     return rows
 
 

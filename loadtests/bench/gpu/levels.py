@@ -4,13 +4,15 @@ A level sends for ``warmup_s`` first (batches and caches settle; nothing is coun
 ``seconds``: every client sends its next request as soon as its last is answered. Counted are the
 requests answered inside the window (throughput), the latency of those started inside it
 (P50/P95/P99), Triton's per-model counters read at the window's start and end (requests per
-execution: the batches the level formed), and the GPU's utilisation sampled through it.
+execution: the batches the level formed), the GPU's utilisation sampled through it, and the CPU
+time the facade's processes spent in it (per request answered, and in cores).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import threading
 import time
@@ -38,11 +40,50 @@ class Level:
     p99_ms: float
     triton: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per model, the window's
     gpu_utilisation: dict[str, float] | None = None  # mean and max percent, where nvidia-smi answers
+    facade_cpu: dict[str, float] | None = None  # the facade's CPU seconds in the window, per request, in cores
+
+
+def process_tree_cpu_s(root: int, marker: bytes) -> float | None:
+    """CPU seconds (user and system) spent so far by the processes under ``root`` whose command line
+    holds ``marker``, their children included (a facade's workers); None where none is found."""
+    parents: dict[int, int] = {}
+    spent: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat", "rb").read()  # noqa: SIM115 (one read, closed at once)
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat.rsplit(b")", 1)[1].split()  # after "pid (name)": state, ppid, ... utime is 14th
+        parents[int(entry)] = int(fields[1])
+        spent[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+
+    def under(pid: int, ancestor: int) -> bool:
+        while pid in parents and pid != ancestor:
+            pid = parents[pid]
+        return pid == ancestor
+
+    def has_marker(pid: int) -> bool:
+        try:
+            return marker in open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            return False
+
+    marked = [pid for pid in spent if under(pid, root) and has_marker(pid)]
+    if not marked:
+        return None
+    return sum(seconds for pid, seconds in spent.items() if any(under(pid, top) for top in marked))
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+# How the facade's process is told apart under ``milo-voice serve`` (cli.py starts ``-m api_facade``).
+FACADE_MARKER = b"-m\0api_facade"
 
 
 class GpuSampler:
@@ -84,7 +125,9 @@ async def run_level(
     seconds: float = 20.0,
     warmup_s: float = 5.0,
     metrics_url: str | None = None,
+    stack_pid: int | None = None,
 ) -> Level:
+    """``stack_pid``: the process the facade runs under, whose CPU time the level reports."""
     latencies: list[float] = []
     answered = errors = 0
     window: dict[str, float] = {}
@@ -112,18 +155,25 @@ async def run_level(
         await asyncio.sleep(warmup_s)
         if metrics_url:
             before = await asyncio.to_thread(triton_counters.read, metrics_url)
+        cpu_before = process_tree_cpu_s(stack_pid, FACADE_MARKER) if stack_pid else None
         window["start"] = time.perf_counter()
         window["end"] = window["start"] + seconds
         with GpuSampler() as gpu:
             await asyncio.sleep(seconds)
+            cpu_after = process_tree_cpu_s(stack_pid, FACADE_MARKER) if stack_pid else None
             after = await asyncio.to_thread(triton_counters.read, metrics_url) if metrics_url else {}
         await asyncio.gather(*clients)  # those in flight finish; none is counted after the window
+    facade_cpu = None
+    if cpu_before is not None and cpu_after is not None:
+        spent = cpu_after - cpu_before
+        facade_cpu = {"seconds": round(spent, 2), "ms_per_request": round(1000 * spent / max(answered, 1), 2),
+                      "cores": round(spent / seconds, 2)}  # fmt: skip
     return Level(
         endpoint, concurrency, seconds, answered, errors, round(answered / seconds, 2),
         round(statistics.median(latencies), 1) if latencies else 0.0,
         round(percentile(latencies, 0.95), 1) if latencies else 0.0,
         round(percentile(latencies, 0.99), 1) if latencies else 0.0,
-        triton_counters.stretch(before, after) if metrics_url else {}, gpu.summary(),
+        triton_counters.stretch(before, after) if metrics_url else {}, gpu.summary(), facade_cpu,
     )  # fmt: skip
 
 

@@ -35,9 +35,15 @@ async def _stt_long(client: httpx.AsyncClient, base: str, n: int) -> httpx.Respo
     return await client.post(f"{base}/v1/stt", files=files, data={"language": "fr"})
 
 
+async def _stt_short(client: httpx.AsyncClient, base: str, n: int) -> httpx.Response:
+    files = {"file": ("clip.wav", payloads.clip_wav("short"), "audio/wav")}
+    return await client.post(f"{base}/v1/stt", files=files, data={"language": "fr"})
+
+
 SERVED_SENDERS: dict[str, Send] = {
     "tts": SENDERS["tts"],
     "stt": _stt_long,
+    "stt-short": _stt_short,  # one short question: the latency a lone speaker sees
     "translate": SENDERS["translate"],
     "chat": _chat,
 }
@@ -131,14 +137,16 @@ def phase_served(args: argparse.Namespace) -> None:
                 levels: list[dict[str, Any]] = []
                 # A variant whose overlays all change one role's model measures that role only.
                 roles = {overlay.split("-")[0] for overlay in variant.split("+")}
-                measured = sorted(roles) if roles <= {"stt", "chat", "translate"} else args.endpoints.split(",")
-                for endpoint in [e for e in measured if e in models]:
-                    reference = inprocess_rates(args.work, endpoint)
-                    for concurrency in args.levels:
+                measured = endpoint_levels(args.endpoints, args.levels)
+                if roles <= {"stt", "chat", "translate", "tts"}:
+                    measured = [(e, levels) for e, levels in measured if e.split("-")[0] in roles]
+                for endpoint, endpoint_levels_ in [(e, ls) for e, ls in measured if e.split("-")[0] in models]:
+                    reference = inprocess_rates(args.work, endpoint) if endpoint in models else {}
+                    for concurrency in endpoint_levels_:
                         level = asyncio.run(
                             run_level(
                                 stack.facade, endpoint, concurrency, SERVED_SENDERS[endpoint],
-                                args.seconds, args.warmup, f"http://{stack.metrics}/metrics",
+                                args.seconds, args.warmup, f"http://{stack.metrics}/metrics", stack.pid,
                             )
                         )  # fmt: skip
                         row = {**asdict(level), **served_over_inprocess(level, reference)}
@@ -152,6 +160,17 @@ def phase_served(args: argparse.Namespace) -> None:
             print(f"{variant} failed: {exc}; log tail:\n{_tail(log)}", flush=True)
         workers = f"-w{args.facade_workers}" if args.facade_workers > 1 else ""
         save(args.work, f"served-{variant}{_server_suffix(args)}{workers}", result)
+
+
+def endpoint_levels(endpoints: str, levels: list[int]) -> list[tuple[str, list[int]]]:
+    """``--endpoints`` read: "stt,stt-short:1,tts" measures stt and tts at every level, stt-short at 1."""
+    measured = []
+    for item in filter(None, endpoints.split(",")):
+        name, _, own = item.partition(":")
+        if name not in SERVED_SENDERS:
+            raise ValueError(f"unknown endpoint {name!r} (known: {sorted(SERVED_SENDERS)})")
+        measured.append((name, [int(n) for n in own.split("/")] if own else levels))
+    return measured
 
 
 def served_over_inprocess(level: Level, reference: dict[int, float]) -> dict[str, Any]:
@@ -172,11 +191,12 @@ def served_over_inprocess(level: Level, reference: dict[int, float]) -> dict[str
 
 def level_line(variant: str, row: dict[str, Any]) -> str:
     batches = ", ".join(f"{m} {t['mean_batch']}" for m, t in row["triton"].items())
-    gpu = row["gpu_utilisation"] or {}
+    gpu, facade = row["gpu_utilisation"] or {}, row.get("facade_cpu") or {}
     return (
         f"{variant:<12} {row['endpoint']:<9} c={row['concurrency']:<3} {row['throughput_rps']:8.2f} req/s "
         f"P50 {row['p50_ms']:7.1f} P95 {row['p95_ms']:7.1f} P99 {row['p99_ms']:7.1f} ms errors {row['errors']} "
         f"| per execution: {batches or '-'} | GPU {gpu.get('mean', '-')}% "
+        f"| facade {facade.get('cores', '-')} cores, {facade.get('ms_per_request', '-')} ms/request "
         f"| served/in-process best {row.get('served_over_best', '-')}"
     )
 

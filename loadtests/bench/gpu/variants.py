@@ -10,6 +10,9 @@ A variant is overlays joined by "+" (``stt-text+stt-x2+stt-q1``), each a partial
 - a model's name (``chat``): that model alone;
 - ``NAMED`` variants, shorthands for the overlays that earlier runs measured together.
 
+The benchmark runs on a GPU host, where a model's ``gpu_batching`` replaces its batching: overlays
+that change batching change ``gpu_batching``.
+
 Seeded weights stop at random places, so every variant fixes the generation lengths: STT decodes
 ``STT_TOKENS`` per window (the reference's workload), translation ``TRANSLATE_TOKENS``, chat
 ``max_tokens``.
@@ -57,13 +60,17 @@ def bench_models(tuned: Models | None = None, variant: str = "configured") -> Mo
     return models
 
 
+MERGED = ("params", "gpu_batching")  # tables an overlay changes key by key
+
+
 def apply(models: Models, overlay: Models) -> None:
-    """``overlay`` on ``models``: its keys replace theirs, its ``params`` are merged key by key."""
+    """``overlay`` on ``models``: its keys replace theirs, its ``params`` and ``gpu_batching`` are
+    merged key by key."""
     for name, changes in overlay.items():
         table = models[name]
         for key, value in changes.items():
-            if key == "params":
-                table.setdefault("params", {}).update(value)
+            if key in MERGED:
+                table.setdefault(key, {}).update(value)
             else:
                 table[key] = value
 
@@ -82,8 +89,10 @@ def fixed_lengths() -> Models:
 def tuned_overlay(tuned: dict[str, dict[str, Any]]) -> Models:
     return {
         name: {
-            "max_batch_size": change["max_batch_size"],
-            "preferred_batch_sizes": change["preferred_batch_sizes"],
+            "gpu_batching": {
+                "max_batch_size": change["max_batch_size"],
+                "preferred_batch_sizes": change["preferred_batch_sizes"],
+            },
             "instances": {"count": change["instances"], "kind": "auto"},
         }
         for name, change in tuned.items()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from milo_voice.roles.whisper.encoder import LAYER_NORM_EPSILON, read_model_bin, weight_tensor
+from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, read_model_bin, weight_tensor
 
 # CTranslate2's WhisperOptions default: the first timestamp is at most 50 x 20 ms into the window.
 MAX_INITIAL_TIMESTAMP_INDEX = 50

@@ -1,0 +1,61 @@
+"""``TorchTranslator``: the part of ``ctranslate2.Translator.translate_batch`` the translation role
+calls, computed by ``NllbModel`` and ``beam_search``, from the same model directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from milo_voice.roles.nllb.model import NllbModel, special_ids
+from milo_voice.roles.nllb.search import SearchOptions, beam_search
+
+# CTranslate2's compute types to what torch computes in: int8 weights are dequantised.
+_DTYPES = {"float16": torch.float16, "int8_float16": torch.float16, "bfloat16": torch.bfloat16,
+           "int8_bfloat16": torch.bfloat16}  # fmt: skip
+
+
+def torch_dtype(compute_type: str) -> torch.dtype:
+    return _DTYPES.get(compute_type, torch.float32)
+
+
+@dataclass(frozen=True)
+class TranslationResult:
+    """What the role reads of CTranslate2's result: the best hypothesis, end token removed, and its score."""
+
+    hypotheses: list[list[str]]
+    scores: list[float]
+
+
+class TorchTranslator:
+    def __init__(
+        self, model_dir: Path, vocabulary: list[str], device: str, dtype: torch.dtype, max_length: int
+    ) -> None:
+        self.model = NllbModel.from_model_dir(model_dir, device, dtype, max_length)
+        self.tokens = vocabulary
+        self.ids = {token: i for i, token in enumerate(vocabulary)}
+        self.start_id, self.end_id, self.unk_id = special_ids(model_dir, self.ids)
+
+    def warm_up(self, max_batch: int, beam_size: int) -> None:
+        self.model.warm_up(max_batch * beam_size)
+
+    def translate_batch(
+        self,
+        source: list[list[str]],
+        target_prefix: list[list[str]],
+        beam_size: int = 2,
+        max_decoding_length: int = 256,
+        min_decoding_length: int = 0,
+        return_scores: bool = True,
+    ) -> list[TranslationResult]:
+        options = SearchOptions(self.start_id, self.end_id, beam_size, max_decoding_length, min_decoding_length)
+        best = beam_search(self.model, [self._ids(s) for s in source], [self._ids(p) for p in target_prefix], options)
+        results = []
+        for hypothesis in best:
+            tokens = hypothesis.tokens[:-1] if hypothesis.tokens[-1:] == [self.end_id] else hypothesis.tokens
+            results.append(TranslationResult([[self.tokens[i] for i in tokens]], [hypothesis.score]))
+        return results
+
+    def _ids(self, tokens: list[str]) -> list[int]:
+        return [self.ids.get(token, self.unk_id) for token in tokens]

@@ -1,0 +1,280 @@
+"""NLLB (M2M100) in torch, with the weights of the CTranslate2 model it sits beside.
+
+The encoder runs once per batch of sentences. The decoder runs one token per row a step, and a
+step (every layer: self-attention over a static key/value cache, cross-attention over the
+sentences' encoder states, the vocabulary projection) is captured once per shape as a CUDA graph
+and replayed: at the batch sizes a voice assistant sends, CTranslate2's decoding on a GPU is paced
+by its hundreds of small kernel launches a step, not by arithmetic, and a replayed graph is one
+launch.
+
+The layers are CTranslate2's ``TransformerSpec`` as its converter writes NLLB: pre-norm blocks,
+scaled embeddings plus sinusoidal position encodings, a final layer norm on each side, the fused
+query/key/value projection of self-attention and the fused key/value projection of cross-attention.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, read_model_bin, weight_tensor
+
+# CTranslate2's activation enum (include/ctranslate2/ops/activation.h) to torch.
+ACTIVATIONS = {0: functional.relu, 1: lambda x: functional.gelu(x, approximate="tanh"), 3: functional.gelu}
+# Source lengths are rounded up to one of these steps of cross-attention buffers (powers of two),
+# so that a handful of captured graphs serve every sentence length.
+MIN_SOURCE_BUCKET = 16
+
+
+def _power_of_two(n: int, least: int = 1) -> int:
+    return max(least, 1 << (n - 1).bit_length())
+
+
+class NllbModel:
+    """The encoder and the step decoder of a CTranslate2 NLLB model directory."""
+
+    def __init__(
+        self,
+        weights: dict[str, np.ndarray],
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_length: int = 256,
+        cuda_graphs: bool | None = None,
+    ) -> None:
+        self.device, self.dtype = torch.device(device), dtype
+        converted: dict[int, torch.Tensor] = {}  # shared embeddings are one array under three names
+
+        def tensor(name: str) -> torch.Tensor:
+            key = id(weights[name])
+            if key not in converted:
+                converted[key] = weight_tensor(weights, name, self.device, dtype)
+            return converted[key]
+
+        self._w = {name: tensor(name) for name in weights if weights[name].ndim > 0 and not name.endswith("_scale")}
+        self.num_heads = int(weights["encoder/num_heads"])
+        self.encoder_layers = sum(1 for n in self._w if n.startswith("encoder/") and n.endswith("ffn/linear_0/weight"))
+        self.decoder_layers = sum(1 for n in self._w if n.startswith("decoder/") and n.endswith("ffn/linear_0/weight"))
+        self.vocabulary_size, self.width = self._w["decoder/embeddings/weight"].shape
+        self.max_length = min(max_length, self._w["decoder/position_encodings/encodings"].shape[0])
+        self.max_source_length = self._w["encoder/position_encodings/encodings"].shape[0]
+        self._scale = {side: self._embedding_scale(weights, side) for side in ("encoder", "decoder")}
+        self._activation = {
+            side: ACTIVATIONS[int(weights.get(f"{side}/activation", 0))] for side in ("encoder", "decoder")
+        }
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self._buffers = _StepBuffers(self, 0, 0)
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        model_dir: str | Path,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_length: int = 256,
+        cuda_graphs: bool | None = None,
+    ) -> NllbModel:
+        weights = read_model_bin(Path(model_dir) / "model.bin", expected_spec="TransformerSpec")
+        return cls(weights, device, dtype, max_length, cuda_graphs)
+
+    @staticmethod
+    def _embedding_scale(weights: dict[str, np.ndarray], side: str) -> float:
+        """CTranslate2's ``scale_embeddings``: a flag for sqrt(width), or the scale itself."""
+        width = weights[f"{side}/embeddings{'_0' if side == 'encoder' else ''}/weight"].shape[1]
+        value = weights.get(f"{side}/scale_embeddings")
+        if value is None or (value.dtype == np.int8 and int(value)):
+            return float(np.sqrt(width))
+        return 1.0 if value.dtype == np.int8 else float(value)
+
+    # -- the encoder -----------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode(self, sources: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[batch, length, width]`` encoder states of the right-padded sources, and ``[batch, length]``
+        True where a source has a token."""
+        length = max(len(s) for s in sources)
+        if length > self.max_source_length:
+            raise ValueError(f"a source of {length} tokens is longer than the model's {self.max_source_length}")
+        ids = torch.zeros(len(sources), length, dtype=torch.long)
+        present = torch.zeros(len(sources), length, dtype=torch.bool)
+        for row, source in enumerate(sources):
+            ids[row, : len(source)] = torch.tensor(source)
+            present[row, : len(source)] = True
+        ids, present = ids.to(self.device), present.to(self.device)
+        w = self._w
+        x = functional.embedding(ids, w["encoder/embeddings_0/weight"]) * self._scale["encoder"]
+        x = x + w["encoder/position_encodings/encodings"][:length]
+        visible = present[:, None, None, :]
+        for index in range(self.encoder_layers):
+            name = f"encoder/layer_{index}/self_attention/"
+            query, key, value = self._heads(self._linear(self._norm(x, name), name + "linear_0/")).chunk(3, dim=1)
+            attended = functional.scaled_dot_product_attention(query, key, value, attn_mask=visible)
+            x = x + self._linear(self._merge(attended), name + "linear_1/")
+            x = x + self._feed_forward(x, f"encoder/layer_{index}/ffn/", "encoder")
+        return self._norm(x, "encoder/"), present
+
+    # -- the decoder, a step at a time ------------------------------------------------
+
+    def slots(self, rows: int) -> int:
+        """Rows a step computes: a power of two with CUDA graphs, so that few graphs serve every batch."""
+        return _power_of_two(rows) if self.cuda_graphs else rows
+
+    @torch.inference_mode()
+    def start(self, states: torch.Tensor, present: torch.Tensor, beam_size: int) -> None:
+        """Make every sentence's cross-attention keys and values, once per beam, ready for ``step``."""
+        batch, length, _ = states.shape
+        rows, bucket = self.slots(batch * beam_size), _power_of_two(length, MIN_SOURCE_BUCKET)
+        buffers = self._reserve(rows, bucket)
+        used = batch * beam_size
+        buffers.cross_visible.zero_()
+        buffers.cross_visible[:used, 0, 0, :length] = present.repeat_interleave(beam_size, dim=0)
+        buffers.cross_visible[used:, 0, 0, 0] = True  # rows past the batch attend somewhere: no NaN
+        for index in range(self.decoder_layers):
+            name = f"decoder/layer_{index}/attention/"
+            key, value = self._heads(self._linear(states, name + "linear_1/")).chunk(2, dim=1)
+            buffers.cross[index, 0, :used, :, :length] = key.repeat_interleave(beam_size, dim=0)
+            buffers.cross[index, 1, :used, :, :length] = value.repeat_interleave(beam_size, dim=0)
+        buffers.step_rows, buffers.bucket = rows, bucket
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        """Feed one token per row at ``position``: ``[rows, vocabulary]`` float32 logits of the next."""
+        buffers = self._buffers
+        if position >= self.max_length:
+            raise ValueError(f"the decoder holds at most {self.max_length} tokens")
+        buffers.tokens[: len(tokens)].copy_(tokens, non_blocking=True)
+        buffers.position.fill_(position)
+        logits = self._run(buffers.step_rows, buffers.bucket)
+        return logits[: len(tokens)].to(torch.float32, copy=True)  # a replay writes the next step's logits here
+
+    @torch.inference_mode()
+    def reorder(self, origins: torch.Tensor, length: int) -> None:
+        """Each row's self-attention cache (its first ``length`` positions) taken from row ``origins[row]``:
+        the beams that continue come from those that were."""
+        cache = self._buffers.self_cache[:, :, : len(origins), :, :length]
+        cache.copy_(cache.index_select(2, origins.to(self.device)))
+
+    def warm_up(self, max_rows: int, source_lengths: tuple[int, ...] = (16, 32, 64)) -> None:
+        """Claim the buffers and capture the graphs of every row count up to ``max_rows`` now."""
+        if not self.cuda_graphs:
+            return
+        self._reserve(self.slots(max_rows), max(_power_of_two(n, MIN_SOURCE_BUCKET) for n in source_lengths))
+        for length in sorted(source_lengths, reverse=True):
+            for rows in sorted({self.slots(r) for r in range(1, max_rows + 1)}, reverse=True):
+                states = torch.zeros(1, length, self.width, device=self.device, dtype=self.dtype)
+                self.start(states, torch.ones(1, length, dtype=torch.bool, device=self.device), 1)
+                self._buffers.step_rows = rows
+                self.step(torch.zeros(rows, dtype=torch.long, device=self.device), 0)
+
+    def _reserve(self, rows: int, bucket: int) -> _StepBuffers:
+        """Buffers for at least ``rows`` rows and sources of ``bucket`` tokens (replaced where smaller)."""
+        buffers = self._buffers
+        if rows > buffers.rows or bucket > buffers.source_length:
+            self._buffers = buffers = _StepBuffers(self, max(rows, buffers.rows), max(bucket, buffers.source_length))
+            self._graphs.clear()  # they read the buffers just replaced
+        return buffers
+
+    def _run(self, rows: int, bucket: int) -> torch.Tensor:
+        if not self.cuda_graphs:
+            return self._forward(rows, bucket)
+        if (rows, bucket) not in self._graphs:
+            self._graphs[(rows, bucket)] = self._capture(rows, bucket)
+        graph, logits = self._graphs[(rows, bucket)]
+        graph.replay()
+        return logits
+
+    def _capture(self, rows: int, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Record one step after warm-up runs on a side stream (what capture needs); the runs write the
+        cache at the current position, which the step that follows writes again."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(rows, bucket)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads of the process (other models) may use the GPU meanwhile.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            logits = self._forward(rows, bucket)
+        return graph, logits
+
+    def _forward(self, rows: int, bucket: int) -> torch.Tensor:
+        """One step of ``rows`` rows; reads and writes only ``self._buffers`` (fixed addresses)."""
+        buffers, w = self._buffers, self._w
+        position = buffers.position
+        x = functional.embedding(buffers.tokens[:rows], w["decoder/embeddings/weight"]) * self._scale["decoder"]
+        x = (x + w["decoder/position_encodings/encodings"].index_select(0, position))[:, None]  # [rows, 1, width]
+        visible = (buffers.cache_positions <= position)[None, None, None]
+        cross_visible = buffers.cross_visible[:rows, :, :, :bucket]
+        for index in range(self.decoder_layers):
+            name = f"decoder/layer_{index}/self_attention/"
+            query, key, value = self._heads(self._linear(self._norm(x, name), name + "linear_0/")).chunk(3, dim=1)
+            keys, values = buffers.self_cache[index, 0, :rows], buffers.self_cache[index, 1, :rows]
+            keys.index_copy_(2, position, key)
+            values.index_copy_(2, position, value)
+            attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
+            x = x + self._linear(self._merge(attended), name + "linear_1/")
+
+            name = f"decoder/layer_{index}/attention/"
+            query = self._heads(self._linear(self._norm(x, name), name + "linear_0/"))
+            keys = buffers.cross[index, 0, :rows, :, :bucket]
+            values = buffers.cross[index, 1, :rows, :, :bucket]
+            attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=cross_visible)
+            x = x + self._linear(self._merge(attended), name + "linear_2/")
+            x = x + self._feed_forward(x, f"decoder/layer_{index}/ffn/", "decoder")
+        x = self._norm(x[:, 0], "decoder/")
+        return self._linear(x, "decoder/projection/")
+
+    # -- pieces ------------------------------------------------------------------
+
+    def _norm(self, x: torch.Tensor, block: str) -> torch.Tensor:
+        """The layer norm a pre-norm block opens with (or the side's final one)."""
+        gamma, beta = self._w[block + "layer_norm/gamma"], self._w[block + "layer_norm/beta"]
+        return functional.layer_norm(x, x.shape[-1:], gamma, beta, LAYER_NORM_EPSILON)
+
+    def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return functional.linear(x, self._w[name + "weight"], self._w.get(name + "bias"))
+
+    def _feed_forward(self, x: torch.Tensor, name: str, side: str) -> torch.Tensor:
+        hidden = self._activation[side](self._linear(self._norm(x, name), name + "linear_0/"))
+        return self._linear(hidden, name + "linear_1/")
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[batch, length, n x width]`` to ``[batch, n x heads, length, head width]``."""
+        batch, length, _ = x.shape
+        return x.view(batch, length, -1, self.width // self.num_heads).transpose(1, 2)
+
+    def _merge(self, attended: torch.Tensor) -> torch.Tensor:
+        batch, _, length, _ = attended.shape
+        return attended.transpose(1, 2).reshape(batch, length, self.width)
+
+
+class _StepBuffers:
+    """What a decoding step reads and writes, allocated once for ``rows`` rows and sources of up to
+    ``source_length`` tokens."""
+
+    def __init__(self, model: NllbModel, rows: int, source_length: int) -> None:
+        heads, head_width = model.num_heads, model.width // model.num_heads
+        options = {"device": model.device, "dtype": model.dtype}
+        self.rows, self.source_length = rows, source_length
+        self.step_rows, self.bucket = rows, source_length  # what ``start`` prepared
+        self.tokens = torch.zeros(rows, dtype=torch.long, device=model.device)
+        self.position = torch.zeros(1, dtype=torch.long, device=model.device)
+        self.cache_positions = torch.arange(model.max_length, device=model.device)
+        # [layer, key or value, row, head, position, head width]: one gather reorders every layer's beams.
+        self.self_cache = torch.zeros(model.decoder_layers, 2, rows, heads, model.max_length, head_width, **options)
+        self.cross = torch.zeros(model.decoder_layers, 2, rows, heads, source_length, head_width, **options)
+        self.cross_visible = torch.zeros(rows, 1, 1, source_length, dtype=torch.bool, device=model.device)
+
+
+def special_ids(model_dir: Path, vocabulary: dict[str, int]) -> tuple[int, int, int]:
+    """The decoder's start, end and unknown token ids, from CTranslate2's ``config.json``."""
+    config = json.loads((model_dir / "config.json").read_text())
+    start = config.get("decoder_start_token") or config["eos_token"]
+    return vocabulary[start], vocabulary[config["eos_token"]], vocabulary[config.get("unk_token", "<unk>")]

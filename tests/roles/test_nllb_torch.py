@@ -1,0 +1,93 @@
+"""The torch NLLB engine against CTranslate2 on the embedded model, both in float32 on the CPU:
+the same hypotheses and the same scores, beam after beam, with padding, forced lengths and cuts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from contract.records import InputError, TranslateRequest, Translation
+from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
+from milo_voice.roles.ctranslate2_files import read_model_bin
+from milo_voice.roles.nllb.model import NllbModel
+from milo_voice.roles.translate import Translator
+
+REQUESTS = [
+    TranslateRequest("Manao ahoana daholo ianareo.", "mg", "fr"),
+    TranslateRequest("Bonjour à tous.", "fr", "mg"),
+    TranslateRequest("Misaotra betsaka tompoko.", "mg", "en"),
+    TranslateRequest("Où se trouve l'hôpital le plus proche? Nous avons besoin d'eau et de nourriture.", "fr", "mg"),
+    TranslateRequest("Veloma ary mandra-pihaona. Mila rano sy sakafo izahay.", "mg", "fr"),
+    TranslateRequest("rano", "mg", "fr"),
+]
+
+
+def _pair(folder: Path, cls: type[Translator] = Translator, **options: object) -> tuple[Translator, Translator]:
+    made = [cls(folder, compute_type="float32", engine=engine, **options) for engine in ("ctranslate2", "torch")]  # type: ignore[arg-type]
+    return made[0], made[1]
+
+
+def _assert_same(expected: list[Translation | InputError], got: list[Translation | InputError]) -> None:
+    for want, have in zip(expected, got, strict=True):
+        if isinstance(want, InputError):
+            assert type(have) is type(want) and str(have) == str(want)
+            continue
+        assert isinstance(have, Translation)
+        assert have.text == want.text
+        assert have.score == pytest.approx(want.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [2, 3, 4])
+def test_a_batch_of_every_length_decodes_as_ctranslate2_does(embedded_dir: Path, beam_size: int) -> None:
+    reference, torch_engine = _pair(embedded_dir / "translate", beam_size=beam_size)
+    assert torch_engine.engine == "torch"
+    expected = reference.translate_batch(REQUESTS)
+    assert all(isinstance(r, Translation) and r.text for r in expected)
+    _assert_same(expected, torch_engine.translate_batch(REQUESTS))
+    # One at a time (no padding, a batch of one) decodes the same as in the batch.
+    _assert_same(expected, [torch_engine.translate_batch([r])[0] for r in REQUESTS])
+
+
+def test_forced_lengths_and_the_output_limit_as_ctranslate2(embedded_dir: Path) -> None:
+    # The benchmark's fixed lengths forbid the end token until the limit (min_decoding_length).
+    reference, torch_engine = _pair(embedded_dir / "translate", FixedLengthTranslator, max_decoding_length=12)
+    _assert_same(reference.translate_batch(REQUESTS[:3]), torch_engine.translate_batch(REQUESTS[:3]))
+    # A limit the translation reaches without ending is refused, by both in the same words.
+    reference, torch_engine = _pair(embedded_dir / "translate", max_decoding_length=3)
+    expected = reference.translate_batch(REQUESTS)
+    assert any(isinstance(r, InputError) for r in expected)
+    _assert_same(expected, torch_engine.translate_batch(REQUESTS))
+
+
+def test_the_torch_engine_needs_a_beam(embedded_dir: Path) -> None:
+    with pytest.raises(ValueError, match="beam_size 2 or more"):
+        Translator(embedded_dir / "translate", engine="torch", beam_size=1)
+    # On a CPU, "auto" keeps CTranslate2.
+    assert Translator(embedded_dir / "translate").engine == "ctranslate2"
+
+
+def test_the_model_reads_every_layer_of_the_file(embedded_dir: Path) -> None:
+    weights = read_model_bin(embedded_dir / "translate" / "model.bin", expected_spec="TransformerSpec")
+    model = NllbModel(weights)
+
+    def layers(side: str) -> int:
+        return len({m.group(1) for name in weights if (m := re.match(side + r"/layer_(\d+)/", name))})
+
+    assert model.decoder_layers == layers("decoder") > 0
+    assert model.encoder_layers == layers("encoder") > 0
+    assert model.vocabulary_size == weights["decoder/embeddings/weight"].shape[0]
+
+
+class _PaddedRows(NllbModel):
+    """Rows padded to a power of two, as with CUDA graphs on a GPU: the padding rows compute too."""
+
+    def slots(self, rows: int) -> int:
+        return 1 << (rows - 1).bit_length()
+
+
+def test_rows_padded_as_on_a_gpu_decode_the_same(embedded_dir: Path) -> None:
+    reference, torch_engine = _pair(embedded_dir / "translate", beam_size=3)  # 3 beams: never a power of two
+    torch_engine._translator.model = _PaddedRows.from_model_dir(embedded_dir / "translate", max_length=256)
+    _assert_same(reference.translate_batch(REQUESTS), torch_engine.translate_batch(REQUESTS))
