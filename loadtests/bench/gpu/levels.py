@@ -5,7 +5,8 @@ A level sends for ``warmup_s`` first (batches and caches settle; nothing is coun
 requests answered inside the window (throughput), the latency of those started inside it
 (P50/P95/P99), Triton's per-model counters read at the window's start and end (requests per
 execution: the batches the level formed), the GPU's utilisation sampled through it, and the CPU
-time the facade's processes spent in it (per request answered, and in cores).
+time the facade's processes spent in it (per request answered, and in cores), and the load
+generator's own (one process, one event loop: near a core, it and not the stack sets the pace).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import statistics
 import threading
 import time
@@ -20,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from loadtests.bench import triton_counters
-from loadtests.bench.batching import Send
+from loadtests.bench.batching import Send, load_session
 from loadtests.bench.gpu.common import nvidia_smi
 
 
@@ -41,6 +43,7 @@ class Level:
     triton: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per model, the window's
     gpu_utilisation: dict[str, float] | None = None  # mean and max percent, where nvidia-smi answers
     facade_cpu: dict[str, float] | None = None  # the facade's CPU seconds in the window, per request, in cores
+    client_cores: float = 0.0  # CPU the load generator itself spent in the window (it must stay well below 1)
 
 
 def process_tree_cpu_s(root: int, marker: bytes) -> float | None:
@@ -132,35 +135,36 @@ async def run_level(
     answered = errors = 0
     window: dict[str, float] = {}
 
-    async def client_loop(client: httpx.AsyncClient, number: int) -> None:
+    async def client_loop(client: aiohttp.ClientSession, number: int) -> None:
         nonlocal answered, errors
         n = number
         while True:
             started = time.perf_counter()
             if "end" in window and started >= window["end"]:
                 return
-            response = await send(client, base, n)
+            answer = await send(client, base, n)
             done = time.perf_counter()
             n += concurrency
             if "start" not in window or started < window["start"] or done > window["end"]:
                 continue  # warm-up, or answered after the window: not counted
             latencies.append((done - started) * 1000)
-            answered += response.status_code == 200
-            errors += response.status_code != 200
+            answered += answer.status == 200
+            errors += answer.status != 200
 
     before: triton_counters.Counters = {}
-    limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=900, limits=limits) as client:
+    async with load_session(concurrency) as client:
         clients = [asyncio.create_task(client_loop(client, i)) for i in range(concurrency)]
         await asyncio.sleep(warmup_s)
         if metrics_url:
             before = await asyncio.to_thread(triton_counters.read, metrics_url)
         cpu_before = process_tree_cpu_s(stack_pid, FACADE_MARKER) if stack_pid else None
+        client_before = _own_cpu_s()
         window["start"] = time.perf_counter()
         window["end"] = window["start"] + seconds
         with GpuSampler() as gpu:
             await asyncio.sleep(seconds)
             cpu_after = process_tree_cpu_s(stack_pid, FACADE_MARKER) if stack_pid else None
+            client_cores = (_own_cpu_s() - client_before) / seconds
             after = await asyncio.to_thread(triton_counters.read, metrics_url) if metrics_url else {}
         await asyncio.gather(*clients)  # those in flight finish; none is counted after the window
     facade_cpu = None
@@ -174,7 +178,13 @@ async def run_level(
         round(percentile(latencies, 0.95), 1) if latencies else 0.0,
         round(percentile(latencies, 0.99), 1) if latencies else 0.0,
         triton_counters.stretch(before, after) if metrics_url else {}, gpu.summary(), facade_cpu,
+        round(client_cores, 2),
     )  # fmt: skip
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def inprocess_rates(work: Path, endpoint: str) -> dict[int, float]:

@@ -14,30 +14,28 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from loadtests import payloads
 from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_stats
 from loadtests.bench import triton_counters
-from loadtests.bench.batching import SENDERS, Send
+from loadtests.bench.batching import SENDERS, Answer, Send, load_session, post_json, post_upload
 from loadtests.bench.gpu.common import CHAT_TOKENS, REPO, gpu_memory, save
 from loadtests.bench.gpu.levels import Level, inprocess_rates, run_level
 from loadtests.bench.gpu.variants import bench_models, dump_registry, overlay_names
 
 
-async def _chat(client: httpx.AsyncClient, base: str, n: int) -> httpx.Response:
+async def _chat(session: aiohttp.ClientSession, base: str, n: int) -> Answer:
     body = {"message": payloads.CHAT_SCRIPT[n % 3], "language": "mg", "max_tokens": CHAT_TOKENS}
-    return await client.post(f"{base}/v1/chat", json=body)
+    return await post_json(session, f"{base}/v1/chat", body)
 
 
-async def _stt_long(client: httpx.AsyncClient, base: str, n: int) -> httpx.Response:
-    files = {"file": ("clip.wav", payloads.clip_wav("long"), "audio/wav")}
-    return await client.post(f"{base}/v1/stt", files=files, data={"language": "fr"})
+async def _stt_long(session: aiohttp.ClientSession, base: str, n: int) -> Answer:
+    return await post_upload(session, f"{base}/v1/stt", payloads.clip_wav("long"), {"language": "fr"})
 
 
-async def _stt_short(client: httpx.AsyncClient, base: str, n: int) -> httpx.Response:
-    files = {"file": ("clip.wav", payloads.clip_wav("short"), "audio/wav")}
-    return await client.post(f"{base}/v1/stt", files=files, data={"language": "fr"})
+async def _stt_short(session: aiohttp.ClientSession, base: str, n: int) -> Answer:
+    return await post_upload(session, f"{base}/v1/stt", payloads.clip_wav("short"), {"language": "fr"})
 
 
 SERVED_SENDERS: dict[str, Send] = {
@@ -59,14 +57,14 @@ def triton_batch_stats(metrics_url: str) -> dict[str, dict[str, float]]:
 
 async def _probe(base: str) -> dict[str, float]:
     """Audio seconds per TTS answer and per STT clip, for the real-time factors."""
-    async with httpx.AsyncClient(timeout=300) as client:
+    async with load_session(1, timeout_s=300) as client:
         tts = [await SENDERS["tts"](client, base, n) for n in (0, 1)]
-        chat = (await _chat(client, base, 0)).json()
+        chat = json.loads((await _chat(client, base, 0)).body)
     import io
 
     import soundfile as sf
 
-    tts_seconds = [sf.info(io.BytesIO(r.content)).duration for r in tts if r.status_code == 200]
+    tts_seconds = [sf.info(io.BytesIO(r.body)).duration for r in tts if r.status == 200]
     stt_seconds = sf.info(io.BytesIO(payloads.clip_wav("long"))).duration
     return {
         "tts_audio_s": round(statistics.mean(tts_seconds), 2) if tts_seconds else 0.0,
@@ -197,6 +195,7 @@ def level_line(variant: str, row: dict[str, Any]) -> str:
         f"P50 {row['p50_ms']:7.1f} P95 {row['p95_ms']:7.1f} P99 {row['p99_ms']:7.1f} ms errors {row['errors']} "
         f"| per execution: {batches or '-'} | GPU {gpu.get('mean', '-')}% "
         f"| facade {facade.get('cores', '-')} cores, {facade.get('ms_per_request', '-')} ms/request "
+        f"| load generator {row.get('client_cores', '-')} cores "
         f"| served/in-process best {row.get('served_over_best', '-')}"
     )
 
