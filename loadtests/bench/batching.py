@@ -71,9 +71,13 @@ async def post_upload(
         return Answer(response.status, await response.read())
 
 
+def tts_text(n: int) -> str:
+    """The ``n``-th text the TTS load sends (the GPU benchmark's in-process reference synthesises the same)."""
+    return payloads.SHORT_TEXTS["mg"] if n % 2 else payloads.LONG_TEXTS["mg"][:120]
+
+
 async def _tts(session: aiohttp.ClientSession, base: str, n: int) -> Answer:
-    text = payloads.SHORT_TEXTS["mg"] if n % 2 else payloads.LONG_TEXTS["mg"][:120]
-    return await post_json(session, f"{base}/v1/tts", {"text": text, "language": "mg", "format": "wav"})
+    return await post_json(session, f"{base}/v1/tts", {"text": tts_text(n), "language": "mg", "format": "wav"})
 
 
 async def _stt(session: aiohttp.ClientSession, base: str, n: int) -> Answer:
@@ -87,10 +91,15 @@ _RUN = secrets.token_hex(3)
 _SENT = itertools.count()
 
 
-async def _translate(session: aiohttp.ClientSession, base: str, n: int) -> Answer:
+def translate_body(n: int) -> dict[str, str]:
+    """The ``n``-th translation the load sends: a phrase and a suffix never sent before, two pieces
+    (sentences) for the role (the GPU benchmark's in-process reference translates the same)."""
     source, target, text = payloads.TRANSLATE_SHORT[n % 2]
-    body = {"text": f"{text} {_RUN}{next(_SENT)}", "source": source, "target": target}
-    return await post_json(session, f"{base}/v1/translate", body)
+    return {"text": f"{text} {_RUN}{next(_SENT)}", "source": source, "target": target}
+
+
+async def _translate(session: aiohttp.ClientSession, base: str, n: int) -> Answer:
+    return await post_json(session, f"{base}/v1/translate", translate_body(n))
 
 
 async def _chat(session: aiohttp.ClientSession, base: str, n: int) -> Answer:

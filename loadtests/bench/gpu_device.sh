@@ -72,6 +72,14 @@ llama-wait)
     tail -1 "$WORK/llama-build.log"
     ;;
 phase|run)
+    # llama.cpp's compile takes every core: a phase that measures while it runs measures the compile
+    # (seen on 2026-12-01: the facade's CPU per request and STT's latency both inflated). Only the
+    # build phase, which measures nothing, runs beside it.
+    if [ "$1 ${2:-}" != "phase build" ] && [ -e "$WORK/llama-build.log" ] \
+        && [ ! -e "$WORK/llama-built" ] && [ ! -e "$WORK/llama-failed" ]; then
+        echo "waiting for llama.cpp's build to finish before measuring"
+        bash "$0" llama-wait || true
+    fi
     if [ "$1" = phase ]; then set -- loadtests.bench.gpu "${@:2}"; else shift; fi
     libraries
     # Assets carried once (.gpu-assets: tokenizers, spoken clips) stay on the machine for later calls.

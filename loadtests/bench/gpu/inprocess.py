@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests import payloads
+from loadtests.bench.batching import translate_body, tts_text
 from loadtests.bench.gpu.common import (
     CHAT_CONCURRENCY,
     CHAT_TOKENS,
@@ -164,9 +165,9 @@ def tts_inprocess(path: Path) -> dict[str, Any]:
     voices = {"mg": path / "mms-tts-mlg", "fr": path / "mms-tts-fra"}
     tts = TextToSpeech(voices, device="cuda")
     rows: dict[str, Any] = {"memory_mib": round(_memory_used_mib() - before), "batches": {}}
-    text = payloads.LONG_TEXTS["mg"][:120]
     for batch in (1, 2, 4, 8, 16):
-        requests = [TtsRequest(text, "mg")] * batch
+        # The texts the served load sends, in its order (short and long in turn).
+        requests = [TtsRequest(tts_text(n), "mg") for n in range(batch)]
         audio_s = sum(s.duration for s in tts.synthesize_batch(requests))
         seconds = timed(lambda requests=requests: tts.synthesize_batch(requests), 5)
         rows["batches"][batch] = {
@@ -194,9 +195,9 @@ def translate_inprocess(path: Path) -> dict[str, Any]:
         made[engine] = translator
         rows[f"{engine}_memory_mib"] = round(_memory_used_mib() - before)
         rows[key] = {}
-        source, target, text = payloads.TRANSLATE_LONG[0]
         for batch in (1, 4, 8, 16, 32, 64):
-            requests = [TranslateRequest(text, source, target)] * batch
+            # What the served load sends: requests of two pieces each, texts never sent before.
+            requests = [TranslateRequest(**translate_body(n)) for n in range(batch)]
             seconds = timed(lambda requests=requests, t=translator: t.translate_batch(requests), 5)
             rows[key][batch] = {"ms": round(seconds * 1000, 1), "requests_s": round(batch / seconds, 1)}
     # What the two decide, on the benchmark's texts (seeded weights: the texts mean nothing, but the
