@@ -129,20 +129,35 @@ def test_concurrent_callers_get_their_own_transcripts(role: SpeechToText) -> Non
 
 
 def test_timestamp_bounds_follow_whispers_rules(role: SpeechToText) -> None:
-    assert role.backend.decoder is not None
-    rules = role.backend.decoder.logit_rules((-1,), True, timestamps=True)
-    assert role.backend.decoder.logit_rules((-1,), True, timestamps=True) is rules  # masks built once per option set
-    begin, eot, last = role.tokenizer.timestamp_begin, role.tokenizer.eot, role.backend.decoder.vocabulary_size - 1
+    from milo_voice.roles.whisper.decoder import _GreedyState
+
+    decoder = role.backend.decoder
+    assert decoder is not None
+    rules = decoder.logit_rules((-1,), True, timestamps=True)
+    assert decoder.logit_rules((-1,), True, timestamps=True) is rules  # masks built once per option set
+    begin, eot, last = role.tokenizer.timestamp_begin, role.tokenizer.eot, decoder.vocabulary_size - 1
     word = 1000
-    bounds, check = rules._timestamp_bounds([[begin + 5], [begin + 5, word], [begin + 5, word, begin + 9],
-                                            [begin + 5, word, begin + 9, begin + 9]])  # fmt: skip
+    sequences = [[begin + 5], [begin + 5, word], [begin + 5, word, begin + 9], [begin + 5, word, begin + 9, begin + 9]]
+    bounds = []
+    for sequence in sequences:  # each decoded into its own state, a token a step, as generate records them
+        state = _GreedyState(1, 16, torch.device("cpu"))
+        state.reset(1)
+        for token in sequence:
+            state.advance(torch.tensor([token]), torch.tensor([-0.5]), eot, begin)
+        text_end, first_allowed, weigh = rules.bounds(state, 1)
+        bounds.append((int(text_end), int(first_allowed), bool(weigh)))
     assert bounds == [
-        (0, last + 1, last),  # the opening timestamp is alone: text must follow (no empty first segment)
-        (0, begin + 6, last),  # after text: any text, or a later timestamp
-        (eot, begin + 9, last),  # a segment is open: its end (maybe equal) or end of text, no text
-        (0, last + 1, last),  # a pair just closed: text must follow
+        (0, last + 1, False),  # the opening timestamp is alone: text must follow (no empty first segment)
+        (0, begin + 6, True),  # after text: any text, or a later timestamp
+        (eot, begin + 9, True),  # a segment is open: its end (maybe equal) or end of text, no text
+        (0, last + 1, False),  # a pair just closed: text must follow
     ]
-    assert check == [False, True, True, False]
+    # The end of text ends a row: nothing after it is recorded, and its log-probability is summed.
+    state.advance(torch.tensor([eot]), torch.tensor([-0.25]), eot, begin)
+    state.advance(torch.tensor([word]), torch.tensor([-9.0]), eot, begin)
+    assert bool(state.done[0]) and int(state.count[0]) == 4
+    assert state.history[0, :6].tolist() == [*sequences[-1], -1, -1]
+    assert float(state.logprob_sum[0]) == pytest.approx(-2.25)
 
 
 def test_bad_uses_are_refused(embedded_dir: Path, role: SpeechToText, states: torch.Tensor) -> None:

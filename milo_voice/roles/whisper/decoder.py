@@ -1,10 +1,12 @@
 """Whisper's text decoder in torch: greedy decoding with CUDA graphs, from a CTranslate2 model.bin.
 
-The PyPI build of CTranslate2 decodes large-v3 (32 decoder layers) at batch 1 in 262 to 286 ms for
-32 tokens on an H100: each step launches hundreds of small kernels, and at batch 1 the launches,
-not the arithmetic, set the pace. Here one decoding step (every layer, self-attention over a static
-key/value cache, cross-attention over the window's encoder states, the vocabulary projection) is
-captured once per batch size as a CUDA graph and replayed, so a step costs one launch.
+The PyPI build of CTranslate2 launches hundreds of small kernels a decoding step, and at the batch
+sizes of served speech the launches, not the arithmetic, set the pace (figures: docs/benchmarks.md,
+section 4). Here one decoding iteration (every layer, self-attention over a static key/value cache,
+cross-attention over the window's encoder states, the vocabulary projection, then the decoding
+rules, the choice of each window's next token and its recording) is captured once per batch size
+and set of rules as a CUDA graph and replayed: an iteration is one launch, and the host reads back
+only, every few steps, whether every window has ended, and the tokens at the end.
 
 What is decoded is what CTranslate2's ``Whisper.generate`` decodes with ``beam_size=1``: the same
 prompt handling, the same suppressed tokens (``suppress_tokens`` with -1 meaning the model's
@@ -34,6 +36,9 @@ from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, read_model_bi
 MAX_INITIAL_TIMESTAMP_INDEX = 50
 # Whisper's text context: no sequence, prompt included, is longer.
 WHISPER_TEXT_CONTEXT = 448
+# Decoding reads back whether every window has ended once every this many steps: a read waits for
+# the GPU, and the steps decoded past the last end are wasted (their choices are not recorded).
+DONE_CHECK_STEPS = 4
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class WhisperDecoder:
             raise ValueError("CUDA graphs need a CUDA device")
         self._steps = _StepBuffers(self, 0, 0)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # One decoding iteration (a step, the rules, the choice) per row count and set of rules.
+        self._greedy_graphs: dict[tuple[int, tuple[tuple[int, ...], bool, bool]], torch.cuda.CUDAGraph] = {}
         # The rules' masks depend only on the options, which a role keeps: built once per set.
         self._logit_rules: dict[tuple[tuple[int, ...], bool, bool], _LogitRules] = {}
 
@@ -118,6 +125,7 @@ class WhisperDecoder:
         if slots > self._steps.batch or frames != self._steps.frames:
             self._steps = _StepBuffers(self, max(slots, self._steps.batch), frames)
             self._graphs.clear()  # they read the buffers that were just replaced
+            self._greedy_graphs.clear()
         states = encoder_states.to(self.device, self.dtype)
         for index, (keys, values) in enumerate(self._steps.cross):
             key, value = self._heads(self._linear(states, f"layer_{index}/attention/linear_1/")).chunk(2, dim=1)
@@ -208,6 +216,43 @@ class WhisperDecoder:
         graph.replay()
         return logits
 
+    def _greedy_iteration(self, rows: int, rules: _LogitRules) -> None:
+        """Feed each row's last choice, apply the rules to the logits and choose again, all on the
+        device: one step of ``generate`` after its first, with nothing read back."""
+        steps = self._steps
+        logits = self._forward(rows).to(torch.float32)
+        rules.choose(logits, steps.greedy, first=False)
+        steps.tokens[:rows].copy_(steps.greedy.chosen[:rows])
+        steps.position.add_(1)
+
+    def _run_greedy(self, rows: int, rules: _LogitRules) -> None:
+        if not self.cuda_graphs:
+            self._greedy_iteration(rows, rules)
+            return
+        key = (rows, rules.key)
+        if key not in self._greedy_graphs:
+            self._greedy_graphs[key] = self._capture_greedy(rows, rules)
+        self._greedy_graphs[key].replay()
+
+    def _capture_greedy(self, rows: int, rules: _LogitRules) -> torch.cuda.CUDAGraph:
+        """Record one iteration. The warm-up runs capture needs do decode, so what they change (the
+        tokens, the position, the decoding state) is put back before the graph first runs; what they
+        wrote in the cache at later positions is written again before it is read."""
+        steps = self._steps
+        saved = [t.clone() for t in (steps.tokens, steps.position, *steps.greedy.tensors())]
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._greedy_iteration(rows, rules)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        for tensor, value in zip((steps.tokens, steps.position, *steps.greedy.tensors()), saved, strict=True):
+            tensor.copy_(value)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self._greedy_iteration(rows, rules)
+        return graph
+
     def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Record one step for ``rows`` rows, after warm-up runs on a side stream (what capture needs).
 
@@ -249,6 +294,54 @@ class _StepBuffers:
              torch.zeros(batch, heads, frames, head_width, **options))
             for _ in range(decoder.num_layers)
         ]  # fmt: skip
+        self.greedy = _GreedyState(batch, decoder.max_length, decoder.device)
+
+
+class _GreedyState:
+    """What greedy decoding keeps per row on the device between steps (fixed addresses, as the
+    captured iterations read and write them)."""
+
+    def __init__(self, rows: int, max_length: int, device: torch.device) -> None:
+        def longs(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=torch.long, device=device)
+
+        self.chosen = longs(rows)  # this step's choice
+        self.last = longs(rows)  # the last decoded token, the one before it, the last timestamp
+        self.penultimate = longs(rows)
+        self.last_timestamp = longs(rows)
+        self.count = longs(rows)  # tokens decoded (the end of text excluded)
+        self.done = torch.zeros(rows, dtype=torch.bool, device=device)  # the end of text was chosen
+        self.logprob_sum = torch.zeros(rows, dtype=torch.float32, device=device)
+        self.history = longs(rows, max_length)  # the choice of each step, -1 once a row is done
+        self.step = longs(1)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.chosen, self.last, self.penultimate, self.last_timestamp, self.count, self.done,
+                self.logprob_sum, self.history, self.step)  # fmt: skip
+
+    def advance(self, best: torch.Tensor, best_logprob: torch.Tensor, eot: int, timestamp_begin: int) -> None:
+        """Record each row's choice (``best``, one per row from the first); a row that chose the end
+        of text is done and records nothing more."""
+        rows = len(best)
+        alive = ~self.done[:rows]
+        kept = alive & (best != eot)
+        self.logprob_sum[:rows] += torch.where(alive, best_logprob, 0.0)  # the end of text's included
+        self.history[:rows].index_copy_(1, self.step, torch.where(kept, best, -1)[:, None])
+        self.penultimate[:rows] = torch.where(kept, self.last[:rows], self.penultimate[:rows])
+        self.last[:rows] = torch.where(kept, best, self.last[:rows])
+        self.last_timestamp[:rows] = torch.where(kept & (best >= timestamp_begin), best, self.last_timestamp[:rows])
+        self.count[:rows] += kept.long()
+        self.done[:rows] |= alive & ~kept
+        self.chosen[:rows] = best
+        self.step += 1
+
+    def reset(self, batch: int) -> None:
+        for tensor in (self.chosen, self.last, self.penultimate, self.count, self.logprob_sum, self.step):
+            tensor.zero_()
+        self.last_timestamp.fill_(-1)
+        self.history.fill_(-1)
+        self.done.zero_()
+        self.done[batch:] = True  # rows past the batch (padding to a graph's size) decode nothing
 
 
 class DecoderSession:
@@ -297,26 +390,23 @@ class DecoderSession:
             tuple(suppress_tokens), suppress_blank, timestamps=prompts[0][-1] != special.no_timestamps
         )
         max_new_tokens = min(max_new_tokens, self.decoder.max_length - len(prompts[0]) + 1)
-
-        tokens: list[list[int]] = [[] for _ in prompts]
-        sums = [0.0] * self.batch
-        alive = list(range(self.batch))
-        for step in range(max_new_tokens):
-            log_probs = rules.apply(logits, tokens, step)
-            best_logprobs, best = log_probs.max(dim=-1)
-            chosen, chosen_logprobs = best.tolist(), best_logprobs.tolist()
-            still = []
-            for row in alive:
-                sums[row] += chosen_logprobs[row]
-                if chosen[row] == special.eot:
-                    continue
-                tokens[row].append(chosen[row])
-                still.append(row)
-            alive = still
-            if not alive or step == max_new_tokens - 1:
+        steps = self.decoder._steps
+        state = steps.greedy
+        state.reset(self.batch)
+        if max_new_tokens > 0:
+            rules.choose(logits, state, first=True)
+            steps.tokens[: self.batch].copy_(state.chosen[: self.batch])
+            steps.position.fill_(self.position)
+        # Each further step runs on the device from the last one's choice; whether every row has
+        # ended is read back only every few steps (a read waits for the GPU).
+        for step in range(1, max_new_tokens):
+            if step % DONE_CHECK_STEPS == 0 and bool(state.done[: self.batch].all()):
                 break
-            # Finished rows keep a place in the fixed-size step; what they decode is ignored.
-            logits = self.step(best)
+            self.decoder._run_greedy(self.rows, rules)
+            self.position += 1
+        history = state.history[: self.batch, : max(max_new_tokens, 0)].tolist()
+        sums = state.logprob_sum[: self.batch].tolist()
+        tokens = [[t for t in row if t >= 0] for row in history]
         return [WhisperDecoding(t, s, p) for t, s, p in zip(tokens, sums, no_speech, strict=True)]
 
 
@@ -328,6 +418,7 @@ class _LogitRules:
     ) -> None:
         special, device = decoder.special, decoder.device
         self.special, self.timestamps = special, timestamps
+        self.key = (suppress_tokens, suppress_blank, timestamps)
         self.vocabulary_size = vocabulary = decoder.vocabulary_size
         always = {i for t in suppress_tokens for i in (decoder._suppress_ids if t == -1 else [t])}
         if timestamps:
@@ -349,43 +440,42 @@ class _LogitRules:
         mask[sorted(i for i in ids if 0 <= i < size)] = True
         return mask
 
-    def apply(self, logits: torch.Tensor, tokens: list[list[int]], step: int) -> torch.Tensor:
+    def choose(self, logits: torch.Tensor, state: _GreedyState, first: bool) -> None:
+        """The next token of each of ``logits``' rows, once every rule has removed what it forbids,
+        recorded in ``state`` (on the device: nothing is read back)."""
+        log_probs = self.log_probs(logits, state, first)
+        best_logprob, best = log_probs.max(dim=-1)
+        state.advance(best, best_logprob, self.special.eot, self.special.timestamp_begin)
+
+    def log_probs(self, logits: torch.Tensor, state: _GreedyState, first: bool) -> torch.Tensor:
         """Log-probabilities of the next token once every rule has removed what it forbids."""
-        if step == 0:
+        if first:
             return torch.log_softmax(logits.masked_fill(self.first, -torch.inf), dim=-1)
         masked = logits.masked_fill(self.always, -torch.inf)
         if not self.timestamps:
             return torch.log_softmax(masked, dim=-1)
-        bounds, check = self._timestamp_bounds(tokens)
-        text_end, first_allowed, last_allowed = torch.tensor(bounds, device=logits.device).T[:, :, None]
-        columns = self.columns
-        begin = self.special.timestamp_begin
-        forbidden = (columns < text_end) | ((columns >= begin) & (columns < first_allowed)) | (columns > last_allowed)
+        text_end, first_allowed, weigh = self.bounds(state, len(logits))
+        columns, begin = self.columns, self.special.timestamp_begin
+        forbidden = (columns < text_end[:, None]) | ((columns >= begin) & (columns < first_allowed[:, None]))
         masked = masked.masked_fill(forbidden, -torch.inf)
-        if any(check):
-            # Where all timestamps together are likelier than any one text token, take a timestamp.
-            log_probs = torch.log_softmax(masked, dim=-1)
-            timestamp = torch.logsumexp(log_probs[:, begin:], dim=-1) > log_probs[:, :begin].max(dim=-1).values
-            timestamp &= torch.tensor(check, device=logits.device)
-            masked = masked.masked_fill(timestamp[:, None] & (columns < begin), -torch.inf)
+        # Where all timestamps together are likelier than any one text token, take a timestamp.
+        log_probs = torch.log_softmax(masked, dim=-1)
+        timestamp = torch.logsumexp(log_probs[:, begin:], dim=-1) > log_probs[:, :begin].max(dim=-1).values
+        masked = masked.masked_fill((timestamp & weigh)[:, None] & (columns < begin), -torch.inf)
         return torch.log_softmax(masked, dim=-1)
 
-    def _timestamp_bounds(self, tokens: list[list[int]]) -> tuple[list[tuple[int, int, int]], list[bool]]:
-        """Per row: text ids below which are forbidden, the allowed timestamp range, whether to check."""
-        special = self.special
-        begin, end = special.timestamp_begin, self.vocabulary_size - 1
-        bounds, check = [], []
-        for sequence in tokens:
-            text_end, first_allowed, last_allowed, weigh = 0, begin, end, True
-            previous = next((t for t in reversed(sequence) if t >= begin), None)
-            if sequence and sequence[-1] >= begin:
-                penultimate = sequence[-2] if len(sequence) > 1 else sequence[-1]
-                if penultimate >= begin:  # a pair just closed: text must follow
-                    first_allowed, last_allowed, weigh = end + 1, end, False
-                else:  # an opening timestamp: its closing one (possibly equal) or the end must follow
-                    text_end, first_allowed = special.eot, sequence[-1]
-            elif previous is not None:  # after text, time moves on: segments are never empty
-                first_allowed = previous + 1
-            bounds.append((text_end, first_allowed, last_allowed))
-            check.append(weigh)
-        return bounds, check
+    def bounds(self, state: _GreedyState, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per row: text ids below which are forbidden, the first timestamp allowed (one past the
+        last id forbids them all), and whether the timestamps' weight against text is checked."""
+        begin, end = self.special.timestamp_begin, self.vocabulary_size - 1
+        last, count = state.last[:rows], state.count[:rows]
+        previous = state.last_timestamp[:rows]
+        penultimate = torch.where(count > 1, state.penultimate[:rows], last)
+        last_is_timestamp = (count > 0) & (last >= begin)
+        closed = last_is_timestamp & (penultimate >= begin)  # a pair just closed: text must follow
+        opened = last_is_timestamp & ~closed  # its closing timestamp (maybe equal) or the end must follow
+        text_end = torch.where(opened, self.special.eot, 0)
+        # After text, time moves on: segments are never empty.
+        after_text = torch.where(previous >= 0, previous + 1, begin)
+        first_allowed = torch.where(closed, end + 1, torch.where(opened, last, after_text))
+        return text_end, first_allowed, ~closed
