@@ -23,6 +23,7 @@ faster-whisper loads; nothing else is downloaded or converted.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, read_model_bi
 
 # CTranslate2's WhisperOptions default: the first timestamp is at most 50 x 20 ms into the window.
 MAX_INITIAL_TIMESTAMP_INDEX = 50
+log = logging.getLogger(__name__)
+
 # Whisper's text context: no sequence, prompt included, is longer.
 WHISPER_TEXT_CONTEXT = 448
 # Decoding reads back whether every window has ended once every this many steps: a read waits for
@@ -96,7 +99,7 @@ class WhisperDecoder:
         self._steps = _StepBuffers(self, 0, 0)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # One decoding iteration (a step, the rules, the choice) per row count and set of rules.
-        self._greedy_graphs: dict[tuple[int, tuple[tuple[int, ...], bool, bool]], torch.cuda.CUDAGraph] = {}
+        self._greedy_graphs: dict[tuple[int, tuple[tuple[int, ...], bool, bool]], torch.cuda.CUDAGraph | None] = {}
         # The rules' masks depend only on the options, which a role keeps: built once per set.
         self._logit_rules: dict[tuple[tuple[int, ...], bool, bool], _LogitRules] = {}
 
@@ -226,13 +229,18 @@ class WhisperDecoder:
         steps.position.add_(1)
 
     def _run_greedy(self, rows: int, rules: _LogitRules) -> None:
-        if not self.cuda_graphs:
-            self._greedy_iteration(rows, rules)
-            return
         key = (rows, rules.key)
-        if key not in self._greedy_graphs:
-            self._greedy_graphs[key] = self._capture_greedy(rows, rules)
-        self._greedy_graphs[key].replay()
+        if self.cuda_graphs and key not in self._greedy_graphs:
+            try:
+                self._greedy_graphs[key] = self._capture_greedy(rows, rules)
+            except RuntimeError as exc:  # decode on, launch by launch, rather than fail the batch
+                log.warning("decoding %d rows without a CUDA graph: capture failed (%s)", rows, exc)
+                self._greedy_graphs[key] = None
+        graph = self._greedy_graphs.get(key)
+        if graph is None:
+            self._greedy_iteration(rows, rules)
+        else:
+            graph.replay()
 
     def _capture_greedy(self, rows: int, rules: _LogitRules) -> torch.cuda.CUDAGraph:
         """Record one iteration. The warm-up runs capture needs do decode, so what they change (the
