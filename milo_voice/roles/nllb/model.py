@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from milo_voice.roles.attention_heads import merge_heads, split_heads
 from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, read_model_bin, weight_tensor
 
 # CTranslate2's activation enum (include/ctranslate2/ops/activation.h) to torch.
@@ -59,6 +60,7 @@ class NllbModel:
         self.encoder_layers = sum(1 for n in self._w if n.startswith("encoder/") and n.endswith("ffn/linear_0/weight"))
         self.decoder_layers = sum(1 for n in self._w if n.startswith("decoder/") and n.endswith("ffn/linear_0/weight"))
         self.vocabulary_size, self.width = self._w["decoder/embeddings/weight"].shape
+        self.head_width = self.width // self.num_heads
         self.max_length = min(max_length, self._w["decoder/position_encodings/encodings"].shape[0])
         self.max_source_length = self._w["encoder/position_encodings/encodings"].shape[0]
         self._scale = {side: self._embedding_scale(weights, side) for side in ("encoder", "decoder")}
@@ -113,9 +115,10 @@ class NllbModel:
         visible = present[:, None, None, :]
         for index in range(self.encoder_layers):
             name = f"encoder/layer_{index}/self_attention/"
-            query, key, value = self._heads(self._linear(self._norm(x, name), name + "linear_0/")).chunk(3, dim=1)
+            projected = self._linear(self._norm(x, name), name + "linear_0/")
+            query, key, value = split_heads(projected, self.head_width).chunk(3, dim=1)
             attended = functional.scaled_dot_product_attention(query, key, value, attn_mask=visible)
-            x = x + self._linear(self._merge(attended), name + "linear_1/")
+            x = x + self._linear(merge_heads(attended), name + "linear_1/")
             x = x + self._feed_forward(x, f"encoder/layer_{index}/ffn/", "encoder")
         return self._norm(x, "encoder/"), present
 
@@ -137,7 +140,8 @@ class NllbModel:
         buffers.cross_visible[used:, 0, 0, 0] = True  # rows past the batch attend somewhere: no NaN
         for index in range(self.decoder_layers):
             name = f"decoder/layer_{index}/attention/"
-            key, value = self._heads(self._linear(states, name + "linear_1/")).chunk(2, dim=1)
+            projected = self._linear(states, name + "linear_1/")
+            key, value = split_heads(projected, self.head_width).chunk(2, dim=1)
             buffers.cross[index, 0, :used, :, :length] = key.repeat_interleave(beam_size, dim=0)
             buffers.cross[index, 1, :used, :, :length] = value.repeat_interleave(beam_size, dim=0)
         buffers.step_rows, buffers.bucket = rows, bucket
@@ -214,19 +218,20 @@ class NllbModel:
         cross_visible = buffers.cross_visible[:rows, :, :, :bucket]
         for index in range(self.decoder_layers):
             name = f"decoder/layer_{index}/self_attention/"
-            query, key, value = self._heads(self._linear(self._norm(x, name), name + "linear_0/")).chunk(3, dim=1)
+            projected = self._linear(self._norm(x, name), name + "linear_0/")
+            query, key, value = split_heads(projected, self.head_width).chunk(3, dim=1)
             keys, values = buffers.self_cache[index, 0, :rows], buffers.self_cache[index, 1, :rows]
             keys.index_copy_(2, position, key)
             values.index_copy_(2, position, value)
             attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
-            x = x + self._linear(self._merge(attended), name + "linear_1/")
+            x = x + self._linear(merge_heads(attended), name + "linear_1/")
 
             name = f"decoder/layer_{index}/attention/"
-            query = self._heads(self._linear(self._norm(x, name), name + "linear_0/"))
+            query = split_heads(self._linear(self._norm(x, name), name + "linear_0/"), self.head_width)
             keys = buffers.cross[index, 0, :rows, :, :bucket]
             values = buffers.cross[index, 1, :rows, :, :bucket]
             attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=cross_visible)
-            x = x + self._linear(self._merge(attended), name + "linear_2/")
+            x = x + self._linear(merge_heads(attended), name + "linear_2/")
             x = x + self._feed_forward(x, f"decoder/layer_{index}/ffn/", "decoder")
         x = self._norm(x[:, 0], "decoder/")
         return self._linear(x, "decoder/projection/")
@@ -245,22 +250,13 @@ class NllbModel:
         hidden = self._activation[side](self._linear(self._norm(x, name), name + "linear_0/"))
         return self._linear(hidden, name + "linear_1/")
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[batch, length, n x width]`` to ``[batch, n x heads, length, head width]``."""
-        batch, length, _ = x.shape
-        return x.view(batch, length, -1, self.width // self.num_heads).transpose(1, 2)
-
-    def _merge(self, attended: torch.Tensor) -> torch.Tensor:
-        batch, _, length, _ = attended.shape
-        return attended.transpose(1, 2).reshape(batch, length, self.width)
-
 
 class _StepBuffers:
     """What a decoding step reads and writes, allocated once for ``rows`` rows and sources of up to
     ``source_length`` tokens."""
 
     def __init__(self, model: NllbModel, rows: int, source_length: int) -> None:
-        heads, head_width = model.num_heads, model.width // model.num_heads
+        heads, head_width = model.num_heads, model.head_width
         options = {"device": model.device, "dtype": model.dtype}
         self.rows, self.source_length = rows, source_length
         self.step_rows, self.bucket = rows, source_length  # what ``start`` prepared

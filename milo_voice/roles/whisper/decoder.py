@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from milo_voice.roles.attention_heads import merge_heads, split_heads
 from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, read_model_bin, weight_tensor
 
 # CTranslate2's WhisperOptions default: the first timestamp is at most 50 x 20 ms into the window.
@@ -90,6 +91,7 @@ class WhisperDecoder:
         }
         self.num_layers = sum(1 for name in self._weights if name.endswith("/self_attention/linear_0/weight"))
         self.vocabulary_size, self.width = self._weights["embeddings/weight"].shape
+        self.head_width = self.width // self.num_heads
         self.max_length = min(max_length, self._weights["position_encodings/encodings"].shape[0])
         self._suppress_ids = [int(i) for i in config.get("suppress_ids", [])]
         self._suppress_ids_begin = [int(i) for i in config.get("suppress_ids_begin", [])]
@@ -131,7 +133,8 @@ class WhisperDecoder:
             self._greedy_graphs.clear()
         states = encoder_states.to(self.device, self.dtype)
         for index, (keys, values) in enumerate(self._steps.cross):
-            key, value = self._heads(self._linear(states, f"layer_{index}/attention/linear_1/")).chunk(2, dim=1)
+            projected = self._linear(states, f"layer_{index}/attention/linear_1/")
+            key, value = split_heads(projected, self.head_width).chunk(2, dim=1)
             keys[:batch].copy_(key)
             values[:batch].copy_(value)
         session = DecoderSession(self, batch)
@@ -173,18 +176,19 @@ class WhisperDecoder:
         visible = (steps.cache_positions <= position)[None, None, None]  # causal: up to this token
         for index in range(self.num_layers):
             name = f"layer_{index}/self_attention/"
-            query, key, value = self._heads(self._linear(self._layer_norm(x, name), name + "linear_0/")).chunk(3, 1)
+            projected = self._linear(self._layer_norm(x, name), name + "linear_0/")
+            query, key, value = split_heads(projected, self.head_width).chunk(3, 1)
             keys, values = steps.self_cache[index]
             keys[:rows].index_copy_(2, position, key)
             values[:rows].index_copy_(2, position, value)
             attended = functional.scaled_dot_product_attention(query, keys[:rows], values[:rows], attn_mask=visible)
-            x = x + self._linear(self._merge_heads(attended), name + "linear_1/")
+            x = x + self._linear(merge_heads(attended), name + "linear_1/")
 
             name = f"layer_{index}/attention/"
-            query = self._heads(self._linear(self._layer_norm(x, name), name + "linear_0/"))
+            query = split_heads(self._linear(self._layer_norm(x, name), name + "linear_0/"), self.head_width)
             keys, values = steps.cross[index]
             attended = functional.scaled_dot_product_attention(query, keys[:rows], values[:rows])
-            x = x + self._linear(self._merge_heads(attended), name + "linear_2/")
+            x = x + self._linear(merge_heads(attended), name + "linear_2/")
 
             name = f"layer_{index}/ffn/"
             hidden = functional.gelu(self._linear(self._layer_norm(x, name), name + "linear_0/"))
@@ -200,15 +204,6 @@ class WhisperDecoder:
 
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return functional.linear(x, self._weights[name + "weight"], self._weights[name + "bias"])
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[batch, length, n x width]`` to ``[batch, n x heads, length, head width]``."""
-        batch, length, _ = x.shape
-        return x.view(batch, length, -1, self.width // self.num_heads).transpose(1, 2)
-
-    def _merge_heads(self, attended: torch.Tensor) -> torch.Tensor:
-        batch, _, length, _ = attended.shape
-        return attended.transpose(1, 2).reshape(batch, length, self.width)
 
     def _run_step(self, rows: int) -> torch.Tensor:
         if not self.cuda_graphs:
@@ -284,7 +279,7 @@ class _StepBuffers:
     """The tensors a decoding step reads and writes, allocated once for ``batch`` rows of ``frames``."""
 
     def __init__(self, decoder: WhisperDecoder, batch: int, frames: int) -> None:
-        heads, head_width = decoder.num_heads, decoder.width // decoder.num_heads
+        heads, head_width = decoder.num_heads, decoder.head_width
         options = {"device": decoder.device, "dtype": decoder.dtype}
         self.batch, self.frames = batch, frames
         self.tokens = torch.zeros(batch, dtype=torch.long, device=decoder.device)
