@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 
-import httpx
+import aiohttp
 
-from loadtests.bench.gpu.levels import Level, percentile, run_level
+from loadtests.bench.batching import Answer
+from loadtests.bench.gpu.levels import Level, percentile, process_tree_cpu_s, run_level
 from loadtests.bench.gpu.served import served_over_inprocess
 
 
 def test_a_level_counts_only_what_is_answered_inside_its_window() -> None:
     sent: list[float] = []
 
-    async def send(client: httpx.AsyncClient, base: str, n: int) -> httpx.Response:
+    async def send(client: aiohttp.ClientSession, base: str, n: int) -> Answer:
         sent.append(time.perf_counter())
         await asyncio.sleep(0.05)  # each client: about 20 answers a second
-        return httpx.Response(200 if n % 10 else 503)
+        return Answer(200 if n % 10 else 503, b"")
 
     started = time.perf_counter()
     level = asyncio.run(run_level("http://unused", "stt", 4, send, seconds=1.0, warmup_s=0.5))
@@ -28,6 +32,25 @@ def test_a_level_counts_only_what_is_answered_inside_its_window() -> None:
     assert 50 <= level.p50_ms <= level.p95_ms <= level.p99_ms < 150
     assert len(sent) > level.requests + level.errors  # the warm-up's requests were sent, not counted
     assert level.triton == {} and level.gpu_utilisation is None  # no Triton here, no GPU
+    assert level.facade_cpu is None  # no facade named
+    assert 0 <= level.client_cores < 0.5  # the generator itself: sleeping clients cost next to nothing
+
+
+def test_the_facade_cpu_is_counted_over_its_process_and_its_children() -> None:
+    """What the level reports as the facade's: the processes under the stack whose command line
+    holds the marker, and their own children (a facade's workers)."""
+    burn = "import time; end = time.process_time() + 0.6\nwhile time.process_time() < end: pass"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}], check=True)"
+    marker = b"milo-test-marker"
+    child = subprocess.Popen([sys.executable, "-c", parent + "  # " + marker.decode()])
+    try:
+        time.sleep(0.4)
+        during = process_tree_cpu_s(os.getpid(), marker)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    assert during is not None and during >= 0.1  # the worker's CPU, counted while it runs
+    assert process_tree_cpu_s(os.getpid(), b"no process has this marker") is None
 
 
 def test_percentiles_of_a_short_list() -> None:
