@@ -165,7 +165,7 @@ class SpeechToText:
             model_path, self._special_tokens(), torch_device, dtype, max_length=4 + limits.new_tokens
         )
         if decoder.cuda_graphs:
-            decoder.warm_up(options.decoder_batch)
+            decoder.warm_up(options.decoder_batch, [self.prompts(self.languages[0])], limits.suppress)
         return TorchBackend(encoder, decoder, self.prompts, limits, options.decoder_batch)
 
     def _special_tokens(self) -> SpecialTokens:

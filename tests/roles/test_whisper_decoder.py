@@ -72,6 +72,18 @@ def test_greedy_decoding_is_ctranslate2s(
         assert g.no_speech_prob == pytest.approx(r.no_speech_prob, abs=1e-5)
 
 
+def test_warming_up_leaves_decoding_as_it_was(role: SpeechToText, states: torch.Tensor) -> None:
+    """The warm-up (on a GPU: every graph captured before the first request) decodes prompts of
+    zeros; what is decoded afterwards is what was decoded before it."""
+    decoder = role.backend.decoder
+    assert decoder is not None
+    prompts = [role.prompts("fr"), role.prompts("mg")]
+    before = decoder.start(states).generate(prompts, 12, [-1])
+    decoder.warm_up(3, [role.prompts("fr")], (-1,))
+    after = decoder.start(states).generate(prompts, 12, [-1])
+    assert [(d.tokens, d.logprob_sum) for d in after] == [(d.tokens, d.logprob_sum) for d in before]
+
+
 def test_max_new_tokens_bounds_decoding_as_in_ctranslate2(role: SpeechToText, states: torch.Tensor) -> None:
     assert role.backend.decoder is not None
     prompts = [role.prompts("fr")] * 2

@@ -141,11 +141,20 @@ class WhisperDecoder:
         session.sot_logits = session.step(torch.full((batch,), self.special.sot, dtype=torch.long))
         return session
 
-    def warm_up(self, max_batch: int, frames: int = 1500) -> None:
-        """Claim the buffers for ``max_batch`` windows and capture every graph now, not in first requests."""
+    def warm_up(
+        self,
+        max_batch: int,
+        prompts: list[list[int]] | None = None,
+        suppress_tokens: tuple[int, ...] = (-1,),
+        frames: int = 1500,
+    ) -> None:
+        """Claim the buffers for ``max_batch`` windows and capture every graph now, not in first
+        requests: each step's, and each decoding iteration's for each of ``prompts``' rules."""
         states = torch.zeros(max_batch, frames, self.width, device=self.device, dtype=self.dtype)
         for rows in sorted({self._slots(b) for b in range(1, max_batch + 1)}, reverse=True):
             self.start(states[:rows])
+            for prompt in prompts or []:
+                self.start(states[:rows]).generate([prompt] * rows, 2, suppress_tokens)
 
     def language_probabilities(self, sot_logits: torch.Tensor, language_ids: list[int]) -> np.ndarray:
         """``[batch, len(language_ids)]``: the languages' probabilities among themselves."""
