@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=float, default=5.0, help="served: seconds each level sends before counting")
     parser.add_argument("--facade-workers", type=int, default=1, help="served: the facade's processes")
+    parser.add_argument(
+        "--mps", action="store_true", help="served/locust/voice: the stack's processes share the GPU through CUDA MPS"
+    )
     parser.add_argument("--max-tokens", type=int, default=64, help="voice: the length of every reply")
     parser.add_argument("--methods", default="", help="voice: the ways measured (default: all of voice_turn's)")
     parser.add_argument(

@@ -20,7 +20,7 @@ from loadtests import payloads
 from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_stats
 from loadtests.bench import triton_counters
 from loadtests.bench.batching import SENDERS, Answer, Send, load_session, post_json, post_upload
-from loadtests.bench.gpu.common import CHAT_TOKENS, REPO, gpu_memory, save
+from loadtests.bench.gpu.common import CHAT_TOKENS, REPO, cuda_mps, gpu_memory, save
 from loadtests.bench.gpu.levels import Level, inprocess_rates, run_level
 from loadtests.bench.gpu.variants import bench_models, dump_registry, overlay_names
 
@@ -118,7 +118,10 @@ def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any
         repository = args.work / f"repository-{variant}"
         write_configs(load_registry(registry), repository, instance_kind="gpu" if args.profile != "embedded" else None)
     started = time.perf_counter()
-    with local_stack(log, env, server=args.server, repository=repository, facade_workers=args.facade_workers) as stack:
+    with (
+        cuda_mps(args.work) if args.mps else contextlib.nullcontext(),
+        local_stack(log, env, server=args.server, repository=repository, facade_workers=args.facade_workers) as stack,
+    ):
         print(f"{variant}: stack ready in {time.perf_counter() - started:.0f} s", flush=True)
         yield stack, list(models), round(time.perf_counter() - started, 1)
 
@@ -126,7 +129,9 @@ def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any
 def phase_served(args: argparse.Namespace) -> None:
     for variant in args.variants.split(","):
         log = args.work / f"stack-{variant}{_server_suffix(args)}.log"
-        result: dict[str, Any] = {"variant": variant, "server": args.server, "facade_workers": args.facade_workers}
+        result: dict[str, Any] = {
+            "variant": variant, "server": args.server, "facade_workers": args.facade_workers, "mps": args.mps,
+        }  # fmt: skip
         try:
             with stack_for(args, variant, log) as (stack, models, start_s):
                 result["start_s"] = start_s
@@ -201,7 +206,8 @@ def level_line(variant: str, row: dict[str, Any]) -> str:
 
 
 def _server_suffix(args: argparse.Namespace) -> str:
-    return "" if args.server == "pytriton" else f"-{args.server}"
+    """What results are named after besides the variant: the server, and MPS where it ran."""
+    return ("" if args.server == "pytriton" else f"-{args.server}") + ("-mps" if args.mps else "")
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -222,7 +228,9 @@ def phase_locust(args: argparse.Namespace) -> None:
     locust_args = build_parser().parse_args(
         ["--users", str(args.users), "--spawn-rate", "4", "--duration", args.duration, "--report-only"]
     )
-    result: dict[str, Any] = {"variant": variant, "server": args.server, "users": args.users, "duration": args.duration}
+    result: dict[str, Any] = {
+        "variant": variant, "server": args.server, "users": args.users, "duration": args.duration, "mps": args.mps,
+    }  # fmt: skip
     with stack_for(args, variant, out / "stack.log") as (stack, _models, _start):
         code = run_locust(locust_args, stack.facade, out)
         result["locust_exit"] = code
