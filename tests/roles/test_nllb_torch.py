@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from contract.records import InputError, TranslateRequest, Translation
 from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
-from milo_voice.roles.ctranslate2_files import read_model_bin
+from milo_voice.roles.ctranslate2_files import ModelFileError, read_model_bin
 from milo_voice.roles.nllb.model import NllbModel
 from milo_voice.roles.translate import Translator
 
@@ -78,6 +79,10 @@ def test_the_model_reads_every_layer_of_the_file(embedded_dir: Path) -> None:
     assert model.decoder_layers == layers("decoder") > 0
     assert model.encoder_layers == layers("encoder") > 0
     assert model.vocabulary_size == weights["decoder/embeddings/weight"].shape[0]
+    # Another transformer's layout is refused, not computed wrongly.
+    post_norm = {**weights, "decoder/pre_norm": np.array(0, dtype=np.int8)}
+    with pytest.raises(ModelFileError, match="decoder/pre_norm"):
+        NllbModel(post_norm)
 
 
 class _PaddedRows(NllbModel):

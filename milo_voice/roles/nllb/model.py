@@ -22,13 +22,29 @@ import torch
 from torch.nn import functional
 
 from milo_voice.roles.attention_heads import merge_heads, split_heads
-from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, read_model_bin, weight_tensor
+from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, ModelFileError, read_model_bin, weight_tensor
 
 # CTranslate2's activation enum (include/ctranslate2/ops/activation.h) to torch.
 ACTIVATIONS = {0: functional.relu, 1: lambda x: functional.gelu(x, approximate="tanh"), 3: functional.gelu}
 # Source lengths are rounded up to one of these steps of cross-attention buffers (powers of two),
 # so that a handful of captured graphs serve every sentence length.
 MIN_SOURCE_BUCKET = 16
+
+
+# The layout this module computes, as CTranslate2's spec records it: another TransformerSpec (a
+# post-norm model, ALiBi, one shared key/value head, a norm after the embeddings) is refused, not
+# computed wrongly.
+LAYOUT = {"encoder/pre_norm": 1, "decoder/pre_norm": 1, "decoder/alibi": 0, "encoder/multi_query_attention": 0}
+
+
+def _check_layout(weights: dict[str, np.ndarray]) -> None:
+    differs = [name for name, value in LAYOUT.items() if name in weights and int(weights[name]) != value]
+    differs += [name for name in weights if "layernorm_embedding" in name or "rms_norm" in name]
+    for side in ("encoder", "decoder"):
+        if int(weights.get(f"{side}/activation", 0)) not in ACTIVATIONS:
+            differs.append(f"{side}/activation")
+    if differs:
+        raise ModelFileError(f"not NLLB's layout, which the torch engine computes: {', '.join(sorted(differs))}")
 
 
 def _power_of_two(n: int, least: int = 1) -> int:
@@ -46,6 +62,7 @@ class NllbModel:
         max_length: int = 256,
         cuda_graphs: bool | None = None,
     ) -> None:
+        _check_layout(weights)
         self.device, self.dtype = torch.device(device), dtype
         converted: dict[int, torch.Tensor] = {}  # shared embeddings are one array under three names
 
