@@ -39,9 +39,10 @@ def read_vocabulary(folder: Path) -> list[str]:
 
 
 Engine = Literal["auto", "ctranslate2", "torch"]
-# The widest batch the torch engine captures its graphs for at load: sentences of a Triton batch
-# (the registry's largest max_batch_size on a GPU) times the beam.
-WARM_SENTENCES = 64
+# The most sentences the torch engine searches together (more are searched in chunks): its graphs
+# are captured at load for up to this many, times the beam; a served batch of 64 clients' requests
+# held about 50 (docs/benchmarks.md, section 4).
+MAX_SENTENCES = 64
 
 
 class TranslateInputError(InputError):
@@ -79,7 +80,7 @@ class Translator:
 
             self._translator = TorchTranslator(
                 path, read_vocabulary(path), f"{device}:{device_index}" if device == "cuda" else device,
-                torch_dtype(compute_type), max_decoding_length,
+                torch_dtype(compute_type), max_decoding_length, MAX_SENTENCES,
             )  # fmt: skip
         else:
             self._translator = ctranslate2.Translator(
@@ -105,7 +106,7 @@ class Translator:
         if positions:
             self.max_decoding_length = min(max_decoding_length, positions - 1)
         if self.engine == "torch":
-            self._translator.warm_up(WARM_SENTENCES, beam_size)
+            self._translator.warm_up(beam_size)
 
     def _checked_pieces(self, request: TranslateRequest) -> list[tuple[list[str], str]]:
         """``request`` checked (``TranslateInputError``), and its text as ``_pieces`` (which refuses a

@@ -51,6 +51,12 @@ def test_a_batch_of_every_length_decodes_as_ctranslate2_does(embedded_dir: Path,
     _assert_same(expected, [torch_engine.translate_batch([r])[0] for r in REQUESTS])
 
 
+def test_a_batch_past_the_most_sentences_is_searched_in_chunks_alike(embedded_dir: Path) -> None:
+    reference, torch_engine = _pair(embedded_dir / "translate")
+    torch_engine._translator.max_sentences = 3  # the requests hold 8 sentences: chunks of 3, 3 and 2
+    _assert_same(reference.translate_batch(REQUESTS), torch_engine.translate_batch(REQUESTS))
+
+
 def test_forced_lengths_and_the_output_limit_as_ctranslate2(embedded_dir: Path) -> None:
     # The benchmark's fixed lengths forbid the end token until the limit (min_decoding_length).
     reference, torch_engine = _pair(embedded_dir / "translate", FixedLengthTranslator, max_decoding_length=12)

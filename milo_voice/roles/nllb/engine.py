@@ -29,16 +29,27 @@ class TranslationResult:
 
 
 class TorchTranslator:
+    """``max_sentences``: the most sentences searched together; a batch with more is searched in
+    chunks, so that the decoder's buffers (its key/value cache grows with the rows) stay bounded
+    and their graphs stay the ones captured at load."""
+
     def __init__(
-        self, model_dir: Path, vocabulary: list[str], device: str, dtype: torch.dtype, max_length: int
+        self,
+        model_dir: Path,
+        vocabulary: list[str],
+        device: str,
+        dtype: torch.dtype,
+        max_length: int,
+        max_sentences: int = 64,
     ) -> None:
         self.model = NllbModel.from_model_dir(model_dir, device, dtype, max_length)
         self.tokens = vocabulary
         self.ids = {token: i for i, token in enumerate(vocabulary)}
         self.start_id, self.end_id, self.unk_id = special_ids(model_dir, self.ids)
+        self.max_sentences = max_sentences
 
-    def warm_up(self, max_batch: int, beam_size: int) -> None:
-        self.model.warm_up(max_batch * beam_size)
+    def warm_up(self, beam_size: int) -> None:
+        self.model.warm_up(self.max_sentences * beam_size)
 
     def translate_batch(
         self,
@@ -50,7 +61,11 @@ class TorchTranslator:
         return_scores: bool = True,
     ) -> list[TranslationResult]:
         options = SearchOptions(self.start_id, self.end_id, beam_size, max_decoding_length, min_decoding_length)
-        best = beam_search(self.model, [self._ids(s) for s in source], [self._ids(p) for p in target_prefix], options)
+        sources, prefixes = [self._ids(s) for s in source], [self._ids(p) for p in target_prefix]
+        best = []
+        for begin in range(0, len(sources), self.max_sentences):
+            end = begin + self.max_sentences
+            best += beam_search(self.model, sources[begin:end], prefixes[begin:end], options)
         results = []
         for hypothesis in best:
             tokens = hypothesis.tokens[:-1] if hypothesis.tokens[-1:] == [self.end_id] else hypothesis.tokens
