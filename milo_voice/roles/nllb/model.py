@@ -23,6 +23,7 @@ from torch.nn import functional
 
 from milo_voice.roles.attention_heads import merge_heads, split_heads
 from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, ModelFileError, read_model_bin, weight_tensor
+from milo_voice.roles.cuda_graphs import capture
 
 # CTranslate2's activation enum (include/ctranslate2/ops/activation.h) to torch.
 ACTIVATIONS = {0: functional.relu, 1: lambda x: functional.gelu(x, approximate="tanh"), 3: functional.gelu}
@@ -211,19 +212,9 @@ class NllbModel:
         return logits
 
     def _capture(self, rows: int, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Record one step after warm-up runs on a side stream (what capture needs); the runs write the
-        cache at the current position, which the step that follows writes again."""
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._forward(rows, bucket)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads of the process (other models) may use the GPU meanwhile.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            logits = self._forward(rows, bucket)
-        return graph, logits
+        """Record one step; the warm-up runs write the cache at the current position, which the step
+        that follows writes again."""
+        return capture(self.device, lambda: self._forward(rows, bucket))
 
     def _forward(self, rows: int, bucket: int) -> torch.Tensor:
         """One step of ``rows`` rows; reads and writes only ``self._buffers`` (fixed addresses)."""

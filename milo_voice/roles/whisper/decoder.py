@@ -33,11 +33,12 @@ from torch.nn import functional
 
 from milo_voice.roles.attention_heads import merge_heads, split_heads
 from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, read_model_bin, weight_tensor
+from milo_voice.roles.cuda_graphs import capture
+
+log = logging.getLogger(__name__)
 
 # CTranslate2's WhisperOptions default: the first timestamp is at most 50 x 20 ms into the window.
 MAX_INITIAL_TIMESTAMP_INDEX = 50
-log = logging.getLogger(__name__)
-
 # Whisper's text context: no sequence, prompt included, is longer.
 WHISPER_TEXT_CONTEXT = 448
 # Decoding reads back whether every window has ended once every this many steps: a read waits for
@@ -251,37 +252,20 @@ class WhisperDecoder:
         tokens, the position, the decoding state) is put back before the graph first runs; what they
         wrote in the cache at later positions is written again before it is read."""
         steps = self._steps
-        saved = [t.clone() for t in (steps.tokens, steps.position, *steps.greedy.tensors())]
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._greedy_iteration(rows, rules)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        for tensor, value in zip((steps.tokens, steps.position, *steps.greedy.tensors()), saved, strict=True):
+        changed = (steps.tokens, steps.position, *steps.greedy.tensors())
+        saved = [t.clone() for t in changed]
+        graph, _ = capture(self.device, lambda: self._greedy_iteration(rows, rules))
+        for tensor, value in zip(changed, saved, strict=True):
             tensor.copy_(value)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._greedy_iteration(rows, rules)
         return graph
 
     def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Record one step for ``rows`` rows, after warm-up runs on a side stream (what capture needs).
 
-        The warm-up and the capture write the cache at the current position, which the step
-        that follows writes again, so nothing decoded is disturbed.
+        The warm-up runs write the cache at the current position, which the step that follows
+        writes again, so nothing decoded is disturbed.
         """
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._forward(rows)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads of the process (other models) may use the GPU meanwhile.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            logits = self._forward(rows)
-        return graph, logits
+        return capture(self.device, lambda: self._forward(rows))
 
 
 class _StepBuffers:
