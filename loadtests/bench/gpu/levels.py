@@ -56,7 +56,7 @@ def process_tree_cpu_s(root: int, marker: bytes) -> float | None:
         if not entry.isdigit():
             continue
         try:
-            stat = open(f"/proc/{entry}/stat", "rb").read()  # noqa: SIM115 (one read, closed at once)
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
         except OSError:
             continue  # ended meanwhile
         fields = stat.rsplit(b")", 1)[1].split()  # after "pid (name)": state, ppid, ... utime is 14th
@@ -70,7 +70,7 @@ def process_tree_cpu_s(root: int, marker: bytes) -> float | None:
 
     def has_marker(pid: int) -> bool:
         try:
-            return marker in open(f"/proc/{pid}/cmdline", "rb").read()
+            return marker in Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
 

@@ -40,7 +40,7 @@ class TorchTranslator:
         device: str,
         dtype: torch.dtype,
         max_length: int,
-        max_sentences: int = 64,
+        max_sentences: int,
     ) -> None:
         self.model = NllbModel.from_model_dir(model_dir, device, dtype, max_length)
         self.tokens = vocabulary
