@@ -9,6 +9,7 @@
 #   gpu_device.sh llama-wait        wait for that build
 #   gpu_device.sh phase ARGS...     python -m loadtests.bench.gpu ARGS..., with the libraries set up
 #   gpu_device.sh run MODULE ARGS   python -m MODULE ARGS..., set up the same way
+#   gpu_device.sh collect           copy every result so far (and Locust's CSV files) to $OUT
 #
 # Why the library path: PyTriton's tritonserver needs the interpreter's libpython and the wheel's
 # own bundled libraries first; the CTranslate2 wheels load libcublas.so.12 while the machine
@@ -87,8 +88,19 @@ phase|run)
     export MILO_GPU_ASSETS="$WORK/assets" MILO_CLIPS_DIR="$WORK/assets/clips"
     python3 -m "$@"
     ;;
+collect)
+    # Names with '+' (variants of several overlays) do not come back from the machine: '_' instead.
+    mkdir -p "$OUT/locust"
+    for file in "$WORK"/results/*.json; do [ -e "$file" ] && cp "$file" "$OUT/$(basename "$file" | tr + _)"; done
+    for folder in "$WORK"/locust-*/; do
+        [ -d "$folder" ] || continue
+        name=$(basename "$folder" | tr + _) && mkdir -p "$OUT/locust/$name"
+        cp "$folder"/*.csv "$OUT/locust/$name/" 2>/dev/null || true
+    done
+    ls -R "$OUT" | head -40
+    ;;
 *)
-    sed -n '2,9p' "$0"
+    sed -n '2,10p' "$0"
     exit 2
     ;;
 esac

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=20.0, help="served, voice: how long each level is measured (new turns)"
     )
     parser.add_argument("--warmup", type=float, default=5.0, help="served: seconds each level sends before counting")
-    parser.add_argument("--facade-workers", type=int, default=1, help="served: the facade's processes")
+    parser.add_argument("--facade-workers", type=int, default=1, help="served/locust: the facade's processes")
     parser.add_argument(
         "--mps", action="store_true", help="served/locust/voice: the stack's processes share the GPU through CUDA MPS"
     )

@@ -161,8 +161,7 @@ def phase_served(args: argparse.Namespace) -> None:
         except Exception as exc:
             result["error"] = f"{type(exc).__name__}: {exc}"
             print(f"{variant} failed: {exc}; log tail:\n{_tail(log)}", flush=True)
-        workers = f"-w{args.facade_workers}" if args.facade_workers > 1 else ""
-        save(args.work, f"served-{variant}{_server_suffix(args)}{workers}", result)
+        save(args.work, f"served-{variant}{_server_suffix(args)}", result)
 
 
 def endpoint_levels(endpoints: str, levels: list[int]) -> list[tuple[str, list[int]]]:
@@ -206,8 +205,13 @@ def level_line(variant: str, row: dict[str, Any]) -> str:
 
 
 def _server_suffix(args: argparse.Namespace) -> str:
-    """What results are named after besides the variant: the server, and MPS where it ran."""
-    return ("" if args.server == "pytriton" else f"-{args.server}") + ("-mps" if args.mps else "")
+    """What results are named after besides the variant: the server, MPS where it ran, and the facade's
+    processes where there were several."""
+    return (
+        ("" if args.server == "pytriton" else f"-{args.server}")
+        + ("-mps" if args.mps else "")
+        + (f"-w{args.facade_workers}" if args.facade_workers > 1 else "")
+    )
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -230,6 +234,7 @@ def phase_locust(args: argparse.Namespace) -> None:
     )
     result: dict[str, Any] = {
         "variant": variant, "server": args.server, "users": args.users, "duration": args.duration, "mps": args.mps,
+        "facade_workers": args.facade_workers,
     }  # fmt: skip
     with stack_for(args, variant, out / "stack.log") as (stack, _models, _start):
         code = run_locust(locust_args, stack.facade, out)
