@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Iterator
@@ -116,6 +117,9 @@ def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any
         from milo_voice.triton_repository import write_configs
 
         repository = args.work / f"repository-{variant}"
+        # Made anew: one left by a run of the variant with other models (another --drop) would serve
+        # those too, and fail to load them (seen on 2026-12-01).
+        shutil.rmtree(repository, ignore_errors=True)
         write_configs(load_registry(registry), repository, instance_kind="gpu" if args.profile != "embedded" else None)
     started = time.perf_counter()
     with (
