@@ -41,6 +41,8 @@ class ServerSettings(BaseSettings):
     # The key Triton's inference and management endpoints then need (contract/triton_access.py);
     # required where triton_bind is not loopback.
     triton_key: str | None = None
+    # The stock server's model processes share the GPU through CUDA MPS (milo_voice/serving/cuda_mps.py).
+    cuda_mps: bool = False
 
     @field_validator("chat_cloud_url", "triton_key")
     @classmethod

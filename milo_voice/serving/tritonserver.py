@@ -27,6 +27,7 @@ from pathlib import Path
 from contract.triton_access import check_exposure, restriction
 from milo_voice.child_processes import stop_with_parent
 from milo_voice.registry import registry_path
+from milo_voice.serving.cuda_mps import cuda_mps
 from milo_voice.serving.shared_memory import remove_orphaned_segments
 from milo_voice.settings import REPO_ROOT, server_settings
 
@@ -140,6 +141,8 @@ def main() -> None:
     # Without --workdir the server copy goes to a temporary folder, removed on the way out.
     with contextlib.ExitStack() as cleanup:
         workdir = args.workdir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="milo-tritonserver-")))
+        if server_settings().cuda_mps:  # started before the server, stopped after it
+            cleanup.enter_context(cuda_mps(workdir))
         process = start_server(ports, args.model_repository, workdir)
         # SIGTERM (a supervisor, a test stopping the server) stops tritonserver too, which unloads its
         # models: their Python stubs exit with it instead of running on, orphaned.

@@ -7,10 +7,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import aiohttp
-import pytest
 
 from loadtests.bench.batching import Answer
 from loadtests.bench.gpu.levels import Level, percentile, process_tree_cpu_s, run_level
@@ -67,31 +65,3 @@ def test_served_throughput_is_set_beside_the_roles_rate_in_process() -> None:
     assert ratios["served_over_best"] == round(100.0 / 105.5, 3)
     assert ratios["inprocess_at_formed_batch"] == {"batch": 8, "rate": 83.9}  # batches of 14: below 32
     assert served_over_inprocess(level, {}) == {}
-
-
-def test_mps_is_refused_clearly_where_the_machine_has_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from loadtests.bench.gpu.common import cuda_mps
-
-    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-cuda-mps-control on it
-    with pytest.raises(RuntimeError, match="measure without --mps"), cuda_mps(tmp_path):
-        pass
-    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
-
-
-def test_mps_daemon_is_started_for_the_stack_and_stopped_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stand-in for nvidia-cuda-mps-control records how it was called: started as a daemon with its
-    folders under the work folder, told to quit at the end, the stack's environment pointed at it."""
-    from loadtests.bench.gpu.common import cuda_mps
-
-    calls = tmp_path / "calls"
-    control = tmp_path / "bin" / "nvidia-cuda-mps-control"
-    control.parent.mkdir()
-    control.write_text(f'#!/bin/sh\necho "$* $(cat 2>/dev/null) pipe=$CUDA_MPS_PIPE_DIRECTORY" >> {calls}\n')
-    control.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{control.parent}:{os.environ['PATH']}")
-    with cuda_mps(tmp_path / "work"):
-        assert os.environ["CUDA_MPS_PIPE_DIRECTORY"] == str(tmp_path / "work" / "mps" / "pipe")
-    started, stopped = calls.read_text().splitlines()
-    assert started.startswith("-d") and started.endswith(f"pipe={tmp_path / 'work' / 'mps' / 'pipe'}")
-    assert "quit" in stopped
-    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ

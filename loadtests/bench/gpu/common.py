@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import platform
-import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,32 +34,6 @@ def nvidia_smi(query: str, *options: str, timeout_s: float | None = None) -> str
         return subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout_s).stdout.strip()
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return None
-
-
-@contextlib.contextmanager
-def cuda_mps(work: Path) -> Iterator[None]:
-    """NVIDIA's Multi-Process Service for the block: the stack's processes (one per model with the
-    stock server) run their kernels on the GPU side by side instead of taking turns in time slices,
-    where a small model's short steps wait behind another's. The daemon stops with the block."""
-    control = shutil.which("nvidia-cuda-mps-control")
-    if control is None:
-        raise RuntimeError("nvidia-cuda-mps-control is not on this machine: measure without --mps")
-    folders = {"CUDA_MPS_PIPE_DIRECTORY": work / "mps" / "pipe", "CUDA_MPS_LOG_DIRECTORY": work / "mps" / "log"}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    settings = {name: str(folder) for name, folder in folders.items()}
-    before = {name: os.environ.get(name) for name in settings}
-    subprocess.run([control, "-d"], env={**os.environ, **settings}, check=True, timeout=60)
-    os.environ.update(settings)  # the stack's processes, started from here, find the daemon
-    try:
-        yield
-    finally:
-        subprocess.run([control], input=b"quit\n", env={**os.environ, **settings}, check=False, timeout=60)
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def gpu_memory() -> dict[str, Any]:

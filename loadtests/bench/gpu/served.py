@@ -21,9 +21,10 @@ from loadtests import payloads
 from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_stats
 from loadtests.bench import triton_counters
 from loadtests.bench.batching import SENDERS, Answer, Send, load_session, post_json, post_upload
-from loadtests.bench.gpu.common import CHAT_TOKENS, REPO, cuda_mps, gpu_memory, save
+from loadtests.bench.gpu.common import CHAT_TOKENS, REPO, gpu_memory, save
 from loadtests.bench.gpu.levels import Level, inprocess_rates, run_level
 from loadtests.bench.gpu.variants import bench_models, dump_registry, overlay_names
+from milo_voice.serving.cuda_mps import cuda_mps
 
 
 async def _chat(session: aiohttp.ClientSession, base: str, n: int) -> Answer:
