@@ -38,10 +38,13 @@ def read_vocabulary(folder: Path) -> list[str]:
     return (folder / "shared_vocabulary.txt").read_text(encoding="utf-8").splitlines()
 
 
-Engine = Literal["auto", "ctranslate2", "torch"]
-# The most sentences the torch engine searches together (more are searched in chunks): its graphs
-# are captured at load for up to this many, times the beam; a served batch of 64 clients' requests
-# held about 50 (docs/benchmarks.md, section 4).
+# "torch+ctranslate2": the torch engine for a batch of up to ``MAX_SENTENCES`` sentences, CTranslate2
+# for a larger one (what "auto" is on a GPU with a beam of 2 or more).
+Engine = Literal["auto", "ctranslate2", "torch", "torch+ctranslate2"]
+# The most sentences the torch engine searches together: its graphs are captured at load for up to
+# this many, times the beam. Beyond it, CTranslate2 (where loaded) is faster than the torch engine's
+# chunks, whose steps add up, while CTranslate2's batch grows for about the same time
+# (docs/benchmarks.md, section 4).
 MAX_SENTENCES = 64
 
 
@@ -65,25 +68,28 @@ class Translator:
         intra_threads: int = 0,
         engine: Engine = "auto",
     ) -> None:
-        """``engine``: "torch" decodes in torch with CUDA graphs ("auto" does on a GPU with a beam of 2
-        or more: CTranslate2's decoding there is paced by kernel launches); "ctranslate2" decodes in
-        CTranslate2, as "auto" does on a CPU."""
+        """``engine``: "torch" decodes in torch with CUDA graphs; "ctranslate2" in CTranslate2;
+        "torch+ctranslate2" loads both and picks by the batch's sentences. "auto" is that on a GPU
+        with a beam of 2 or more (CTranslate2's decoding of a small batch there is paced by kernel
+        launches), and CTranslate2 elsewhere."""
         path = Path(model_path)
         self.revision = identity.read(path).revision
-        self._translator: Any
-        self.engine = engine if engine != "auto" else "torch" if device == "cuda" and beam_size >= 2 else "ctranslate2"
-        if self.engine == "torch":
+        gpu_search = device == "cuda" and beam_size >= 2
+        self.engine: Engine = engine if engine != "auto" else "torch+ctranslate2" if gpu_search else "ctranslate2"
+        engines = self.engine.split("+")
+        self._torch: Any = None
+        self._ctranslate2: Any = None
+        if "torch" in engines:
             from milo_voice.roles.nllb.engine import TorchTranslator, torch_dtype
 
             if beam_size < 2:
                 raise ValueError("the torch engine runs beam search: beam_size 2 or more")
-
-            self._translator = TorchTranslator(
+            self._torch = TorchTranslator(
                 path, read_vocabulary(path), f"{device}:{device_index}" if device == "cuda" else device,
                 torch_dtype(compute_type), max_decoding_length, MAX_SENTENCES,
             )  # fmt: skip
-        else:
-            self._translator = ctranslate2.Translator(
+        if "ctranslate2" in engines:
+            self._ctranslate2 = ctranslate2.Translator(
                 str(path), device=device, device_index=device_index, compute_type=compute_type,
                 intra_threads=intra_threads,
             )  # fmt: skip
@@ -105,8 +111,15 @@ class Translator:
         self.max_input_tokens = min(max_input_tokens, positions - 2) if positions else max_input_tokens
         if positions:
             self.max_decoding_length = min(max_decoding_length, positions - 1)
-        if self.engine == "torch":
-            self._translator.warm_up(beam_size)
+        if self._torch is not None:
+            self._torch.warm_up(beam_size)
+
+    def engine_for(self, sentences: int) -> Any:
+        """What translates a batch of ``sentences``: the torch engine up to the most it searches at
+        once, CTranslate2 beyond where it is loaded too (the torch engine alone searches in chunks)."""
+        if self._torch is not None and (self._ctranslate2 is None or sentences <= self._torch.max_sentences):
+            return self._torch
+        return self._ctranslate2
 
     def _checked_pieces(self, request: TranslateRequest) -> list[tuple[list[str], str]]:
         """``request`` checked (``TranslateInputError``), and its text as ``_pieces`` (which refuses a
@@ -188,7 +201,7 @@ class Translator:
                 breaks.append(after)
         # CTranslate2 refuses an empty batch: a batch of refusals computes nothing.
         results = (
-            self._translator.translate_batch(
+            self.engine_for(len(sources)).translate_batch(
                 sources,
                 target_prefix=[[NLLB_CODES[requests[i].target]] for i in owners],
                 return_scores=True,

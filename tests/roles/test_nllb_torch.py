@@ -53,8 +53,21 @@ def test_a_batch_of_every_length_decodes_as_ctranslate2_does(embedded_dir: Path,
 
 def test_a_batch_past_the_most_sentences_is_searched_in_chunks_alike(embedded_dir: Path) -> None:
     reference, torch_engine = _pair(embedded_dir / "translate")
-    torch_engine._translator.max_sentences = 3  # the requests hold 8 sentences: chunks of 3, 3 and 2
+    torch_engine._torch.max_sentences = 3  # the requests hold 8 sentences: chunks of 3, 3 and 2
     _assert_same(reference.translate_batch(REQUESTS), torch_engine.translate_batch(REQUESTS))
+
+
+def test_both_engines_loaded_take_a_batch_by_its_sentences(embedded_dir: Path) -> None:
+    """What "auto" loads on a GPU: the torch engine for what it searches at once, CTranslate2 for
+    more (instead of the torch engine's chunks); either way the answers are CTranslate2's."""
+    reference = Translator(embedded_dir / "translate", compute_type="float32", engine="ctranslate2")
+    both = Translator(embedded_dir / "translate", compute_type="float32", engine="torch+ctranslate2")
+    both._torch.max_sentences = 3
+    assert both.engine_for(3) is both._torch and both.engine_for(4) is both._ctranslate2
+    assert reference.engine_for(3) is reference._ctranslate2  # one engine: whatever the batch
+    small, large = REQUESTS[:2], REQUESTS  # 2 sentences, then 8
+    _assert_same(reference.translate_batch(small), both.translate_batch(small))
+    _assert_same(reference.translate_batch(large), both.translate_batch(large))
 
 
 def test_forced_lengths_and_the_output_limit_as_ctranslate2(embedded_dir: Path) -> None:
@@ -100,5 +113,5 @@ class _PaddedRows(NllbModel):
 
 def test_rows_padded_as_on_a_gpu_decode_the_same(embedded_dir: Path) -> None:
     reference, torch_engine = _pair(embedded_dir / "translate", beam_size=3)  # 3 beams: never a power of two
-    torch_engine._translator.model = _PaddedRows.from_model_dir(embedded_dir / "translate", max_length=256)
+    torch_engine._torch.model = _PaddedRows.from_model_dir(embedded_dir / "translate", max_length=256)
     _assert_same(reference.translate_batch(REQUESTS), torch_engine.translate_batch(REQUESTS))

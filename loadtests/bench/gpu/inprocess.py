@@ -180,14 +180,15 @@ def tts_inprocess(path: Path) -> dict[str, Any]:
 
 
 def translate_inprocess(path: Path) -> dict[str, Any]:
-    """Both engines of the role in float16 (the registry's GPU compute type), beam 2, side by side:
-    the torch engine (the GPU default) is ``batches``, CTranslate2's ``ctranslate2_batches``."""
+    """The role's engines in float16 (the registry's GPU compute type), beam 2, side by side:
+    CTranslate2 (``ctranslate2_batches``), the torch engine alone (``torch_batches``), and the two
+    as "auto" picks them on a GPU (``batches``: the served phase's reference)."""
     from contract.records import TranslateRequest, Translation
     from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 
     rows: dict[str, Any] = {}
     made = {}
-    for engine, key in (("ctranslate2", "ctranslate2_batches"), ("torch", "batches")):
+    for engine, key in (("ctranslate2", "ctranslate2_batches"), ("torch", "torch_batches"), ("auto", "batches")):
         before = _memory_used_mib()
         translator = FixedLengthTranslator(
             path, device="cuda", compute_type="float16", max_decoding_length=TRANSLATE_TOKENS, engine=engine
@@ -203,7 +204,7 @@ def translate_inprocess(path: Path) -> dict[str, Any]:
     # What the two decide, on the benchmark's texts (seeded weights: the texts mean nothing, but the
     # searches must agree but for float16's rounding).
     requests = [TranslateRequest(t, s, g) for s, g, t in [*payloads.TRANSLATE_SHORT, *payloads.TRANSLATE_LONG]]
-    answers = {engine: made[engine].translate_batch(requests) for engine in made}
+    answers = {engine: made[engine].translate_batch(requests) for engine in ("ctranslate2", "torch")}
     same = [
         isinstance(a, Translation) and isinstance(b, Translation) and a.text == b.text
         for a, b in zip(answers["ctranslate2"], answers["torch"], strict=True)
