@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=20.0, help="served, voice: how long each level is measured (new turns)"
     )
     parser.add_argument("--warmup", type=float, default=5.0, help="served: seconds each level sends before counting")
+    parser.add_argument(
+        "--gpu-sample-s", type=float, default=0.5,
+        help="served: seconds between reads of the GPU's utilisation (nvidia-smi); 0: not read",
+    )  # fmt: skip
     parser.add_argument("--facade-workers", type=int, default=1, help="served/locust: the facade's processes")
     parser.add_argument(
         "--mps", action="store_true", help="served/locust/voice: the stack's processes share the GPU through CUDA MPS"

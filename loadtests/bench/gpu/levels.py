@@ -99,6 +99,8 @@ class GpuSampler:
         self._thread = threading.Thread(target=self._run, name="gpu-sampler", daemon=True)
 
     def _run(self) -> None:
+        if self.interval_s <= 0:
+            return  # not sampled: nvidia-smi starts a process that queries the driver each time
         while not self._stop.wait(self.interval_s):
             out = nvidia_smi("gpu=utilization.gpu", "--id=0", timeout_s=5)
             if out is None:
@@ -129,8 +131,10 @@ async def run_level(
     warmup_s: float = 5.0,
     metrics_url: str | None = None,
     stack_pid: int | None = None,
+    gpu_sample_s: float = 0.5,
 ) -> Level:
-    """``stack_pid``: the process the facade runs under, whose CPU time the level reports."""
+    """``stack_pid``: the process the facade runs under, whose CPU time the level reports;
+    ``gpu_sample_s``: how often the GPU's utilisation is read (0: never)."""
     latencies: list[float] = []
     answered = errors = 0
     window: dict[str, float] = {}
@@ -161,7 +165,7 @@ async def run_level(
         client_before = _own_cpu_s()
         window["start"] = time.perf_counter()
         window["end"] = window["start"] + seconds
-        with GpuSampler() as gpu:
+        with GpuSampler(gpu_sample_s) as gpu:
             await asyncio.sleep(seconds)
             cpu_after = process_tree_cpu_s(stack_pid, FACADE_MARKER) if stack_pid else None
             client_cores = (_own_cpu_s() - client_before) / seconds

@@ -136,6 +136,7 @@ def phase_served(args: argparse.Namespace) -> None:
         log = args.work / f"stack-{variant}{_server_suffix(args)}.log"
         result: dict[str, Any] = {
             "variant": variant, "server": args.server, "facade_workers": args.facade_workers, "mps": args.mps,
+            "gpu_sample_s": args.gpu_sample_s,
         }  # fmt: skip
         try:
             with stack_for(args, variant, log) as (stack, models, start_s):
@@ -155,6 +156,7 @@ def phase_served(args: argparse.Namespace) -> None:
                             run_level(
                                 stack.facade, endpoint, concurrency, SERVED_SENDERS[endpoint],
                                 args.seconds, args.warmup, f"http://{stack.metrics}/metrics", stack.pid,
+                                args.gpu_sample_s,
                             )
                         )  # fmt: skip
                         row = {**asdict(level), **served_over_inprocess(level, reference)}
