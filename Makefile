@@ -7,8 +7,9 @@ INSTALLED := $(VENV)/.installed
 # `milo-voice eval`'s clips, that the served voices did not make. Both from Debian's non-free
 # component, which system-packages enables beside contrib (the same mirror).
 DEBIAN_PACKAGES := redis-server espeak-ng sox libsndfile1 ffmpeg libttspico-utils mbrola-fr1
-# prometheus brings promtool, which checks the deploy/ rules in the tests (and a server to render the dashboard).
-DEBIAN_TOOLS := prometheus
+# prometheus brings promtool, which checks the deploy/ rules in the tests (and a server to render the dashboard);
+# chromium: the browser the playground's tests drive (Playwright, its fake microphone).
+DEBIAN_TOOLS := prometheus chromium
 # llama.cpp is built from source (no wheel on PyPI); portable flags, and pip's wheel
 # cache makes every later install on the same machine take seconds.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
@@ -18,7 +19,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 setup: system-packages python-packages models
 
 system-packages:
-	@missing=""; for cmd in redis-server espeak-ng sox ffmpeg promtool pico2wave mbrola; do command -v $$cmd >/dev/null || missing=1; done; \
+	@missing=""; for cmd in redis-server espeak-ng sox ffmpeg promtool pico2wave mbrola chromium; do command -v $$cmd >/dev/null || missing=1; done; \
 	[ -e /usr/share/mbrola/fr1 ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

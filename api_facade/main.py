@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import start_http_server
 
-from api_facade import access_log, errors, metrics, openapi
+from api_facade import access_log, errors, metrics, openapi, pages
 from api_facade.auth.first import AuthenticateFirst
 from api_facade.auth.ratelimit import RateLimiter, parse_networks
 from api_facade.auth.tokens import TokenService, open_token_store
@@ -130,11 +130,14 @@ def create_app(settings: Settings | None = None, triton: TritonPool | None = Non
         version="0.1.0",
         description="Speech to text, text to speech, translation and chat for Malagasy and French.",
         lifespan=lambda app: _lifespan(app, triton),
+        docs_url=None,  # pages.install serves /docs and /redoc from local files
+        redoc_url=None,
     )
     app.state.settings = settings or Settings()
     errors.install(app)
     metrics.install(app)
     openapi.install(app)
+    pages.install(app)
     # The last added is the outermost. From the outside in: every request gets its id, then is
     # measured whatever answers it; a token is checked before any body is read; no body is read
     # past its route's limit or deadline; a client that leaves cancels everything below, Triton
