@@ -308,7 +308,7 @@ async function startHandsFree() {
   // A browser cannot set headers on a WebSocket: the token goes as a subprotocol.
   const socket = new WebSocket(realtimeUrl(), token() ? ["realtime", `bearer.${token()}`] : ["realtime"]);
   socket.binaryType = "arraybuffer";
-  const state = { socket, partial: null, reply: null, microphone: null };
+  const state = { socket, partial: null, partials: 0, reply: null, microphone: null };
   live = state;
   $("handsfree").setAttribute("aria-pressed", "true");
   $("handsfree").textContent = "Stop hands-free";
@@ -356,6 +356,8 @@ function realtimeEvent(state, event) {
     case "conversation.item.input_audio_transcription.partial":
       state.partial = state.partial || addTurn("user", "", true);
       state.partial.textContent = event.transcript;
+      state.partials += 1;
+      document.body.dataset.partialTranscripts = String(state.partials);
       break;
     case "conversation.item.input_audio_transcription.completed":
       if (state.partial) state.partial.remove();

@@ -173,6 +173,8 @@ def test_hands_free_finds_the_turn_and_answers_aloud(browser: Browser, playgroun
     expect(page.locator("#handsfree")).to_have_attribute("aria-pressed", "true")
     expect(page.locator("#turns li.user:not(.partial)").first).to_contain_text("capitale", timeout=REPLY_TIMEOUT_MS)
     expect(page.locator("#turns li.assistant").first).not_to_be_empty(timeout=REPLY_TIMEOUT_MS)
+    # The transcript was shown while the question was still being spoken.
+    assert int(page.evaluate("document.body.dataset.partialTranscripts || '0'")) >= 1
     audio_ended(page, 1)
     page.click("#handsfree")
     expect(page.locator("#handsfree")).to_have_attribute("aria-pressed", "false")
@@ -194,6 +196,13 @@ def test_the_tts_stt_and_translation_panels(browser: Browser, playground: Playgr
     expect(results.nth(1).locator(".origin")).to_have_text("model")
 
     page.select_option("#language", "fr")
+    # Recorded from the microphone, then uploaded as a file.
+    page.click("#stt-record")
+    page.wait_for_timeout(int(1000 * (playground.question_s + 0.3)))
+    page.click("#stt-record")
+    page.click("#stt-send")
+    expect(page.locator("#stt-text")).to_contain_text("capitale", timeout=REPLY_TIMEOUT_MS)
+    page.evaluate("document.getElementById('stt-text').textContent = ''")
     page.set_input_files("#stt-file", str(playground.question))
     page.click("#stt-send")
     expect(page.locator("#stt-text")).to_contain_text("capitale", timeout=REPLY_TIMEOUT_MS)
