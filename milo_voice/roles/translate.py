@@ -1,5 +1,6 @@
-"""Translation with NLLB-200: CTranslate2's ``Translator``, or on a GPU the same model and the same
-beam search in torch with CUDA graphs (``milo_voice/roles/nllb``), from the one model directory.
+"""Translation with NLLB-200: CTranslate2's ``Translator``, and on a GPU, for batches of up to
+``MAX_SENTENCES`` sentences, the same model and the same beam search in torch with CUDA graphs
+(``milo_voice/roles/nllb``), from the one model directory.
 
 Every request carries its own source and target language, and the language codes are
 put into the token sequence of that request only: there is no tokenizer-wide
