@@ -308,16 +308,22 @@ async function startHandsFree() {
   // A browser cannot set headers on a WebSocket: the token goes as a subprotocol.
   const socket = new WebSocket(realtimeUrl(), token() ? ["realtime", `bearer.${token()}`] : ["realtime"]);
   socket.binaryType = "arraybuffer";
-  const state = { socket, partial: null, partials: 0, reply: null, microphone: null };
+  const state = { socket, opened: false, partial: null, partials: 0, reply: null, microphone: null };
   live = state;
   $("handsfree").setAttribute("aria-pressed", "true");
   $("handsfree").textContent = "Stop hands-free";
   socket.onmessage = (message) => realtimeEvent(state, JSON.parse(message.data));
   socket.onclose = (event) => {
-    if (event.code !== 1000 && event.reason) showError(`conversation closed: ${event.reason} (${event.code})`);
+    if (!state.opened) {
+      // A refused handshake reaches a page as a bare close: its status and body are not readable.
+      showError("hands-free could not start: the server refused the connection (is the API token right?)");
+    } else if (event.code !== 1000 && event.reason) {
+      showError(`conversation closed: ${event.reason} (${event.code})`);
+    }
     stopHandsFree();
   };
   socket.onopen = async () => {
+    state.opened = true;
     const session = { language: $("language").value, partial_transcripts: true };
     socket.send(JSON.stringify({ type: "session.update", session }));
     state.microphone = new Microphone((frame) => {

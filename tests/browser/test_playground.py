@@ -217,6 +217,10 @@ def test_the_tts_stt_and_translation_panels(browser: Browser, playground: Playgr
 
 def test_errors_show_the_servers_message(browser: Browser, playground: Playground) -> None:
     page = open_playground(browser, playground, with_token=False)
+    # Hands-free without a token: the refused handshake is said, and the button comes back.
+    page.click("#handsfree")
+    expect(page.locator("#error")).to_contain_text("refused the connection", timeout=30_000)
+    expect(page.locator("#handsfree")).to_have_attribute("aria-pressed", "false")
     page.click("#tr-send")
     error = page.locator("#error")
     expect(error).to_be_visible(timeout=30_000)
