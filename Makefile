@@ -14,7 +14,7 @@ DEBIAN_TOOLS := prometheus chromium
 # cache makes every later install on the same machine take seconds.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
-.PHONY: setup system-packages python-packages models serve test eval loadtest bench lint clean
+.PHONY: setup system-packages python-packages models serve test eval loadtest bench lint clean container-engine images test-containers
 
 setup: system-packages python-packages models
 
@@ -51,6 +51,22 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -ra
+
+# The project's images with docker, or podman where there is no Docker daemon (installed here from
+# Debian's packages when neither is), from a Debian base made with debootstrap where no registry
+# answers (deploy/containers/). Not part of `make test` yet: `make test-containers` runs their tests.
+CONTAINER_PACKAGES := podman runc uidmap slirp4netns fuse-overlayfs debootstrap
+container-engine:
+	@if ! command -v docker >/dev/null && ! command -v podman >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(CONTAINER_PACKAGES); \
+	fi
+
+images: container-engine
+	bash deploy/containers/images.sh
+
+test-containers: setup container-engine
+	MILO_CONTAINER_TESTS=1 $(BIN)/pytest -ra tests/containers
 
 # The quality report of the stack (starts it on the active profile, unless URL is given):
 # make eval [URL=http://host:8080 TOKEN=mv_...] [EVAL_OUT=eval]

@@ -5,16 +5,24 @@
 #   docker build -f deploy/docker/facade.Dockerfile -t milo-voice/facade:0.1.0 .
 #   docker run -p 8080:8080 -e MILO_TRITON_URL=model-server:8000 -e MILO_REDIS_URL=redis://redis:6379/0 \
 #       milo-voice/facade:0.1.0
+#
+# BASE_IMAGE: any Debian bookworm with python3 and its venv module; deploy/containers/images.sh
+# passes a base made with debootstrap where no registry answers.
 
-FROM python:3.12.8-slim-bookworm
+ARG BASE_IMAGE=python:3.12.8-slim-bookworm
+FROM ${BASE_IMAGE}
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 RUN apt-get update && apt-get install -y --no-install-recommends curl libsndfile1 \
     && rm -rf /var/lib/apt/lists/*
+# A virtual environment: the same commands whichever Python the base has (Debian's has no `pip`).
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /opt/milo
 COPY pyproject.toml README.md ./
 COPY milo_voice milo_voice
 COPY pytriton_app pytriton_app
 COPY client client
+COPY contract contract
 COPY api_facade api_facade
 COPY model_repository/registry.toml model_repository/registry.toml
 RUN pip install --upgrade pip && pip install . \

@@ -27,6 +27,7 @@ COPY pyproject.toml README.md ./
 COPY milo_voice milo_voice
 COPY pytriton_app pytriton_app
 COPY client client
+COPY contract contract
 COPY api_facade api_facade
 # CUDA kernels for Ampere, Ada and Hopper; no native tuning (the build host is not the GPU host).
 ENV CMAKE_ARGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=80;86;89;90 -DLLAVA_BUILD=OFF"
