@@ -25,6 +25,8 @@ def install(app: FastAPI) -> None:
     """The pages, on an app made with ``docs_url=None`` and ``redoc_url=None``."""
     app.mount("/playground/static", StaticFiles(directory=PLAYGROUND), name="playground-static")
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    # The two references read the same schema, under the same title and icon.
+    schema, title, icon = app.openapi_url or "/openapi.json", f"{app.title} API", f"{DOCS_ASSETS_URL}/favicon.png"
     oauth2_redirect = "/docs/oauth2-redirect"
 
     @app.get("/playground", include_in_schema=False)
@@ -34,11 +36,11 @@ def install(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title=f"{app.title} API",
+            openapi_url=schema,
+            title=title,
             swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            swagger_favicon_url=icon,
             oauth2_redirect_url=oauth2_redirect,
         )
 
@@ -49,9 +51,9 @@ def install(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
         return get_redoc_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title=f"{app.title} API",
+            openapi_url=schema,
+            title=title,
             redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            redoc_favicon_url=icon,
             with_google_fonts=False,
         )

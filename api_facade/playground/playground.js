@@ -193,6 +193,23 @@ function resample(input, ratio) {
   return out;
 }
 
+// The microphone kept from start() to stop(), which returns it as one WAV file.
+class Recording {
+  constructor() {
+    this.chunks = [];
+    this.microphone = new Microphone((frame) => this.chunks.push(frame));
+  }
+
+  start() {
+    return this.microphone.start();
+  }
+
+  stop() {
+    this.microphone.stop();
+    return wavFile(this.chunks);
+  }
+}
+
 function wavFile(chunks) {
   const length = chunks.reduce((n, c) => n + c.length, 0);
   const view = new DataView(new ArrayBuffer(44 + 2 * length));
@@ -230,22 +247,20 @@ async function startTalking() {
   if (recording) return;
   player.ensure(); // created inside the gesture: the browser lets it play
   player.stop();
-  const chunks = [];
-  recording = { chunks, microphone: new Microphone((frame) => chunks.push(frame)) };
+  recording = new Recording();
   $("talk").classList.add("active");
   setState("listening");
-  await recording.microphone.start();
+  await recording.start();
 }
 
 async function stopTalking() {
   if (!recording) return;
-  const { chunks, microphone } = recording;
+  const question = recording.stop();
   recording = null;
-  microphone.stop();
   $("talk").classList.remove("active");
   setState("thinking");
   const form = new FormData();
-  form.append("file", wavFile(chunks), "question.wav");
+  form.append("file", question, "question.wav");
   form.append("language", $("language").value);
   form.append("output", "events");
   form.append("format", "wav");
@@ -421,19 +436,17 @@ let sttAudio = null;
 
 async function toggleSttRecording() {
   if (sttRecording) {
-    sttRecording.microphone.stop();
-    sttAudio = new File([wavFile(sttRecording.chunks)], "recording.wav", { type: "audio/wav" });
+    sttAudio = new File([sttRecording.stop()], "recording.wav", { type: "audio/wav" });
     sttRecording = null;
     $("stt-record").textContent = "Record";
     $("stt-record").classList.remove("active");
     $("stt-send").disabled = false;
     return;
   }
-  const chunks = [];
-  sttRecording = { chunks, microphone: new Microphone((frame) => chunks.push(frame)) };
+  sttRecording = new Recording();
   $("stt-record").textContent = "Stop";
   $("stt-record").classList.add("active");
-  await sttRecording.microphone.start();
+  await sttRecording.start();
 }
 
 function sttForm(format) {
