@@ -9,6 +9,9 @@
 #   gpu_device.sh llama-wait        wait for that build
 #   gpu_device.sh phase ARGS...     python -m loadtests.bench.gpu ARGS..., with the libraries set up
 #   gpu_device.sh run MODULE ARGS   python -m MODULE ARGS..., set up the same way
+#   gpu_device.sh profile MODEL S   py-spy on MODEL's Python backend process (the stock server's)
+#                                   for S seconds, while a phase serves it in the background; its
+#                                   stacks, waits included, as text in $WORK/profiles/MODEL-N.txt
 #   gpu_device.sh collect           copy every result so far (and Locust's CSV files) to $OUT
 #
 # Why the library path: PyTriton's tritonserver needs the interpreter's libpython and the wheel's
@@ -88,10 +91,22 @@ phase|run)
     export MILO_GPU_ASSETS="$WORK/assets" MILO_CLIPS_DIR="$WORK/assets/clips"
     python3 -m "$@"
     ;;
+profile)
+    # "[t]riton": the pattern must not match the command line of the shell running this call.
+    pattern="[t]riton_python_backend_stub .*/$2/[0-9]*/model.py"
+    for _ in $(seq 1 300); do pgrep -f "$pattern" >/dev/null && break; sleep 1; done
+    mkdir -p "$WORK/profiles"
+    n=$(ls "$WORK/profiles" | wc -l)
+    # --nonblocking: the process is not paused to be read; --idle: waits (on the GPU, on Triton) count.
+    py-spy record --pid "$(pgrep -f "$pattern" | head -1)" --duration "$3" --rate 200 --idle --nonblocking \
+        --format raw --output "$WORK/profiles/$2-$n.txt"
+    ;;
 collect)
     # Names with '+' (variants of several overlays) do not come back from the machine: '_' instead.
     mkdir -p "$OUT/locust"
-    for file in "$WORK"/results/*.json; do [ -e "$file" ] && cp "$file" "$OUT/$(basename "$file" | tr + _)"; done
+    for file in "$WORK"/results/*.json "$WORK"/profiles/*.txt; do
+        [ -e "$file" ] && cp "$file" "$OUT/$(basename "$file" | tr + _)"
+    done
     for folder in "$WORK"/locust-*/; do
         [ -d "$folder" ] || continue
         name=$(basename "$folder" | tr + _) && mkdir -p "$OUT/locust/$name"

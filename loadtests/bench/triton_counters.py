@@ -5,10 +5,15 @@ held, and where a request's time went (waiting in the queue, or in the batch it 
 Triton adds the compute time of a batch to every request in it, so ``compute_ms`` is the time
 of the batch a request rode in, not a share of it. Decoupled models (the streaming ones) count
 the time to their last response.
+
+Triton's statistics API (``/v2/models/stats``) also keeps, per batch size, how many executions
+ran at that size and their compute time: ``by_batch`` gives a stretch's, so that an execution of
+the served stack can be set against the same batch computed in process.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 
@@ -60,4 +65,37 @@ def stretch(before: Counters, after: Counters) -> dict[str, dict[str, float | No
             "compute_ms": round(delta["compute_us"] / requests / 1000, 1),
             "request_ms": round(delta["request_us"] / requests / 1000, 1),
         }
+    return out
+
+
+BatchStats = dict[str, dict[int, tuple[int, int]]]  # model -> batch size -> (executions, compute ns)
+
+
+def read_batch_stats(http: str) -> BatchStats:
+    """Per model and batch size, the executions so far and their compute time (``http``: Triton's
+    HTTP host:port). The stock server opens the API without a key; PyTriton guards it with one."""
+    body = json.loads(urllib.request.urlopen(f"http://{http}/v2/models/stats", timeout=5).read())
+    stats: BatchStats = {}
+    for model in body.get("model_stats", []):
+        sizes = stats.setdefault(model["name"], {})
+        for row in model.get("batch_stats", []):
+            infer = row["compute_infer"]
+            count, ns = sizes.get(int(row["batch_size"]), (0, 0))
+            sizes[int(row["batch_size"])] = (count + int(infer["count"]), ns + int(infer["ns"]))
+    return stats
+
+
+def by_batch(before: BatchStats, after: BatchStats) -> dict[str, dict[int, dict[str, float]]]:
+    """Per model, per batch size executed between the two readings: the executions and their mean
+    compute time in ms."""
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    for model, sizes in sorted(after.items()):
+        for size, (count, ns) in sorted(sizes.items()):
+            then_count, then_ns = before.get(model, {}).get(size, (0, 0))
+            if count > then_count:
+                executions = count - then_count
+                out.setdefault(model, {})[size] = {
+                    "executions": executions,
+                    "ms": round((ns - then_ns) / executions / 1e6, 2),
+                }
     return out

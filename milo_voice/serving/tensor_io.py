@@ -116,6 +116,8 @@ def _bisected(compute: Callable[[list[Request]], Sequence[Result]], requests: li
     except Exception as exc:  # what failed is found by splitting the batch
         if len(requests) == 1:
             return [ModelFailure(exc)]
+        # Said, since the halves computed again cost the batch's time once more.
+        log.warning("a batch of %d failed (%s: %s): computing its halves", len(requests), type(exc).__name__, exc)
         middle = len(requests) // 2
         return _bisected(compute, requests[:middle]) + _bisected(compute, requests[middle:])
 

@@ -23,6 +23,7 @@ import tritonclient.http as httpclient
 
 from client import AsyncMiloTritonClient, ChatMessage, ChatRequest, InputError, MiloTritonClient
 from contract import tensors
+from loadtests.bench import triton_counters
 from tests.conftest import TritonHost, facade_client, speak
 
 pytestmark = pytest.mark.integration
@@ -180,6 +181,9 @@ def test_requests_are_batched_across_clients(server: TritonHost, clip: np.ndarra
         m: (metric(before, "nv_inference_count", m), metric(before, "nv_inference_exec_count", m))
         for m in ("stt", "translate")
     }
+    # PyTriton guards the statistics API with a token of its own (tests/integration/test_triton_key.py).
+    statistics_api = server.server == "tritonserver"
+    batches_before = triton_counters.read_batch_stats(server.http_url) if statistics_api else {}
     sentences = ["Bonjour à tous.", "Merci beaucoup monsieur.", "Comment allez-vous?", "Au revoir et à bientôt."]
 
     # Two cores decode a whole batch of 30-second windows at once: allow for the queue.
@@ -204,6 +208,14 @@ def test_requests_are_batched_across_clients(server: TritonHost, clip: np.ndarra
         print(f"{model}: {inferences:.0f} inferences in {executions:.0f} executions")
         assert inferences == requests_sent
         assert executions <= inferences / 2, f"{model} was not batched: {executions} executions"
+        if not statistics_api:
+            continue
+        # The statistics API's executions by batch size (what the GPU benchmark sets against the
+        # same batches in process) account for the same executions and requests.
+        sizes = triton_counters.by_batch(batches_before, triton_counters.read_batch_stats(server.http_url))[model]
+        assert sum(row["executions"] for row in sizes.values()) == executions
+        assert sum(size * row["executions"] for size, row in sizes.items()) == requests_sent
+        assert all(row["ms"] > 0 for row in sizes.values())
     assert "nv_inference_queue_duration_us" in after
 
 

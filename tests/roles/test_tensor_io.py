@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -131,14 +132,19 @@ def test_a_request_that_fails_inside_the_model_fails_alone(embedded_dir: Path, t
     assert translations[1] == "" and translations[3]
 
 
-def test_a_batch_whose_every_request_fails_is_the_models_failure() -> None:
+def test_a_batch_whose_every_request_fails_is_the_models_failure(caplog: pytest.LogCaptureFixture) -> None:
     def compute(requests: list[int]) -> list[int]:
         if any(r < 0 for r in requests):
             raise RuntimeError("negative")
         return [r * 2 for r in requests]
 
-    outcome = isolated(compute, [1, -1, 2, -2, 3])
+    with caplog.at_level(logging.WARNING, logger="milo_voice.serving.tensor_io"):
+        outcome = isolated(compute, [1, -1, 2, -2, 3])
     assert [r if isinstance(r, int) else "failed" for r in outcome] == [2, "failed", 4, "failed", 6]
+    # Each split is said (its halves cost the batch's time again), then what failed alone.
+    said = [record.getMessage() for record in caplog.records]
+    assert said[0] == "a batch of 5 failed (RuntimeError: negative): computing its halves"
+    assert said[-1] == "2 of 5 requests of a batch failed alone; the others were answered"
     with pytest.raises(RuntimeError, match="negative"):
         isolated(compute, [-1, -2])
     # Alone in its batch, a failing request gets the answer it gets among others, not the call's error.

@@ -11,7 +11,14 @@ import time
 import aiohttp
 
 from loadtests.bench.batching import Answer
-from loadtests.bench.gpu.levels import Level, percentile, process_tree_cpu_s, run_level
+from loadtests.bench.gpu.levels import (
+    Level,
+    executions_over_inprocess,
+    inprocess_ms,
+    percentile,
+    process_tree_cpu_s,
+    run_level,
+)
 from loadtests.bench.gpu.served import served_over_inprocess
 
 
@@ -65,3 +72,23 @@ def test_served_throughput_is_set_beside_the_roles_rate_in_process() -> None:
     assert ratios["served_over_best"] == round(100.0 / 105.5, 3)
     assert ratios["inprocess_at_formed_batch"] == {"batch": 8, "rate": 83.9}  # batches of 14: below 32
     assert served_over_inprocess(level, {}) == {}
+    assert "execution_times" not in ratios  # no statistics of executions by batch size: nothing to set beside
+
+
+def test_served_executions_are_set_beside_the_same_batches_in_process() -> None:
+    reference = {1: 25.0, 16: 200.0, 32: 400.0}  # 40 ms, 80 ms, 80 ms a batch
+    assert inprocess_ms(reference, 1) == 40.0
+    assert inprocess_ms(reference, 8) == 40.0 + 40.0 * 7 / 15  # between the sizes measured around it
+    assert inprocess_ms(reference, 64) == 160.0  # beyond the largest: in proportion
+    executions = {1: {"executions": 10, "ms": 40.0}, 32: {"executions": 10, "ms": 160.0}}
+    times = executions_over_inprocess(executions, reference, seconds=2.0)
+    assert times == {
+        "executions": 20,
+        "served_ms_per_execution": 100.0,
+        "inprocess_ms_per_execution": 60.0,
+        "served_over_inprocess_time": round(2000 / 1200, 2),
+        "busy": 1.0,
+    }
+    level = Level("translate", 64, 2.0, 330, 0, 165.0, 90.0, 99.0, 99.0, {"translate": {"requests": 330.0}},
+                  {"translate": executions})  # fmt: skip
+    assert served_over_inprocess(level, reference)["execution_times"] == times

@@ -4,7 +4,8 @@ A level sends for ``warmup_s`` first (batches and caches settle; nothing is coun
 ``seconds``: every client sends its next request as soon as its last is answered. Counted are the
 requests answered inside the window (throughput), the latency of those started inside it
 (P50/P95/P99), Triton's per-model counters read at the window's start and end (requests per
-execution: the batches the level formed), the GPU's utilisation sampled through it, and the CPU
+execution: the batches the level formed; and from its statistics API, the executions and their
+mean compute time per batch size), the GPU's utilisation sampled through it, and the CPU
 time the facade's processes spent in it (per request answered, and in cores), and the load
 generator's own (one process, one event loop: near a core, it and not the stack sets the pace).
 """
@@ -12,6 +13,7 @@ generator's own (one process, one event loop: near a core, it and not the stack 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -41,6 +43,8 @@ class Level:
     p95_ms: float
     p99_ms: float
     triton: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per model, the window's
+    # per model and batch size, the window's executions and their mean compute time (ms)
+    executions: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     gpu_utilisation: dict[str, float] | None = None  # mean and max percent, where nvidia-smi answers
     facade_cpu: dict[str, float] | None = None  # the facade's CPU seconds in the window, per request, in cores
     client_cores: float = 0.0  # CPU the load generator itself spent in the window (it must stay well below 1)
@@ -132,9 +136,11 @@ async def run_level(
     metrics_url: str | None = None,
     stack_pid: int | None = None,
     gpu_sample_s: float = 0.5,
+    triton_http: str | None = None,
 ) -> Level:
     """``stack_pid``: the process the facade runs under, whose CPU time the level reports;
-    ``gpu_sample_s``: how often the GPU's utilisation is read (0: never)."""
+    ``gpu_sample_s``: how often the GPU's utilisation is read (0: never); ``triton_http``: Triton's
+    HTTP host:port, whose statistics give the executions per batch size."""
     latencies: list[float] = []
     answered = errors = 0
     window: dict[str, float] = {}
@@ -156,11 +162,14 @@ async def run_level(
             errors += answer.status != 200
 
     before: triton_counters.Counters = {}
+    batches_before: triton_counters.BatchStats = {}
     async with load_session(concurrency) as client:
         clients = [asyncio.create_task(client_loop(client, i)) for i in range(concurrency)]
         await asyncio.sleep(warmup_s)
         if metrics_url:
             before = await asyncio.to_thread(triton_counters.read, metrics_url)
+        if triton_http:
+            batches_before = await asyncio.to_thread(triton_counters.read_batch_stats, triton_http)
         cpu_before = process_tree_cpu_s(stack_pid, FACADE_MARKER) if stack_pid else None
         client_before = _own_cpu_s()
         window["start"] = time.perf_counter()
@@ -170,6 +179,9 @@ async def run_level(
             cpu_after = process_tree_cpu_s(stack_pid, FACADE_MARKER) if stack_pid else None
             client_cores = (_own_cpu_s() - client_before) / seconds
             after = await asyncio.to_thread(triton_counters.read, metrics_url) if metrics_url else {}
+            batches_after = (
+                await asyncio.to_thread(triton_counters.read_batch_stats, triton_http) if triton_http else {}
+            )
         await asyncio.gather(*clients)  # those in flight finish; none is counted after the window
     facade_cpu = None
     if cpu_before is not None and cpu_after is not None:
@@ -181,8 +193,8 @@ async def run_level(
         round(statistics.median(latencies), 1) if latencies else 0.0,
         round(percentile(latencies, 0.95), 1) if latencies else 0.0,
         round(percentile(latencies, 0.99), 1) if latencies else 0.0,
-        triton_counters.stretch(before, after) if metrics_url else {}, gpu.summary(), facade_cpu,
-        round(client_cores, 2),
+        triton_counters.stretch(before, after) if metrics_url else {},
+        triton_counters.by_batch(batches_before, batches_after), gpu.summary(), facade_cpu, round(client_cores, 2),
     )  # fmt: skip
 
 
@@ -206,3 +218,34 @@ def inprocess_rates(work: Path, endpoint: str) -> dict[int, float]:
         }
     batches = results.get(endpoint, {}).get("batches", {})
     return {int(batch): float(row["requests_s"]) for batch, row in batches.items() if "requests_s" in row}
+
+
+def inprocess_ms(reference: dict[int, float], batch: int) -> float:
+    """The in-process time of a batch of ``batch`` from the rates measured at some batch sizes
+    (requests/s by batch), linear between the two measured sizes around it, beyond the largest in
+    proportion to its size."""
+    sizes = sorted(reference)
+    times = {size: 1000 * size / reference[size] for size in sizes}
+    if batch <= sizes[0]:
+        return times[sizes[0]]
+    for low, high in itertools.pairwise(sizes):
+        if low <= batch <= high:
+            return times[low] + (times[high] - times[low]) * (batch - low) / (high - low)
+    return times[sizes[-1]] * batch / sizes[-1]
+
+
+def executions_over_inprocess(
+    executions: dict[int, dict[str, float]], reference: dict[int, float], seconds: float
+) -> dict[str, float]:
+    """The served executions' compute time over what the same batches take in process, and how
+    busy they kept the model (compute seconds per second: above 1 with several instances)."""
+    served = sum(row["executions"] * row["ms"] for row in executions.values())
+    alone = sum(row["executions"] * inprocess_ms(reference, size) for size, row in executions.items())
+    count = sum(row["executions"] for row in executions.values())
+    return {
+        "executions": count,
+        "served_ms_per_execution": round(served / max(count, 1), 1),
+        "inprocess_ms_per_execution": round(alone / max(count, 1), 1),
+        "served_over_inprocess_time": round(served / alone, 2) if alone else 0.0,
+        "busy": round(served / 1000 / seconds, 2),
+    }

@@ -22,7 +22,7 @@ from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_st
 from loadtests.bench import triton_counters
 from loadtests.bench.batching import SENDERS, Answer, Send, load_session, post_json, post_upload
 from loadtests.bench.gpu.common import CHAT_TOKENS, REPO, gpu_memory, save
-from loadtests.bench.gpu.levels import Level, inprocess_rates, run_level
+from loadtests.bench.gpu.levels import Level, executions_over_inprocess, inprocess_rates, run_level
 from loadtests.bench.gpu.variants import bench_models, dump_registry, overlay_names
 from milo_voice.serving.cuda_mps import cuda_mps
 
@@ -149,6 +149,8 @@ def phase_served(args: argparse.Namespace) -> None:
                 measured = endpoint_levels(args.endpoints, args.levels)
                 if roles <= {"stt", "chat", "translate", "tts"}:
                     measured = [(e, levels) for e, levels in measured if e.split("-")[0] in roles]
+                # PyTriton guards Triton's statistics API with a token of its own making.
+                statistics_api = stack.triton_http if args.server == "tritonserver" else None
                 for endpoint, endpoint_levels_ in [(e, ls) for e, ls in measured if e.split("-")[0] in models]:
                     reference = inprocess_rates(args.work, endpoint) if endpoint in models else {}
                     for concurrency in endpoint_levels_:
@@ -156,7 +158,7 @@ def phase_served(args: argparse.Namespace) -> None:
                             run_level(
                                 stack.facade, endpoint, concurrency, SERVED_SENDERS[endpoint],
                                 args.seconds, args.warmup, f"http://{stack.metrics}/metrics", stack.pid,
-                                args.gpu_sample_s,
+                                args.gpu_sample_s, statistics_api,
                             )
                         )  # fmt: skip
                         row = {**asdict(level), **served_over_inprocess(level, reference)}
@@ -190,11 +192,15 @@ def served_over_inprocess(level: Level, reference: dict[int, float]) -> dict[str
     best_batch = max(reference, key=lambda batch: reference[batch])
     formed = max((row.get("mean_batch") or 0.0 for row in level.triton.values()), default=0.0)
     at = max((batch for batch in reference if batch <= max(formed, 1.0)), default=min(reference))
+    # The model that served the level: the one with the most requests in it.
+    model = max(level.triton, key=lambda name: level.triton[name].get("requests") or 0, default=None)
+    executions = level.executions.get(model, {}) if model else {}
     return {
         "inprocess_best": {"batch": best_batch, "rate": reference[best_batch]},
         "served_over_best": round(level.throughput_rps / reference[best_batch], 3),
         "inprocess_at_formed_batch": {"batch": at, "rate": reference[at]},
         "served_over_formed_batch": round(level.throughput_rps / reference[at], 3),
+        **({"execution_times": executions_over_inprocess(executions, reference, level.seconds)} if executions else {}),
     }
 
 
@@ -208,6 +214,16 @@ def level_line(variant: str, row: dict[str, Any]) -> str:
         f"| facade {facade.get('cores', '-')} cores, {facade.get('ms_per_request', '-')} ms/request "
         f"| load generator {row.get('client_cores', '-')} cores "
         f"| served/in-process best {row.get('served_over_best', '-')}"
+        + execution_times_line(row.get("execution_times"))
+    )
+
+
+def execution_times_line(times: dict[str, float] | None) -> str:
+    if not times:
+        return ""
+    return (
+        f" | an execution {times['served_ms_per_execution']} ms served, {times['inprocess_ms_per_execution']} ms"
+        f" in process for the same batches ({times['served_over_inprocess_time']}x), busy {times['busy']}"
     )
 
 

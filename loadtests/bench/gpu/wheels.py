@@ -7,9 +7,10 @@ CUDA, and each call carries at most 64 MiB. This downloads, for that interpreter
 exactly the versions this project's virtual environment runs (the facade, the clients, Locust),
 NumPy 1.26.4 (PyTriton 0.7 answers empty tensors under NumPy 2) and SciPy 1.14.1 (the image's
 SciPy does not load under NumPy 1.26, and transformers then fails with a misleading error), plus
-llama-cpp-python's slim sdist. The files are packed into numbered folders, the largest first, each
-small enough to travel with the working tree (``folder_limit``); ``MANIFEST.txt`` lists the device commands, one call
-per folder, carrying that folder (the ``llama-build`` line goes in its folder's call):
+llama-cpp-python's slim sdist, and py-spy (to profile a model's process there). The files are
+packed into numbered folders, the largest first, each small enough to travel with the working tree
+(``folder_limit``); ``MANIFEST.txt`` lists the device commands, one call per folder, carrying that
+folder (the ``llama-build`` line goes in its folder's call):
 
     bash loadtests/bench/gpu_device.sh install .gpu-wheels/01
     ...
@@ -41,7 +42,8 @@ PACKAGES = (
     "prometheus-client", "httpx", "httpcore", "anyio", "sniffio", "h11", "idna", "certifi", "psutil",
     "locust", "flask", "flask-cors", "flask-login", "werkzeug", "jinja2", "markupsafe", "itsdangerous",
     "blinker", "click", "configargparse", "msgpack", "python-engineio", "python-socketio",
-    "simple-websocket", "wsproto", "bidict", "requests", "urllib3", "charset-normalizer",
+    "simple-websocket", "wsproto", "bidict", "requests", "urllib3", "charset-normalizer", "fastapi-offline",
+    "py-spy",
 )  # fmt: skip
 PLATFORMS = ("manylinux_2_35_x86_64", "manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 
