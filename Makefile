@@ -14,7 +14,7 @@ DEBIAN_TOOLS := prometheus chromium
 # cache makes every later install on the same machine take seconds.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
-.PHONY: setup system-packages python-packages models serve test eval loadtest bench lint clean container-engine images test-containers
+.PHONY: setup system-packages python-packages models serve test eval loadtest bench lint clean container-engine images up down test-containers
 
 setup: system-packages python-packages models
 
@@ -62,8 +62,16 @@ container-engine:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(CONTAINER_PACKAGES); \
 	fi
 
-images: container-engine
+images: python-packages container-engine
 	bash deploy/containers/images.sh
+
+# The compose stack on this machine's CPU (deploy/compose.local.yml): model server on the embedded
+# default, facade on http://127.0.0.1:8080, Redis, Prometheus on :9090.
+up: setup container-engine
+	bash deploy/containers/stack.sh up
+
+down: container-engine
+	bash deploy/containers/stack.sh down
 
 test-containers: setup container-engine
 	MILO_CONTAINER_TESTS=1 $(BIN)/pytest -ra tests/containers

@@ -1,0 +1,256 @@
+"""The compose stack of ``deploy/compose.local.yml`` up in containers, as ``make up`` starts it:
+the CPU model server on the embedded weights, the facade (two workers), Redis and Prometheus.
+
+Opt-in like the image tests (``make test-containers``). One stack serves the module: it takes
+a few minutes to build the first time and about a minute to start. Its name and ports are the
+test's own, so a stack started with ``make up`` is not touched.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import soundfile as sf
+
+from tests.conftest import REPO, free_port, speak
+from tests.containers.test_images import engine
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("MILO_CONTAINER_TESTS") != "1", reason="container tests run with `make test-containers`"
+)
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    facade: str  # base URL
+    prometheus: str
+    token: str
+
+    def container(self, service: str) -> str:
+        return f"{self.name}-{service}"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def stack_command(*args: str, env: dict[str, str], timeout: float = 1800) -> None:
+    done = subprocess.run(
+        ["bash", "deploy/containers/stack.sh", *args], cwd=REPO, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if done.returncode == 3:
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    name = f"milo-test-{os.getpid()}"
+    facade_port, prometheus_port = free_port(), free_port()
+    env = {
+        "MILO_STACK": name,
+        "MILO_FACADE_PORT": str(facade_port),
+        "MILO_PROMETHEUS_PORT": str(prometheus_port),
+        "MILO_TRITON_KEY": f"a-test-key-{os.getpid()}",
+    }
+    try:
+        stack_command("up", env=env)
+        # A token from the facade's own command, stored in the stack's Redis.
+        created = engine(
+            "exec", f"{name}-facade", "milo-voice", "tokens", "create", "container-test",
+            "--scopes", "stt,tts,translate,chat",
+        )  # fmt: skip
+        token = created.stdout.strip().splitlines()[-1]  # printed last, once
+        yield Stack(name, f"http://127.0.0.1:{facade_port}", f"http://127.0.0.1:{prometheus_port}", token)
+    finally:
+        stack_command("down", "-v", env=env, timeout=300)
+
+
+def wav(text: str) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, speak(text), 16000, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def test_every_health_check_passes_and_each_route_answers_through_the_containers(stack: Stack) -> None:
+    for service in ("model-server", "facade", "redis", "prometheus"):
+        assert engine("healthcheck", "run", stack.container(service), check=False).returncode == 0, service
+    with httpx.Client(base_url=stack.facade, headers=stack.headers(), timeout=120) as facade:
+        assert facade.get("/ready").status_code == 200
+        translated = facade.post(
+            "/v1/translate", json={"text": "Misaotra betsaka tompoko.", "source": "mg", "target": "en"}
+        )
+        assert translated.status_code == 200 and translated.json()["translations"][0]["text"], translated.text
+        speech = facade.post("/v1/tts", json={"text": "Salama tompoko.", "language": "mg", "format": "wav"})
+        assert speech.status_code == 200 and speech.content[:4] == b"RIFF", speech.text[:300]
+        question = wav("Bonjour, je voudrais acheter du riz.")
+        heard = facade.post("/v1/stt", json={"audio": base64.b64encode(question).decode(), "language": "fr"})
+        assert heard.status_code == 200 and "bonjour" in heard.json()["text"].lower(), heard.text
+        chat = facade.post("/v1/chat", json={"message": "Salama", "max_tokens": 8})
+        assert chat.status_code == 200 and chat.json()["reply"], chat.text
+        openai = facade.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Salama"}], "max_tokens": 8}
+        )
+        assert openai.status_code == 200 and openai.json()["choices"][0]["message"]["content"], openai.text
+        transcribed = facade.post("/v1/audio/transcriptions", files={"file": ("q.wav", question, "audio/wav")},
+                                  data={"model": "whisper-1", "language": "fr"})  # fmt: skip
+        assert transcribed.status_code == 200 and transcribed.json()["text"], transcribed.text
+        spoken = facade.post(
+            "/v1/audio/speech", json={"model": "tts-1", "input": "Bonjour.", "voice": "fr", "response_format": "wav"}
+        )
+        assert spoken.status_code == 200 and spoken.content[:4] == b"RIFF", spoken.text[:300]
+        # A spoken turn: its events stream back, the reply's audio among them.
+        fields = {"output": "events", "max_tokens": "16"}
+        with facade.stream("POST", "/v1/voice", files={"file": ("q.wav", question, "audio/wav")}, data=fields) as turn:
+            assert turn.status_code == 200
+            events = "".join(turn.iter_text())
+        assert "event: transcript" in events and "event: audio" in events, events[:500]
+        refused = facade.post("/v1/translate", json={"text": "Salama", "source": "zz", "target": "fr"})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "source"
+        assert (
+            httpx.post(
+                f"{stack.facade}/v1/translate", json={"text": "Salama", "source": "mg", "target": "fr"}
+            ).status_code
+            == 401
+        )
+
+
+def test_the_model_server_image_runs_as_nobody_and_holds_no_secret(stack: Stack) -> None:
+    name = stack.container("model-server")
+    assert engine("exec", name, "id", "-u").stdout.strip() == "10001"
+    # The key is given at run time; the image's own environment holds none.
+    image_env = engine(
+        "image", "inspect", "--format", "{{json .Config.Env}}", "milo-voice/model-server-cpu:0.1.0"
+    ).stdout
+    for word in ("TOKEN", "KEY", "SECRET", "PASSWORD"):
+        assert word not in image_env.upper(), image_env
+
+
+def metric_total(text: str, name: str) -> float:
+    return sum(float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+
+
+def test_the_facades_two_workers_report_the_same_whole_count(stack: Stack) -> None:
+    """Every scrape reaches one of the two workers; each reports the requests of both."""
+
+    def health_count() -> float:
+        text = httpx.get(f"{stack.facade}/metrics", timeout=10).text
+        pattern = r'^milo_http_request_duration_seconds_count\{[^}]*route="/health"[^}]*\} (\S+)$'
+        return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
+
+    before = health_count()
+    for _ in range(40):  # a connection each: either worker may take it
+        assert httpx.get(f"{stack.facade}/health", timeout=10).status_code == 200
+    counts = {health_count() for _ in range(8)}
+    assert counts == {before + 40}, (before, counts)
+    workers = engine("exec", stack.container("facade"), "sh", "-c", "grep -l api_facade /proc/[0-9]*/cmdline | wc -l")
+    assert int(workers.stdout) >= 3, workers.stdout  # uvicorn's supervisor and its two workers
+
+
+def test_prometheus_scrapes_triton_and_the_facade_and_records_the_rules(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.facade, headers=stack.headers(), timeout=120) as facade:
+        for n in range(6):
+            assert (
+                facade.post("/v1/translate", json={"text": f"Salama {n}.", "source": "mg", "target": "fr"}).status_code
+                == 200
+            )
+    targets = httpx.get(f"{stack.prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+    assert {t["labels"]["job"] for t in targets} == {"triton", "facade"}
+    rules = httpx.get(f"{stack.prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    assert rules and all(rule["health"] == "ok" for group in rules for rule in group["rules"]), rules
+    # Rates need two scrapes of the traffic (10 s apart) and an evaluation after them.
+    deadline = time.monotonic() + 90
+    wanted = ("milo:triton_requests_per_second", "milo:facade_requests_per_second")
+    found: dict[str, list[object]] = {}
+    while time.monotonic() < deadline:
+        assert all(
+            t["health"] == "up"
+            for t in httpx.get(f"{stack.prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        )
+        found = {
+            q: httpx.get(f"{stack.prometheus}/api/v1/query", params={"query": q}, timeout=10).json()["data"]["result"]
+            for q in wanted
+        }
+        if all(found.values()):
+            break
+        time.sleep(5)
+    assert all(found.values()), found
+    models = {series["metric"].get("model") for series in found["milo:triton_requests_per_second"]}  # type: ignore[union-attr]
+    assert "translate" in models, found
+
+
+def test_sessions_survive_a_facade_restart_and_a_redis_restart(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.facade, headers=stack.headers(), timeout=120) as facade:
+        first = facade.post("/v1/chat", json={"message": "Salama", "max_tokens": 8})
+        assert first.status_code == 200, first.text
+        session = first.json()["session_id"]
+    for service in ("facade", "redis"):
+        engine("restart", stack.container(service), timeout=120)
+        deadline = time.monotonic() + 90
+        while engine("healthcheck", "run", stack.container(service), check=False).returncode != 0:
+            assert time.monotonic() < deadline, f"{service} not healthy after its restart"
+            time.sleep(1)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            stored = httpx.get(f"{stack.facade}/v1/chat/sessions/{session}", headers=stack.headers(), timeout=10)
+            if stored.status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the facade did not answer after the restarts"
+        time.sleep(1)
+    assert stored.json()["turns"] == 2, stored.text  # the question and its reply
+
+
+def test_a_model_server_crash_gives_503_with_retry_after_and_the_stack_recovers(stack: Stack) -> None:
+    """The model server's process is killed mid-load: answers are 200 or 503 with Retry-After,
+    each within a bound, never a hang; the restart policy brings it back and the facade, not
+    restarted, serves again by itself."""
+    answers: list[tuple[int, str | None, float]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        n = 0
+        with httpx.Client(base_url=stack.facade, headers=stack.headers(), timeout=60) as facade:
+            while not stop.is_set():
+                n += 1
+                started = time.monotonic()
+                # Texts never sent before, so that no cached translation answers for the model.
+                answer = facade.post(
+                    "/v1/translate", json={"text": f"Veloma {n} {time.time()}.", "source": "mg", "target": "fr"}
+                )
+                answers.append((answer.status_code, answer.headers.get("Retry-After"), time.monotonic() - started))
+                time.sleep(0.05)
+
+    model_server = stack.container("model-server")
+    restarts = int(engine("inspect", "--format", "{{.RestartCount}}", model_server).stdout.strip() or 0)
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        time.sleep(3)
+        assert answers and all(status == 200 for status, _, _ in answers), answers[:5]
+        pid = engine("inspect", "--format", "{{.State.Pid}}", model_server).stdout.strip()
+        subprocess.run(["kill", "-9", pid], check=True)  # a crash, not a stop: the restart policy applies
+        deadline = time.monotonic() + 300
+        while not (any(s == 503 for s, _, _ in answers) and answers[-1][0] == 200):
+            assert time.monotonic() < deadline, f"no recovery: last answers {answers[-5:]}"
+            time.sleep(1)
+    finally:
+        stop.set()
+        loader.join(timeout=120)
+    refused = [(status, after) for status, after, _ in answers if status != 200]
+    assert refused and all(status == 503 and after and int(after) > 0 for status, after in refused), refused[:10]
+    assert max(seconds for _, _, seconds in answers) < 60
+    assert int(engine("inspect", "--format", "{{.RestartCount}}", model_server).stdout.strip()) > restarts
