@@ -54,7 +54,8 @@ test: setup
 
 # The project's images with docker, or podman where there is no Docker daemon (installed here from
 # Debian's packages when neither is), from a Debian base made with debootstrap where no registry
-# answers (deploy/containers/). Not part of `make test` yet: `make test-containers` runs their tests.
+# answers (deploy/containers/). `make test-containers` builds them, brings the compose stack up and
+# tests it (CI runs it after `make test`).
 CONTAINER_PACKAGES := podman runc uidmap slirp4netns fuse-overlayfs debootstrap
 container-engine:
 	@if ! command -v docker >/dev/null && ! command -v podman >/dev/null; then \

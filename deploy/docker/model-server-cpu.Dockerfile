@@ -15,10 +15,13 @@ FROM ${BASE_IMAGE}
 ARG PIP_EXTRA_INDEX_URL=""
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 DEBIAN_FRONTEND=noninteractive
 # espeak-ng: the embedded voices' phonemes; libttspico-utils: SVOX Pico, the embedded French voice
-# (Debian's non-free component, enabled as `make setup` does); libgomp1: llama.cpp's threads.
+# (Debian's non-free component, enabled as `make setup` does); libgomp1: llama.cpp's threads;
+# libpython, where the base has none: Triton's Python backend stub links to it.
 RUN for list in /etc/apt/sources.list.d/*.sources; do [ -f "$list" ] || continue; \
         sed -i -E '/^Components:/{/ contrib( |$)/!s/$/ contrib/;/ non-free( |$)/!s/$/ non-free/}' "$list"; done \
     && apt-get update && apt-get install -y --no-install-recommends curl espeak-ng libsndfile1 libgomp1 libttspico-utils \
+    && (ldconfig -p | grep -q 'libpython3\.[0-9]*\.so\.1\.0' \
+        || apt-get install -y --no-install-recommends "libpython$(python3 -c "import sys; print('%d.%d' % sys.version_info[:2])")") \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH

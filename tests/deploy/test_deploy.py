@@ -78,7 +78,8 @@ def compose_schema() -> dict[str, Any]:
 
 def test_compose_files_follow_the_compose_spec(compose_schema: dict[str, Any]) -> None:
     base, cpu = load_compose("docker-compose.yml"), load_compose("docker-compose.cpu.yml")
-    for document in (base, without_tags(cpu), merged(base, cpu)):
+    local = load_compose("compose.local.yml")  # the stack make up runs here (tests/containers run it)
+    for document in (base, without_tags(cpu), merged(base, cpu), local):
         jsonschema.validate(document, compose_schema)
     if compose_cli():
         for files in (["docker-compose.yml"], ["docker-compose.yml", "docker-compose.cpu.yml"]):
