@@ -170,7 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.model_repository and args.server != "tritonserver":
         print("error: --model-repository is for --server tritonserver", file=sys.stderr)
         return 2
-    from contract.tensors import ROLE_MODELS
+    from milo_voice.serving.readiness import served_model_names
 
     with tempfile.TemporaryDirectory(prefix="milo-serve-") as scratch:
         state_file = Path(scratch) / "state.json"
@@ -181,14 +181,8 @@ def _serve(args: argparse.Namespace) -> int:
         if args.server == "tritonserver":  # one copy of the server for every start, removed with the rest
             extra += ["--workdir", str(Path(scratch) / "tritonserver")]
         # Triton's server readiness comes before the models are bound: wait on each model that
-        # the registry serves (a registry may hold a subset, as the GPU benchmark's do); the
-        # stock server has no model that only a shared process can serve (chat_cancel).
-        served = [
-            io.name
-            for spec in load_registry().models.values()
-            for io in ROLE_MODELS[spec.role]
-            if args.server == "pytriton" or not io.shared_process_only
-        ]
+        # the registry serves (a registry may hold a subset, as the GPU benchmark's do).
+        served = served_model_names(load_registry(), args.server)
         host = supervisor.add(
             Child(
                 name="model-host",

@@ -46,7 +46,8 @@ USER milo
 ENV MILO_PROFILE=embedded MILO_MODELS_DIR=/models MILO_SERVER=pytriton HOME=/home/milo MILO_TRITON_BIND=0.0.0.0 \
     MILO_REGISTRY=/opt/milo/model_repository/registry.toml
 EXPOSE 8000 8001 8002
-# Ready once every model is loaded and warmed up.
+# Ready once every model of the registry answers ready (Triton's own /v2/health/ready passes
+# before PyTriton binds them).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
-    CMD curl -fsS http://127.0.0.1:8000/v2/health/ready || exit 1
+    CMD python -m milo_voice.serving.readiness || exit 1
 ENTRYPOINT ["/usr/local/bin/milo-model-server"]

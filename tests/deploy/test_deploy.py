@@ -108,7 +108,8 @@ def test_compose_stack_shape() -> None:
     (gpu,) = server["deploy"]["resources"]["reservations"]["devices"]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
     assert server["shm_size"] == "2gb"
-    assert "/v2/health/ready" in " ".join(server["healthcheck"]["test"])
+    # Every model ready, not Triton's /v2/health/ready, which passes before PyTriton binds them.
+    assert server["healthcheck"]["test"] == ["CMD", "python", "-m", "milo_voice.serving.readiness"]
     # Health-gated start: the facade waits on a ready model server and a Redis that answers.
     assert services["facade"]["depends_on"] == {
         "model-server": {"condition": "service_healthy"},
@@ -219,7 +220,7 @@ def test_kubernetes_manifests_follow_the_kubernetes_schemas() -> None:
     for document in documents:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
     broken = by_kind("Deployment", "model-server")
-    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = {"name": "http"}
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"] = {"name": "http"}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
 
@@ -227,7 +228,8 @@ def test_kubernetes_manifests_follow_the_kubernetes_schemas() -> None:
 def test_model_server_probes_gpu_and_queue_time_autoscaling() -> None:
     pod = by_kind("Deployment", "model-server")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    for probe in ("startupProbe", "readinessProbe"):
+        assert container[probe]["exec"]["command"] == ["python", "-m", "milo_voice.serving.readiness"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in pod["volumes"]

@@ -24,6 +24,7 @@ import tritonclient.http as httpclient
 from client import AsyncMiloTritonClient, ChatMessage, ChatRequest, InputError, MiloTritonClient
 from contract import tensors
 from loadtests.bench import triton_counters
+from milo_voice.serving import readiness
 from tests.conftest import TritonHost, facade_client, speak
 
 pytestmark = pytest.mark.integration
@@ -65,6 +66,8 @@ def test_every_model_is_ready_on_both_protocols(server: TritonHost) -> None:
     for model in server.models:
         assert http.is_model_ready(model), model
         assert grpc.is_model_ready(model), model
+    # The model server's health check (its images run it) says the same.
+    assert readiness.main(["--url", f"http://{server.http_url}", "--server", server.server]) == 0
     config = http.get_model_config("stt")
     assert config["max_batch_size"] == 8
     assert int(config["dynamic_batching"]["priority_levels"]) == 2
