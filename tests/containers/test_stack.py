@@ -69,7 +69,7 @@ def stack() -> Iterator[Stack]:
         # A token from the facade's own command, stored in the stack's Redis.
         created = engine(
             "exec", f"{name}-facade", "milo-voice", "tokens", "create", "container-test",
-            "--scopes", "stt,tts,translate,chat",
+            "--scopes", "stt,tts,translate,chat", "--tier", "premium",
         )  # fmt: skip
         token = created.stdout.strip().splitlines()[-1]  # printed last, once
         yield Stack(name, f"http://127.0.0.1:{facade_port}", f"http://127.0.0.1:{prometheus_port}", token)
@@ -167,24 +167,26 @@ def test_prometheus_scrapes_triton_and_the_facade_and_records_the_rules(stack: S
             )
     targets = httpx.get(f"{stack.prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
     assert {t["labels"]["job"] for t in targets} == {"triton", "facade"}
-    rules = httpx.get(f"{stack.prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
-    assert rules and all(rule["health"] == "ok" for group in rules for rule in group["rules"]), rules
-    # Rates need two scrapes of the traffic (10 s apart) and an evaluation after them.
+    # Rates need two scrapes of the traffic (10 s apart) and an evaluation after them; a rule not
+    # yet evaluated has health "unknown", one that fails "err".
     deadline = time.monotonic() + 90
     wanted = ("milo:triton_requests_per_second", "milo:facade_requests_per_second")
     found: dict[str, list[object]] = {}
+    health: set[str] = set()
+    scraped: set[str] = set()
     while time.monotonic() < deadline:
-        assert all(
-            t["health"] == "up"
-            for t in httpx.get(f"{stack.prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
-        )
-        found = {
-            q: httpx.get(f"{stack.prometheus}/api/v1/query", params={"query": q}, timeout=10).json()["data"]["result"]
-            for q in wanted
-        }
-        if all(found.values()):
+        targets = httpx.get(f"{stack.prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        scraped = {t["health"] for t in targets}
+        assert "down" not in scraped, targets
+        groups = httpx.get(f"{stack.prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        health = {rule["health"] for group in groups for rule in group["rules"]}
+        assert groups and "err" not in health, groups
+        query = f"{stack.prometheus}/api/v1/query"
+        found = {q: httpx.get(query, params={"query": q}, timeout=10).json()["data"]["result"] for q in wanted}
+        if all(found.values()) and health == {"ok"} and scraped == {"up"}:
             break
         time.sleep(5)
+    assert scraped == {"up"} and health == {"ok"}
     assert all(found.values()), found
     models = {series["metric"].get("model") for series in found["milo:triton_requests_per_second"]}  # type: ignore[union-attr]
     assert "translate" in models, found
@@ -211,7 +213,9 @@ def test_sessions_survive_a_facade_restart_and_a_redis_restart(stack: Stack) -> 
             pass
         assert time.monotonic() < deadline, "the facade did not answer after the restarts"
         time.sleep(1)
-    assert stored.json()["turns"] == 2, stored.text  # the question and its reply
+    turns = stored.json()["turns"]
+    assert [turn["role"] for turn in turns] == ["user", "assistant"], stored.text
+    assert turns[0]["content"] == "Salama" and turns[1]["content"] == first.json()["reply"]
 
 
 def test_a_model_server_crash_gives_503_with_retry_after_and_the_stack_recovers(stack: Stack) -> None:
@@ -219,6 +223,7 @@ def test_a_model_server_crash_gives_503_with_retry_after_and_the_stack_recovers(
     each within a bound, never a hang; the restart policy brings it back and the facade, not
     restarted, serves again by itself."""
     answers: list[tuple[int, str | None, float]] = []
+    bodies: list[str] = []
     stop = threading.Event()
 
     def load() -> None:
@@ -232,7 +237,8 @@ def test_a_model_server_crash_gives_503_with_retry_after_and_the_stack_recovers(
                     "/v1/translate", json={"text": f"Veloma {n} {time.time()}.", "source": "mg", "target": "fr"}
                 )
                 answers.append((answer.status_code, answer.headers.get("Retry-After"), time.monotonic() - started))
-                time.sleep(0.05)
+                bodies.append(answer.text[:300])
+                time.sleep(0.2)  # within the premium tier's 600 translations a minute
 
     model_server = stack.container("model-server")
     restarts = int(engine("inspect", "--format", "{{.RestartCount}}", model_server).stdout.strip() or 0)
@@ -250,7 +256,11 @@ def test_a_model_server_crash_gives_503_with_retry_after_and_the_stack_recovers(
     finally:
         stop.set()
         loader.join(timeout=120)
-    refused = [(status, after) for status, after, _ in answers if status != 200]
-    assert refused and all(status == 503 and after and int(after) > 0 for status, after in refused), refused[:10]
-    assert max(seconds for _, _, seconds in answers) < 60
+    refused = [(status, after, body) for (status, after, _), body in zip(answers, bodies, strict=True) if status != 200]
+    wrong = [answer for answer in refused if not (answer[0] == 503 and answer[1] and int(answer[1]) > 0)]
+    assert refused and not wrong, wrong[:5]
+    longest = max(seconds for _, _, seconds in answers)
+    print(f"{len(answers)} answers, {len(refused)} of them 503 with Retry-After {sorted({a[1] for a in refused})}; "
+          f"the longest took {longest:.1f} s")  # fmt: skip
+    assert longest < 60
     assert int(engine("inspect", "--format", "{{.RestartCount}}", model_server).stdout.strip()) > restarts
