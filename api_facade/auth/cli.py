@@ -17,11 +17,15 @@ from api_facade.auth.tokens import SCOPES, TokenError, TokenService, open_token_
 from api_facade.redis_connection import RedisConnection, RedisUnavailableError
 from api_facade.settings import settings_from_environment
 
+# An operator's command can wait for a Redis slow to accept a connection (one in a container
+# network just made was seen to take over the 1 s a request of the facade waits).
+REDIS_TIMEOUT_S = 10.0
+
 
 def _run(action: Callable[[TokenService], Awaitable[int]]) -> int:
     async def main() -> int:
         settings = settings_from_environment()
-        redis = RedisConnection(settings.redis_url) if settings.redis_url else None
+        redis = RedisConnection(settings.redis_url, timeout_s=REDIS_TIMEOUT_S) if settings.redis_url else None
         service = TokenService(open_token_store(redis, settings.data_dir), tuple(settings.tiers))
         try:
             return await action(service)

@@ -75,6 +75,30 @@ up)
     wait_healthy "$STACK-model-server" "${MILO_MODEL_SERVER_START_S:-600}"
     "${COMPOSE[@]}" up -d --no-deps facade
     wait_healthy "$STACK-facade" 120
+    # The facade's own health says only that it answers; its /ready that it reaches every model and
+    # Redis over the compose network (a first connection there was once seen to time out).
+    deadline=$((SECONDS + 120))
+    until curl -fsS "http://127.0.0.1:${MILO_FACADE_PORT:-8080}/ready" 2>/dev/null | grep -q '"status":"ready"'; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "the facade is not ready after 120 s:" >&2
+            curl -sS "http://127.0.0.1:${MILO_FACADE_PORT:-8080}/ready" >&2 || true
+            exit 1
+        fi
+        sleep 2
+    done
+    # A new process in the facade's container, as `milo-voice tokens create` is, must reach Redis
+    # too: on a network just made, its first lookup of the name was seen to outlast the 1 s the
+    # command waits.
+    deadline=$((SECONDS + 60))
+    until $ENGINE exec "$STACK-facade" milo-voice tokens list >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "the facade's container cannot reach Redis:" >&2
+            $ENGINE exec "$STACK-facade" milo-voice tokens list >&2 || true
+            exit 1
+        fi
+        sleep 2
+    done
+    echo "$STACK-facade ready: every model and Redis reached"
     "${COMPOSE[@]}" up -d --no-deps prometheus
     wait_healthy "$STACK-prometheus" 60
     echo "facade: http://127.0.0.1:${MILO_FACADE_PORT:-8080}  prometheus: http://127.0.0.1:${MILO_PROMETHEUS_PORT:-9090}"

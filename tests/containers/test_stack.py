@@ -8,8 +8,10 @@ test's own, so a stack started with ``make up`` is not touched.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import json
 import os
 import re
 import subprocess
@@ -17,10 +19,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 import soundfile as sf
+import websockets
 
 from tests.conftest import REPO, free_port, speak
 from tests.containers.test_images import engine
@@ -67,10 +71,22 @@ def stack() -> Iterator[Stack]:
     try:
         stack_command("up", env=env)
         # A token from the facade's own command, stored in the stack's Redis.
-        created = engine(
-            "exec", f"{name}-facade", "milo-voice", "tokens", "create", "container-test",
-            "--scopes", "stt,tts,translate,chat", "--tier", "premium",
-        )  # fmt: skip
+        command = ("exec", f"{name}-facade", "milo-voice", "tokens", "create", "container-test",
+                   "--scopes", "stt,tts,translate,chat", "--tier", "premium")  # fmt: skip
+        # On podman 4.3 under this machine's runtime, a new process's lookup of a service's name
+        # was seen to fail for some seconds after a stack was replaced: try again, then say how
+        # the name resolves in the container.
+        for _ in range(10):
+            created = engine(*command, check=False)
+            if created.returncode == 0:
+                break
+            time.sleep(3)
+        else:
+            probe = (
+                "import socket, time; t = time.time(); print(socket.getaddrinfo('redis', 6379)[0][4], time.time() - t)"
+            )
+            resolved = engine("exec", f"{name}-facade", "python", "-c", probe, check=False)
+            pytest.fail(f"{created.stderr[-1500:]}\nlookup of redis: {resolved.stdout} {resolved.stderr[-1500:]}")
         token = created.stdout.strip().splitlines()[-1]  # printed last, once
         yield Stack(name, f"http://127.0.0.1:{facade_port}", f"http://127.0.0.1:{prometheus_port}", token)
     finally:
@@ -116,6 +132,14 @@ def test_every_health_check_passes_and_each_route_answers_through_the_containers
             assert turn.status_code == 200
             events = "".join(turn.iter_text())
         assert "event: transcript" in events and "event: audio" in events, events[:500]
+        assert facade.get("/v1/models").json()["data"], "no model listed"
+        batch = facade.post("/v1/tts/batch", json={"texts": ["Salama.", "Veloma."], "language": "mg", "format": "wav"})
+        assert batch.status_code == 200 and len(batch.json()["clips"]) == 2, batch.text[:300]
+        session = chat.json()["session_id"]
+        assert facade.get(f"/v1/chat/sessions/{session}").status_code == 200
+        assert facade.delete(f"/v1/chat/sessions/{session}").status_code == 204
+        assert facade.get(f"/v1/chat/sessions/{session}").status_code == 404
+        assert facade.get("/playground").status_code == 200
         refused = facade.post("/v1/translate", json={"text": "Salama", "source": "zz", "target": "fr"})
         assert refused.status_code == 422 and refused.json()["error"]["field"] == "source"
         assert (
@@ -124,6 +148,38 @@ def test_every_health_check_passes_and_each_route_answers_through_the_containers
             ).status_code
             == 401
         )
+
+
+def test_a_realtime_conversation_through_the_containers(stack: Stack) -> None:
+    """The WebSocket route: the token as the subprotocol a browser sends, a spoken question pushed
+    and committed, its transcript and the reply's audio back."""
+
+    async def talk() -> list[dict[str, Any]]:
+        url = stack.facade.replace("http://", "ws://") + "/v1/realtime"
+        events: list[dict[str, Any]] = []
+        async with websockets.connect(url, subprotocols=["realtime", f"bearer.{stack.token}"]) as connection:  # type: ignore[list-item]
+
+            async def until(kind: str) -> None:
+                while not events or events[-1]["type"] != kind:
+                    events.append(json.loads(await asyncio.wait_for(connection.recv(), 120)))
+                    assert events[-1]["type"] != "error", events[-1]
+
+            await until("session.created")
+            update = {"turn_detection": None, "max_response_output_tokens": 16}
+            await connection.send(json.dumps({"type": "session.update", "session": update}))
+            await until("session.updated")
+            audio = (speak("Bonjour, quelle est la capitale de Madagascar ?") * 32767).astype("<i2").tobytes()
+            for i in range(0, len(audio), 1280):  # 40 ms frames of 16 kHz 16-bit audio
+                await connection.send(audio[i : i + 1280])
+            await connection.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            await until("response.done")
+        return events
+
+    events = asyncio.run(talk())
+    kinds = [event["type"] for event in events]
+    transcript = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert "capitale" in transcript["transcript"].lower(), transcript
+    assert "response.audio.delta" in kinds and events[-1]["response"]["status"] == "completed"
 
 
 def test_the_model_server_image_runs_as_nobody_and_holds_no_secret(stack: Stack) -> None:
