@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import urllib.request
 
 from contract.tensors import ROLE_MODELS
 from milo_voice.registry import Registry, load_registry
+from milo_voice.supervisor import answers_200
 
 
 def served_model_names(registry: Registry, server: str) -> list[str]:
@@ -28,14 +28,6 @@ def served_model_names(registry: Registry, server: str) -> list[str]:
     ]
 
 
-def model_ready(url: str, model: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/v2/models/{model}/ready", timeout=3) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="Triton's HTTP endpoint")
@@ -43,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         "--server", default=os.environ.get("MILO_SERVER", "pytriton"), choices=["pytriton", "tritonserver"]
     )
     args = parser.parse_args(argv)
-    waiting = [m for m in served_model_names(load_registry(), args.server) if not model_ready(args.url, m)]
+    names = served_model_names(load_registry(), args.server)
+    waiting = [m for m in names if not answers_200(f"{args.url}/v2/models/{m}/ready")()]
     if waiting:
         print(f"not ready: {', '.join(waiting)}", file=sys.stderr)
         return 1
