@@ -3,7 +3,9 @@
 # take their base as a build argument: the official Python image where a registry answers, else
 # a Debian base made here (debian-base.sh). MILO_BASE_IMAGE picks one outright.
 #
-#   deploy/containers/images.sh [facade model-server-cpu redis prometheus]   (default: all four)
+#   deploy/containers/images.sh [--missing] [facade model-server-cpu redis prometheus]
+#
+# Without names, all four; --missing builds only those not built yet (what `make up` does).
 #
 # model-server-cpu installs what PyPI has, plus two wheels gathered here first in
 # build/container-wheels: torch's CPU build (from this machine's pip configuration, or
@@ -44,18 +46,23 @@ gather_wheels() {
         "llama-cpp-python==$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
 }
 
+missing=false
+[ "${1:-}" = --missing ] && missing=true && shift
+images=("$@")
+[ ${#images[@]} -gt 0 ] || images=(facade model-server-cpu redis prometheus)
 format=()
 [ "$ENGINE" = podman ] && format=(--format docker)  # keeps HEALTHCHECK
-for name in "${@:-facade model-server-cpu redis prometheus}"; do
-    for image in $name; do
-        base=$(base_for "$image")
-        extra=()
-        if [ "$image" = model-server-cpu ]; then
-            gather_wheels
-            extra=(--build-arg "PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL:-}")
-        fi
-        echo "building milo-voice/$image:$VERSION from $base"
-        $ENGINE build "${format[@]}" --network host --build-arg "BASE_IMAGE=$base" "${extra[@]}" \
-            -f "deploy/docker/$image.Dockerfile" -t "milo-voice/$image:$VERSION" .
-    done
+for image in "${images[@]}"; do
+    if $missing && $ENGINE image inspect "milo-voice/$image:$VERSION" >/dev/null 2>&1; then
+        continue
+    fi
+    base=$(base_for "$image")
+    extra=()
+    if [ "$image" = model-server-cpu ]; then
+        gather_wheels
+        extra=(--build-arg "PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL:-}")
+    fi
+    echo "building milo-voice/$image:$VERSION from $base"
+    $ENGINE build "${format[@]}" --network host --build-arg "BASE_IMAGE=$base" "${extra[@]}" \
+        -f "deploy/docker/$image.Dockerfile" -t "milo-voice/$image:$VERSION" .
 done

@@ -19,7 +19,6 @@ if [ "$ENGINE" = docker ]; then
 else
     COMPOSE=("$(command -v podman-compose || echo .venv/bin/podman-compose)" -f "$FILE")
 fi
-VERSION=0.1.0
 STACK=${MILO_STACK:-milo-local}
 export MILO_STACK=$STACK
 COMPOSE+=(-p "$STACK")
@@ -60,9 +59,7 @@ up)
         chmod -R a+rX "build/container-models/$profile"  # the container runs as another user
         touch "build/container-models/$profile/.copied"
     fi
-    for image in facade model-server-cpu redis prometheus; do
-        $ENGINE image inspect "milo-voice/$image:$VERSION" >/dev/null 2>&1 || deploy/containers/images.sh "$image"
-    done
+    deploy/containers/images.sh --missing
     if [ -z "${MILO_TRITON_KEY:-}" ]; then
         keyfile=${XDG_CONFIG_HOME:-$HOME/.config}/milo-voice/local-triton-key
         mkdir -p "$(dirname "$keyfile")"
