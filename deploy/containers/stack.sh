@@ -31,17 +31,30 @@ healthy() {  # NAME: whether the container's health check passes now
     fi
 }
 
-wait_healthy() {  # NAME SECONDS
-    local deadline=$((SECONDS + $2))
-    until healthy "$1"; do
+ready_for_use() {  # the facade answers /ready with every model and Redis reached
+    curl -fsS "http://127.0.0.1:${MILO_FACADE_PORT:-8080}/ready" 2>/dev/null | grep -q '"status":"ready"'
+}
+
+reaches_redis() {  # NAME: a new process in the container reaches Redis
+    $ENGINE exec "$1" milo-voice tokens list >/dev/null 2>&1
+}
+
+wait_for() {  # WHAT SECONDS WHY_NOT CHECK...: run CHECK every 2 s until it passes; WHY_NOT says why not
+    local what=$1 seconds=$2 why_not=$3 deadline=$((SECONDS + $2))
+    shift 3
+    until "$@"; do
         if [ $SECONDS -ge $deadline ]; then
-            echo "$1 not healthy after $2 s; its last lines:" >&2
-            $ENGINE logs --tail 30 "$1" >&2 || true
+            echo "$what: not after $seconds s" >&2
+            eval "$why_not" >&2 || true
             return 1
         fi
         sleep 2
     done
-    echo "$1 healthy"
+    echo "$what"
+}
+
+wait_healthy() {  # NAME SECONDS
+    wait_for "$1 healthy" "$2" "$ENGINE logs --tail 30 $1" healthy "$1"
 }
 
 case "${1:-}" in
@@ -73,29 +86,13 @@ up)
     "${COMPOSE[@]}" up -d --no-deps facade
     wait_healthy "$STACK-facade" 120
     # The facade's own health says only that it answers; its /ready that it reaches every model and
-    # Redis over the compose network (a first connection there was once seen to time out).
-    deadline=$((SECONDS + 120))
-    until curl -fsS "http://127.0.0.1:${MILO_FACADE_PORT:-8080}/ready" 2>/dev/null | grep -q '"status":"ready"'; do
-        if [ $SECONDS -ge $deadline ]; then
-            echo "the facade is not ready after 120 s:" >&2
-            curl -sS "http://127.0.0.1:${MILO_FACADE_PORT:-8080}/ready" >&2 || true
-            exit 1
-        fi
-        sleep 2
-    done
-    # A new process in the facade's container, as `milo-voice tokens create` is, must reach Redis
-    # too: on a network just made, its first lookup of the name was seen to outlast the 1 s the
-    # command waits.
-    deadline=$((SECONDS + 60))
-    until $ENGINE exec "$STACK-facade" milo-voice tokens list >/dev/null 2>&1; do
-        if [ $SECONDS -ge $deadline ]; then
-            echo "the facade's container cannot reach Redis:" >&2
-            $ENGINE exec "$STACK-facade" milo-voice tokens list >&2 || true
-            exit 1
-        fi
-        sleep 2
-    done
-    echo "$STACK-facade ready: every model and Redis reached"
+    # Redis over the compose network. A new process in its container, as `milo-voice tokens create`
+    # is, must reach Redis too: on a network just made, its first lookup of the name was seen to
+    # outlast the 1 s the command waited.
+    wait_for "$STACK-facade ready: every model and Redis reached" 120 \
+        "curl -sS http://127.0.0.1:${MILO_FACADE_PORT:-8080}/ready" ready_for_use
+    wait_for "$STACK-facade's container reaches Redis" 60 \
+        "$ENGINE exec $STACK-facade milo-voice tokens list" reaches_redis "$STACK-facade"
     "${COMPOSE[@]}" up -d --no-deps prometheus
     wait_healthy "$STACK-prometheus" 60
     echo "facade: http://127.0.0.1:${MILO_FACADE_PORT:-8080}  prometheus: http://127.0.0.1:${MILO_PROMETHEUS_PORT:-9090}"
