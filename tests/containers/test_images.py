@@ -37,14 +37,21 @@ def engine(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     return done
 
 
+def script(name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 1800) -> None:
+    """``deploy/containers/NAME ARGS`` as make runs it: skipped, saying why, where no container
+    engine can be had (exit 3); its output in the failure otherwise."""
+    done = subprocess.run(
+        ["bash", f"deploy/containers/{name}", *args], cwd=REPO, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if done.returncode == 3:
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
 @pytest.fixture(scope="module")
 def facade_image() -> str:
-    built = subprocess.run(
-        ["bash", "deploy/containers/images.sh", "facade"], cwd=REPO, capture_output=True, text=True, timeout=1800
-    )
-    if built.returncode == 3:
-        pytest.skip(built.stderr.strip())
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    script("images.sh", "facade")
     return FACADE
 
 

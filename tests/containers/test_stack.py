@@ -26,8 +26,8 @@ import pytest
 import soundfile as sf
 import websockets
 
-from tests.conftest import REPO, free_port, speak
-from tests.containers.test_images import engine
+from tests.conftest import free_port, speak
+from tests.containers.test_images import engine, script
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("MILO_CONTAINER_TESTS") != "1", reason="container tests run with `make test-containers`"
@@ -48,16 +48,6 @@ class Stack:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def stack_command(*args: str, env: dict[str, str], timeout: float = 1800) -> None:
-    done = subprocess.run(
-        ["bash", "deploy/containers/stack.sh", *args], cwd=REPO, env={**os.environ, **env},
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-    if done.returncode == 3:
-        pytest.skip(done.stderr.strip())
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     name = f"milo-test-{os.getpid()}"
@@ -69,7 +59,7 @@ def stack() -> Iterator[Stack]:
         "MILO_TRITON_KEY": f"a-test-key-{os.getpid()}",
     }
     try:
-        stack_command("up", env=env)
+        script("stack.sh", "up", env=env)
         # A token from the facade's own command, stored in the stack's Redis.
         command = ("exec", f"{name}-facade", "milo-voice", "tokens", "create", "container-test",
                    "--scopes", "stt,tts,translate,chat", "--tier", "premium")  # fmt: skip
@@ -90,7 +80,7 @@ def stack() -> Iterator[Stack]:
         token = created.stdout.strip().splitlines()[-1]  # printed last, once
         yield Stack(name, f"http://127.0.0.1:{facade_port}", f"http://127.0.0.1:{prometheus_port}", token)
     finally:
-        stack_command("down", "-v", env=env, timeout=300)
+        script("stack.sh", "down", "-v", env=env, timeout=300)
 
 
 def wav(text: str) -> bytes:
