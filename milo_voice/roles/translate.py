@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
 import ctranslate2
 import sentencepiece as spm
 
-from contract.records import InputError, TranslateRequest, Translation
+from contract.records import InputError, ModelBusy, TranslateRequest, Translation
 from milo_voice.weights import identity
 
 # ISO 639-1 codes that Milo Voice speaks, to NLLB's FLORES-200 codes.
@@ -68,11 +69,13 @@ class Translator:
         max_input_tokens: int = 512,
         intra_threads: int = 0,
         engine: Engine = "auto",
+        search_sentences: int | None = None,
     ) -> None:
         """``engine``: "torch" decodes in torch with CUDA graphs; "ctranslate2" in CTranslate2;
         "torch+ctranslate2" loads both and picks by the batch's sentences. "auto" is that on a GPU
         with a beam of 2 or more (CTranslate2's decoding of a small batch there is paced by kernel
-        launches), and CTranslate2 elsewhere."""
+        launches), and CTranslate2 elsewhere. ``search_sentences``: the most sentences the torch
+        engine searches at once (default ``MAX_SENTENCES``), its graphs captured at load."""
         path = Path(model_path)
         self.revision = identity.read(path).revision
         gpu_search = device == "cuda" and beam_size >= 2
@@ -87,7 +90,7 @@ class Translator:
                 raise ValueError("the torch engine runs beam search: beam_size 2 or more")
             self._torch = TorchTranslator(
                 path, read_vocabulary(path), f"{device}:{device_index}" if device == "cuda" else device,
-                torch_dtype(compute_type), max_decoding_length, MAX_SENTENCES,
+                torch_dtype(compute_type), max_decoding_length, search_sentences or MAX_SENTENCES,
             )  # fmt: skip
         if "ctranslate2" in engines:
             self._ctranslate2 = ctranslate2.Translator(
@@ -211,26 +214,113 @@ class Translator:
             if sources
             else []
         )
-        texts: list[list[str]] = [[] for _ in requests]
-        scores: list[list[float]] = [[] for _ in requests]
-        cut: set[int] = set()
+        pieces: list[list[tuple[Any, str]]] = [[] for _ in requests]
         for owner, after, result in zip(owners, breaks, results, strict=True):
+            pieces[owner].append((result, after))
+        return [refused.get(i) or self.joined(pieces[i]) for i in range(len(requests))]
+
+    def joined(self, pieces: list[tuple[Any, str]]) -> Translation | TranslateInputError:
+        """A request's translation from its pieces' results (CTranslate2's, or the torch engine's
+        records of the same shape), each with the text that followed the piece.
+
+        One piece whose translation reached the output limit without ending refuses the whole
+        request: a translation is whole or refused, never cut.
+        """
+        texts, scores = [], []
+        for result, after in pieces:
             hypothesis = result.hypotheses[0]
             if self.reached_output_limit(hypothesis):
-                cut.add(owner)
+                return TranslateInputError(
+                    f"the translation of a sentence reached the model's output limit of {self.max_decoding_length} "
+                    "tokens without ending: split the sentence"
+                )
             # The first token is the target language code that we forced.
-            texts[owner].append(self._sentencepiece.decode(hypothesis[1:]).strip() + after)
-            scores[owner].append(float(result.scores[0]))
-        for i in cut:
-            refused[i] = TranslateInputError(
-                f"the translation of a sentence reached the model's output limit of {self.max_decoding_length} "
-                "tokens without ending: split the sentence"
-            )
-        return [
-            refused.get(i)
-            or Translation("".join(texts[i]).strip(), sum(scores[i]) / max(len(scores[i]), 1), self.revision)
-            for i in range(len(requests))
-        ]
+            texts.append(self._sentencepiece.decode(hypothesis[1:]).strip() + after)
+            scores.append(float(result.scores[0]))
+        return Translation("".join(texts).strip(), sum(scores) / max(len(scores), 1), self.revision)
+
+    def stepwise(self, max_waiting_sentences: int | None = None) -> StepwiseTranslations:
+        """Translations that join the torch engine's search step by step (``StepwiseTranslations``)."""
+        if self._torch is None:
+            raise ValueError(f"step-level batching needs the torch engine, not {self.engine!r}")
+        options = self._torch.options(**self.decoding_options())
+        return StepwiseTranslations(self, self._torch.search(options, max_waiting_sentences))
+
+
+class StepwiseTranslations:
+    """Requests translated together a decoding step at a time: one submitted while others decode
+    joins them at the next step, and each is answered as soon as its last sentence is done.
+
+    What a server that schedules by steps drives (Triton's iterative sequences, in
+    ``milo_voice/serving/tensor_io.py``): submit what arrived, advance a few steps, answer what is
+    done; the GPU never waits for a whole batch to end before the next begins. A request is named by
+    the caller's ``key``. Not thread-safe: one caller submits, advances and cancels.
+    """
+
+    def __init__(self, translator: Translator, search: Any) -> None:
+        self._translator, self._search = translator, search
+        self._pieces: dict[Hashable, list[tuple[Any, str] | None]] = {}  # a request's results so far
+        self._breaks: dict[Hashable, list[str]] = {}
+        self._owners: dict[int, tuple[Hashable, int]] = {}  # a search ticket: its request and piece
+        self.capacity: int = search.capacity
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._pieces
+
+    @property
+    def busy(self) -> bool:
+        return self._search.busy
+
+    def submit(self, key: Hashable, request: TranslateRequest) -> InputError | None:
+        """Queue ``request``; its ``InputError`` now where it is refused (then nothing is queued).
+        Raises ``ModelBusy`` where its sentences would wait past the search's bound."""
+        try:
+            pieces = self._translator._checked_pieces(request)
+        except InputError as exc:
+            return exc
+        from milo_voice.roles.nllb.search import SearchFullError
+
+        source, target = NLLB_CODES[request.source], NLLB_CODES[request.target]
+        torch_engine = self._translator._torch
+        tickets = []
+        try:
+            for tokens, _after in pieces:
+                ticket = self._search.add(torch_engine.ids([source, *tokens, "</s>"]), torch_engine.ids([target]))
+                tickets.append(ticket)
+        except SearchFullError as exc:
+            self._search.cancel(set(tickets))
+            raise ModelBusy(str(exc)) from exc
+        self._pieces[key] = [None] * len(pieces)
+        self._breaks[key] = [after for _tokens, after in pieces]
+        for index, ticket in enumerate(tickets):
+            self._owners[ticket] = (key, index)
+        return None
+
+    def advance(self, steps: int) -> dict[Hashable, Translation | InputError]:
+        """Decode up to ``steps`` steps of every request queued; each request done, answered."""
+        done: dict[Hashable, Translation | InputError] = {}
+        torch_engine = self._translator._torch
+        for _ in range(steps):
+            if not self._search.busy:
+                break
+            for ticket, hypothesis in self._search.step().items():
+                key, index = self._owners.pop(ticket)
+                results = self._pieces[key]
+                results[index] = (torch_engine.result(hypothesis), self._breaks[key][index])
+                if all(r is not None for r in results):
+                    done[key] = self._translator.joined([r for r in results if r is not None])
+                    del self._pieces[key], self._breaks[key]
+        return done
+
+    def cancel(self, key: Hashable) -> None:
+        """Drop a request (its client has gone): its sentences free their rows."""
+        if self._pieces.pop(key, None) is None:
+            return
+        del self._breaks[key]
+        tickets = {ticket for ticket, (owner, _index) in self._owners.items() if owner == key}
+        for ticket in tickets:
+            del self._owners[ticket]
+        self._search.cancel(tickets)
 
 
 def _max_positions(path: Path) -> int | None:

@@ -159,6 +159,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
             max_decoding_length=int(params.get("max_decoding_length", 256)),
             intra_threads=_cpu_threads(),
             engine=params.get("engine", "auto"),
+            search_sentences=_optional_int(params.get("gpu_search_sentences" if gpu else "search_sentences")),
         )
     if spec.role == "chat":
         if spec.name == CLOUD_CHAT or server_settings().chat_backend == "cloud":

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from contract import tensors
+from contract.records import ModelBusy
 from milo_voice.registry import active_profile, load_registry
 from milo_voice.serving.chat_metrics import TritonChatMetrics
 from milo_voice.serving.instances import Device, load_instance, with_cloud_chat
+from milo_voice.serving.stepwise import StepwiseHandler
 from milo_voice.serving.tensor_io import (
     BatchHandler,
     GenerationHandler,
@@ -65,7 +67,13 @@ class TritonPythonModel:
         self.instance = load_instance(spec, active_profile(), device_of(args), observer)
         if getattr(pb_utils, "MetricFamily", None) is not None:
             self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
-        self.handler: Handler = handler_for(self.io, spec, self.instance)
+        steps = int(parameters.get("milo_steps_per_execution", 0))
+        # Step-level batching (Triton's iterative sequences): the role's stepwise translations.
+        self.handler: Handler | StepwiseHandler = (
+            StepwiseHandler(self.io, self.instance.stepwise(int(parameters["milo_max_waiting"]) or None), steps)
+            if steps
+            else handler_for(self.io, spec, self.instance)
+        )
         self._outbox: queue.SimpleQueue[tuple[Any, Outputs | Exception, bool] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         if isinstance(self.handler, GenerationHandler):
@@ -74,6 +82,8 @@ class TritonPythonModel:
         log.info("%s ready (%s, instance %s)", args.get("model_name"), spec.role, args.get("model_instance_name"))
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
+        if isinstance(self.handler, StepwiseHandler):
+            return self._steps(requests, self.handler)
         if isinstance(self.handler, GenerationHandler):
             self._generate(requests, self.handler)
             return None  # each request is answered through its response sender
@@ -104,6 +114,41 @@ class TritonPythonModel:
             log.exception("batch of %d failed", len(requests))
             error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
             return [self.pb_utils.InferenceResponse(error=error) for _ in requests]
+
+    def _steps(self, requests: list[Any], handler: StepwiseHandler) -> list[Any]:
+        """A few decoding steps of every request in flight: the requests of this call that ended
+        are answered, the others rescheduled (answered None here, as Triton asks)."""
+        errors: dict[int, Any] = {}
+        for i, request in enumerate(requests):
+            key = request.correlation_id()
+            if request.is_cancelled():
+                handler.cancel(key)
+                errors[i] = self.pb_utils.TritonError("the request was cancelled", self.pb_utils.TritonError.CANCELLED)
+            elif not handler.holds(key):
+                try:
+                    handler.take(key, self._inputs(request))
+                except ModelBusy as exc:  # the client's TritonBusyError: a 503, retry soon
+                    errors[i] = self.pb_utils.TritonError(
+                        f"Exceeds maximum queue size: {exc}", self.pb_utils.TritonError.UNAVAILABLE
+                    )
+        try:
+            handler.advance()
+        except Exception as exc:  # the role failed: this call's requests get the error, the server lives on
+            log.exception("decoding steps failed")
+            handler.cancel_all()
+            error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
+            errors.update(dict.fromkeys(range(len(requests)), error))
+        responses: list[Any] = []
+        for i, request in enumerate(requests):
+            outputs = None if i in errors else handler.answer(request.correlation_id())
+            if i in errors:
+                responses.append(self.pb_utils.InferenceResponse(error=errors[i]))
+            elif outputs is not None:
+                responses.append(self._response(outputs))
+            else:
+                request.set_release_flags(self.pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                responses.append(None)
+        return responses
 
     def _generate(self, requests: list[Any], handler: GenerationHandler) -> None:
         """Start every request, and return once each holds a slot (or has ended).

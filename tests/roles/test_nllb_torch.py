@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contract.records import InputError, TranslateRequest, Translation
+from contract.records import InputError, ModelBusy, TranslateRequest, Translation
 from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 from milo_voice.roles.ctranslate2_files import ModelFileError, read_model_bin
 from milo_voice.roles.nllb.model import NllbModel
@@ -115,3 +115,48 @@ def test_rows_padded_as_on_a_gpu_decode_the_same(embedded_dir: Path) -> None:
     reference, torch_engine = _pair(embedded_dir / "translate", beam_size=3)  # 3 beams: never a power of two
     torch_engine._torch.model = _PaddedRows.from_model_dir(embedded_dir / "translate", max_length=256)
     _assert_same(reference.translate_batch(REQUESTS), torch_engine.translate_batch(REQUESTS))
+
+
+def test_requests_joining_a_running_search_decode_as_alone(embedded_dir: Path) -> None:
+    """Step-level batching: requests submitted while others decode, in whatever order and at
+    whatever step, get CTranslate2's answers, each as soon as its own sentences are done."""
+    reference, torch_engine = _pair(embedded_dir / "translate", beam_size=3)
+    expected = reference.translate_batch(REQUESTS)
+    torch_engine._torch.max_sentences = 3  # fewer rows than sentences: the others wait their turn
+    stepwise = torch_engine.stepwise()
+    got: dict[int, Translation | InputError] = {}
+    answered_while_others_decode = set()
+    for key, request in enumerate(REQUESTS):
+        assert stepwise.submit(key, request) is None
+        for steps in (2, 1):
+            done = stepwise.advance(steps)
+            got.update(done)
+            if stepwise.busy:
+                answered_while_others_decode.update(done)
+    while stepwise.busy:
+        got.update(stepwise.advance(4))
+    _assert_same(expected, [got[key] for key in range(len(REQUESTS))])
+    # Some were answered while requests submitted after them were still decoding.
+    assert answered_while_others_decode
+
+
+def test_a_stepwise_request_refused_cancelled_or_past_the_bound(embedded_dir: Path) -> None:
+    _reference, torch_engine = _pair(embedded_dir / "translate")
+    torch_engine._torch.max_sentences = 2
+    stepwise = torch_engine.stepwise(max_waiting_sentences=2)
+    refusal = stepwise.submit("bad", TranslateRequest("Bonjour", "fr", "fr"))
+    assert isinstance(refusal, InputError) and "bad" not in stepwise
+    assert stepwise.submit("long", REQUESTS[3]) is None  # 2 sentences
+    stepwise.advance(1)  # both searching: the waiting line is empty
+    assert stepwise.submit("next", REQUESTS[4]) is None  # 2 sentences wait
+    with pytest.raises(ModelBusy):
+        stepwise.submit("over", REQUESTS[0])
+    assert "over" not in stepwise
+    stepwise.cancel("long")  # its rows free at once: "next" takes them at the next step
+    assert "long" not in stepwise
+    answers: dict[object, Translation | InputError] = {}
+    while stepwise.busy:
+        answers.update(stepwise.advance(8))
+    expected = Translator(embedded_dir / "translate", compute_type="float32").translate_batch([REQUESTS[4]])
+    _assert_same(expected, [answers["next"]])
+    assert set(answers) == {"next"}

@@ -1,5 +1,6 @@
 """``TorchTranslator``: the part of ``ctranslate2.Translator.translate_batch`` the translation role
-calls, computed by ``NllbModel`` and ``beam_search``, from the same model directory."""
+calls, computed by ``NllbModel`` and ``beam_search``, from the same model directory; and ``search``,
+a ``BeamSearch`` that sentences join and leave step by step."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 
 from milo_voice.roles.nllb.model import NllbModel, special_ids
-from milo_voice.roles.nllb.search import SearchOptions, beam_search
+from milo_voice.roles.nllb.search import BeamSearch, Hypothesis, SearchOptions, beam_search
 
 # CTranslate2's compute types to what torch computes in: int8 weights are dequantised.
 _DTYPES = {"float16": torch.float16, "int8_float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -44,12 +45,15 @@ class TorchTranslator:
     ) -> None:
         self.model = NllbModel.from_model_dir(model_dir, device, dtype, max_length)
         self.tokens = vocabulary
-        self.ids = {token: i for i, token in enumerate(vocabulary)}
-        self.start_id, self.end_id, self.unk_id = special_ids(model_dir, self.ids)
+        self.ids_by_token = {token: i for i, token in enumerate(vocabulary)}
+        self.start_id, self.end_id, self.unk_id = special_ids(model_dir, self.ids_by_token)
         self.max_sentences = max_sentences
 
     def warm_up(self, beam_size: int) -> None:
         self.model.warm_up(self.max_sentences * beam_size)
+
+    def options(self, beam_size: int, max_decoding_length: int, min_decoding_length: int = 0) -> SearchOptions:
+        return SearchOptions(self.start_id, self.end_id, beam_size, max_decoding_length, min_decoding_length)
 
     def translate_batch(
         self,
@@ -60,17 +64,22 @@ class TorchTranslator:
         min_decoding_length: int = 0,
         return_scores: bool = True,
     ) -> list[TranslationResult]:
-        options = SearchOptions(self.start_id, self.end_id, beam_size, max_decoding_length, min_decoding_length)
-        sources, prefixes = [self._ids(s) for s in source], [self._ids(p) for p in target_prefix]
+        options = self.options(beam_size, max_decoding_length, min_decoding_length)
+        sources, prefixes = [self.ids(s) for s in source], [self.ids(p) for p in target_prefix]
         best = []
         for begin in range(0, len(sources), self.max_sentences):
             end = begin + self.max_sentences
             best += beam_search(self.model, sources[begin:end], prefixes[begin:end], options)
-        results = []
-        for hypothesis in best:
-            tokens = hypothesis.tokens[:-1] if hypothesis.tokens[-1:] == [self.end_id] else hypothesis.tokens
-            results.append(TranslationResult([[self.tokens[i] for i in tokens]], [hypothesis.score]))
-        return results
+        return [self.result(hypothesis) for hypothesis in best]
 
-    def _ids(self, tokens: list[str]) -> list[int]:
-        return [self.ids.get(token, self.unk_id) for token in tokens]
+    def search(self, options: SearchOptions, max_waiting: int | None = None) -> BeamSearch:
+        """A search that holds up to ``max_sentences`` sentences at once, the rows warmed up at load."""
+        return BeamSearch(self.model, options, self.max_sentences, max_waiting)
+
+    def ids(self, tokens: list[str]) -> list[int]:
+        return [self.ids_by_token.get(token, self.unk_id) for token in tokens]
+
+    def result(self, hypothesis: Hypothesis) -> TranslationResult:
+        """A hypothesis as CTranslate2 returns it: tokens, without the end token."""
+        tokens = hypothesis.tokens[:-1] if hypothesis.tokens[-1:] == [self.end_id] else hypothesis.tokens
+        return TranslationResult([[self.tokens[i] for i in tokens]], [hypothesis.score])

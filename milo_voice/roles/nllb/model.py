@@ -141,39 +141,43 @@ class NllbModel:
         return self._norm(x, "encoder/"), present
 
     # -- the decoder, a step at a time ------------------------------------------------
+    # Each row holds one beam of one sentence, at its own position: sentences placed while others
+    # decode join them at the next step (``milo_voice/roles/nllb/search.py``).
 
     def slots(self, rows: int) -> int:
         """Rows a step computes: a power of two with CUDA graphs, so that few graphs serve every batch."""
         return _power_of_two(rows) if self.cuda_graphs else rows
 
     @torch.inference_mode()
-    def start(self, states: torch.Tensor, present: torch.Tensor, beam_size: int) -> None:
-        """Make every sentence's cross-attention keys and values, once per beam, ready for ``step``."""
-        batch, length, _ = states.shape
-        rows, bucket = self.slots(batch * beam_size), _power_of_two(length, MIN_SOURCE_BUCKET)
-        buffers = self._reserve(rows, bucket)
-        used = batch * beam_size
-        buffers.cross_visible.zero_()
-        buffers.cross_visible[:used, 0, 0, :length] = present.repeat_interleave(beam_size, dim=0)
-        buffers.cross_visible[used:, 0, 0, 0] = True  # rows past the batch attend somewhere: no NaN
+    def place(self, states: torch.Tensor, present: torch.Tensor, first_rows: list[int], beam_size: int) -> None:
+        """Make sentence ``i``'s cross-attention keys and values ready in rows ``first_rows[i]`` to
+        ``first_rows[i] + beam_size - 1``, for ``step``; the other rows keep theirs."""
+        length = states.shape[1]
+        needed = max(first_rows) + beam_size
+        buffers = self._reserve(self.slots(needed), _power_of_two(length, MIN_SOURCE_BUCKET))
+        rows = torch.tensor([first + k for first in first_rows for k in range(beam_size)], device=self.device)
+        buffers.cross_visible[rows] = False
+        buffers.cross_visible[rows, 0, 0, :length] = present.repeat_interleave(beam_size, dim=0)
         for index in range(self.decoder_layers):
             name = f"decoder/layer_{index}/attention/"
             projected = self._linear(states, name + "linear_1/")
             key, value = split_heads(projected, self.head_width).chunk(2, dim=1)
-            buffers.cross[index, 0, :used, :, :length] = key.repeat_interleave(beam_size, dim=0)
-            buffers.cross[index, 1, :used, :, :length] = value.repeat_interleave(beam_size, dim=0)
-        buffers.step_rows, buffers.bucket = rows, bucket
+            buffers.cross[index, 0, rows, :, :length] = key.repeat_interleave(beam_size, dim=0)
+            buffers.cross[index, 1, rows, :, :length] = value.repeat_interleave(beam_size, dim=0)
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
-        """Feed one token per row at ``position``: ``[rows, vocabulary]`` float32 logits of the next."""
-        buffers = self._buffers
-        if position >= self.max_length:
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, source_length: int) -> torch.Tensor:
+        """Feed one token per row, each row at its own position, over sources of at most
+        ``source_length`` tokens: ``[rows, vocabulary]`` float32 logits of the next."""
+        buffers, rows = self._buffers, len(tokens)
+        if rows > buffers.rows or source_length > buffers.source_length:
+            raise ValueError("step past the rows or source length placed")
+        if int(positions.max()) >= self.max_length:
             raise ValueError(f"the decoder holds at most {self.max_length} tokens")
-        buffers.tokens[: len(tokens)].copy_(tokens, non_blocking=True)
-        buffers.position.fill_(position)
-        logits = self._run(buffers.step_rows, buffers.bucket)
-        return logits[: len(tokens)].to(torch.float32, copy=True)  # a replay writes the next step's logits here
+        buffers.tokens[:rows].copy_(tokens, non_blocking=True)
+        buffers.positions[:rows].copy_(positions, non_blocking=True)
+        logits = self._run(self.slots(rows), _power_of_two(source_length, MIN_SOURCE_BUCKET))
+        return logits[:rows].to(torch.float32, copy=True)  # a replay writes the next step's logits here
 
     @torch.inference_mode()
     def reorder(self, origins: torch.Tensor, length: int) -> None:
@@ -189,18 +193,18 @@ class NllbModel:
         self._reserve(self.slots(max_rows), max(_power_of_two(n, MIN_SOURCE_BUCKET) for n in source_lengths))
         for length in sorted(source_lengths, reverse=True):
             for rows in sorted({self.slots(r) for r in range(1, max_rows + 1)}, reverse=True):
-                states = torch.zeros(1, length, self.width, device=self.device, dtype=self.dtype)
-                self.start(states, torch.ones(1, length, dtype=torch.bool, device=self.device), 1)
-                self._buffers.step_rows = rows
-                self.step(torch.zeros(rows, dtype=torch.long, device=self.device), 0)
+                zeros = torch.zeros(rows, dtype=torch.long, device=self.device)
+                self.step(zeros, zeros, length)
 
     def _reserve(self, rows: int, bucket: int) -> _StepBuffers:
-        """Buffers for at least ``rows`` rows and sources of ``bucket`` tokens (replaced where smaller)."""
+        """Buffers for at least ``rows`` rows and sources of ``bucket`` tokens: where smaller, larger
+        ones replace them, holding what the sentences decoding have placed and cached so far."""
         buffers = self._buffers
         if rows > buffers.rows or bucket > buffers.source_length:
-            self._buffers = buffers = _StepBuffers(self, max(rows, buffers.rows), max(bucket, buffers.source_length))
+            self._buffers = _StepBuffers(self, max(rows, buffers.rows), max(bucket, buffers.source_length))
+            self._buffers.take_over(buffers)
             self._graphs.clear()  # they read the buffers just replaced
-        return buffers
+        return self._buffers
 
     def _run(self, rows: int, bucket: int) -> torch.Tensor:
         if not self.cuda_graphs:
@@ -219,18 +223,20 @@ class NllbModel:
     def _forward(self, rows: int, bucket: int) -> torch.Tensor:
         """One step of ``rows`` rows; reads and writes only ``self._buffers`` (fixed addresses)."""
         buffers, w = self._buffers, self._w
-        position = buffers.position
+        positions = buffers.positions[:rows]
         x = functional.embedding(buffers.tokens[:rows], w["decoder/embeddings/weight"]) * self._scale["decoder"]
-        x = (x + w["decoder/position_encodings/encodings"].index_select(0, position))[:, None]  # [rows, 1, width]
-        visible = (buffers.cache_positions <= position)[None, None, None]
+        x = (x + w["decoder/position_encodings/encodings"].index_select(0, positions))[:, None]  # [rows, 1, width]
+        visible = (buffers.cache_positions[None, :] <= positions[:, None])[:, None, None, :]  # [rows, 1, 1, length]
+        # Where each row writes its key and value: its own position, in every head.
+        written = positions.view(rows, 1, 1, 1).expand(rows, self.num_heads, 1, self.head_width)
         cross_visible = buffers.cross_visible[:rows, :, :, :bucket]
         for index in range(self.decoder_layers):
             name = f"decoder/layer_{index}/self_attention/"
             projected = self._linear(self._norm(x, name), name + "linear_0/")
             query, key, value = split_heads(projected, self.head_width).chunk(3, dim=1)
             keys, values = buffers.self_cache[index, 0, :rows], buffers.self_cache[index, 1, :rows]
-            keys.index_copy_(2, position, key)
-            values.index_copy_(2, position, value)
+            keys.scatter_(2, written, key)
+            values.scatter_(2, written, value)
             attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
             x = x + self._linear(merge_heads(attended), name + "linear_1/")
 
@@ -267,14 +273,23 @@ class _StepBuffers:
         heads, head_width = model.num_heads, model.head_width
         options = {"device": model.device, "dtype": model.dtype}
         self.rows, self.source_length = rows, source_length
-        self.step_rows, self.bucket = rows, source_length  # what ``start`` prepared
         self.tokens = torch.zeros(rows, dtype=torch.long, device=model.device)
-        self.position = torch.zeros(1, dtype=torch.long, device=model.device)
+        self.positions = torch.zeros(rows, dtype=torch.long, device=model.device)
         self.cache_positions = torch.arange(model.max_length, device=model.device)
         # [layer, key or value, row, head, position, head width]: one gather reorders every layer's beams.
         self.self_cache = torch.zeros(model.decoder_layers, 2, rows, heads, model.max_length, head_width, **options)
         self.cross = torch.zeros(model.decoder_layers, 2, rows, heads, source_length, head_width, **options)
         self.cross_visible = torch.zeros(rows, 1, 1, source_length, dtype=torch.bool, device=model.device)
+        self.cross_visible[:, :, :, :1] = True  # a row no sentence holds attends somewhere: no NaN
+
+    def take_over(self, smaller: _StepBuffers) -> None:
+        """Copy in what ``smaller`` holds (its rows, its source positions)."""
+        rows, length = smaller.rows, smaller.source_length
+        for name in ("tokens", "positions"):
+            getattr(self, name)[:rows] = getattr(smaller, name)
+        self.self_cache[:, :, :rows] = smaller.self_cache
+        self.cross[:, :, :rows, :, :length] = smaller.cross
+        self.cross_visible[:rows, :, :, :length] = smaller.cross_visible
 
 
 def special_ids(model_dir: Path, vocabulary: dict[str, int]) -> tuple[int, int, int]:

@@ -1,0 +1,167 @@
+"""Translation with step-level batching on the stock Triton server (Triton's iterative sequences),
+through the real facade: a translation-only host whose role decodes a few steps per execution,
+with the torch engine on the CPU, few rows and a short waiting line.
+
+Requests sent together, and requests of several rows, get the answers CTranslate2 gives in
+process; a refused row is answered in its place while its request's other rows decode; requests
+past the role's waiting line are answered busy (503, Retry-After) while the others are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from client import MiloTritonClient
+from contract import codec, tensors
+from contract.records import InputError, TranslateRequest, Translation
+from milo_voice.registry import load_registry, model_section
+from milo_voice.roles.translate import Translator
+from milo_voice.triton_repository import write_configs
+from tests.conftest import TritonHost, facade_process, free_port, running_host
+
+pytestmark = pytest.mark.integration
+
+SENTENCES = 4  # the rows the search holds
+WAITING = 12  # sentences that may wait for rows
+STEPS = 2
+TEXTS = [
+    ("Manao ahoana daholo ianareo.", "mg", "fr"),
+    ("Bonjour à tous.", "fr", "mg"),
+    ("Misaotra betsaka tompoko.", "mg", "en"),
+    ("Où se trouve l'hôpital le plus proche? Nous avons besoin d'eau et de nourriture.", "fr", "mg"),
+    ("Veloma ary mandra-pihaona. Mila rano sy sakafo izahay.", "mg", "fr"),
+    ("rano", "mg", "fr"),
+]
+
+
+def stepwise_registry(path: Path) -> Path:
+    """The registry's translation entry, decoded by the torch engine a few steps per execution."""
+    section = model_section("translate")
+    section = re.sub(r"\ngpu_batching = \{[^}]*\}", "", section)
+    section = re.sub(r"max_queue_size = \d+", f"max_queue_size = {WAITING}\nsteps_per_execution = {STEPS}", section)
+    section = re.sub(r"params = \{", f'params = {{ engine = "torch", search_sentences = {SENTENCES},', section)
+    path.write_text(section)
+    return path
+
+
+@dataclass(frozen=True)
+class Stack:
+    host: TritonHost
+    facade: str
+    repository: Path
+
+
+@pytest.fixture(scope="module")
+def stack(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("translate-steps")
+    repository = workdir / "repository"
+    repository.mkdir()
+    registry = stepwise_registry(repository / "registry.toml")
+    write_configs(load_registry(registry), repository)
+    host = TritonHost(free_port(), free_port(), free_port(), models=("translate",), server="tritonserver")
+    ports = ["--http-port", str(host.http), "--grpc-port", str(host.grpc), "--metrics-port", str(host.metrics)]
+    command = [sys.executable, "-m", "milo_voice.serving.tritonserver", "--workdir", str(workdir), *ports]
+    env = {"MILO_PROFILE": "embedded", "MILO_REGISTRY": str(registry), "MILO_CHAT_CLOUD_URL": ""}
+    with running_host(host, command, workdir / "host.log", **env) as ready:
+        facade_env = {"MILO_REQUIRED_MODELS": '["translate"]', "MILO_TRITON_PROTOCOL": "grpc",
+                      "MILO_TRITON_URL": ready.grpc_url}  # fmt: skip
+        with facade_process(ready, workdir / "facade.log", **facade_env) as url:
+            yield Stack(ready, url, repository)
+    # Every request it rescheduled was let go: the server unloaded the model and stopped in time.
+    assert "Exit timeout expired" not in (workdir / "host.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def reference(embedded_dir: Path) -> Translator:
+    """CTranslate2 in process, in float32 as the torch engine computes on the CPU."""
+    return Translator(embedded_dir / "translate", compute_type="float32", engine="ctranslate2")
+
+
+def expected(reference: Translator, text: str, source: str, target: str) -> str:
+    answer = reference.translate_batch([TranslateRequest(text, source, target)])[0]
+    assert isinstance(answer, Translation)
+    return answer.text
+
+
+def test_the_model_is_scheduled_by_steps(stack: Stack) -> None:
+    config = (stack.repository / "translate" / "config.pbtxt").read_text()
+    assert "iterative_sequence: true" in config and "dynamic_batching" not in config
+    assert f'key: "milo_steps_per_execution"\n  value: {{ string_value: "{STEPS}" }}' in config
+
+
+def test_requests_sent_together_get_ctranslate2s_answers(stack: Stack, reference: Translator) -> None:
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            calls = [
+                client.post(f"{stack.facade}/v1/translate", json={"text": text, "source": source, "target": target})
+                for text, source, target in TEXTS  # 8 sentences: the rows and the line hold them all
+            ]
+            return list(await asyncio.gather(*calls))
+
+    responses = asyncio.run(send_all())
+    assert [r.status_code for r in responses] == [200] * len(responses), [
+        r.text for r in responses if r.status_code != 200
+    ]
+    from_model = 0
+    for (text, source, target), response in zip(TEXTS, responses, strict=True):
+        if response.json()["translations"][0]["origin"] == "model":  # not the phrasebook's
+            assert response.json()["translation"] == expected(reference, text, source, target)
+            from_model += 1
+    assert from_model >= len(TEXTS) - 2
+    # Each request spanned several executions: they were rescheduled, step after step.
+    stats = httpx.get(f"http://{stack.host.http_url}/v2/models/translate/stats").json()["model_stats"][0]
+    assert stats["execution_count"] > stats["inference_count"] / len(TEXTS)
+
+
+def test_a_refused_request_is_answered_beside_requests_that_decode(stack: Stack, reference: Translator) -> None:
+    """A refused request gets its error tensor at once while the others decode. A request of
+    several rows is refused by Triton itself: its sequence batcher takes one row a request."""
+    rows = [TranslateRequest(*TEXTS[3]), TranslateRequest("Bonjour", "fr", "fr"), TranslateRequest(*TEXTS[4])]
+    with MiloTritonClient(stack.host.http_url) as client:
+
+        async def together() -> list[Translation | Exception]:
+            calls = (client.calls.translate(r.text, r.source, r.target) for r in rows)
+            return list(await asyncio.gather(*calls, return_exceptions=True))
+
+        answers = client.run(together())
+        packed = [codec.pack_request(tensors.TRANSLATE, row) for row in rows]
+        with pytest.raises(Exception, match="batch-size 1"):
+            client.infer_tensors(
+                tensors.TRANSLATE, {name: np.concatenate([p[name] for p in packed]) for name in packed[0]}
+            )
+    assert isinstance(answers[1], InputError) and "both 'fr'" in str(answers[1])
+    assert isinstance(answers[0], Translation) and answers[0].text == expected(reference, *TEXTS[3])
+    assert isinstance(answers[2], Translation) and answers[2].text == expected(reference, *TEXTS[4])
+
+
+def test_requests_past_the_waiting_line_are_answered_busy(stack: Stack, reference: Translator) -> None:
+    """Twice the sentences the rows and the line hold, at once: some are refused with a 503 and
+    Retry-After, the others answered in full; after the burst, a request is served again. (Each
+    text is new to the facade's cache, so that every one reaches the model.)"""
+    long_text, source, target = TEXTS[3]  # two sentences
+    texts = [f"{long_text} {n}" for n in range(SENTENCES + WAITING)]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            bodies = [{"text": text, "source": source, "target": target} for text in texts]
+            return list(await asyncio.gather(*(client.post(f"{stack.facade}/v1/translate", json=b) for b in bodies)))
+
+    responses = asyncio.run(burst())
+    assert {r.status_code for r in responses} == {200, 503}, [r.text for r in responses]
+    for text, response in zip(texts, responses, strict=True):
+        if response.status_code == 503:
+            assert response.headers["Retry-After"] and response.json()["error"]["code"] == "model_busy"
+        else:
+            assert response.json()["translation"] == expected(reference, text, source, target)
+    refused = next(text for text, response in zip(texts, responses, strict=True) if response.status_code == 503)
+    after = httpx.post(f"{stack.facade}/v1/translate", json={"text": refused, "source": source, "target": target})
+    assert after.status_code == 200 and after.json()["translation"] == expected(reference, refused, source, target)
