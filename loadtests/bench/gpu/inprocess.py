@@ -217,7 +217,64 @@ def translate_inprocess(path: Path) -> dict[str, Any]:
              if isinstance(a, Translation) and isinstance(b, Translation)), default=0.0,
         ),
     }  # fmt: skip
+    rows["stepwise"] = translate_stepwise(path, requests, answers["torch"])
     return rows
+
+
+# Clients kept in flight in process, and decoding steps between two looks at what ended: what the
+# served step-level batching does without the server (milo_voice/serving/stepwise.py).
+STEPWISE_LEVELS = ((64, 1), (64, 4), (128, 1), (128, 4))
+STEPWISE_SENTENCES = 128  # two-sentence texts of 64 clients: what the translate-steps overlays hold
+
+
+def translate_stepwise(path: Path, requests: list[Any], batch_answers: list[Any]) -> dict[str, Any]:
+    """The torch engine's step-level batching in process: ``clients`` requests always in flight, a
+    new one submitted as each ends, ``steps`` decoding steps between two looks (``requests_s``
+    over 10 s after 2 s of warm-up), and what it answers for requests joining a search at different
+    steps, against the same engine's batch (``agreement``)."""
+    from contract.records import Translation
+    from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
+
+    translator = FixedLengthTranslator(
+        path, device="cuda", compute_type="float16", max_decoding_length=TRANSLATE_TOKENS, engine="torch",
+        search_sentences=STEPWISE_SENTENCES,
+    )  # fmt: skip
+    rows: dict[str, Any] = {}
+    for clients, steps in STEPWISE_LEVELS:
+        rate = _closed_loop(translator, clients, steps, warmup_s=2.0, seconds=10.0)
+        rows[f"{clients}x{steps}"] = {"clients": clients, "steps": steps, "requests_s": round(rate, 1)}
+    stepwise = translator.stepwise()
+    joined: dict[int, Any] = {}
+    for key, request in enumerate(requests):  # each joins the search one step after the one before
+        stepwise.submit(key, request)
+        joined.update(stepwise.advance(1))
+    while stepwise.busy:
+        joined.update(stepwise.advance(4))
+    same = [
+        isinstance(a, Translation) and isinstance(b, Translation) and a.text == b.text
+        for a, b in zip(batch_answers, [joined[k] for k in range(len(requests))], strict=True)
+    ]
+    rows["agreement"] = {"same_text": sum(same), "of": len(same)}
+    return rows
+
+
+def _closed_loop(translator: Any, clients: int, steps: int, warmup_s: float, seconds: float) -> float:
+    """Requests a second that ``clients`` always in flight get answered, counted after ``warmup_s``."""
+    import time
+
+    from contract.records import TranslateRequest
+
+    stepwise = translator.stepwise()
+    sent = answered = 0
+    for sent in range(clients):
+        stepwise.submit(sent, TranslateRequest(**translate_body(sent)))
+    measured_from = time.perf_counter() + warmup_s
+    while (now := time.perf_counter()) < measured_from + seconds:
+        for _ in stepwise.advance(steps):
+            sent += 1
+            stepwise.submit(sent, TranslateRequest(**translate_body(sent)))
+            answered += now >= measured_from
+    return answered / seconds
 
 
 def chat_inprocess(path: Path) -> dict[str, Any]:

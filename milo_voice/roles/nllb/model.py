@@ -167,13 +167,12 @@ class NllbModel:
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, source_length: int) -> torch.Tensor:
-        """Feed one token per row, each row at its own position, over sources of at most
+        """Feed one token per row, each row at its own position (below ``max_length``: the caller's to
+        keep, as reading them back here would wait for the GPU), over sources of at most
         ``source_length`` tokens: ``[rows, vocabulary]`` float32 logits of the next."""
         buffers, rows = self._buffers, len(tokens)
         if rows > buffers.rows or source_length > buffers.source_length:
             raise ValueError("step past the rows or source length placed")
-        if int(positions.max()) >= self.max_length:
-            raise ValueError(f"the decoder holds at most {self.max_length} tokens")
         buffers.tokens[:rows].copy_(tokens, non_blocking=True)
         buffers.positions[:rows].copy_(positions, non_blocking=True)
         logits = self._run(self.slots(rows), _power_of_two(source_length, MIN_SOURCE_BUCKET))
