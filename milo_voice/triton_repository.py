@@ -89,12 +89,12 @@ def render_config(spec: ModelSpec, io: tensors.ModelIO, instance_kind: str | Non
     count = spec.instances.count_on(1) if instance_kind == "gpu" else spec.instances.count
     lines.append(f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n")
     if not io.streaming:
-        lines.append(_stepwise_batching(b) if b.steps_per_execution else _dynamic_batching(b))
+        lines.append(_stepwise_batching(b) if b.step_batching_wait_us else _dynamic_batching(b))
     # The Python backend adapter reads which registry model (its role and weights) and
     # which of the role's models (its tensors) it serves.
     parameters = [("milo_model", spec.name), ("milo_io", io.name)]
-    if b.steps_per_execution and not io.streaming:
-        parameters += [("milo_steps_per_execution", str(b.steps_per_execution)),
+    if b.step_batching_wait_us and not io.streaming:
+        parameters += [("milo_step_wait_us", str(b.step_batching_wait_us)),
                        ("milo_max_waiting", str(b.max_queue_size))]  # fmt: skip
     for key, value in parameters:
         lines.append(f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n')

@@ -41,6 +41,9 @@ from milo_voice.serving.weights_metrics import TritonWeightsMetric
 
 log = logging.getLogger(__name__)
 
+# A request decoded step by step is asked whether its client has gone at one execution in this many.
+CANCEL_CHECK_EXECUTIONS = 16
+
 
 def device_of(args: dict[str, str]) -> Device:
     """Where Triton placed this instance (``KIND_GPU`` or ``KIND_AUTO`` on a GPU host: a GPU)."""
@@ -67,13 +70,14 @@ class TritonPythonModel:
         self.instance = load_instance(spec, active_profile(), device_of(args), observer)
         if getattr(pb_utils, "MetricFamily", None) is not None:
             self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
-        steps = int(parameters.get("milo_steps_per_execution", 0))
-        # Step-level batching (Triton's iterative sequences): the role's stepwise translations.
+        wait_us = int(parameters.get("milo_step_wait_us", 0))
+        # Step-level batching (Triton's iterative sequences): the role decodes on a thread of its own.
         self.handler: Handler | StepwiseHandler = (
-            StepwiseHandler(self.io, self.instance.stepwise(int(parameters["milo_max_waiting"]) or None), steps)
-            if steps
+            StepwiseHandler(self.io, self.instance.stepwise(int(parameters["milo_max_waiting"]) or None), wait_us / 1e6)
+            if wait_us
             else handler_for(self.io, spec, self.instance)
         )
+        self._executions = 0
         self._outbox: queue.SimpleQueue[tuple[Any, Outputs | Exception, bool] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         if isinstance(self.handler, GenerationHandler):
@@ -116,31 +120,32 @@ class TritonPythonModel:
             return [self.pb_utils.InferenceResponse(error=error) for _ in requests]
 
     def _steps(self, requests: list[Any], handler: StepwiseHandler) -> list[Any]:
-        """A few decoding steps of every request in flight: the requests of this call that ended
-        are answered, the others rescheduled (answered None here, as Triton asks)."""
+        """Hand the new requests to the role, wait until one of this call's requests is answered (or
+        the handler's wait), answer those done and reschedule the others (answered None here, as
+        Triton asks). They come back in the next execution, with the requests that arrived."""
+        self._executions += 1
+        keys = [request.correlation_id() for request in requests]
         errors: dict[int, Any] = {}
-        for i, request in enumerate(requests):
-            key = request.correlation_id()
-            if request.is_cancelled():
+        for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
+            new = not handler.holds(key)
+            # Asking whether a client has gone is a round trip to the server: at a request's first
+            # execution, then at one execution in CANCEL_CHECK_EXECUTIONS.
+            if (new or (self._executions + hash(key)) % CANCEL_CHECK_EXECUTIONS == 0) and request.is_cancelled():
                 handler.cancel(key)
                 errors[i] = self.pb_utils.TritonError("the request was cancelled", self.pb_utils.TritonError.CANCELLED)
-            elif not handler.holds(key):
+            elif new:
                 try:
                     handler.take(key, self._inputs(request))
                 except ModelBusy as exc:  # the client's TritonBusyError: a 503, retry soon
                     errors[i] = self.pb_utils.TritonError(
                         f"Exceeds maximum queue size: {exc}", self.pb_utils.TritonError.UNAVAILABLE
                     )
-        try:
-            handler.advance()
-        except Exception as exc:  # the role failed: this call's requests get the error, the server lives on
-            log.exception("decoding steps failed")
-            handler.cancel_all()
-            error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
-            errors.update(dict.fromkeys(range(len(requests)), error))
+        handler.wait([key for i, key in enumerate(keys) if i not in errors])
         responses: list[Any] = []
-        for i, request in enumerate(requests):
-            outputs = None if i in errors else handler.answer(request.correlation_id())
+        for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
+            outputs = None if i in errors else handler.answer(key)
+            if isinstance(outputs, Exception):  # the role failed while decoding it; the server lives on
+                errors[i] = self.pb_utils.TritonError(f"{type(outputs).__name__}: {outputs}")
             if i in errors:
                 responses.append(self.pb_utils.InferenceResponse(error=errors[i]))
             elif outputs is not None:
@@ -217,6 +222,8 @@ class TritonPythonModel:
             pieces.close()
 
     def finalize(self) -> None:
+        if isinstance(self.handler, StepwiseHandler):
+            self.handler.close()
         # The role first: what it still holds fails through the outbox, then the sender stops.
         close = getattr(self.instance, "close", None)
         if close is not None:

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 SENTENCES = 4  # the rows the search holds
 WAITING = 12  # sentences that may wait for rows
-STEPS = 2
+WAIT_US = 20000
 TEXTS = [
     ("Manao ahoana daholo ianareo.", "mg", "fr"),
     ("Bonjour à tous.", "fr", "mg"),
@@ -47,7 +47,7 @@ def stepwise_registry(path: Path) -> Path:
     """The registry's translation entry, decoded by the torch engine a few steps per execution."""
     section = model_section("translate")
     section = re.sub(r"\ngpu_batching = \{[^}]*\}", "", section)
-    section = re.sub(r"max_queue_size = \d+", f"max_queue_size = {WAITING}\nsteps_per_execution = {STEPS}", section)
+    section = re.sub(r"max_queue_size = \d+", f"max_queue_size = {WAITING}\nstep_batching_wait_us = {WAIT_US}", section)
     section = re.sub(r"params = \{", f'params = {{ engine = "torch", search_sentences = {SENTENCES},', section)
     path.write_text(section)
     return path
@@ -95,7 +95,7 @@ def expected(reference: Translator, text: str, source: str, target: str) -> str:
 def test_the_model_is_scheduled_by_steps(stack: Stack) -> None:
     config = (stack.repository / "translate" / "config.pbtxt").read_text()
     assert "iterative_sequence: true" in config and "dynamic_batching" not in config
-    assert f'key: "milo_steps_per_execution"\n  value: {{ string_value: "{STEPS}" }}' in config
+    assert f'key: "milo_step_wait_us"\n  value: {{ string_value: "{WAIT_US}" }}' in config
 
 
 def test_requests_sent_together_get_ctranslate2s_answers(stack: Stack, reference: Translator) -> None:

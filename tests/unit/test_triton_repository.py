@@ -107,7 +107,7 @@ def test_an_image_can_pin_every_instance_to_gpus(registry: Registry, tmp_path: P
         if not io.streaming:
             gpu = spec.batching_on(1)
             assert config.max_batch_size == gpu.max_batch_size
-            batcher = config.sequence_batching.oldest if gpu.steps_per_execution else config.dynamic_batching
+            batcher = config.sequence_batching.oldest if gpu.step_batching_wait_us else config.dynamic_batching
             assert batcher.max_queue_delay_microseconds == gpu.max_queue_delay_us
     assert registry["tts"].instances.gpu_count == 4
     assert registry["stt"].batching_on(1).max_batch_size == 32
@@ -116,11 +116,11 @@ def test_an_image_can_pin_every_instance_to_gpus(registry: Registry, tmp_path: P
 
 
 def test_step_batching_is_rendered_as_iterative_sequences(registry: Registry) -> None:
-    """``steps_per_execution``: Triton's sequence batcher with iterative sequences, every request
-    in flight a candidate of each execution, and the steps and the role's waiting line passed to
+    """``step_batching_wait_us``: Triton's sequence batcher with iterative sequences, every request
+    in flight a candidate of each execution, and the wait and the role's waiting line passed to
     the Python backend (``milo_voice/serving/stepwise.py``)."""
     spec = registry["translate"]
-    stepwise = dataclasses.replace(spec.batching, steps_per_execution=4, max_batch_size=128, max_queue_size=300)
+    stepwise = dataclasses.replace(spec.batching, step_batching_wait_us=5000, max_batch_size=128, max_queue_size=300)
     io = next(io for s, io in served_models(registry) if s.name == "translate")
     config = text_format.Parse(
         render_config(dataclasses.replace(spec, batching=stepwise), io), model_config_pb2.ModelConfig()
@@ -129,14 +129,14 @@ def test_step_batching_is_rendered_as_iterative_sequences(registry: Registry) ->
     assert config.sequence_batching.iterative_sequence
     assert config.sequence_batching.oldest.max_candidate_sequences == config.max_batch_size == 128
     assert config.sequence_batching.oldest.max_queue_delay_microseconds == spec.batching.max_queue_delay_us
-    assert config.parameters["milo_steps_per_execution"].string_value == "4"
+    assert config.parameters["milo_step_wait_us"].string_value == "5000"
     assert config.parameters["milo_max_waiting"].string_value == "300"
 
 
-def test_steps_per_execution_below_zero_is_refused(tmp_path: Path) -> None:
+def test_a_step_batching_wait_below_zero_is_refused(tmp_path: Path) -> None:
     section = model_section("translate").replace(
-        "max_queue_size = 256", "max_queue_size = 256\nsteps_per_execution = -1"
+        "max_queue_size = 256", "max_queue_size = 256\nstep_batching_wait_us = -1"
     )
     (tmp_path / "registry.toml").write_text(section)
-    with pytest.raises(ValueError, match="steps_per_execution below 0"):
+    with pytest.raises(ValueError, match="step_batching_wait_us below 0"):
         load_registry(tmp_path / "registry.toml")
