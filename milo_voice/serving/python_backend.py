@@ -134,17 +134,16 @@ class TritonPythonModel:
                 handler.cancel(key)
                 errors[i] = self.pb_utils.TritonError("the request was cancelled", self.pb_utils.TritonError.CANCELLED)
             elif new:
-                try:
-                    handler.take(key, self._inputs(request))
-                except ModelBusy as exc:  # the client's TritonBusyError: a 503, retry soon
-                    errors[i] = self.pb_utils.TritonError(
-                        f"Exceeds maximum queue size: {exc}", self.pb_utils.TritonError.UNAVAILABLE
-                    )
+                handler.take(key, self._inputs(request))
         handler.wait([key for i, key in enumerate(keys) if i not in errors])
         responses: list[Any] = []
         for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
             outputs = None if i in errors else handler.answer(key)
-            if isinstance(outputs, Exception):  # the role failed while decoding it; the server lives on
+            if isinstance(outputs, ModelBusy):  # the client's TritonBusyError: a 503, retry soon
+                errors[i] = self.pb_utils.TritonError(
+                    f"Exceeds maximum queue size: {outputs}", self.pb_utils.TritonError.UNAVAILABLE
+                )
+            elif isinstance(outputs, Exception):  # the role failed while decoding it; the server lives on
                 errors[i] = self.pb_utils.TritonError(f"{type(outputs).__name__}: {outputs}")
             if i in errors:
                 responses.append(self.pb_utils.InferenceResponse(error=errors[i]))
