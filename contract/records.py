@@ -27,11 +27,6 @@ class InputError(ValueError):
     """
 
 
-class ModelBusy(Exception):
-    """The model cannot take the request now (its own queue is full): the server answers that it
-    is busy, and the caller retries soon. Not the request's fault, unlike ``InputError``."""
-
-
 # -- speech to text ----------------------------------------------------------------
 
 

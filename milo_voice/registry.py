@@ -57,14 +57,6 @@ class Batching:
     # The longest a request may wait in the queue before Triton rejects it (0: forever).
     # Triton lets a request shorten this, never lengthen it: with 0 a per-request timeout is ignored.
     queue_timeout_us: int = 0
-    # 0: batches run to their end (Triton's dynamic batcher). Above 0: step-level batching on the
-    # stock server, for a role that decodes step by step (translation's torch engine): Triton's
-    # iterative sequences bring each execution the requests that arrived and those still decoding,
-    # the role decodes all of them on its own thread, and an execution returns once one of its
-    # requests is answered or after this wait, the longest a new request waits to join
-    # (milo_voice/serving/stepwise.py). Triton's sequence batcher has no priority levels or queue
-    # timeouts, and takes one row a request: those settings do not apply then.
-    step_batching_wait_us: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,7 +127,6 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
         default_priority_level=int(table.get("default_priority_level", 0)),
         max_queue_size=int(table.get("max_queue_size", 0)),
         queue_timeout_us=int(table.get("queue_timeout_us", 0)),
-        step_batching_wait_us=int(table.get("step_batching_wait_us", 0)),
     ))  # fmt: skip
     gpu_batching = None
     if "gpu_batching" in table:  # the keys it names replace the CPU's
@@ -189,8 +180,6 @@ def _checked_batching(name: str, batching: Batching) -> Batching:
         raise ValueError(f"model {name!r}: a preferred batch size outside 1..{batching.max_batch_size}")
     if batching.priority_levels and not 1 <= batching.default_priority_level <= batching.priority_levels:
         raise ValueError(f"model {name!r}: default_priority_level outside 1..{batching.priority_levels}")
-    if batching.step_batching_wait_us < 0:
-        raise ValueError(f"model {name!r}: step_batching_wait_us below 0")
     return batching
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from contract import tensors
-from milo_voice.registry import Batching, ModelSpec, Registry
+from milo_voice.registry import ModelSpec, Registry
 
 HEADER = "# Generated from model_repository/registry.toml by `milo-voice models triton-configs`; do not edit.\n"
 DATA_TYPES = {np.bytes_: "TYPE_STRING", np.float32: "TYPE_FP32", np.int32: "TYPE_INT32", np.int64: "TYPE_INT64"}
@@ -89,48 +89,25 @@ def render_config(spec: ModelSpec, io: tensors.ModelIO, instance_kind: str | Non
     count = spec.instances.count_on(1) if instance_kind == "gpu" else spec.instances.count
     lines.append(f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n")
     if not io.streaming:
-        lines.append(_stepwise_batching(b) if b.step_batching_wait_us else _dynamic_batching(b))
+        preferred = ", ".join(str(n) for n in b.preferred_batch_sizes)
+        lines.append(
+            "dynamic_batching {\n"
+            + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
+            + f"  max_queue_delay_microseconds: {b.max_queue_delay_us}\n"
+            + (f"  priority_levels: {b.priority_levels}\n" if b.priority_levels else "")
+            + (f"  default_priority_level: {b.default_priority_level}\n" if b.priority_levels else "")
+            + "  default_queue_policy {\n"
+            + "    timeout_action: REJECT\n"
+            + f"    default_timeout_microseconds: {b.queue_timeout_us}\n"
+            + "    allow_timeout_override: true\n"
+            + f"    max_queue_size: {b.max_queue_size}\n"
+            + "  }\n}\n"
+        )
     # The Python backend adapter reads which registry model (its role and weights) and
     # which of the role's models (its tensors) it serves.
-    parameters = [("milo_model", spec.name), ("milo_io", io.name)]
-    if b.step_batching_wait_us and not io.streaming:
-        parameters += [("milo_step_wait_us", str(b.step_batching_wait_us)),
-                       ("milo_max_waiting", str(b.max_queue_size))]  # fmt: skip
-    for key, value in parameters:
+    for key, value in (("milo_model", spec.name), ("milo_io", io.name)):
         lines.append(f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n')
     return "".join(lines)
-
-
-def _dynamic_batching(b: Batching) -> str:
-    preferred = ", ".join(str(n) for n in b.preferred_batch_sizes)
-    return (
-        "dynamic_batching {\n"
-        + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
-        + f"  max_queue_delay_microseconds: {b.max_queue_delay_us}\n"
-        + (f"  priority_levels: {b.priority_levels}\n" if b.priority_levels else "")
-        + (f"  default_priority_level: {b.default_priority_level}\n" if b.priority_levels else "")
-        + "  default_queue_policy {\n"
-        + "    timeout_action: REJECT\n"
-        + f"    default_timeout_microseconds: {b.queue_timeout_us}\n"
-        + "    allow_timeout_override: true\n"
-        + f"    max_queue_size: {b.max_queue_size}\n"
-        + "  }\n}\n"
-    )
-
-
-def _stepwise_batching(b: Batching) -> str:
-    """Triton's iterative sequences: a request is one sequence, which the model reschedules until
-    it is answered (``milo_voice/serving/stepwise.py``). As many sequences are candidates as an
-    execution takes, so that each brings every request in flight; the role bounds its own queue
-    (``max_queue_size`` sentences waiting for rows, beyond which it answers busy)."""
-    return (
-        "sequence_batching {\n"
-        "  iterative_sequence: true\n"
-        "  oldest {\n"
-        f"    max_candidate_sequences: {b.max_batch_size}\n"
-        f"    max_queue_delay_microseconds: {b.max_queue_delay_us}\n"
-        "  }\n}\n"
-    )
 
 
 def expected_files(registry: Registry, root: Path, instance_kind: str | None = None) -> dict[Path, str]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import ctranslate2
 import sentencepiece as spm
 
-from contract.records import InputError, ModelBusy, TranslateRequest, Translation
+from contract.records import InputError, TranslateRequest, Translation
 from milo_voice.weights import identity
 
 # ISO 639-1 codes that Milo Voice speaks, to NLLB's FLORES-200 codes.
@@ -239,12 +239,12 @@ class Translator:
             scores.append(float(result.scores[0]))
         return Translation("".join(texts).strip(), sum(scores) / max(len(scores), 1), self.revision)
 
-    def stepwise(self, max_waiting_sentences: int | None = None) -> StepwiseTranslations:
+    def stepwise(self) -> StepwiseTranslations:
         """Translations that join the torch engine's search step by step (``StepwiseTranslations``)."""
         if self._torch is None:
             raise ValueError(f"step-level batching needs the torch engine, not {self.engine!r}")
         options = self._torch.options(**self.decoding_options())
-        return StepwiseTranslations(self, self._torch.search(options, max_waiting_sentences))
+        return StepwiseTranslations(self, self._torch.search(options))
 
 
 class StepwiseTranslations:
@@ -272,29 +272,23 @@ class StepwiseTranslations:
         return self._search.busy
 
     def submit(self, key: Hashable, request: TranslateRequest) -> InputError | None:
-        """Queue ``request``; its ``InputError`` now where it is refused (then nothing is queued).
-        Raises ``ModelBusy`` where its sentences would wait past the search's bound."""
+        """Queue ``request``; its ``InputError`` now where it is refused (then nothing is queued)."""
         try:
             pieces = self._translator._checked_pieces(request)
         except InputError as exc:
             return exc
-        from milo_voice.roles.nllb.search import SearchFullError
-
         source, target = NLLB_CODES[request.source], NLLB_CODES[request.target]
         torch_engine = self._translator._torch
-        tickets = []
-        try:
-            for tokens, _after in pieces:
-                ticket = self._search.add(torch_engine.ids([source, *tokens, "</s>"]), torch_engine.ids([target]))
-                tickets.append(ticket)
-        except SearchFullError as exc:
-            self._search.cancel(set(tickets))
-            raise ModelBusy(str(exc)) from exc
         self._pieces[key] = [None] * len(pieces)
         self._breaks[key] = [after for _tokens, after in pieces]
-        for index, ticket in enumerate(tickets):
+        for index, (tokens, _after) in enumerate(pieces):
+            ticket = self._search.add(torch_engine.ids([source, *tokens, "</s>"]), torch_engine.ids([target]))
             self._owners[ticket] = (key, index)
         return None
+
+    def waits(self, key: Hashable) -> bool:
+        """Whether some sentence of this request still waits for rows in the search."""
+        return any(owner == key and self._search.waits(ticket) for ticket, (owner, _index) in self._owners.items())
 
     def advance(self, steps: int) -> dict[Hashable, Translation | InputError]:
         """Decode up to ``steps`` steps of every request queued; each request done, answered."""

@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 
 from contract import tensors
-from contract.records import ModelBusy
 from milo_voice.registry import active_profile, load_registry
 from milo_voice.serving.chat_metrics import TritonChatMetrics
 from milo_voice.serving.instances import Device, load_instance, with_cloud_chat
-from milo_voice.serving.stepwise import StepwiseHandler
+from milo_voice.serving.stepwise import StepwiseHandler, step_batching
 from milo_voice.serving.tensor_io import (
     BatchHandler,
     GenerationHandler,
@@ -40,9 +39,6 @@ from milo_voice.serving.tensor_io import (
 from milo_voice.serving.weights_metrics import TritonWeightsMetric
 
 log = logging.getLogger(__name__)
-
-# A request decoded step by step is asked whether its client has gone at one execution in this many.
-CANCEL_CHECK_EXECUTIONS = 16
 
 
 def device_of(args: dict[str, str]) -> Device:
@@ -70,24 +66,30 @@ class TritonPythonModel:
         self.instance = load_instance(spec, active_profile(), device_of(args), observer)
         if getattr(pb_utils, "MetricFamily", None) is not None:
             self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
-        wait_us = int(parameters.get("milo_step_wait_us", 0))
-        # Step-level batching (Triton's iterative sequences): the role decodes on a thread of its own.
+        device = device_of(args)
         self.handler: Handler | StepwiseHandler = (
-            StepwiseHandler(self.io, self.instance.stepwise(int(parameters["milo_max_waiting"]) or None), wait_us / 1e6)
-            if wait_us
+            StepwiseHandler(self.io, self.instance.stepwise())
+            if step_batching(spec, device)
             else handler_for(self.io, spec, self.instance)
         )
-        self._executions = 0
         self._outbox: queue.SimpleQueue[tuple[Any, Outputs | Exception, bool] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
-        if isinstance(self.handler, GenerationHandler):
-            self._sender = threading.Thread(target=self._send_responses, name="chat-responses", daemon=True)
+        if isinstance(self.handler, GenerationHandler | StepwiseHandler):
+            self._sender = threading.Thread(target=self._send_responses, name="responses", daemon=True)
             self._sender.start()
-        log.info("%s ready (%s, instance %s)", args.get("model_name"), spec.role, args.get("model_instance_name"))
+        batching = "step-level batching" if isinstance(self.handler, StepwiseHandler) else "batches"
+        ready = f"{args.get('model_name')} ready ({spec.role}, instance {args.get('model_instance_name')}, {batching})"
+        # Into Triton's own log where the stub has its logger: this process's INFO goes nowhere there.
+        logger = getattr(pb_utils, "Logger", None)
+        if logger is not None:
+            logger.log_info(ready)
+        else:
+            log.info(ready)
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
         if isinstance(self.handler, StepwiseHandler):
-            return self._steps(requests, self.handler)
+            self._hand_over(requests, self.handler)
+            return None  # each request is answered through its response sender
         if isinstance(self.handler, GenerationHandler):
             self._generate(requests, self.handler)
             return None  # each request is answered through its response sender
@@ -119,40 +121,20 @@ class TritonPythonModel:
             error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
             return [self.pb_utils.InferenceResponse(error=error) for _ in requests]
 
-    def _steps(self, requests: list[Any], handler: StepwiseHandler) -> list[Any]:
-        """Hand the new requests to the role, wait until one of this call's requests is answered (or
-        the handler's wait), answer those done and reschedule the others (answered None here, as
-        Triton asks). They come back in the next execution, with the requests that arrived."""
-        self._executions += 1
-        keys = [request.correlation_id() for request in requests]
-        errors: dict[int, Any] = {}
-        for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
-            new = not handler.holds(key)
-            # Asking whether a client has gone is a round trip to the server: at a request's first
-            # execution, then at one execution in CANCEL_CHECK_EXECUTIONS.
-            if (new or (self._executions + hash(key)) % CANCEL_CHECK_EXECUTIONS == 0) and request.is_cancelled():
-                handler.cancel(key)
-                errors[i] = self.pb_utils.TritonError("the request was cancelled", self.pb_utils.TritonError.CANCELLED)
-            elif new:
-                handler.take(key, self._inputs(request))
-        handler.wait([key for i, key in enumerate(keys) if i not in errors])
-        responses: list[Any] = []
-        for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
-            outputs = None if i in errors else handler.answer(key)
-            if isinstance(outputs, ModelBusy):  # the client's TritonBusyError: a 503, retry soon
-                errors[i] = self.pb_utils.TritonError(
-                    f"Exceeds maximum queue size: {outputs}", self.pb_utils.TritonError.UNAVAILABLE
-                )
-            elif isinstance(outputs, Exception):  # the role failed while decoding it; the server lives on
-                errors[i] = self.pb_utils.TritonError(f"{type(outputs).__name__}: {outputs}")
-            if i in errors:
-                responses.append(self.pb_utils.InferenceResponse(error=errors[i]))
-            elif outputs is not None:
-                responses.append(self._response(outputs))
-            else:
-                request.set_release_flags(self.pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
-                responses.append(None)
-        return responses
+    def _hand_over(self, requests: list[Any], handler: StepwiseHandler) -> None:
+        """Hand the requests to the role's thread, and return once each holds rows in its search:
+        those beyond the rows wait in Triton's queue, where priorities and the queue's bound apply.
+        Each is answered through its response sender when its last sentence ends."""
+        started = []
+        for request in requests:
+            sender = request.get_response_sender()
+
+            def emit(outputs: Outputs | Exception, sender: Any = sender) -> None:
+                self._outbox.put((sender, outputs, True))
+
+            started.append(handler.start(self._inputs(request), emit, request.is_cancelled))
+        for admitted in started:
+            admitted.wait()
 
     def _generate(self, requests: list[Any], handler: GenerationHandler) -> None:
         """Start every request, and return once each holds a slot (or has ended).
@@ -195,13 +177,13 @@ class TritonPythonModel:
     def _send(self, sender: Any, outputs: Outputs | Exception, flags: int) -> None:
         try:
             if isinstance(outputs, Exception):  # a fault: a refused input is answered in its error tensor
-                log.error("chat request failed: %s", outputs)
+                log.error("request failed: %s", outputs)
                 error = self.pb_utils.TritonError(f"{type(outputs).__name__}: {outputs}")
                 sender.send(self.pb_utils.InferenceResponse(error=error), flags=flags)
             else:
                 sender.send(self._response(outputs), flags=flags)
         except Exception:  # a request whose client is gone; the others go on
-            log.exception("could not send a chat response")
+            log.exception("could not send a response")
 
     def _stream(self, request: Any, handler: StreamHandler) -> None:
         sender = request.get_response_sender()

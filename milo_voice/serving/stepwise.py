@@ -1,162 +1,159 @@
-"""Step-level batching on a stock Triton server: a role that decodes step by step, served through
-Triton's iterative sequences.
-
-Triton's sequence batcher (``iterative_sequence: true``, rendered by ``triton_repository``) makes
-each request a sequence. An execution brings the requests that arrived since the last one and
-those still decoding; the model hands the new ones to the role, answers those that are done and
-reschedules the others, which come back in a later execution. A request that arrives while others
-decode therefore joins them at once instead of waiting for a whole batch to end.
+"""Step-level batching: a role that decodes step by step, serving requests as they come.
 
 The role decodes on a thread of its own (``StepwiseHandler``), step after step while it holds
-requests: the server's work between two executions (rescheduling, forming the next batch, moving
-requests to and from the Python process) is done while the GPU decodes, not between its steps. An
-execution returns as soon as one of its requests is answered, or after ``wait_s``: the longest a
-request that arrived meanwhile waits to join.
+requests. A request handed over while others decode joins them at the next step, and each is
+answered as soon as its last sentence ends, through ``emit``: the stock server's Python backend
+sends that answer with the request's response sender, as it does a chat reply. The model stays an
+ordinary (not decoupled) Triton model with its dynamic batcher: clients call it as before.
 
-``StepwiseHandler`` knows nothing of the server: the Python backend (``python_backend``) passes it
-each request's key (Triton's correlation id) and, the first time, its tensors.
+Triton's execution only hands requests over, and returns once each holds rows in the role's search
+(``start``'s event). Requests beyond the rows wait in Triton's queue, where priorities, queue
+timeouts and the queue's bound apply, not in the role's. Triton's work on a request (its queue,
+the batch, moving it to and from the Python process) is done once, while the GPU decodes.
+
+Only the role's thread touches the role: ``start`` posts to its inbox, which it reads between two
+steps.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
-from collections.abc import Hashable
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from contract import codec, tensors
-from contract.records import InputError, ModelBusy
+from contract.records import InputError
 
 if TYPE_CHECKING:
+    from milo_voice.registry import ModelSpec
     from milo_voice.roles.translate import StepwiseTranslations
+    from milo_voice.serving.instances import Device
 
 log = logging.getLogger(__name__)
 
 Outputs = codec.Arrays
+Emit = Callable[[Outputs | Exception], None]
+# How often a request's client is asked whether it has gone, at most (a Triton request's
+# is_cancelled is a round trip to the server).
+CANCEL_POLL_S = 0.05
+
+
+def step_batching(spec: ModelSpec, device: Device) -> bool:
+    """Whether ``spec`` is served with step-level batching on ``device``: its ``step_batching``
+    parameter (``gpu_step_batching`` on a GPU), for a role that decodes step by step."""
+    wanted = bool(spec.params.get("gpu_step_batching" if device.kind == "cuda" else "step_batching", False))
+    if wanted and spec.role != "translate":
+        raise ValueError(f"model {spec.name!r}: step batching is for translation's torch engine, not {spec.role}")
+    return wanted
+
+
+class StoppedError(RuntimeError):
+    """The model was unloaded before the request was answered."""
+
+
+@dataclass
+class _Request:
+    rows: list[Any]  # each row's request record, or its InputError
+    emit: Emit
+    is_cancelled: Callable[[], bool] | None
+    admitted: threading.Event = field(default_factory=threading.Event)
+    answers: list[Any] = field(default_factory=list)  # each row's answer, None while it decodes
 
 
 class StepwiseHandler:
-    """The requests a role decodes step by step on its own thread, by key; each one's rows answered
-    as they end. Thread-safe: the server's execution thread calls it while the role decodes.
+    """Requests decoded step by step on the role's own thread, each answered through its ``emit``."""
 
-    Only the role's thread touches the role: the execution thread posts what it brings (requests
-    taken, requests cancelled) to an inbox that the role's thread reads between two steps, and
-    reads the answers that thread records. A lock held through a decoding step would let the
-    role's thread take it back step after step, and starve the server's executions.
-    """
-
-    def __init__(self, io: tensors.ModelIO, role: StepwiseTranslations, wait_s: float) -> None:
-        self.io, self.role, self.wait_s = io, role, wait_s
-        self._answers: dict[Hashable, list[Any]] = {}  # a request's rows: answer, or None while decoding
-        self._changed = threading.Condition()  # guards _answers, held briefly
-        self._inbox: queue.SimpleQueue[tuple[str, Hashable, Any]] = queue.SimpleQueue()
+    def __init__(self, io: tensors.ModelIO, role: StepwiseTranslations) -> None:
+        self.io, self.role = io, role
+        self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._keys = itertools.count()
+        self._running: dict[int, _Request] = {}  # the role's thread's own
         self._thread = threading.Thread(target=self._decode, name=f"{io.name}-steps", daemon=True)
         self._thread.start()
 
-    def holds(self, key: Hashable) -> bool:
-        with self._changed:
-            return key in self._answers
-
-    def take(self, key: Hashable, inputs: codec.Arrays) -> None:
-        """A request seen for the first time: its readable rows go to the role, the others are
-        answered with their ``InputError``. Rows the role cannot take (its waiting line is full)
-        make the request's answer ``ModelBusy``."""
-        rows = codec.unpack_requests(self.io, inputs)
-        # A refusal kept until its request is answered must not keep its traceback: its frames
-        # hold this execution's request objects, and a rescheduled request's object that outlives
-        # its execution holds a response factory, which keeps Triton from unloading the model.
-        answers = [row.with_traceback(None) if isinstance(row, InputError) else None for row in rows]
-        with self._changed:
-            self._answers[key] = answers
-        self._inbox.put(("take", key, rows))
-
-    def wait(self, keys: list[Hashable]) -> None:
-        """Until one of ``keys`` is answered (or none is held), or ``wait_s`` has passed."""
-        if not keys:
-            return
-        with self._changed:
-            self._changed.wait_for(lambda: any(self._done(key) for key in keys), timeout=self.wait_s)
-
-    def answer(self, key: Hashable) -> Outputs | Exception | None:
-        """The outputs of a request whose every row is answered (it is then forgotten), the error
-        that failed it (``ModelBusy``, or the role's failure), or None while it decodes."""
-        with self._changed:
-            if not self._done(key):
-                return None
-            answers = self._answers.pop(key)
-        failure = next((a for a in answers if isinstance(a, Exception) and not isinstance(a, InputError)), None)
-        return failure or codec.pack_results(self.io, answers)
-
-    def cancel(self, key: Hashable) -> None:
-        """Forget a request (its client has gone): its rows stop decoding."""
-        with self._changed:
-            answers = self._answers.pop(key, None)
-        if answers is not None:
-            self._inbox.put(("cancel", key, len(answers)))
+    def start(
+        self, inputs: codec.Arrays, emit: Emit, is_cancelled: Callable[[], bool] | None = None
+    ) -> threading.Event:
+        """Hand a request over; the event is set once all its rows hold rows in the search (or it
+        has ended). Its outputs, or the exception that failed it, go to ``emit`` once."""
+        # A refusal kept until its request ends must not keep the frames of the execution that read it.
+        rows = [
+            r.with_traceback(None) if isinstance(r, InputError) else r for r in codec.unpack_requests(self.io, inputs)
+        ]
+        request = _Request(rows, emit, is_cancelled)
+        self._inbox.put(request)
+        return request.admitted
 
     def close(self) -> None:
-        self._inbox.put(("stop", None, None))
+        """Stop the role's thread; what it still holds is answered ``StoppedError``."""
+        self._inbox.put(None)
         self._thread.join(timeout=10)
 
-    def _done(self, key: Hashable) -> bool:
-        answers = self._answers.get(key)
-        return answers is None or all(a is not None for a in answers)
-
     def _decode(self) -> None:
+        polled = time.monotonic()
         while True:
-            # Between two steps, what the executions posted; with nothing to decode, wait for it.
+            # Between two steps, what was handed over; with nothing to decode, wait for it.
             while not self._inbox.empty() or not self.role.busy:
-                verb, key, what = self._inbox.get()
-                if verb == "stop":
+                request = self._inbox.get()
+                if request is None:
+                    self._fail_all(StoppedError("the model was unloaded"))
                     return
-                if verb == "take":
-                    self._submit(key, what)
-                else:
-                    for index in range(what):
-                        self.role.cancel((key, index))
+                self._begin(request)
             try:
                 done = self.role.advance(1)
             except Exception as exc:  # the role failed: what it held fails with it, the thread goes on
                 log.exception("a decoding step failed")
                 self._fail_all(exc.with_traceback(None))
                 continue
-            if done:
-                with self._changed:
-                    for (key, index), result in done.items():
-                        if key in self._answers:  # else cancelled meanwhile
-                            self._answers[key][index] = result
-                    self._changed.notify_all()
+            for (key, index), result in done.items():
+                self._running[key].answers[index] = result
+                self._end_if_answered(key)
+            self._admit()
+            if time.monotonic() - polled >= CANCEL_POLL_S:
+                polled = time.monotonic()
+                self._drop_cancelled()
 
-    def _submit(self, key: Hashable, rows: list[Any]) -> None:
-        refusals: dict[int, Any] = {}
-        submitted: list[int] = []
-        try:
-            for index, row in enumerate(rows):
-                if isinstance(row, InputError):
-                    continue
-                refusal = self.role.submit((key, index), row)
-                if refusal is None:
-                    submitted.append(index)
-                else:
-                    refusals[index] = refusal.with_traceback(None)
-        except ModelBusy as exc:  # none of its rows is kept
-            for index in submitted:
-                self.role.cancel((key, index))
-            busy = exc.with_traceback(None)
-            refusals = dict.fromkeys(range(len(rows)), busy)
-        if refusals:
-            with self._changed:
-                if key in self._answers:
-                    for index, refusal in refusals.items():
-                        self._answers[key][index] = refusal
-                    self._changed.notify_all()
+    def _begin(self, request: _Request) -> None:
+        key = next(self._keys)
+        self._running[key] = request
+        request.answers = [
+            row if isinstance(row, InputError) else self.role.submit((key, index), row)
+            for index, row in enumerate(request.rows)
+        ]
+        request.answers = [a.with_traceback(None) if isinstance(a, InputError) else a for a in request.answers]
+        self._end_if_answered(key)
+        self._admit()
+
+    def _end_if_answered(self, key: int) -> None:
+        request = self._running[key]
+        if all(answer is not None for answer in request.answers):
+            del self._running[key]
+            request.admitted.set()
+            request.emit(codec.pack_results(self.io, request.answers))
+
+    def _admit(self) -> None:
+        for key, request in self._running.items():
+            if not request.admitted.is_set() and not any(self.role.waits((key, i)) for i in range(len(request.rows))):
+                request.admitted.set()
+
+    def _drop_cancelled(self) -> None:
+        for key, request in list(self._running.items()):
+            if request.is_cancelled is not None and request.is_cancelled():
+                for index in range(len(request.rows)):
+                    self.role.cancel((key, index))
+                del self._running[key]
+                request.admitted.set()
+                request.emit(InputError("the request was cancelled"))
 
     def _fail_all(self, error: Exception) -> None:
-        with self._changed:
-            for key, answers in self._answers.items():
-                for index, answer in enumerate(answers):
-                    if answer is None:
-                        self.role.cancel((key, index))
-                        answers[index] = error
-            self._changed.notify_all()
+        for key, request in self._running.items():
+            for index in range(len(request.rows)):
+                self.role.cancel((key, index))
+            request.admitted.set()
+            request.emit(error)
+        self._running.clear()

@@ -1,10 +1,10 @@
-"""Translation with step-level batching on the stock Triton server (Triton's iterative sequences),
-through the real facade: a translation-only host whose role decodes a few steps per execution,
-with the torch engine on the CPU, few rows and a short waiting line.
+"""Translation with step-level batching on the stock Triton server, through the real facade: a
+translation-only host whose role decodes on its own thread (the torch engine on the CPU, four
+rows of search) and answers each request through its response sender, Triton's queue short.
 
 Requests sent together, and requests of several rows, get the answers CTranslate2 gives in
-process; a refused row is answered in its place while its request's other rows decode; requests
-past the role's waiting line are answered busy (503, Retry-After) while the others are served.
+process; a refused row is answered in its place while the other rows decode; requests past the
+rows and Triton's queue are answered busy (503, Retry-After) while the others are served.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from tests.conftest import TritonHost, facade_process, free_port, running_host
 
 pytestmark = pytest.mark.integration
 
-SENTENCES = 4  # the rows the search holds
-WAITING = 12  # sentences that may wait for rows
-WAIT_US = 20000
+SENTENCES = 4  # the sentences the search holds
+BATCH = 3  # requests (or rows) Triton hands over at once
+QUEUE = 4  # requests that may wait in Triton's queue
 TEXTS = [
     ("Manao ahoana daholo ianareo.", "mg", "fr"),
     ("Bonjour à tous.", "fr", "mg"),
@@ -44,11 +44,13 @@ TEXTS = [
 
 
 def stepwise_registry(path: Path) -> Path:
-    """The registry's translation entry, decoded by the torch engine a few steps per execution."""
+    """The registry's translation entry with step-level batching, its queue short."""
     section = model_section("translate")
-    section = re.sub(r"\ngpu_batching = \{[^}]*\}", "", section)
-    section = re.sub(r"max_queue_size = \d+", f"max_queue_size = {WAITING}\nstep_batching_wait_us = {WAIT_US}", section)
-    section = re.sub(r"params = \{", f'params = {{ engine = "torch", search_sentences = {SENTENCES},', section)
+    section = re.sub(r"max_queue_size = \d+", f"max_queue_size = {QUEUE}", section)
+    section = re.sub(r"max_batch_size = \d+", f"max_batch_size = {BATCH}", section)
+    section = re.sub(r"\npreferred_batch_sizes = \[[^\]]*\]", "", section)
+    params = f'params = {{ step_batching = true, engine = "torch", search_sentences = {SENTENCES},'
+    section = re.sub(r"params = \{", params, section)
     path.write_text(section)
     return path
 
@@ -92,18 +94,12 @@ def expected(reference: Translator, text: str, source: str, target: str) -> str:
     return answer.text
 
 
-def test_the_model_is_scheduled_by_steps(stack: Stack) -> None:
-    config = (stack.repository / "translate" / "config.pbtxt").read_text()
-    assert "iterative_sequence: true" in config and "dynamic_batching" not in config
-    assert f'key: "milo_step_wait_us"\n  value: {{ string_value: "{WAIT_US}" }}' in config
-
-
 def test_requests_sent_together_get_ctranslate2s_answers(stack: Stack, reference: Translator) -> None:
     async def send_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as client:
             calls = [
                 client.post(f"{stack.facade}/v1/translate", json={"text": text, "source": source, "target": target})
-                for text, source, target in TEXTS  # 8 sentences: the rows and the line hold them all
+                for text, source, target in TEXTS  # 6 requests: the batch and the queue hold them all
             ]
             return list(await asyncio.gather(*calls))
 
@@ -117,14 +113,13 @@ def test_requests_sent_together_get_ctranslate2s_answers(stack: Stack, reference
             assert response.json()["translation"] == expected(reference, text, source, target)
             from_model += 1
     assert from_model >= len(TEXTS) - 2
-    # Each request spanned several executions: they were rescheduled, step after step.
-    stats = httpx.get(f"http://{stack.host.http_url}/v2/models/translate/stats").json()["model_stats"][0]
-    assert stats["execution_count"] > stats["inference_count"] / len(TEXTS)
+    # The Python backend served them with step-level batching (the registry's parameter took).
+    assert "step-level batching" in (stack.repository.parent / "host.log").read_text()
 
 
 def test_a_refused_request_is_answered_beside_requests_that_decode(stack: Stack, reference: Translator) -> None:
-    """A refused request gets its error tensor at once while the others decode. A request of
-    several rows is refused by Triton itself: its sequence batcher takes one row a request."""
+    """A refused request gets its error tensor while the others decode; so does a refused row of a
+    request of several rows, whose other rows are translated."""
     rows = [TranslateRequest(*TEXTS[3]), TranslateRequest("Bonjour", "fr", "fr"), TranslateRequest(*TEXTS[4])]
     with MiloTritonClient(stack.host.http_url) as client:
 
@@ -134,21 +129,25 @@ def test_a_refused_request_is_answered_beside_requests_that_decode(stack: Stack,
 
         answers = client.run(together())
         packed = [codec.pack_request(tensors.TRANSLATE, row) for row in rows]
-        with pytest.raises(Exception, match="batch-size 1"):
-            client.infer_tensors(
-                tensors.TRANSLATE, {name: np.concatenate([p[name] for p in packed]) for name in packed[0]}
-            )
+        outputs = client.infer_tensors(
+            tensors.TRANSLATE, {name: np.concatenate([p[name] for p in packed]) for name in packed[0]}
+        )
     assert isinstance(answers[1], InputError) and "both 'fr'" in str(answers[1])
     assert isinstance(answers[0], Translation) and answers[0].text == expected(reference, *TEXTS[3])
     assert isinstance(answers[2], Translation) and answers[2].text == expected(reference, *TEXTS[4])
+    errors = [e.decode() if isinstance(e, bytes) else str(e) for e in outputs["error"].ravel()]
+    texts = [t.decode() if isinstance(t, bytes) else str(t) for t in outputs["translation"].ravel()]
+    assert errors[0] == errors[2] == "" and "both 'fr'" in errors[1]
+    assert texts[0] == answers[0].text and texts[2] == answers[2].text
 
 
-def test_requests_past_the_waiting_line_are_answered_busy(stack: Stack, reference: Translator) -> None:
-    """Twice the sentences the rows and the line hold, at once: some are refused with a 503 and
-    Retry-After, the others answered in full; after the burst, a request is served again. (Each
-    text is new to the facade's cache, so that every one reaches the model.)"""
+def test_requests_past_the_rows_and_the_queue_are_answered_busy(stack: Stack, reference: Translator) -> None:
+    """Requests wait for rows in Triton's queue, not the role's: a burst of twice what the rows,
+    the batch handed over and the queue hold gets some 503s with Retry-After (Triton's full queue)
+    and the others answered in full; after the burst, a request is served again. (Each text is new
+    to the facade's cache, so that every one reaches the model.)"""
     long_text, source, target = TEXTS[3]  # two sentences
-    texts = [f"{long_text} {n}" for n in range(SENTENCES + WAITING)]
+    texts = [f"{long_text} {n}" for n in range(2 * (SENTENCES // 2 + BATCH + QUEUE))]
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as client:

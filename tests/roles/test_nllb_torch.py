@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contract.records import InputError, ModelBusy, TranslateRequest, Translation
+from contract.records import InputError, TranslateRequest, Translation
 from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 from milo_voice.roles.ctranslate2_files import ModelFileError, read_model_bin
 from milo_voice.roles.nllb.model import NllbModel
@@ -140,20 +140,23 @@ def test_requests_joining_a_running_search_decode_as_alone(embedded_dir: Path) -
     assert answered_while_others_decode
 
 
-def test_a_stepwise_request_refused_cancelled_or_past_the_bound(embedded_dir: Path) -> None:
+def test_a_stepwise_request_refused_waiting_or_cancelled(embedded_dir: Path) -> None:
     _reference, torch_engine = _pair(embedded_dir / "translate")
     torch_engine._torch.max_sentences = 2
-    stepwise = torch_engine.stepwise(max_waiting_sentences=2)
+    stepwise = torch_engine.stepwise()
     refusal = stepwise.submit("bad", TranslateRequest("Bonjour", "fr", "fr"))
     assert isinstance(refusal, InputError) and "bad" not in stepwise
     assert stepwise.submit("long", REQUESTS[3]) is None  # 2 sentences
-    stepwise.advance(1)  # both searching: the waiting line is empty
-    assert stepwise.submit("next", REQUESTS[4]) is None  # 2 sentences wait
-    with pytest.raises(ModelBusy):
-        stepwise.submit("over", REQUESTS[0])
-    assert "over" not in stepwise
+    assert stepwise.waits("long")  # rows are taken at the next step
+    stepwise.advance(1)
+    assert not stepwise.waits("long")
+    assert stepwise.submit("next", REQUESTS[4]) is None  # 2 sentences: no row is free
+    stepwise.advance(1)
+    assert stepwise.waits("next")
     stepwise.cancel("long")  # its rows free at once: "next" takes them at the next step
     assert "long" not in stepwise
+    stepwise.advance(1)
+    assert not stepwise.waits("next")
     answers: dict[object, Translation | InputError] = {}
     while stepwise.busy:
         answers.update(stepwise.advance(8))

@@ -1,18 +1,20 @@
-"""The stock server's step-level batching without the server: ``StepwiseHandler`` around the real
-translation role (the torch engine on the CPU), called as the Python backend calls it."""
+"""Step-level batching without the server: ``StepwiseHandler`` around the real translation role
+(the torch engine on the CPU), called as the stock server's Python backend calls it."""
 
 from __future__ import annotations
 
-import time
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from contract import codec, tensors
-from contract.records import InputError, ModelBusy, TranslateRequest, Translation
+from contract.records import InputError, TranslateRequest, Translation
 from milo_voice.roles.translate import Translator
-from milo_voice.serving.stepwise import StepwiseHandler
+from milo_voice.serving.stepwise import StepwiseHandler, StoppedError
 
 REQUESTS = [
     TranslateRequest("Où se trouve l'hôpital le plus proche? Nous avons besoin d'eau et de nourriture.", "fr", "mg"),
@@ -22,68 +24,96 @@ REQUESTS = [
 
 
 @pytest.fixture
-def translator(embedded_dir: Path) -> Translator:
-    return Translator(embedded_dir / "translate", compute_type="float32", engine="torch", search_sentences=4)
-
-
-@pytest.fixture
-def handler(translator: Translator) -> Iterator[StepwiseHandler]:
-    made = StepwiseHandler(tensors.TRANSLATE, translator.stepwise(max_waiting_sentences=2), wait_s=0.05)
+def handler(embedded_dir: Path) -> Iterator[StepwiseHandler]:
+    translator = Translator(embedded_dir / "translate", compute_type="float32", engine="torch", search_sentences=2)
+    made = StepwiseHandler(tensors.TRANSLATE, translator.stepwise())
     yield made
     made.close()
     assert not made._thread.is_alive()
 
 
-def _result(outputs: object) -> Translation | InputError:
+class Answers:
+    """What ``emit`` receives, by request."""
+
+    def __init__(self) -> None:
+        self.received: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+
+    def emit(self, name: str) -> object:
+        return lambda outputs: self.received.put((name, outputs))
+
+    def take(self, count: int) -> dict[str, object]:
+        got = dict(self.received.get(timeout=30) for _ in range(count))
+        assert self.received.empty()  # each request is answered once
+        return got
+
+
+def _results(outputs: object) -> list[Translation | InputError]:
+    """Every row's result (a refused row: its InputError)."""
     assert isinstance(outputs, dict)
-    try:
-        return codec.unpack_result(tensors.TRANSLATE, outputs)  # type: ignore[no-any-return]
-    except InputError as refused:
-        return refused
+    rows = len(outputs["error"])
+    return [
+        (InputError(error.decode()) if (error := outputs["error"][i].item()) else codec.unpack_result(
+            tensors.TRANSLATE, {name: value[i : i + 1] for name, value in outputs.items()}))
+        for i in range(rows)
+    ]  # fmt: skip
 
 
-def test_requests_decode_between_executions_and_are_answered_as_ctranslate2(
-    handler: StepwiseHandler, embedded_dir: Path
-) -> None:
+def test_requests_join_as_they_come_and_wait_for_rows(handler: StepwiseHandler, embedded_dir: Path) -> None:
+    """Two rows of search: the second two-sentence text is admitted only once the first has ended;
+    a request of several rows, one refused, is answered whole, the refusal in its row."""
     expected = Translator(embedded_dir / "translate", compute_type="float32").translate_batch(REQUESTS)
-    for key, request in enumerate(REQUESTS[:2]):
-        handler.take(key, codec.pack_request(tensors.TRANSLATE, request))
-    # No execution in between: the role's thread decodes on its own.
-    deadline = time.monotonic() + 30
-    while not all(handler._done(key) for key in (0, 1)):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    handler.take(2, codec.pack_request(tensors.TRANSLATE, REQUESTS[2]))  # joins after the others ended
-    handler.wait([2])
-    answers = [handler.answer(key) for key in (0, 1)]
-    while (last := handler.answer(2)) is None:
-        assert time.monotonic() < deadline
-        handler.wait([2])
-    got = [_result(a) for a in [*answers, last]]
-    assert [g.text for g in got if isinstance(g, Translation)] == [e.text for e in expected]  # type: ignore[union-attr]
-    assert not handler.holds(0)  # forgotten once answered
+    answers = Answers()
+    first = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[0]), answers.emit("first"))
+    assert first.wait(30)
+    second = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[1]), answers.emit("second"))
+    assert second.wait(30)
+    got = answers.take(2)
+    assert _results(got["first"])[0].text == expected[0].text  # type: ignore[union-attr]
+    assert _results(got["second"])[0].text == expected[1].text  # type: ignore[union-attr]
+    rows = [REQUESTS[2], TranslateRequest("Bonjour", "fr", "fr"), REQUESTS[2]]
+    packed = [codec.pack_request(tensors.TRANSLATE, row) for row in rows]
+    inputs = {name: np.concatenate([p[name] for p in packed]) for name in packed[0]}
+    handler.start(inputs, answers.emit("rows")).wait(30)
+    several = _results(answers.take(1)["rows"])
+    assert [r.text for r in several if isinstance(r, Translation)] == [expected[2].text] * 2
+    assert isinstance(several[1], InputError) and "both 'fr'" in str(several[1])
 
 
-def test_refused_busy_and_cancelled_requests(handler: StepwiseHandler) -> None:
-    handler.take("bad", codec.pack_request(tensors.TRANSLATE, TranslateRequest("Bonjour", "fr", "fr")))
-    handler.wait(["bad"])  # nothing to decode: answered at once
-    refused = _result(handler.answer("bad"))
-    assert isinstance(refused, InputError) and "both 'fr'" in str(refused)
-    # 4 rows and a waiting line of 2: a text of 7 sentences is refused busy, none of its rows kept.
-    seven = TranslateRequest(" ".join(["Bonjour à tous."] * 7), "fr", "mg")
-    handler.take("busy", codec.pack_request(tensors.TRANSLATE, seven))
-    handler.wait(["busy"])
-    assert isinstance(handler.answer("busy"), ModelBusy) and not handler.holds("busy")
-    handler.take("a", codec.pack_request(tensors.TRANSLATE, REQUESTS[0]))
-    handler.take("b", codec.pack_request(tensors.TRANSLATE, REQUESTS[1]))
-    handler.cancel("a")
-    assert not handler.holds("a")
-    deadline = time.monotonic() + 30
-    while (answer := handler.answer("b")) is None:
-        assert time.monotonic() < deadline
-        handler.wait(["b"])
-    assert isinstance(_result(answer), Translation)
-    while handler.role.busy:  # the cancelled request's rows are let go
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert not handler.role.busy
+def test_a_request_that_waits_for_rows_is_admitted_only_when_they_free(handler: StepwiseHandler) -> None:
+    answers = Answers()
+    release = _held_back(handler)  # both requests reach the role before any step
+    first = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[0]), answers.emit("first"))
+    second = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[1]), answers.emit("second"))
+    assert not first.wait(0.2) and not second.wait(0.2)  # before a step, no row is taken
+    release.set()
+    assert first.wait(30) and second.wait(30)
+    assert set(answers.take(2)) == {"first", "second"}
+
+
+def _held_back(handler: StepwiseHandler) -> threading.Event:
+    """Make the role's thread wait before each step until the returned event is set."""
+    release = threading.Event()
+    original = handler.role.advance
+    handler.role.advance = lambda steps: (release.wait(), original(steps))[1]  # type: ignore[method-assign]
+    return release
+
+
+def test_a_request_whose_client_left_stops_decoding(handler: StepwiseHandler) -> None:
+    answers = Answers()
+    gone = threading.Event()
+    release = _held_back(handler)
+    handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[0]), answers.emit("gone"), gone.is_set)
+    gone.set()
+    threading.Timer(0.2, release.set).start()  # past the poll's interval: asked after the first step
+    got = answers.take(1)["gone"]
+    assert isinstance(got, InputError) and "cancelled" in str(got)
+    assert not handler.role.busy  # its sentences left the search
+
+
+def test_requests_held_when_the_model_stops_are_answered(handler: StepwiseHandler) -> None:
+    answers = Answers()
+    release = _held_back(handler)
+    handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[1]), answers.emit("left"))
+    threading.Timer(0.2, release.set).start()
+    handler.close()
+    assert isinstance(answers.take(1)["left"], StoppedError)

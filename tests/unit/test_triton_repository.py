@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from milo_voice.registry import DEFAULT_REGISTRY, Instances, Registry, load_registry, model_section
+from milo_voice.registry import DEFAULT_REGISTRY, Instances, Registry, load_registry
 from milo_voice.triton_repository import (
     CHAT_MODEL_PY,
     MODEL_PY,
@@ -105,38 +105,9 @@ def test_an_image_can_pin_every_instance_to_gpus(registry: Registry, tmp_path: P
         assert config.instance_group[0].count == (spec.instances.gpu_count or spec.instances.count)
         # So with the batching: GPU hosts' where the registry gives it (STT: up to 32).
         if not io.streaming:
-            gpu = spec.batching_on(1)
-            assert config.max_batch_size == gpu.max_batch_size
-            batcher = config.sequence_batching.oldest if gpu.step_batching_wait_us else config.dynamic_batching
-            assert batcher.max_queue_delay_microseconds == gpu.max_queue_delay_us
+            assert config.max_batch_size == spec.batching_on(1).max_batch_size
+            assert config.dynamic_batching.max_queue_delay_microseconds == spec.batching_on(1).max_queue_delay_us
     assert registry["tts"].instances.gpu_count == 4
     assert registry["stt"].batching_on(1).max_batch_size == 32
     # The committed repository keeps the registry's kinds, so it loads on CPU-only machines too.
     assert stale_configs(registry, ROOT) == []
-
-
-def test_step_batching_is_rendered_as_iterative_sequences(registry: Registry) -> None:
-    """``step_batching_wait_us``: Triton's sequence batcher with iterative sequences, every request
-    in flight a candidate of each execution, and the wait and the role's waiting line passed to
-    the Python backend (``milo_voice/serving/stepwise.py``)."""
-    spec = registry["translate"]
-    stepwise = dataclasses.replace(spec.batching, step_batching_wait_us=5000, max_batch_size=128, max_queue_size=300)
-    io = next(io for s, io in served_models(registry) if s.name == "translate")
-    config = text_format.Parse(
-        render_config(dataclasses.replace(spec, batching=stepwise), io), model_config_pb2.ModelConfig()
-    )
-    assert not config.HasField("dynamic_batching")
-    assert config.sequence_batching.iterative_sequence
-    assert config.sequence_batching.oldest.max_candidate_sequences == config.max_batch_size == 128
-    assert config.sequence_batching.oldest.max_queue_delay_microseconds == spec.batching.max_queue_delay_us
-    assert config.parameters["milo_step_wait_us"].string_value == "5000"
-    assert config.parameters["milo_max_waiting"].string_value == "300"
-
-
-def test_a_step_batching_wait_below_zero_is_refused(tmp_path: Path) -> None:
-    section = model_section("translate").replace(
-        "max_queue_size = 256", "max_queue_size = 256\nstep_batching_wait_us = -1"
-    )
-    (tmp_path / "registry.toml").write_text(section)
-    with pytest.raises(ValueError, match="step_batching_wait_us below 0"):
-        load_registry(tmp_path / "registry.toml")

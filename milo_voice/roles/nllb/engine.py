@@ -72,9 +72,9 @@ class TorchTranslator:
             best += beam_search(self.model, sources[begin:end], prefixes[begin:end], options)
         return [self.result(hypothesis) for hypothesis in best]
 
-    def search(self, options: SearchOptions, max_waiting: int | None = None) -> BeamSearch:
+    def search(self, options: SearchOptions) -> BeamSearch:
         """A search that holds up to ``max_sentences`` sentences at once, the rows warmed up at load."""
-        return BeamSearch(self.model, options, self.max_sentences, max_waiting)
+        return BeamSearch(self.model, options, self.max_sentences)
 
     def ids(self, tokens: list[str]) -> list[int]:
         return [self.ids_by_token.get(token, self.unk_id) for token in tokens]

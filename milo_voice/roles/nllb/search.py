@@ -55,10 +55,6 @@ class SearchOptions:
     length_penalty: float = 1.0
 
 
-class SearchFullError(Exception):
-    """More sentences wait for rows than the search was told to hold."""
-
-
 @dataclass
 class _Sentence:
     ticket: int
@@ -74,14 +70,14 @@ class BeamSearch:
     """Sentences searched together over ``model``, a step at a time.
 
     ``capacity``: the most sentences searching at once (their rows are the decoder's batch); those
-    added beyond it wait, in the order they came, for a sentence to end; ``max_waiting`` bounds that
-    wait (``SearchFullError``). Not thread-safe: one caller adds, steps and cancels.
+    added beyond it wait, in the order they came, for a sentence to end. Not thread-safe: one
+    caller adds, steps and cancels.
     """
 
-    def __init__(self, model: NllbModel, options: SearchOptions, capacity: int, max_waiting: int | None = None) -> None:
+    def __init__(self, model: NllbModel, options: SearchOptions, capacity: int) -> None:
         if options.beam_size < 2:
             raise ValueError("beam search needs beam_size >= 2 (CTranslate2 decodes beam 1 greedily)")
-        self.model, self.options, self.capacity, self.max_waiting = model, options, capacity, max_waiting
+        self.model, self.options, self.capacity = model, options, capacity
         self.max_length = min(options.max_length, model.max_length)
         self._tickets = itertools.count()
         self._waiting: deque[_Sentence] = deque()
@@ -95,15 +91,13 @@ class BeamSearch:
     def busy(self) -> bool:
         return bool(self._searching or self._waiting)
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
+    def waits(self, ticket: int) -> bool:
+        """Whether this sentence still waits for rows (sentences added since the last step take the
+        free rows at the next one: until then they wait too)."""
+        return any(sentence.ticket == ticket for sentence in self._waiting)
 
     def add(self, source: list[int], prefix: list[int]) -> int:
         """Queue ``source``, decoded after its forced ``prefix``; its ticket names its result."""
-        # Sentences added since the last step take the free rows first: only the rest wait.
-        if self.max_waiting is not None and len(self._waiting) >= self.max_waiting + len(self._free):
-            raise SearchFullError(f"{len(self._waiting) - len(self._free)} sentences already wait for rows")
         sentence = _Sentence(next(self._tickets), source, prefix)
         self._waiting.append(sentence)
         return sentence.ticket
