@@ -89,7 +89,7 @@ phase|run)
     # Assets carried once (.gpu-assets: tokenizers, spoken clips) stay on the machine for later calls.
     if [ -d .gpu-assets ]; then mkdir -p "$WORK/assets" && cp -r .gpu-assets/. "$WORK/assets/"; fi
     export MILO_GPU_ASSETS="$WORK/assets" MILO_CLIPS_DIR="$WORK/assets/clips"
-    python3 -m "$@"
+    exec python3 -m "$@"  # exec: a SIGTERM (`timeout`) reaches the phase, which stops its stack
     ;;
 profile)
     # "[t]riton": the pattern must not match the command line of the shell running this call.

@@ -159,7 +159,7 @@ def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, em
     assert reply.finish_reason == "length"
 
 
-@pytest.mark.parametrize("variant", ["configured", "unbatched", "stt-text", "chat"])
+@pytest.mark.parametrize("variant", ["configured", "unbatched", "stt-text", "chat", "translate-steps"])
 def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str) -> None:
     path = tmp_path / "registry.toml"
     path.write_text(variants.dump_registry(variants.bench_models(None, variant)))
@@ -179,6 +179,8 @@ def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str)
     assert (registry["chat"].params["gpu_slots"] == 1) == (variant == "unbatched")
     if variant == "stt-text":
         assert registry["stt"].params["timestamps"] is False
+    if "translate" in registry.models:
+        assert registry["translate"].params.get("gpu_step_batching", False) == (variant == "translate-steps")
 
 
 def test_stt_and_chat_variants(tmp_path: Path) -> None:

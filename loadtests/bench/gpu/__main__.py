@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    # A phase stopped from outside (`timeout`, a call's limit) stops the stack it started on its way
+    # out: one left running would share the GPU with the next phase and falsify its figures.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     phases: dict[str, Callable[[argparse.Namespace], None]] = {
         "build": phase_build, "inprocess": phase_inprocess, "tune": phase_tune,
         "served": phase_served, "locust": phase_locust, "overhead": phase_overhead, "voice": phase_voice,
