@@ -251,10 +251,10 @@ class StepwiseTranslations:
     """Requests translated together a decoding step at a time: one submitted while others decode
     joins them at the next step, and each is answered as soon as its last sentence is done.
 
-    What a server that schedules by steps drives (Triton's iterative sequences, in
-    ``milo_voice/serving/tensor_io.py``): submit what arrived, advance a few steps, answer what is
-    done; the GPU never waits for a whole batch to end before the next begins. A request is named by
-    the caller's ``key``. Not thread-safe: one caller submits, advances and cancels.
+    What step-level batching on a server drives (``milo_voice/serving/stepwise.py``): submit what
+    arrived, advance a step, answer what is done; the GPU never waits for a whole batch to end
+    before the next begins. A request is named by the caller's ``key``. Not thread-safe: one
+    caller submits, advances and cancels.
     """
 
     def __init__(self, translator: Translator, search: Any) -> None:
@@ -262,7 +262,6 @@ class StepwiseTranslations:
         self._pieces: dict[Hashable, list[tuple[Any, str] | None]] = {}  # a request's results so far
         self._breaks: dict[Hashable, list[str]] = {}
         self._owners: dict[int, tuple[Hashable, int]] = {}  # a search ticket: its request and piece
-        self.capacity: int = search.capacity
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._pieces

@@ -63,10 +63,10 @@ class TritonPythonModel:
         self.io = tensors.MODELS[parameters["milo_io"]]
         metrics = getattr(pb_utils, "MetricFamily", None) is not None and spec.role == "chat"
         observer = TritonChatMetrics(pb_utils, args.get("model_name", spec.name)) if metrics else None
-        self.instance = load_instance(spec, active_profile(), device_of(args), observer)
+        device = device_of(args)
+        self.instance = load_instance(spec, active_profile(), device, observer)
         if getattr(pb_utils, "MetricFamily", None) is not None:
             self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
-        device = device_of(args)
         self.handler: Handler | StepwiseHandler = (
             StepwiseHandler(self.io, self.instance.stepwise())
             if step_batching(spec, device)
