@@ -285,9 +285,9 @@ class StepwiseTranslations:
             self._owners[ticket] = (key, index)
         return None
 
-    def waits(self, key: Hashable) -> bool:
-        """Whether some sentence of this request still waits for rows in the search."""
-        return any(owner == key and self._search.waits(ticket) for ticket, (owner, _index) in self._owners.items())
+    def waiting(self) -> set[Hashable]:
+        """The requests with a sentence that still waits for rows in the search."""
+        return {self._owners[ticket][0] for ticket in self._search.waiting()}
 
     def advance(self, steps: int) -> dict[Hashable, Translation | InputError]:
         """Decode up to ``steps`` steps of every request queued; each request done, answered."""

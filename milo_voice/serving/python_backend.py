@@ -87,10 +87,7 @@ class TritonPythonModel:
             log.info(ready)
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
-        if isinstance(self.handler, StepwiseHandler):
-            self._hand_over(requests, self.handler)
-            return None  # each request is answered through its response sender
-        if isinstance(self.handler, GenerationHandler):
+        if isinstance(self.handler, GenerationHandler | StepwiseHandler):
             self._generate(requests, self.handler)
             return None  # each request is answered through its response sender
         if isinstance(self.handler, StreamHandler):
@@ -121,28 +118,14 @@ class TritonPythonModel:
             error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
             return [self.pb_utils.InferenceResponse(error=error) for _ in requests]
 
-    def _hand_over(self, requests: list[Any], handler: StepwiseHandler) -> None:
-        """Hand the requests to the role's thread, and return once each holds rows in its search:
-        those beyond the rows wait in Triton's queue, where priorities and the queue's bound apply.
-        Each is answered through its response sender when its last sentence ends."""
-        started = []
-        for request in requests:
-            sender = request.get_response_sender()
-
-            def emit(outputs: Outputs | Exception, sender: Any = sender) -> None:
-                self._outbox.put((sender, outputs, True))
-
-            started.append(handler.start(self._inputs(request), emit, request.is_cancelled))
-        for admitted in started:
-            admitted.wait()
-
-    def _generate(self, requests: list[Any], handler: GenerationHandler) -> None:
+    def _generate(self, requests: list[Any], handler: GenerationHandler | StepwiseHandler) -> None:
         """Start every request, and return once each holds a slot (or has ended).
 
         The role decodes the requests together with those already running; their outputs
         go out through each request's response sender (``chat`` one response, the stream
-        one per piece). Returning only once they hold a slot keeps the requests that find
-        every slot busy in Triton's queue, where priorities and the queue's bound apply.
+        one per piece, a translation one). Returning only once they hold a slot (chat's, or
+        rows of the translation search) keeps the requests that find every slot busy in
+        Triton's queue, where priorities and the queue's bound apply.
         """
         started = []
         for request in requests:

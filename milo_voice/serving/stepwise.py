@@ -7,9 +7,10 @@ sends that answer with the request's response sender, as it does a chat reply. T
 ordinary (not decoupled) Triton model with its dynamic batcher: clients call it as before.
 
 Triton's execution only hands requests over, and returns once each holds rows in the role's search
-(``start``'s event). Requests beyond the rows wait in Triton's queue, where priorities, queue
-timeouts and the queue's bound apply, not in the role's. Triton's work on a request (its queue,
-the batch, moving it to and from the Python process) is done once, while the GPU decodes.
+(``dequeued``, as a chat request once it holds a slot: the Python backend drives both alike).
+Requests beyond the rows wait in Triton's queue, where priorities, queue timeouts and the queue's
+bound apply, not in the role's. Triton's work on a request (its queue, the batch, moving it to and
+from the Python process) is done once, while the GPU decodes.
 
 Only the role's thread touches the role: ``start`` posts to its inbox, which it reads between two
 steps.
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from contract import codec, tensors
 from contract.records import InputError
+from milo_voice.serving.tensor_io import Emit, Outputs
 
 if TYPE_CHECKING:
     from milo_voice.registry import ModelSpec
@@ -36,8 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Outputs = codec.Arrays
-Emit = Callable[[Outputs | Exception], None]
 # How often a request's client is asked whether it has gone, at most (a Triton request's
 # is_cancelled is a round trip to the server).
 CANCEL_POLL_S = 0.05
@@ -61,7 +61,7 @@ class _Request:
     rows: list[Any]  # each row's request record, or its InputError
     emit: Emit
     is_cancelled: Callable[[], bool] | None
-    admitted: threading.Event = field(default_factory=threading.Event)
+    dequeued: threading.Event = field(default_factory=threading.Event)  # its rows hold rows, or it ended
     answers: list[Any] = field(default_factory=list)  # each row's answer, None while it decodes
 
 
@@ -76,18 +76,14 @@ class StepwiseHandler:
         self._thread = threading.Thread(target=self._decode, name=f"{io.name}-steps", daemon=True)
         self._thread.start()
 
-    def start(
-        self, inputs: codec.Arrays, emit: Emit, is_cancelled: Callable[[], bool] | None = None
-    ) -> threading.Event:
-        """Hand a request over; the event is set once all its rows hold rows in the search (or it
-        has ended). Its outputs, or the exception that failed it, go to ``emit`` once."""
+    def start(self, inputs: codec.Arrays, emit: Emit, is_cancelled: Callable[[], bool] | None = None) -> _Request:
+        """Hand a request over; its ``dequeued`` is set once all its rows hold rows in the search (or
+        it has ended). Its outputs, or the exception that failed it, go to ``emit`` once, final."""
         # A refusal kept until its request ends must not keep the frames of the execution that read it.
-        rows = [
-            r.with_traceback(None) if isinstance(r, InputError) else r for r in codec.unpack_requests(self.io, inputs)
-        ]
+        rows = [_bare(row) for row in codec.unpack_requests(self.io, inputs)]
         request = _Request(rows, emit, is_cancelled)
         self._inbox.put(request)
-        return request.admitted
+        return request
 
     def close(self) -> None:
         """Stop the role's thread; what it still holds is answered ``StoppedError``."""
@@ -122,38 +118,43 @@ class StepwiseHandler:
         key = next(self._keys)
         self._running[key] = request
         request.answers = [
-            row if isinstance(row, InputError) else self.role.submit((key, index), row)
+            row if isinstance(row, InputError) else _bare(self.role.submit((key, index), row))
             for index, row in enumerate(request.rows)
         ]
-        request.answers = [a.with_traceback(None) if isinstance(a, InputError) else a for a in request.answers]
-        self._end_if_answered(key)
-        self._admit()
+        if all(answer is not None for answer in request.answers):  # every row refused: nothing to decode
+            self._end(key, codec.pack_results(self.io, request.answers))
 
     def _end_if_answered(self, key: int) -> None:
-        request = self._running[key]
-        if all(answer is not None for answer in request.answers):
-            del self._running[key]
-            request.admitted.set()
-            request.emit(codec.pack_results(self.io, request.answers))
+        if all(answer is not None for answer in self._running[key].answers):
+            self._end(key, codec.pack_results(self.io, self._running[key].answers))
 
     def _admit(self) -> None:
+        """Set ``dequeued`` for the requests none of whose sentences waits for rows any more."""
+        if all(request.dequeued.is_set() for request in self._running.values()):
+            return
+        waiting = self.role.waiting()
         for key, request in self._running.items():
-            if not request.admitted.is_set() and not any(self.role.waits((key, i)) for i in range(len(request.rows))):
-                request.admitted.set()
+            if not request.dequeued.is_set() and not any((key, i) in waiting for i in range(len(request.rows))):
+                request.dequeued.set()
 
     def _drop_cancelled(self) -> None:
         for key, request in list(self._running.items()):
             if request.is_cancelled is not None and request.is_cancelled():
-                for index in range(len(request.rows)):
-                    self.role.cancel((key, index))
-                del self._running[key]
-                request.admitted.set()
-                request.emit(InputError("the request was cancelled"))
+                self._end(key, InputError("the request was cancelled"))
 
     def _fail_all(self, error: Exception) -> None:
-        for key, request in self._running.items():
-            for index in range(len(request.rows)):
-                self.role.cancel((key, index))
-            request.admitted.set()
-            request.emit(error)
-        self._running.clear()
+        for key in list(self._running):
+            self._end(key, error)
+
+    def _end(self, key: int, answer: Outputs | Exception) -> None:
+        """Answer a request and forget it; what of it still decodes stops."""
+        request = self._running.pop(key)
+        for index in range(len(request.rows)):
+            self.role.cancel((key, index))
+        request.dequeued.set()
+        request.emit(answer, True)
+
+
+def _bare(row: Any) -> Any:
+    """A refusal without its traceback, whose frames would keep an execution's request objects."""
+    return row.with_traceback(None) if isinstance(row, InputError) else row

@@ -147,16 +147,16 @@ def test_a_stepwise_request_refused_waiting_or_cancelled(embedded_dir: Path) -> 
     refusal = stepwise.submit("bad", TranslateRequest("Bonjour", "fr", "fr"))
     assert isinstance(refusal, InputError) and "bad" not in stepwise
     assert stepwise.submit("long", REQUESTS[3]) is None  # 2 sentences
-    assert stepwise.waits("long")  # rows are taken at the next step
+    assert "long" in stepwise.waiting()  # rows are taken at the next step
     stepwise.advance(1)
-    assert not stepwise.waits("long")
+    assert "long" not in stepwise.waiting()
     assert stepwise.submit("next", REQUESTS[4]) is None  # 2 sentences: no row is free
     stepwise.advance(1)
-    assert stepwise.waits("next")
+    assert "next" in stepwise.waiting()
     stepwise.cancel("long")  # its rows free at once: "next" takes them at the next step
     assert "long" not in stepwise
     stepwise.advance(1)
-    assert not stepwise.waits("next")
+    assert "next" not in stepwise.waiting()
     answers: dict[object, Translation | InputError] = {}
     while stepwise.busy:
         answers.update(stepwise.advance(8))

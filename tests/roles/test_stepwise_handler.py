@@ -33,13 +33,17 @@ def handler(embedded_dir: Path) -> Iterator[StepwiseHandler]:
 
 
 class Answers:
-    """What ``emit`` receives, by request."""
+    """What ``emit`` receives, by request: one final answer each."""
 
     def __init__(self) -> None:
         self.received: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
 
     def emit(self, name: str) -> object:
-        return lambda outputs: self.received.put((name, outputs))
+        def emit(outputs: object, final: bool) -> None:
+            assert final
+            self.received.put((name, outputs))
+
+        return emit
 
     def take(self, count: int) -> dict[str, object]:
         got = dict(self.received.get(timeout=30) for _ in range(count))
@@ -64,16 +68,16 @@ def test_requests_join_as_they_come_and_wait_for_rows(handler: StepwiseHandler, 
     expected = Translator(embedded_dir / "translate", compute_type="float32").translate_batch(REQUESTS)
     answers = Answers()
     first = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[0]), answers.emit("first"))
-    assert first.wait(30)
+    assert first.dequeued.wait(30)
     second = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[1]), answers.emit("second"))
-    assert second.wait(30)
+    assert second.dequeued.wait(30)
     got = answers.take(2)
     assert _results(got["first"])[0].text == expected[0].text  # type: ignore[union-attr]
     assert _results(got["second"])[0].text == expected[1].text  # type: ignore[union-attr]
     rows = [REQUESTS[2], TranslateRequest("Bonjour", "fr", "fr"), REQUESTS[2]]
     packed = [codec.pack_request(tensors.TRANSLATE, row) for row in rows]
     inputs = {name: np.concatenate([p[name] for p in packed]) for name in packed[0]}
-    handler.start(inputs, answers.emit("rows")).wait(30)
+    handler.start(inputs, answers.emit("rows")).dequeued.wait(30)
     several = _results(answers.take(1)["rows"])
     assert [r.text for r in several if isinstance(r, Translation)] == [expected[2].text] * 2
     assert isinstance(several[1], InputError) and "both 'fr'" in str(several[1])
@@ -84,9 +88,9 @@ def test_a_request_that_waits_for_rows_is_admitted_only_when_they_free(handler: 
     release = _held_back(handler)  # both requests reach the role before any step
     first = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[0]), answers.emit("first"))
     second = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[1]), answers.emit("second"))
-    assert not first.wait(0.2) and not second.wait(0.2)  # before a step, no row is taken
+    assert not first.dequeued.wait(0.2) and not second.dequeued.wait(0.2)  # before a step, no row is taken
     release.set()
-    assert first.wait(30) and second.wait(30)
+    assert first.dequeued.wait(30) and second.dequeued.wait(30)
     assert set(answers.take(2)) == {"first", "second"}
 
 

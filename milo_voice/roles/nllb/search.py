@@ -91,10 +91,10 @@ class BeamSearch:
     def busy(self) -> bool:
         return bool(self._searching or self._waiting)
 
-    def waits(self, ticket: int) -> bool:
-        """Whether this sentence still waits for rows (sentences added since the last step take the
-        free rows at the next one: until then they wait too)."""
-        return any(sentence.ticket == ticket for sentence in self._waiting)
+    def waiting(self) -> set[int]:
+        """The tickets of the sentences that still wait for rows (sentences added since the last
+        step take the free rows at the next one: until then they wait too)."""
+        return {sentence.ticket for sentence in self._waiting}
 
     def add(self, source: list[int], prefix: list[int]) -> int:
         """Queue ``source``, decoded after its forced ``prefix``; its ticket names its result."""
