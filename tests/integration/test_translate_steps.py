@@ -27,20 +27,14 @@ from milo_voice.registry import load_registry, model_section
 from milo_voice.roles.translate import Translator
 from milo_voice.triton_repository import write_configs
 from tests.conftest import TritonHost, facade_process, free_port, running_host
+from tests.roles.test_nllb_torch import REQUESTS
 
 pytestmark = pytest.mark.integration
 
 SENTENCES = 4  # the sentences the search holds
 BATCH = 3  # requests (or rows) Triton hands over at once
 QUEUE = 4  # requests that may wait in Triton's queue
-TEXTS = [
-    ("Manao ahoana daholo ianareo.", "mg", "fr"),
-    ("Bonjour à tous.", "fr", "mg"),
-    ("Misaotra betsaka tompoko.", "mg", "en"),
-    ("Où se trouve l'hôpital le plus proche? Nous avons besoin d'eau et de nourriture.", "fr", "mg"),
-    ("Veloma ary mandra-pihaona. Mila rano sy sakafo izahay.", "mg", "fr"),
-    ("rano", "mg", "fr"),
-]
+TEXTS = [(r.text, r.source, r.target) for r in REQUESTS]
 
 
 def stepwise_registry(path: Path) -> Path:

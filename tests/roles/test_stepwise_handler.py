@@ -15,12 +15,9 @@ from contract import codec, tensors
 from contract.records import InputError, TranslateRequest, Translation
 from milo_voice.roles.translate import Translator
 from milo_voice.serving.stepwise import StepwiseHandler, StoppedError
+from tests.roles.test_nllb_torch import REQUESTS as ALL_REQUESTS
 
-REQUESTS = [
-    TranslateRequest("Où se trouve l'hôpital le plus proche? Nous avons besoin d'eau et de nourriture.", "fr", "mg"),
-    TranslateRequest("Veloma ary mandra-pihaona. Mila rano sy sakafo izahay.", "mg", "fr"),
-    TranslateRequest("rano", "mg", "fr"),
-]
+REQUESTS = ALL_REQUESTS[3:]  # two sentences, two sentences, one word
 
 
 @pytest.fixture
