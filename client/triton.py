@@ -10,7 +10,7 @@ over gRPC streams only, so streams go over gRPC whatever the protocol of the cal
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Literal
 
 import aiohttp
@@ -29,6 +29,10 @@ from contract.triton_access import access_headers
 Protocol = Literal["http", "grpc"]
 # What a health check that finds no server raises.
 _UNREACHABLE = (InferenceServerException, ConnectionError, OSError, aiohttp.ClientError, asyncio.TimeoutError)
+# A health check answered later than this counts as "no": a server that takes the connection and
+# then says nothing (one being killed) must not hold the facade's /ready or the pool's probe. The
+# calls have no session-wide limit (each model call has its own deadline), so this is their only one.
+HEALTH_TIMEOUT_S = 2.0
 
 
 class AsyncMiloTritonClient(ModelCalls):
@@ -74,23 +78,14 @@ class AsyncMiloTritonClient(ModelCalls):
     # -- health ----------------------------------------------------------------------
 
     async def is_live(self) -> bool:
-        try:
-            return bool(await self._client.is_server_live())
-        except _UNREACHABLE:
-            return False
+        return await _answers_yes(self._client.is_server_live())
 
     async def is_server_ready(self) -> bool:
         """Triton's ``/v2/health/ready``: every model loaded (the host runs with strict readiness)."""
-        try:
-            return bool(await self._client.is_server_ready())
-        except _UNREACHABLE:
-            return False
+        return await _answers_yes(self._client.is_server_ready())
 
     async def is_model_ready(self, model: str) -> bool:
-        try:
-            return bool(await self._client.is_model_ready(model))
-        except _UNREACHABLE:
-            return False
+        return await _answers_yes(self._client.is_model_ready(model))
 
     # -- the transport -----------------------------------------------------------------
 
@@ -190,3 +185,11 @@ def _infer_inputs(module: Any, inputs: codec.Arrays, io: tensors.ModelIO) -> lis
 def _next_port(url: str) -> str:
     host, _, port = url.rpartition(":")
     return f"{host}:{int(port) + 1}" if port.isdigit() else url
+
+
+async def _answers_yes(check: Awaitable[Any]) -> bool:
+    """A health check's answer; False where no server answers, or none within ``HEALTH_TIMEOUT_S``."""
+    try:
+        return bool(await asyncio.wait_for(check, HEALTH_TIMEOUT_S))
+    except _UNREACHABLE:
+        return False

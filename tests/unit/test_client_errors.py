@@ -33,3 +33,35 @@ def test_a_calls_deadline_is_its_queue_timeout_and_then_its_compute_budget() -> 
 
     assert deadline_s(60.0, None) == 60.0
     assert deadline_s(60.0, 120_000_000) == 180.0
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_server_that_never_answers_is_not_ready_within_the_health_bound(protocol: str) -> None:
+    """A Triton that accepts the connection and then says nothing (one being killed) is answered
+    "not live, not ready" within ``HEALTH_TIMEOUT_S``: the facade's /ready and the pool's probe
+    must not wait on it."""
+    from client.triton import HEALTH_TIMEOUT_S
+
+    async def run() -> float:
+        silent: list[asyncio.StreamWriter] = []
+
+        async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            silent.append(writer)  # held open, never written to
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with AsyncMiloTritonClient(f"127.0.0.1:{port}", protocol=protocol, timeout_s=60) as client:
+                started = asyncio.get_running_loop().time()
+                answers = await asyncio.gather(
+                    client.is_live(), client.is_server_ready(), client.is_model_ready("translate")
+                )
+                assert answers == [False, False, False]
+                return asyncio.get_running_loop().time() - started
+        finally:
+            for writer in silent:
+                writer.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(run()) < HEALTH_TIMEOUT_S + 2
