@@ -38,9 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How often a request's client is asked whether it has gone, at most (a Triton request's
-# is_cancelled is a round trip to the server).
-CANCEL_POLL_S = 0.05
+# How long a request decodes before its client is asked whether it has gone, and then between two
+# asks: a Triton request's is_cancelled is a round trip to the server, which the role's thread
+# makes between two steps, so most translations, done sooner, are never asked.
+CANCEL_POLL_S = 0.25
 
 
 def step_batching(spec: ModelSpec, device: Device) -> bool:
@@ -62,6 +63,7 @@ class _Request:
     emit: Emit
     is_cancelled: Callable[[], bool] | None
     dequeued: threading.Event = field(default_factory=threading.Event)  # its rows hold rows, or it ended
+    asked_at: float = field(default_factory=time.monotonic)  # when its client was last asked (or it came)
     answers: list[Any] = field(default_factory=list)  # each row's answer, None while it decodes
 
 
@@ -91,7 +93,6 @@ class StepwiseHandler:
         self._thread.join(timeout=10)
 
     def _decode(self) -> None:
-        polled = time.monotonic()
         while True:
             # Between two steps, what was handed over; with nothing to decode, wait for it.
             while not self._inbox.empty() or not self.role.busy:
@@ -110,9 +111,7 @@ class StepwiseHandler:
                 self._running[key].answers[index] = result
                 self._end_if_answered(key)
             self._admit()
-            if time.monotonic() - polled >= CANCEL_POLL_S:
-                polled = time.monotonic()
-                self._drop_cancelled()
+            self._drop_cancelled()
 
     def _begin(self, request: _Request) -> None:
         key = next(self._keys)
@@ -138,8 +137,14 @@ class StepwiseHandler:
                 request.dequeued.set()
 
     def _drop_cancelled(self) -> None:
+        """End the requests, decoding for ``CANCEL_POLL_S`` since they were last asked, whose client
+        has gone."""
+        now = time.monotonic()
         for key, request in list(self._running.items()):
-            if request.is_cancelled is not None and request.is_cancelled():
+            if request.is_cancelled is None or now - request.asked_at < CANCEL_POLL_S:
+                continue
+            request.asked_at = now
+            if request.is_cancelled():
                 self._end(key, InputError("the request was cancelled"))
 
     def _fail_all(self, error: Exception) -> None:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from contract import codec, tensors
 from contract.records import InputError, TranslateRequest, Translation
 from milo_voice.roles.translate import Translator
-from milo_voice.serving.stepwise import StepwiseHandler, StoppedError
+from milo_voice.serving.stepwise import CANCEL_POLL_S, StepwiseHandler, StoppedError
 from tests.roles.test_nllb_torch import REQUESTS as ALL_REQUESTS
 
 REQUESTS = ALL_REQUESTS[3:]  # two sentences, two sentences, one word
@@ -105,10 +107,29 @@ def test_a_request_whose_client_left_stops_decoding(handler: StepwiseHandler) ->
     release = _held_back(handler)
     handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[0]), answers.emit("gone"), gone.is_set)
     gone.set()
-    threading.Timer(0.2, release.set).start()  # past the poll's interval: asked after the first step
+    threading.Timer(CANCEL_POLL_S + 0.1, release.set).start()  # asked after the first step
     got = answers.take(1)["gone"]
     assert isinstance(got, InputError) and "cancelled" in str(got)
     assert not handler.role.busy  # its sentences left the search
+
+
+def test_a_client_is_asked_only_once_its_request_has_decoded_a_while(handler: StepwiseHandler) -> None:
+    """Asking is a round trip to the server between two steps: a request is asked whether its
+    client has gone only after ``CANCEL_POLL_S`` of decoding, and then at most that often."""
+    asked: list[float] = []
+
+    def is_cancelled() -> bool:
+        asked.append(time.monotonic())
+        return False
+
+    answers = Answers()
+    release = _held_back(handler)
+    started = time.monotonic()
+    handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[0]), answers.emit("long"), is_cancelled)
+    threading.Timer(2.5 * CANCEL_POLL_S, release.set).start()  # its first step comes late: asked then
+    assert isinstance(answers.take(1)["long"], dict)
+    assert asked and asked[0] - started >= CANCEL_POLL_S
+    assert all(later - earlier >= CANCEL_POLL_S for earlier, later in itertools.pairwise(asked))
 
 
 def test_requests_held_when_the_model_stops_are_answered(handler: StepwiseHandler) -> None:
