@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -61,9 +61,7 @@ class _Sentence:
     source: list[int]
     prefix: list[int]
     slot: int = -1  # its beams are rows slot x beam_size, and the next beam_size - 1
-    step: int = 0
-    sequences: list[list[int]] = field(default_factory=list)  # each beam's tokens so far
-    finished: list[Hypothesis] = field(default_factory=list)
+    started: int = 0  # the search's step count when it joined: its own step is the difference
 
 
 class BeamSearch:
@@ -72,6 +70,10 @@ class BeamSearch:
     ``capacity``: the most sentences searching at once (their rows are the decoder's batch); those
     added beyond it wait, in the order they came, for a sentence to end. Not thread-safe: one
     caller adds, steps and cancels.
+
+    The search's state lives on the model's device, one tensor for every sentence: a step's rules
+    run as a few tensor operations whatever the sentences, and the host waits for the device once,
+    to learn which sentences are done (their hypotheses then come back).
     """
 
     def __init__(self, model: NllbModel, options: SearchOptions, capacity: int) -> None:
@@ -83,9 +85,24 @@ class BeamSearch:
         self._waiting: deque[_Sentence] = deque()
         self._searching: dict[int, _Sentence] = {}  # by slot
         self._free: list[int] = list(range(capacity))  # a heap: the lowest slot first keeps the rows few
+        self._clock = 0  # steps taken
         self._lowest = torch.finfo(torch.float32).min
-        rows = capacity * options.beam_size
-        self._tokens, self._scores = [0] * rows, [self._lowest] * rows
+        beam, length, device = options.beam_size, self.max_length, model.device
+        rows, kept = capacity * beam, 2 * beam  # at most 2 x beam - 1 hypotheses end before a sentence is done
+
+        def longs(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=torch.long, device=device)
+
+        # Each row (a beam): its last token, cumulative score and tokens so far.
+        self._tokens, self._history = longs(rows), longs(rows, length)
+        self._scores = torch.full((rows,), self._lowest, device=device)
+        # Each slot (a sentence): its step, forced prefix, and the hypotheses that ended.
+        self._steps, self._prefix_lengths = longs(capacity), longs(capacity)
+        self._prefixes = longs(capacity, 1)
+        self._ended_tokens, self._ended_lengths = longs(capacity, kept, length), longs(capacity, kept)
+        self._ended_count = longs(capacity)
+        self._ended_scores = torch.zeros(capacity, kept, device=device)
+        self._searching_mask = torch.zeros(capacity, dtype=torch.bool, device=device)
 
     @property
     def busy(self) -> bool:
@@ -105,9 +122,9 @@ class BeamSearch:
     def cancel(self, tickets: set[int]) -> None:
         """Drop these sentences, waiting or searching (their client has gone)."""
         self._waiting = deque(s for s in self._waiting if s.ticket not in tickets)
-        for slot, sentence in list(self._searching.items()):
-            if sentence.ticket in tickets:
-                self._leave(slot)
+        leaving = [slot for slot, sentence in self._searching.items() if sentence.ticket in tickets]
+        if leaving:
+            self._leave(leaving)
 
     @torch.inference_mode()
     def step(self) -> dict[int, Hypothesis]:
@@ -116,106 +133,160 @@ class BeamSearch:
         self._admit()
         if not self._searching:
             return {}
-        beam, end, model = self.options.beam_size, self.options.end_id, self.model
+        options, model = self.options, self.model
+        beam, end, candidates = options.beam_size, options.end_id, 2 * options.beam_size
         groups = max(self._searching) + 1
         rows = groups * beam
-        positions = [0] * rows
-        for slot, sentence in self._searching.items():
-            positions[slot * beam : (slot + 1) * beam] = [sentence.step] * beam
+        steps = self._steps[:groups]
+        positions = steps.clamp(max=self.max_length - 1).repeat_interleave(beam)
         source_length = max(len(s.source) for s in self._searching.values())
-        logits = model.step(
-            torch.tensor(self._tokens[:rows]).to(model.device), torch.tensor(positions).to(model.device), source_length
-        )
-        if self.options.min_length:
-            early = [row for row, position in enumerate(positions) if position < self.options.min_length]
-            logits[early, end] = self._lowest
-        log_probs = torch.log_softmax(logits, dim=-1) + torch.tensor(self._scores[:rows], device=model.device)[:, None]
-        top_scores, top_flat = log_probs.view(groups, -1).topk(2 * beam, dim=-1)
+        logits = model.step(self._tokens[:rows], positions, source_length)
+        if options.min_length:
+            logits[:, end] = torch.where(positions < options.min_length, self._lowest, logits[:, end])
+        log_probs = torch.log_softmax(logits, dim=-1) + self._scores[:rows, None]
+        scores, flat = log_probs.view(groups, -1).topk(candidates, dim=-1)
         vocabulary = log_probs.shape[-1]
-        flat, step_scores = top_flat.cpu().tolist(), top_scores.cpu().tolist()  # the step's one wait
-        origins = list(range(rows))  # each row's cache comes from the row that continues into it
-        done: dict[int, Hypothesis] = {}
-        for slot, sentence in list(self._searching.items()):
-            continued = self._advance(sentence, flat[slot], step_scores[slot], vocabulary)
-            if continued is None:
-                done[sentence.ticket] = _best(sentence.finished, self.options.length_penalty)
-                self._leave(slot)
+        words, origins = flat % vocabulary, flat // vocabulary
+        words, scores, origins = self._force_prefix(steps, words, scores, origins)
+        searching = self._searching_mask[:groups]
+        ends = (words == end) & (steps >= self._prefix_lengths[:groups])[:, None]
+        last_step = steps + 1 == self.max_length
+        first_rows = torch.arange(groups, device=model.device) * beam
+        # A candidate among the first beam_size that ends is a finished hypothesis; the next
+        # candidate that does not end takes its place among the beams.
+        chosen = torch.arange(beam, device=model.device).repeat(groups, 1)
+        secondary = torch.full((groups,), beam, dtype=torch.long, device=model.device)
+        after = torch.arange(candidates, device=model.device)[None, :]
+        for k in range(beam):
+            ending = (ends[:, k] | last_step) & searching
+            self._record_ended(groups, ending, first_rows + origins[:, k], words[:, k], scores[:, k], steps)
+            replacement = (after >= secondary[:, None]) & (words != end)
+            replaced = ending & replacement.any(dim=1)
+            j = replacement.to(torch.int8).argmax(dim=1)  # the first that does not end
+            chosen[:, k] = torch.where(replaced, j, chosen[:, k])
+            secondary = torch.where(replaced, j + 1, secondary)
+        done = searching & (last_step | (self._ended_count[:groups] >= beam))
+        going_on = (searching & ~done).repeat_interleave(beam)
+        continued_from = (first_rows[:, None] + origins.gather(1, chosen)).view(-1)
+        row_origins = torch.where(going_on, continued_from, torch.arange(rows, device=model.device))
+        self._tokens[:rows] = torch.where(going_on, words.gather(1, chosen).view(-1), 0)
+        self._scores[:rows] = torch.where(going_on, scores.gather(1, chosen).view(-1), self._lowest)
+        history = self._history[:rows].index_select(0, row_origins)
+        history.scatter_(1, positions[:, None], self._tokens[:rows, None])
+        self._history[:rows] = history
+        model.reorder(row_origins, self._clock - min(s.started for s in self._searching.values()) + 1)
+        self._steps[:groups] += 1
+        self._clock += 1
+        return self._collect(groups, done)
+
+    def _force_prefix(
+        self, steps: torch.Tensor, words: torch.Tensor, scores: torch.Tensor, origins: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """While a sentence's prefix lasts, every candidate is its next token from beam 0, the first
+        at score 0 and the others at ``PREFIX_PENALTY``; on its first free step, the secondary
+        candidates that end are token 0 at ``PREFIX_PENALTY``."""
+        groups, candidates = words.shape
+        lengths = self._prefix_lengths[:groups]
+        forced = (steps < lengths)[:, None]
+        forced_words = self._prefixes[:groups].gather(1, steps.clamp(max=self._prefixes.shape[1] - 1)[:, None])
+        secondary = torch.arange(candidates, device=words.device)[None, :] > 0
+        freed = (steps == lengths)[:, None] & secondary & (words == self.options.end_id)
+        penalty = torch.where(secondary, PREFIX_PENALTY, 0.0)
+        words = torch.where(forced, forced_words, torch.where(freed, 0, words))
+        scores = torch.where(forced, penalty, torch.where(freed, PREFIX_PENALTY, scores))
+        origins = torch.where(forced | freed, 0, origins)
+        return words, scores, origins
+
+    def _record_ended(
+        self,
+        groups: int,
+        ending: torch.Tensor,
+        rows: torch.Tensor,
+        words: torch.Tensor,
+        scores: torch.Tensor,
+        steps: torch.Tensor,
+    ) -> None:
+        """Keep, for each sentence where ``ending``, the hypothesis of beam row ``rows`` continued by
+        ``words`` at ``scores`` (written in every sentence's next place, kept where it ends)."""
+        group = torch.arange(groups, device=ending.device)
+        place = self._ended_count[:groups].clamp(max=self._ended_scores.shape[1] - 1)
+        tokens = self._history.index_select(0, rows)
+        tokens.scatter_(1, steps.clamp(max=self.max_length - 1)[:, None], words[:, None])
+        kept = ending[:, None]
+        self._ended_tokens[group, place] = torch.where(kept, tokens, self._ended_tokens[group, place])
+        self._ended_scores[group, place] = torch.where(ending, scores, self._ended_scores[group, place])
+        self._ended_lengths[group, place] = torch.where(ending, steps + 1, self._ended_lengths[group, place])
+        self._ended_count[:groups] += ending
+
+    def _collect(self, groups: int, done: torch.Tensor) -> dict[int, Hypothesis]:
+        """The best hypothesis of each sentence ``done``, which leaves the search."""
+        kept = self._ended_scores.shape[1]
+        ended = [self._ended_count[:groups, None], self._ended_lengths[:groups], self._ended_scores[:groups]]
+        # The step's one wait for the device, where no sentence is done (small counts are exact in float).
+        summary = torch.cat([done[:, None], *ended], dim=1).float().cpu().tolist()
+        best: dict[int, tuple[int, float, int]] = {}  # by slot: which hypothesis, its score and length
+        for slot, (is_done, count, *ended_values) in enumerate(summary):
+            if not is_done:
                 continue
-            sequences = []
-            for k, (origin, word, score) in enumerate(continued):
-                row = slot * beam + k
-                origins[row] = slot * beam + origin
-                self._tokens[row], self._scores[row] = word, score
-                sequences.append([*sentence.sequences[origin], word])
-            sentence.sequences = sequences
-        if origins != list(range(rows)):  # every beam went on from itself: nothing moves
-            length = max(positions) + 1
-            model.reorder(torch.tensor(origins, dtype=torch.long), length)
-        for sentence in self._searching.values():
-            sentence.step += 1
-        return done
+            lengths, scores = [int(n) for n in ended_values[:kept]], ended_values[kept:]
+            # CTranslate2's rule, on the host in double precision: the first of the highest scores.
+            normalised = [scores[i] / lengths[i] ** self.options.length_penalty for i in range(int(count))]
+            index = max(range(int(count)), key=normalised.__getitem__)
+            best[slot] = (index, normalised[index], lengths[index])
+        if not best:
+            return {}
+        slots = list(best)
+        index = torch.tensor([best[slot][0] for slot in slots], device=self.model.device)
+        tokens = self._ended_tokens[torch.tensor(slots, device=self.model.device), index].cpu().tolist()
+        results = {}
+        for slot, row in zip(slots, tokens, strict=True):
+            _index, score, length = best[slot]
+            results[self._searching[slot].ticket] = Hypothesis(row[:length], score)
+        self._leave(slots)
+        return results
 
     def _admit(self) -> None:
         admitted = []
         while self._waiting and self._free:
             sentence = self._waiting.popleft()
-            sentence.slot = heapq.heappop(self._free)
+            sentence.slot, sentence.started = heapq.heappop(self._free), self._clock
             admitted.append(sentence)
         if not admitted:
             return
-        beam = self.options.beam_size
+        beam, device = self.options.beam_size, self.model.device
         states, present = self.model.encode([s.source for s in admitted])
         self.model.place(states, present, [s.slot * beam for s in admitted], beam)
-        for sentence in admitted:
+        longest = max(len(s.prefix) for s in admitted)
+        if longest > self._prefixes.shape[1]:
+            grown = torch.zeros(self.capacity, longest, dtype=torch.long, device=device)
+            grown[:, : self._prefixes.shape[1]] = self._prefixes
+            self._prefixes = grown
+        slots = torch.tensor([s.slot for s in admitted], device=device)
+        prefixes = torch.zeros(len(admitted), self._prefixes.shape[1], dtype=torch.long)
+        for i, sentence in enumerate(admitted):
             self._searching[sentence.slot] = sentence
-            sentence.sequences = [[] for _ in range(beam)]
-            first = sentence.slot * beam
-            # Every beam starts from the start token; only the first counts, so the first step
-            # expands one beam.
-            self._tokens[first : first + beam] = [self.options.start_id] * beam
-            self._scores[first : first + beam] = [0.0] + [self._lowest] * (beam - 1)
+            prefixes[i, : len(sentence.prefix)] = torch.tensor(sentence.prefix, dtype=torch.long)
+        self._prefixes[slots] = prefixes.to(device)
+        self._prefix_lengths[slots] = torch.tensor([len(s.prefix) for s in admitted], device=device)
+        self._steps[slots] = 0
+        self._ended_count[slots] = 0
+        self._searching_mask[slots] = True
+        # Every beam starts from the start token; only the first counts, so the first step expands one beam.
+        rows = (slots[:, None] * beam + torch.arange(beam, device=device)).view(-1)
+        self._tokens[rows] = self.options.start_id
+        first = torch.tensor([0.0] + [self._lowest] * (beam - 1), device=device)
+        self._scores[rows] = first.repeat(len(admitted))
 
-    def _leave(self, slot: int) -> None:
-        del self._searching[slot]
-        heapq.heappush(self._free, slot)
-        beam = self.options.beam_size
-        self._tokens[slot * beam : (slot + 1) * beam] = [0] * beam
-        self._scores[slot * beam : (slot + 1) * beam] = [self._lowest] * beam
-
-    def _advance(
-        self, sentence: _Sentence, flat: list[int], scores: list[float], vocabulary: int
-    ) -> list[tuple[int, int, float]] | None:
-        """One step of one sentence: its ``2 x beam_size`` best candidates (flat indexes over its
-        beams' vocabularies, and their scores) to the (origin beam, token, score) each beam goes on
-        with, or None when the sentence is done (its hypotheses in ``finished``)."""
-        beam, end, candidates = self.options.beam_size, self.options.end_id, 2 * self.options.beam_size
-        step, prefix = sentence.step, sentence.prefix
-        words = [f % vocabulary for f in flat]
-        origins = [f // vocabulary for f in flat]
-        if step <= len(prefix):
-            for k in range(candidates):
-                if step < len(prefix):
-                    words[k], scores[k] = prefix[step], 0.0 if k == 0 else PREFIX_PENALTY
-                elif k > 0 and words[k] == end:
-                    words[k], scores[k] = 0, PREFIX_PENALTY
-                else:
-                    continue
-                origins[k] = 0
-        last_step = step + 1 == self.max_length
-        continued = []
-        secondary = beam
-        for k in range(beam):
-            chosen = k
-            if (words[k] == end and step >= len(prefix)) or last_step:
-                sentence.finished.append(Hypothesis([*sentence.sequences[origins[k]], words[k]], scores[k]))
-                for j in range(secondary, candidates):
-                    if words[j] != end:
-                        chosen, secondary = j, j + 1
-                        break
-            continued.append((origins[chosen], words[chosen], scores[chosen]))
-        if last_step or len(sentence.finished) >= beam:
-            return None
-        return continued
+    def _leave(self, slots: list[int]) -> None:
+        for slot in slots:
+            del self._searching[slot]
+            heapq.heappush(self._free, slot)
+        beam, device = self.options.beam_size, self.model.device
+        index = torch.tensor(slots, device=device)
+        self._searching_mask[index] = False
+        rows = (index[:, None] * beam + torch.arange(beam, device=device)).view(-1)
+        self._tokens[rows] = 0
+        self._scores[rows] = self._lowest
 
 
 def beam_search(
