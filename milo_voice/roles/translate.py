@@ -286,7 +286,7 @@ class StepwiseTranslations:
         return None
 
     def waiting(self) -> set[Hashable]:
-        """The requests with a sentence that still waits for rows in the search."""
+        """The requests with a sentence that waits for rows: one the search's next step will not admit."""
         return {self._owners[ticket][0] for ticket in self._search.waiting()}
 
     def advance(self, steps: int) -> dict[Hashable, Translation | InputError]:

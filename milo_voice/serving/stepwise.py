@@ -6,8 +6,10 @@ answered as soon as its last sentence ends, through ``emit``: the stock server's
 sends that answer with the request's response sender, as it does a chat reply. The model stays an
 ordinary (not decoupled) Triton model with its dynamic batcher: clients call it as before.
 
-Triton's execution only hands requests over, and returns once each holds rows in the role's search
-(``dequeued``, as a chat request once it holds a slot: the Python backend drives both alike).
+Triton's execution only hands requests over, and returns once the role's next step admits each
+(``dequeued``: there are rows for its sentences; as a chat request once it holds a slot, the
+Python backend drives both alike). A request that finds the rows free is released before that
+step, so Triton hands over the next while the GPU decodes.
 Requests beyond the rows wait in Triton's queue, where priorities, queue timeouts and the queue's
 bound apply, not in the role's. Triton's work on a request (its queue, the batch, moving it to and
 from the Python process) is done once, while the GPU decodes.
@@ -62,7 +64,7 @@ class _Request:
     rows: list[Any]  # each row's request record, or its InputError
     emit: Emit
     is_cancelled: Callable[[], bool] | None
-    dequeued: threading.Event = field(default_factory=threading.Event)  # its rows hold rows, or it ended
+    dequeued: threading.Event = field(default_factory=threading.Event)  # the next step admits it, or it ended
     asked_at: float = field(default_factory=time.monotonic)  # when its client was last asked (or it came)
     answers: list[Any] = field(default_factory=list)  # each row's answer, None while it decodes
 
@@ -79,8 +81,8 @@ class StepwiseHandler:
         self._thread.start()
 
     def start(self, inputs: codec.Arrays, emit: Emit, is_cancelled: Callable[[], bool] | None = None) -> _Request:
-        """Hand a request over; its ``dequeued`` is set once all its rows hold rows in the search (or
-        it has ended). Its outputs, or the exception that failed it, go to ``emit`` once, final."""
+        """Hand a request over; its ``dequeued`` is set once the search's next step admits all its
+        sentences (or it has ended). Its outputs, or the exception that failed it, go to ``emit`` once, final."""
         # A refusal kept until its request ends must not keep the frames of the execution that read it.
         rows = [_bare(row) for row in codec.unpack_requests(self.io, inputs)]
         request = _Request(rows, emit, is_cancelled)
@@ -101,6 +103,7 @@ class StepwiseHandler:
                     self._fail_all(StoppedError("the model was unloaded"))
                     return
                 self._begin(request)
+            self._admit()
             try:
                 done = self.role.advance(1)
             except Exception as exc:  # the role failed: what it held fails with it, the thread goes on
@@ -128,7 +131,7 @@ class StepwiseHandler:
             self._end(key, codec.pack_results(self.io, self._running[key].answers))
 
     def _admit(self) -> None:
-        """Set ``dequeued`` for the requests none of whose sentences waits for rows any more."""
+        """Set ``dequeued`` for the requests none of whose sentences waits for rows."""
         if all(request.dequeued.is_set() for request in self._running.values()):
             return
         waiting = self.role.waiting()

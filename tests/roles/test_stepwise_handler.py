@@ -83,14 +83,18 @@ def test_requests_join_as_they_come_and_wait_for_rows(handler: StepwiseHandler, 
 
 
 def test_a_request_that_waits_for_rows_is_admitted_only_when_they_free(handler: StepwiseHandler) -> None:
+    """The first request finds the two rows free: it is released before any step. The second,
+    two sentences more, waits until the first ends."""
     answers = Answers()
-    release = _held_back(handler)  # both requests reach the role before any step
+    release = _held_back(handler)
     first = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[0]), answers.emit("first"))
+    assert first.dequeued.wait(30)
     second = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[1]), answers.emit("second"))
-    assert not first.dequeued.wait(0.2) and not second.dequeued.wait(0.2)  # before a step, no row is taken
+    assert not second.dequeued.wait(0.2)  # no step yet: the rows stay taken
     release.set()
-    assert first.dequeued.wait(30) and second.dequeued.wait(30)
-    assert set(answers.take(2)) == {"first", "second"}
+    assert second.dequeued.wait(30)
+    assert answers.received.get_nowait()[0] == "first"  # answered before the second took its rows
+    assert set(answers.take(1)) == {"second"}
 
 
 def _held_back(handler: StepwiseHandler) -> threading.Event:

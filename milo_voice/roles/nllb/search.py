@@ -109,9 +109,9 @@ class BeamSearch:
         return bool(self._searching or self._waiting)
 
     def waiting(self) -> set[int]:
-        """The tickets of the sentences that still wait for rows (sentences added since the last
-        step take the free rows at the next one: until then they wait too)."""
-        return {sentence.ticket for sentence in self._waiting}
+        """The tickets of the sentences that wait for rows: those the next step will not admit, the
+        rows free then being taken by the sentences added before them."""
+        return {sentence.ticket for sentence in itertools.islice(self._waiting, len(self._free), None)}
 
     def add(self, source: list[int], prefix: list[int]) -> int:
         """Queue ``source``, decoded after its forced ``prefix``; its ticket names its result."""
