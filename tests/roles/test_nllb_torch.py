@@ -51,6 +51,13 @@ def test_a_batch_of_every_length_decodes_as_ctranslate2_does(embedded_dir: Path,
     _assert_same(expected, [torch_engine.translate_batch([r])[0] for r in REQUESTS])
 
 
+def test_a_batch_admitted_padded_decodes_alike(embedded_dir: Path) -> None:
+    """Seven sentences admitted as eight, as a CUDA graph pads them: the same answers."""
+    reference, torch_engine = _pair(embedded_dir / "translate")
+    torch_engine._torch.model.pad_admissions = True
+    _assert_same(reference.translate_batch(REQUESTS[:5]), torch_engine.translate_batch(REQUESTS[:5]))
+
+
 def test_a_batch_past_the_most_sentences_is_searched_in_chunks_alike(embedded_dir: Path) -> None:
     reference, torch_engine = _pair(embedded_dir / "translate")
     torch_engine._torch.max_sentences = 3  # the requests hold 8 sentences: chunks of 3, 3 and 2
@@ -117,12 +124,15 @@ def test_rows_padded_as_on_a_gpu_decode_the_same(embedded_dir: Path) -> None:
     _assert_same(reference.translate_batch(REQUESTS), torch_engine.translate_batch(REQUESTS))
 
 
-def test_requests_joining_a_running_search_decode_as_alone(embedded_dir: Path) -> None:
+@pytest.mark.parametrize("padded", [False, True])
+def test_requests_joining_a_running_search_decode_as_alone(embedded_dir: Path, padded: bool) -> None:
     """Step-level batching: requests submitted while others decode, in whatever order and at
-    whatever step, get CTranslate2's answers, each as soon as its own sentences are done."""
+    whatever step, get CTranslate2's answers, each as soon as its own sentences are done; also with
+    admissions padded as CUDA graphs pad them (3 sentences admitted as 4, the fourth in the spare row)."""
     reference, torch_engine = _pair(embedded_dir / "translate", beam_size=3)
     expected = reference.translate_batch(REQUESTS)
     torch_engine._torch.max_sentences = 3  # fewer rows than sentences: the others wait their turn
+    torch_engine._torch.model.pad_admissions = padded
     stepwise = torch_engine.stepwise()
     got: dict[int, Translation | InputError] = {}
     answered_while_others_decode = set()
@@ -147,10 +157,10 @@ def test_a_stepwise_request_refused_waiting_or_cancelled(embedded_dir: Path) -> 
     refusal = stepwise.submit("bad", TranslateRequest("Bonjour", "fr", "fr"))
     assert isinstance(refusal, InputError) and "bad" not in stepwise
     assert stepwise.submit("long", REQUESTS[3]) is None  # 2 sentences
-    assert "long" in stepwise.waiting()  # rows are taken at the next step
+    assert "long" not in stepwise.waiting()  # the next step admits it: the rows are free
     stepwise.advance(1)
-    assert "long" not in stepwise.waiting()
     assert stepwise.submit("next", REQUESTS[4]) is None  # 2 sentences: no row is free
+    assert "next" in stepwise.waiting()
     stepwise.advance(1)
     assert "next" in stepwise.waiting()
     stepwise.cancel("long")  # its rows free at once: "next" takes them at the next step

@@ -50,7 +50,7 @@ class TorchTranslator:
         self.max_sentences = max_sentences
 
     def warm_up(self, beam_size: int) -> None:
-        self.model.warm_up(self.max_sentences * beam_size)
+        self.model.warm_up(self.max_sentences, beam_size)
 
     def options(self, beam_size: int, max_decoding_length: int, min_decoding_length: int = 0) -> SearchOptions:
         return SearchOptions(self.start_id, self.end_id, beam_size, max_decoding_length, min_decoding_length)

@@ -15,11 +15,13 @@ query/key/value projection of self-attention and the fused key/value projection 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from milo_voice.roles.attention_heads import merge_heads, split_heads
 from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, ModelFileError, read_model_bin, weight_tensor
@@ -30,6 +32,9 @@ ACTIVATIONS = {0: functional.relu, 1: lambda x: functional.gelu(x, approximate="
 # Source lengths are rounded up to one of these steps of cross-attention buffers (powers of two),
 # so that a handful of captured graphs serve every sentence length.
 MIN_SOURCE_BUCKET = 16
+# A step's attention on a GPU: one query a row over a few dozen keys, which the fused kernels tile
+# for long sequences; two matrix products and a softmax cost less there (docs/benchmarks.md).
+STEP_ATTENTION = SDPBackend.MATH
 
 
 # The layout this module computes, as CTranslate2's spec records it: another TransformerSpec (a
@@ -88,8 +93,14 @@ class NllbModel:
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
+        # Admissions padded to a power of two of sentences, as their graphs need (tests pad on a CPU).
+        self.pad_admissions = self.cuda_graphs
         self._buffers = _StepBuffers(self, 0, 0)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # By sentences, source bucket and beam: a graph and its inputs. They share one memory pool:
+        # what one computes is written to the buffers, its scratch dead once it has run.
+        self._admissions: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
+        self._admission_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     @classmethod
     def from_model_dir(
@@ -114,22 +125,25 @@ class NllbModel:
 
     # -- the encoder -----------------------------------------------------------
 
-    @torch.inference_mode()
-    def encode(self, sources: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[batch, length, width]`` encoder states of the right-padded sources, and ``[batch, length]``
-        True where a source has a token."""
-        length = max(len(s) for s in sources)
-        if length > self.max_source_length:
-            raise ValueError(f"a source of {length} tokens is longer than the model's {self.max_source_length}")
-        ids = torch.zeros(len(sources), length, dtype=torch.long)
-        present = torch.zeros(len(sources), length, dtype=torch.bool)
+    def _sources(self, sources: list[list[int]], count: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[count, length]`` token ids of the right-padded sources (sentences past them: padding), and
+        True where a source has a token (a padding sentence has its first: it attends somewhere)."""
+        longest = max(len(s) for s in sources)
+        if longest > self.max_source_length:
+            raise ValueError(f"a source of {longest} tokens is longer than the model's {self.max_source_length}")
+        ids = torch.zeros(count, length, dtype=torch.long)
+        present = torch.zeros(count, length, dtype=torch.bool)
+        present[len(sources) :, 0] = True
         for row, source in enumerate(sources):
             ids[row, : len(source)] = torch.tensor(source)
             present[row, : len(source)] = True
-        ids, present = ids.to(self.device), present.to(self.device)
+        return ids, present
+
+    def _encode(self, ids: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """``[batch, length, width]`` encoder states of ``ids`` where ``present``."""
         w = self._w
         x = functional.embedding(ids, w["encoder/embeddings_0/weight"]) * self._scale["encoder"]
-        x = x + w["encoder/position_encodings/encodings"][:length]
+        x = x + w["encoder/position_encodings/encodings"][: ids.shape[1]]
         visible = present[:, None, None, :]
         for index in range(self.encoder_layers):
             name = f"encoder/layer_{index}/self_attention/"
@@ -138,7 +152,7 @@ class NllbModel:
             attended = functional.scaled_dot_product_attention(query, key, value, attn_mask=visible)
             x = x + self._linear(merge_heads(attended), name + "linear_1/")
             x = x + self._feed_forward(x, f"encoder/layer_{index}/ffn/", "encoder")
-        return self._norm(x, "encoder/"), present
+        return self._norm(x, "encoder/")
 
     # -- the decoder, a step at a time ------------------------------------------------
     # Each row holds one beam of one sentence, at its own position: sentences placed while others
@@ -149,13 +163,39 @@ class NllbModel:
         return _power_of_two(rows) if self.cuda_graphs else rows
 
     @torch.inference_mode()
-    def place(self, states: torch.Tensor, present: torch.Tensor, first_rows: list[int], beam_size: int) -> None:
-        """Make sentence ``i``'s cross-attention keys and values ready in rows ``first_rows[i]`` to
-        ``first_rows[i] + beam_size - 1``, for ``step``; the other rows keep theirs."""
-        length = states.shape[1]
-        needed = max(first_rows) + beam_size
-        buffers = self._reserve(self.slots(needed), _power_of_two(length, MIN_SOURCE_BUCKET))
-        rows = torch.tensor([first + k for first in first_rows for k in range(beam_size)], device=self.device)
+    def admit(self, sources: list[list[int]], first_rows: list[int], beam_size: int) -> None:
+        """Encode ``sources`` and make sentence ``i``'s cross-attention keys and values ready in rows
+        ``first_rows[i]`` to ``first_rows[i] + beam_size - 1``, for ``step``; the other rows keep theirs.
+
+        The sources are padded to a power of two of sentences and of tokens, the padding sentences
+        written to a spare row that no step reads. With CUDA graphs each such shape is one graph,
+        replayed: sentences join a running search a few at a time, nearly every step, and launching
+        a dozen encoder layers' kernels one by one would take the host longer than the step.
+        """
+        count = _power_of_two(len(sources)) if self.pad_admissions else len(sources)
+        bucket = min(_power_of_two(max(len(s) for s in sources), MIN_SOURCE_BUCKET), self.max_source_length)
+        ids, present = self._sources(sources, count, bucket)
+        buffers = self._reserve(self.slots(max(first_rows) + beam_size), bucket)
+        rows = torch.full((count, beam_size), buffers.spare_row, dtype=torch.long)
+        rows[: len(sources)] = torch.tensor(first_rows)[:, None] + torch.arange(beam_size)
+        inputs = (ids, present, rows.view(-1))
+        if not self.cuda_graphs:
+            self._admit(*(tensor.to(self.device) for tensor in inputs), beam_size)
+            return
+        key = (count, bucket, beam_size)
+        if key not in self._admissions:
+            static = tuple(tensor.to(self.device) for tensor in inputs)
+            run = lambda: self._admit(*static, beam_size)  # noqa: E731
+            self._admissions[key] = (capture(self.device, run, self._admission_pool)[0], static)
+        graph, static = self._admissions[key]
+        for target, tensor in zip(static, inputs, strict=True):
+            target.copy_(tensor, non_blocking=True)
+        graph.replay()
+
+    def _admit(self, ids: torch.Tensor, present: torch.Tensor, rows: torch.Tensor, beam_size: int) -> None:
+        """Encode ``ids`` and write each sentence's cross-attention keys and values, and which source
+        positions it sees, in its ``beam_size`` rows of ``rows``; reads and writes only fixed addresses."""
+        states, length, buffers = self._encode(ids, present), ids.shape[1], self._buffers
         buffers.cross_visible[rows] = False
         buffers.cross_visible[rows, 0, 0, :length] = present.repeat_interleave(beam_size, dim=0)
         for index in range(self.decoder_layers):
@@ -185,15 +225,20 @@ class NllbModel:
         cache = self._buffers.self_cache[:, :, : len(origins), :, :length]
         cache.copy_(cache.index_select(2, origins.to(self.device)))
 
-    def warm_up(self, max_rows: int, source_lengths: tuple[int, ...] = (16, 32, 64)) -> None:
-        """Claim the buffers and capture the graphs of every row count up to ``max_rows`` now."""
+    def warm_up(self, max_sentences: int, beam_size: int, source_lengths: tuple[int, ...] = (16, 32, 64)) -> None:
+        """Claim the buffers and capture the graphs of every row count up to ``max_sentences`` of
+        ``beam_size`` beams, and of admitting up to that many sentences, now."""
         if not self.cuda_graphs:
             return
+        max_rows = max_sentences * beam_size
         self._reserve(self.slots(max_rows), max(_power_of_two(n, MIN_SOURCE_BUCKET) for n in source_lengths))
         for length in sorted(source_lengths, reverse=True):
             for rows in sorted({self.slots(r) for r in range(1, max_rows + 1)}, reverse=True):
                 zeros = torch.zeros(rows, dtype=torch.long, device=self.device)
                 self.step(zeros, zeros, length)
+            # Into rows no sentence holds yet: each sentence admitted later writes its own again.
+            for count in sorted({_power_of_two(n) for n in range(1, max_sentences + 1)}, reverse=True):
+                self.admit([[0] * length] * count, [i * beam_size for i in range(count)], beam_size)
 
     def _reserve(self, rows: int, bucket: int) -> _StepBuffers:
         """Buffers for at least ``rows`` rows and sources of ``bucket`` tokens: where smaller, larger
@@ -203,6 +248,7 @@ class NllbModel:
             self._buffers = _StepBuffers(self, max(rows, buffers.rows), max(bucket, buffers.source_length))
             self._buffers.take_over(buffers)
             self._graphs.clear()  # they read the buffers just replaced
+            self._admissions.clear()
         return self._buffers
 
     def _run(self, rows: int, bucket: int) -> torch.Tensor:
@@ -229,23 +275,25 @@ class NllbModel:
         # Where each row writes its key and value: its own position, in every head.
         written = positions.view(rows, 1, 1, 1).expand(rows, self.num_heads, 1, self.head_width)
         cross_visible = buffers.cross_visible[:rows, :, :, :bucket]
-        for index in range(self.decoder_layers):
-            name = f"decoder/layer_{index}/self_attention/"
-            projected = self._linear(self._norm(x, name), name + "linear_0/")
-            query, key, value = split_heads(projected, self.head_width).chunk(3, dim=1)
-            keys, values = buffers.self_cache[index, 0, :rows], buffers.self_cache[index, 1, :rows]
-            keys.scatter_(2, written, key)
-            values.scatter_(2, written, value)
-            attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
-            x = x + self._linear(merge_heads(attended), name + "linear_1/")
+        attention = sdpa_kernel(STEP_ATTENTION) if self.device.type == "cuda" else nullcontext()
+        with attention:
+            for index in range(self.decoder_layers):
+                name = f"decoder/layer_{index}/self_attention/"
+                projected = self._linear(self._norm(x, name), name + "linear_0/")
+                query, key, value = split_heads(projected, self.head_width).chunk(3, dim=1)
+                keys, values = buffers.self_cache[index, 0, :rows], buffers.self_cache[index, 1, :rows]
+                keys.scatter_(2, written, key)
+                values.scatter_(2, written, value)
+                attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
+                x = x + self._linear(merge_heads(attended), name + "linear_1/")
 
-            name = f"decoder/layer_{index}/attention/"
-            query = split_heads(self._linear(self._norm(x, name), name + "linear_0/"), self.head_width)
-            keys = buffers.cross[index, 0, :rows, :, :bucket]
-            values = buffers.cross[index, 1, :rows, :, :bucket]
-            attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=cross_visible)
-            x = x + self._linear(merge_heads(attended), name + "linear_2/")
-            x = x + self._feed_forward(x, f"decoder/layer_{index}/ffn/", "decoder")
+                name = f"decoder/layer_{index}/attention/"
+                query = split_heads(self._linear(self._norm(x, name), name + "linear_0/"), self.head_width)
+                keys = buffers.cross[index, 0, :rows, :, :bucket]
+                values = buffers.cross[index, 1, :rows, :, :bucket]
+                attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=cross_visible)
+                x = x + self._linear(merge_heads(attended), name + "linear_2/")
+                x = x + self._feed_forward(x, f"decoder/layer_{index}/ffn/", "decoder")
         x = self._norm(x[:, 0], "decoder/")
         return self._linear(x, "decoder/projection/")
 
@@ -277,8 +325,10 @@ class _StepBuffers:
         self.cache_positions = torch.arange(model.max_length, device=model.device)
         # [layer, key or value, row, head, position, head width]: one gather reorders every layer's beams.
         self.self_cache = torch.zeros(model.decoder_layers, 2, rows, heads, model.max_length, head_width, **options)
-        self.cross = torch.zeros(model.decoder_layers, 2, rows, heads, source_length, head_width, **options)
-        self.cross_visible = torch.zeros(rows, 1, 1, source_length, dtype=torch.bool, device=model.device)
+        # One row more, the spare: where sentences that pad an admission are written, read by no step.
+        self.spare_row = rows
+        self.cross = torch.zeros(model.decoder_layers, 2, rows + 1, heads, source_length, head_width, **options)
+        self.cross_visible = torch.zeros(rows + 1, 1, 1, source_length, dtype=torch.bool, device=model.device)
         self.cross_visible[:, :, :, :1] = True  # a row no sentence holds attends somewhere: no NaN
 
     def take_over(self, smaller: _StepBuffers) -> None:
@@ -287,8 +337,8 @@ class _StepBuffers:
         for name in ("tokens", "positions"):
             getattr(self, name)[:rows] = getattr(smaller, name)
         self.self_cache[:, :, :rows] = smaller.self_cache
-        self.cross[:, :, :rows, :, :length] = smaller.cross
-        self.cross_visible[:rows, :, :, :length] = smaller.cross_visible
+        self.cross[:, :, :rows, :, :length] = smaller.cross[:, :, :rows]
+        self.cross_visible[:rows, :, :, :length] = smaller.cross_visible[:rows]
 
 
 def special_ids(model_dir: Path, vocabulary: dict[str, int]) -> tuple[int, int, int]:

@@ -254,8 +254,7 @@ class BeamSearch:
         if not admitted:
             return
         beam, device = self.options.beam_size, self.model.device
-        states, present = self.model.encode([s.source for s in admitted])
-        self.model.place(states, present, [s.slot * beam for s in admitted], beam)
+        self.model.admit([s.source for s in admitted], [s.slot * beam for s in admitted], beam)
         longest = max(len(s.prefix) for s in admitted)
         if longest > self._prefixes.shape[1]:
             grown = torch.zeros(self.capacity, longest, dtype=torch.long, device=device)
