@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sys
 import threading
 from typing import Any
 
@@ -72,6 +73,11 @@ class TritonPythonModel:
             if step_batching(spec, device)
             else handler_for(self.io, spec, self.instance)
         )
+        if isinstance(self.handler, StepwiseHandler) and "step_switch_interval_ms" in spec.params:
+            # The role's thread lets the GIL go while it waits for each step on the GPU, and the
+            # threads that take requests and send responses take it; the interpreter makes them
+            # hand it back after its switch interval, 5 ms unless set, a step's length on a GPU.
+            sys.setswitchinterval(float(spec.params["step_switch_interval_ms"]) / 1000)
         self._outbox: queue.SimpleQueue[tuple[Any, Outputs | Exception, bool] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         if isinstance(self.handler, GenerationHandler | StepwiseHandler):
