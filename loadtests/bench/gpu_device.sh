@@ -92,13 +92,27 @@ phase|run)
     exec python3 -m "$@"  # exec: a SIGTERM (`timeout`) reaches the phase, which stops its stack
     ;;
 profile)
-    # "[t]riton": the pattern must not match the command line of the shell running this call.
-    pattern="[t]riton_python_backend_stub .*/$2/[0-9]*/model.py"
-    for _ in $(seq 1 300); do pgrep -f "$pattern" >/dev/null && break; sleep 1; done
+    # The stub serving model $2, found by its model's path in /proc (images without pgrep exist).
+    stub() {
+        python3 - "$1" <<'PY'
+import os, re, sys
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        command = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        continue
+    if "triton_python_backend_stub" in command and re.search(rf"/{sys.argv[1]}/\d+/model\.py", command):
+        print(pid)
+        break
+PY
+    }
+    pid=""
+    for _ in $(seq 1 300); do pid=$(stub "$2"); [ -n "$pid" ] && break; sleep 1; done
+    [ -n "$pid" ] || { echo "no Python backend process serves $2" >&2; exit 1; }
     mkdir -p "$WORK/profiles"
     n=$(ls "$WORK/profiles" | wc -l)
     # --nonblocking: the process is not paused to be read; --idle: waits (on the GPU, on Triton) count.
-    py-spy record --pid "$(pgrep -f "$pattern" | head -1)" --duration "$3" --rate 200 --idle --nonblocking \
+    py-spy record --pid "$pid" --duration "$3" --rate 200 --idle --nonblocking \
         --format raw --output "$WORK/profiles/$2-$n.txt"
     ;;
 collect)
