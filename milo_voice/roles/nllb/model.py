@@ -15,13 +15,11 @@ query/key/value projection of self-attention and the fused key/value projection 
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from milo_voice.roles.attention_heads import merge_heads, split_heads
 from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, ModelFileError, read_model_bin, weight_tensor
@@ -32,9 +30,6 @@ ACTIVATIONS = {0: functional.relu, 1: lambda x: functional.gelu(x, approximate="
 # Source lengths are rounded up to one of these steps of cross-attention buffers (powers of two),
 # so that a handful of captured graphs serve every sentence length.
 MIN_SOURCE_BUCKET = 16
-# A step's attention on a GPU: one query a row over a few dozen keys, which the fused kernels tile
-# for long sequences; two matrix products and a softmax cost less there (docs/benchmarks.md).
-STEP_ATTENTION = SDPBackend.MATH
 
 
 # The layout this module computes, as CTranslate2's spec records it: another TransformerSpec (a
@@ -196,7 +191,7 @@ class NllbModel:
         """Encode ``ids`` and write each sentence's cross-attention keys and values, and which source
         positions it sees, in its ``beam_size`` rows of ``rows``; reads and writes only fixed addresses."""
         states, length, buffers = self._encode(ids, present), ids.shape[1], self._buffers
-        buffers.cross_visible[rows] = False
+        buffers.cross_visible.index_fill_(0, rows, False)  # a scalar: no copy from the host in a graph
         buffers.cross_visible[rows, 0, 0, :length] = present.repeat_interleave(beam_size, dim=0)
         for index in range(self.decoder_layers):
             name = f"decoder/layer_{index}/attention/"
@@ -275,25 +270,23 @@ class NllbModel:
         # Where each row writes its key and value: its own position, in every head.
         written = positions.view(rows, 1, 1, 1).expand(rows, self.num_heads, 1, self.head_width)
         cross_visible = buffers.cross_visible[:rows, :, :, :bucket]
-        attention = sdpa_kernel(STEP_ATTENTION) if self.device.type == "cuda" else nullcontext()
-        with attention:
-            for index in range(self.decoder_layers):
-                name = f"decoder/layer_{index}/self_attention/"
-                projected = self._linear(self._norm(x, name), name + "linear_0/")
-                query, key, value = split_heads(projected, self.head_width).chunk(3, dim=1)
-                keys, values = buffers.self_cache[index, 0, :rows], buffers.self_cache[index, 1, :rows]
-                keys.scatter_(2, written, key)
-                values.scatter_(2, written, value)
-                attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
-                x = x + self._linear(merge_heads(attended), name + "linear_1/")
+        for index in range(self.decoder_layers):
+            name = f"decoder/layer_{index}/self_attention/"
+            projected = self._linear(self._norm(x, name), name + "linear_0/")
+            query, key, value = split_heads(projected, self.head_width).chunk(3, dim=1)
+            keys, values = buffers.self_cache[index, 0, :rows], buffers.self_cache[index, 1, :rows]
+            keys.scatter_(2, written, key)
+            values.scatter_(2, written, value)
+            attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
+            x = x + self._linear(merge_heads(attended), name + "linear_1/")
 
-                name = f"decoder/layer_{index}/attention/"
-                query = split_heads(self._linear(self._norm(x, name), name + "linear_0/"), self.head_width)
-                keys = buffers.cross[index, 0, :rows, :, :bucket]
-                values = buffers.cross[index, 1, :rows, :, :bucket]
-                attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=cross_visible)
-                x = x + self._linear(merge_heads(attended), name + "linear_2/")
-                x = x + self._feed_forward(x, f"decoder/layer_{index}/ffn/", "decoder")
+            name = f"decoder/layer_{index}/attention/"
+            query = split_heads(self._linear(self._norm(x, name), name + "linear_0/"), self.head_width)
+            keys = buffers.cross[index, 0, :rows, :, :bucket]
+            values = buffers.cross[index, 1, :rows, :, :bucket]
+            attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=cross_visible)
+            x = x + self._linear(merge_heads(attended), name + "linear_2/")
+            x = x + self._feed_forward(x, f"decoder/layer_{index}/ffn/", "decoder")
         x = self._norm(x[:, 0], "decoder/")
         return self._linear(x, "decoder/projection/")
 
