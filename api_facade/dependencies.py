@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
@@ -37,11 +38,24 @@ def get_phrasebook(request: HTTPConnection) -> Phrasebook:
     return request.app.state.phrasebook  # type: ignore[no-any-return]
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-TritonDep = Annotated[TritonPool, Depends(get_triton)]
-CacheDep = Annotated[TranslationCache, Depends(get_cache)]
-PhrasebookDep = Annotated[Phrasebook, Depends(get_phrasebook)]
-RevisionsDep = Annotated[ServedRevisions, Depends(get_served_revisions)]
+Made = TypeVar("Made")
+
+
+def on_the_loop(getter: Callable[[HTTPConnection], Made]) -> Callable[[HTTPConnection], Awaitable[Made]]:
+    """``getter`` as a dependency run on the event loop: FastAPI runs a plain function's dependency
+    on its thread pool, a hand-over to a thread and back for each request, to read an attribute."""
+
+    async def dependency(request: HTTPConnection) -> Made:
+        return getter(request)
+
+    return dependency
+
+
+SettingsDep = Annotated[Settings, Depends(on_the_loop(get_settings))]
+TritonDep = Annotated[TritonPool, Depends(on_the_loop(get_triton))]
+CacheDep = Annotated[TranslationCache, Depends(on_the_loop(get_cache))]
+PhrasebookDep = Annotated[Phrasebook, Depends(on_the_loop(get_phrasebook))]
+RevisionsDep = Annotated[ServedRevisions, Depends(on_the_loop(get_served_revisions))]
 
 
 def get_vad(connection: HTTPConnection) -> VadModel:
@@ -56,5 +70,5 @@ def get_conversations(request: HTTPConnection) -> Conversations:
     return request.app.state.conversations  # type: ignore[no-any-return]
 
 
-ConversationsDep = Annotated[Conversations, Depends(get_conversations)]
-VadDep = Annotated[VadModel, Depends(get_vad)]
+ConversationsDep = Annotated[Conversations, Depends(on_the_loop(get_conversations))]
+VadDep = Annotated[VadModel, Depends(get_vad)]  # on the thread pool: its first call loads the model
