@@ -1,0 +1,98 @@
+"""Where a step of the torch translation engine goes, on the GPU: the decoder's step alone (one CUDA
+graph) by rows, a whole search step by sentences searched together, and admitting sentences as a
+graph against the same work launched kernel by kernel (the host's time to launch it, too).
+
+``python -m loadtests.bench.gpu.translate_costs MODEL_DIR [WORK]`` (``gpu_device.sh run``): the
+benchmark's shape (float16, beam 2, ``TRANSLATE_TOKENS`` a sentence), results in
+``WORK/results/translate-costs.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
+from loadtests.bench.gpu.common import TRANSLATE_TOKENS, save
+from milo_voice.roles.nllb.model import NllbModel
+from milo_voice.roles.nllb.search import BeamSearch, SearchOptions
+
+SENTENCES = 128  # 64 clients' two-sentence texts
+SOURCE_TOKENS = 18
+
+
+def synced_ms(function: Callable[[], Any], repeats: int = 50) -> float:
+    """Mean milliseconds of ``function`` with the GPU's work included (one warm-up call)."""
+    function()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeats * 1000
+
+
+def search_step_ms(model: NllbModel, options: SearchOptions, sources: list[list[int]], prefix: list[int]) -> float:
+    """Milliseconds a step of ``sources`` searched together, from admission to the last step."""
+    for _ in range(3):  # the first two capture what the shape needs
+        search = BeamSearch(model, options, SENTENCES)
+        for source in sources:
+            search.add(source, prefix)
+        torch.cuda.synchronize()
+        started, steps = time.perf_counter(), 0
+        while search.busy:
+            search.step()
+            steps += 1
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / steps * 1000
+
+
+def translate_costs(model_dir: Path) -> dict[str, Any]:
+    translator = FixedLengthTranslator(
+        model_dir, device="cuda", compute_type="float16", max_decoding_length=TRANSLATE_TOKENS, engine="torch",
+        search_sentences=SENTENCES,
+    )  # fmt: skip
+    engine = translator._torch
+    assert engine is not None
+    model = engine.model
+    options = engine.options(2, TRANSLATE_TOKENS, TRANSLATE_TOKENS)
+    generator = torch.Generator().manual_seed(0)
+    sources = [
+        [*torch.randint(10, 1000, (SOURCE_TOKENS,), generator=generator).tolist(), engine.end_id]
+        for _ in range(SENTENCES)
+    ]
+    prefix = [engine.start_id + 5]
+    tokens = torch.zeros(2 * SENTENCES, dtype=torch.long, device="cuda")
+    results: dict[str, Any] = {"decoder_step_ms": {}, "search_step_ms": {}, "admission": {}}
+    for rows in (2, SENTENCES, 2 * SENTENCES):
+        step = lambda rows=rows: model.step(tokens[:rows], tokens[:rows], SOURCE_TOKENS + 1)  # noqa: E731
+        results["decoder_step_ms"][rows] = round(synced_ms(step), 3)
+    for count in (1, SENTENCES // 2, SENTENCES):
+        results["search_step_ms"][count] = round(search_step_ms(model, options, sources[:count], prefix), 3)
+    for count in (2, 8):
+        first_rows = [2 * i for i in range(count)]
+        ids, present = model._sources(sources[:count], count, 32)
+        rows = (torch.tensor(first_rows)[:, None] + torch.arange(2)).view(-1)
+        inputs = (ids.cuda(), present.cuda(), rows.cuda())
+        as_graph = lambda c=count, f=first_rows: model.admit(sources[:c], f, 2)  # noqa: E731
+        eager = lambda i=inputs: model._admit(*i, 2)  # noqa: E731
+        row = {"graph_ms": round(synced_ms(as_graph), 3), "eager_ms": round(synced_ms(eager), 3)}
+        for name, function in (("graph_launch_ms", as_graph), ("eager_launch_ms", eager)):
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            function()
+            row[name] = round((time.perf_counter() - started) * 1000, 3)  # the host's time, the GPU's after
+            torch.cuda.synchronize()
+        results["admission"][count] = row
+    print(results, flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    work = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/milo-gpu")
+    save(work, "translate-costs", translate_costs(Path(sys.argv[1])))
