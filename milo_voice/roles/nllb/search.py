@@ -298,8 +298,3 @@ def beam_search(
     while search.busy:
         results.update(search.step())
     return [results[ticket] for ticket in tickets]
-
-
-def _best(hypotheses: list[Hypothesis], length_penalty: float) -> Hypothesis:
-    scored = [Hypothesis(h.tokens, h.score / len(h.tokens) ** length_penalty) for h in hypotheses]
-    return max(scored, key=lambda h: h.score)
