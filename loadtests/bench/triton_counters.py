@@ -1,6 +1,7 @@
 """Triton's per-model counters, read from its Prometheus text before and after a stretch of load,
 and what that stretch did per model: requests, executions (batches), how many requests a batch
-held, and where a request's time went (waiting in the queue, or in the batch it ran in).
+held, and where a request's time went (waiting in the queue, or in the batch it ran in); for a
+model with step-level batching, its search's steps, sentences a step and time a step.
 
 Triton adds the compute time of a batch to every request in it, so ``compute_ms`` is the time
 of the batch a request rode in, not a share of it. Decoupled models (the streaming ones) count
@@ -23,6 +24,10 @@ COUNTERS = {
     "nv_inference_queue_duration_us": "queue_us",
     "nv_inference_compute_infer_duration_us": "compute_us",
     "nv_inference_request_duration_us": "request_us",
+    # Step-level batching's search (milo_voice/serving/search_metrics.py), where a model has one.
+    "milo_translate_search_steps_total": "search_steps",
+    "milo_translate_search_sentences_total": "search_sentences",
+    "milo_translate_search_step_seconds_total": "search_seconds",
 }
 
 Counters = dict[str, dict[str, float]]  # model -> counter -> value
@@ -32,7 +37,7 @@ def parse(text: str) -> Counters:
     """The counters of each model, summed over its versions."""
     counters: Counters = {}
     for metric, key in COUNTERS.items():
-        for model, value in re.findall(rf'^{metric}{{model="([^"]+)"[^}}]*}} ([0-9.e+]+)$', text, re.M):
+        for model, value in re.findall(rf'^{metric}{{model="([^"]+)"[^}}]*}} ([0-9.e+-]+)$', text, re.M):
             row = counters.setdefault(model, {})
             row[key] = row.get(key, 0.0) + float(value)
     return counters
@@ -65,6 +70,10 @@ def stretch(before: Counters, after: Counters) -> dict[str, dict[str, float | No
             "compute_ms": round(delta["compute_us"] / requests / 1000, 1),
             "request_ms": round(delta["request_us"] / requests / 1000, 1),
         }
+        if (steps := delta["search_steps"]) > 0:
+            out[model]["search_steps"] = steps
+            out[model]["sentences_per_step"] = round(delta["search_sentences"] / steps, 1)
+            out[model]["step_ms"] = round(delta["search_seconds"] / steps * 1000, 2)
     return out
 
 

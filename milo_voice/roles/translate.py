@@ -270,6 +270,11 @@ class StepwiseTranslations:
     def busy(self) -> bool:
         return self._search.busy
 
+    @property
+    def last_step_sentences(self) -> int:
+        """The sentences the search's last step decoded."""
+        return int(self._search.last_step_sentences)
+
     def submit(self, key: Hashable, request: TranslateRequest) -> InputError | None:
         """Queue ``request``; its ``InputError`` now where it is refused (then nothing is queued)."""
         try:

@@ -26,6 +26,7 @@ from contract import tensors
 from milo_voice.registry import active_profile, load_registry
 from milo_voice.serving.chat_metrics import TritonChatMetrics
 from milo_voice.serving.instances import Device, load_instance, with_cloud_chat
+from milo_voice.serving.search_metrics import TritonSearchMetrics
 from milo_voice.serving.stepwise import StepwiseHandler, step_batching
 from milo_voice.serving.tensor_io import (
     BatchHandler,
@@ -62,17 +63,18 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         spec = with_cloud_chat(load_registry()).models[parameters["milo_model"]]
         self.io = tensors.MODELS[parameters["milo_io"]]
-        metrics = getattr(pb_utils, "MetricFamily", None) is not None and spec.role == "chat"
-        observer = TritonChatMetrics(pb_utils, args.get("model_name", spec.name)) if metrics else None
+        metrics_api = getattr(pb_utils, "MetricFamily", None) is not None
+        chat = metrics_api and spec.role == "chat"
+        observer = TritonChatMetrics(pb_utils, args.get("model_name", spec.name)) if chat else None
         device = device_of(args)
         self.instance = load_instance(spec, active_profile(), device, observer)
-        if getattr(pb_utils, "MetricFamily", None) is not None:
+        if metrics_api:
             self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
-        self.handler: Handler | StepwiseHandler = (
-            StepwiseHandler(self.io, self.instance.stepwise())
-            if step_batching(spec, device)
-            else handler_for(self.io, spec, self.instance)
-        )
+        if step_batching(spec, device):
+            search = TritonSearchMetrics(pb_utils, args.get("model_name", spec.name)) if metrics_api else None
+            self.handler: Handler | StepwiseHandler = StepwiseHandler(self.io, self.instance.stepwise(), search)
+        else:
+            self.handler = handler_for(self.io, spec, self.instance)
         if isinstance(self.handler, StepwiseHandler) and "step_switch_interval_ms" in spec.params:
             # The role's thread lets the GIL go while it waits for each step on the GPU, and the
             # threads that take requests and send responses take it; the interpreter makes them

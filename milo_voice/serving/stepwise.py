@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from contract import codec, tensors
 from contract.records import InputError
@@ -55,6 +55,14 @@ def step_batching(spec: ModelSpec, device: Device) -> bool:
     return wanted
 
 
+class SearchObserver(Protocol):
+    """What the role's thread reports of each step (``search_metrics.TritonSearchMetrics``)."""
+
+    def step(self, sentences: int, seconds: float) -> None: ...
+
+    def flush(self) -> None: ...
+
+
 class StoppedError(RuntimeError):
     """The model was unloaded before the request was answered."""
 
@@ -72,8 +80,8 @@ class _Request:
 class StepwiseHandler:
     """Requests decoded step by step on the role's own thread, each answered through its ``emit``."""
 
-    def __init__(self, io: tensors.ModelIO, role: StepwiseTranslations) -> None:
-        self.io, self.role = io, role
+    def __init__(self, io: tensors.ModelIO, role: StepwiseTranslations, observer: SearchObserver | None = None) -> None:
+        self.io, self.role, self.observer = io, role, observer
         self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._keys = itertools.count()
         self._running: dict[int, _Request] = {}  # the role's thread's own
@@ -98,18 +106,25 @@ class StepwiseHandler:
         while True:
             # Between two steps, what was handed over; with nothing to decode, wait for it.
             while not self._inbox.empty() or not self.role.busy:
+                if self._inbox.empty() and self.observer is not None:
+                    self.observer.flush()  # nothing to decode: what was counted goes out before the wait
                 request = self._inbox.get()
                 if request is None:
                     self._fail_all(StoppedError("the model was unloaded"))
+                    if self.observer is not None:
+                        self.observer.flush()
                     return
                 self._begin(request)
             self._admit()
+            started = time.perf_counter()
             try:
                 done = self.role.advance(1)
             except Exception as exc:  # the role failed: what it held fails with it, the thread goes on
                 log.exception("a decoding step failed")
                 self._fail_all(exc.with_traceback(None))
                 continue
+            if self.observer is not None:
+                self.observer.step(self.role.last_step_sentences, time.perf_counter() - started)
             for (key, index), result in done.items():
                 self._running[key].answers[index] = result
                 self._end_if_answered(key)

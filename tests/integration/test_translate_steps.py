@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 from client import MiloTritonClient
 from contract import codec, tensors
 from contract.records import InputError, TranslateRequest, Translation
+from loadtests.bench import triton_counters
 from milo_voice.registry import load_registry, model_section
 from milo_voice.roles.translate import Translator
 from milo_voice.triton_repository import write_configs
@@ -109,6 +111,17 @@ def test_requests_sent_together_get_ctranslate2s_answers(stack: Stack, reference
     assert from_model >= len(TEXTS) - 2
     # The Python backend served them with step-level batching (the registry's parameter took).
     assert "step-level batching" in (stack.repository.parent / "host.log").read_text()
+    # Its search's counters reach Triton's metrics port once the search is idle (the last answer
+    # may reach the client first).
+    deadline = time.monotonic() + 10
+    while (search := _search_counters(stack)).get("search_steps", 0.0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert search.get("search_steps", 0.0) > 0 and search["search_seconds"] > 0
+    assert search["search_steps"] <= search["search_sentences"] <= SENTENCES * search["search_steps"]
+
+
+def _search_counters(stack: Stack) -> dict[str, float]:
+    return triton_counters.read(f"http://127.0.0.1:{stack.host.metrics}/metrics").get("translate", {})
 
 
 def test_a_refused_request_is_answered_beside_requests_that_decode(stack: Stack, reference: Translator) -> None:

@@ -266,6 +266,27 @@ def test_triton_counters_over_a_stretch_of_load() -> None:
     }  # fmt: skip
 
 
+def test_triton_counters_read_a_step_level_search() -> None:
+    """The search's own counters (milo_voice/serving/search_metrics.py): sentences a step and the
+    time a step took served, over the stretch; a small total in exponent notation reads too."""
+
+    def text(requests: int, steps: int, sentences: int, seconds: str) -> str:
+        return "\n".join(
+            [
+                f'nv_inference_request_success{{model="translate",version="1"}} {requests}',
+                f'nv_inference_exec_count{{model="translate",version="1"}} {requests}',
+                f'milo_translate_search_steps_total{{model="translate"}} {steps}',
+                f'milo_translate_search_sentences_total{{model="translate"}} {sentences}',
+                f'milo_translate_search_step_seconds_total{{model="translate"}} {seconds}',
+            ]
+        )
+
+    before = triton_counters.parse(text(10, 4, 8, "4.5e-05"))
+    assert before["translate"]["search_seconds"] == 4.5e-05
+    row = triton_counters.stretch(before, triton_counters.parse(text(110, 204, 25_608, "1.200045")))["translate"]
+    assert (row["search_steps"], row["sentences_per_step"], row["step_ms"]) == (200.0, 128.0, 6.0)
+
+
 def test_tuning_reads_the_stt_curve_of_the_role_a_gpu_host_runs(tmp_path: Path) -> None:
     """The role with encoder and decoder in torch, where the in-process results have it."""
     import argparse

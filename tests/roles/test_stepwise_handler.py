@@ -16,6 +16,7 @@ import pytest
 from contract import codec, tensors
 from contract.records import InputError, TranslateRequest, Translation
 from milo_voice.roles.translate import Translator
+from milo_voice.serving.search_metrics import SECONDS, SENTENCES, STEPS, TritonSearchMetrics
 from milo_voice.serving.stepwise import CANCEL_POLL_S, StepwiseHandler, StoppedError
 from tests.roles.test_nllb_torch import REQUESTS as ALL_REQUESTS
 
@@ -134,6 +135,65 @@ def test_a_client_is_asked_only_once_its_request_has_decoded_a_while(handler: St
     assert isinstance(answers.take(1)["long"], dict)
     assert asked and asked[0] - started >= CANCEL_POLL_S
     assert all(later - earlier >= CANCEL_POLL_S for earlier, later in itertools.pairwise(asked))
+
+
+class Steps:
+    """A search observer that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, float]] = []
+        self.flushes = 0
+
+    def step(self, sentences: int, seconds: float) -> None:
+        self.steps.append((sentences, seconds))
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def test_each_step_is_reported_with_its_sentences_and_time(embedded_dir: Path) -> None:
+    translator = Translator(embedded_dir / "translate", compute_type="float32", engine="torch", search_sentences=2)
+    observer = Steps()
+    handler = StepwiseHandler(tensors.TRANSLATE, translator.stepwise(), observer)
+    try:
+        answers = Answers()
+        handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[0]), answers.emit("two sentences"))
+        answers.take(1)
+    finally:
+        handler.close()
+    assert observer.steps and all(seconds > 0 for _sentences, seconds in observer.steps)
+    assert observer.steps[0][0] == 2  # both sentences decoded from the first step
+    assert observer.flushes >= 1  # when idle, and when it stops
+
+
+def test_the_search_metrics_reach_triton_at_most_every_flush_interval() -> None:
+    """A Triton metric's update is a round trip to the server: steps are summed here, handed over
+    on ``flush`` or once ``FLUSH_S`` has passed."""
+    increments: list[tuple[str, float]] = []
+
+    class Family:
+        COUNTER = "counter"
+
+        def __init__(self, name: str, description: str, kind: str) -> None:
+            self.name = name
+
+        def Metric(self, labels: dict[str, str]) -> object:
+            family = self
+
+            class Metric:
+                def increment(self, value: float) -> None:
+                    increments.append((family.name, value))
+
+            return Metric()
+
+    metrics = TritonSearchMetrics(type("pb_utils", (), {"MetricFamily": Family}), "translate")
+    metrics.step(4, 0.002)
+    metrics.step(6, 0.003)
+    assert increments == []  # within the interval: kept
+    metrics.flush()
+    assert dict(increments) == {STEPS[0]: 2, SENTENCES[0]: 10, SECONDS[0]: pytest.approx(0.005)}
+    metrics.flush()  # nothing new: nothing sent
+    assert len(increments) == 3
 
 
 def test_requests_held_when_the_model_stops_are_answered(handler: StepwiseHandler) -> None:

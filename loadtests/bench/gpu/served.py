@@ -215,6 +215,16 @@ def level_line(variant: str, row: dict[str, Any]) -> str:
         f"| load generator {row.get('client_cores', '-')} cores "
         f"| served/in-process best {row.get('served_over_best', '-')}"
         + execution_times_line(row.get("execution_times"))
+        + search_line(row.get("triton", {}))
+    )
+
+
+def search_line(triton: dict[str, dict[str, float]]) -> str:
+    """Each step-level search's steps over the level: how full, and what a step cost served."""
+    return "".join(
+        f" | {model}'s search: {row['sentences_per_step']} sentences a step, {row['step_ms']} ms a step"
+        for model, row in triton.items()
+        if "search_steps" in row
     )
 
 

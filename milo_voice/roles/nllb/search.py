@@ -86,6 +86,7 @@ class BeamSearch:
         self._searching: dict[int, _Sentence] = {}  # by slot
         self._free: list[int] = list(range(capacity))  # a heap: the lowest slot first keeps the rows few
         self._clock = 0  # steps taken
+        self.last_step_sentences = 0  # the sentences the last step decoded
         self._lowest = torch.finfo(torch.float32).min
         beam, length, device = options.beam_size, self.max_length, model.device
         rows, kept = capacity * beam, 2 * beam  # at most 2 x beam - 1 hypotheses end before a sentence is done
@@ -131,6 +132,7 @@ class BeamSearch:
         """Admit the waiting sentences that find rows, decode one token of every searching one, and
         return the best hypothesis of each that is done, by ticket."""
         self._admit()
+        self.last_step_sentences = len(self._searching)
         if not self._searching:
             return {}
         options, model = self.options, self.model
