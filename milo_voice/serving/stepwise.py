@@ -115,6 +115,7 @@ class StepwiseHandler:
                         self.observer.flush()
                     return
                 self._begin(request)
+            # Once per step, after what was handed over: the rows the last step freed count too.
             self._admit()
             started = time.perf_counter()
             try:
@@ -128,7 +129,6 @@ class StepwiseHandler:
             for (key, index), result in done.items():
                 self._running[key].answers[index] = result
                 self._end_if_answered(key)
-            self._admit()
             self._drop_cancelled()
 
     def _begin(self, request: _Request) -> None:
