@@ -63,15 +63,16 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         spec = with_cloud_chat(load_registry()).models[parameters["milo_model"]]
         self.io = tensors.MODELS[parameters["milo_io"]]
+        model_name = args.get("model_name", spec.name)
         metrics_api = getattr(pb_utils, "MetricFamily", None) is not None
         chat = metrics_api and spec.role == "chat"
-        observer = TritonChatMetrics(pb_utils, args.get("model_name", spec.name)) if chat else None
+        observer = TritonChatMetrics(pb_utils, model_name) if chat else None
         device = device_of(args)
         self.instance = load_instance(spec, active_profile(), device, observer)
         if metrics_api:
             self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
         if step_batching(spec, device):
-            search = TritonSearchMetrics(pb_utils, args.get("model_name", spec.name)) if metrics_api else None
+            search = TritonSearchMetrics(pb_utils, model_name) if metrics_api else None
             self.handler: Handler | StepwiseHandler = StepwiseHandler(self.io, self.instance.stepwise(), search)
         else:
             self.handler = handler_for(self.io, spec, self.instance)
