@@ -123,9 +123,6 @@ class NllbModel:
     def _sources(self, sources: list[list[int]], count: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``[count, length]`` token ids of the right-padded sources (sentences past them: padding), and
         True where a source has a token (a padding sentence has its first: it attends somewhere)."""
-        longest = max(len(s) for s in sources)
-        if longest > self.max_source_length:
-            raise ValueError(f"a source of {longest} tokens is longer than the model's {self.max_source_length}")
         ids = torch.zeros(count, length, dtype=torch.long)
         present = torch.zeros(count, length, dtype=torch.bool)
         present[len(sources) :, 0] = True
@@ -167,8 +164,11 @@ class NllbModel:
         replayed: sentences join a running search a few at a time, nearly every step, and launching
         a dozen encoder layers' kernels one by one would take the host longer than the step.
         """
+        longest = max(len(s) for s in sources)
+        if longest > self.max_source_length:
+            raise ValueError(f"a source of {longest} tokens is longer than the model's {self.max_source_length}")
         count = _power_of_two(len(sources)) if self.pad_admissions else len(sources)
-        bucket = min(_power_of_two(max(len(s) for s in sources), MIN_SOURCE_BUCKET), self.max_source_length)
+        bucket = min(_power_of_two(longest, MIN_SOURCE_BUCKET), self.max_source_length)
         ids, present = self._sources(sources, count, bucket)
         buffers = self._reserve(self.slots(max(first_rows) + beam_size), bucket)
         rows = torch.full((count, beam_size), buffers.spare_row, dtype=torch.long)
