@@ -35,8 +35,10 @@ pytestmark = pytest.mark.integration
 
 SENTENCES = 4  # the sentences the search holds
 BATCH = 3  # requests (or rows) Triton hands over at once
-QUEUE = 4  # requests that may wait in Triton's queue
 TEXTS = [(r.text, r.source, r.target) for r in REQUESTS]
+# Requests that may wait in Triton's queue: every text sent together. They can all arrive before its
+# batcher takes the first batch out, and until then each counts against the queue's bound.
+QUEUE = len(TEXTS)
 
 
 def stepwise_registry(path: Path) -> Path:
@@ -95,7 +97,7 @@ def test_requests_sent_together_get_ctranslate2s_answers(stack: Stack, reference
         async with httpx.AsyncClient(timeout=120) as client:
             calls = [
                 client.post(f"{stack.facade}/v1/translate", json={"text": text, "source": source, "target": target})
-                for text, source, target in TEXTS  # 6 requests: the batch and the queue hold them all
+                for text, source, target in TEXTS  # the queue holds them all
             ]
             return list(await asyncio.gather(*calls))
 
