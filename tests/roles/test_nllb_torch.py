@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from contract.records import InputError, TranslateRequest, Translation
 from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
@@ -78,8 +79,9 @@ def test_both_engines_loaded_take_a_batch_by_its_sentences(embedded_dir: Path) -
 
 
 def test_forced_lengths_and_the_output_limit_as_ctranslate2(embedded_dir: Path) -> None:
-    # The benchmark's fixed lengths forbid the end token until the limit (min_decoding_length).
-    reference, torch_engine = _pair(embedded_dir / "translate", FixedLengthTranslator, max_decoding_length=12)
+    # The benchmark's fixed lengths forbid the end token until the limit (min_decoding_length); 40
+    # steps attend to spans of 16, 32 and 64 positions.
+    reference, torch_engine = _pair(embedded_dir / "translate", FixedLengthTranslator, max_decoding_length=40)
     _assert_same(reference.translate_batch(REQUESTS[:3]), torch_engine.translate_batch(REQUESTS[:3]))
     # A limit the translation reaches without ending is refused, by both in the same words.
     reference, torch_engine = _pair(embedded_dir / "translate", max_decoding_length=3)
@@ -109,6 +111,21 @@ def test_the_model_reads_every_layer_of_the_file(embedded_dir: Path) -> None:
     post_norm = {**weights, "decoder/pre_norm": np.array(0, dtype=np.int8)}
     with pytest.raises(ModelFileError, match="decoder/pre_norm"):
         NllbModel(post_norm)
+
+
+def test_a_step_attends_to_the_positions_written_as_to_the_whole_cache(embedded_dir: Path) -> None:
+    """A step over the span its rows have written gives the logits of a step over every position,
+    rows at different positions, and a row past the span (one no sentence holds) disturbs none."""
+    spanned, whole = (NllbModel.from_model_dir(embedded_dir / "translate") for _ in range(2))
+    for model in (spanned, whole):
+        model.admit([[5, 6, 7, 2], [8, 9, 2], [10, 2]], [0, 1, 2], 1)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(40):
+        tokens = torch.randint(4, spanned.vocabulary_size, (3,), generator=generator)
+        positions = torch.tensor([step, max(step - 7, 0), spanned.max_length - 1])  # the third: stale
+        got = spanned.step(tokens, positions, 4, span=step + 1)
+        want = whole.step(tokens, positions, 4, span=whole.max_length)
+        torch.testing.assert_close(got[:2], want[:2])
 
 
 class _PaddedRows(NllbModel):

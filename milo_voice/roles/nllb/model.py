@@ -14,6 +14,7 @@ query/key/value projection of self-attention and the fused key/value projection 
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -30,6 +31,9 @@ ACTIVATIONS = {0: functional.relu, 1: lambda x: functional.gelu(x, approximate="
 # Source lengths are rounded up to one of these steps of cross-attention buffers (powers of two),
 # so that a handful of captured graphs serve every sentence length.
 MIN_SOURCE_BUCKET = 16
+# Self-attention reads the positions written so far, rounded up the same way: a step's attention
+# over the whole cache would read the keys and values of every position to ``max_length``.
+MIN_SPAN = 16
 
 
 # The layout this module computes, as CTranslate2's spec records it: another TransformerSpec (a
@@ -91,11 +95,12 @@ class NllbModel:
         # Admissions padded to a power of two of sentences, as their graphs need (tests pad on a CPU).
         self.pad_admissions = self.cuda_graphs
         self._buffers = _StepBuffers(self, 0, 0)
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        # By sentences, source bucket and beam: a graph and its inputs. They share one memory pool:
-        # what one computes is written to the buffers, its scratch dead once it has run.
+        # Steps by rows, source bucket and span; admissions by sentences, source bucket and beam, with
+        # their inputs. Every graph shares one memory pool: what one computes is written to the
+        # buffers, its scratch dead once it has run, so the graphs take the memory of the largest.
+        self._graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
         self._admissions: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
-        self._admission_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     @classmethod
     def from_model_dir(
@@ -181,7 +186,7 @@ class NllbModel:
         if key not in self._admissions:
             static = tuple(tensor.to(self.device) for tensor in inputs)
             run = lambda: self._admit(*static, beam_size)  # noqa: E731
-            self._admissions[key] = (capture(self.device, run, self._admission_pool)[0], static)
+            self._admissions[key] = (capture(self.device, run, self._pool)[0], static)
         graph, static = self._admissions[key]
         for target, tensor in zip(static, inputs, strict=True):
             target.copy_(tensor, non_blocking=True)
@@ -201,17 +206,21 @@ class NllbModel:
             buffers.cross[index, 1, rows, :, :length] = value.repeat_interleave(beam_size, dim=0)
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, source_length: int) -> torch.Tensor:
-        """Feed one token per row, each row at its own position (below ``max_length``: the caller's to
-        keep, as reading them back here would wait for the GPU), over sources of at most
-        ``source_length`` tokens: ``[rows, vocabulary]`` float32 logits of the next."""
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, source_length: int, span: int) -> torch.Tensor:
+        """Feed one token per row, each row at its own position (below ``span``, at most
+        ``max_length``: the caller's to keep, as reading them back here would wait for the GPU), over
+        sources of at most ``source_length`` tokens: ``[rows, vocabulary]`` logits of the next, in the
+        model's dtype, which the next step writes again."""
         buffers, rows = self._buffers, len(tokens)
-        if rows > buffers.rows or source_length > buffers.source_length:
-            raise ValueError("step past the rows or source length placed")
+        if rows > buffers.rows or source_length > buffers.source_length or span > self.max_length:
+            raise ValueError("step past the rows, source length or positions placed")
         buffers.tokens[:rows].copy_(tokens, non_blocking=True)
         buffers.positions[:rows].copy_(positions, non_blocking=True)
-        logits = self._run(self.slots(rows), _power_of_two(source_length, MIN_SOURCE_BUCKET))
-        return logits[:rows].to(torch.float32, copy=True)  # a replay writes the next step's logits here
+        self._run(self.slots(rows), _power_of_two(source_length, MIN_SOURCE_BUCKET), self._span(span))
+        return buffers.logits[:rows]
+
+    def _span(self, span: int) -> int:
+        return min(_power_of_two(span, MIN_SPAN), self.max_length)
 
     @torch.inference_mode()
     def reorder(self, origins: torch.Tensor, length: int) -> None:
@@ -227,10 +236,11 @@ class NllbModel:
             return
         max_rows = max_sentences * beam_size
         self._reserve(self.slots(max_rows), max(_power_of_two(n, MIN_SOURCE_BUCKET) for n in source_lengths))
+        spans = sorted({self._span(n) for n in range(1, self.max_length + 1)}, reverse=True)
         for length in sorted(source_lengths, reverse=True):
-            for rows in sorted({self.slots(r) for r in range(1, max_rows + 1)}, reverse=True):
+            for rows, span in itertools.product(sorted({self.slots(r) for r in range(1, max_rows + 1)}), spans):
                 zeros = torch.zeros(rows, dtype=torch.long, device=self.device)
-                self.step(zeros, zeros, length)
+                self.step(zeros, zeros, length, span)
             # Into rows no sentence holds yet: each sentence admitted later writes its own again.
             for count in sorted({_power_of_two(n) for n in range(1, max_sentences + 1)}, reverse=True):
                 self.admit([[0] * length] * count, [i * beam_size for i in range(count)], beam_size)
@@ -246,35 +256,35 @@ class NllbModel:
             self._admissions.clear()
         return self._buffers
 
-    def _run(self, rows: int, bucket: int) -> torch.Tensor:
+    def _run(self, rows: int, bucket: int, span: int) -> None:
         if not self.cuda_graphs:
-            return self._forward(rows, bucket)
-        if (rows, bucket) not in self._graphs:
-            self._graphs[(rows, bucket)] = self._capture(rows, bucket)
-        graph, logits = self._graphs[(rows, bucket)]
-        graph.replay()
-        return logits
+            self._forward(rows, bucket, span)
+            return
+        key = (rows, bucket, span)
+        if key not in self._graphs:
+            # The warm-up runs write the cache at the current position, which the step that follows
+            # writes again.
+            self._graphs[key] = capture(self.device, lambda: self._forward(rows, bucket, span), self._pool)[0]
+        self._graphs[key].replay()
 
-    def _capture(self, rows: int, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Record one step; the warm-up runs write the cache at the current position, which the step
-        that follows writes again."""
-        return capture(self.device, lambda: self._forward(rows, bucket))
-
-    def _forward(self, rows: int, bucket: int) -> torch.Tensor:
-        """One step of ``rows`` rows; reads and writes only ``self._buffers`` (fixed addresses)."""
+    def _forward(self, rows: int, bucket: int, span: int) -> None:
+        """One step of ``rows`` rows, its logits written to the buffers; reads and writes only
+        ``self._buffers`` (fixed addresses)."""
         buffers, w = self._buffers, self._w
         positions = buffers.positions[:rows]
         x = functional.embedding(buffers.tokens[:rows], w["decoder/embeddings/weight"]) * self._scale["decoder"]
         x = (x + w["decoder/position_encodings/encodings"].index_select(0, positions))[:, None]  # [rows, 1, width]
-        visible = (buffers.cache_positions[None, :] <= positions[:, None])[:, None, None, :]  # [rows, 1, 1, length]
-        # Where each row writes its key and value: its own position, in every head.
-        written = positions.view(rows, 1, 1, 1).expand(rows, self.num_heads, 1, self.head_width)
+        visible = (buffers.cache_positions[None, :span] <= positions[:, None])[:, None, None, :]  # [rows, 1, 1, span]
+        # Where each row writes its key and value: its own position, in every head (a row no sentence
+        # holds may be past the span: it writes in it, and what it computes is read by nobody).
+        written = positions.clamp(max=span - 1).view(rows, 1, 1, 1).expand(rows, self.num_heads, 1, self.head_width)
         cross_visible = buffers.cross_visible[:rows, :, :, :bucket]
         for index in range(self.decoder_layers):
             name = f"decoder/layer_{index}/self_attention/"
             projected = self._linear(self._norm(x, name), name + "linear_0/")
             query, key, value = split_heads(projected, self.head_width).chunk(3, dim=1)
-            keys, values = buffers.self_cache[index, 0, :rows], buffers.self_cache[index, 1, :rows]
+            keys = buffers.self_cache[index, 0, :rows, :, :span]
+            values = buffers.self_cache[index, 1, :rows, :, :span]
             keys.scatter_(2, written, key)
             values.scatter_(2, written, value)
             attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
@@ -288,7 +298,11 @@ class NllbModel:
             x = x + self._linear(merge_heads(attended), name + "linear_2/")
             x = x + self._feed_forward(x, f"decoder/layer_{index}/ffn/", "decoder")
         x = self._norm(x[:, 0], "decoder/")
-        return self._linear(x, "decoder/projection/")
+        logits, weight, bias = buffers.logits[:rows], w["decoder/projection/weight"], w.get("decoder/projection/bias")
+        if bias is None:
+            torch.mm(x, weight.t(), out=logits)
+        else:
+            torch.addmm(bias, x, weight.t(), out=logits)
 
     # -- pieces ------------------------------------------------------------------
 
@@ -316,6 +330,7 @@ class _StepBuffers:
         self.tokens = torch.zeros(rows, dtype=torch.long, device=model.device)
         self.positions = torch.zeros(rows, dtype=torch.long, device=model.device)
         self.cache_positions = torch.arange(model.max_length, device=model.device)
+        self.logits = torch.zeros(rows, model.vocabulary_size, **options)
         # [layer, key or value, row, head, position, head width]: one gather reorders every layer's beams.
         self.self_cache = torch.zeros(model.decoder_layers, 2, rows, heads, model.max_length, head_width, **options)
         # One row more, the spare: where sentences that pad an admission are written, read by no step.

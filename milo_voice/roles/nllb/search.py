@@ -142,13 +142,13 @@ class BeamSearch:
         steps = self._steps[:groups]
         positions = steps.clamp(max=self.max_length - 1).repeat_interleave(beam)
         source_length = max(len(s.source) for s in self._searching.values())
-        logits = model.step(self._tokens[:rows], positions, source_length)
+        # The positions the oldest sentence has written, and the one it writes now.
+        span = min(self._clock - min(s.started for s in self._searching.values()) + 1, self.max_length)
+        logits = model.step(self._tokens[:rows], positions, source_length, span)
         if options.min_length:
-            logits[:, end] = torch.where(positions < options.min_length, self._lowest, logits[:, end])
-        log_probs = torch.log_softmax(logits, dim=-1) + self._scores[:rows, None]
-        scores, flat = log_probs.view(groups, -1).topk(candidates, dim=-1)
-        vocabulary = log_probs.shape[-1]
-        words, origins = flat % vocabulary, flat // vocabulary
+            forbidden = torch.finfo(logits.dtype).min
+            logits[:, end] = torch.where(positions < options.min_length, forbidden, logits[:, end])
+        words, scores, origins = self._candidates(logits, groups, candidates)
         words, scores, origins = self._force_prefix(steps, words, scores, origins)
         searching = self._searching_mask[:groups]
         ends = (words == end) & (steps >= self._prefix_lengths[:groups])[:, None]
@@ -176,10 +176,28 @@ class BeamSearch:
         history = self._history[:rows].index_select(0, row_origins)
         history.scatter_(1, positions[:, None], self._tokens[:rows, None])
         self._history[:rows] = history
-        model.reorder(row_origins, self._clock - min(s.started for s in self._searching.values()) + 1)
+        model.reorder(row_origins, span)
         self._steps[:groups] += 1
         self._clock += 1
         return self._collect(groups, done)
+
+    def _candidates(
+        self, logits: torch.Tensor, groups: int, count: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each sentence's ``count`` best continuations over its beams, by cumulative log-probability:
+        their words, scores and beams (``[groups, count]``).
+
+        Log-softmax is monotonic within a row, and a beam's score is one number for its row: the
+        best over a sentence's beams are among each row's ``count`` best logits. So each row's best
+        are taken from its logits as they are, and only they are normalised, by the row's
+        log-sum-exp, summed in float32: the vocabulary-wide log-probabilities are never written.
+        """
+        best, words = logits.topk(count, dim=-1)  # [rows, count]
+        peak = logits.amax(dim=-1, keepdim=True)
+        normaliser = peak.float() + (logits - peak).exp_().sum(dim=-1, keepdim=True, dtype=torch.float32).log()
+        log_probs = best.float() - normaliser + self._scores[: len(logits), None]
+        scores, flat = log_probs.view(groups, -1).topk(count, dim=-1)
+        return words.view(groups, -1).gather(1, flat), scores, flat // count
 
     def _force_prefix(
         self, steps: torch.Tensor, words: torch.Tensor, scores: torch.Tensor, origins: torch.Tensor
