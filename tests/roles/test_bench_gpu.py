@@ -138,6 +138,20 @@ def test_nllb_shape_pads_the_vocabulary_and_honours_fixed_lengths(tmp_path: Path
     assert got.text == expected.text and got.score == pytest.approx(expected.score, abs=1e-4)
 
 
+def test_the_in_process_step_level_loop_counts_its_steps(embedded_dir: Path) -> None:
+    """The in-process reference of served step-level batching: requests kept in flight, answered,
+    and the search's sentences and time a step over the window (on the CPU, the embedded model)."""
+    from loadtests.bench.gpu.inprocess import _closed_loop
+
+    translator = FixedLengthTranslator(
+        embedded_dir / "translate", compute_type="float32", engine="torch", max_decoding_length=6, search_sentences=8
+    )
+    loop = _closed_loop(translator, clients=4, steps=2, warmup_s=0.2, seconds=1.0)
+    assert loop["requests_s"] > 0 and loop["step_ms"] > 0
+    # Four clients' two-sentence texts fill the eight rows, less those between an answer and the next.
+    assert 0 < loop["sentences_per_step"] <= 8
+
+
 def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, embedded_dir: Path) -> None:
     import gguf
 

@@ -241,8 +241,8 @@ def translate_stepwise(path: Path, requests: list[Any], batch_answers: list[Any]
     )  # fmt: skip
     rows: dict[str, Any] = {}
     for clients, steps in STEPWISE_LEVELS:
-        rate = _closed_loop(translator, clients, steps, warmup_s=2.0, seconds=10.0)
-        rows[f"{clients}x{steps}"] = {"clients": clients, "steps": steps, "requests_s": round(rate, 1)}
+        loop = _closed_loop(translator, clients, steps, warmup_s=2.0, seconds=10.0)
+        rows[f"{clients}x{steps}"] = {"clients": clients, "steps": steps, **loop}
     stepwise = translator.stepwise()
     joined: dict[int, Any] = {}
     for key, request in enumerate(requests):  # each joins the search one step after the one before
@@ -258,23 +258,35 @@ def translate_stepwise(path: Path, requests: list[Any], batch_answers: list[Any]
     return rows
 
 
-def _closed_loop(translator: Any, clients: int, steps: int, warmup_s: float, seconds: float) -> float:
-    """Requests a second that ``clients`` always in flight get answered, counted after ``warmup_s``."""
+def _closed_loop(translator: Any, clients: int, steps: int, warmup_s: float, seconds: float) -> dict[str, float]:
+    """Requests a second that ``clients`` always in flight get answered, counted after ``warmup_s``;
+    over the same window, the search's sentences a step (the last step of each look) and
+    milliseconds a step, as the served levels print them from Triton's metrics."""
     import time
 
     from contract.records import TranslateRequest
 
     stepwise = translator.stepwise()
-    sent = answered = 0
+    sent = answered = looks = sentences = 0
+    stepping_s = 0.0
     for sent in range(clients):
         stepwise.submit(sent, TranslateRequest(**translate_body(sent)))
     measured_from = time.perf_counter() + warmup_s
     while (now := time.perf_counter()) < measured_from + seconds:
-        for _ in stepwise.advance(steps):
+        done = stepwise.advance(steps)
+        if now >= measured_from:
+            looks += 1
+            stepping_s += time.perf_counter() - now
+            sentences += stepwise.last_step_sentences
+        for _ in done:
             sent += 1
             stepwise.submit(sent, TranslateRequest(**translate_body(sent)))
             answered += now >= measured_from
-    return answered / seconds
+    return {
+        "requests_s": round(answered / seconds, 1),
+        "sentences_per_step": round(sentences / max(looks, 1), 1),
+        "step_ms": round(1000 * stepping_s / max(looks * steps, 1), 3),
+    }
 
 
 def chat_inprocess(path: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import aiohttp
 from loadtests import payloads
 from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_stats
 from loadtests.bench import triton_counters
-from loadtests.bench.batching import SENDERS, Answer, Send, load_session, post_json, post_upload
+from loadtests.bench.batching import SENDERS, Answer, Send, load_session, post_json, post_upload, translate_body
 from loadtests.bench.gpu.common import CHAT_TOKENS, REPO, gpu_memory, save
 from loadtests.bench.gpu.levels import Level, executions_over_inprocess, inprocess_rates, run_level
 from loadtests.bench.gpu.variants import bench_models, dump_registry, overlay_names
@@ -40,13 +40,23 @@ async def _stt_short(session: aiohttp.ClientSession, base: str, n: int) -> Answe
     return await post_upload(session, f"{base}/v1/stt", payloads.clip_wav("short"), {"language": "fr"})
 
 
+async def _translate_triton(session: aiohttp.ClientSession, base: str, n: int) -> Answer:
+    """The facade's translation, sent to Triton's HTTP endpoint itself (its JSON protocol)."""
+    body = translate_body(n)
+    inputs = [{"name": name, "shape": [1, 1], "datatype": "BYTES", "data": [body[name]]} for name in body]
+    return await post_json(session, f"{base}/v2/models/translate/infer", {"inputs": inputs})
+
+
 SERVED_SENDERS: dict[str, Send] = {
     "tts": SENDERS["tts"],
     "stt": _stt_long,
     "stt-short": _stt_short,  # one short question: the latency a lone speaker sees
     "translate": SENDERS["translate"],
+    "translate-triton": _translate_triton,  # past the facade: what the server alone serves
     "chat": _chat,
 }
+# Endpoints sent to Triton itself, and the model whose in-process rate they are compared with.
+PAST_THE_FACADE = {"translate-triton": "translate"}
 
 
 def triton_batch_stats(metrics_url: str) -> dict[str, dict[str, float]]:
@@ -152,11 +162,13 @@ def phase_served(args: argparse.Namespace) -> None:
                 # PyTriton guards Triton's statistics API with a token of its own making.
                 statistics_api = stack.triton_http if args.server == "tritonserver" else None
                 for endpoint, endpoint_levels_ in [(e, ls) for e, ls in measured if e.split("-")[0] in models]:
-                    reference = inprocess_rates(args.work, endpoint) if endpoint in models else {}
+                    model = PAST_THE_FACADE.get(endpoint, endpoint)
+                    reference = inprocess_rates(args.work, model) if model in models else {}
+                    base = f"http://{stack.triton_http}" if endpoint in PAST_THE_FACADE else stack.facade
                     for concurrency in endpoint_levels_:
                         level = asyncio.run(
                             run_level(
-                                stack.facade, endpoint, concurrency, SERVED_SENDERS[endpoint],
+                                base, endpoint, concurrency, SERVED_SENDERS[endpoint],
                                 args.seconds, args.warmup, f"http://{stack.metrics}/metrics", stack.pid,
                                 args.gpu_sample_s, statistics_api,
                             )

@@ -1,6 +1,9 @@
 """Where a step of the torch translation engine goes, on the GPU: the decoder's step alone (one CUDA
-graph) by rows, a whole search step by sentences searched together, and admitting sentences as a
-graph against the same work launched kernel by kernel (the host's time to launch it, too).
+graph) by rows, attending to the positions a sentence of the benchmark's length has written against
+every position of the cache; a whole search step by sentences searched together; the search's
+choice of candidates from each row's best logits against log-probabilities over the vocabulary; and
+admitting sentences as a graph against the same work launched kernel by kernel (the host's time to
+launch it, too).
 
 ``python -m loadtests.bench.gpu.translate_costs MODEL_DIR [WORK]`` (``gpu_device.sh run``): the
 benchmark's shape (float16, beam 2, ``TRANSLATE_TOKENS`` a sentence), results in
@@ -52,6 +55,15 @@ def search_step_ms(model: NllbModel, options: SearchOptions, sources: list[list[
     return (time.perf_counter() - started) / steps * 1000
 
 
+def vocabulary_candidates(
+    logits: torch.Tensor, scores: torch.Tensor, groups: int, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The search's candidates as it chose them before it read each row's best logits:
+    log-probabilities over the whole vocabulary in float32, the best over each sentence's beams."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1) + scores[:, None]
+    return log_probs.view(groups, -1).topk(count, dim=-1)
+
+
 def translate_costs(model_dir: Path) -> dict[str, Any]:
     translator = FixedLengthTranslator(
         model_dir, device="cuda", compute_type="float16", max_decoding_length=TRANSLATE_TOKENS, engine="torch",
@@ -68,10 +80,22 @@ def translate_costs(model_dir: Path) -> dict[str, Any]:
     ]
     prefix = [engine.start_id + 5]
     tokens = torch.zeros(2 * SENTENCES, dtype=torch.long, device="cuda")
-    results: dict[str, Any] = {"decoder_step_ms": {}, "search_step_ms": {}, "admission": {}}
+    positions = torch.full_like(tokens, TRANSLATE_TOKENS - 1)  # a sentence's last step
+    results: dict[str, Any] = {"decoder_step_ms": {}, "search_step_ms": {}, "candidates_ms": {}, "admission": {}}
     for rows in (2, SENTENCES, 2 * SENTENCES):
-        step = lambda rows=rows: model.step(tokens[:rows], tokens[:rows], SOURCE_TOKENS + 1)  # noqa: E731
-        results["decoder_step_ms"][rows] = round(synced_ms(step), 3)
+        row = {}
+        for name, span in (("written", TRANSLATE_TOKENS), ("whole_cache", model.max_length)):
+            step = lambda r=rows, s=span: model.step(tokens[:r], positions[:r], SOURCE_TOKENS + 1, s)  # noqa: E731
+            row[f"{name}_ms"] = round(synced_ms(step), 3)
+        results["decoder_step_ms"][rows] = row
+    search = BeamSearch(model, options, SENTENCES)
+    logits = model.step(tokens, positions, SOURCE_TOKENS + 1, TRANSLATE_TOKENS).clone()
+    scores = torch.zeros(len(tokens), device="cuda")
+    ways = {
+        "best_logits": lambda: search._candidates(logits, SENTENCES, 4),
+        "vocabulary_log_probs": lambda: vocabulary_candidates(logits, scores, SENTENCES, 4),
+    }
+    results["candidates_ms"] = {name: round(synced_ms(way), 3) for name, way in ways.items()}
     for count in (1, SENTENCES // 2, SENTENCES):
         results["search_step_ms"][count] = round(search_step_ms(model, options, sources[:count], prefix), 3)
     for count in (2, 8):
