@@ -111,8 +111,9 @@ PY
     [ -n "$pid" ] || { echo "no Python backend process serves $2" >&2; exit 1; }
     mkdir -p "$WORK/profiles"
     n=$(ls "$WORK/profiles" | wc -l)
-    # --nonblocking: the process is not paused to be read; --idle: waits (on the GPU, on Triton) count.
-    py-spy record --pid "$pid" --duration "$3" --rate 200 --idle --nonblocking \
+    # --nonblocking: the process is not paused to be read; --idle: waits (on the GPU, on Triton) count;
+    # --threads: each stack under its thread (the role's, the execution's, the responses').
+    py-spy record --pid "$pid" --duration "$3" --rate 200 --idle --nonblocking --threads \
         --format raw --output "$WORK/profiles/$2-$n.txt"
     ;;
 collect)
