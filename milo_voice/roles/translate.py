@@ -297,17 +297,30 @@ class StepwiseTranslations:
     def advance(self, steps: int) -> dict[Hashable, Translation | InputError]:
         """Decode up to ``steps`` steps of every request queued; each request done, answered."""
         done: dict[Hashable, Translation | InputError] = {}
-        torch_engine = self._translator._torch
         for _ in range(steps):
             if not self._search.busy:
                 break
-            for ticket, hypothesis in self._search.step().items():
-                key, index = self._owners.pop(ticket)
-                results = self._pieces[key]
-                results[index] = (torch_engine.result(hypothesis), self._breaks[key][index])
-                if all(r is not None for r in results):
-                    done[key] = self._translator.joined([r for r in results if r is not None])
-                    del self._pieces[key], self._breaks[key]
+            self.launch()
+            done.update(self.collect())
+        return done
+
+    def launch(self) -> None:
+        """Queue the next step on the device (requests submitted so far join it where rows are
+        free) without waiting for it: the caller's work runs while the device decodes, until
+        ``collect``. Requests submitted meanwhile join the step after."""
+        self._search.launch()
+
+    def collect(self) -> dict[Hashable, Translation | InputError]:
+        """Wait for the step launched; each request it finished, answered."""
+        done: dict[Hashable, Translation | InputError] = {}
+        torch_engine = self._translator._torch
+        for ticket, hypothesis in self._search.collect().items():
+            key, index = self._owners.pop(ticket)
+            results = self._pieces[key]
+            results[index] = (torch_engine.result(hypothesis), self._breaks[key][index])
+            if all(r is not None for r in results):
+                done[key] = self._translator.joined([r for r in results if r is not None])
+                del self._pieces[key], self._breaks[key]
         return done
 
     def cancel(self, key: Hashable) -> None:

@@ -8,14 +8,16 @@ ordinary (not decoupled) Triton model with its dynamic batcher: clients call it 
 
 Triton's execution only hands requests over, and returns once the role's next step admits each
 (``dequeued``: there are rows for its sentences; as a chat request once it holds a slot, the
-Python backend drives both alike). A request that finds the rows free is released before that
-step, so Triton hands over the next while the GPU decodes.
+Python backend drives both alike). The role's thread queues each step on the GPU and, while it
+decodes, sends the last step's answers, takes in what was handed over and releases the requests
+that found rows; only then does it wait for the step. So Triton hands over the next requests,
+and the host does its work, while the GPU decodes.
 Requests beyond the rows wait in Triton's queue, where priorities, queue timeouts and the queue's
 bound apply, not in the role's. Triton's work on a request (its queue, the batch, moving it to and
 from the Python process) is done once, while the GPU decodes.
 
-Only the role's thread touches the role: ``start`` posts to its inbox, which it reads between two
-steps.
+Only the role's thread touches the role: ``start`` posts to its inbox, which it reads before each
+step and while the step decodes.
 """
 
 from __future__ import annotations
@@ -103,33 +105,63 @@ class StepwiseHandler:
         self._thread.join(timeout=10)
 
     def _decode(self) -> None:
-        while True:
-            # Between two steps, what was handed over; with nothing to decode, wait for it.
-            while not self._inbox.empty() or not self.role.busy:
-                if self._inbox.empty() and self.observer is not None:
-                    self.observer.flush()  # nothing to decode: what was counted goes out before the wait
-                request = self._inbox.get()
-                if request is None:
-                    self._fail_all(StoppedError("the model was unloaded"))
-                    if self.observer is not None:
-                        self.observer.flush()
-                    return
-                self._begin(request)
-            # Once per step, after what was handed over: the rows the last step freed count too.
-            self._admit()
+        finished: list[int] = []  # requests the last step answered in full, sent while the next decodes
+        stopping = False
+        while not stopping:
+            # With nothing to decode, what was answered goes out, then the thread waits for a request.
+            while not self.role.busy and not stopping:
+                self._end_answered(finished)
+                if self.observer is not None:
+                    self.observer.flush()  # what was counted goes out before the wait
+                stopping = not self._begin_next(block=True)
+            stopping = stopping or not self._take_inbox()  # what came while the last step was collected
+            if stopping:
+                break
             started = time.perf_counter()
             try:
-                done = self.role.advance(1)
+                self.role.launch()
+                # While the device decodes: the last step's answers go out, what was handed over
+                # meanwhile joins the next step, and the requests that step admits are released.
+                self._end_answered(finished)
+                stopping = not self._take_inbox()
+                self._admit()
+                done = self.role.collect()
             except Exception as exc:  # the role failed: what it held fails with it, the thread goes on
                 log.exception("a decoding step failed")
+                self._end_answered(finished)
                 self._fail_all(exc.with_traceback(None))
                 continue
             if self.observer is not None:
                 self.observer.step(self.role.last_step_sentences, time.perf_counter() - started)
             for (key, index), result in done.items():
                 self._running[key].answers[index] = result
-                self._end_if_answered(key)
+                if all(answer is not None for answer in self._running[key].answers):
+                    finished.append(key)
             self._drop_cancelled()
+        self._end_answered(finished)
+        self._fail_all(StoppedError("the model was unloaded"))
+        if self.observer is not None:
+            self.observer.flush()
+
+    def _take_inbox(self) -> bool:
+        """Begin every request handed over, without waiting; False once the thread is to stop."""
+        while not self._inbox.empty():
+            if not self._begin_next(block=False):
+                return False
+        return True
+
+    def _begin_next(self, block: bool) -> bool:
+        request = self._inbox.get(block=block)
+        if request is None:
+            return False
+        self._begin(request)
+        return True
+
+    def _end_answered(self, keys: list[int]) -> None:
+        """Send the answers of these requests, answered in full, and forget them."""
+        for key in keys:
+            self._end(key, codec.pack_results(self.io, self._running[key].answers))
+        keys.clear()
 
     def _begin(self, request: _Request) -> None:
         key = next(self._keys)
@@ -140,10 +172,6 @@ class StepwiseHandler:
         ]
         if all(answer is not None for answer in request.answers):  # every row refused: nothing to decode
             self._end(key, codec.pack_results(self.io, request.answers))
-
-    def _end_if_answered(self, key: int) -> None:
-        if all(answer is not None for answer in self._running[key].answers):
-            self._end(key, codec.pack_results(self.io, self._running[key].answers))
 
     def _admit(self) -> None:
         """Set ``dequeued`` for the requests none of whose sentences waits for rows."""
@@ -156,10 +184,12 @@ class StepwiseHandler:
 
     def _drop_cancelled(self) -> None:
         """End the requests, decoding for ``CANCEL_POLL_S`` since they were last asked, whose client
-        has gone."""
+        has gone (one answered in full is sent anyway)."""
         now = time.monotonic()
         for key, request in list(self._running.items()):
             if request.is_cancelled is None or now - request.asked_at < CANCEL_POLL_S:
+                continue
+            if all(answer is not None for answer in request.answers):
                 continue
             request.asked_at = now
             if request.is_cancelled():

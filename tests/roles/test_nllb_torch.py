@@ -190,3 +190,29 @@ def test_a_stepwise_request_refused_waiting_or_cancelled(embedded_dir: Path) -> 
     expected = Translator(embedded_dir / "translate", compute_type="float32").translate_batch([REQUESTS[4]])
     _assert_same(expected, [answers["next"]])
     assert set(answers) == {"next"}
+
+
+def test_a_request_cancelled_while_its_last_step_decodes_is_not_answered(embedded_dir: Path) -> None:
+    """A step is launched, then collected: a request cancelled between the two, in the step that
+    ends it, is not answered; the others are, as alone. A second launch waits for a collect."""
+    reference, torch_engine = _pair(embedded_dir / "translate")
+    short, other = REQUESTS[5], REQUESTS[0]
+    alone = torch_engine.stepwise()
+    alone.submit("short", short)
+    steps = 0
+    while alone.busy:
+        alone.advance(1)
+        steps += 1
+    stepwise = torch_engine.stepwise()
+    stepwise.submit("short", short)
+    stepwise.submit("other", other)
+    answers = stepwise.advance(steps - 1)
+    stepwise.launch()  # the short request's last step
+    with pytest.raises(RuntimeError, match="not collected"):
+        stepwise.launch()
+    stepwise.cancel("short")
+    answers.update(stepwise.collect())
+    while stepwise.busy:
+        answers.update(stepwise.advance(4))
+    assert set(answers) == {"other"}
+    _assert_same(reference.translate_batch([other]), [answers["other"]])

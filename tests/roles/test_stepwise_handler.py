@@ -84,14 +84,14 @@ def test_requests_join_as_they_come_and_wait_for_rows(handler: StepwiseHandler, 
 
 
 def test_a_request_that_waits_for_rows_is_admitted_only_when_they_free(handler: StepwiseHandler) -> None:
-    """The first request finds the two rows free: it is released before any step. The second,
-    two sentences more, waits until the first ends."""
+    """The first request finds the two rows free: it is released once its first step is launched,
+    while it decodes. The second, two sentences more, waits until the first ends."""
     answers = Answers()
     release = _held_back(handler)
     first = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[0]), answers.emit("first"))
     assert first.dequeued.wait(30)
     second = handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[1]), answers.emit("second"))
-    assert not second.dequeued.wait(0.2)  # no step yet: the rows stay taken
+    assert not second.dequeued.wait(0.2)  # no step has ended: the rows stay taken
     release.set()
     assert second.dequeued.wait(30)
     assert answers.received.get_nowait()[0] == "first"  # answered before the second took its rows
@@ -99,10 +99,10 @@ def test_a_request_that_waits_for_rows_is_admitted_only_when_they_free(handler: 
 
 
 def _held_back(handler: StepwiseHandler) -> threading.Event:
-    """Make the role's thread wait before each step until the returned event is set."""
+    """Make the role's thread wait, each step launched, until the returned event is set."""
     release = threading.Event()
-    original = handler.role.advance
-    handler.role.advance = lambda steps: (release.wait(), original(steps))[1]  # type: ignore[method-assign]
+    original = handler.role.collect
+    handler.role.collect = lambda: (release.wait(), original())[1]  # type: ignore[method-assign]
     return release
 
 

@@ -272,16 +272,20 @@ def _closed_loop(translator: Any, clients: int, steps: int, warmup_s: float, sec
     for sent in range(clients):
         stepwise.submit(sent, TranslateRequest(**translate_body(sent)))
     measured_from = time.perf_counter() + warmup_s
+    done: dict[Any, Any] = {}
     while (now := time.perf_counter()) < measured_from + seconds:
-        done = stepwise.advance(steps)
+        # As the served role's thread does: a new request for each answer is submitted while the
+        # next step decodes.
+        stepwise.launch()
+        for _ in done:
+            sent += 1
+            stepwise.submit(sent, TranslateRequest(**translate_body(sent)))
+        done = {**stepwise.collect(), **stepwise.advance(steps - 1)}
         if now >= measured_from:
             looks += 1
             stepping_s += time.perf_counter() - now
             sentences += stepwise.last_step_sentences
-        for _ in done:
-            sent += 1
-            stepwise.submit(sent, TranslateRequest(**translate_body(sent)))
-            answered += now >= measured_from
+            answered += len(done)
     return {
         "requests_s": round(answered / seconds, 1),
         "sentences_per_step": round(sentences / max(looks, 1), 1),

@@ -25,6 +25,7 @@ from torch.nn import functional
 from milo_voice.roles.attention_heads import merge_heads, split_heads
 from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, ModelFileError, read_model_bin, weight_tensor
 from milo_voice.roles.cuda_graphs import capture
+from milo_voice.roles.host_to_device import copy_queued, queued_copy
 
 # CTranslate2's activation enum (include/ctranslate2/ops/activation.h) to torch.
 ACTIVATIONS = {0: functional.relu, 1: lambda x: functional.gelu(x, approximate="tanh"), 3: functional.gelu}
@@ -180,16 +181,16 @@ class NllbModel:
         rows[: len(sources)] = torch.tensor(first_rows)[:, None] + torch.arange(beam_size)
         inputs = (ids, present, rows.view(-1))
         if not self.cuda_graphs:
-            self._admit(*(tensor.to(self.device) for tensor in inputs), beam_size)
+            self._admit(*(queued_copy(tensor, self.device) for tensor in inputs), beam_size)
             return
         key = (count, bucket, beam_size)
         if key not in self._admissions:
-            static = tuple(tensor.to(self.device) for tensor in inputs)
+            static = tuple(queued_copy(tensor, self.device) for tensor in inputs)
             run = lambda: self._admit(*static, beam_size)  # noqa: E731
             self._admissions[key] = (capture(self.device, run, self._pool)[0], static)
         graph, static = self._admissions[key]
         for target, tensor in zip(static, inputs, strict=True):
-            target.copy_(tensor, non_blocking=True)
+            copy_queued(target, tensor)
         graph.replay()
 
     def _admit(self, ids: torch.Tensor, present: torch.Tensor, rows: torch.Tensor, beam_size: int) -> None:
@@ -224,10 +225,10 @@ class NllbModel:
 
     @torch.inference_mode()
     def reorder(self, origins: torch.Tensor, length: int) -> None:
-        """Each row's self-attention cache (its first ``length`` positions) taken from row ``origins[row]``:
-        the beams that continue come from those that were."""
+        """Each row's self-attention cache (its first ``length`` positions) taken from row ``origins[row]``
+        (a tensor on the model's device): the beams that continue come from those that were."""
         cache = self._buffers.self_cache[:, :, : len(origins), :, :length]
-        cache.copy_(cache.index_select(2, origins.to(self.device)))
+        cache.copy_(cache.index_select(2, origins))
 
     def warm_up(self, max_sentences: int, beam_size: int, source_lengths: tuple[int, ...] = (16, 32, 64)) -> None:
         """Claim the buffers and capture the graphs of every row count up to ``max_sentences`` of

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from milo_voice.roles.host_to_device import queued_copy
 from milo_voice.roles.nllb.model import NllbModel
 
 PREFIX_PENALTY = -1e10  # CTranslate2's score for the candidates a forced prefix replaces
@@ -64,12 +65,20 @@ class _Sentence:
     started: int = 0  # the search's step count when it joined: its own step is the difference
 
 
+@dataclass(frozen=True)
+class _Launched:
+    """A step queued on the device, until it is collected."""
+
+    summary: torch.Tensor  # each slot's done flag, ended count, and its ended hypotheses' lengths and scores
+    sentences: dict[int, _Sentence]  # by slot, those it decodes
+
+
 class BeamSearch:
     """Sentences searched together over ``model``, a step at a time.
 
     ``capacity``: the most sentences searching at once (their rows are the decoder's batch); those
     added beyond it wait, in the order they came, for a sentence to end. Not thread-safe: one
-    caller adds, steps and cancels.
+    caller adds, steps (or launches and collects) and cancels.
 
     The search's state lives on the model's device, one tensor for every sentence: a step's rules
     run as a few tensor operations whatever the sentences, and the host waits for the device once,
@@ -104,6 +113,7 @@ class BeamSearch:
         self._ended_count = longs(capacity)
         self._ended_scores = torch.zeros(capacity, kept, device=device)
         self._searching_mask = torch.zeros(capacity, dtype=torch.bool, device=device)
+        self._launched: _Launched | None = None
 
     @property
     def busy(self) -> bool:
@@ -127,14 +137,24 @@ class BeamSearch:
         if leaving:
             self._leave(leaving)
 
-    @torch.inference_mode()
     def step(self) -> dict[int, Hypothesis]:
         """Admit the waiting sentences that find rows, decode one token of every searching one, and
         return the best hypothesis of each that is done, by ticket."""
+        self.launch()
+        return self.collect()
+
+    @torch.inference_mode()
+    def launch(self) -> None:
+        """Admit the waiting sentences that find rows, and queue a step of every searching one on the
+        model's device without waiting for it: the caller's host work runs while the device decodes,
+        until ``collect``. Between the two, sentences may be added (they join at the next launch)
+        and cancelled."""
+        if self._launched is not None:
+            raise RuntimeError("the step launched before is not collected")
         self._admit()
         self.last_step_sentences = len(self._searching)
         if not self._searching:
-            return {}
+            return
         options, model = self.options, self.model
         beam, end, candidates = options.beam_size, options.end_id, 2 * options.beam_size
         groups = max(self._searching) + 1
@@ -179,7 +199,10 @@ class BeamSearch:
         model.reorder(row_origins, span)
         self._steps[:groups] += 1
         self._clock += 1
-        return self._collect(groups, done)
+        ended = [self._ended_count[:groups, None], self._ended_lengths[:groups], self._ended_scores[:groups]]
+        # What the host reads of the step (small counts are exact in float).
+        summary = torch.cat([done[:, None], *ended], dim=1).float()
+        self._launched = _Launched(summary, dict(self._searching))
 
     def _candidates(
         self, logits: torch.Tensor, groups: int, count: int
@@ -238,15 +261,18 @@ class BeamSearch:
         self._ended_lengths[group, place] = torch.where(ending, steps + 1, self._ended_lengths[group, place])
         self._ended_count[:groups] += ending
 
-    def _collect(self, groups: int, done: torch.Tensor) -> dict[int, Hypothesis]:
-        """The best hypothesis of each sentence ``done``, which leaves the search."""
+    @torch.inference_mode()
+    def collect(self) -> dict[int, Hypothesis]:
+        """Wait for the step launched; the best hypothesis of each sentence it finished, by ticket
+        (those cancelled since the launch left already). Each leaves the search."""
+        launched, self._launched = self._launched, None
+        if launched is None:
+            return {}
         kept = self._ended_scores.shape[1]
-        ended = [self._ended_count[:groups, None], self._ended_lengths[:groups], self._ended_scores[:groups]]
-        # The step's one wait for the device, where no sentence is done (small counts are exact in float).
-        summary = torch.cat([done[:, None], *ended], dim=1).float().cpu().tolist()
+        summary = launched.summary.cpu().tolist()  # the step's one wait for the device
         best: dict[int, tuple[int, float, int]] = {}  # by slot: which hypothesis, its score and length
         for slot, (is_done, count, *ended_values) in enumerate(summary):
-            if not is_done:
+            if not is_done or self._searching.get(slot) is not launched.sentences.get(slot):
                 continue
             lengths, scores = [int(n) for n in ended_values[:kept]], ended_values[kept:]
             # CTranslate2's rule, on the host in double precision: the first of the highest scores.
@@ -256,8 +282,9 @@ class BeamSearch:
         if not best:
             return {}
         slots = list(best)
-        index = torch.tensor([best[slot][0] for slot in slots], device=self.model.device)
-        tokens = self._ended_tokens[torch.tensor(slots, device=self.model.device), index].cpu().tolist()
+        chosen = torch.tensor([[slot, best[slot][0]] for slot in slots])
+        slot_index, index = queued_copy(chosen, self.model.device).unbind(1)
+        tokens = self._ended_tokens[slot_index, index].cpu().tolist()
         results = {}
         for slot, row in zip(slots, tokens, strict=True):
             _index, score, length = best[slot]
@@ -280,28 +307,31 @@ class BeamSearch:
             grown = torch.zeros(self.capacity, longest, dtype=torch.long, device=device)
             grown[:, : self._prefixes.shape[1]] = self._prefixes
             self._prefixes = grown
-        slots = torch.tensor([s.slot for s in admitted], device=device)
-        prefixes = torch.zeros(len(admitted), self._prefixes.shape[1], dtype=torch.long)
-        for i, sentence in enumerate(admitted):
+        width = self._prefixes.shape[1]
+        # Each sentence's slot, prefix length and prefix, in one copy queued behind the device's work.
+        packed = [[s.slot, len(s.prefix), *s.prefix, *[0] * (width - len(s.prefix))] for s in admitted]
+        slots, lengths, prefixes = queued_copy(torch.tensor(packed), device).split([1, 1, width], dim=1)
+        slots = slots[:, 0]
+        for sentence in admitted:
             self._searching[sentence.slot] = sentence
-            prefixes[i, : len(sentence.prefix)] = torch.tensor(sentence.prefix, dtype=torch.long)
-        self._prefixes[slots] = prefixes.to(device)
-        self._prefix_lengths[slots] = torch.tensor([len(s.prefix) for s in admitted], device=device)
+        self._prefixes[slots] = prefixes
+        self._prefix_lengths[slots] = lengths[:, 0]
         self._steps[slots] = 0
         self._ended_count[slots] = 0
         self._searching_mask[slots] = True
         # Every beam starts from the start token; only the first counts, so the first step expands one beam.
         rows = (slots[:, None] * beam + torch.arange(beam, device=device)).view(-1)
         self._tokens[rows] = self.options.start_id
-        first = torch.tensor([0.0] + [self._lowest] * (beam - 1), device=device)
-        self._scores[rows] = first.repeat(len(admitted))
+        first = torch.full((len(admitted), beam), self._lowest, device=device)
+        first[:, 0] = 0.0
+        self._scores[rows] = first.view(-1)
 
     def _leave(self, slots: list[int]) -> None:
         for slot in slots:
             del self._searching[slot]
             heapq.heappush(self._free, slot)
         beam, device = self.options.beam_size, self.model.device
-        index = torch.tensor(slots, device=device)
+        index = queued_copy(torch.tensor(slots), device)
         self._searching_mask[index] = False
         rows = (index[:, None] * beam + torch.arange(beam, device=device)).view(-1)
         self._tokens[rows] = 0
