@@ -316,12 +316,14 @@ class BeamSearch:
             self._searching[sentence.slot] = sentence
         self._prefixes[slots] = prefixes
         self._prefix_lengths[slots] = lengths[:, 0]
-        self._steps[slots] = 0
-        self._ended_count[slots] = 0
-        self._searching_mask[slots] = True
+        # Scalars go in with index_fill_: indexed assignment of a Python number copies it from the
+        # host first, which waits for the device's queue (the admission just launched).
+        self._steps.index_fill_(0, slots, 0)
+        self._ended_count.index_fill_(0, slots, 0)
+        self._searching_mask.index_fill_(0, slots, True)
         # Every beam starts from the start token; only the first counts, so the first step expands one beam.
         rows = (slots[:, None] * beam + torch.arange(beam, device=device)).view(-1)
-        self._tokens[rows] = self.options.start_id
+        self._tokens.index_fill_(0, rows, self.options.start_id)
         first = torch.full((len(admitted), beam), self._lowest, device=device)
         first[:, 0] = 0.0
         self._scores[rows] = first.view(-1)
@@ -332,10 +334,10 @@ class BeamSearch:
             heapq.heappush(self._free, slot)
         beam, device = self.options.beam_size, self.model.device
         index = queued_copy(torch.tensor(slots), device)
-        self._searching_mask[index] = False
+        self._searching_mask.index_fill_(0, index, False)
         rows = (index[:, None] * beam + torch.arange(beam, device=device)).view(-1)
-        self._tokens[rows] = 0
-        self._scores[rows] = self._lowest
+        self._tokens.index_fill_(0, rows, 0)
+        self._scores.index_fill_(0, rows, self._lowest)
 
 
 def beam_search(
