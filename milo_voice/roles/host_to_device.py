@@ -19,6 +19,6 @@ def queued_copy(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def copy_queued(target: torch.Tensor, source: torch.Tensor) -> None:
+def write_queued(target: torch.Tensor, source: torch.Tensor) -> None:
     """Write host tensor ``source`` into device tensor ``target``, the copy queued behind the device's work."""
     target.copy_(source.pin_memory() if target.device.type == "cuda" else source, non_blocking=True)

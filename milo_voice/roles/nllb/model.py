@@ -25,7 +25,7 @@ from torch.nn import functional
 from milo_voice.roles.attention_heads import merge_heads, split_heads
 from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, ModelFileError, read_model_bin, weight_tensor
 from milo_voice.roles.cuda_graphs import capture
-from milo_voice.roles.host_to_device import copy_queued, queued_copy
+from milo_voice.roles.host_to_device import queued_copy, write_queued
 
 # CTranslate2's activation enum (include/ctranslate2/ops/activation.h) to torch.
 ACTIVATIONS = {0: functional.relu, 1: lambda x: functional.gelu(x, approximate="tanh"), 3: functional.gelu}
@@ -190,7 +190,7 @@ class NllbModel:
             self._admissions[key] = (capture(self.device, run, self._pool)[0], static)
         graph, static = self._admissions[key]
         for target, tensor in zip(static, inputs, strict=True):
-            copy_queued(target, tensor)
+            write_queued(target, tensor)
         graph.replay()
 
     def _admit(self, ids: torch.Tensor, present: torch.Tensor, rows: torch.Tensor, beam_size: int) -> None:
