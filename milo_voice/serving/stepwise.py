@@ -22,6 +22,7 @@ step and while the step decodes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -129,6 +130,8 @@ class StepwiseHandler:
             except Exception as exc:  # the role failed: what it held fails with it, the thread goes on
                 log.exception("a decoding step failed")
                 self._end_answered(finished)
+                with contextlib.suppress(Exception):  # a step launched is collected, or none launches again
+                    self.role.collect()
                 self._fail_all(exc.with_traceback(None))
                 continue
             if self.observer is not None:
@@ -166,10 +169,15 @@ class StepwiseHandler:
     def _begin(self, request: _Request) -> None:
         key = next(self._keys)
         self._running[key] = request
-        request.answers = [
-            row if isinstance(row, InputError) else _bare(self.role.submit((key, index), row))
-            for index, row in enumerate(request.rows)
-        ]
+        try:
+            request.answers = [
+                row if isinstance(row, InputError) else _bare(self.role.submit((key, index), row))
+                for index, row in enumerate(request.rows)
+            ]
+        except Exception as exc:  # this request fails alone; the others decode on
+            log.exception("a request could not be queued")
+            self._end(key, exc.with_traceback(None))
+            return
         if all(answer is not None for answer in request.answers):  # every row refused: nothing to decode
             self._end(key, codec.pack_results(self.io, request.answers))
 

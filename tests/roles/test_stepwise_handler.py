@@ -203,3 +203,39 @@ def test_requests_held_when_the_model_stops_are_answered(handler: StepwiseHandle
     threading.Timer(0.2, release.set).start()
     handler.close()
     assert isinstance(answers.take(1)["left"], StoppedError)
+
+
+def test_a_request_that_cannot_be_queued_fails_alone(handler: StepwiseHandler, embedded_dir: Path) -> None:
+    answers = Answers()
+    submit = handler.role.submit
+
+    def failing_submit(key: object, request: TranslateRequest) -> object:
+        if request.text == "boom":
+            raise RuntimeError("no room for it")
+        return submit(key, request)
+
+    handler.role.submit = failing_submit  # type: ignore[method-assign]
+    handler.start(codec.pack_request(tensors.TRANSLATE, TranslateRequest("boom", "mg", "fr")), answers.emit("failed"))
+    handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[2]), answers.emit("served"))
+    got = answers.take(2)
+    assert isinstance(got["failed"], RuntimeError) and "no room" in str(got["failed"])
+    expected = Translator(embedded_dir / "translate", compute_type="float32").translate_batch([REQUESTS[2]])
+    assert _results(got["served"])[0].text == expected[0].text  # type: ignore[union-attr]
+
+
+def test_after_a_step_fails_while_it_decodes_the_next_requests_are_served(handler: StepwiseHandler) -> None:
+    """What a failed step held fails with it; the step launched is collected, so the next launches."""
+    answers = Answers()
+    admit = handler._admit
+    failures = iter([RuntimeError("the step failed")])
+
+    def failing_admit() -> None:
+        if (error := next(failures, None)) is not None:
+            raise error
+        admit()
+
+    handler._admit = failing_admit  # type: ignore[method-assign]
+    handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[2]), answers.emit("first"))
+    assert isinstance(answers.take(1)["first"], RuntimeError)
+    handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[2]), answers.emit("second"))
+    assert isinstance(answers.take(1)["second"], dict)
