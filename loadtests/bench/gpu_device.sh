@@ -9,9 +9,10 @@
 #   gpu_device.sh llama-wait        wait for that build
 #   gpu_device.sh phase ARGS...     python -m loadtests.bench.gpu ARGS..., with the libraries set up
 #   gpu_device.sh run MODULE ARGS   python -m MODULE ARGS..., set up the same way
-#   gpu_device.sh profile MODEL S   py-spy on MODEL's Python backend process (the stock server's)
-#                                   for S seconds, while a phase serves it in the background; its
-#                                   stacks, waits included, as text in $WORK/profiles/MODEL-N.txt
+#   gpu_device.sh profile MODEL S [gil]  py-spy on MODEL's Python backend process (the stock
+#                                   server's) for S seconds, while a phase serves it in the
+#                                   background; its stacks, waits included (with "gil": only those
+#                                   holding the GIL), as text in $WORK/profiles/MODEL-N.txt
 #   gpu_device.sh collect           copy every result so far (and Locust's CSV files) to $OUT
 #
 # Why the library path: PyTriton's tritonserver needs the interpreter's libpython and the wheel's
@@ -112,9 +113,11 @@ PY
     mkdir -p "$WORK/profiles"
     n=$(ls "$WORK/profiles" | wc -l)
     # --nonblocking: the process is not paused to be read; --idle: waits (on the GPU, on Triton) count;
-    # --threads: each stack under its thread (the role's, the execution's, the responses').
-    py-spy record --pid "$pid" --duration "$3" --rate 200 --idle --nonblocking --threads \
-        --format raw --output "$WORK/profiles/$2-$n.txt"
+    # --threads: each stack under its thread (the role's, the execution's, the responses'); --gil:
+    # only the thread holding the GIL, set beside a profile with waits: what a thread waits for
+    # the GIL shows as a wait in one and not in the other.
+    py-spy record --pid "$pid" --duration "$3" --rate 200 --nonblocking --threads \
+        $([ "${4:-}" = gil ] && echo --gil || echo --idle) --format raw --output "$WORK/profiles/$2-$n.txt"
     ;;
 collect)
     # Names with '+' (variants of several overlays) do not come back from the machine: '_' instead.
