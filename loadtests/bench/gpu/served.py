@@ -40,6 +40,11 @@ async def _stt_short(session: aiohttp.ClientSession, base: str, n: int) -> Answe
     return await post_upload(session, f"{base}/v1/stt", payloads.clip_wav("short"), {"language": "fr"})
 
 
+async def _translate_cached(session: aiohttp.ClientSession, base: str, n: int) -> Answer:
+    """One text every time: after the first, answered from the facade's cache, not the model."""
+    return await post_json(session, f"{base}/v1/translate", translate_body(0) | {"text": "Mila rano sy sakafo izahay."})
+
+
 async def _translate_triton(session: aiohttp.ClientSession, base: str, n: int) -> Answer:
     """The facade's translation, sent to Triton's HTTP endpoint itself (its JSON protocol)."""
     body = translate_body(n)
@@ -53,6 +58,7 @@ SERVED_SENDERS: dict[str, Send] = {
     "stt-short": _stt_short,  # one short question: the latency a lone speaker sees
     "translate": SENDERS["translate"],
     "translate-triton": _translate_triton,  # past the facade: what the server alone serves
+    "translate-cached": _translate_cached,  # the facade alone: its cache answers
     "chat": _chat,
 }
 # Endpoints sent to Triton itself, and the model whose in-process rate they are compared with.
