@@ -106,8 +106,10 @@ class MemoryWindows:
         self._next_sweep = clock() + self.SWEEP_S
 
     def hit(self, item: RateLimitItem, key: tuple[str, ...]) -> LimitState:
-        now, window = self._clock(), item.get_expiry()
-        _window, hits = self._windows.setdefault(item.key_for(*key), (window, deque()))
+        now, window, name = self._clock(), item.get_expiry(), item.key_for(*key)
+        if name not in self._windows:
+            self._windows[name] = (window, deque())
+        hits = self._windows[name][1]
         while hits and hits[0] < now - window:
             hits.popleft()
         allowed = len(hits) < item.amount
