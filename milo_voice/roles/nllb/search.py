@@ -65,14 +65,6 @@ class _Sentence:
     started: int = 0  # the search's step count when it joined: its own step is the difference
 
 
-@dataclass(frozen=True)
-class _Launched:
-    """A step queued on the device, until it is collected."""
-
-    summary: torch.Tensor  # each slot's done flag, ended count, and its ended hypotheses' lengths and scores
-    sentences: dict[int, _Sentence]  # by slot, those it decodes
-
-
 class BeamSearch:
     """Sentences searched together over ``model``, a step at a time.
 
@@ -113,7 +105,9 @@ class BeamSearch:
         self._ended_count = longs(capacity)
         self._ended_scores = torch.zeros(capacity, kept, device=device)
         self._searching_mask = torch.zeros(capacity, dtype=torch.bool, device=device)
-        self._launched: _Launched | None = None
+        # A step queued on the device until it is collected: each slot's done flag, ended count,
+        # and its ended hypotheses' lengths and scores.
+        self._launched: torch.Tensor | None = None
 
     @property
     def busy(self) -> bool:
@@ -202,7 +196,7 @@ class BeamSearch:
         ended = [self._ended_count[:groups, None], self._ended_lengths[:groups], self._ended_scores[:groups]]
         # What the host reads of the step (small counts are exact in float).
         summary = torch.cat([done[:, None], *ended], dim=1).float()
-        self._launched = _Launched(summary, dict(self._searching))
+        self._launched = summary
 
     def _candidates(
         self, logits: torch.Tensor, groups: int, count: int
@@ -269,10 +263,11 @@ class BeamSearch:
         if launched is None:
             return {}
         kept = self._ended_scores.shape[1]
-        summary = launched.summary.cpu().tolist()  # the step's one wait for the device
+        summary = launched.cpu().tolist()  # the step's one wait for the device
         best: dict[int, tuple[int, float, int]] = {}  # by slot: which hypothesis, its score and length
         for slot, (is_done, count, *ended_values) in enumerate(summary):
-            if not is_done or self._searching.get(slot) is not launched.sentences.get(slot):
+            # Only a launch admits: a slot left since is one cancelled, not one taken again.
+            if not is_done or slot not in self._searching:
                 continue
             lengths, scores = [int(n) for n in ended_values[:kept]], ended_values[kept:]
             # CTranslate2's rule, on the host in double precision: the first of the highest scores.
