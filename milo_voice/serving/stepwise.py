@@ -79,6 +79,10 @@ class _Request:
     asked_at: float = field(default_factory=time.monotonic)  # when its client was last asked (or it came)
     answers: list[Any] = field(default_factory=list)  # each row's answer, None while it decodes
 
+    @property
+    def answered(self) -> bool:
+        return all(answer is not None for answer in self.answers)
+
 
 class StepwiseHandler:
     """Requests decoded step by step on the role's own thread, each answered through its ``emit``."""
@@ -138,7 +142,7 @@ class StepwiseHandler:
                 self.observer.step(self.role.last_step_sentences, time.perf_counter() - started)
             for (key, index), result in done.items():
                 self._running[key].answers[index] = result
-                if all(answer is not None for answer in self._running[key].answers):
+                if self._running[key].answered:
                     finished.append(key)
             self._drop_cancelled()
         self._end_answered(finished)
@@ -178,7 +182,7 @@ class StepwiseHandler:
             log.exception("a request could not be queued")
             self._end(key, exc.with_traceback(None))
             return
-        if all(answer is not None for answer in request.answers):  # every row refused: nothing to decode
+        if request.answered:  # every row refused: nothing to decode
             self._end(key, codec.pack_results(self.io, request.answers))
 
     def _admit(self) -> None:
@@ -197,7 +201,7 @@ class StepwiseHandler:
         for key, request in list(self._running.items()):
             if request.is_cancelled is None or now - request.asked_at < CANCEL_POLL_S:
                 continue
-            if all(answer is not None for answer in request.answers):
+            if request.answered:
                 continue
             request.asked_at = now
             if request.is_cancelled():
