@@ -34,6 +34,7 @@ from milo_voice.serving.tensor_io import (
     handler_for,
 )
 from milo_voice.settings import server_settings
+from pytriton_app import handshake
 from pytriton_app.infer import infer_callable
 from pytriton_app.metrics import MetricsRelay
 
@@ -88,14 +89,6 @@ def model_config(spec: ModelSpec, io: tensors.ModelIO, gpus: int = 0) -> ModelCo
     )
 
 
-# PyTriton's proxy starts a model's instances at once; the first one opens a socket the others
-# read their settings from, and one that connects between the socket's bind and its listen is
-# refused: the model fails to load. Seen here now and then for the chat models, which have one
-# instance per slot. A fresh start of Triton loads them.
-HANDSHAKE_RACE = "get_config_from_handshake_server"
-TRITON_STARTS = 3
-
-
 def free_loopback_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,9 +114,8 @@ def served_name(spec: ModelSpec, io: tensors.ModelIO) -> str:
 
 
 # A blocking chat request needs a Triton instance of its own for as long as it decodes (PyTriton
-# answers a non-decoupled call only as a whole). Past 8 instances, those of one model started
-# together often miss PyTriton's handshake (HANDSHAKE_RACE: three starts in a row failed with 16),
-# and unloading them outlasts Triton's exit timeout. So at most 8: blocking requests beyond them
+# answers a non-decoupled call only as a whole). Past 8 instances, unloading them outlasts
+# Triton's exit timeout. So at most 8: blocking requests beyond them
 # wait in Triton's queue, while streams (``chat_stream``, one decoupled instance) use every slot.
 MAX_BLOCKING_INSTANCES = 8
 
@@ -232,28 +224,16 @@ def serve(ports: Ports = Ports(), registry: Registry | None = None, profile: str
     # Load before Triton starts: Triton answers "server ready" as soon as it runs, so
     # clients must also wait on each model's own readiness (``/v2/models/<name>/ready``).
     instances = load_all(registry, profile, planner)
+    handshake.install()
     try:
-        for attempt in range(1, TRITON_STARTS + 1):
-            try:
-                bindings = plan_bindings(registry, instances)
-                config = triton_config(ports, triton_metrics_port, exit_timeout_s(bindings))
-                triton_server = Triton(config=config, security_config=security)
-                with MetricsRelay(ports.metrics, triton_metrics_port), triton_server as triton:
-                    bound = bind_all(triton, bindings, planner.gpu_count)
-                    log.info(
-                        "serving %s on http :%d, grpc :%d, metrics :%d",
-                        ", ".join(bound),
-                        ports.http,
-                        ports.grpc,
-                        ports.metrics,
-                    )
-                    triton.serve()
-                return
-            except Exception as exc:
-                if HANDSHAKE_RACE not in str(exc) or attempt == TRITON_STARTS:
-                    raise
-                # The loaded roles stay: only Triton starts again, its models bound anew.
-                log.warning("a model's instances missed PyTriton's handshake; starting Triton again (%d)", attempt)
+        bindings = plan_bindings(registry, instances)
+        config = triton_config(ports, triton_metrics_port, exit_timeout_s(bindings))
+        triton_server = Triton(config=config, security_config=security)
+        with MetricsRelay(ports.metrics, triton_metrics_port), triton_server as triton:
+            bound = bind_all(triton, bindings, planner.gpu_count)
+            served = ", ".join(bound)
+            log.info("serving %s on http :%d, grpc :%d, metrics :%d", served, ports.http, ports.grpc, ports.metrics)
+            triton.serve()
     finally:
         close_all(instances)
 
