@@ -34,9 +34,11 @@ def test_short_locust_run_produces_reports(triton_host: TritonHost, tmp_path: Pa
     report = tmp_path / "report"
     assert (report / "report.html").read_text().lower().count("locust") > 0
     stats = read_locust_stats(report / "locust_stats.csv")
-    # Each suite's user made its first call; the quick ones many.
+    # Each suite's user made its first call; health's, which waits a tenth as long between calls
+    # as the models' users, the most (a count of its own depends on how busy the two cores are).
     assert {"health", "tts", "translate"} <= {name for name, row in stats.items() if row.requests > 0}
-    assert stats["health"].requests > 10
+    models = [stats[name].requests for name in ("tts", "stt", "translate", "chat") if name in stats]
+    assert stats["health"].requests > max(models)
     assert all(row.failures == 0 for row in stats.values())
     gate_table = (report / "gate.md").read_text()
     for endpoint in ("health", "tts", "stt", "translate", "chat"):
