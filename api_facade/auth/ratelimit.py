@@ -1,9 +1,9 @@
 """Rate limits per client IP and per token, per route family, shared by replicas through Redis.
 
-The counting is the ``limits`` library's moving window: exact (no burst at window edges),
-and atomic in Redis through its Lua scripts, so several facade replicas share one count.
-Without Redis the windows live in process, and so do they while Redis is down (each replica
-then counts alone, counted in ``milo_redis_fallbacks_total``): a limit that is briefly per
+The counting is a moving window: exact (no burst at window edges). In Redis it is the ``limits``
+library's, atomic through its Lua scripts, so several facade replicas share one count. Without
+Redis the windows live in process (``MemoryWindows``), and so do they while Redis is down (each
+replica then counts alone, counted in ``milo_redis_fallbacks_total``): a limit that is briefly per
 replica is better than refusing or failing every request. The headers follow the IETF RateLimit fields
 draft: ``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset`` (seconds) and
 ``RateLimit-Policy``.
@@ -14,12 +14,13 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from api_facade.redis_connection import RedisConnection
@@ -86,12 +87,57 @@ def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
     return any(ip in network for network in trusted)
 
 
+class MemoryWindows:
+    """Moving windows counted in this process: each key's hits, oldest first, inside its window.
+
+    A hit first drops its key's hits that left the window (the oldest first, so each is dropped
+    once), then is counted if the window has room. The ``limits`` library's in-memory storage
+    handed a pass over every key to a thread after nearly every hit, holding the key's lock
+    meanwhile, and copied the key's list of hits on each pass: under load each request waited on
+    those hand-overs. Here there is no thread and no lock (one event loop uses it); keys idle
+    for a whole window are dropped every ``SWEEP_S``.
+    """
+
+    SWEEP_S = 10.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._windows: dict[str, tuple[float, deque[float]]] = {}  # by key: its window's seconds, its hits
+        self._next_sweep = clock() + self.SWEEP_S
+
+    def hit(self, item: RateLimitItem, key: tuple[str, ...]) -> LimitState:
+        now, window, name = self._clock(), item.get_expiry(), item.key_for(*key)
+        if name not in self._windows:
+            self._windows[name] = (window, deque())
+        hits = self._windows[name][1]
+        while hits and hits[0] < now - window:
+            hits.popleft()
+        allowed = len(hits) < item.amount
+        if allowed:
+            hits.append(now)
+        if now >= self._next_sweep:
+            self._sweep(now)
+        oldest = hits[0] if hits else now
+        return LimitState(
+            allowed, item.amount, max(0, item.amount - len(hits)), max(0, math.ceil(oldest + window - now)), window
+        )
+
+    def _sweep(self, now: float) -> None:
+        idle = [name for name, (window, hits) in self._windows.items() if not hits or hits[-1] < now - window]
+        for name in idle:
+            del self._windows[name]
+        self._next_sweep = now + self.SWEEP_S
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
 class RateLimiter:
     USE = "rate_limits"
 
     def __init__(self, redis: RedisConnection | None) -> None:
         self._redis = redis
-        self._memory = MovingWindowRateLimiter(MemoryStorage())
+        self._memory = MemoryWindows()
         self._shared = (
             MovingWindowRateLimiter(
                 RedisStorage(
@@ -108,11 +154,13 @@ class RateLimiter:
 
     async def hit(self, item: RateLimitItem, *key: str) -> LimitState:
         if self._shared is None or self._redis is None:
-            return await self._hit(self._memory, item, key)
+            return self._memory.hit(item, key)
         shared = self._shared
-        return await self._redis.run_or(
-            self.USE, lambda: self._hit(shared, item, key), lambda: self._hit(self._memory, item, key)
-        )
+
+        async def in_memory() -> LimitState:
+            return self._memory.hit(item, key)
+
+        return await self._redis.run_or(self.USE, lambda: self._hit(shared, item, key), in_memory)
 
     @staticmethod
     async def _hit(limiter: MovingWindowRateLimiter, item: RateLimitItem, key: tuple[str, ...]) -> LimitState:

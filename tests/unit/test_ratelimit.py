@@ -7,7 +7,15 @@ import asyncio
 import pytest
 from redis import Redis
 
-from api_facade.auth.ratelimit import LimitState, RateLimiter, client_ip, parse_limit, parse_networks, tightest
+from api_facade.auth.ratelimit import (
+    LimitState,
+    MemoryWindows,
+    RateLimiter,
+    client_ip,
+    parse_limit,
+    parse_networks,
+    tightest,
+)
 from api_facade.redis_connection import RedisConnection
 
 PROXIES = parse_networks(["10.0.0.0/8", "127.0.0.1"])
@@ -55,6 +63,24 @@ async def test_window_counts_refuses_and_frees_up(backend: str, request: pytest.
     assert (await limiter.hit(item, "token", "tts", "other")).allowed
     await asyncio.sleep(1.1)
     assert (await limiter.hit(item, "token", "tts", "app")).allowed
+
+
+def test_memory_windows_move_and_drop_keys_idle_for_a_window() -> None:
+    now = [0.0]
+    windows = MemoryWindows(clock=lambda: now[0])
+    item, a, b = parse_limit("2/10 seconds"), ("ip", "tts", "a"), ("ip", "tts", "b")
+    assert windows.hit(item, a).allowed
+    now[0] = 5.0
+    assert windows.hit(item, b).allowed
+    refused = [windows.hit(item, a), windows.hit(item, a)][1]
+    assert not refused.allowed and refused.remaining == 0 and refused.reset_s == 5  # the hit at 0 leaves at 10
+    now[0] = 10.5
+    assert windows.hit(item, a).allowed  # the hit at 0 left the window
+    now[0] = 15.0
+    assert windows.hit(item, b).allowed
+    now[0] = 20.6  # a sweep is due (every 10 s): a's last hit (at 10.5) left its window, b's (at 15) not
+    windows.hit(item, ("ip", "tts", "c"))
+    assert len(windows) == 2
 
 
 async def test_two_limiters_on_one_redis_share_the_count(redis_url: str) -> None:
