@@ -4,6 +4,7 @@ read back by the real loaders), fixed generation lengths, registry variants, tun
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,21 @@ def test_the_in_process_step_level_loop_counts_its_steps(embedded_dir: Path) -> 
     assert loop["requests_s"] > 0 and loop["step_ms"] > 0
     # Four clients' two-sentence texts fill the eight rows, less those between an answer and the next.
     assert 0 < loop["sentences_per_step"] <= 8
+
+
+def test_the_in_process_loop_through_the_served_handler_counts_its_steps(embedded_dir: Path) -> None:
+    """The same loop through ``StepwiseHandler`` (its thread and tensors, no server): every answer
+    counted is a translation, the handler's thread is stopped after, and its steps are counted."""
+    from loadtests.bench.gpu.inprocess import _handler_loop
+
+    translator = FixedLengthTranslator(
+        embedded_dir / "translate", compute_type="float32", engine="torch", max_decoding_length=6, search_sentences=8
+    )
+    threads = {t.name for t in threading.enumerate()}
+    loop = _handler_loop(translator, clients=4, warmup_s=0.2, seconds=1.0)
+    assert loop["requests_s"] > 0 and loop["failed"] == 0 and loop["step_ms"] > 0
+    assert 0 < loop["sentences_per_step"] <= 8
+    assert {t.name for t in threading.enumerate()} <= threads
 
 
 def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, embedded_dir: Path) -> None:

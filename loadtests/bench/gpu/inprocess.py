@@ -225,6 +225,7 @@ def translate_inprocess(path: Path) -> dict[str, Any]:
 # served step-level batching does without the server (milo_voice/serving/stepwise.py).
 STEPWISE_LEVELS = ((64, 1), (64, 4), (128, 1), (128, 4))
 STEPWISE_SENTENCES = 128  # two-sentence texts of 64 clients: what the translate-steps overlays hold
+HANDLER_LEVELS = (64,)
 
 
 def translate_stepwise(path: Path, requests: list[Any], batch_answers: list[Any]) -> dict[str, Any]:
@@ -243,6 +244,11 @@ def translate_stepwise(path: Path, requests: list[Any], batch_answers: list[Any]
     for clients, steps in STEPWISE_LEVELS:
         loop = _closed_loop(translator, clients, steps, warmup_s=2.0, seconds=10.0)
         rows[f"{clients}x{steps}"] = {"clients": clients, "steps": steps, **loop}
+    for clients in HANDLER_LEVELS:
+        rows[f"handler {clients}"] = {
+            "clients": clients,
+            **_handler_loop(translator, clients, warmup_s=2.0, seconds=10.0),
+        }
     stepwise = translator.stepwise()
     joined: dict[int, Any] = {}
     for key, request in enumerate(requests):  # each joins the search one step after the one before
@@ -290,6 +296,74 @@ def _closed_loop(translator: Any, clients: int, steps: int, warmup_s: float, sec
         "requests_s": round(answered / seconds, 1),
         "sentences_per_step": round(sentences / max(looks, 1), 1),
         "step_ms": round(1000 * stepping_s / max(looks * steps, 1), 3),
+    }
+
+
+class _WindowSteps:
+    """The handler's observer: the search's sentences and seconds of each step inside the window."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.steps = self.sentences = 0
+        self.seconds = 0.0
+
+    def step(self, sentences: int, seconds: float) -> None:
+        if self.counting:
+            self.steps += 1
+            self.sentences += sentences
+            self.seconds += seconds
+
+    def flush(self) -> None:
+        pass
+
+
+def _handler_loop(translator: Any, clients: int, warmup_s: float, seconds: float) -> dict[str, float]:
+    """``_closed_loop`` through the served role's own handler (``StepwiseHandler``: its thread, its
+    inbox, the tensors in and out), with no server. A thread of its own hands each new request over,
+    as Triton's execution does, for every answer the handler sends: beside ``_closed_loop``, what
+    the handler costs; beside the served level, what the server does."""
+    import queue
+    import time
+
+    from contract import codec, tensors
+    from contract.records import TranslateRequest
+    from milo_voice.serving.stepwise import StepwiseHandler
+
+    steps = _WindowSteps()
+    handler = StepwiseHandler(tensors.TRANSLATE, translator.stepwise(), steps)
+    answers: queue.SimpleQueue[bool] = queue.SimpleQueue()
+    window = {"start": time.perf_counter() + warmup_s}
+    window["end"] = window["start"] + seconds
+    answered = failed = 0
+
+    def emit(outputs: Any, final: bool) -> None:
+        answers.put(not isinstance(outputs, Exception))
+
+    def send(n: int) -> None:
+        handler.start(codec.pack_request(tensors.TRANSLATE, TranslateRequest(**translate_body(n))), emit)
+
+    try:
+        for sent in range(clients):
+            send(sent)
+        while (now := time.perf_counter()) < window["end"]:
+            steps.counting = now >= window["start"]
+            try:
+                ok = answers.get(timeout=1.0)
+            except queue.Empty:
+                raise RuntimeError("the handler answered nothing for a second") from None
+            if steps.counting:
+                answered += ok
+                failed += not ok
+            sent += 1
+            send(sent)
+        steps.counting = False
+    finally:  # what the handler still holds is answered StoppedError, and not counted
+        handler.close()
+    return {
+        "requests_s": round(answered / seconds, 1),
+        "failed": failed,
+        "sentences_per_step": round(steps.sentences / max(steps.steps, 1), 1),
+        "step_ms": round(1000 * steps.seconds / max(steps.steps, 1), 3),
     }
 
 
