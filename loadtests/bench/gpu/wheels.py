@@ -43,7 +43,7 @@ PACKAGES = (
     "locust", "flask", "flask-cors", "flask-login", "werkzeug", "jinja2", "markupsafe", "itsdangerous",
     "blinker", "click", "configargparse", "msgpack", "python-engineio", "python-socketio",
     "simple-websocket", "wsproto", "bidict", "requests", "urllib3", "charset-normalizer", "fastapi-offline",
-    "py-spy",
+    "uvloop", "py-spy",
 )  # fmt: skip
 PLATFORMS = ("manylinux_2_35_x86_64", "manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 
