@@ -115,8 +115,8 @@ def served_name(spec: ModelSpec, io: tensors.ModelIO) -> str:
 
 # A blocking chat request needs a Triton instance of its own for as long as it decodes (PyTriton
 # answers a non-decoupled call only as a whole). Past 8 instances, unloading them outlasts
-# Triton's exit timeout. So at most 8: blocking requests beyond them
-# wait in Triton's queue, while streams (``chat_stream``, one decoupled instance) use every slot.
+# Triton's exit timeout. So at most 8: blocking requests beyond them wait in Triton's queue,
+# while streams (``chat_stream``, one decoupled instance) use every slot.
 MAX_BLOCKING_INSTANCES = 8
 
 
