@@ -47,7 +47,8 @@ class BodyLimits(HttpMiddleware):
             if declared.isdigit() and int(declared) > limit:
                 raise too_large()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                async with asyncio.timeout_at(deadline):  # no task of its own, as ``wait_for`` makes
+                    message = await receive()
             except TimeoutError:
                 late = f"the request body did not arrive within {timeout_s:g} s"
                 raise BodyRefused(408, "body_timeout", late) from None

@@ -92,17 +92,16 @@ class AsyncMiloTritonClient(ModelCalls):
     async def infer_tensors(self, io: tensors.ModelIO, inputs: codec.Arrays, options: CallOptions) -> codec.Arrays:
         deadline = deadline_s(self.timeout_s, options.queue_timeout_us)
         try:
-            result = await asyncio.wait_for(
-                self._client.infer(
+            # A timeout scope, not ``wait_for``: no task of its own for each call.
+            async with asyncio.timeout(deadline):
+                result = await self._client.infer(
                     io.name,
                     _infer_inputs(self._module, inputs, io),
                     outputs=[self._module.InferRequestedOutput(spec.name) for spec in io.outputs],
                     **_scheduling(options),
                     **({"client_timeout": deadline} if self.protocol == "grpc" else {}),
                     headers=self._headers or None,
-                ),
-                deadline,
-            )
+                )
         except InferenceServerException as exc:
             raise classify(exc) from exc
         except TimeoutError:
