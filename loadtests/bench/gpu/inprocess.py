@@ -332,8 +332,7 @@ def _handler_loop(translator: Any, clients: int, warmup_s: float, seconds: float
     steps = _WindowSteps()
     handler = StepwiseHandler(tensors.TRANSLATE, translator.stepwise(), steps)
     answers: queue.SimpleQueue[bool] = queue.SimpleQueue()
-    window = {"start": time.perf_counter() + warmup_s}
-    window["end"] = window["start"] + seconds
+    start = time.perf_counter() + warmup_s
     answered = failed = 0
 
     def emit(outputs: Any, final: bool) -> None:
@@ -345,8 +344,8 @@ def _handler_loop(translator: Any, clients: int, warmup_s: float, seconds: float
     try:
         for sent in range(clients):
             send(sent)
-        while (now := time.perf_counter()) < window["end"]:
-            steps.counting = now >= window["start"]
+        while (now := time.perf_counter()) < start + seconds:
+            steps.counting = now >= start
             try:
                 ok = answers.get(timeout=1.0)
             except queue.Empty:
