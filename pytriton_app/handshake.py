@@ -65,11 +65,10 @@ def patient_handshake(socket_path: pathlib.Path, timeout_s: float = HANDSHAKE_WA
             time.sleep(0.01)
 
 
-def patient_proxy_source(proxy_source: bytes) -> bytes:
-    """The proxy's module with ``patient_handshake`` appended in place of its handshake."""
+def appended_source() -> bytes:
+    """What goes after the proxy's module: ``patient_handshake``, under the proxy's name for its handshake."""
     function = inspect.getsource(patient_handshake).replace("= HANDSHAKE_WAIT_S", f"= {HANDSHAKE_WAIT_S!r}")
-    appended = f"\n\n# Appended by pytriton_app/handshake.py.\n{function}\n{PROXY_FUNCTION} = patient_handshake\n"
-    return proxy_source + appended.encode()
+    return f"\n\n# Appended by pytriton_app/handshake.py.\n{function}\n{PROXY_FUNCTION} = patient_handshake\n".encode()
 
 
 def install() -> None:
@@ -77,11 +76,12 @@ def install() -> None:
     original = Model.get_proxy_model_files
     if getattr(original, "patient_handshake", False):
         return
+    appended = appended_source()  # once: every model's proxy gets the same
 
     def proxy_files(self: Model) -> dict[str, bytes]:
         files = dict(original(self))
         key = f"file:{self.model_version}/{PROXY_MODULE}"
-        files[key] = patient_proxy_source(files[key])
+        files[key] += appended
         return files
 
     proxy_files.patient_handshake = True  # type: ignore[attr-defined]

@@ -40,7 +40,9 @@ def proxy_module(folder: Path, patient: bool) -> ModuleType:
 def installed() -> Iterator[None]:
     original = Model.get_proxy_model_files
     handshake.install()
+    installed = Model.get_proxy_model_files
     handshake.install()  # a second install wraps nothing twice
+    assert Model.get_proxy_model_files is installed
     yield
     Model.get_proxy_model_files = original  # type: ignore[method-assign]
 
