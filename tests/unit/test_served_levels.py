@@ -7,14 +7,17 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 
 from loadtests.bench.batching import Answer
+from loadtests.bench.gpu.common import batch_row, timed_calls
 from loadtests.bench.gpu.levels import (
     Level,
     executions_over_inprocess,
     inprocess_ms,
+    inprocess_step_rates,
     percentile,
     process_tree_cpu_s,
     run_level,
@@ -92,3 +95,36 @@ def test_served_executions_are_set_beside_the_same_batches_in_process() -> None:
     level = Level("translate", 64, 2.0, 330, 0, 165.0, 90.0, 99.0, 99.0, {"translate": {"requests": 330.0}},
                   {"translate": executions})  # fmt: skip
     assert served_over_inprocess(level, reference)["execution_times"] == times
+
+
+def test_a_step_level_search_is_also_set_beside_the_roles_own_step_level_loop() -> None:
+    searched = {"translate": {"requests": 8297.0, "mean_batch": 2.69, "search_steps": 3685.0}}
+    level = Level("translate", 64, 25.0, 8229, 0, 329.16, 188.3, 234.1, 278.4, searched)
+    ratios = served_over_inprocess(level, {32: 354.9, 64: 404.2}, {64: 512.0, 128: 531.2})
+    assert ratios["served_over_best"] == round(329.16 / 404.2, 3)
+    assert ratios["inprocess_steps"] == {"clients": 64, "rate": 512.0}
+    assert ratios["served_over_steps"] == round(329.16 / 512.0, 3)
+    # The dynamic batcher's level (no search) and a level of clients the loop never ran: no such ratio.
+    batched = Level("translate", 64, 25.0, 5189, 0, 207.56, 296.7, 378.6, 443.4, {"translate": {"requests": 5189.0}})
+    assert "served_over_steps" not in served_over_inprocess(batched, {64: 404.2}, {64: 512.0})
+    assert "served_over_steps" not in served_over_inprocess(level, {64: 404.2}, {128: 531.2})
+
+
+def test_the_step_level_reference_is_read_from_a_leases_in_process_results(tmp_path: Path) -> None:
+    lease = Path(__file__).parents[2] / "docs/benchmarks/gpu/h200-2026-12-02e/1-inprocess/inprocess.json"
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "inprocess.json").write_text(lease.read_text())
+    # One step between two looks, as the served handler: 64x1 and 128x1, not 64x4 nor the handler's row.
+    assert inprocess_step_rates(tmp_path, "translate") == {64: 512.0, 128: 531.2}
+    assert inprocess_step_rates(tmp_path, "tts") == {}
+    assert inprocess_step_rates(tmp_path / "absent", "translate") == {}
+
+
+def test_a_batch_size_is_called_until_both_its_calls_and_its_seconds_are_reached() -> None:
+    calls: list[int] = []
+    assert len(timed_calls(lambda: calls.append(1), repeats=5, seconds=0.0, warmup=2)) == 5
+    assert len(calls) == 7  # the warm-up's calls are made and not kept
+    samples = timed_calls(lambda: time.sleep(0.01), repeats=2, seconds=0.1, warmup=0)
+    assert len(samples) >= 5 and sum(samples) >= 0.1  # more calls than asked, until the seconds are spent
+    row = batch_row(4, [0.1, 0.3, 0.2])
+    assert row == {"ms": 200.0, "requests_s": 20.0, "ms_min": 100.0, "ms_max": 300.0, "calls": 3}

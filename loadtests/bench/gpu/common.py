@@ -51,14 +51,33 @@ def gpu_memory() -> dict[str, Any]:
 
 def timed(function: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
     """Median seconds of ``function`` over ``repeats`` calls, after ``warmup`` calls."""
+    return statistics.median(timed_calls(function, repeats, 0.0, warmup))
+
+
+def timed_calls(function: Callable[[], Any], repeats: int, seconds: float, warmup: int = 2) -> list[float]:
+    """Seconds of each call of ``function``, after ``warmup`` calls: at least ``repeats`` calls, and
+    more until they have taken ``seconds`` in all."""
     for _ in range(warmup):
         function()
-    samples = []
-    for _ in range(repeats):
+    samples: list[float] = []
+    while len(samples) < repeats or sum(samples) < seconds:
         started = time.perf_counter()
         function()
         samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    return samples
+
+
+def batch_row(batch: int, samples: list[float]) -> dict[str, float]:
+    """A batch size's in-process row: the median call as ms and requests a second (what the served
+    phase compares with), and the spread of the calls behind it."""
+    median = statistics.median(samples)
+    return {
+        "ms": round(median * 1000, 1),
+        "requests_s": round(batch / median, 1),
+        "ms_min": round(min(samples) * 1000, 1),
+        "ms_max": round(max(samples) * 1000, 1),
+        "calls": len(samples),
+    }
 
 
 def save(work: Path, phase: str, data: dict[str, Any]) -> Path:

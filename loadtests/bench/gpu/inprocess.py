@@ -16,9 +16,11 @@ from loadtests.bench.gpu.common import (
     CHAT_TOKENS,
     STT_TOKENS,
     TRANSLATE_TOKENS,
+    batch_row,
     gpu_memory,
     save,
     timed,
+    timed_calls,
 )
 from loadtests.bench.gpu.tune import phase_tune
 
@@ -35,6 +37,8 @@ def _clip(kind: str = "long") -> Any:
 def _memory_used_mib() -> float:
     import torch
 
+    if not torch.cuda.is_available():  # a dry run on a CPU
+        return 0.0
     free, total = torch.cuda.mem_get_info()
     return (total - free) / 2**20
 
@@ -179,32 +183,42 @@ def tts_inprocess(path: Path) -> dict[str, Any]:
     return rows
 
 
-def translate_inprocess(path: Path) -> dict[str, Any]:
-    """The role's engines in float16 (the registry's GPU compute type), beam 2, side by side:
-    CTranslate2 (``ctranslate2_batches``), the torch engine alone (``torch_batches``), and the two
-    as "auto" picks them on a GPU (``batches``: the served phase's reference)."""
+# Each batch size is called for at least this long (and 5 times): a lease's reference is the median
+# of many calls, not of 5, and its spread is kept beside it.
+TRANSLATE_BATCH_SECONDS = 2.0
+TRANSLATE_ENGINES = (("ctranslate2", "ctranslate2_batches"), ("torch", "torch_batches"), ("auto", "batches"))
+
+
+def translate_inprocess(
+    path: Path, device: str = "cuda", compute_type: str = "float16", batch_seconds: float = TRANSLATE_BATCH_SECONDS
+) -> dict[str, Any]:
+    """The role's engines in float16 (the registry's GPU compute type), beam 2, one after the
+    other, each alone in the process as a served model is: CTranslate2 (``ctranslate2_batches``),
+    the torch engine (``torch_batches``), and the two as "auto" picks them on a GPU (``batches``:
+    the served phase's reference)."""
     from contract.records import TranslateRequest, Translation
     from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 
     rows: dict[str, Any] = {}
-    made = {}
-    for engine, key in (("ctranslate2", "ctranslate2_batches"), ("torch", "torch_batches"), ("auto", "batches")):
+    # What the engines decide, on the benchmark's texts (seeded weights: the texts mean nothing, but
+    # the searches must agree but for float16's rounding).
+    texts = [TranslateRequest(t, s, g) for s, g, t in [*payloads.TRANSLATE_SHORT, *payloads.TRANSLATE_LONG]]
+    answers: dict[str, list[Any]] = {}
+    for engine, key in TRANSLATE_ENGINES:
         before = _memory_used_mib()
         translator = FixedLengthTranslator(
-            path, device="cuda", compute_type="float16", max_decoding_length=TRANSLATE_TOKENS, engine=engine
+            path, device=device, compute_type=compute_type, max_decoding_length=TRANSLATE_TOKENS, engine=engine
         )
-        made[engine] = translator
         rows[f"{engine}_memory_mib"] = round(_memory_used_mib() - before)
         rows[key] = {}
         for batch in (1, 4, 8, 16, 32, 64):
             # What the served load sends: requests of two pieces each, texts never sent before.
             requests = [TranslateRequest(**translate_body(n)) for n in range(batch)]
-            seconds = timed(lambda requests=requests, t=translator: t.translate_batch(requests), 5)
-            rows[key][batch] = {"ms": round(seconds * 1000, 1), "requests_s": round(batch / seconds, 1)}
-    # What the two decide, on the benchmark's texts (seeded weights: the texts mean nothing, but the
-    # searches must agree but for float16's rounding).
-    requests = [TranslateRequest(t, s, g) for s, g, t in [*payloads.TRANSLATE_SHORT, *payloads.TRANSLATE_LONG]]
-    answers = {engine: made[engine].translate_batch(requests) for engine in ("ctranslate2", "torch")}
+            calls = timed_calls(lambda requests=requests, t=translator: t.translate_batch(requests), 5, batch_seconds)
+            rows[key][batch] = batch_row(batch, calls)
+        answers[engine] = translator.translate_batch(texts)
+        del translator
+        _release_gpu_memory()
     same = [
         isinstance(a, Translation) and isinstance(b, Translation) and a.text == b.text
         for a, b in zip(answers["ctranslate2"], answers["torch"], strict=True)
@@ -217,8 +231,19 @@ def translate_inprocess(path: Path) -> dict[str, Any]:
              if isinstance(a, Translation) and isinstance(b, Translation)), default=0.0,
         ),
     }  # fmt: skip
-    rows["stepwise"] = translate_stepwise(path, requests, answers["torch"])
+    rows["stepwise"] = translate_stepwise(path, texts, answers["torch"], device, compute_type)
     return rows
+
+
+def _release_gpu_memory() -> None:
+    """What an engine let go of returned to the device before the next one loads."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # Clients kept in flight in process, and decoding steps between two looks at what ended: what the
@@ -228,7 +253,9 @@ STEPWISE_SENTENCES = 128  # two-sentence texts of 64 clients: what the translate
 HANDLER_LEVELS = (64,)
 
 
-def translate_stepwise(path: Path, requests: list[Any], batch_answers: list[Any]) -> dict[str, Any]:
+def translate_stepwise(
+    path: Path, requests: list[Any], batch_answers: list[Any], device: str = "cuda", compute_type: str = "float16"
+) -> dict[str, Any]:
     """The torch engine's step-level batching in process: ``clients`` requests always in flight, a
     new one submitted as each ends, ``steps`` decoding steps between two looks (``requests_s``
     over 10 s after 2 s of warm-up), and what it answers for requests joining a search at different
@@ -237,7 +264,7 @@ def translate_stepwise(path: Path, requests: list[Any], batch_answers: list[Any]
     from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 
     translator = FixedLengthTranslator(
-        path, device="cuda", compute_type="float16", max_decoding_length=TRANSLATE_TOKENS, engine="torch",
+        path, device=device, compute_type=compute_type, max_decoding_length=TRANSLATE_TOKENS, engine="torch",
         search_sentences=STEPWISE_SENTENCES,
     )  # fmt: skip
     rows: dict[str, Any] = {}

@@ -220,6 +220,20 @@ def inprocess_rates(work: Path, endpoint: str) -> dict[int, float]:
     return {int(batch): float(row["requests_s"]) for batch, row in batches.items() if "requests_s" in row}
 
 
+def inprocess_step_rates(work: Path, endpoint: str) -> dict[int, float]:
+    """The role's own step-level loop by requests in flight (one step between two looks at what
+    ended, as the served handler does), from the ``inprocess`` phase's results (requests/s)."""
+    path = work / "results" / "inprocess.json"
+    if not path.exists():
+        return {}
+    stepwise = json.loads(path.read_text()).get(endpoint, {}).get("stepwise", {})
+    return {
+        int(row["clients"]): float(row["requests_s"])
+        for row in stepwise.values()
+        if isinstance(row, dict) and row.get("steps") == 1 and "requests_s" in row
+    }
+
+
 def inprocess_ms(reference: dict[int, float], batch: int) -> float:
     """The in-process time of a batch of ``batch`` from the rates measured at some batch sizes
     (requests/s by batch), linear between the two measured sizes around it, beyond the largest in

@@ -22,7 +22,13 @@ from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_st
 from loadtests.bench import triton_counters
 from loadtests.bench.batching import SENDERS, Answer, Send, load_session, post_json, post_upload, translate_body
 from loadtests.bench.gpu.common import CHAT_TOKENS, REPO, gpu_memory, save
-from loadtests.bench.gpu.levels import Level, executions_over_inprocess, inprocess_rates, run_level
+from loadtests.bench.gpu.levels import (
+    Level,
+    executions_over_inprocess,
+    inprocess_rates,
+    inprocess_step_rates,
+    run_level,
+)
 from loadtests.bench.gpu.variants import bench_models, dump_registry, overlay_names
 from milo_voice.serving.cuda_mps import cuda_mps
 
@@ -170,6 +176,7 @@ def phase_served(args: argparse.Namespace) -> None:
                 for endpoint, endpoint_levels_ in [(e, ls) for e, ls in measured if e.split("-")[0] in models]:
                     model = PAST_THE_FACADE.get(endpoint, endpoint)
                     reference = inprocess_rates(args.work, model) if model in models else {}
+                    step_reference = inprocess_step_rates(args.work, model) if model in models else {}
                     base = f"http://{stack.triton_http}" if endpoint in PAST_THE_FACADE else stack.facade
                     for concurrency in endpoint_levels_:
                         level = asyncio.run(
@@ -179,7 +186,7 @@ def phase_served(args: argparse.Namespace) -> None:
                                 args.gpu_sample_s, statistics_api,
                             )
                         )  # fmt: skip
-                        row = {**asdict(level), **served_over_inprocess(level, reference)}
+                        row = {**asdict(level), **served_over_inprocess(level, reference, step_reference)}
                         levels.append(row)
                         print(level_line(variant, row), flush=True)
                 result["levels"] = levels
@@ -202,11 +209,23 @@ def endpoint_levels(endpoints: str, levels: list[int]) -> list[tuple[str, list[i
     return measured
 
 
-def served_over_inprocess(level: Level, reference: dict[int, float]) -> dict[str, Any]:
+def served_over_inprocess(
+    level: Level, reference: dict[int, float], step_reference: dict[int, float] | None = None
+) -> dict[str, Any]:
     """The level's throughput over the role's best rate in process at any batch, and at the batch
-    Triton formed on average in the level (the nearest measured below it)."""
+    Triton formed on average in the level (the nearest measured below it). A level served by a
+    step-level search is also set beside the role's own step-level loop with as many requests in
+    flight (``step_reference``, by requests in flight)."""
     if not reference:
         return {}
+    steps = {}
+    searched = any("search_steps" in row for row in level.triton.values())
+    if searched and step_reference and level.concurrency in step_reference:
+        rate = step_reference[level.concurrency]
+        steps = {
+            "inprocess_steps": {"clients": level.concurrency, "rate": rate},
+            "served_over_steps": round(level.throughput_rps / rate, 3),
+        }
     best_batch = max(reference, key=lambda batch: reference[batch])
     formed = max((row.get("mean_batch") or 0.0 for row in level.triton.values()), default=0.0)
     at = max((batch for batch in reference if batch <= max(formed, 1.0)), default=min(reference))
@@ -218,6 +237,7 @@ def served_over_inprocess(level: Level, reference: dict[int, float]) -> dict[str
         "served_over_best": round(level.throughput_rps / reference[best_batch], 3),
         "inprocess_at_formed_batch": {"batch": at, "rate": reference[at]},
         "served_over_formed_batch": round(level.throughput_rps / reference[at], 3),
+        **steps,
         **({"execution_times": executions_over_inprocess(executions, reference, level.seconds)} if executions else {}),
     }
 
@@ -232,6 +252,7 @@ def level_line(variant: str, row: dict[str, Any]) -> str:
         f"| facade {facade.get('cores', '-')} cores, {facade.get('ms_per_request', '-')} ms/request "
         f"| load generator {row.get('client_cores', '-')} cores "
         f"| served/in-process best {row.get('served_over_best', '-')}"
+        + (f", its step-level loop {row['served_over_steps']}" if "served_over_steps" in row else "")
         + execution_times_line(row.get("execution_times"))
         + search_line(row.get("triton", {}))
     )
