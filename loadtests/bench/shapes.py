@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,10 @@ def build_llama_gguf(target: Path, shape: LlamaShape, tokenizer: dict[str, Any],
     if not quantize:
         write_llama_gguf(model, shape, tokenizer, "milo-seeded-llama")
         return
+    try:  # said before the float16 file is written, not after
+        import llama_cpp  # noqa: F401
+    except (OSError, RuntimeError) as exc:
+        raise RuntimeError(f"quantising the chat shape needs llama.cpp's library, which does not load: {exc}") from exc
     with tempfile.TemporaryDirectory(dir=target) as tmp:
         f16 = Path(tmp) / "model-f16.gguf"
         write_llama_gguf(f16, shape, tokenizer, "milo-seeded-llama")
@@ -327,18 +332,22 @@ def build_llama_gguf(target: Path, shape: LlamaShape, tokenizer: dict[str, Any],
 VOICES = {"mg": "mms-tts-mlg", "fr": "mms-tts-fra"}
 
 
+MODELS = ("stt", "tts", "translate", "chat")  # what build_all writes, in its order
+
+
 def build_all(
     models_dir: Path, whisper: str, whisper_tokenizer: Path, chat_tokenizer: Path, device: str, only: list[str]
 ) -> dict[str, float]:
     """Every production shape into ``models_dir/production``; returns seconds per model."""
     root = models_dir / "production"
     seconds: dict[str, float] = {}
-    steps = {
+    steps: dict[str, Callable[[], None]] = {
         "stt": lambda: build_whisper(root / "stt", WHISPER_SHAPES[whisper], whisper_tokenizer, device),
         "tts": lambda: build_mms_vits(root / "tts", VOICES),
         "translate": lambda: build_nllb(root / "translate", NLLB_600M, device=device),
         "chat": lambda: build_llama_gguf(root / "chat", SMOLLM2_1_7B, json.loads(chat_tokenizer.read_text())),
     }
+    assert list(steps) == list(MODELS)
     for name, step in steps.items():
         if only and name not in only:
             continue

@@ -272,7 +272,8 @@ class LlamaEngine:
         model_params.main_gpu = main_gpu
         self._model = lc.llama_model_load_from_file(str(model_path).encode(), model_params)
         if not self._model:
-            raise ValueError(f"llama.cpp could not load {model_path}")
+            missing = "" if Path(model_path).is_file() else " (no such file)"
+            raise ValueError(f"llama.cpp could not load {model_path}{missing}")
         threads = n_threads or max(1, os.cpu_count() or 1)
         params = lc.llama_context_default_params()
         params.n_ctx = slots * slot_context

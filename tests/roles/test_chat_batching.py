@@ -339,3 +339,10 @@ def test_a_cancel_that_arrives_before_its_request_stops_it_when_it_comes(chat: L
     service.start(codec.pack_request(tensors.CHAT, request), emit, None, streaming=False)
     assert done.wait(60)
     assert ended[0].finish_reason == "cancelled" and ended[0].completion_tokens == 0
+
+
+def test_a_model_file_that_is_not_there_is_named_as_missing(tmp_path: Path) -> None:
+    from milo_voice.roles.llama_engine import LlamaEngine
+
+    with pytest.raises(ValueError, match=r"model\.gguf \(no such file\)"):
+        LlamaEngine(tmp_path / "model.gguf", slots=1, slot_context=64, batch_tokens=8)
