@@ -250,7 +250,11 @@ def _release_gpu_memory() -> None:
 # served step-level batching does without the server (milo_voice/serving/stepwise.py).
 STEPWISE_LEVELS = ((64, 1), (64, 4), (128, 1), (128, 4))
 STEPWISE_SENTENCES = 128  # two-sentence texts of 64 clients: what the translate-steps overlays hold
-HANDLER_LEVELS = (64,)
+# Requests in flight through the served handler, and how long after an answer its client's next
+# request is handed over: none, then about what a request spent outside the search when served
+# (Triton alone, then through the facade: docs/benchmarks.md, section 4), so that the handler
+# alone shows what arrivals spread out over the steps cost the search.
+HANDLER_LEVELS = ((64, 0.0), (64, 0.015), (64, 0.030))
 
 
 def translate_stepwise(
@@ -271,10 +275,12 @@ def translate_stepwise(
     for clients, steps in STEPWISE_LEVELS:
         loop = _closed_loop(translator, clients, steps, warmup_s=2.0, seconds=10.0)
         rows[f"{clients}x{steps}"] = {"clients": clients, "steps": steps, **loop}
-    for clients in HANDLER_LEVELS:
-        rows[f"handler {clients}"] = {
+    for clients, back_s in HANDLER_LEVELS:
+        name = f"handler {clients}" + (f", {back_s * 1000:g} ms back" if back_s else "")
+        rows[name] = {
             "clients": clients,
-            **_handler_loop(translator, clients, warmup_s=2.0, seconds=10.0),
+            "back_ms": back_s * 1000,
+            **_handler_loop(translator, clients, warmup_s=2.0, seconds=10.0, back_s=back_s),
         }
     stepwise = translator.stepwise()
     joined: dict[int, Any] = {}
@@ -344,11 +350,15 @@ class _WindowSteps:
         pass
 
 
-def _handler_loop(translator: Any, clients: int, warmup_s: float, seconds: float) -> dict[str, float]:
+def _handler_loop(
+    translator: Any, clients: int, warmup_s: float, seconds: float, back_s: float = 0.0
+) -> dict[str, float]:
     """``_closed_loop`` through the served role's own handler (``StepwiseHandler``: its thread, its
     inbox, the tensors in and out), with no server. A thread of its own hands each new request over,
-    as Triton's execution does, for every answer the handler sends: beside ``_closed_loop``, what
-    the handler costs; beside the served level, what the server does."""
+    as Triton's execution does, ``back_s`` after each answer the handler sends (a client's round
+    trip): beside ``_closed_loop``, what the handler costs; beside the served level, what the
+    server does."""
+    import heapq
     import queue
     import time
 
@@ -368,20 +378,28 @@ def _handler_loop(translator: Any, clients: int, warmup_s: float, seconds: float
     def send(n: int) -> None:
         handler.start(codec.pack_request(tensors.TRANSLATE, TranslateRequest(**translate_body(n))), emit)
 
+    due: list[float] = []  # when each answered client's next request is handed over
+    last_answer = time.perf_counter()
     try:
         for sent in range(clients):
             send(sent)
         while (now := time.perf_counter()) < start + seconds:
             steps.counting = now >= start
+            while due and due[0] <= now:
+                heapq.heappop(due)
+                sent += 1
+                send(sent)
             try:
-                ok = answers.get(timeout=1.0)
+                ok = answers.get(timeout=max(due[0] - now, 0.0) if due else 1.0)
             except queue.Empty:
-                raise RuntimeError("the handler answered nothing for a second") from None
+                if time.perf_counter() - last_answer > 1.0:
+                    raise RuntimeError("the handler answered nothing for a second") from None
+                continue
+            last_answer = time.perf_counter()
             if steps.counting:
                 answered += ok
                 failed += not ok
-            sent += 1
-            send(sent)
+            heapq.heappush(due, last_answer + back_s)
         steps.counting = False
     finally:  # what the handler still holds is answered StoppedError, and not counted
         handler.close()
