@@ -225,10 +225,13 @@ def test_a_full_queue_refuses_at_once_and_closing_ends_everything(embedded_dir: 
     role = LocalChat(embedded_dir / "chat" / "model.gguf", n_ctx=256, slots=1, batch_tokens=64, max_queued=2)
     recorders = [Recorder() for _ in range(3)]
     try:
-        for rec in recorders:
-            role.start(ask("Count from one to a hundred.", max_tokens=200), rec)
+        # The first in the one slot before the next two fill the queue: handed over together, the
+        # third could find the first still queued (seen once in a fresh clone's run).
+        role.start(ask("Count from one to a hundred.", max_tokens=200), recorders[0])
         while role.engine.stats().slots_busy == 0:
             time.sleep(0.001)
+        for rec in recorders[1:]:
+            role.start(ask("Count from one to a hundred.", max_tokens=200), rec)
         with pytest.raises(EngineBusyError, match="Exceeds maximum queue size"):
             role.start(ask("One more?"), Recorder())
     finally:
