@@ -252,8 +252,10 @@ STEPWISE_LEVELS = ((64, 1), (64, 4), (128, 1), (128, 4))
 STEPWISE_SENTENCES = 128  # two-sentence texts of 64 clients: what the translate-steps overlays hold
 # Requests in flight through the served handler, and how long after an answer its client's next
 # request is handed over: none, then about what a request spent outside the search when served
-# (Triton alone, then through the facade: docs/benchmarks.md, section 4), so that the handler
-# alone shows what arrivals spread out over the steps cost the search.
+# (Triton alone, then through the facade: docs/benchmarks.md, section 4), each time drawn between
+# half and one and a half times that. With none, every sentence of a fixed length joins and ends
+# at the same step as the others; served, they join a few at a step. The drawn round trips spread
+# them out the same way, so that the handler alone shows what that costs the search.
 HANDLER_LEVELS = ((64, 0.0), (64, 0.015), (64, 0.030))
 
 
@@ -355,11 +357,12 @@ def _handler_loop(
 ) -> dict[str, float]:
     """``_closed_loop`` through the served role's own handler (``StepwiseHandler``: its thread, its
     inbox, the tensors in and out), with no server. A thread of its own hands each new request over,
-    as Triton's execution does, ``back_s`` after each answer the handler sends (a client's round
-    trip): beside ``_closed_loop``, what the handler costs; beside the served level, what the
-    server does."""
+    as Triton's execution does, for each answer the handler sends: at once, or after a client's
+    round trip drawn between half and one and a half ``back_s``. Beside ``_closed_loop``, what the
+    handler costs; beside the served level, what the server does."""
     import heapq
     import queue
+    import random
     import time
 
     from contract import codec, tensors
@@ -379,6 +382,7 @@ def _handler_loop(
         handler.start(codec.pack_request(tensors.TRANSLATE, TranslateRequest(**translate_body(n))), emit)
 
     due: list[float] = []  # when each answered client's next request is handed over
+    draws = random.Random(1234)  # the same round trips in every run
     last_answer = time.perf_counter()
     try:
         for sent in range(clients):
@@ -399,7 +403,7 @@ def _handler_loop(
             if steps.counting:
                 answered += ok
                 failed += not ok
-            heapq.heappush(due, last_answer + back_s)
+            heapq.heappush(due, last_answer + back_s * draws.uniform(0.5, 1.5))
         steps.counting = False
     finally:  # what the handler still holds is answered StoppedError, and not counted
         handler.close()
