@@ -192,8 +192,8 @@ TRANSLATE_ENGINES = (("ctranslate2", "ctranslate2_batches"), ("torch", "torch_ba
 def translate_inprocess(
     path: Path, device: str = "cuda", compute_type: str = "float16", batch_seconds: float = TRANSLATE_BATCH_SECONDS
 ) -> dict[str, Any]:
-    """The role's engines in float16 (the registry's GPU compute type), beam 2, one after the
-    other, each alone in the process as a served model is: CTranslate2 (``ctranslate2_batches``),
+    """The role's engines in ``compute_type`` (float16: the registry's GPU compute type), beam 2,
+    one after the other, each alone in the process as a served model is: CTranslate2 (``ctranslate2_batches``),
     the torch engine (``torch_batches``), and the two as "auto" picks them on a GPU (``batches``:
     the served phase's reference)."""
     from contract.records import TranslateRequest, Translation
