@@ -157,11 +157,14 @@ def test_the_in_process_loop_through_the_served_handler_counts_its_steps(embedde
     """The same loop through ``StepwiseHandler`` (its thread and tensors, no server): every answer
     counted is a translation, the handler's thread is stopped after, and its steps are counted."""
     from loadtests.bench.gpu.inprocess import _handler_loop
+    from milo_voice.roles.nllb.model import NllbModel
+    from milo_voice.roles.nllb.search import BeamSearch
 
     translator = FixedLengthTranslator(
         embedded_dir / "translate", compute_type="float32", engine="torch", max_decoding_length=6, search_sentences=8
     )
     threads = {t.name for t in threading.enumerate()}
+    methods = (NllbModel.admit, NllbModel.step, NllbModel.reorder, BeamSearch._leave)
     loop = _handler_loop(translator, clients=4, warmup_s=0.2, seconds=1.0)
     assert loop["requests_s"] > 0 and loop["failed"] == 0 and loop["step_ms"] > 0
     assert 0 < loop["sentences_per_step"] <= 8
@@ -172,6 +175,15 @@ def test_the_in_process_loop_through_the_served_handler_counts_its_steps(embedde
     assert 0 < away["requests_s"] <= 4 * 4 < loop["requests_s"] and away["failed"] == 0
     # The drawn round trips bring the clients back at different steps: the search is never as full.
     assert away["sentences_per_step"] < 8
+    # The host's time in the search's parts, a step: every part was timed, and the decoder's step
+    # and its cache's reorder are parts of every step.
+    for row in (loop, away):
+        parts = row["host_ms_a_step"]
+        assert set(parts) == {"admit", "decoder", "reorder", "leave"}
+        assert parts["decoder"] > 0 and parts["reorder"] > 0 and parts["admit"] > 0
+        assert sum(parts.values()) < row["step_ms"]
+    # Timed while the loop ran only: the classes are as they were.
+    assert (NllbModel.admit, NllbModel.step, NllbModel.reorder, BeamSearch._leave) == methods
     assert {t.name for t in threading.enumerate()} <= threads
 
 

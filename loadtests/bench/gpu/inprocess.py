@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -303,8 +305,6 @@ def _closed_loop(translator: Any, clients: int, steps: int, warmup_s: float, sec
     """Requests a second that ``clients`` always in flight get answered, counted after ``warmup_s``;
     over the same window, the search's sentences a step (the last step of each look) and
     milliseconds a step, as the served levels print them from Triton's metrics."""
-    import time
-
     from contract.records import TranslateRequest
 
     stepwise = translator.stepwise()
@@ -352,18 +352,56 @@ class _WindowSteps:
         pass
 
 
+# The search's parts whose host time each step is counted in the handler's loop: on a GPU, the
+# time to launch them (the sentences admitted: their encoder pass; the decoder's step; the
+# self-attention cache reordered to the beams kept; the rows of ended sentences freed).
+SEARCH_PARTS = {"admit": ("model", "admit"), "decoder": ("model", "step"), "reorder": ("model", "reorder"),
+                "leave": ("search", "_leave")}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _search_parts(counting: Callable[[], bool]) -> Iterator[dict[str, float]]:
+    """Host seconds spent in each of ``SEARCH_PARTS`` while ``counting()``, every search of the
+    process included; the classes are as they were on the way out."""
+    from milo_voice.roles.nllb import model, search
+
+    owners = {"model": model.NllbModel, "search": search.BeamSearch}
+    seconds = dict.fromkeys(SEARCH_PARTS, 0.0)
+    originals = {part: getattr(owners[owner], name) for part, (owner, name) in SEARCH_PARTS.items()}
+
+    def timed(part: str) -> Callable[..., Any]:
+        original = originals[part]
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if counting():
+                    seconds[part] += time.perf_counter() - started
+
+        return wrapper
+
+    try:
+        for part, (owner, name) in SEARCH_PARTS.items():
+            setattr(owners[owner], name, timed(part))
+        yield seconds
+    finally:
+        for part, (owner, name) in SEARCH_PARTS.items():
+            setattr(owners[owner], name, originals[part])
+
+
 def _handler_loop(
     translator: Any, clients: int, warmup_s: float, seconds: float, back_s: float = 0.0
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``_closed_loop`` through the served role's own handler (``StepwiseHandler``: its thread, its
     inbox, the tensors in and out), with no server. A thread of its own hands each new request over,
     as Triton's execution does, for each answer the handler sends: at once, or after a client's
     round trip drawn between half and one and a half ``back_s``. Beside ``_closed_loop``, what the
-    handler costs; beside the served level, what the server does."""
-    import heapq
+    handler costs; beside the served level, what the server does. ``host_ms_a_step``: the host's
+    time in each of ``SEARCH_PARTS``, a step."""
     import queue
-    import random
-    import time
 
     from contract import codec, tensors
     from contract.records import TranslateRequest
@@ -372,8 +410,6 @@ def _handler_loop(
     steps = _WindowSteps()
     handler = StepwiseHandler(tensors.TRANSLATE, translator.stepwise(), steps)
     answers: queue.SimpleQueue[bool] = queue.SimpleQueue()
-    start = time.perf_counter() + warmup_s
-    answered = failed = 0
 
     def emit(outputs: Any, final: bool) -> None:
         answers.put(not isinstance(outputs, Exception))
@@ -381,38 +417,62 @@ def _handler_loop(
     def send(n: int) -> None:
         handler.start(codec.pack_request(tensors.TRANSLATE, TranslateRequest(**translate_body(n))), emit)
 
-    due: list[float] = []  # when each answered client's next request is handed over
-    draws = random.Random(1234)  # the same round trips in every run
-    last_answer = time.perf_counter()
     try:
-        for sent in range(clients):
-            send(sent)
-        while (now := time.perf_counter()) < start + seconds:
-            steps.counting = now >= start
-            while due and due[0] <= now:
-                heapq.heappop(due)
-                sent += 1
-                send(sent)
-            try:
-                ok = answers.get(timeout=max(due[0] - now, 0.0) if due else 1.0)
-            except queue.Empty:
-                if time.perf_counter() - last_answer > 1.0:
-                    raise RuntimeError("the handler answered nothing for a second") from None
-                continue
-            last_answer = time.perf_counter()
-            if steps.counting:
-                answered += ok
-                failed += not ok
-            heapq.heappush(due, last_answer + back_s * draws.uniform(0.5, 1.5))
-        steps.counting = False
+        with _search_parts(lambda: steps.counting) as parts:
+            answered, failed = _clients(clients, warmup_s, seconds, back_s, steps, answers, send)
     finally:  # what the handler still holds is answered StoppedError, and not counted
         handler.close()
+    step_count = max(steps.steps, 1)
     return {
         "requests_s": round(answered / seconds, 1),
         "failed": failed,
-        "sentences_per_step": round(steps.sentences / max(steps.steps, 1), 1),
-        "step_ms": round(1000 * steps.seconds / max(steps.steps, 1), 3),
+        "sentences_per_step": round(steps.sentences / step_count, 1),
+        "step_ms": round(1000 * steps.seconds / step_count, 3),
+        "host_ms_a_step": {part: round(1000 * spent / step_count, 3) for part, spent in parts.items()},
     }
+
+
+def _clients(
+    clients: int,
+    warmup_s: float,
+    seconds: float,
+    back_s: float,
+    steps: _WindowSteps,
+    answers: Any,
+    send: Callable[[int], None],
+) -> tuple[int, int]:
+    """``_handler_loop``'s clients: each hands its next request over once answered, after its
+    round trip; the answers inside the window after ``warmup_s``, and those that failed."""
+    import heapq
+    import queue
+    import random
+
+    start = time.perf_counter() + warmup_s
+    answered = failed = 0
+    due: list[float] = []  # when each answered client's next request is handed over
+    draws = random.Random(1234)  # the same round trips in every run
+    last_answer = time.perf_counter()
+    for sent in range(clients):
+        send(sent)
+    while (now := time.perf_counter()) < start + seconds:
+        steps.counting = now >= start
+        while due and due[0] <= now:
+            heapq.heappop(due)
+            sent += 1
+            send(sent)
+        try:
+            ok = answers.get(timeout=max(due[0] - now, 0.0) if due else 1.0)
+        except queue.Empty:
+            if time.perf_counter() - last_answer > 1.0:
+                raise RuntimeError("the handler answered nothing for a second") from None
+            continue
+        last_answer = time.perf_counter()
+        if steps.counting:
+            answered += ok
+            failed += not ok
+        heapq.heappush(due, last_answer + back_s * draws.uniform(0.5, 1.5))
+    steps.counting = False
+    return answered, failed
 
 
 def chat_inprocess(path: Path) -> dict[str, Any]:
