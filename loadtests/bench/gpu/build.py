@@ -27,7 +27,7 @@ def phase_build(args: argparse.Namespace) -> None:
     chat_waits = "chat" in only and llama_compiling(args.work)
     built_now = [name for name in only if not (name == "chat" and chat_waits)]
     seconds = build(built_now) if built_now else {}
-    if (not args.only or "stt" in args.only.split(",")) and not args.no_large_v3:
+    if "stt" in only and not args.no_large_v3:
         started = time.perf_counter()
         target = args.work / "models-large-v3" / "production" / "stt"
         shapes.build_whisper(target, shapes.WHISPER_SHAPES["large-v3"], assets / "whisper-tokenizer.json", "cuda")

@@ -218,7 +218,7 @@ def served_over_inprocess(
     flight (``step_reference``, by requests in flight)."""
     if not reference:
         return {}
-    steps = {}
+    steps: dict[str, Any] = {}
     searched = any("search_steps" in row for row in level.triton.values())
     if searched and step_reference and level.concurrency in step_reference:
         rate = step_reference[level.concurrency]
