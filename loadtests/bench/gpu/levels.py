@@ -203,12 +203,15 @@ def _own_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _inprocess_results(work: Path) -> dict[str, Any]:
+    """The ``inprocess`` phase's results in ``work``; none where it has not run."""
+    path = work / "results" / "inprocess.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def inprocess_rates(work: Path, endpoint: str) -> dict[int, float]:
     """The role's own rate by batch size, from the ``inprocess`` phase's results (requests or clips/s)."""
-    path = work / "results" / "inprocess.json"
-    if not path.exists():
-        return {}
-    results: dict[str, Any] = json.loads(path.read_text())
+    results = _inprocess_results(work)
     if endpoint == "stt":
         turbo = results.get("stt", {}).get("large-v3-turbo", {})
         return {
@@ -223,10 +226,7 @@ def inprocess_rates(work: Path, endpoint: str) -> dict[int, float]:
 def inprocess_step_rates(work: Path, endpoint: str) -> dict[int, float]:
     """The role's own step-level loop by requests in flight (one step between two looks at what
     ended, as the served handler does), from the ``inprocess`` phase's results (requests/s)."""
-    path = work / "results" / "inprocess.json"
-    if not path.exists():
-        return {}
-    stepwise = json.loads(path.read_text()).get(endpoint, {}).get("stepwise", {})
+    stepwise = _inprocess_results(work).get(endpoint, {}).get("stepwise", {})
     return {
         int(row["clients"]): float(row["requests_s"])
         for row in stepwise.values()
