@@ -29,8 +29,9 @@ from pathlib import Path
 
 CALL_LIMIT = 64 * 1024 * 1024  # what a device call carries: the working tree and the carried folder
 MARGIN = 4 * 1024 * 1024  # room for the results a session adds to the tree before its last call
-# Pinned whatever this environment has (see the module's docstring).
-FIXED = {"numpy": "1.26.4", "scipy": "1.14.1"}
+# Pinned whatever this environment has (see the module's docstring); py-spy is a tool of the lent
+# machine only, which `make setup` does not install here.
+FIXED = {"numpy": "1.26.4", "scipy": "1.14.1", "py-spy": "0.4.3"}
 # What the image lacks: the serving stack, the facade, the clients, the benchmark's tools.
 PACKAGES = (
     "nvidia-pytriton", "ctranslate2", "faster-whisper", "av", "onnxruntime", "numpy", "scipy",
