@@ -70,12 +70,15 @@ class Translator:
         intra_threads: int = 0,
         engine: Engine = "auto",
         search_sentences: int | None = None,
+        search_graphs: bool = True,
     ) -> None:
         """``engine``: "torch" decodes in torch with CUDA graphs; "ctranslate2" in CTranslate2;
         "torch+ctranslate2" loads both and picks by the batch's sentences. "auto" is that on a GPU
         with a beam of 2 or more (CTranslate2's decoding of a small batch there is paced by kernel
         launches), and CTranslate2 elsewhere. ``search_sentences``: the most sentences the torch
-        engine searches at once (default ``MAX_SENTENCES``), its graphs captured at load."""
+        engine searches at once (default ``MAX_SENTENCES``), its graphs captured at load.
+        ``search_graphs``: each step of a step-level search is one CUDA graph (on a GPU), not only
+        the decoder's part of it."""
         path = Path(model_path)
         self.revision = identity.read(path).revision
         gpu_search = device == "cuda" and beam_size >= 2
@@ -90,7 +93,7 @@ class Translator:
                 raise ValueError("the torch engine runs beam search: beam_size 2 or more")
             self._torch = TorchTranslator(
                 path, read_vocabulary(path), f"{device}:{device_index}" if device == "cuda" else device,
-                torch_dtype(compute_type), max_decoding_length, search_sentences or MAX_SENTENCES,
+                torch_dtype(compute_type), max_decoding_length, search_sentences or MAX_SENTENCES, search_graphs,
             )  # fmt: skip
         if "ctranslate2" in engines:
             self._ctranslate2 = ctranslate2.Translator(

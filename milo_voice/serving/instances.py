@@ -160,6 +160,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
             intra_threads=_cpu_threads(),
             engine=params.get("engine", "auto"),
             search_sentences=_optional_int(params.get("gpu_search_sentences" if gpu else "search_sentences")),
+            search_graphs=bool(params.get("gpu_search_graphs", True)),
         )
     if spec.role == "chat":
         if spec.name == CLOUD_CHAT or server_settings().chat_backend == "cloud":

@@ -164,7 +164,7 @@ def test_the_in_process_loop_through_the_served_handler_counts_its_steps(embedde
         embedded_dir / "translate", compute_type="float32", engine="torch", max_decoding_length=6, search_sentences=8
     )
     threads = {t.name for t in threading.enumerate()}
-    methods = (NllbModel.admit, NllbModel.step, NllbModel.reorder, BeamSearch._leave)
+    methods = (BeamSearch.launch, NllbModel.admit, NllbModel.step, NllbModel.reorder, BeamSearch._leave)
     loop = _handler_loop(translator, clients=4, warmup_s=0.2, seconds=1.0)
     assert loop["requests_s"] > 0 and loop["failed"] == 0 and loop["step_ms"] > 0
     assert 0 < loop["sentences_per_step"] <= 8
@@ -176,14 +176,14 @@ def test_the_in_process_loop_through_the_served_handler_counts_its_steps(embedde
     # The drawn round trips bring the clients back at different steps: the search is never as full.
     assert away["sentences_per_step"] < 8
     # The host's time in the search's parts, a step: every part was timed, and the decoder's step
-    # and its cache's reorder are parts of every step.
+    # and its cache's reorder are parts of every step (op by op, as on a CPU), inside its launch.
     for row in (loop, away):
         parts = row["host_ms_a_step"]
-        assert set(parts) == {"admit", "decoder", "reorder", "leave"}
+        assert set(parts) == {"launch", "admit", "decoder", "reorder", "leave"}
         assert parts["decoder"] > 0 and parts["reorder"] > 0 and parts["admit"] > 0
-        assert sum(parts.values()) < row["step_ms"]
+        assert parts["admit"] + parts["decoder"] + parts["reorder"] < parts["launch"] < row["step_ms"]
     # Timed while the loop ran only: the classes are as they were.
-    assert (NllbModel.admit, NllbModel.step, NllbModel.reorder, BeamSearch._leave) == methods
+    assert (BeamSearch.launch, NllbModel.admit, NllbModel.step, NllbModel.reorder, BeamSearch._leave) == methods
     assert {t.name for t in threading.enumerate()} <= threads
 
 
@@ -208,7 +208,10 @@ def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, em
     assert reply.finish_reason == "length"
 
 
-@pytest.mark.parametrize("variant", ["configured", "unbatched", "stt-text", "chat", "translate-steps"])
+@pytest.mark.parametrize(
+    "variant",
+    ["configured", "unbatched", "stt-text", "chat", "translate-steps", "translate-steps+translate-eager-search"],
+)
 def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str) -> None:
     path = tmp_path / "registry.toml"
     path.write_text(variants.dump_registry(variants.bench_models(None, variant)))
@@ -229,7 +232,11 @@ def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str)
     if variant == "stt-text":
         assert registry["stt"].params["timestamps"] is False
     if "translate" in registry.models:
-        assert registry["translate"].params.get("gpu_step_batching", False) == (variant == "translate-steps")
+        assert registry["translate"].params.get("gpu_step_batching", False) == variant.startswith("translate-steps")
+        # Whole search steps as graphs unless the overlay asks for the rules op by op.
+        assert registry["translate"].params.get("gpu_search_graphs", True) == (
+            variant != "translate-steps+translate-eager-search"
+        )
 
 
 def test_stt_and_chat_variants(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from contract.records import InputError, TranslateRequest, Translation
 from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 from milo_voice.roles.ctranslate2_files import ModelFileError, read_model_bin
 from milo_voice.roles.nllb.model import NllbModel
+from milo_voice.roles.nllb.search import BeamSearch
 from milo_voice.roles.translate import Translator
 
 REQUESTS = [
@@ -144,13 +145,16 @@ def test_rows_padded_as_on_a_gpu_decode_the_same(embedded_dir: Path) -> None:
 @pytest.mark.parametrize("padded", [False, True])
 def test_requests_joining_a_running_search_decode_as_alone(embedded_dir: Path, padded: bool) -> None:
     """Step-level batching: requests submitted while others decode, in whatever order and at
-    whatever step, get CTranslate2's answers, each as soon as its own sentences are done; also with
-    admissions padded as CUDA graphs pad them (3 sentences admitted as 4, the fourth in the spare row)."""
+    whatever step, get CTranslate2's answers, each as soon as its own sentences are done; also
+    padded as CUDA graphs pad them: 3 sentences admitted as 4, the fourth in the spare row, and each
+    step over 4 slots of sentences, sources and positions rounded up (what a recorded step runs)."""
     reference, torch_engine = _pair(embedded_dir / "translate", beam_size=3)
     expected = reference.translate_batch(REQUESTS)
     torch_engine._torch.max_sentences = 3  # fewer rows than sentences: the others wait their turn
     torch_engine._torch.model.pad_admissions = padded
     stepwise = torch_engine.stepwise()
+    if padded:
+        stepwise._search = BeamSearch(torch_engine._torch.model, stepwise._search.options, 3, pad_groups=True)
     got: dict[int, Translation | InputError] = {}
     answered_while_others_decode = set()
     for key, request in enumerate(REQUESTS):
@@ -165,6 +169,16 @@ def test_requests_joining_a_running_search_decode_as_alone(embedded_dir: Path, p
     _assert_same(expected, [got[key] for key in range(len(REQUESTS))])
     # Some were answered while requests submitted after them were still decoding.
     assert answered_while_others_decode
+
+
+def test_a_search_recorded_as_graphs_needs_a_model_that_runs_them(embedded_dir: Path) -> None:
+    """On a CPU the engine's searches run op by op whatever ``search_graphs`` asks, and a search
+    asked to record its steps on a model without CUDA graphs is refused, not run half-recorded."""
+    torch_engine = Translator(embedded_dir / "translate", compute_type="float32", engine="torch", search_graphs=True)
+    search = torch_engine.stepwise()._search
+    assert not search.graphs and not search.pad_groups
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        BeamSearch(torch_engine._torch.model, search.options, 4, graphs=True)
 
 
 def test_a_stepwise_request_refused_waiting_or_cancelled(embedded_dir: Path) -> None:

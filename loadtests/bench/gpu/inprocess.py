@@ -261,6 +261,9 @@ STEPWISE_SENTENCES = 128  # two-sentence texts of 64 clients: what the translate
 # at the same step as the others; served, they join a few at a step. The drawn round trips spread
 # them out the same way, so that the handler alone shows what that costs the search.
 HANDLER_LEVELS = ((64, 0.0), (64, 0.015), (64, 0.030))
+# Measured again with the search's rules launched op by op around the decoder's graph, as before
+# each whole step was recorded as one CUDA graph (``gpu_search_graphs = false``): the two side by side.
+OP_BY_OP_LEVELS = ((64, 1, None), (64, None, 0.015))
 
 
 def translate_stepwise(
@@ -278,16 +281,22 @@ def translate_stepwise(
         search_sentences=STEPWISE_SENTENCES,
     )  # fmt: skip
     rows: dict[str, Any] = {}
-    for clients, steps in STEPWISE_LEVELS:
-        loop = _closed_loop(translator, clients, steps, warmup_s=2.0, seconds=10.0)
-        rows[f"{clients}x{steps}"] = {"clients": clients, "steps": steps, **loop}
-    for clients, back_s in HANDLER_LEVELS:
-        name = f"handler {clients}" + (f", {back_s * 1000:g} ms back" if back_s else "")
+    levels = [(c, s, None, "") for c, s in STEPWISE_LEVELS] + [(c, None, b, "") for c, b in HANDLER_LEVELS]
+    levels += [(c, s, b, ", op by op") for c, s, b in OP_BY_OP_LEVELS]
+    for clients, steps, back_s, suffix in levels:
+        # The engine's searches, made by translator.stepwise(): whole steps as graphs, or not.
+        translator._torch.search_graphs = not suffix and translator._torch.model.cuda_graphs
+        if steps is not None:
+            loop = _closed_loop(translator, clients, steps, warmup_s=2.0, seconds=10.0)
+            rows[f"{clients}x{steps}{suffix}"] = {"clients": clients, "steps": steps, **loop}
+            continue
+        name = f"handler {clients}" + (f", {back_s * 1000:g} ms back" if back_s else "") + suffix
         rows[name] = {
             "clients": clients,
-            "back_ms": back_s * 1000,
-            **_handler_loop(translator, clients, warmup_s=2.0, seconds=10.0, back_s=back_s),
+            "back_ms": (back_s or 0.0) * 1000,
+            **_handler_loop(translator, clients, warmup_s=2.0, seconds=10.0, back_s=back_s or 0.0),
         }
+    translator._torch.search_graphs = translator._torch.model.cuda_graphs
     stepwise = translator.stepwise()
     joined: dict[int, Any] = {}
     for key, request in enumerate(requests):  # each joins the search one step after the one before
@@ -355,10 +364,11 @@ class _WindowSteps:
 
 
 # The search's parts whose host time each step is counted in the handler's loop: on a GPU, the
-# time to launch them (the sentences admitted: their encoder pass; the decoder's step; the
-# self-attention cache reordered to the beams kept; the rows of ended sentences freed).
-SEARCH_PARTS = {"admit": ("model", "admit"), "decoder": ("model", "step"), "reorder": ("model", "reorder"),
-                "leave": ("search", "_leave")}  # fmt: skip
+# time to launch them (the whole step, admission included; the sentences admitted: their encoder
+# pass; the decoder's step; the self-attention cache reordered to the beams kept; the rows of ended
+# sentences freed). A step recorded as one graph calls neither the decoder's step nor the reorder.
+SEARCH_PARTS = {"launch": ("search", "launch"), "admit": ("model", "admit"), "decoder": ("model", "step"),
+                "reorder": ("model", "reorder"), "leave": ("search", "_leave")}  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import torch
 from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 from loadtests.bench.gpu.common import TRANSLATE_TOKENS, save
 from milo_voice.roles.nllb.model import NllbModel
-from milo_voice.roles.nllb.search import BeamSearch, SearchOptions
+from milo_voice.roles.nllb.search import BeamSearch
 
 SENTENCES = 128  # 64 clients' two-sentence texts
 SOURCE_TOKENS = 18
@@ -41,10 +41,9 @@ def synced_ms(function: Callable[[], Any], repeats: int = 50) -> float:
     return (time.perf_counter() - started) / repeats * 1000
 
 
-def search_step_ms(model: NllbModel, options: SearchOptions, sources: list[list[int]], prefix: list[int]) -> float:
-    """Milliseconds a step of ``sources`` searched together, from admission to the last step."""
+def search_step_ms(search: BeamSearch, sources: list[list[int]], prefix: list[int]) -> float:
+    """Milliseconds a step of ``sources`` searched together by ``search``, from admission to the last step."""
     for _ in range(3):  # the first two capture what the shape needs
-        search = BeamSearch(model, options, SENTENCES)
         for source in sources:
             search.add(source, prefix)
         torch.cuda.synchronize()
@@ -82,7 +81,9 @@ def translate_costs(model_dir: Path) -> dict[str, Any]:
     prefix = [engine.start_id + 5]
     tokens = torch.zeros(2 * SENTENCES, dtype=torch.long, device="cuda")
     positions = torch.full_like(tokens, TRANSLATE_TOKENS - 1)  # a sentence's last step
-    results: dict[str, Any] = {"decoder_step_ms": {}, "search_step_ms": {}, "candidates_ms": {}, "admission": {}}
+    results: dict[str, Any] = {
+        "decoder_step_ms": {}, "search_step_ms": {}, "search_step_graph_ms": {}, "candidates_ms": {}, "admission": {},
+    }  # fmt: skip
     # The benchmark's sentences decode TRANSLATE_TOKENS tokens, so its model holds a cache that long:
     # the decoder's step by span on a model with the registry's.
     served = NllbModel.from_model_dir(model_dir, "cuda", torch.float16, REGISTRY_MAX_LENGTH)
@@ -101,8 +102,12 @@ def translate_costs(model_dir: Path) -> dict[str, Any]:
         "vocabulary_log_probs": lambda: vocabulary_candidates(logits, scores, SENTENCES, 4),
     }
     results["candidates_ms"] = {name: round(synced_ms(way), 3) for name, way in ways.items()}
+    # The search's rules op by op around the decoder's graph, against the whole step as one graph.
+    op_by_op, recorded = BeamSearch(model, options, SENTENCES), BeamSearch(model, options, SENTENCES, graphs=True)
+    recorded.warm_up()
     for count in (1, SENTENCES // 2, SENTENCES):
-        results["search_step_ms"][count] = round(search_step_ms(model, options, sources[:count], prefix), 3)
+        results["search_step_ms"][count] = round(search_step_ms(op_by_op, sources[:count], prefix), 3)
+        results["search_step_graph_ms"][count] = round(search_step_ms(recorded, sources[:count], prefix), 3)
     for count in (2, 8):
         first_rows = [2 * i for i in range(count)]
         ids, present = model._sources(sources[:count], count, 32)

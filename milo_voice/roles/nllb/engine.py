@@ -32,7 +32,8 @@ class TranslationResult:
 class TorchTranslator:
     """``max_sentences``: the most sentences searched together; a batch with more is searched in
     chunks, so that the decoder's buffers (its key/value cache grows with the rows) stay bounded
-    and their graphs stay the ones captured at load."""
+    and their graphs stay the ones captured at load. ``search_graphs``: a ``search``'s whole steps
+    are CUDA graphs (``BeamSearch``), where the model runs graphs."""
 
     def __init__(
         self,
@@ -42,8 +43,10 @@ class TorchTranslator:
         dtype: torch.dtype,
         max_length: int,
         max_sentences: int,
+        search_graphs: bool = True,
     ) -> None:
         self.model = NllbModel.from_model_dir(model_dir, device, dtype, max_length)
+        self.search_graphs = search_graphs and self.model.cuda_graphs
         self.tokens = vocabulary
         self.ids_by_token = {token: i for i, token in enumerate(vocabulary)}
         self.start_id, self.end_id, self.unk_id = special_ids(model_dir, self.ids_by_token)
@@ -73,8 +76,11 @@ class TorchTranslator:
         return [self.result(hypothesis) for hypothesis in best]
 
     def search(self, options: SearchOptions) -> BeamSearch:
-        """A search that holds up to ``max_sentences`` sentences at once, the rows warmed up at load."""
-        return BeamSearch(self.model, options, self.max_sentences)
+        """A search that holds up to ``max_sentences`` sentences at once, the rows warmed up at load,
+        its steps recorded now where ``search_graphs``."""
+        search = BeamSearch(self.model, options, self.max_sentences, graphs=self.search_graphs)
+        search.warm_up()
+        return search
 
     def ids(self, tokens: list[str]) -> list[int]:
         return [self.ids_by_token.get(token, self.unk_id) for token in tokens]

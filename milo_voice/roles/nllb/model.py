@@ -96,12 +96,24 @@ class NllbModel:
         # Admissions padded to a power of two of sentences, as their graphs need (tests pad on a CPU).
         self.pad_admissions = self.cuda_graphs
         self._buffers = _StepBuffers(self, 0, 0)
+        self.buffers_generation = 0  # counts the buffers replaced: a graph recorded on the old ones reads nothing
         # Steps by rows, source bucket and span; admissions by sentences, source bucket and beam, with
         # their inputs. Every graph shares one memory pool: what one computes is written to the
         # buffers, its scratch dead once it has run, so the graphs take the memory of the largest.
         self._graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
         self._admissions: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+
+    @property
+    def graph_pool(self) -> tuple[int, int] | None:
+        """The memory pool of the model's graphs, for a caller's graph that records a step with its own work
+        (``BeamSearch``): replayed in turn with them on one stream, it reuses their scratch memory."""
+        return self._pool
+
+    @property
+    def source_capacity(self) -> int:
+        """The longest source, in tokens, that the buffers hold now."""
+        return self._buffers.source_length
 
     @classmethod
     def from_model_dir(
@@ -207,20 +219,32 @@ class NllbModel:
             buffers.cross[index, 1, rows, :, :length] = value.repeat_interleave(beam_size, dim=0)
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, source_length: int, span: int) -> torch.Tensor:
+    def step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, source_length: int, span: int, within_graph: bool = False
+    ) -> torch.Tensor:
         """Feed one token per row, each row at its own position (below ``span``, at most
         ``max_length``: the caller's to keep, as reading them back here would wait for the GPU), over
         sources of at most ``source_length`` tokens: ``[rows, vocabulary]`` logits of the next, in the
-        model's dtype, which the next step writes again."""
+        model's dtype, which the next step writes again. ``within_graph``: the caller records this
+        step in a CUDA graph of its own, so it runs kernel by kernel here (a graph replays no other)."""
         buffers, rows = self._buffers, len(tokens)
         if rows > buffers.rows or source_length > buffers.source_length or span > self.max_length:
             raise ValueError("step past the rows, source length or positions placed")
         buffers.tokens[:rows].copy_(tokens, non_blocking=True)
         buffers.positions[:rows].copy_(positions, non_blocking=True)
-        self._run(self.slots(rows), _power_of_two(source_length, MIN_SOURCE_BUCKET), self._span(span))
+        shape = (self.slots(rows), self.source_bucket(source_length), self.span_bucket(span))
+        if within_graph:
+            self._forward(*shape)
+        else:
+            self._run(*shape)
         return buffers.logits[:rows]
 
-    def _span(self, span: int) -> int:
+    def source_bucket(self, source_length: int) -> int:
+        """The cross-attention positions a step over sources of ``source_length`` tokens reads."""
+        return _power_of_two(source_length, MIN_SOURCE_BUCKET)
+
+    def span_bucket(self, span: int) -> int:
+        """The self-attention positions a step over ``span`` positions written reads."""
         return min(_power_of_two(span, MIN_SPAN), self.max_length)
 
     @torch.inference_mode()
@@ -236,8 +260,8 @@ class NllbModel:
         if not self.cuda_graphs:
             return
         max_rows = max_sentences * beam_size
-        self._reserve(self.slots(max_rows), max(_power_of_two(n, MIN_SOURCE_BUCKET) for n in source_lengths))
-        spans = sorted({self._span(n) for n in range(1, self.max_length + 1)}, reverse=True)
+        self._reserve(self.slots(max_rows), max(self.source_bucket(n) for n in source_lengths))
+        spans = sorted({self.span_bucket(n) for n in range(1, self.max_length + 1)}, reverse=True)
         for length in sorted(source_lengths, reverse=True):
             for rows, span in itertools.product(sorted({self.slots(r) for r in range(1, max_rows + 1)}), spans):
                 zeros = torch.zeros(rows, dtype=torch.long, device=self.device)
@@ -246,6 +270,11 @@ class NllbModel:
             for count in sorted({_power_of_two(n) for n in range(1, max_sentences + 1)}, reverse=True):
                 self.admit([[0] * length] * count, [i * beam_size for i in range(count)], beam_size)
 
+    def reserve(self, rows: int) -> None:
+        """Buffers for steps of at least ``rows`` rows, now: a step may cover rows past the
+        sentences admitted (``BeamSearch`` with ``pad_groups``)."""
+        self._reserve(self.slots(rows), self._buffers.source_length)
+
     def _reserve(self, rows: int, bucket: int) -> _StepBuffers:
         """Buffers for at least ``rows`` rows and sources of ``bucket`` tokens: where smaller, larger
         ones replace them, holding what the sentences decoding have placed and cached so far."""
@@ -253,6 +282,7 @@ class NllbModel:
         if rows > buffers.rows or bucket > buffers.source_length:
             self._buffers = _StepBuffers(self, max(rows, buffers.rows), max(bucket, buffers.source_length))
             self._buffers.take_over(buffers)
+            self.buffers_generation += 1
             self._graphs.clear()  # they read the buffers just replaced
             self._admissions.clear()
         return self._buffers

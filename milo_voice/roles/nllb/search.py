@@ -29,15 +29,22 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections import deque
 from dataclasses import dataclass
 
 import torch
 
+from milo_voice.roles.cuda_graphs import capture
 from milo_voice.roles.host_to_device import queued_copy
 from milo_voice.roles.nllb.model import NllbModel
 
 PREFIX_PENALTY = -1e10  # CTranslate2's score for the candidates a forced prefix replaces
+# The source lengths whose steps ``BeamSearch.warm_up`` records (as rounded up by the model), beside
+# the longest its buffers hold then.
+WARM_SOURCE_LENGTHS = (16, 32, 64)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,12 +82,32 @@ class BeamSearch:
     The search's state lives on the model's device, one tensor for every sentence: a step's rules
     run as a few tensor operations whatever the sentences, and the host waits for the device once,
     to learn which sentences are done (their hypotheses then come back).
+
+    ``graphs``: a whole step (the decoder's, the choice of candidates, the beams' bookkeeping) is
+    recorded once per shape as a CUDA graph by ``warm_up`` and replayed. Launched op by op, the
+    rules' hundred small operations take the host about as long as the decoder's step takes the
+    GPU, and the host launches them while holding the interpreter's lock that a server's other
+    threads wait on. A step then covers a power of two of sentence slots (those past the last
+    sentence search nothing), and attends over the rounded-up positions the model's graphs read.
+    ``pad_groups`` alone does the same op by op (the tests' way to run on a CPU what a graph records).
     """
 
-    def __init__(self, model: NllbModel, options: SearchOptions, capacity: int) -> None:
+    def __init__(
+        self, model: NllbModel, options: SearchOptions, capacity: int, graphs: bool = False, pad_groups: bool = False
+    ) -> None:
         if options.beam_size < 2:
             raise ValueError("beam search needs beam_size >= 2 (CTranslate2 decodes beam 1 greedily)")
+        if graphs and not model.cuda_graphs:
+            raise ValueError("a search recorded as CUDA graphs needs a model that runs them")
         self.model, self.options, self.capacity = model, options, capacity
+        self.graphs, self.pad_groups = graphs, graphs or pad_groups
+        # Slots a step may cover: padded to a power of two, the state holds that many.
+        self._slot_count = 1 << (capacity - 1).bit_length() if self.pad_groups else capacity
+        if self.pad_groups:
+            model.reserve(self._slot_count * options.beam_size)
+        # Steps recorded by shape (slots, source bucket, span bucket): the graph and the summary it writes.
+        self._recorded: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._recorded_on = -1  # the model's buffers generation they read
         self.max_length = min(options.max_length, model.max_length)
         self._tickets = itertools.count()
         self._waiting: deque[_Sentence] = deque()
@@ -90,6 +117,7 @@ class BeamSearch:
         self.last_step_sentences = 0  # the sentences the last step decoded
         self._lowest = torch.finfo(torch.float32).min
         beam, length, device = options.beam_size, self.max_length, model.device
+        capacity = self._slot_count
         rows, kept = capacity * beam, 2 * beam  # at most 2 x beam - 1 hypotheses end before a sentence is done
 
         def longs(*shape: int) -> torch.Tensor:
@@ -145,20 +173,66 @@ class BeamSearch:
         and cancelled."""
         if self._launched is not None:
             raise RuntimeError("the step launched before is not collected")
+        if self.graphs and not self._searching and self._recorded_on != self.model.buffers_generation:
+            self.warm_up()  # never recorded, or on buffers since replaced (a longer source): record them now
         self._admit()
         self.last_step_sentences = len(self._searching)
         if not self._searching:
             return
-        options, model = self.options, self.model
-        beam, end, candidates = options.beam_size, options.end_id, 2 * options.beam_size
         groups = max(self._searching) + 1
-        rows = groups * beam
-        steps = self._steps[:groups]
-        positions = steps.clamp(max=self.max_length - 1).repeat_interleave(beam)
         source_length = max(len(s.source) for s in self._searching.values())
         # The positions the oldest sentence has written, and the one it writes now.
         span = min(self._clock - min(s.started for s in self._searching.values()) + 1, self.max_length)
-        logits = model.step(self._tokens[:rows], positions, source_length, span)
+        if self.pad_groups:
+            model = self.model
+            groups = min(1 << (groups - 1).bit_length(), self._slot_count)
+            source_length, span = model.source_bucket(source_length), model.span_bucket(span)
+        recorded = self._recorded.get((groups, source_length, span))
+        if recorded is not None and self._recorded_on == self.model.buffers_generation:
+            recorded[0].replay()
+            self._launched = recorded[1]
+        else:
+            self._launched = self._decode_step(groups, source_length, span)
+        self._clock += 1
+
+    def warm_up(self) -> None:
+        """Record a step of every shape a search of ``capacity`` sentences takes as a CUDA graph (a
+        few seconds on a GPU), while no sentence searches: recording runs a step twice for real, which
+        changes nothing of slots that hold no sentence. Without ``graphs``, nothing to do."""
+        if not self.graphs or self._searching:
+            return
+        model, beam = self.model, self.options.beam_size
+        lengths = (*WARM_SOURCE_LENGTHS, model.source_capacity)
+        model.warm_up(self._slot_count, beam, source_lengths=lengths)  # its buffers for them, before recording
+        buckets = sorted({model.source_bucket(n) for n in lengths})
+        spans = sorted({model.span_bucket(n) for n in range(1, self.max_length + 1)})
+        slots = sorted({min(1 << (n - 1).bit_length(), self._slot_count) for n in range(1, self._slot_count + 1)})
+        self._recorded.clear()
+        try:
+            for shape in itertools.product(slots, buckets, spans):
+                run = lambda s=shape: self._decode_step(*s, True)  # noqa: E731
+                self._recorded[shape] = capture(model.device, run, model.graph_pool)
+        except RuntimeError:  # a step that cannot be recorded still searches, op by op
+            log.exception("a search step could not be recorded as a CUDA graph: the search runs op by op")
+            self._recorded.clear()
+            self.graphs = False
+        self._recorded_on = model.buffers_generation
+        self._steps.zero_()  # the recording's runs counted steps of the empty slots
+        log.info("recorded %d search steps as CUDA graphs", len(self._recorded))
+
+    @torch.inference_mode()
+    def _decode_step(self, groups: int, source_length: int, span: int, within_graph: bool = False) -> torch.Tensor:
+        """A step of the sentences in the first ``groups`` slots, their sources of at most
+        ``source_length`` tokens and ``span`` positions written: a new token of each beam, the
+        hypotheses that end kept, the beams' state and cache moved to the candidates chosen. Reads
+        and writes only the search's and the model's tensors, whose addresses do not change, so
+        that a CUDA graph can record it. Returns what ``collect`` reads, queued on the device."""
+        options, model = self.options, self.model
+        beam, end, candidates = options.beam_size, options.end_id, 2 * options.beam_size
+        rows = groups * beam
+        steps = self._steps[:groups]
+        positions = steps.clamp(max=self.max_length - 1).repeat_interleave(beam)
+        logits = model.step(self._tokens[:rows], positions, source_length, span, within_graph)
         if options.min_length:
             forbidden = torch.finfo(logits.dtype).min
             logits[:, end] = torch.where(positions < options.min_length, forbidden, logits[:, end])
@@ -192,11 +266,9 @@ class BeamSearch:
         self._history[:rows] = history
         model.reorder(row_origins, span)
         self._steps[:groups] += 1
-        self._clock += 1
         ended = [self._ended_count[:groups, None], self._ended_lengths[:groups], self._ended_scores[:groups]]
         # What the host reads of the step (small counts are exact in float).
-        summary = torch.cat([done[:, None], *ended], dim=1).float()
-        self._launched = summary
+        return torch.cat([done[:, None], *ended], dim=1).float()
 
     def _candidates(
         self, logits: torch.Tensor, groups: int, count: int
@@ -302,6 +374,7 @@ class BeamSearch:
             grown = torch.zeros(self.capacity, longest, dtype=torch.long, device=device)
             grown[:, : self._prefixes.shape[1]] = self._prefixes
             self._prefixes = grown
+            self._recorded_on = -1  # the steps recorded read the old prefixes: recorded again once idle
         width = self._prefixes.shape[1]
         # Each sentence's slot, prefix length and prefix, in one copy queued behind the device's work.
         packed = [[s.slot, len(s.prefix), *s.prefix, *[0] * (width - len(s.prefix))] for s in admitted]
