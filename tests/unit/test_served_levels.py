@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -118,6 +119,16 @@ def test_the_step_level_reference_is_read_from_a_leases_in_process_results(tmp_p
     assert inprocess_step_rates(tmp_path, "translate") == {64: 512.0, 128: 531.2}
     assert inprocess_step_rates(tmp_path, "tts") == {}
     assert inprocess_step_rates(tmp_path / "absent", "translate") == {}
+    # A lease that also ran the loop with the search's rules op by op: the row as the registry runs it.
+    results = json.loads(lease.read_text())
+    results["translate"]["stepwise"]["64x1, op by op"] = {
+        "clients": 64,
+        "steps": 1,
+        "op_by_op": True,
+        "requests_s": 1.0,
+    }
+    (tmp_path / "results" / "inprocess.json").write_text(json.dumps(results))
+    assert inprocess_step_rates(tmp_path, "translate") == {64: 512.0, 128: 531.2}
 
 
 def test_a_batch_size_is_called_until_both_its_calls_and_its_seconds_are_reached() -> None:

@@ -288,11 +288,12 @@ def translate_stepwise(
         translator._torch.search_graphs = not suffix and translator._torch.model.cuda_graphs
         if steps is not None:
             loop = _closed_loop(translator, clients, steps, warmup_s=2.0, seconds=10.0)
-            rows[f"{clients}x{steps}{suffix}"] = {"clients": clients, "steps": steps, **loop}
+            rows[f"{clients}x{steps}{suffix}"] = {"clients": clients, "steps": steps, "op_by_op": bool(suffix), **loop}
             continue
         name = f"handler {clients}" + (f", {back_s * 1000:g} ms back" if back_s else "") + suffix
         rows[name] = {
             "clients": clients,
+            "op_by_op": bool(suffix),
             "back_ms": (back_s or 0.0) * 1000,
             **_handler_loop(translator, clients, warmup_s=2.0, seconds=10.0, back_s=back_s or 0.0),
         }

@@ -225,12 +225,13 @@ def inprocess_rates(work: Path, endpoint: str) -> dict[int, float]:
 
 def inprocess_step_rates(work: Path, endpoint: str) -> dict[int, float]:
     """The role's own step-level loop by requests in flight (one step between two looks at what
-    ended, as the served handler does), from the ``inprocess`` phase's results (requests/s)."""
+    ended, as the served handler does; its search as the registry runs it, not the rows measured
+    with the rules op by op beside it), from the ``inprocess`` phase's results (requests/s)."""
     stepwise = _inprocess_results(work).get(endpoint, {}).get("stepwise", {})
     return {
         int(row["clients"]): float(row["requests_s"])
         for row in stepwise.values()
-        if isinstance(row, dict) and row.get("steps") == 1 and "requests_s" in row
+        if isinstance(row, dict) and row.get("steps") == 1 and "requests_s" in row and not row.get("op_by_op")
     }
 
 
