@@ -210,7 +210,15 @@ def test_llama_gguf_shape_quantised_and_replies_to_max_tokens(tmp_path: Path, em
 
 @pytest.mark.parametrize(
     "variant",
-    ["configured", "unbatched", "stt-text", "chat", "translate-steps", "translate-steps+translate-eager-search"],
+    [
+        "configured",
+        "unbatched",
+        "stt-text",
+        "chat",
+        "translate-steps",
+        "translate-batcher",
+        "translate-steps+translate-eager-search",
+    ],
 )
 def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str) -> None:
     path = tmp_path / "registry.toml"
@@ -232,7 +240,8 @@ def test_registry_variants_load_with_fixed_lengths(tmp_path: Path, variant: str)
     if variant == "stt-text":
         assert registry["stt"].params["timestamps"] is False
     if "translate" in registry.models:
-        assert registry["translate"].params.get("gpu_step_batching", False) == variant.startswith("translate-steps")
+        # The registry's step-level batching, unless the overlay goes back to the dynamic batcher alone.
+        assert registry["translate"].params.get("gpu_step_batching", False) == (variant != "translate-batcher")
         # Whole search steps as graphs unless the overlay asks for the rules op by op.
         assert registry["translate"].params.get("gpu_search_graphs", True) == (
             variant != "translate-steps+translate-eager-search"
