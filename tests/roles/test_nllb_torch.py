@@ -4,6 +4,7 @@ the same hypotheses and the same scores, beam after beam, with padding, forced l
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import torch
 from contract.records import InputError, TranslateRequest, Translation
 from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 from milo_voice.roles.ctranslate2_files import ModelFileError, read_model_bin
+from milo_voice.roles.nllb import model as model_module
+from milo_voice.roles.nllb import search as search_module
 from milo_voice.roles.nllb.model import NllbModel
 from milo_voice.roles.nllb.search import BeamSearch
 from milo_voice.roles.translate import Translator
@@ -230,3 +233,79 @@ def test_a_request_cancelled_while_its_last_step_decodes_is_not_answered(embedde
         answers.update(stepwise.advance(4))
     assert set(answers) == {"other"}
     _assert_same(reference.translate_batch([other]), [answers["other"]])
+
+
+class _ReplayedOnCpu:
+    """What a CUDA graph does, on a CPU: its replay runs the recorded work again, writing its output
+    where the recording left it (a real graph reads the same addresses; this reads the same names)."""
+
+    def __init__(self, run: Callable[[], object], output: object) -> None:
+        self.run, self.output, self.replays = run, output, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        output = self.run()
+        if isinstance(self.output, torch.Tensor) and isinstance(output, torch.Tensor):
+            self.output.copy_(output)
+
+
+def test_a_search_recorded_as_graphs_replays_them_and_records_again_once_idle(
+    embedded_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recorded search's bookkeeping, its graphs replayed on a CPU: every step of a search
+    replays a recorded shape and answers as CTranslate2; a source longer than the buffers held
+    makes the model's buffers grow, so the steps of that search run op by op, and the next search
+    (idle in between) records them again and replays them."""
+    recorded: list[_ReplayedOnCpu] = []
+
+    def record(device: torch.device, run: Callable[[], object], pool: object = None) -> tuple[object, object]:
+        for _ in range(2):  # the warm-up runs, as capture() runs them: for real
+            run()
+        graph = _ReplayedOnCpu(run, run())
+        recorded.append(graph)
+        return graph, graph.output
+
+    monkeypatch.setattr(model_module, "capture", record)
+    monkeypatch.setattr(search_module, "capture", record)
+    op_by_op: list[tuple[int, int, int]] = []  # the steps launched outside a graph
+    decode_step = BeamSearch._decode_step
+
+    def counted(self: BeamSearch, groups: int, source_length: int, span: int, within_graph: bool = False) -> object:
+        if not within_graph:
+            op_by_op.append((groups, source_length, span))
+        return decode_step(self, groups, source_length, span, within_graph)
+
+    monkeypatch.setattr(BeamSearch, "_decode_step", counted)
+    reference, torch_engine = _pair(embedded_dir / "translate", beam_size=3)
+    engine = torch_engine._torch
+    engine.max_sentences, engine.search_graphs = 3, True
+    engine.model.cuda_graphs = engine.model.pad_admissions = True  # as on a GPU
+    stepwise = torch_engine.stepwise()
+    search = stepwise._search
+    shapes = dict(search._recorded)
+    # Slots 1, 2, 4 (3 sentences padded), sources 16, 32, 64, spans 16 to 256.
+    assert {shape[0] for shape in shapes} == {1, 2, 4} and {shape[1] for shape in shapes} == {16, 32, 64}
+
+    def translate(requests: list[TranslateRequest]) -> list[Translation | InputError]:
+        answers: dict[int, Translation | InputError] = {}
+        for key, request in enumerate(requests):
+            stepwise.submit(key, request)
+            answers.update(stepwise.advance(1))
+        while stepwise.busy:
+            answers.update(stepwise.advance(1))
+        return [answers[key] for key in range(len(requests))]
+
+    _assert_same(reference.translate_batch(REQUESTS), translate(REQUESTS))
+    assert sum(graph.replays for graph, _output in shapes.values()) > 0 and op_by_op == []
+    # A source past 64 tokens: the buffers grow, the graphs read the old ones and are not replayed.
+    long_text = TranslateRequest(" ".join(["Manao ahoana daholo ianareo"] * 14), "mg", "fr")
+    replays = sum(graph.replays for graph, _output in shapes.values())
+    _assert_same(reference.translate_batch([long_text]), translate([long_text]))
+    assert sum(graph.replays for graph, _output in shapes.values()) == replays and op_by_op
+    assert search._recorded_on != engine.model.buffers_generation
+    op_by_op.clear()
+    # Idle in between: the next search's first step records them again, on the new buffers.
+    _assert_same(reference.translate_batch(REQUESTS[:2]), translate(REQUESTS[:2]))
+    assert search._recorded_on == engine.model.buffers_generation
+    assert {shape[1] for shape in search._recorded} == {16, 32, 64, 128}
+    assert sum(graph.replays for graph, _output in search._recorded.values()) > 0 and op_by_op == []
