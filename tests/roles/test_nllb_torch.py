@@ -17,7 +17,7 @@ from milo_voice.roles.ctranslate2_files import ModelFileError, read_model_bin
 from milo_voice.roles.nllb import model as model_module
 from milo_voice.roles.nllb import search as search_module
 from milo_voice.roles.nllb.model import NllbModel
-from milo_voice.roles.nllb.search import BeamSearch
+from milo_voice.roles.nllb.search import BeamSearch, Hypothesis
 from milo_voice.roles.translate import Translator
 
 REQUESTS = [
@@ -309,3 +309,25 @@ def test_a_search_recorded_as_graphs_replays_them_and_records_again_once_idle(
     assert search._recorded_on == engine.model.buffers_generation
     assert {shape[1] for shape in search._recorded} == {16, 32, 64, 128}
     assert sum(graph.replays for graph, _output in search._recorded.values()) > 0 and op_by_op == []
+
+
+def test_a_longer_forced_prefix_in_a_padded_search_decodes_as_unpadded(embedded_dir: Path) -> None:
+    """A prefix longer than any before grows the search's prefixes for every slot it may step over,
+    padded slots included: the padded search answers as the unpadded one."""
+    model = NllbModel.from_model_dir(embedded_dir / "translate")
+    engine = Translator(embedded_dir / "translate", compute_type="float32", engine="torch")._torch
+    options = engine.options(beam_size=2, max_decoding_length=12)
+    sources = [engine.ids(["mlg_Latn", "▁Manao", "▁ahoana", "</s>"]), engine.ids(["fra_Latn", "▁Bonjour", "</s>"])]
+    prefixes = [engine.ids(["fra_Latn"]), engine.ids(["mlg_Latn", "▁Manao", "▁ahoana"])]
+
+    def search(padded: bool) -> list[Hypothesis]:
+        searching = BeamSearch(model, options, 3, pad_groups=padded)
+        tickets = [searching.add(source, prefix) for source, prefix in zip(sources, prefixes, strict=True)]
+        results: dict[int, Hypothesis] = {}
+        while searching.busy:
+            results.update(searching.step())
+        return [results[ticket] for ticket in tickets]
+
+    unpadded = search(False)
+    assert unpadded[1].tokens[:3] == prefixes[1]
+    assert search(True) == unpadded

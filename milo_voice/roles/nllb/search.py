@@ -371,7 +371,7 @@ class BeamSearch:
         self.model.admit([s.source for s in admitted], [s.slot * beam for s in admitted], beam)
         longest = max(len(s.prefix) for s in admitted)
         if longest > self._prefixes.shape[1]:
-            grown = torch.zeros(self.capacity, longest, dtype=torch.long, device=device)
+            grown = torch.zeros(self._slot_count, longest, dtype=torch.long, device=device)
             grown[:, : self._prefixes.shape[1]] = self._prefixes
             self._prefixes = grown
             self._recorded_on = -1  # the steps recorded read the old prefixes: recorded again once idle
