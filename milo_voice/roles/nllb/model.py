@@ -35,6 +35,9 @@ MIN_SOURCE_BUCKET = 16
 # Self-attention reads the positions written so far, rounded up the same way: a step's attention
 # over the whole cache would read the keys and values of every position to ``max_length``.
 MIN_SPAN = 16
+# The source lengths whose graphs a warm-up captures (rounded up as above): a voice assistant's
+# sentences; a longer one makes the buffers grow, and its graphs are captured when first needed.
+WARM_SOURCE_LENGTHS = (16, 32, 64)
 
 
 # The layout this module computes, as CTranslate2's spec records it: another TransformerSpec (a
@@ -254,7 +257,9 @@ class NllbModel:
         cache = self._buffers.self_cache[:, :, : len(origins), :, :length]
         cache.copy_(cache.index_select(2, origins))
 
-    def warm_up(self, max_sentences: int, beam_size: int, source_lengths: tuple[int, ...] = (16, 32, 64)) -> None:
+    def warm_up(
+        self, max_sentences: int, beam_size: int, source_lengths: tuple[int, ...] = WARM_SOURCE_LENGTHS
+    ) -> None:
         """Claim the buffers and capture the graphs of every row count up to ``max_sentences`` of
         ``beam_size`` beams, and of admitting up to that many sentences, now."""
         if not self.cuda_graphs:

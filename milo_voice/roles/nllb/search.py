@@ -37,12 +37,9 @@ import torch
 
 from milo_voice.roles.cuda_graphs import capture
 from milo_voice.roles.host_to_device import queued_copy
-from milo_voice.roles.nllb.model import NllbModel
+from milo_voice.roles.nllb.model import WARM_SOURCE_LENGTHS, NllbModel
 
 PREFIX_PENALTY = -1e10  # CTranslate2's score for the candidates a forced prefix replaces
-# The source lengths whose steps ``BeamSearch.warm_up`` records (as rounded up by the model), beside
-# the longest its buffers hold then.
-WARM_SOURCE_LENGTHS = (16, 32, 64)
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +199,7 @@ class BeamSearch:
         if not self.graphs or self._searching:
             return
         model, beam = self.model, self.options.beam_size
-        lengths = (*WARM_SOURCE_LENGTHS, model.source_capacity)
+        lengths = (*WARM_SOURCE_LENGTHS, model.source_capacity)  # and the longest the buffers hold now
         model.warm_up(self._slot_count, beam, source_lengths=lengths)  # its buffers for them, before recording
         buckets = sorted({model.source_bucket(n) for n in lengths})
         spans = sorted({model.span_bucket(n) for n in range(1, self.max_length + 1)})
