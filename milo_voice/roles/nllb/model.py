@@ -56,7 +56,7 @@ def _check_layout(weights: dict[str, np.ndarray]) -> None:
         raise ModelFileError(f"not NLLB's layout, which the torch engine computes: {', '.join(sorted(differs))}")
 
 
-def _power_of_two(n: int, least: int = 1) -> int:
+def power_of_two(n: int, least: int = 1) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
@@ -173,7 +173,7 @@ class NllbModel:
 
     def slots(self, rows: int) -> int:
         """Rows a step computes: a power of two with CUDA graphs, so that few graphs serve every batch."""
-        return _power_of_two(rows) if self.cuda_graphs else rows
+        return power_of_two(rows) if self.cuda_graphs else rows
 
     @torch.inference_mode()
     def admit(self, sources: list[list[int]], first_rows: list[int], beam_size: int) -> None:
@@ -188,8 +188,8 @@ class NllbModel:
         longest = max(len(s) for s in sources)
         if longest > self.max_source_length:
             raise ValueError(f"a source of {longest} tokens is longer than the model's {self.max_source_length}")
-        count = _power_of_two(len(sources)) if self.pad_admissions else len(sources)
-        bucket = min(_power_of_two(longest, MIN_SOURCE_BUCKET), self.max_source_length)
+        count = power_of_two(len(sources)) if self.pad_admissions else len(sources)
+        bucket = min(power_of_two(longest, MIN_SOURCE_BUCKET), self.max_source_length)
         ids, present = self._sources(sources, count, bucket)
         buffers = self._reserve(self.slots(max(first_rows) + beam_size), bucket)
         rows = torch.full((count, beam_size), buffers.spare_row, dtype=torch.long)
@@ -244,11 +244,11 @@ class NllbModel:
 
     def source_bucket(self, source_length: int) -> int:
         """The cross-attention positions a step over sources of ``source_length`` tokens reads."""
-        return _power_of_two(source_length, MIN_SOURCE_BUCKET)
+        return power_of_two(source_length, MIN_SOURCE_BUCKET)
 
     def span_bucket(self, span: int) -> int:
         """The self-attention positions a step over ``span`` positions written reads."""
-        return min(_power_of_two(span, MIN_SPAN), self.max_length)
+        return min(power_of_two(span, MIN_SPAN), self.max_length)
 
     @torch.inference_mode()
     def reorder(self, origins: torch.Tensor, length: int) -> None:
@@ -272,7 +272,7 @@ class NllbModel:
                 zeros = torch.zeros(rows, dtype=torch.long, device=self.device)
                 self.step(zeros, zeros, length, span)
             # Into rows no sentence holds yet: each sentence admitted later writes its own again.
-            for count in sorted({_power_of_two(n) for n in range(1, max_sentences + 1)}, reverse=True):
+            for count in sorted({power_of_two(n) for n in range(1, max_sentences + 1)}, reverse=True):
                 self.admit([[0] * length] * count, [i * beam_size for i in range(count)], beam_size)
 
     def reserve(self, rows: int) -> None:

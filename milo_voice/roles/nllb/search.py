@@ -37,7 +37,7 @@ import torch
 
 from milo_voice.roles.cuda_graphs import capture
 from milo_voice.roles.host_to_device import queued_copy
-from milo_voice.roles.nllb.model import WARM_SOURCE_LENGTHS, NllbModel
+from milo_voice.roles.nllb.model import WARM_SOURCE_LENGTHS, NllbModel, power_of_two
 
 PREFIX_PENALTY = -1e10  # CTranslate2's score for the candidates a forced prefix replaces
 
@@ -99,7 +99,7 @@ class BeamSearch:
         self.model, self.options, self.capacity = model, options, capacity
         self.graphs, self.pad_groups = graphs, graphs or pad_groups
         # Slots a step may cover: padded to a power of two, the state holds that many.
-        self._slot_count = 1 << (capacity - 1).bit_length() if self.pad_groups else capacity
+        self._slot_count = power_of_two(capacity) if self.pad_groups else capacity
         if self.pad_groups:
             model.reserve(self._slot_count * options.beam_size)
         # Steps recorded by shape (slots, source bucket, span bucket): the graph and the summary it writes.
@@ -182,7 +182,7 @@ class BeamSearch:
         span = min(self._clock - min(s.started for s in self._searching.values()) + 1, self.max_length)
         if self.pad_groups:
             model = self.model
-            groups = min(1 << (groups - 1).bit_length(), self._slot_count)
+            groups = power_of_two(groups)  # at most the slots: groups <= capacity
             source_length, span = model.source_bucket(source_length), model.span_bucket(span)
         recorded = self._recorded.get((groups, source_length, span))
         if recorded is not None and self._recorded_on == self.model.buffers_generation:
@@ -203,7 +203,7 @@ class BeamSearch:
         model.warm_up(self._slot_count, beam, source_lengths=lengths)  # its buffers for them, before recording
         buckets = sorted({model.source_bucket(n) for n in lengths})
         spans = sorted({model.span_bucket(n) for n in range(1, self.max_length + 1)})
-        slots = sorted({min(1 << (n - 1).bit_length(), self._slot_count) for n in range(1, self._slot_count + 1)})
+        slots = sorted({power_of_two(n) for n in range(1, self._slot_count + 1)})
         self._recorded.clear()
         try:
             for shape in itertools.product(slots, buckets, spans):
