@@ -275,10 +275,11 @@ class NllbModel:
             for count in sorted({power_of_two(n) for n in range(1, max_sentences + 1)}, reverse=True):
                 self.admit([[0] * length] * count, [i * beam_size for i in range(count)], beam_size)
 
-    def reserve(self, rows: int) -> None:
-        """Buffers for steps of at least ``rows`` rows, now: a step may cover rows past the
-        sentences admitted (``BeamSearch`` with ``pad_groups``)."""
-        self._reserve(self.slots(rows), self._buffers.source_length)
+    def reserve(self, rows: int, source_length: int = 0) -> None:
+        """Buffers for steps of at least ``rows`` rows and sources of ``source_length`` tokens, now:
+        a step may cover rows past the sentences admitted (``BeamSearch`` with ``pad_groups``), and
+        a step recorded by its caller reads the buffers it was recorded on."""
+        self._reserve(self.slots(rows), max(self.source_bucket(source_length), self._buffers.source_length))
 
     def _reserve(self, rows: int, bucket: int) -> _StepBuffers:
         """Buffers for at least ``rows`` rows and sources of ``bucket`` tokens: where smaller, larger

@@ -198,9 +198,11 @@ class BeamSearch:
         changes nothing of slots that hold no sentence. Without ``graphs``, nothing to do."""
         if not self.graphs or self._searching:
             return
-        model, beam = self.model, self.options.beam_size
+        model = self.model
         lengths = (*WARM_SOURCE_LENGTHS, model.source_capacity)  # and the longest the buffers hold now
-        model.warm_up(self._slot_count, beam, source_lengths=lengths)  # its buffers for them, before recording
+        # The buffers for them, before recording: the model's own graphs are not this search's
+        # (they were captured at load; its admissions are captured as they come).
+        model.reserve(self._slot_count * self.options.beam_size, max(lengths))
         buckets = sorted({model.source_bucket(n) for n in lengths})
         spans = sorted({model.span_bucket(n) for n in range(1, self.max_length + 1)})
         slots = sorted({power_of_two(n) for n in range(1, self._slot_count + 1)})
