@@ -281,23 +281,24 @@ def translate_stepwise(
         search_sentences=STEPWISE_SENTENCES,
     )  # fmt: skip
     rows: dict[str, Any] = {}
-    levels = [(c, s, None, "") for c, s in STEPWISE_LEVELS] + [(c, None, b, "") for c, b in HANDLER_LEVELS]
-    levels += [(c, s, b, ", op by op") for c, s, b in OP_BY_OP_LEVELS]
-    for clients, steps, back_s, suffix in levels:
-        # The engine's searches, made by translator.stepwise(): whole steps as graphs, or not.
-        translator._torch.search_graphs = not suffix and translator._torch.model.cuda_graphs
+    levels = [(c, s, None, False) for c, s in STEPWISE_LEVELS] + [(c, None, b, False) for c, b in HANDLER_LEVELS]
+    levels += [(c, s, b, True) for c, s, b in OP_BY_OP_LEVELS]
+    graphs = translator._torch.search_graphs  # what the engine's searches (translator.stepwise()) record
+    for clients, steps, back_s, op_by_op in levels:
+        translator._torch.search_graphs = graphs and not op_by_op
+        suffix = ", op by op" if op_by_op else ""
         if steps is not None:
             loop = _closed_loop(translator, clients, steps, warmup_s=2.0, seconds=10.0)
-            rows[f"{clients}x{steps}{suffix}"] = {"clients": clients, "steps": steps, "op_by_op": bool(suffix), **loop}
+            rows[f"{clients}x{steps}{suffix}"] = {"clients": clients, "steps": steps, "op_by_op": op_by_op, **loop}
             continue
         name = f"handler {clients}" + (f", {back_s * 1000:g} ms back" if back_s else "") + suffix
         rows[name] = {
             "clients": clients,
-            "op_by_op": bool(suffix),
+            "op_by_op": op_by_op,
             "back_ms": (back_s or 0.0) * 1000,
             **_handler_loop(translator, clients, warmup_s=2.0, seconds=10.0, back_s=back_s or 0.0),
         }
-    translator._torch.search_graphs = translator._torch.model.cuda_graphs
+    translator._torch.search_graphs = graphs
     stepwise = translator.stepwise()
     joined: dict[int, Any] = {}
     for key, request in enumerate(requests):  # each joins the search one step after the one before
