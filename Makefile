@@ -53,12 +53,13 @@ test: setup
 	$(BIN)/pytest -ra
 
 # The project's images with docker, or podman where there is no Docker daemon (installed here from
-# Debian's packages when neither answers: a docker client without its daemon is not an engine), from a Debian base made with debootstrap where no registry
-# answers (deploy/containers/). `make test-containers` builds them, brings the compose stack up and
-# tests it (CI runs it after `make test`).
+# Debian's packages when the container scripts find no engine: a docker client without its daemon
+# is none), from a Debian base made with debootstrap where no registry answers
+# (deploy/containers/). `make test-containers` builds them, brings the compose stack up and tests
+# it (CI runs it after `make test`).
 CONTAINER_PACKAGES := podman runc uidmap slirp4netns fuse-overlayfs debootstrap
 container-engine:
-	@if ! (command -v docker >/dev/null && docker info >/dev/null 2>&1) && ! command -v podman >/dev/null; then \
+	@if ! bash -c '. deploy/containers/engine.sh' >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(CONTAINER_PACKAGES); \
 	fi
