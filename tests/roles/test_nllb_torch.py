@@ -256,13 +256,11 @@ def test_a_search_recorded_as_graphs_replays_them_and_records_again_once_idle(
     replays a recorded shape and answers as CTranslate2; a source longer than the buffers held
     makes the model's buffers grow, so the steps of that search run op by op, and the next search
     (idle in between) records them again and replays them."""
-    recorded: list[_ReplayedOnCpu] = []
 
     def record(device: torch.device, run: Callable[[], object], pool: object = None) -> tuple[object, object]:
         for _ in range(2):  # the warm-up runs, as capture() runs them: for real
             run()
         graph = _ReplayedOnCpu(run, run())
-        recorded.append(graph)
         return graph, graph.output
 
     monkeypatch.setattr(model_module, "capture", record)
