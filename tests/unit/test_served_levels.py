@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
+import pytest
 
 from loadtests.bench.batching import Answer
-from loadtests.bench.gpu.common import batch_row, timed_calls
+from loadtests.bench.gpu.common import REPO, batch_row, timed_calls
 from loadtests.bench.gpu.levels import (
     Level,
     executions_over_inprocess,
@@ -140,3 +147,46 @@ def test_a_batch_size_is_called_until_both_its_calls_and_its_seconds_are_reached
     assert len(samples) > 2 and sum(samples) >= 0.1 > sum(samples[:-1])
     row = batch_row(4, [0.1, 0.3, 0.2])
     assert row == {"ms": 200.0, "requests_s": 20.0, "ms_min": 100.0, "ms_max": 300.0, "calls": 3}
+
+
+def test_the_locust_phase_saves_its_figures_before_the_stack_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call cut short while the stack stops keeps the mix's figures; the stop's seconds come after."""
+    from loadtests import runner
+    from loadtests.bench.gpu import served
+
+    stats = REPO / "docs/benchmarks/gpu/h200-2026-12-02g/2-locust/locust_stats-configured.csv"
+    result = tmp_path / "results" / "locust-configured-tritonserver.json"
+    seen_while_stopping: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def stack_for(args: argparse.Namespace, variant: str, log: Path) -> Iterator[Any]:
+        yield SimpleNamespace(facade="http://facade", metrics="metrics"), [], 12.5
+        seen_while_stopping.update(json.loads(result.read_text()))
+        time.sleep(0.2)
+
+    def run_locust(args: argparse.Namespace, url: str, out: Path) -> int:
+        shutil.copy(stats, out / "locust_stats.csv")
+        return 0
+
+    monkeypatch.setattr(served, "stack_for", stack_for)
+    monkeypatch.setattr(served, "gpu_memory", dict)
+    monkeypatch.setattr(served, "triton_batch_stats", lambda url: {})
+    monkeypatch.setattr(runner, "run_locust", run_locust)
+    args = argparse.Namespace(
+        variants="configured",
+        work=tmp_path,
+        users=16,
+        duration="60s",
+        mps=False,
+        facade_workers=1,
+        server="tritonserver",
+    )
+    served.phase_locust(args)
+
+    assert seen_while_stopping["start_s"] == 12.5 and "stop_s" not in seen_while_stopping
+    tts = next(v for v in seen_while_stopping["verdicts"] if v["endpoint"] == "tts")
+    assert tts["stats"]["p50_ms"] == 51 and tts["passed"]
+    final = json.loads(result.read_text())
+    assert final["stop_s"] >= 0.2 and final["verdicts"] == seen_while_stopping["verdicts"]

@@ -308,15 +308,22 @@ def phase_locust(args: argparse.Namespace) -> None:
         "variant": variant, "server": args.server, "users": args.users, "duration": args.duration, "mps": args.mps,
         "facade_workers": args.facade_workers,
     }  # fmt: skip
-    with stack_for(args, variant, out / "stack.log") as (stack, _models, _start):
-        code = run_locust(locust_args, stack.facade, out)
-        result["locust_exit"] = code
+    name = f"locust-{variant}{_server_suffix(args)}"
+    with stack_for(args, variant, out / "stack.log") as (stack, _models, start_s):
+        result["start_s"] = start_s
+        started = time.perf_counter()
+        result["locust_exit"] = run_locust(locust_args, stack.facade, out)
+        result["locust_s"] = round(time.perf_counter() - started, 1)
         result["memory"] = gpu_memory()
         result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
-    verdicts = gate(read_locust_stats(out / "locust_stats.csv"), dict(AUDIT_TARGETS_MS), 0.01)
-    result["verdicts"] = [asdict(v) for v in verdicts]
-    result["table"] = format_table(verdicts)
-    save(args.work, f"locust-{variant}{_server_suffix(args)}", result)
+        verdicts = gate(read_locust_stats(out / "locust_stats.csv"), dict(AUDIT_TARGETS_MS), 0.01)
+        result["verdicts"] = [asdict(v) for v in verdicts]
+        result["table"] = format_table(verdicts)
+        # Saved before the stack stops, so that a call cut short while it stops keeps the figures.
+        save(args.work, name, result)
+        stopping = time.perf_counter()
+    result["stop_s"] = round(time.perf_counter() - stopping, 1)
+    save(args.work, name, result)
 
 
 def phase_overhead(args: argparse.Namespace) -> None:
