@@ -276,7 +276,8 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
     assert registry_of("unbatched")["stt"].batching_on(1).max_batch_size == 1
     assert registry_of("translate-ct2")["translate"].params["engine"] == "ctranslate2"
     assert registry_of("translate-q10")["translate"].batching_on(1).max_queue_delay_us == 10000
-    assert registry_of("tts-q1")["tts"].batching_on(1).max_queue_delay_us == 1000
+    assert registry_of("tts-q10")["tts"].batching_on(1).max_queue_delay_us == 10000
+    assert registry_of("configured")["tts"].batching_on(1).max_queue_delay_us == 1000
     assert registry_of("translate-int8")["translate"].params["gpu_compute_type"] == "int8_float16"
     audit = registry_of("audit")
     assert audit["translate"].params["gpu_compute_type"] == "float16"
