@@ -16,6 +16,8 @@ state under ``--work`` and writes its results to ``--work/results/<phase>.json``
   locust     the Locust mixed scenario against the stack, gated on the audit table
   overhead   ``loadtests.bench.overhead`` on a variant: one request at a time, in process, on
              Triton directly and through the facade (where the served time goes, hop by hop)
+  goals      the goals read from the results so far (``goals.py``): each served role at 64 clients
+             over its in-process rate of the same work folder, one short question, the Locust mix
 
 The results are read in ``docs/benchmarks.md`` (section 4).
 

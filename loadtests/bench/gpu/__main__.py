@@ -11,6 +11,7 @@ from pathlib import Path
 
 from loadtests.bench.gpu.build import phase_build
 from loadtests.bench.gpu.common import LEVELS, REPO
+from loadtests.bench.gpu.goals import phase_goals
 from loadtests.bench.gpu.inprocess import phase_inprocess
 from loadtests.bench.gpu.served import phase_locust, phase_overhead, phase_served, phase_voice
 from loadtests.bench.gpu.tune import phase_tune
@@ -18,12 +19,14 @@ from loadtests.bench.gpu.tune import phase_tune
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench.gpu", description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=["build", "inprocess", "tune", "served", "locust", "overhead", "voice"])
+    parser.add_argument(
+        "phase", choices=["build", "inprocess", "tune", "served", "locust", "overhead", "voice", "goals"]
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/milo-gpu"))
     parser.add_argument("--assets", default=os.environ.get("MILO_GPU_ASSETS", str(REPO / ".gpu-assets")))
     parser.add_argument("--only", default="", help="build/inprocess: a subset of stt,tts,translate,chat")
     parser.add_argument("--no-large-v3", action="store_true", help="build: the turbo STT shape only")
-    parser.add_argument("--variants", default="configured,unbatched", help="served/locust: registry variants")
+    parser.add_argument("--variants", default="configured,unbatched", help="served/locust/goals: registry variants")
     parser.add_argument(
         "--endpoints", default="stt,tts,translate,chat",
         help="served: endpoints measured, each at --levels or at its own (stt-short:1, tts:1/64)",
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64, help="voice: the length of every reply")
     parser.add_argument("--methods", default="", help="voice: the ways measured (default: all of voice_turn's)")
     parser.add_argument(
-        "--server", choices=("pytriton", "tritonserver"), default="pytriton", help="served/locust: which Triton"
+        "--server", choices=("pytriton", "tritonserver"), default="pytriton", help="served/locust/goals: which Triton"
     )
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     phases: dict[str, Callable[[argparse.Namespace], None]] = {
         "build": phase_build, "inprocess": phase_inprocess, "tune": phase_tune,
         "served": phase_served, "locust": phase_locust, "overhead": phase_overhead, "voice": phase_voice,
+        "goals": phase_goals,
     }  # fmt: skip
     phases[args.phase](args)
     return 0
