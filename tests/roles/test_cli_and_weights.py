@@ -161,3 +161,41 @@ def test_serve_tells_the_facade_the_served_models_and_its_defaults_are_the_regis
         assert settings["MILO_PROFILE"] == profile
     # A facade deployed alone serves production weights: its default voices are theirs.
     assert json.loads(served_models_settings(registry, "production")["MILO_VOICES"]) == defaults.voices
+
+
+def test_the_seeded_translation_model_trains_until_it_reproduces_its_corpus(
+    tmp_path: Path, embedded_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Too short a training leaves translations missed and says so; the built model misses none."""
+    import logging
+
+    import ctranslate2
+    import sentencepiece
+    from transformers import M2M100ForConditionalGeneration
+
+    from milo_voice.weights import embedded
+
+    tokenizer, _ = embedded.build_seeded_nllb_tokenizer(tmp_path)
+    config = embedded.nllb_config(
+        tokenizer, vocab_size=len(tokenizer), d_model=32, layers=1, attention_heads=2, ffn_dim=64, max_positions=128
+    )
+    with caplog.at_level(logging.INFO, logger="milo_voice.weights.embedded"):
+        embedded._train_on_corpus(
+            M2M100ForConditionalGeneration(config), tokenizer, embedded._parallel_corpus(), steps=5, rounds=2
+        )
+    rounds = [r.getMessage() for r in caplog.records if "(round" in r.getMessage()]
+    assert len(rounds) == 2 and "(round 2)" in rounds[1]
+    assert "corpus translations still missed after 2 rounds" in caplog.records[-1].getMessage()
+
+    # The embedded model as setup built it: every corpus sentence into each other language, as
+    # the role decodes it (CTranslate2, beam 2, the target's code as prefix).
+    folder = embedded_dir / "translate"
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(folder / "sentencepiece.bpe.model"))
+    translator = ctranslate2.Translator(str(folder), device="cpu")
+    pairs = [(row[src], src, row[dst], dst) for row in embedded._parallel_corpus() for src in row for dst in row]
+    pairs = [pair for pair in pairs if pair[1] != pair[3]]
+    sources = [[src, *pieces.encode(text, out_type=str), "</s>"] for text, src, _, _ in pairs]
+    results = translator.translate_batch(sources, target_prefix=[[dst] for *_, dst in pairs], beam_size=2)
+    decoded = [pieces.decode(result.hypotheses[0][1:]) for result in results]
+    missed = [(text, want, got) for (text, _, want, _), got in zip(pairs, decoded, strict=True) if got != want]
+    assert len(pairs) == 120 and missed == []
