@@ -107,17 +107,22 @@ def test_a_sentence_beyond_the_models_limit_is_refused_with_the_limit(translator
 
 
 def test_a_translation_that_reaches_the_output_limit_is_refused_not_cut(embedded_dir: Path) -> None:
-    """With an output limit of 8 tokens (the language code included), the translation of "Merci."
-    (10 tokens) cannot end; those of the others (6 and 7) can."""
+    """With an output limit of 8 tokens (the language code included), the translation of the
+    hospital question (11 tokens) cannot end; those of the others (6 and 7) can. All three are
+    sentences the embedded model was trained on, so their translations are known."""
     short = Translator(embedded_dir / "translate", max_decoding_length=8)
+    hospital = "Où se trouve l'hôpital le plus proche?"
     requests = [
         TranslateRequest("Hello everyone.", "en", "fr"),
-        TranslateRequest("Merci.", "fr", "mg"),
-        TranslateRequest("Salama.", "mg", "fr"),
+        TranslateRequest(hospital, "fr", "mg"),
+        TranslateRequest("Salama tsara aho, misaotra.", "mg", "fr"),
     ]
     first, cut, last = short.translate_batch(requests)
     assert isinstance(first, Translation) and first.text == "Bonjour à tous."
     assert isinstance(cut, TranslateInputError) and "output limit of 8 tokens" in str(cut)
     assert isinstance(last, Translation) and last.text == "Je vais bien, merci."
     with pytest.raises(TranslateInputError, match="output limit"):
-        short.translate("Merci.", "fr", "mg")
+        short.translate(hospital, "fr", "mg")
+    assert Translator(embedded_dir / "translate").translate(hospital, "fr", "mg").text == (
+        "Aiza ny hopitaly akaiky indrindra?"
+    )
