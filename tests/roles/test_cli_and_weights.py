@@ -169,10 +169,10 @@ def test_the_seeded_translation_model_trains_until_it_reproduces_its_corpus(
     """Too short a training leaves translations missed and says so; the built model misses none."""
     import logging
 
-    import ctranslate2
-    import sentencepiece
     from transformers import M2M100ForConditionalGeneration
 
+    from contract.records import TranslateRequest, Translation
+    from milo_voice.roles.translate import NLLB_CODES, Translator
     from milo_voice.weights import embedded
 
     tokenizer, _ = embedded.build_seeded_nllb_tokenizer(tmp_path)
@@ -187,15 +187,20 @@ def test_the_seeded_translation_model_trains_until_it_reproduces_its_corpus(
     assert len(rounds) == 2 and "(round 2)" in rounds[1]
     assert "corpus translations still missed after 2 rounds" in caplog.records[-1].getMessage()
 
-    # The embedded model as setup built it: every corpus sentence into each other language, as
-    # the role decodes it (CTranslate2, beam 2, the target's code as prefix).
-    folder = embedded_dir / "translate"
-    pieces = sentencepiece.SentencePieceProcessor(model_file=str(folder / "sentencepiece.bpe.model"))
-    translator = ctranslate2.Translator(str(folder), device="cpu")
-    pairs = [(row[src], src, row[dst], dst) for row in embedded._parallel_corpus() for src in row for dst in row]
-    pairs = [pair for pair in pairs if pair[1] != pair[3]]
-    sources = [[src, *pieces.encode(text, out_type=str), "</s>"] for text, src, _, _ in pairs]
-    results = translator.translate_batch(sources, target_prefix=[[dst] for *_, dst in pairs], beam_size=2)
-    decoded = [pieces.decode(result.hypotheses[0][1:]) for result in results]
-    missed = [(text, want, got) for (text, _, want, _), got in zip(pairs, decoded, strict=True) if got != want]
-    assert len(pairs) == 120 and missed == []
+    # The embedded model as setup built it, through the role that serves it: every corpus
+    # sentence into each other language.
+    language = {code: name for name, code in NLLB_CODES.items()}
+    cases = [
+        (TranslateRequest(row[src], language[src], language[dst]), row[dst])
+        for row in embedded._parallel_corpus()
+        for src in row
+        for dst in row
+        if src != dst
+    ]
+    results = Translator(embedded_dir / "translate").translate_batch([request for request, _ in cases])
+    missed = [
+        (request.text, want, result)
+        for (request, want), result in zip(cases, results, strict=True)
+        if not (isinstance(result, Translation) and result.text == want)
+    ]
+    assert len(cases) == 120 and missed == []
