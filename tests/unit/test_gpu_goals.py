@@ -51,7 +51,7 @@ def test_the_goals_phase_reads_one_work_folder_and_says_what_was_not_run(tmp_pat
     results.mkdir()
     shutil.copy(LEASES / "h200-2026-12-02g/3-locust/locust-tts-q1-tritonserver-mps.json",
                 results / "locust-configured-tritonserver-mps.json")  # fmt: skip
-    outcomes = read_goals(results, "configured", "-tritonserver")
+    outcomes = read_goals(results, "configured", "tritonserver")
     assert [o.met for o in outcomes[:4]] == [None] * 4 and all(o.detail == "not run" for o in outcomes[:4])
     assert outcomes[4].goal.endswith("(MPS)") and outcomes[4].met is True
 

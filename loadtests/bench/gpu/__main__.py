@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-sample-s", type=float, default=0.5,
         help="served: seconds between reads of the GPU's utilisation (nvidia-smi); 0: not read",
     )  # fmt: skip
-    parser.add_argument("--facade-workers", type=int, default=1, help="served/locust: the facade's processes")
+    parser.add_argument("--facade-workers", type=int, default=1, help="served/locust/goals: the facade's processes")
     parser.add_argument(
         "--mps", action="store_true", help="served/locust/voice: the stack's processes share the GPU through CUDA MPS"
     )

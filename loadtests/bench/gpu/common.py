@@ -80,6 +80,16 @@ def batch_row(batch: int, samples: list[float]) -> dict[str, float]:
     }
 
 
+def result_suffix(server: str, mps: bool = False, facade_workers: int = 1) -> str:
+    """What results are named after besides the variant: the server, MPS where it ran, and the facade's
+    processes where there were several."""
+    return (
+        ("" if server == "pytriton" else f"-{server}")
+        + ("-mps" if mps else "")
+        + (f"-w{facade_workers}" if facade_workers > 1 else "")
+    )
+
+
 def save(work: Path, phase: str, data: dict[str, Any]) -> Path:
     out = work / "results" / f"{phase}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

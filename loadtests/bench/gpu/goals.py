@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench.gpu.common import save
+from loadtests.bench.gpu.common import result_suffix, save
 
 
 @dataclass(frozen=True)
@@ -102,15 +102,16 @@ def locust_outcome(locust: dict[str, Any], source: str) -> Outcome:
     return Outcome(name, LOCUST_WRITTEN, round(ratios[highest], 3), met, source, detail)
 
 
-def read_goals(results: Path, variant: str, suffix: str) -> list[Outcome]:
-    """The goals from ``results`` for a variant as served on one server (``suffix``: ``-tritonserver``)."""
+def read_goals(results: Path, variant: str, server: str, facade_workers: int = 1) -> list[Outcome]:
+    """The goals from ``results`` for a variant as served on one server; the mix with and without MPS."""
     outcomes: list[Outcome] = []
+    suffix, mps_suffix = (result_suffix(server, mps, facade_workers) for mps in (False, True))
     served = results / f"served-{variant}{suffix}.json"
     if served.exists():
         outcomes += served_outcomes(json.loads(served.read_text()), served.name)
     else:
         outcomes += [Outcome(g.name, g.written, None, None, served.name, "not run") for g in SERVED_GOALS]
-    mixes = [results / f"locust-{variant}{suffix}.json", results / f"locust-{variant}{suffix}-mps.json"]
+    mixes = [results / f"locust-{variant}{suffix}.json", results / f"locust-{variant}{mps_suffix}.json"]
     ran = [path for path in mixes if path.exists()]
     outcomes += [locust_outcome(json.loads(path.read_text()), path.name) for path in ran]
     if not ran:
@@ -129,8 +130,8 @@ def format_goals(outcomes: list[Outcome]) -> str:
 
 def phase_goals(args: argparse.Namespace) -> None:
     variant = args.variants.split(",")[0]
-    suffix = "" if args.server == "pytriton" else f"-{args.server}"
-    outcomes = read_goals(args.work / "results", variant, suffix)
+    outcomes = read_goals(args.work / "results", variant, args.server, args.facade_workers)
     table = format_goals(outcomes)
-    save(args.work, f"goals-{variant}{suffix}", {"goals": [asdict(o) for o in outcomes], "table": table})
+    name = f"goals-{variant}{result_suffix(args.server, facade_workers=args.facade_workers)}"
+    save(args.work, name, {"goals": [asdict(o) for o in outcomes], "table": table})
     print(table, flush=True)

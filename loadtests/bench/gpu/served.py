@@ -21,7 +21,7 @@ from loadtests import payloads
 from loadtests.audit import AUDIT_TARGETS_MS, format_table, gate, read_locust_stats
 from loadtests.bench import triton_counters
 from loadtests.bench.batching import SENDERS, Answer, Send, load_session, post_json, post_upload, translate_body
-from loadtests.bench.gpu.common import CHAT_TOKENS, REPO, gpu_memory, save
+from loadtests.bench.gpu.common import CHAT_TOKENS, REPO, gpu_memory, result_suffix, save
 from loadtests.bench.gpu.levels import (
     Level,
     executions_over_inprocess,
@@ -277,13 +277,7 @@ def execution_times_line(times: dict[str, float] | None) -> str:
 
 
 def _server_suffix(args: argparse.Namespace) -> str:
-    """What results are named after besides the variant: the server, MPS where it ran, and the facade's
-    processes where there were several."""
-    return (
-        ("" if args.server == "pytriton" else f"-{args.server}")
-        + ("-mps" if args.mps else "")
-        + (f"-w{args.facade_workers}" if args.facade_workers > 1 else "")
-    )
+    return result_suffix(args.server, args.mps, args.facade_workers)
 
 
 def _tail(path: Path, lines: int = 40) -> str:
