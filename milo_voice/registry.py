@@ -157,6 +157,8 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
             voices=dict(weights.get("voices", {})),
             alternatives=tuple(weights.get("alternatives", ())),
         )
+    params = dict(table.get("params", {}))
+    _check_step_batching(name, role, params)
     implementation = str(table.get("implementation", ""))
     if implementation and not IMPLEMENTATION.fullmatch(implementation):
         raise ValueError(f"model {name!r}: implementation {implementation!r} is not 'module:Class'")
@@ -166,11 +168,31 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
         description=table.get("description", ""),
         batching=batching,
         instances=instances,
-        params=dict(table.get("params", {})),
+        params=params,
         profiles=profiles,
         implementation=implementation,
         gpu_batching=gpu_batching,
     )
+
+
+# Step-level batching's keys, with the engine each needs: a CPU host's "auto" is CTranslate2 alone,
+# a GPU host's loads the torch engine beside it (milo_voice/roles/translate.py).
+STEP_BATCHING_ENGINES = {"step_batching": ("torch",), "gpu_step_batching": ("auto", "torch")}
+
+
+def _check_step_batching(name: str, role: str, params: dict[str, Any]) -> None:
+    """Step-level batching drives the translation role's torch engine, which runs beam search: a
+    registry that asks it of anything else is refused when it is read, not when a host loads it."""
+    for key, engines in STEP_BATCHING_ENGINES.items():
+        if not params.get(key):
+            continue
+        if role != "translate":
+            raise ValueError(f"model {name!r}: {key} is for translation's torch engine, not {role}")
+        engine = params.get("engine", "auto")
+        if engine not in engines:
+            raise ValueError(f"model {name!r}: {key} needs engine {' or '.join(map(repr, engines))}, not {engine!r}")
+        if int(params.get("beam_size", 2)) < 2:
+            raise ValueError(f"model {name!r}: {key} needs beam_size 2 or more (the torch engine's beam search)")
 
 
 def _checked_batching(name: str, batching: Batching) -> Batching:

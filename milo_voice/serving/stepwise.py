@@ -51,11 +51,9 @@ CANCEL_POLL_S = 0.25
 
 def step_batching(spec: ModelSpec, device: Device) -> bool:
     """Whether ``spec`` is served with step-level batching on ``device``: its ``step_batching``
-    parameter (``gpu_step_batching`` on a GPU), for a role that decodes step by step."""
-    wanted = bool(spec.params.get("gpu_step_batching" if device.kind == "cuda" else "step_batching", False))
-    if wanted and spec.role != "translate":
-        raise ValueError(f"model {spec.name!r}: step batching is for translation's torch engine, not {spec.role}")
-    return wanted
+    parameter (``gpu_step_batching`` on a GPU); the registry has checked that its role and engine
+    decode step by step."""
+    return bool(spec.params.get("gpu_step_batching" if device.kind == "cuda" else "step_batching", False))
 
 
 class SearchObserver(Protocol):

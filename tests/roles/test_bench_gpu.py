@@ -288,6 +288,14 @@ def test_stt_and_chat_variants(tmp_path: Path) -> None:
         variants.bench_models(None, "chat-fast")
 
 
+@pytest.mark.parametrize("overlay", sorted(p.stem for p in variants.OVERLAYS.glob("*.toml")))
+def test_every_overlay_is_a_registry_the_host_reads(tmp_path: Path, overlay: str) -> None:
+    # A lease that serves an overlay the registry refuses loses the call: read each one here.
+    path = tmp_path / "registry.toml"
+    path.write_text(variants.dump_registry(variants.bench_models(None, overlay)))
+    assert load_registry(path).models
+
+
 def test_tuned_variant_takes_batch_sizes_and_instances(tmp_path: Path) -> None:
     tuned = {"stt": {"max_batch_size": 8, "preferred_batch_sizes": [2, 4, 8], "instances": 2}}
     path = tmp_path / "registry.toml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,28 @@ def test_bad_registry_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"preferred batch size outside 1\.\.8"):
         load_registry(bad)
+
+
+@pytest.mark.parametrize(
+    ("model", "refusal"),
+    [
+        ('role = "stt"\nparams = { gpu_step_batching = true }', "gpu_step_batching is for translation's torch engine"),
+        ('role = "translate"\nparams = { gpu_step_batching = true, engine = "ctranslate2" }',
+         "gpu_step_batching needs engine 'auto' or 'torch', not 'ctranslate2'"),
+        # On a CPU "auto" is CTranslate2 alone: the torch engine must be asked for.
+        ('role = "translate"\nparams = { step_batching = true }', "step_batching needs engine 'torch', not 'auto'"),
+        ('role = "translate"\nparams = { gpu_step_batching = true, beam_size = 1 }',
+         "gpu_step_batching needs beam_size 2 or more"),
+    ],
+)  # fmt: skip
+def test_step_batching_is_refused_where_no_torch_engine_searches(tmp_path: Path, model: str, refusal: str) -> None:
+    bad = tmp_path / "registry.toml"
+    bad.write_text(f"[models.x]\n{model}\nmax_batch_size = 8\nmax_queue_delay_us = 0\ninstances = {{ count = 1 }}\n")
+    with pytest.raises(ValueError, match=re.escape(f"model 'x': {refusal}")):
+        load_registry(bad)
+    # The same model decoding whole batches is read.
+    bad.write_text(bad.read_text().replace("step_batching = true", "step_batching = false"))
+    assert load_registry(bad)["x"].params
 
 
 def test_an_implementation_must_name_a_class_in_a_module(tmp_path: Path) -> None:
