@@ -175,9 +175,12 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
     )
 
 
-# Step-level batching's keys, with the engine each needs: a CPU host's "auto" is CTranslate2 alone,
-# a GPU host's loads the torch engine beside it (milo_voice/roles/translate.py).
-STEP_BATCHING_ENGINES = {"step_batching": ("torch",), "gpu_step_batching": ("auto", "torch")}
+# Step-level batching's keys, with the engines that load the torch engine where each is read: a
+# CPU host's "auto" is CTranslate2 alone, a GPU host's loads torch beside it (milo_voice/roles/translate.py).
+STEP_BATCHING_ENGINES = {
+    "step_batching": ("torch", "torch+ctranslate2"),
+    "gpu_step_batching": ("auto", "torch", "torch+ctranslate2"),
+}
 
 
 def _check_step_batching(name: str, role: str, params: dict[str, Any]) -> None:
@@ -190,7 +193,8 @@ def _check_step_batching(name: str, role: str, params: dict[str, Any]) -> None:
             raise ValueError(f"model {name!r}: {key} is for translation's torch engine, not {role}")
         engine = params.get("engine", "auto")
         if engine not in engines:
-            raise ValueError(f"model {name!r}: {key} needs engine {' or '.join(map(repr, engines))}, not {engine!r}")
+            allowed = " or ".join(repr(e) for e in engines)
+            raise ValueError(f"model {name!r}: {key} needs the torch engine (engine {allowed}), not {engine!r}")
         if int(params.get("beam_size", 2)) < 2:
             raise ValueError(f"model {name!r}: {key} needs beam_size 2 or more (the torch engine's beam search)")
 

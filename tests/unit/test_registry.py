@@ -67,9 +67,11 @@ def test_bad_registry_is_refused(tmp_path: Path) -> None:
     [
         ('role = "stt"\nparams = { gpu_step_batching = true }', "gpu_step_batching is for translation's torch engine"),
         ('role = "translate"\nparams = { gpu_step_batching = true, engine = "ctranslate2" }',
-         "gpu_step_batching needs engine 'auto' or 'torch', not 'ctranslate2'"),
+         "gpu_step_batching needs the torch engine (engine 'auto' or 'torch' or 'torch+ctranslate2'), "
+         "not 'ctranslate2'"),
         # On a CPU "auto" is CTranslate2 alone: the torch engine must be asked for.
-        ('role = "translate"\nparams = { step_batching = true }', "step_batching needs engine 'torch', not 'auto'"),
+        ('role = "translate"\nparams = { step_batching = true }',
+         "step_batching needs the torch engine (engine 'torch' or 'torch+ctranslate2'), not 'auto'"),
         ('role = "translate"\nparams = { gpu_step_batching = true, beam_size = 1 }',
          "gpu_step_batching needs beam_size 2 or more"),
     ],
