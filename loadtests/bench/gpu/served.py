@@ -293,7 +293,8 @@ def phase_locust(args: argparse.Namespace) -> None:
     from loadtests.runner import build_parser, run_locust
 
     variant = args.variants.split(",")[0]
-    out = args.work / f"locust-{variant}{_server_suffix(args)}"
+    name = f"locust-{variant}{_server_suffix(args)}"  # Locust's own files, and the result's name
+    out = args.work / name
     out.mkdir(parents=True, exist_ok=True)
     locust_args = build_parser().parse_args(
         ["--users", str(args.users), "--spawn-rate", "4", "--duration", args.duration, "--report-only"]
@@ -302,7 +303,6 @@ def phase_locust(args: argparse.Namespace) -> None:
         "variant": variant, "server": args.server, "users": args.users, "duration": args.duration, "mps": args.mps,
         "facade_workers": args.facade_workers,
     }  # fmt: skip
-    name = f"locust-{variant}{_server_suffix(args)}"
     with stack_for(args, variant, out / "stack.log") as (stack, _models, start_s):
         result["start_s"] = start_s
         started = time.perf_counter()
