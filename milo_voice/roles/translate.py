@@ -275,8 +275,18 @@ class StepwiseTranslations:
 
     @property
     def last_step_sentences(self) -> int:
-        """The sentences the search's last step decoded."""
+        """The sentences the step collected last decoded."""
         return int(self._search.last_step_sentences)
+
+    @property
+    def in_flight(self) -> int:
+        """Steps launched and not collected."""
+        return int(self._search.in_flight)
+
+    @property
+    def max_in_flight(self) -> int:
+        """Steps that may be launched before the oldest is collected."""
+        return int(self._search.max_in_flight)
 
     def submit(self, key: Hashable, request: TranslateRequest) -> InputError | None:
         """Queue ``request``; its ``InputError`` now where it is refused (then nothing is queued)."""
@@ -310,11 +320,17 @@ class StepwiseTranslations:
     def launch(self) -> None:
         """Queue the next step on the device (requests submitted so far join it where rows are
         free) without waiting for it: the caller's work runs while the device decodes, until
-        ``collect``. Requests submitted meanwhile join the step after."""
+        ``collect``. Requests submitted meanwhile join the step after. A step may be launched
+        before the last is collected: it is queued behind it."""
         self._search.launch()
 
+    def admit(self) -> None:
+        """Let the requests submitted so far take the rows free now, while a step decodes: they
+        join the next step launched, and their encoder pass is queued behind the steps launched."""
+        self._search.admit()
+
     def collect(self) -> dict[Hashable, Translation | InputError]:
-        """Wait for the step launched; each request it finished, answered."""
+        """Wait for the oldest step launched; each request it finished, answered."""
         done: dict[Hashable, Translation | InputError] = {}
         torch_engine = self._translator._torch
         for ticket, hypothesis in self._search.collect().items():

@@ -8,10 +8,12 @@ ordinary (not decoupled) Triton model with its dynamic batcher: clients call it 
 
 Triton's execution only hands requests over, and returns once the role's next step admits each
 (``dequeued``: there are rows for its sentences; as a chat request once it holds a slot, the
-Python backend drives both alike). The role's thread queues each step on the GPU and, while it
-decodes, sends the last step's answers, takes in what was handed over and releases the requests
-that found rows; only then does it wait for the step. So Triton hands over the next requests,
-and the host does its work, while the GPU decodes.
+Python backend drives both alike). The role's thread keeps two steps queued on the GPU: it
+launches the next step behind the one decoding and, while they decode, sends the last step's
+answers, takes in what was handed over, admits it to the rows free (its encoder pass queued behind
+the steps) and releases the requests that found rows; only then does it wait for the older step.
+So Triton hands over the next requests, and the host does its work, while the GPU decodes, and
+the GPU goes from one step to the next without waiting for the host.
 Requests beyond the rows wait in Triton's queue, where priorities, queue timeouts and the queue's
 bound apply, not in the role's. Triton's work on a request (its queue, the batch, moving it to and
 from the Python process) is done once, while the GPU decodes.
@@ -59,7 +61,9 @@ def step_batching(spec: ModelSpec, device: Device) -> bool:
 class SearchObserver(Protocol):
     """What the role's thread reports of each step (``search_metrics.TritonSearchMetrics``)."""
 
-    def step(self, sentences: int, seconds: float) -> None: ...
+    def step(self, sentences: int, seconds: float) -> None:
+        """A step collected: the sentences it decoded, and the time since the step before was
+        collected (or since it was launched, the first after an idle spell)."""
 
     def flush(self) -> None: ...
 
@@ -110,6 +114,7 @@ class StepwiseHandler:
     def _decode(self) -> None:
         finished: list[int] = []  # requests the last step answered in full, sent while the next decodes
         stopping = False
+        since = time.perf_counter()  # when the last step was collected
         while not stopping:
             # With nothing to decode, what was answered goes out, then the thread waits for a request.
             while not self.role.busy and not stopping:
@@ -120,24 +125,31 @@ class StepwiseHandler:
             stopping = stopping or not self._take_inbox()  # what came while the last step was collected
             if stopping:
                 break
-            started = time.perf_counter()
+            if not self.role.in_flight:
+                since = time.perf_counter()  # the first step after an idle spell: timed from its launch
             try:
-                self.role.launch()
+                for _ in range(self.role.max_in_flight - self.role.in_flight):
+                    self.role.launch()  # nothing, where no sentence searches
                 # While the device decodes: the last step's answers go out, what was handed over
-                # meanwhile joins the next step, and the requests that step admits are released.
+                # meanwhile takes the rows free, and the requests that found rows are released.
                 self._end_answered(finished)
                 stopping = not self._take_inbox()
-                self._admit()
+                self.role.admit()
+                self._release_admitted()
+                stepped = self.role.in_flight > 0
                 done = self.role.collect()
             except Exception as exc:  # the role failed: what it held fails with it, the thread goes on
                 log.exception("a decoding step failed")
                 self._end_answered(finished)
-                with contextlib.suppress(Exception):  # a step launched is collected, or none launches again
-                    self.role.collect()
+                for _ in range(self.role.in_flight):  # what was launched is collected, or none launches again
+                    with contextlib.suppress(Exception):
+                        self.role.collect()
                 self._fail_all(exc.with_traceback(None))
                 continue
-            if self.observer is not None:
-                self.observer.step(self.role.last_step_sentences, time.perf_counter() - started)
+            if self.observer is not None and stepped:
+                collected = time.perf_counter()
+                self.observer.step(self.role.last_step_sentences, collected - since)
+                since = collected
             for (key, index), result in done.items():
                 self._running[key].answers[index] = result
                 if self._running[key].answered:
@@ -183,7 +195,7 @@ class StepwiseHandler:
         if request.answered:  # every row refused: nothing to decode
             self._end(key, codec.pack_results(self.io, request.answers))
 
-    def _admit(self) -> None:
+    def _release_admitted(self) -> None:
         """Set ``dequeued`` for the requests none of whose sentences waits for rows."""
         if all(request.dequeued.is_set() for request in self._running.values()):
             return

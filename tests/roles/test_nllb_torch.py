@@ -209,28 +209,87 @@ def test_a_stepwise_request_refused_waiting_or_cancelled(embedded_dir: Path) -> 
     assert set(answers) == {"next"}
 
 
-def test_a_request_cancelled_while_its_last_step_decodes_is_not_answered(embedded_dir: Path) -> None:
-    """A step is launched, then collected: a request cancelled between the two, in the step that
-    ends it, is not answered; the others are, as alone. A second launch waits for a collect."""
-    reference, torch_engine = _pair(embedded_dir / "translate")
-    short, other = REQUESTS[5], REQUESTS[0]
+def _steps_alone(torch_engine: Translator, request: TranslateRequest) -> int:
+    """The steps a search of ``request`` alone takes."""
     alone = torch_engine.stepwise()
-    alone.submit("short", short)
+    alone.submit("alone", request)
     steps = 0
     while alone.busy:
         alone.advance(1)
         steps += 1
+    return steps
+
+
+def test_a_request_cancelled_while_its_last_step_decodes_is_not_answered(embedded_dir: Path) -> None:
+    """A step is launched, then collected: a request cancelled between the two, in the step that
+    ends it, is not answered; the others are, as alone. A step may be launched behind it before it
+    is collected, not a third."""
+    reference, torch_engine = _pair(embedded_dir / "translate")
+    short, other = REQUESTS[5], REQUESTS[0]
+    steps = _steps_alone(torch_engine, short)
     stepwise = torch_engine.stepwise()
     stepwise.submit("short", short)
     stepwise.submit("other", other)
     answers = stepwise.advance(steps - 1)
     stepwise.launch()  # the short request's last step
+    stepwise.launch()  # and the step behind it
+    assert stepwise.in_flight == stepwise.max_in_flight == 2
     with pytest.raises(RuntimeError, match="not collected"):
         stepwise.launch()
     stepwise.cancel("short")
     answers.update(stepwise.collect())
+    answers.update(stepwise.collect())
     while stepwise.busy:
         answers.update(stepwise.advance(4))
+    assert set(answers) == {"other"}
+    _assert_same(reference.translate_batch([other]), [answers["other"]])
+
+
+def test_steps_launched_before_the_last_is_collected_decode_as_alone(embedded_dir: Path) -> None:
+    """As the served role's thread runs the search: a step always queued behind the one being
+    collected, requests admitted while both decode, rows fewer than sentences. A sentence the older
+    step finishes decodes nothing in the step behind it, and each request gets CTranslate2's answer."""
+    reference, torch_engine = _pair(embedded_dir / "translate", beam_size=3)
+    expected = reference.translate_batch(REQUESTS)
+    torch_engine._torch.max_sentences = 3  # the requests hold 8 sentences: the others wait for rows
+    stepwise = torch_engine.stepwise()
+    got: dict[int, Translation | InputError] = {}
+    pending = list(enumerate(REQUESTS))
+    decoded = []
+    while pending or stepwise.busy:
+        for _ in range(stepwise.max_in_flight - stepwise.in_flight):
+            stepwise.launch()
+        if pending:  # one joins while two steps are queued: it takes the rows free now
+            stepwise.submit(*pending.pop(0))
+            stepwise.admit()
+        got.update(stepwise.collect())
+        decoded.append(stepwise.last_step_sentences)
+    _assert_same(expected, [got[key] for key in range(len(REQUESTS))])
+    # Every step held at most the rows' sentences, and the one queued past the last answer none.
+    assert max(decoded) == 3 and decoded[-1] == 0
+
+
+def test_rows_freed_by_a_cancel_and_taken_again_before_the_step_is_collected(embedded_dir: Path) -> None:
+    """One row of sentences: a request cancelled in its last step, launched, and another admitted to
+    the row it freed, in the step queued behind: the step collected first ends the cancelled
+    sentence, and its hypothesis is not the new request's answer; that one decodes as alone."""
+    reference, torch_engine = _pair(embedded_dir / "translate")
+    torch_engine._torch.max_sentences = 1
+    short, other = REQUESTS[5], REQUESTS[0]
+    steps = _steps_alone(torch_engine, short)
+    stepwise = torch_engine.stepwise()
+    stepwise.submit("short", short)
+    answers = stepwise.advance(steps - 1)
+    stepwise.launch()  # the short request's last step
+    stepwise.cancel("short")
+    stepwise.submit("other", other)
+    stepwise.admit()  # the row the cancel freed
+    assert "other" not in stepwise.waiting()
+    stepwise.launch()  # the new request's first step, behind the short one's last
+    answers.update(stepwise.collect())
+    assert answers == {}
+    while stepwise.busy:
+        answers.update(stepwise.advance(1))
     assert set(answers) == {"other"}
     _assert_same(reference.translate_batch([other]), [answers["other"]])
 

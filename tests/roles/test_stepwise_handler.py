@@ -224,9 +224,9 @@ def test_a_request_that_cannot_be_queued_fails_alone(handler: StepwiseHandler, e
 
 
 def test_after_a_step_fails_while_it_decodes_the_next_requests_are_served(handler: StepwiseHandler) -> None:
-    """What a failed step held fails with it; the step launched is collected, so the next launches."""
+    """What a failed step held fails with it; the steps launched are collected, so the next launch."""
     answers = Answers()
-    admit = handler._admit
+    admit = handler._release_admitted
     failures = iter([RuntimeError("the step failed")])
 
     def failing_admit() -> None:
@@ -234,7 +234,7 @@ def test_after_a_step_fails_while_it_decodes_the_next_requests_are_served(handle
             raise error
         admit()
 
-    handler._admit = failing_admit  # type: ignore[method-assign]
+    handler._release_admitted = failing_admit  # type: ignore[method-assign]
     handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[2]), answers.emit("first"))
     assert isinstance(answers.take(1)["first"], RuntimeError)
     handler.start(codec.pack_request(tensors.TRANSLATE, REQUESTS[2]), answers.emit("second"))

@@ -23,6 +23,12 @@ Tests hold this to CTranslate2 on the CPU in float32: same tokens, same scores.
 while others search joins them at the next step, and one that is done leaves at once, freeing its
 rows for the next (step-level batching: a server's GPU stays busy without waiting for a whole batch
 to end before the next begins). ``beam_search`` is a batch searched to its end.
+
+A step may be launched before the one ahead of it is collected (``STEPS_IN_FLIGHT``): the device
+goes from one step to the next while the host reads the first one's results, so the host's work
+between two steps (answers, new requests, a server's other threads) never leaves it idle. A
+sentence a step finishes is inert from then on, in the device's state: the step queued behind
+decodes nothing for it, and its results are copied to the host as the step ends.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ from milo_voice.roles.host_to_device import queued_copy
 from milo_voice.roles.nllb.model import WARM_SOURCE_LENGTHS, NllbModel, power_of_two
 
 PREFIX_PENALTY = -1e10  # CTranslate2's score for the candidates a forced prefix replaces
+# Steps queued on the device at most: the one decoding and the next, launched before the first
+# is collected (its admissions wait for the host to learn which rows the first freed).
+STEPS_IN_FLIGHT = 2
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +78,22 @@ class _Sentence:
     started: int = 0  # the search's step count when it joined: its own step is the difference
 
 
+@dataclass
+class _Launched:
+    """A step queued on the device, and what ``collect`` reads of it: copied to the host behind it."""
+
+    sentences: dict[int, _Sentence]  # by slot: those searching on the host when it was launched
+    summary: torch.Tensor  # each slot: searching, done, ended count, ended lengths and scores
+    tokens: torch.Tensor  # each slot's ended hypotheses, to the positions the step had written
+    ended: torch.cuda.Event | None  # recorded behind the copies; None where they are done (a CPU)
+
+
 class BeamSearch:
     """Sentences searched together over ``model``, a step at a time.
 
     ``capacity``: the most sentences searching at once (their rows are the decoder's batch); those
     added beyond it wait, in the order they came, for a sentence to end. Not thread-safe: one
-    caller adds, steps (or launches and collects) and cancels.
+    caller adds, steps (or launches and collects, up to ``STEPS_IN_FLIGHT`` launched) and cancels.
 
     The search's state lives on the model's device, one tensor for every sentence: a step's rules
     run as a few tensor operations whatever the sentences, and the host waits for the device once,
@@ -111,7 +130,7 @@ class BeamSearch:
         self._searching: dict[int, _Sentence] = {}  # by slot
         self._free: list[int] = list(range(capacity))  # a heap: the lowest slot first keeps the rows few
         self._clock = 0  # steps taken
-        self.last_step_sentences = 0  # the sentences the last step decoded
+        self.last_step_sentences = 0  # the sentences the last step collected decoded
         self._lowest = torch.finfo(torch.float32).min
         beam, length, device = options.beam_size, self.max_length, model.device
         capacity = self._slot_count
@@ -130,13 +149,18 @@ class BeamSearch:
         self._ended_count = longs(capacity)
         self._ended_scores = torch.zeros(capacity, kept, device=device)
         self._searching_mask = torch.zeros(capacity, dtype=torch.bool, device=device)
-        # A step queued on the device until it is collected: each slot's done flag, ended count,
-        # and its ended hypotheses' lengths and scores.
-        self._launched: torch.Tensor | None = None
+        self._in_flight: deque[_Launched] = deque()  # steps launched, oldest first, until collected
 
     @property
     def busy(self) -> bool:
-        return bool(self._searching or self._waiting)
+        return bool(self._searching or self._waiting or self._in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        """Steps launched and not collected."""
+        return len(self._in_flight)
+
+    max_in_flight = STEPS_IN_FLIGHT  # steps that may be launched before the oldest is collected
 
     def waiting(self) -> set[int]:
         """The tickets of the sentences that wait for rows: those the next step will not admit, the
@@ -166,14 +190,15 @@ class BeamSearch:
     def launch(self) -> None:
         """Admit the waiting sentences that find rows, and queue a step of every searching one on the
         model's device without waiting for it: the caller's host work runs while the device decodes,
-        until ``collect``. Between the two, sentences may be added (they join at the next launch)
-        and cancelled."""
-        if self._launched is not None:
-            raise RuntimeError("the step launched before is not collected")
-        if self.graphs and not self._searching and self._recorded_on != self.model.buffers_generation:
+        until ``collect``. Between the two, sentences may be added (they join at the next launch, or
+        at ``admit``) and cancelled. With a step launched and not collected, the next is queued
+        behind it; the rows that step frees are known, and taken again, once it is collected."""
+        if len(self._in_flight) >= STEPS_IN_FLIGHT:
+            raise RuntimeError(f"{STEPS_IN_FLIGHT} steps launched are not collected")
+        stale = self._recorded_on != self.model.buffers_generation
+        if self.graphs and stale and not self._searching and not self._in_flight:
             self.warm_up()  # never recorded, or on buffers since replaced (a longer source): record them now
-        self._admit()
-        self.last_step_sentences = len(self._searching)
+        self.admit()
         if not self._searching:
             return
         groups = max(self._searching) + 1
@@ -187,10 +212,26 @@ class BeamSearch:
         recorded = self._recorded.get((groups, source_length, span))
         if recorded is not None and self._recorded_on == self.model.buffers_generation:
             recorded[0].replay()
-            self._launched = recorded[1]
+            summary = recorded[1]
         else:
-            self._launched = self._decode_step(groups, source_length, span)
+            summary = self._decode_step(groups, source_length, span)
+        # Every hypothesis that has ended is at most as long as the positions the oldest sentence wrote.
+        self._in_flight.append(self._read_back(summary, self._ended_tokens[:groups, :, :span]))
         self._clock += 1
+
+    def _read_back(self, summary: torch.Tensor, tokens: torch.Tensor) -> _Launched:
+        """The step's summary and ended hypotheses, copied to the host behind it (page-locked memory,
+        so that the copy is queued and the host does not wait for it), and an event to wait on."""
+        on_gpu = self.model.device.type == "cuda"
+        copies = [
+            torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=on_gpu).copy_(tensor, non_blocking=on_gpu)
+            for tensor in (summary, tokens)
+        ]
+        ended = None
+        if on_gpu:
+            ended = torch.cuda.Event()
+            ended.record()
+        return _Launched(dict(self._searching), copies[0], copies[1], ended)
 
     def warm_up(self) -> None:
         """Record a step of every shape a search of ``capacity`` sentences takes as a CUDA graph (a
@@ -256,6 +297,8 @@ class BeamSearch:
             secondary = torch.where(replaced, j + 1, secondary)
         done = searching & (last_step | (self._ended_count[:groups] >= beam))
         going_on = (searching & ~done).repeat_interleave(beam)
+        was_searching = searching.clone()
+        searching.logical_and_(~done)  # inert from now on: a step launched before this is collected skips it
         continued_from = (first_rows[:, None] + origins.gather(1, chosen)).view(-1)
         row_origins = torch.where(going_on, continued_from, torch.arange(rows, device=model.device))
         self._tokens[:rows] = torch.where(going_on, words.gather(1, chosen).view(-1), 0)
@@ -267,7 +310,7 @@ class BeamSearch:
         self._steps[:groups] += 1
         ended = [self._ended_count[:groups, None], self._ended_lengths[:groups], self._ended_scores[:groups]]
         # What the host reads of the step (small counts are exact in float).
-        return torch.cat([done[:, None], *ended], dim=1).float()
+        return torch.cat([was_searching[:, None], done[:, None], *ended], dim=1).float()
 
     def _candidates(
         self, logits: torch.Tensor, groups: int, count: int
@@ -328,17 +371,22 @@ class BeamSearch:
 
     @torch.inference_mode()
     def collect(self) -> dict[int, Hypothesis]:
-        """Wait for the step launched; the best hypothesis of each sentence it finished, by ticket
-        (those cancelled since the launch left already). Each leaves the search."""
-        launched, self._launched = self._launched, None
-        if launched is None:
+        """Wait for the oldest step launched; the best hypothesis of each sentence it finished, by
+        ticket (those cancelled since the launch left already). Each leaves the search."""
+        if not self._in_flight:
+            self.last_step_sentences = 0
             return {}
+        launched = self._in_flight.popleft()
+        if launched.ended is not None:
+            launched.ended.synchronize()  # the step's one wait for the device: not for those behind it
         kept = self._ended_scores.shape[1]
-        summary = launched.cpu().tolist()  # the step's one wait for the device
+        summary = launched.summary.tolist()
+        self.last_step_sentences = sum(int(row[0]) for row in summary)
         best: dict[int, tuple[int, float, int]] = {}  # by slot: which hypothesis, its score and length
-        for slot, (is_done, count, *ended_values) in enumerate(summary):
-            # Only a launch admits: a slot left since is one cancelled, not one taken again.
-            if not is_done or slot not in self._searching:
+        for slot, (_searching, is_done, count, *ended_values) in enumerate(summary):
+            sentence = launched.sentences.get(slot)
+            # A slot left since the launch (cancelled) may hold another sentence by now.
+            if not is_done or sentence is None or self._searching.get(slot) is not sentence:
                 continue
             lengths, scores = [int(n) for n in ended_values[:kept]], ended_values[kept:]
             # CTranslate2's rule, on the host in double precision: the first of the highest scores.
@@ -347,18 +395,17 @@ class BeamSearch:
             best[slot] = (index, normalised[index], lengths[index])
         if not best:
             return {}
-        slots = list(best)
-        chosen = torch.tensor([[slot, best[slot][0]] for slot in slots])
-        slot_index, index = queued_copy(chosen, self.model.device).unbind(1)
-        tokens = self._ended_tokens[slot_index, index].cpu().tolist()
         results = {}
-        for slot, row in zip(slots, tokens, strict=True):
-            _index, score, length = best[slot]
-            results[self._searching[slot].ticket] = Hypothesis(row[:length], score)
-        self._leave(slots)
+        for slot, (index, score, length) in best.items():
+            results[self._searching[slot].ticket] = Hypothesis(launched.tokens[slot, index, :length].tolist(), score)
+        self._leave(list(best))
         return results
 
-    def _admit(self) -> None:
+    @torch.inference_mode()
+    def admit(self) -> None:
+        """Admit the waiting sentences that find rows now, their encoder pass queued behind the steps
+        launched: they join the next step launched. ``launch`` admits too; admitting while a step
+        decodes takes the host's part of it off the time between two steps."""
         admitted = []
         while self._waiting and self._free:
             sentence = self._waiting.popleft()
