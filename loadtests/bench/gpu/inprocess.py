@@ -328,12 +328,14 @@ def _closed_loop(translator: Any, clients: int, steps: int, warmup_s: float, sec
     measured_from = time.perf_counter() + warmup_s
     done: dict[Any, Any] = {}
     while (now := time.perf_counter()) < measured_from + seconds:
-        # As the served role's thread does: a new request for each answer is submitted while the
-        # next step decodes.
-        stepwise.launch()
+        # As the served role's thread does: a step queued behind the one decoding, and a new
+        # request for each answer submitted and admitted while they decode.
+        for _ in range(stepwise.max_in_flight - stepwise.in_flight):
+            stepwise.launch()
         for _ in done:
             sent += 1
             stepwise.submit(sent, TranslateRequest(**translate_body(sent)))
+        stepwise.admit()
         done = {**stepwise.collect(), **stepwise.advance(steps - 1)}
         if now >= measured_from:
             looks += 1

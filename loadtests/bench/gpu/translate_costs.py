@@ -3,7 +3,8 @@ graph) by rows, attending to the positions a sentence of the benchmark's length 
 every position of the cache; a whole search step by sentences searched together; the search's
 choice of candidates from each row's best logits against log-probabilities over the vocabulary; and
 admitting sentences as a graph against the same work launched kernel by kernel (the host's time to
-launch it, too).
+launch it, too); and the GPU's time in a search step of every sentence, by operation (the step run
+op by op, decoder included, under torch's profiler).
 
 ``python -m loadtests.bench.gpu.translate_costs MODEL_DIR [WORK]`` (``gpu_device.sh run``): the
 benchmark's shape (float16, beam 2, ``TRANSLATE_TOKENS`` a sentence), results in
@@ -28,6 +29,8 @@ from milo_voice.roles.nllb.search import BeamSearch
 SENTENCES = 128  # 64 clients' two-sentence texts
 SOURCE_TOKENS = 18
 REGISTRY_MAX_LENGTH = 256  # the registry's max_decoding_length: the key/value cache a served model holds
+PROFILED_STEPS = 10
+OPERATIONS_KEPT = 25
 
 
 def synced_ms(function: Callable[[], Any], repeats: int = 50) -> float:
@@ -53,6 +56,38 @@ def search_step_ms(search: BeamSearch, sources: list[list[int]], prefix: list[in
             steps += 1
         torch.cuda.synchronize()
     return (time.perf_counter() - started) / steps * 1000
+
+
+def step_by_operation(model_dir: Path, options: Any, sources: list[list[int]], prefix: list[int]) -> dict[str, Any]:
+    """The GPU's milliseconds a search step of ``sources``, by operation (the ``OPERATIONS_KEPT``
+    longest, the rest summed), over ``PROFILED_STEPS`` steps after the admission, every kernel
+    launched on its own (no graph) so that the profiler names each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = NllbModel.from_model_dir(model_dir, "cuda", torch.float16, REGISTRY_MAX_LENGTH, cuda_graphs=False)
+    search = BeamSearch(model, options, len(sources))
+    for source in sources:
+        search.add(source, prefix)
+    search.step()  # the admission, and the first step
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as profiled:
+        for _ in range(PROFILED_STEPS):
+            search.step()
+        torch.cuda.synchronize()
+    by_operation: dict[str, float] = {}
+    for event in profiled.key_averages():
+        microseconds = getattr(event, "self_device_time_total", 0) or 0
+        if microseconds:
+            by_operation[event.key] = by_operation.get(event.key, 0.0) + microseconds / 1000 / PROFILED_STEPS
+    ranked = sorted(by_operation.items(), key=lambda item: -item[1])
+    kept = {name: round(ms, 4) for name, ms in ranked[:OPERATIONS_KEPT]}
+    return {
+        "sentences": len(sources),
+        "steps": PROFILED_STEPS,
+        "gpu_ms_a_step": round(sum(by_operation.values()), 3),
+        "by_operation_ms": kept,
+        "others_ms": round(sum(ms for _name, ms in ranked[OPERATIONS_KEPT:]), 4),
+    }
 
 
 def vocabulary_candidates(
@@ -123,6 +158,7 @@ def translate_costs(model_dir: Path) -> dict[str, Any]:
             row[name] = round((time.perf_counter() - started) * 1000, 3)  # the host's time, the GPU's after
             torch.cuda.synchronize()
         results["admission"][count] = row
+    results["step_by_operation"] = step_by_operation(model_dir, options, sources, prefix)
     print(results, flush=True)
     return results
 
