@@ -5,7 +5,9 @@ against the same search in process.
 
 - ``milo_translate_search_steps_total``: decoding steps;
 - ``milo_translate_search_sentences_total``: sentences decoded, summed over the steps;
-- ``milo_translate_search_step_seconds_total``: seconds the steps took on the role's thread.
+- ``milo_translate_search_step_seconds_total``: seconds the steps took, each from the collection
+  of the step before (or its own launch, the first after an idle spell) to its own: with a step
+  always queued behind the one decoding, the time the GPU gave each step, its idle time included.
 
 A Triton metric's update is a round trip to the server: the counts are kept here and handed over
 at most every ``FLUSH_S``, not at every step.
