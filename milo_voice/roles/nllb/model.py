@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from milo_voice.roles.attention_heads import merge_heads, split_heads
+from milo_voice.roles.attention_heads import attend_one_position, float_scores_supported, merge_heads, split_heads
 from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, ModelFileError, read_model_bin, weight_tensor
 from milo_voice.roles.cuda_graphs import capture
 from milo_voice.roles.host_to_device import queued_copy, write_queued
@@ -98,6 +98,9 @@ class NllbModel:
             raise ValueError("CUDA graphs need a CUDA device")
         # Admissions padded to a power of two of sentences, as their graphs need (tests pad on a CPU).
         self.pad_admissions = self.cuda_graphs
+        # A step's attention as two matrix products (``attend_one_position``), or torch's fused kernel.
+        self.step_attention = "products"
+        self._float_scores = float_scores_supported(self.device, dtype, self.head_width)
         self._buffers = _StepBuffers(self, 0, 0)
         self.buffers_generation = 0  # counts the buffers replaced: a graph recorded on the old ones reads nothing
         # Steps by rows, source bucket and span; admissions by sentences, source bucket and beam, with
@@ -324,14 +327,14 @@ class NllbModel:
             values = buffers.self_cache[index, 1, :rows, :, :span]
             keys.scatter_(2, written, key)
             values.scatter_(2, written, value)
-            attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
+            attended = self._attend(query, keys, values, visible)
             x = x + self._linear(merge_heads(attended), name + "linear_1/")
 
             name = f"decoder/layer_{index}/attention/"
             query = split_heads(self._linear(self._norm(x, name), name + "linear_0/"), self.head_width)
             keys = buffers.cross[index, 0, :rows, :, :bucket]
             values = buffers.cross[index, 1, :rows, :, :bucket]
-            attended = functional.scaled_dot_product_attention(query, keys, values, attn_mask=cross_visible)
+            attended = self._attend(query, keys, values, cross_visible)
             x = x + self._linear(merge_heads(attended), name + "linear_2/")
             x = x + self._feed_forward(x, f"decoder/layer_{index}/ffn/", "decoder")
         x = self._norm(x[:, 0], "decoder/")
@@ -342,6 +345,14 @@ class NllbModel:
             torch.addmm(bias, x, weight.t(), out=logits)
 
     # -- pieces ------------------------------------------------------------------
+
+    def _attend(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor
+    ) -> torch.Tensor:
+        """A step's attention: each row's one query over its ``visible`` keys and values."""
+        if self.step_attention == "fused":
+            return functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
+        return attend_one_position(query, keys, values, visible, self._float_scores)
 
     def _norm(self, x: torch.Tensor, block: str) -> torch.Tensor:
         """The layer norm a pre-norm block opens with (or the side's final one)."""
