@@ -13,11 +13,12 @@ import torch
 
 from contract.records import InputError, TranslateRequest, Translation
 from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
+from milo_voice.roles.attention_heads import attend_one_position
 from milo_voice.roles.ctranslate2_files import ModelFileError, read_model_bin
 from milo_voice.roles.nllb import model as model_module
 from milo_voice.roles.nllb import search as search_module
 from milo_voice.roles.nllb.model import NllbModel
-from milo_voice.roles.nllb.search import BeamSearch, Hypothesis
+from milo_voice.roles.nllb.search import TOP_CHUNK, BeamSearch, Hypothesis, row_top
 from milo_voice.roles.translate import Translator
 
 REQUESTS = [
@@ -388,3 +389,31 @@ def test_a_longer_forced_prefix_in_a_padded_search_decodes_as_unpadded(embedded_
     unpadded = search(False)
     assert unpadded[1].tokens[:3] == prefixes[1]
     assert search(True) == unpadded
+
+
+@pytest.mark.parametrize("width", [2 * TOP_CHUNK - 1, 4 * TOP_CHUNK, 5 * TOP_CHUNK + 7])
+def test_each_row_s_best_taken_in_two_passes_are_topk_s(width: int) -> None:
+    """Under two chunks: one pass; whole chunks; whole chunks and the columns past them, one row's
+    best among those last columns."""
+    values = torch.randn(6, width, generator=torch.Generator().manual_seed(width))
+    values[0, width - 1] = 100.0
+    best, columns = row_top(values, 4)
+    expected_best, expected_columns = values.topk(4, dim=-1)
+    assert torch.equal(best, expected_best) and torch.equal(columns, expected_columns)
+    assert columns[0, 0] == width - 1
+
+
+def test_a_step_s_attention_as_two_products_is_the_fused_kernel_s() -> None:
+    """One query a row over slices of a cache (as a step reads them), each row seeing its own number
+    of positions: what ``scaled_dot_product_attention`` gives."""
+    generator = torch.Generator().manual_seed(0)
+    rows, heads, width, length, span = 5, 4, 16, 40, 24
+    keys = torch.randn(rows + 1, heads, length, width, generator=generator)[:rows, :, :span]
+    values = torch.randn(rows + 1, heads, length, width, generator=generator)[:rows, :, :span]
+    query = torch.randn(rows, heads, 1, width, generator=generator)
+    seen = torch.tensor([1, 5, span, 10, 3])
+    visible = (torch.arange(span)[None, :] < seen[:, None])[:, None, None, :]
+    expected = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
+    got = attend_one_position(query, keys, values, visible, float_scores=False)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5)

@@ -46,6 +46,10 @@ from milo_voice.roles.host_to_device import queued_copy
 from milo_voice.roles.nllb.model import WARM_SOURCE_LENGTHS, NllbModel, power_of_two
 
 PREFIX_PENALTY = -1e10  # CTranslate2's score for the candidates a forced prefix replaces
+# Each row's best logits are taken in two passes: the best of each chunk of this many columns of the
+# vocabulary, then the best of those. torch's selection over a whole row of a large vocabulary takes
+# a multi-block radix select of several kernels; over chunks, one block a chunk.
+TOP_CHUNK = 1024
 # Steps queued on the device at most: the one decoding and the next, launched before the first
 # is collected (its admissions wait for the host to learn which rows the first freed).
 STEPS_IN_FLIGHT = 2
@@ -323,7 +327,7 @@ class BeamSearch:
         are taken from its logits as they are, and only they are normalised, by the row's
         log-sum-exp, summed in float32: the vocabulary-wide log-probabilities are never written.
         """
-        best, words = logits.topk(count, dim=-1)  # [rows, count]
+        best, words = row_top(logits, count)  # [rows, count]
         peak = logits.amax(dim=-1, keepdim=True)
         normaliser = peak.float() + (logits - peak).exp_().sum(dim=-1, keepdim=True, dtype=torch.float32).log()
         log_probs = best.float() - normaliser + self._scores[: len(logits), None]
@@ -452,6 +456,24 @@ class BeamSearch:
         rows = (index[:, None] * beam + torch.arange(beam, device=device)).view(-1)
         self._tokens.index_fill_(0, rows, 0)
         self._scores.index_fill_(0, rows, self._lowest)
+
+
+def row_top(values: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values.topk(count, dim=-1)`` of a ``[rows, width]`` tensor, in two passes: the best of each
+    chunk of ``TOP_CHUNK`` columns (and of the columns past the last whole chunk), then the best of
+    those, highest first. The same values and columns where no two tie."""
+    rows, width = values.shape
+    whole = width // TOP_CHUNK * TOP_CHUNK
+    if whole < 2 * TOP_CHUNK:
+        return values.topk(count, dim=-1)
+    best, columns = values[:, :whole].view(rows, -1, TOP_CHUNK).topk(count, dim=-1)  # [rows, chunks, count]
+    columns = columns + torch.arange(0, whole, TOP_CHUNK, device=values.device)[:, None]
+    best, columns = best.view(rows, -1), columns.view(rows, -1)
+    if whole < width:
+        rest, rest_columns = values[:, whole:].topk(min(count, width - whole), dim=-1)
+        best, columns = torch.cat([best, rest], dim=1), torch.cat([columns, rest_columns + whole], dim=1)
+    best, chosen = best.topk(count, dim=-1)
+    return best, columns.gather(1, chosen)
 
 
 def beam_search(
