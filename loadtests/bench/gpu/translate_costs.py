@@ -3,7 +3,8 @@ graph) by rows, attending to the positions a sentence of the benchmark's length 
 every position of the cache; a whole search step by sentences searched together; the search's
 choice of candidates from each row's best logits against log-probabilities over the vocabulary; and
 admitting sentences as a graph against the same work launched kernel by kernel (the host's time to
-launch it, too); and the GPU's time in a search step of every sentence, by operation (the step run
+launch it, too); a step's attention as two products against torch's fused kernel, and each row's
+best logits in two passes against one; and the GPU's time in a search step of every sentence, by operation (the step run
 op by op, decoder included, under torch's profiler).
 
 ``python -m loadtests.bench.gpu.translate_costs MODEL_DIR [WORK]`` (``gpu_device.sh run``): the
@@ -24,7 +25,7 @@ import torch
 from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 from loadtests.bench.gpu.common import TRANSLATE_TOKENS, save
 from milo_voice.roles.nllb.model import NllbModel
-from milo_voice.roles.nllb.search import BeamSearch
+from milo_voice.roles.nllb.search import BeamSearch, row_top
 
 SENTENCES = 128  # 64 clients' two-sentence texts
 SOURCE_TOKENS = 18
@@ -129,12 +130,19 @@ def translate_costs(model_dir: Path) -> dict[str, Any]:
             step = lambda r=rows, s=span: served.step(tokens[:r], positions[:r], SOURCE_TOKENS + 1, s)  # noqa: E731
             row[f"{name}_ms"] = round(synced_ms(step), 3)
         results["decoder_step_ms"][rows] = row
+    # The step's attention as torch's fused kernel, beside the two products the model runs.
+    served.step_attention = "fused"
+    served._graphs.clear()  # captured with the products: captured again as they run now
+    step = lambda: served.step(tokens, positions, SOURCE_TOKENS + 1, TRANSLATE_TOKENS)  # noqa: E731
+    results["decoder_step_ms"][2 * SENTENCES]["written_fused_attention_ms"] = round(synced_ms(step), 3)
     search = BeamSearch(model, options, SENTENCES)
     logits = model.step(tokens, positions, SOURCE_TOKENS + 1, TRANSLATE_TOKENS).clone()
     scores = torch.zeros(len(tokens), device="cuda")
     ways = {
         "best_logits": lambda: search._candidates(logits, SENTENCES, 4),
         "vocabulary_log_probs": lambda: vocabulary_candidates(logits, scores, SENTENCES, 4),
+        "row_top_two_passes": lambda: row_top(logits, 4),
+        "row_top_one_pass": lambda: logits.topk(4, dim=-1),
     }
     results["candidates_ms"] = {name: round(synced_ms(way), 3) for name, way in ways.items()}
     # The search's rules op by op around the decoder's graph, against the whole step as one graph.
