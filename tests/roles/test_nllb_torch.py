@@ -417,3 +417,18 @@ def test_a_step_s_attention_as_two_products_is_the_fused_kernel_s() -> None:
     got = attend_one_position(query, keys, values, visible, float_scores=False)
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_the_step_s_other_attention_and_selection_decode_as_ctranslate2(embedded_dir: Path) -> None:
+    """The ways translate_costs measures beside the defaults: attention as two products, each row's
+    best logits in two passes (a vocabulary under two chunks takes one)."""
+    reference, torch_engine = _pair(embedded_dir / "translate")
+    torch_engine._torch.model.step_attention = "products"
+    stepwise = torch_engine.stepwise()
+    stepwise._search.top_passes = 2
+    for key, request in enumerate(REQUESTS):
+        stepwise.submit(key, request)
+    answers: dict[int, Translation | InputError] = {}
+    while stepwise.busy:
+        answers.update(stepwise.advance(4))
+    _assert_same(reference.translate_batch(REQUESTS), [answers[key] for key in range(len(REQUESTS))])

@@ -98,8 +98,9 @@ class NllbModel:
             raise ValueError("CUDA graphs need a CUDA device")
         # Admissions padded to a power of two of sentences, as their graphs need (tests pad on a CPU).
         self.pad_admissions = self.cuda_graphs
-        # A step's attention as two matrix products (``attend_one_position``), or torch's fused kernel.
-        self.step_attention = "products"
+        # A step's attention as torch's fused kernel, or as two matrix products (``attend_one_position``):
+        # translate_costs measures them side by side on a GPU (docs/benchmarks.md, section 4).
+        self.step_attention = "fused"
         self._float_scores = float_scores_supported(self.device, dtype, self.head_width)
         self._buffers = _StepBuffers(self, 0, 0)
         self.buffers_generation = 0  # counts the buffers replaced: a graph recorded on the old ones reads nothing

@@ -46,9 +46,9 @@ from milo_voice.roles.host_to_device import queued_copy
 from milo_voice.roles.nllb.model import WARM_SOURCE_LENGTHS, NllbModel, power_of_two
 
 PREFIX_PENALTY = -1e10  # CTranslate2's score for the candidates a forced prefix replaces
-# Each row's best logits are taken in two passes: the best of each chunk of this many columns of the
-# vocabulary, then the best of those. torch's selection over a whole row of a large vocabulary takes
-# a multi-block radix select of several kernels; over chunks, one block a chunk.
+# ``row_top``'s chunk: the best of each chunk of this many columns of the vocabulary, then the best of
+# those. torch's selection over a whole row of a large vocabulary runs a multi-block radix select
+# of several kernels; over chunks, one block a chunk.
 TOP_CHUNK = 1024
 # Steps queued on the device at most: the one decoding and the next, launched before the first
 # is collected (its admissions wait for the host to learn which rows the first freed).
@@ -165,6 +165,9 @@ class BeamSearch:
         return len(self._in_flight)
 
     max_in_flight = STEPS_IN_FLIGHT  # steps that may be launched before the oldest is collected
+    # Each row's best logits in one selection over the vocabulary, or in ``row_top``'s two passes:
+    # translate_costs measures them side by side on a GPU (docs/benchmarks.md, section 4).
+    top_passes = 1
 
     def waiting(self) -> set[int]:
         """The tickets of the sentences that wait for rows: those the next step will not admit, the
@@ -327,7 +330,7 @@ class BeamSearch:
         are taken from its logits as they are, and only they are normalised, by the row's
         log-sum-exp, summed in float32: the vocabulary-wide log-probabilities are never written.
         """
-        best, words = row_top(logits, count)  # [rows, count]
+        best, words = row_top(logits, count) if self.top_passes == 2 else logits.topk(count, dim=-1)  # [rows, count]
         peak = logits.amax(dim=-1, keepdim=True)
         normaliser = peak.float() + (logits - peak).exp_().sum(dim=-1, keepdim=True, dtype=torch.float32).log()
         log_probs = best.float() - normaliser + self._scores[: len(logits), None]
