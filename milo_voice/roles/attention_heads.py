@@ -42,8 +42,8 @@ def attend_one_position(
     head width]`` over ``keys`` and ``values`` ``[batch, heads, positions, head width]`` where
     ``visible`` (``[batch, 1, 1, positions]``, at least one position a row), as two batched matrix
     products around a softmax in float32. For a masked query of one position torch runs its
-    memory-efficient kernel, whose tiles hold 64 query positions: a decoding step's attention then
-    takes the GPU many times what reading its keys and values does. ``keys`` and ``values`` may be
+    memory-efficient kernel, whose tiles hold 64 query positions, of which a decoding step fills
+    one. ``keys`` and ``values`` may be
     slices of a cache whose batch and heads are evenly strided (they are viewed, not copied).
     ``float_scores``: the scores come out of the product in float32 (``float_scores_supported``)."""
     batch, heads, _, width = query.shape
