@@ -324,6 +324,12 @@ class StepwiseTranslations:
         before the last is collected: it is queued behind it."""
         self._search.launch()
 
+    def launch_ahead(self) -> None:
+        """Launch steps until ``max_in_flight`` are queued: a step behind the one decoding (none
+        where no sentence searches)."""
+        for _ in range(self.max_in_flight - self.in_flight):
+            self._search.launch()
+
     def admit(self) -> None:
         """Let the requests submitted so far take the rows free now, while a step decodes: they
         join the next step launched, and their encoder pass is queued behind the steps launched."""

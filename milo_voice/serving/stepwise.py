@@ -128,8 +128,7 @@ class StepwiseHandler:
             if not self.role.in_flight:
                 since = time.perf_counter()  # the first step after an idle spell: timed from its launch
             try:
-                for _ in range(self.role.max_in_flight - self.role.in_flight):
-                    self.role.launch()  # nothing, where no sentence searches
+                self.role.launch_ahead()
                 # While the device decodes: the last step's answers go out, what was handed over
                 # meanwhile takes the rows free, and the requests that found rows are released.
                 self._end_answered(finished)

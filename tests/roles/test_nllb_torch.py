@@ -258,8 +258,7 @@ def test_steps_launched_before_the_last_is_collected_decode_as_alone(embedded_di
     pending = list(enumerate(REQUESTS))
     decoded = []
     while pending or stepwise.busy:
-        for _ in range(stepwise.max_in_flight - stepwise.in_flight):
-            stepwise.launch()
+        stepwise.launch_ahead()
         if pending:  # one joins while two steps are queued: it takes the rows free now
             stepwise.submit(*pending.pop(0))
             stepwise.admit()

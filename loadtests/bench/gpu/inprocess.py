@@ -330,8 +330,7 @@ def _closed_loop(translator: Any, clients: int, steps: int, warmup_s: float, sec
     while (now := time.perf_counter()) < measured_from + seconds:
         # As the served role's thread does: a step queued behind the one decoding, and a new
         # request for each answer submitted and admitted while they decode.
-        for _ in range(stepwise.max_in_flight - stepwise.in_flight):
-            stepwise.launch()
+        stepwise.launch_ahead()
         for _ in done:
             sent += 1
             stepwise.submit(sent, TranslateRequest(**translate_body(sent)))

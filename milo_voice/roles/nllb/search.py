@@ -200,8 +200,8 @@ class BeamSearch:
         until ``collect``. Between the two, sentences may be added (they join at the next launch, or
         at ``admit``) and cancelled. With a step launched and not collected, the next is queued
         behind it; the rows that step frees are known, and taken again, once it is collected."""
-        if len(self._in_flight) >= STEPS_IN_FLIGHT:
-            raise RuntimeError(f"{STEPS_IN_FLIGHT} steps launched are not collected")
+        if len(self._in_flight) >= self.max_in_flight:
+            raise RuntimeError(f"{self.max_in_flight} steps launched are not collected")
         stale = self._recorded_on != self.model.buffers_generation
         if self.graphs and stale and not self._searching and not self._in_flight:
             self.warm_up()  # never recorded, or on buffers since replaced (a longer source): record them now
