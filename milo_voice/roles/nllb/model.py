@@ -14,6 +14,7 @@ query/key/value projection of self-attention and the fused key/value projection 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -101,7 +102,6 @@ class NllbModel:
         # A step's attention as torch's fused kernel, or as two matrix products (``attend_one_position``):
         # translate_costs measures them side by side on a GPU (docs/benchmarks.md, section 4).
         self.step_attention = "fused"
-        self._float_scores = float_scores_supported(self.device, dtype, self.head_width)
         self._buffers = _StepBuffers(self, 0, 0)
         self.buffers_generation = 0  # counts the buffers replaced: a graph recorded on the old ones reads nothing
         # Steps by rows, source bucket and span; admissions by sentences, source bucket and beam, with
@@ -354,6 +354,12 @@ class NllbModel:
         if self.step_attention == "fused":
             return functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
         return attend_one_position(query, keys, values, visible, self._float_scores)
+
+    @functools.cached_property
+    def _float_scores(self) -> bool:
+        # Tried when the products first run, not at load: the fused kernel (the default) needs none.
+        # A step's first run is never a graph's recording (capture runs it twice first).
+        return float_scores_supported(self.device, self.dtype, self.head_width)
 
     def _norm(self, x: torch.Tensor, block: str) -> torch.Tensor:
         """The layer norm a pre-norm block opens with (or the side's final one)."""
