@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from milo_voice.roles.nllb.kernels import StepKernels
 from milo_voice.settings import DEFAULT_REGISTRY, PROFILES, server_settings
 
 ROLES = ("stt", "tts", "translate", "chat")
@@ -159,6 +160,7 @@ def _parse_model(name: str, table: dict[str, Any]) -> ModelSpec:
         )
     params = dict(table.get("params", {}))
     _check_step_batching(name, role, params)
+    _check_step_kernels(name, role, params)
     implementation = str(table.get("implementation", ""))
     if implementation and not IMPLEMENTATION.fullmatch(implementation):
         raise ValueError(f"model {name!r}: implementation {implementation!r} is not 'module:Class'")
@@ -197,6 +199,17 @@ def _check_step_batching(name: str, role: str, params: dict[str, Any]) -> None:
             raise ValueError(f"model {name!r}: {key} needs the torch engine (engine {allowed}), not {engine!r}")
         if int(params.get("beam_size", 2)) < 2:
             raise ValueError(f"model {name!r}: {key} needs beam_size 2 or more (the torch engine's beam search)")
+
+
+def _check_step_kernels(name: str, role: str, params: dict[str, Any]) -> None:
+    """The ways translation's search steps run (``gpu_step_attention``, ``gpu_step_top``), checked
+    when the registry is read."""
+    if role != "translate":
+        return
+    try:
+        StepKernels.from_params(params)
+    except ValueError as error:
+        raise ValueError(f"model {name!r}: {error}") from None
 
 
 def _checked_batching(name: str, batching: Batching) -> Batching:

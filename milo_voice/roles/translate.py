@@ -20,6 +20,7 @@ import ctranslate2
 import sentencepiece as spm
 
 from contract.records import InputError, TranslateRequest, Translation
+from milo_voice.roles.nllb.kernels import CHOSEN_AT_LOAD, StepKernels
 from milo_voice.weights import identity
 
 # ISO 639-1 codes that Milo Voice speaks, to NLLB's FLORES-200 codes.
@@ -71,6 +72,7 @@ class Translator:
         engine: Engine = "auto",
         search_sentences: int | None = None,
         search_graphs: bool = True,
+        kernels: StepKernels = CHOSEN_AT_LOAD,
     ) -> None:
         """``engine``: "torch" decodes in torch with CUDA graphs; "ctranslate2" in CTranslate2;
         "torch+ctranslate2" loads both and picks by the batch's sentences. "auto" is that on a GPU
@@ -78,7 +80,8 @@ class Translator:
         launches), and CTranslate2 elsewhere. ``search_sentences``: the most sentences the torch
         engine searches at once (default ``MAX_SENTENCES``), its graphs captured at load.
         ``search_graphs``: each step of a step-level search is one CUDA graph (on a GPU), not only
-        the decoder's part of it."""
+        the decoder's part of it. ``kernels``: how the torch engine's steps attend and take each
+        row's best logits ("auto": the faster, timed at load)."""
         path = Path(model_path)
         self.revision = identity.read(path).revision
         gpu_search = device == "cuda" and beam_size >= 2
@@ -94,6 +97,7 @@ class Translator:
             self._torch = TorchTranslator(
                 path, read_vocabulary(path), f"{device}:{device_index}" if device == "cuda" else device,
                 torch_dtype(compute_type), max_decoding_length, search_sentences or MAX_SENTENCES, search_graphs,
+                kernels,
             )  # fmt: skip
         if "ctranslate2" in engines:
             self._ctranslate2 = ctranslate2.Translator(

@@ -147,6 +147,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
         voices = {lang: voice_location(path, voice) for lang, voice in weights.voices.items()}
         return role_class(spec, TextToSpeech)(voices, device=str(device))
     if spec.role == "translate":
+        from milo_voice.roles.nllb.kernels import StepKernels
         from milo_voice.roles.translate import Translator
 
         return role_class(spec, Translator)(
@@ -161,6 +162,7 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
             engine=params.get("engine", "auto"),
             search_sentences=_optional_int(params.get("gpu_search_sentences" if gpu else "search_sentences")),
             search_graphs=bool(params.get("gpu_search_graphs", True)),
+            kernels=StepKernels.from_params(params),
         )
     if spec.role == "chat":
         if spec.name == CLOUD_CHAT or server_settings().chat_backend == "cloud":

@@ -17,6 +17,7 @@ from milo_voice.roles.attention_heads import attend_one_position
 from milo_voice.roles.ctranslate2_files import ModelFileError, read_model_bin
 from milo_voice.roles.nllb import model as model_module
 from milo_voice.roles.nllb import search as search_module
+from milo_voice.roles.nllb.kernels import StepKernels
 from milo_voice.roles.nllb.model import NllbModel
 from milo_voice.roles.nllb.search import TOP_CHUNK, BeamSearch, Hypothesis, row_top
 from milo_voice.roles.translate import Translator
@@ -359,11 +360,11 @@ def test_a_search_recorded_as_graphs_replays_them_and_records_again_once_idle(
     replays = sum(graph.replays for graph, _output in shapes.values())
     _assert_same(reference.translate_batch([long_text]), translate([long_text]))
     assert sum(graph.replays for graph, _output in shapes.values()) == replays and op_by_op
-    assert search._recorded_on != engine.model.buffers_generation
+    assert search._recorded_on != engine.model.graphs_generation
     op_by_op.clear()
     # Idle in between: the next search's first step records them again, on the new buffers.
     _assert_same(reference.translate_batch(REQUESTS[:2]), translate(REQUESTS[:2]))
-    assert search._recorded_on == engine.model.buffers_generation
+    assert search._recorded_on == engine.model.graphs_generation
     assert {shape[1] for shape in search._recorded} == {16, 32, 64, 128}
     assert sum(graph.replays for graph, _output in search._recorded.values()) > 0 and op_by_op == []
 
@@ -419,15 +420,19 @@ def test_a_step_s_attention_as_two_products_is_the_fused_kernel_s() -> None:
 
 
 def test_the_step_s_other_attention_and_selection_decode_as_ctranslate2(embedded_dir: Path) -> None:
-    """The ways translate_costs measures beside the defaults: attention as two products, each row's
-    best logits in two passes (a vocabulary under two chunks takes one)."""
-    reference, torch_engine = _pair(embedded_dir / "translate")
-    torch_engine._torch.model.step_attention = "products"
+    """The ways a GPU host may choose at load beside the defaults: attention as two products, each
+    row's best logits in two passes (a vocabulary under two chunks takes one), named in the
+    options, whole batches and a step-level search alike."""
+    reference, torch_engine = _pair(embedded_dir / "translate", kernels=StepKernels("products", "two_passes"))
+    engine = torch_engine._torch
+    assert (engine.chosen.attention, engine.model.step_attention, engine.chosen.top_passes) == ("products",) * 2 + (2,)
+    expected = reference.translate_batch(REQUESTS)
+    _assert_same(expected, torch_engine.translate_batch(REQUESTS))
     stepwise = torch_engine.stepwise()
-    stepwise._search.top_passes = 2
+    assert stepwise._search.top_passes == 2
     for key, request in enumerate(REQUESTS):
         stepwise.submit(key, request)
     answers: dict[int, Translation | InputError] = {}
     while stepwise.busy:
         answers.update(stepwise.advance(4))
-    _assert_same(reference.translate_batch(REQUESTS), [answers[key] for key in range(len(REQUESTS))])
+    _assert_same(expected, [answers[key] for key in range(len(REQUESTS))])

@@ -86,6 +86,16 @@ def test_step_batching_is_refused_where_no_torch_engine_searches(tmp_path: Path,
     assert load_registry(bad)["x"].params
 
 
+def test_an_unknown_way_for_translation_s_steps_is_refused_when_read(tmp_path: Path) -> None:
+    bad = tmp_path / "registry.toml"
+    entry = '[models.x]\nrole = "translate"\nmax_batch_size = 8\nmax_queue_delay_us = 0\ninstances = {{ count = 1 }}\n'
+    bad.write_text(entry.format() + 'params = { gpu_step_attention = "flash" }\n')
+    with pytest.raises(ValueError, match="model 'x': step attention 'flash'"):
+        load_registry(bad)
+    bad.write_text(entry.format() + 'params = { gpu_step_attention = "products", gpu_step_top = "two_passes" }\n')
+    assert load_registry(bad)["x"].params["gpu_step_top"] == "two_passes"
+
+
 def test_an_implementation_must_name_a_class_in_a_module(tmp_path: Path) -> None:
     entry = '[models.x]\nrole = "stt"\nmax_batch_size = 1\nmax_queue_delay_us = 0\ninstances = { count = 1 }\n'
     path = tmp_path / "registry.toml"

@@ -4,9 +4,10 @@ every position of the cache; a whole search step by sentences searched together;
 choice of candidates from each row's best logits against log-probabilities over the vocabulary; and
 admitting sentences as a graph against the same work launched kernel by kernel (the host's time to
 launch it, too); a step's attention as two products against torch's fused kernel, and each row's
-best logits in two passes against one (the search's other ways, not yet its defaults); and the
-GPU's time in a search step of every sentence, by operation (the step run op by op, decoder
-included, under torch's profiler).
+best logits in two passes against one: alone, as the engine timed them at load to choose
+(``milo_voice/roles/nllb/tuning.py``), and as whole search steps of every pair; and the GPU's time
+in a search step of every sentence, by operation (the step run op by op, decoder included, under
+torch's profiler), with the ways chosen at load.
 
 ``python -m loadtests.bench.gpu.translate_costs MODEL_DIR [WORK]`` (``gpu_device.sh run``): the
 benchmark's shape (float16, beam 2, ``TRANSLATE_TOKENS`` a sentence), results in
@@ -15,9 +16,11 @@ benchmark's shape (float16, beam 2, ``TRANSLATE_TOKENS`` a sentence), results in
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ import torch
 
 from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 from loadtests.bench.gpu.common import TRANSLATE_TOKENS, save
+from milo_voice.roles.nllb.kernels import STEP_ATTENTIONS, TOPS, ChosenKernels
 from milo_voice.roles.nllb.model import NllbModel
 from milo_voice.roles.nllb.search import BeamSearch, row_top
 
@@ -60,14 +64,17 @@ def search_step_ms(search: BeamSearch, sources: list[list[int]], prefix: list[in
     return (time.perf_counter() - started) / steps * 1000
 
 
-def step_by_operation(model_dir: Path, options: Any, sources: list[list[int]], prefix: list[int]) -> dict[str, Any]:
+def step_by_operation(
+    model_dir: Path, options: Any, sources: list[list[int]], prefix: list[int], chosen: ChosenKernels
+) -> dict[str, Any]:
     """The GPU's milliseconds a search step of ``sources``, by operation (the ``OPERATIONS_KEPT``
     longest, the rest summed), over ``PROFILED_STEPS`` steps after the admission, every kernel
-    launched on its own (no graph) so that the profiler names each."""
+    launched on its own (no graph) so that the profiler names each; the ``chosen`` ways."""
     from torch.profiler import ProfilerActivity, profile
 
     model = NllbModel.from_model_dir(model_dir, "cuda", torch.float16, REGISTRY_MAX_LENGTH, cuda_graphs=False)
-    search = BeamSearch(model, options, len(sources))
+    model.step_attention = chosen.attention
+    search = BeamSearch(model, options, len(sources), top_passes=chosen.top_passes)
     for source in sources:
         search.add(source, prefix)
     search.step()  # the admission, and the first step
@@ -131,12 +138,13 @@ def translate_costs(model_dir: Path) -> dict[str, Any]:
             step = lambda r=rows, s=span: served.step(tokens[:r], positions[:r], SOURCE_TOKENS + 1, s)  # noqa: E731
             row[f"{name}_ms"] = round(synced_ms(step), 3)
         results["decoder_step_ms"][rows] = row
-    # The step's attention as two products, beside torch's fused kernel that the model runs.
-    served.step_attention = "products"
-    served._graphs.clear()  # captured with the fused kernel: captured again as they run now
+    # The step's attention as two products, beside torch's fused kernel that the model above runs.
+    served.step_attention = "products"  # its graphs captured again as they run now
     step = lambda: served.step(tokens, positions, SOURCE_TOKENS + 1, TRANSLATE_TOKENS)  # noqa: E731
     results["decoder_step_ms"][2 * SENTENCES]["written_products_attention_ms"] = round(synced_ms(step), 3)
-    search = BeamSearch(model, options, SENTENCES)
+    results["chosen_at_load"] = asdict(engine.chosen)
+    top_passes = engine.chosen.top_passes
+    search = BeamSearch(model, options, SENTENCES, top_passes=top_passes)
     logits = model.step(tokens, positions, SOURCE_TOKENS + 1, TRANSLATE_TOKENS).clone()
     scores = torch.zeros(len(tokens), device="cuda")
     ways = {
@@ -147,7 +155,8 @@ def translate_costs(model_dir: Path) -> dict[str, Any]:
     }
     results["candidates_ms"] = {name: round(synced_ms(way), 3) for name, way in ways.items()}
     # The search's rules op by op around the decoder's graph, against the whole step as one graph.
-    op_by_op, recorded = BeamSearch(model, options, SENTENCES), BeamSearch(model, options, SENTENCES, graphs=True)
+    op_by_op = BeamSearch(model, options, SENTENCES, top_passes=top_passes)
+    recorded = BeamSearch(model, options, SENTENCES, graphs=True, top_passes=top_passes)
     recorded.warm_up()
     for count in (1, SENTENCES // 2, SENTENCES):
         results["search_step_ms"][count] = round(search_step_ms(op_by_op, sources[:count], prefix), 3)
@@ -167,7 +176,18 @@ def translate_costs(model_dir: Path) -> dict[str, Any]:
             row[name] = round((time.perf_counter() - started) * 1000, 3)  # the host's time, the GPU's after
             torch.cuda.synchronize()
         results["admission"][count] = row
-    results["step_by_operation"] = step_by_operation(model_dir, options, sources, prefix)
+    # Whole search steps of every sentence as graphs, for every pair of ways.
+    chosen_attention = model.step_attention
+    results["search_step_graph_by_ways_ms"] = {}
+    for attention, top in itertools.product(STEP_ATTENTIONS, TOPS):
+        model.step_attention = attention
+        by_ways = BeamSearch(model, options, SENTENCES, graphs=True, top_passes=TOPS[top])
+        by_ways.warm_up()
+        results["search_step_graph_by_ways_ms"][f"{attention}+{top}"] = round(
+            search_step_ms(by_ways, sources, prefix), 3
+        )
+    model.step_attention = chosen_attention
+    results["step_by_operation"] = step_by_operation(model_dir, options, sources, prefix, engine.chosen)
     print(results, flush=True)
     return results
 

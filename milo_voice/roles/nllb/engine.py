@@ -9,8 +9,10 @@ from pathlib import Path
 
 import torch
 
+from milo_voice.roles.nllb.kernels import CHOSEN_AT_LOAD, ChosenKernels, StepKernels
 from milo_voice.roles.nllb.model import NllbModel, special_ids
 from milo_voice.roles.nllb.search import BeamSearch, Hypothesis, SearchOptions, beam_search
+from milo_voice.roles.nllb.tuning import choose
 
 # CTranslate2's compute types to what torch computes in: int8 weights are dequantised.
 _DTYPES = {"float16": torch.float16, "int8_float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -33,7 +35,8 @@ class TorchTranslator:
     """``max_sentences``: the most sentences searched together; a batch with more is searched in
     chunks, so that the decoder's buffers (its key/value cache grows with the rows) stay bounded
     and their graphs stay the ones captured at load. ``search_graphs``: a ``search``'s whole steps
-    are CUDA graphs (``BeamSearch``), where the model runs graphs."""
+    are CUDA graphs (``BeamSearch``), where the model runs graphs. ``kernels``: how a step attends and
+    takes each row's best logits, chosen by ``warm_up`` (``milo_voice.roles.nllb.tuning``)."""
 
     def __init__(
         self,
@@ -44,8 +47,11 @@ class TorchTranslator:
         max_length: int,
         max_sentences: int,
         search_graphs: bool = True,
+        kernels: StepKernels = CHOSEN_AT_LOAD,
     ) -> None:
         self.model = NllbModel.from_model_dir(model_dir, device, dtype, max_length)
+        self.kernels = kernels
+        self.chosen = ChosenKernels("fused", "one_pass")  # until ``warm_up`` chooses
         self.search_graphs = search_graphs and self.model.cuda_graphs
         self.tokens = vocabulary
         self.ids_by_token = {token: i for i, token in enumerate(vocabulary)}
@@ -53,6 +59,9 @@ class TorchTranslator:
         self.max_sentences = max_sentences
 
     def warm_up(self, beam_size: int) -> None:
+        """Choose the step's kernels for the most rows searched at once, then capture the graphs."""
+        rows = self.max_sentences * beam_size
+        self.chosen = choose(self.model, self.kernels, rows, 2 * beam_size)
         self.model.warm_up(self.max_sentences, beam_size)
 
     def options(self, beam_size: int, max_decoding_length: int, min_decoding_length: int = 0) -> SearchOptions:
@@ -72,13 +81,15 @@ class TorchTranslator:
         best = []
         for begin in range(0, len(sources), self.max_sentences):
             end = begin + self.max_sentences
-            best += beam_search(self.model, sources[begin:end], prefixes[begin:end], options)
+            best += beam_search(self.model, sources[begin:end], prefixes[begin:end], options, self.chosen.top_passes)
         return [self.result(hypothesis) for hypothesis in best]
 
     def search(self, options: SearchOptions) -> BeamSearch:
         """A search that holds up to ``max_sentences`` sentences at once, the rows warmed up at load,
         its steps recorded now where ``search_graphs``."""
-        search = BeamSearch(self.model, options, self.max_sentences, graphs=self.search_graphs)
+        search = BeamSearch(
+            self.model, options, self.max_sentences, graphs=self.search_graphs, top_passes=self.chosen.top_passes
+        )
         search.warm_up()
         return search
 

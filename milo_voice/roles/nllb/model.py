@@ -27,6 +27,7 @@ from milo_voice.roles.attention_heads import attend_one_position, float_scores_s
 from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, ModelFileError, read_model_bin, weight_tensor
 from milo_voice.roles.cuda_graphs import capture
 from milo_voice.roles.host_to_device import queued_copy, write_queued
+from milo_voice.roles.nllb.kernels import STEP_ATTENTIONS
 
 # CTranslate2's activation enum (include/ctranslate2/ops/activation.h) to torch.
 ACTIVATIONS = {0: functional.relu, 1: lambda x: functional.gelu(x, approximate="tanh"), 3: functional.gelu}
@@ -99,11 +100,11 @@ class NllbModel:
             raise ValueError("CUDA graphs need a CUDA device")
         # Admissions padded to a power of two of sentences, as their graphs need (tests pad on a CPU).
         self.pad_admissions = self.cuda_graphs
-        # A step's attention as torch's fused kernel, or as two matrix products (``attend_one_position``):
-        # translate_costs measures them side by side on a GPU (docs/benchmarks.md, section 4).
-        self.step_attention = "fused"
+        self._step_attention = "fused"
         self._buffers = _StepBuffers(self, 0, 0)
-        self.buffers_generation = 0  # counts the buffers replaced: a graph recorded on the old ones reads nothing
+        # Counts what makes a graph recorded before it stale: the buffers replaced (it would read the
+        # old ones), the step's attention changed.
+        self.graphs_generation = 0
         # Steps by rows, source bucket and span; admissions by sentences, source bucket and beam, with
         # their inputs. Every graph shares one memory pool: what one computes is written to the
         # buffers, its scratch dead once it has run, so the graphs take the memory of the largest.
@@ -116,6 +117,21 @@ class NllbModel:
         """The memory pool of the model's graphs, for a caller's graph that records a step with its own work
         (``BeamSearch``): replayed in turn with them on one stream, it reuses their scratch memory."""
         return self._pool
+
+    @property
+    def step_attention(self) -> str:
+        """How a step attends (``STEP_ATTENTIONS``): torch's fused kernel, or two matrix products
+        (``attend_one_position``). ``milo_voice.roles.nllb.kernels`` picks one at load."""
+        return self._step_attention
+
+    @step_attention.setter
+    def step_attention(self, way: str) -> None:
+        if way not in STEP_ATTENTIONS:
+            raise ValueError(f"step attention {way!r}: one of {', '.join(STEP_ATTENTIONS)}")
+        if way != self._step_attention:
+            self._step_attention = way
+            self._graphs.clear()  # they recorded the other way
+            self.graphs_generation += 1
 
     @property
     def source_capacity(self) -> int:
@@ -292,7 +308,7 @@ class NllbModel:
         if rows > buffers.rows or bucket > buffers.source_length:
             self._buffers = _StepBuffers(self, max(rows, buffers.rows), max(bucket, buffers.source_length))
             self._buffers.take_over(buffers)
-            self.buffers_generation += 1
+            self.graphs_generation += 1
             self._graphs.clear()  # they read the buffers just replaced
             self._admissions.clear()
         return self._buffers

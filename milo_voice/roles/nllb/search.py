@@ -113,7 +113,13 @@ class BeamSearch:
     """
 
     def __init__(
-        self, model: NllbModel, options: SearchOptions, capacity: int, graphs: bool = False, pad_groups: bool = False
+        self,
+        model: NllbModel,
+        options: SearchOptions,
+        capacity: int,
+        graphs: bool = False,
+        pad_groups: bool = False,
+        top_passes: int = 1,
     ) -> None:
         if options.beam_size < 2:
             raise ValueError("beam search needs beam_size >= 2 (CTranslate2 decodes beam 1 greedily)")
@@ -121,6 +127,9 @@ class BeamSearch:
             raise ValueError("a search recorded as CUDA graphs needs a model that runs them")
         self.model, self.options, self.capacity = model, options, capacity
         self.graphs, self.pad_groups = graphs, graphs or pad_groups
+        if top_passes not in (1, 2):
+            raise ValueError("each row's best logits are taken in 1 pass over the vocabulary or 2")
+        self.top_passes = top_passes  # 2: ``row_top``
         # Slots a step may cover: padded to a power of two, the state holds that many.
         self._slot_count = power_of_two(capacity) if self.pad_groups else capacity
         if self.pad_groups:
@@ -165,9 +174,6 @@ class BeamSearch:
         return len(self._in_flight)
 
     max_in_flight = STEPS_IN_FLIGHT  # steps that may be launched before the oldest is collected
-    # Each row's best logits in one selection over the vocabulary, or in ``row_top``'s two passes:
-    # translate_costs measures them side by side on a GPU (docs/benchmarks.md, section 4).
-    top_passes = 1
 
     def waiting(self) -> set[int]:
         """The tickets of the sentences that wait for rows: those the next step will not admit, the
@@ -202,7 +208,7 @@ class BeamSearch:
         behind it; the rows that step frees are known, and taken again, once it is collected."""
         if len(self._in_flight) >= self.max_in_flight:
             raise RuntimeError(f"{self.max_in_flight} steps launched are not collected")
-        stale = self._recorded_on != self.model.buffers_generation
+        stale = self._recorded_on != self.model.graphs_generation
         if self.graphs and stale and not self._searching and not self._in_flight:
             self.warm_up()  # never recorded, or on buffers since replaced (a longer source): record them now
         self.admit()
@@ -217,7 +223,7 @@ class BeamSearch:
             groups = power_of_two(groups)  # at most the slots: groups <= capacity
             source_length, span = model.source_bucket(source_length), model.span_bucket(span)
         recorded = self._recorded.get((groups, source_length, span))
-        if recorded is not None and self._recorded_on == self.model.buffers_generation:
+        if recorded is not None and self._recorded_on == self.model.graphs_generation:
             recorded[0].replay()
             summary = recorded[1]
         else:
@@ -263,7 +269,7 @@ class BeamSearch:
             log.exception("a search step could not be recorded as a CUDA graph: the search runs op by op")
             self._recorded.clear()
             self.graphs = False
-        self._recorded_on = model.buffers_generation
+        self._recorded_on = model.graphs_generation
         self._steps.zero_()  # the recording's runs counted steps of the empty slots
         log.info("recorded %d search steps as CUDA graphs", len(self._recorded))
 
@@ -331,7 +337,7 @@ class BeamSearch:
         log-sum-exp, summed in float32: the vocabulary-wide log-probabilities are never written.
         """
         best, words = row_top(logits, count) if self.top_passes == 2 else logits.topk(count, dim=-1)  # [rows, count]
-        peak = logits.amax(dim=-1, keepdim=True)
+        peak = best[:, :1]  # highest first: each row's largest logit, without another pass over the vocabulary
         normaliser = peak.float() + (logits - peak).exp_().sum(dim=-1, keepdim=True, dtype=torch.float32).log()
         log_probs = best.float() - normaliser + self._scores[: len(logits), None]
         scores, flat = log_probs.view(groups, -1).topk(count, dim=-1)
@@ -480,10 +486,14 @@ def row_top(values: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def beam_search(
-    model: NllbModel, sources: list[list[int]], prefixes: list[list[int]], options: SearchOptions
+    model: NllbModel,
+    sources: list[list[int]],
+    prefixes: list[list[int]],
+    options: SearchOptions,
+    top_passes: int = 1,
 ) -> list[Hypothesis]:
     """The best hypothesis of each source, each decoded after its own forced ``prefix``."""
-    search = BeamSearch(model, options, capacity=len(sources))
+    search = BeamSearch(model, options, capacity=len(sources), top_passes=top_passes)
     tickets = [search.add(source, prefix) for source, prefix in zip(sources, prefixes, strict=True)]
     results: dict[int, Hypothesis] = {}
     while search.busy:

@@ -1,0 +1,80 @@
+"""How translation's search steps attend and take each row's best logits: the option, and the
+choice at load (timed where asked, on the embedded model)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from milo_voice.roles.nllb.kernels import ChosenKernels, StepKernels
+from milo_voice.roles.nllb.model import NllbModel
+from milo_voice.roles.nllb.tuning import choose, fastest
+
+
+def test_the_option_names_a_way_or_auto() -> None:
+    assert StepKernels.from_params({}) == StepKernels("auto", "auto")
+    chosen = StepKernels.from_params({"gpu_step_attention": "products", "gpu_step_top": "two_passes"})
+    assert chosen == StepKernels("products", "two_passes")
+    with pytest.raises(ValueError, match="step attention 'flash'"):
+        StepKernels("flash")
+    with pytest.raises(ValueError, match="step top '3'"):
+        StepKernels.from_params({"gpu_step_top": 3})
+
+
+def test_the_fastest_way_is_kept_with_each_way_s_time() -> None:
+    calls = {"slow": 0, "fast": 0}
+
+    def slow() -> None:
+        calls["slow"] += 1
+        time.sleep(0.002)
+
+    def fast() -> None:
+        calls["fast"] += 1
+
+    name, medians = fastest({"slow": slow, "fast": fast}, torch.device("cpu"))
+    assert name == "fast"
+    assert medians["slow"] >= 2.0 > medians["fast"]
+    assert calls["slow"] == calls["fast"] > 1
+
+
+@pytest.fixture(scope="module")
+def model(embedded_dir: Path) -> NllbModel:
+    return NllbModel.from_model_dir(embedded_dir / "translate")
+
+
+def test_auto_off_a_gpu_is_the_fused_kernel_and_one_pass_untimed(model: NllbModel) -> None:
+    chosen = choose(model, StepKernels(), rows=4, candidates=4)
+    assert chosen == ChosenKernels("fused", "one_pass", {})
+    assert model.step_attention == "fused"
+
+
+def test_ways_named_are_set_untimed(model: NllbModel) -> None:
+    chosen = choose(model, StepKernels("products", "two_passes"), rows=4, candidates=4, timed_here=True)
+    assert chosen == ChosenKernels("products", "two_passes", {})
+    assert (model.step_attention, chosen.top_passes) == ("products", 2)
+    model.step_attention = "fused"
+
+
+def test_auto_times_each_way_on_the_model_and_sets_the_faster(model: NllbModel) -> None:
+    chosen = choose(model, StepKernels(), rows=4, candidates=4, timed_here=True)
+    assert set(chosen.timed_ms) == {"attention_fused", "attention_products", "top_one_pass", "top_two_passes"}
+    assert all(ms > 0 for ms in chosen.timed_ms.values())
+    attention_ms = {way: chosen.timed_ms[f"attention_{way}"] for way in ("fused", "products")}
+    top_ms = {way: chosen.timed_ms[f"top_{way}"] for way in ("one_pass", "two_passes")}
+    assert chosen.attention == min(attention_ms, key=attention_ms.__getitem__) == model.step_attention
+    assert chosen.top == min(top_ms, key=top_ms.__getitem__)
+    model.step_attention = "fused"
+
+
+def test_changing_the_attention_makes_recorded_graphs_stale(model: NllbModel) -> None:
+    before = model.graphs_generation
+    model.step_attention = "fused"  # as it is: nothing changes
+    assert model.graphs_generation == before
+    model.step_attention = "products"
+    assert model.graphs_generation == before + 1
+    model.step_attention = "fused"
+    with pytest.raises(ValueError, match="step attention 'flash'"):
+        model.step_attention = "flash"
