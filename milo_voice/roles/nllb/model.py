@@ -130,8 +130,7 @@ class NllbModel:
             raise ValueError(f"step attention {way!r}: one of {', '.join(STEP_ATTENTIONS)}")
         if way != self._step_attention:
             self._step_attention = way
-            self._graphs.clear()  # they recorded the other way
-            self.graphs_generation += 1
+            self._drop_graphs()  # they recorded the other way
 
     @property
     def source_capacity(self) -> int:
@@ -308,10 +307,19 @@ class NllbModel:
         if rows > buffers.rows or bucket > buffers.source_length:
             self._buffers = _StepBuffers(self, max(rows, buffers.rows), max(bucket, buffers.source_length))
             self._buffers.take_over(buffers)
-            self.graphs_generation += 1
-            self._graphs.clear()  # they read the buffers just replaced
-            self._admissions.clear()
+            self._drop_graphs()  # they read the buffers just replaced
         return self._buffers
+
+    def _drop_graphs(self) -> None:
+        """Let go of every graph captured, and capture the next ones into a new memory pool: the
+        caching allocator refuses a capture into a pool whose graphs have all been let go (it
+        asserts the pool's use count), and frees the old pool with the last graph that holds it
+        (a search's recorded steps, until recorded again)."""
+        self._graphs.clear()
+        self._admissions.clear()
+        if self._pool is not None:
+            self._pool = torch.cuda.graph_pool_handle()
+        self.graphs_generation += 1
 
     def _run(self, rows: int, bucket: int, span: int) -> None:
         if not self.cuda_graphs:

@@ -39,11 +39,12 @@ def choose(
     timed: dict[str, float] = {}
     if AUTO in (attention, top):
         model.reserve(rows, TIMED_SOURCE)
+        span = min(TIMED_SPAN, model.max_length)
         tokens = torch.zeros(rows, dtype=torch.long, device=model.device)
-        positions = torch.full_like(tokens, TIMED_SPAN - 1)
+        positions = torch.full_like(tokens, span - 1)
 
         def step() -> torch.Tensor:
-            return model.step(tokens, positions, TIMED_SOURCE, TIMED_SPAN)
+            return model.step(tokens, positions, TIMED_SOURCE, span)
 
         if attention == AUTO:
             ways = {way: _with_attention(model, way, step) for way in STEP_ATTENTIONS}
