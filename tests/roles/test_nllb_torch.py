@@ -315,9 +315,12 @@ def test_a_search_recorded_as_graphs_replays_them_and_records_again_once_idle(
     """The recorded search's bookkeeping, its graphs replayed on a CPU: every step of a search
     replays a recorded shape and answers as CTranslate2; a source longer than the buffers held
     makes the model's buffers grow, so the steps of that search run op by op, and the next search
-    (idle in between) records them again and replays them."""
+    (idle in between) records them again and replays them, into a new memory pool (a GPU's
+    caching allocator refuses a capture into a pool whose graphs have all been let go)."""
+    pools: list[object] = []  # the pool of each recording, in order
 
     def record(device: torch.device, run: Callable[[], object], pool: object = None) -> tuple[object, object]:
+        pools.append(pool)
         for _ in range(2):  # the warm-up runs, as capture() runs them: for real
             run()
         graph = _ReplayedOnCpu(run, run())
@@ -338,6 +341,8 @@ def test_a_search_recorded_as_graphs_replays_them_and_records_again_once_idle(
     engine = torch_engine._torch
     engine.max_sentences, engine.search_graphs = 3, True
     engine.model.cuda_graphs = engine.model.pad_admissions = True  # as on a GPU
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", object)  # a new token for each pool
+    engine.model._pool = torch.cuda.graph_pool_handle()
     stepwise = torch_engine.stepwise()
     search = stepwise._search
     shapes = dict(search._recorded)
@@ -358,6 +363,7 @@ def test_a_search_recorded_as_graphs_replays_them_and_records_again_once_idle(
     # A source past 64 tokens: the buffers grow, the graphs read the old ones and are not replayed.
     long_text = TranslateRequest(" ".join(["Manao ahoana daholo ianareo"] * 14), "mg", "fr")
     replays = sum(graph.replays for graph, _output in shapes.values())
+    recorded_before, pool_before = len(pools), engine.model.graph_pool
     _assert_same(reference.translate_batch([long_text]), translate([long_text]))
     assert sum(graph.replays for graph, _output in shapes.values()) == replays and op_by_op
     assert search._recorded_on != engine.model.graphs_generation
@@ -366,6 +372,8 @@ def test_a_search_recorded_as_graphs_replays_them_and_records_again_once_idle(
     _assert_same(reference.translate_batch(REQUESTS[:2]), translate(REQUESTS[:2]))
     assert search._recorded_on == engine.model.graphs_generation
     assert {shape[1] for shape in search._recorded} == {16, 32, 64, 128}
+    assert set(pools[:recorded_before]) == {pool_before}
+    assert set(pools[recorded_before:]) == {engine.model.graph_pool} and engine.model.graph_pool is not pool_before
     assert sum(graph.replays for graph, _output in search._recorded.values()) > 0 and op_by_op == []
 
 
