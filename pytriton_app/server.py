@@ -21,7 +21,7 @@ from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 from contract import tensors
 from contract.triton_access import RESTRICTED_APIS, check_exposure
 from milo_voice.registry import ModelSpec, Registry, active_profile, load_registry
-from milo_voice.serving import weights_metrics
+from milo_voice.serving import kernels_metrics, weights_metrics
 from milo_voice.serving.chat_metrics import PrometheusChatMetrics
 from milo_voice.serving.instances import DevicePlanner, load_instance, with_cloud_chat
 from milo_voice.serving.shared_memory import remove_orphaned_segments
@@ -100,6 +100,9 @@ def build_role_instances(spec: ModelSpec, profile: str, planner: DevicePlanner) 
     observer = PrometheusChatMetrics(spec.name) if spec.role == "chat" else None
     instances = [load_instance(spec, profile, planner.place(spec.instances.kind), observer) for _ in range(count)]
     weights_metrics.publish(spec, profile)
+    if spec.role == "translate":
+        for instance in instances:  # each instance timed its own choice
+            kernels_metrics.publish(spec.name, instance.step_kernels)
     return instances
 
 

@@ -44,7 +44,26 @@ def parse(text: str) -> Counters:
 
 
 def read(metrics_url: str) -> Counters:
-    return parse(urllib.request.urlopen(metrics_url, timeout=5).read().decode())
+    return parse(_page(metrics_url))
+
+
+def _page(metrics_url: str) -> str:
+    return str(urllib.request.urlopen(metrics_url, timeout=5).read().decode())
+
+
+def parse_step_kernels(text: str) -> dict[str, list[dict[str, str]]]:
+    """Per translation model, the ways each of its instances' search steps run, as chosen at load
+    (``milo_translate_step_kernels_info``: milo_voice/serving/kernels_metrics.py)."""
+    kernels: dict[str, list[dict[str, str]]] = {}
+    for labels in re.findall(r"^milo_translate_step_kernels_info\{([^}]*)\} 1(?:\.0)?$", text, re.M):
+        row = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        model = row.pop("model", "")
+        kernels.setdefault(model, []).append(row)
+    return kernels
+
+
+def read_step_kernels(metrics_url: str) -> dict[str, list[dict[str, str]]]:
+    return parse_step_kernels(_page(metrics_url))
 
 
 def mean_batch(counters: dict[str, float]) -> float | None:

@@ -20,7 +20,7 @@ import ctranslate2
 import sentencepiece as spm
 
 from contract.records import InputError, TranslateRequest, Translation
-from milo_voice.roles.nllb.kernels import CHOSEN_AT_LOAD, StepKernels
+from milo_voice.roles.nllb.kernels import CHOSEN_AT_LOAD, ChosenKernels, StepKernels
 from milo_voice.weights import identity
 
 # ISO 639-1 codes that Milo Voice speaks, to NLLB's FLORES-200 codes.
@@ -124,6 +124,11 @@ class Translator:
             self.max_decoding_length = min(max_decoding_length, positions - 1)
         if self._torch is not None:
             self._torch.warm_up(beam_size)
+
+    @property
+    def step_kernels(self) -> ChosenKernels | None:
+        """The ways the torch engine's steps run, chosen at load; None without a torch engine."""
+        return self._torch.chosen if self._torch is not None else None
 
     def engine_for(self, sentences: int) -> Any:
         """What translates a batch of ``sentences``: the torch engine up to the most it searches at

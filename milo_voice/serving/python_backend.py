@@ -26,6 +26,7 @@ from contract import tensors
 from milo_voice.registry import active_profile, load_registry
 from milo_voice.serving.chat_metrics import TritonChatMetrics
 from milo_voice.serving.instances import Device, load_instance, with_cloud_chat
+from milo_voice.serving.kernels_metrics import TritonKernelsMetric
 from milo_voice.serving.search_metrics import TritonSearchMetrics
 from milo_voice.serving.stepwise import StepwiseHandler, step_batching
 from milo_voice.serving.tensor_io import (
@@ -71,6 +72,8 @@ class TritonPythonModel:
         self.instance = load_instance(spec, active_profile(), device, observer)
         if metrics_api:
             self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
+        if metrics_api and spec.role == "translate":
+            self._kernels_metric = TritonKernelsMetric(pb_utils, model_name, self.instance.step_kernels)
         if step_batching(spec, device):
             search = TritonSearchMetrics(pb_utils, model_name) if metrics_api else None
             self.handler: Handler | StepwiseHandler = StepwiseHandler(self.io, self.instance.stepwise(), search)
@@ -88,6 +91,8 @@ class TritonPythonModel:
             self._sender.start()
         batching = "step-level batching" if isinstance(self.handler, StepwiseHandler) else "batches"
         ready = f"{args.get('model_name')} ready ({spec.role}, instance {args.get('model_instance_name')}, {batching})"
+        if spec.role == "translate" and (kernels := self.instance.step_kernels) is not None:
+            ready += f"; its search steps attend by the {kernels.attention} way, best logits in {kernels.top}"
         # Into Triton's own log where the stub has its logger: this process's INFO goes nowhere there.
         logger = getattr(pb_utils, "Logger", None)
         if logger is not None:

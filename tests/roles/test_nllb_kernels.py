@@ -12,6 +12,7 @@ import torch
 from milo_voice.roles.nllb.kernels import ChosenKernels, StepKernels
 from milo_voice.roles.nllb.model import NllbModel
 from milo_voice.roles.nllb.tuning import choose, fastest
+from milo_voice.roles.translate import Translator
 
 
 def test_the_option_names_a_way_or_auto() -> None:
@@ -78,3 +79,13 @@ def test_changing_the_attention_makes_recorded_graphs_stale(model: NllbModel) ->
     model.step_attention = "fused"
     with pytest.raises(ValueError, match="step attention 'flash'"):
         model.step_attention = "flash"
+
+
+def test_the_role_says_what_its_torch_engine_chose(embedded_dir: Path) -> None:
+    """What a host publishes (``milo_voice/serving/kernels_metrics.py``): the torch engine's ways,
+    none for CTranslate2 alone."""
+    folder = embedded_dir / "translate"
+    named = Translator(folder, compute_type="float32", engine="torch", kernels=StepKernels("products", "two_passes"))
+    assert named.step_kernels == ChosenKernels("products", "two_passes", {})
+    assert Translator(folder, compute_type="float32", engine="torch").step_kernels == ChosenKernels("fused", "one_pass")
+    assert Translator(folder, compute_type="int8", engine="ctranslate2").step_kernels is None

@@ -79,6 +79,11 @@ def triton_batch_stats(metrics_url: str) -> dict[str, dict[str, float]]:
     return counters
 
 
+def step_kernels(metrics_url: str) -> dict[str, list[dict[str, str]]]:
+    """Per translation model, the ways its instances' search steps run, as chosen at load."""
+    return triton_counters.read_step_kernels(metrics_url)
+
+
 async def _probe(base: str) -> dict[str, float]:
     """Audio seconds per TTS answer and per STT clip, for the real-time factors."""
     async with load_session(1, timeout_s=300) as client:
@@ -192,6 +197,11 @@ def phase_served(args: argparse.Namespace) -> None:
                 result["levels"] = levels
                 result["memory_after_load_test"] = gpu_memory()
                 result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
+                result["step_kernels"] = step_kernels(f"http://{stack.metrics}/metrics")
+                if result["step_kernels"]:
+                    print(
+                        f"{variant}: translation's search steps, chosen at load: {result['step_kernels']}", flush=True
+                    )
         except Exception as exc:
             result["error"] = f"{type(exc).__name__}: {exc}"
             print(f"{variant} failed: {exc}; log tail:\n{_tail(log)}", flush=True)
@@ -310,6 +320,7 @@ def phase_locust(args: argparse.Namespace) -> None:
         result["locust_s"] = round(time.perf_counter() - started, 1)
         result["memory"] = gpu_memory()
         result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
+        result["step_kernels"] = step_kernels(f"http://{stack.metrics}/metrics")
         verdicts = gate(read_locust_stats(out / "locust_stats.csv"), dict(AUDIT_TARGETS_MS), 0.01)
         result["verdicts"] = [asdict(v) for v in verdicts]
         result["table"] = format_table(verdicts)
