@@ -121,7 +121,7 @@ class NllbModel:
     @property
     def step_attention(self) -> str:
         """How a step attends (``STEP_ATTENTIONS``): torch's fused kernel, or two matrix products
-        (``attend_one_position``). ``milo_voice.roles.nllb.kernels`` picks one at load."""
+        (``attend_one_position``). ``milo_voice.roles.nllb.tuning`` picks one at load."""
         return self._step_attention
 
     @step_attention.setter
