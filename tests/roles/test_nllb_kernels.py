@@ -4,11 +4,14 @@ choice at load (timed where asked, on the embedded model)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from milo_voice.roles.nllb import model as model_module
 from milo_voice.roles.nllb.kernels import ChosenKernels, StepKernels
 from milo_voice.roles.nllb.model import NllbModel
 from milo_voice.roles.nllb.tuning import choose, fastest
@@ -67,6 +70,24 @@ def test_auto_times_each_way_on_the_model_and_sets_the_faster(model: NllbModel) 
     top_ms = {way: chosen.timed_ms[f"top_{way}"] for way in ("one_pass", "two_passes")}
     assert chosen.attention == min(attention_ms, key=attention_ms.__getitem__) == model.step_attention
     assert chosen.top == min(top_ms, key=top_ms.__getitem__)
+    model.step_attention = "fused"
+
+
+def test_timing_captures_each_way_s_step_once(model: NllbModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ways alternate round after round: the model keeps each way's step graph, captured once."""
+    captured: list[str] = []
+
+    def record(device: torch.device, run: Callable[[], object], pool: object = None) -> tuple[object, object]:
+        captured.append(model.step_attention)
+        return SimpleNamespace(replay=run), run()
+
+    monkeypatch.setattr(model_module, "capture", record)
+    monkeypatch.setattr(model, "cuda_graphs", True)  # as on a GPU, the graphs replayed on the CPU
+    monkeypatch.setattr(model, "_graphs", {})
+    chosen = choose(model, StepKernels(top="one_pass"), rows=4, candidates=4, timed_here=True)
+    assert sorted(captured) == ["fused", "products"]
+    assert {key[-1] for key in model._graphs} == {"fused", "products"}
+    assert chosen.attention == model.step_attention
     model.step_attention = "fused"
 
 

@@ -105,10 +105,10 @@ class NllbModel:
         # Counts what makes a graph recorded before it stale: the buffers replaced (it would read the
         # old ones), the step's attention changed.
         self.graphs_generation = 0
-        # Steps by rows, source bucket and span; admissions by sentences, source bucket and beam, with
+        # Steps by rows, source bucket, span and attention's way; admissions by sentences, source bucket and beam, with
         # their inputs. Every graph shares one memory pool: what one computes is written to the
         # buffers, its scratch dead once it has run, so the graphs take the memory of the largest.
-        self._graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple[int, int, int, str], torch.cuda.CUDAGraph] = {}
         self._admissions: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
@@ -130,7 +130,9 @@ class NllbModel:
             raise ValueError(f"step attention {way!r}: one of {', '.join(STEP_ATTENTIONS)}")
         if way != self._step_attention:
             self._step_attention = way
-            self._drop_graphs()  # they recorded the other way
+            # The model's step graphs are kept by way (timing at load switches back and forth);
+            # a search's recorded steps, with the other way inside, are stale.
+            self.graphs_generation += 1
 
     @property
     def source_capacity(self) -> int:
@@ -325,7 +327,7 @@ class NllbModel:
         if not self.cuda_graphs:
             self._forward(rows, bucket, span)
             return
-        key = (rows, bucket, span)
+        key = (rows, bucket, span, self._step_attention)
         if key not in self._graphs:
             # The warm-up runs write the cache at the current position, which the step that follows
             # writes again.

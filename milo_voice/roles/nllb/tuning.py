@@ -66,8 +66,7 @@ def choose(
 
 def _with_attention(model: NllbModel, way: str, step: Callable[[], Any]) -> Callable[[], Any]:
     def run() -> Any:
-        if model.step_attention != way:
-            model.step_attention = way  # the step's graph is captured again for this way
+        model.step_attention = way  # its step graph, once captured, is kept for the next round
         return step()
 
     return run
