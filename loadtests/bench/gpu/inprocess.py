@@ -214,8 +214,8 @@ def translate_inprocess(
             path, device=device, compute_type=compute_type, max_decoding_length=TRANSLATE_TOKENS, engine=engine
         )
         rows[f"{engine}_memory_mib"] = round(_memory_used_mib() - before)
-        if translator._torch is not None:  # the ways its steps run, chosen at load
-            rows[f"{engine}_chosen_at_load"] = asdict(translator._torch.chosen)
+        if (kernels := translator.step_kernels) is not None:  # the ways its steps run, chosen at load
+            rows[f"{engine}_chosen_at_load"] = asdict(kernels)
         rows[key] = {}
         for batch in (1, 4, 8, 16, 32, 64):
             # What the served load sends: requests of two pieces each, texts never sent before.
@@ -283,7 +283,7 @@ def translate_stepwise(
         path, device=device, compute_type=compute_type, max_decoding_length=TRANSLATE_TOKENS, engine="torch",
         search_sentences=STEPWISE_SENTENCES,
     )  # fmt: skip
-    rows: dict[str, Any] = {"chosen_at_load": asdict(translator._torch.chosen)}
+    rows: dict[str, Any] = {"chosen_at_load": asdict(translator.step_kernels)}
     levels = [(c, s, None, False) for c, s in STEPWISE_LEVELS] + [(c, None, b, False) for c, b in HANDLER_LEVELS]
     levels += [(c, s, b, True) for c, s, b in OP_BY_OP_LEVELS]
     graphs = translator._torch.search_graphs  # what the engine's searches (translator.stepwise()) record

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from milo_voice.roles.nllb.kernels import CHOSEN_AT_LOAD, ChosenKernels, StepKernels
+from milo_voice.roles.nllb.kernels import CHOSEN_AT_LOAD, UNTIMED, StepKernels
 from milo_voice.roles.nllb.model import NllbModel, special_ids
 from milo_voice.roles.nllb.search import BeamSearch, Hypothesis, SearchOptions, beam_search
 from milo_voice.roles.nllb.tuning import choose
@@ -51,7 +51,7 @@ class TorchTranslator:
     ) -> None:
         self.model = NllbModel.from_model_dir(model_dir, device, dtype, max_length)
         self.kernels = kernels
-        self.chosen = ChosenKernels("fused", "one_pass")  # until ``warm_up`` chooses
+        self.chosen = UNTIMED  # until ``warm_up`` chooses
         self.search_graphs = search_graphs and self.model.cuda_graphs
         self.tokens = vocabulary
         self.ids_by_token = {token: i for i, token in enumerate(vocabulary)}

@@ -50,3 +50,5 @@ class ChosenKernels:
 
 
 CHOSEN_AT_LOAD = StepKernels()  # every way "auto"
+# The ways where nothing is timed (off a GPU, or before a load chooses): torch's fused kernel, one selection.
+UNTIMED = ChosenKernels(STEP_ATTENTIONS[0], "one_pass")

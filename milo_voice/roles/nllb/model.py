@@ -27,7 +27,7 @@ from milo_voice.roles.attention_heads import attend_one_position, float_scores_s
 from milo_voice.roles.ctranslate2_files import LAYER_NORM_EPSILON, ModelFileError, read_model_bin, weight_tensor
 from milo_voice.roles.cuda_graphs import capture
 from milo_voice.roles.host_to_device import queued_copy, write_queued
-from milo_voice.roles.nllb.kernels import STEP_ATTENTIONS
+from milo_voice.roles.nllb.kernels import STEP_ATTENTIONS, UNTIMED
 
 # CTranslate2's activation enum (include/ctranslate2/ops/activation.h) to torch.
 ACTIVATIONS = {0: functional.relu, 1: lambda x: functional.gelu(x, approximate="tanh"), 3: functional.gelu}
@@ -100,14 +100,15 @@ class NllbModel:
             raise ValueError("CUDA graphs need a CUDA device")
         # Admissions padded to a power of two of sentences, as their graphs need (tests pad on a CPU).
         self.pad_admissions = self.cuda_graphs
-        self._step_attention = "fused"
+        self._step_attention = UNTIMED.attention
         self._buffers = _StepBuffers(self, 0, 0)
         # Counts what makes a graph recorded before it stale: the buffers replaced (it would read the
         # old ones), the step's attention changed.
         self.graphs_generation = 0
-        # Steps by rows, source bucket, span and attention's way; admissions by sentences, source bucket and beam, with
-        # their inputs. Every graph shares one memory pool: what one computes is written to the
-        # buffers, its scratch dead once it has run, so the graphs take the memory of the largest.
+        # Steps by rows, source bucket, span and attention's way; admissions by sentences, source
+        # bucket and beam, with their inputs. The graphs share one memory pool (a new one once they
+        # are let go): what one computes is written to the buffers, its scratch dead once it has
+        # run, so the graphs take the memory of the largest.
         self._graphs: dict[tuple[int, int, int, str], torch.cuda.CUDAGraph] = {}
         self._admissions: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None

@@ -43,6 +43,7 @@ import torch
 
 from milo_voice.roles.cuda_graphs import capture
 from milo_voice.roles.host_to_device import queued_copy
+from milo_voice.roles.nllb.kernels import TOPS
 from milo_voice.roles.nllb.model import WARM_SOURCE_LENGTHS, NllbModel, power_of_two
 
 PREFIX_PENALTY = -1e10  # CTranslate2's score for the candidates a forced prefix replaces
@@ -127,9 +128,9 @@ class BeamSearch:
             raise ValueError("a search recorded as CUDA graphs needs a model that runs them")
         self.model, self.options, self.capacity = model, options, capacity
         self.graphs, self.pad_groups = graphs, graphs or pad_groups
-        if top_passes not in (1, 2):
+        if top_passes not in TOPS.values():
             raise ValueError("each row's best logits are taken in 1 pass over the vocabulary or 2")
-        self.top_passes = top_passes  # 2: ``row_top``
+        self.top_passes = top_passes  # ``top_of_rows``
         # Slots a step may cover: padded to a power of two, the state holds that many.
         self._slot_count = power_of_two(capacity) if self.pad_groups else capacity
         if self.pad_groups:
@@ -336,7 +337,7 @@ class BeamSearch:
         are taken from its logits as they are, and only they are normalised, by the row's
         log-sum-exp, summed in float32: the vocabulary-wide log-probabilities are never written.
         """
-        best, words = row_top(logits, count) if self.top_passes == 2 else logits.topk(count, dim=-1)  # [rows, count]
+        best, words = top_of_rows(logits, count, self.top_passes)  # [rows, count]
         peak = best[:, :1]  # highest first: each row's largest logit, without another pass over the vocabulary
         normaliser = peak.float() + (logits - peak).exp_().sum(dim=-1, keepdim=True, dtype=torch.float32).log()
         log_probs = best.float() - normaliser + self._scores[: len(logits), None]
@@ -465,6 +466,12 @@ class BeamSearch:
         rows = (index[:, None] * beam + torch.arange(beam, device=device)).view(-1)
         self._tokens.index_fill_(0, rows, 0)
         self._scores.index_fill_(0, rows, self._lowest)
+
+
+def top_of_rows(values: torch.Tensor, count: int, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``count`` best values and their columns, highest first: in one selection over the
+    row (``passes`` 1), or in ``row_top``'s two."""
+    return row_top(values, count) if passes == 2 else values.topk(count, dim=-1)
 
 
 def row_top(values: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,7 @@ and one selection: nothing is timed (the search is served from a GPU).
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import time
@@ -13,9 +14,9 @@ from typing import Any
 
 import torch
 
-from milo_voice.roles.nllb.kernels import AUTO, STEP_ATTENTIONS, ChosenKernels, StepKernels
+from milo_voice.roles.nllb.kernels import AUTO, STEP_ATTENTIONS, TOPS, UNTIMED, ChosenKernels, StepKernels
 from milo_voice.roles.nllb.model import NllbModel
-from milo_voice.roles.nllb.search import row_top
+from milo_voice.roles.nllb.search import top_of_rows
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ def choose(
     ``timed_here``: whether "auto" is timed on this device (default: on a CUDA device only)."""
     attention, top = kernels.attention, kernels.top
     if not (model.device.type == "cuda" if timed_here is None else timed_here):
-        attention = "fused" if attention == AUTO else attention
-        top = "one_pass" if top == AUTO else top
+        attention = UNTIMED.attention if attention == AUTO else attention
+        top = UNTIMED.top if top == AUTO else top
     timed: dict[str, float] = {}
     if AUTO in (attention, top):
         model.reserve(rows, TIMED_SOURCE)
@@ -52,10 +53,7 @@ def choose(
             timed.update({f"attention_{way}": ms for way, ms in attention_ms.items()})
         if top == AUTO:
             logits = step().clone()
-            ways = {
-                "one_pass": lambda: logits.topk(candidates, dim=-1),
-                "two_passes": lambda: row_top(logits, candidates),
-            }
+            ways = {way: functools.partial(top_of_rows, logits, candidates, passes) for way, passes in TOPS.items()}
             top, top_ms = fastest(ways, model.device)
             timed.update({f"top_{way}": ms for way, ms in top_ms.items()})
     model.step_attention = attention
