@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -88,7 +89,9 @@ class TritonPool(ModelCalls):
         ]
         self.probe_interval_s = probe_interval_s
         self._on_retry = on_retry
-        self._turn = 0
+        # An iterator, not an int: the per-caller views of ``with_options`` are shallow copies that
+        # share it, so ties are taken in turn across every call, not restarted at each one.
+        self._turns = itertools.count(1)
         self._probe: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -172,8 +175,8 @@ class TritonPool(ModelCalls):
         candidates = [e for e in untried if e.healthy] or untried
         if not candidates:
             return None
-        self._turn += 1
-        order = {id(e): (i - self._turn) % len(self.endpoints) for i, e in enumerate(self.endpoints)}
+        turn = next(self._turns)
+        order = {id(e): (i - turn) % len(self.endpoints) for i, e in enumerate(self.endpoints)}
         return min(candidates, key=lambda e: (e.in_flight, order[id(e)]))
 
     def _failed(self, endpoint: Endpoint, exc: TritonUnavailableError) -> None:
