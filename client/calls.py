@@ -55,6 +55,14 @@ class CallOptions:
         return self if self.priority == 0 else dataclasses.replace(self, priority=self.priority + levels)
 
 
+@dataclasses.dataclass
+class _Rotation:
+    """What the calls learn of their servers, shared by every view of one transport."""
+
+    # How many times a server came back into rotation: it may serve other weights since.
+    restarts: int = 0
+
+
 class ModelCalls:
     """The models' typed calls; a subclass is the transport that carries their tensors."""
 
@@ -62,8 +70,15 @@ class ModelCalls:
 
     def __init__(self) -> None:
         self._background: set[asyncio.Task[Any]] = set()
-        # How many times a server came back into rotation: it may serve other weights since.
-        self.restarts = 0
+        self._rotation = _Rotation()
+
+    @property
+    def restarts(self) -> int:
+        return self._rotation.restarts
+
+    @restarts.setter
+    def restarts(self, value: int) -> None:
+        self._rotation.restarts = value
 
     # -- the transport -----------------------------------------------------------------
 
@@ -91,7 +106,8 @@ class ModelCalls:
     # -- views and lifetime --------------------------------------------------------------
 
     def with_options(self, options: CallOptions) -> Self:
-        """A view whose calls carry ``options``; it shares the connections (do not close it)."""
+        """A view whose calls carry ``options``; it shares the connections and what is learnt of the
+        servers (do not close it)."""
         view = copy.copy(self)
         view.options = options
         return view

@@ -65,3 +65,15 @@ async def test_the_server_with_fewer_calls_in_flight_takes_the_next() -> None:
     # Two callers: while one waits on the slow server, the other's calls all go to the quick one.
     assert served["127.0.0.1:2"] > served["127.0.0.1:1"] >= 1, served
     assert sum(served.values()) == 10
+
+
+async def test_a_server_back_in_rotation_through_a_callers_view_counts_for_every_view() -> None:
+    """The facade keys its translation cache by the restarts it has seen: a server found back by
+    one caller's call (before the probe) may serve other weights, for every caller."""
+    server = RecordingServer("127.0.0.1:1")
+    pool = await pool_of(server)
+    pool._mark_down(pool.endpoints[0], "refused")
+    view = pool.with_options(CallOptions(priority=1))
+    await view.infer_tensors(tensors.TRANSLATE, {}, view.options)
+    assert pool.endpoints[0].healthy
+    assert pool.restarts == view.restarts == pool.with_options(CallOptions()).restarts == 1
