@@ -61,12 +61,15 @@ class AsyncMiloTritonClient(ModelCalls):
             self._client = grpcclient_aio.InferenceServerClient(url)
         self._module: Any = httpclient if protocol == "http" else grpcclient
         self.grpc_url = grpc_url or (url if protocol == "grpc" else _next_port(url))
-        self._stream_client: Any = None
+        # Held in a dict, not an attribute: views of this client (``with_options``, shallow copies)
+        # share it, so the one a view's stream opens is the one ``close`` closes.
+        self._stream_clients: dict[str, Any] = {}
 
     async def close(self) -> None:
         await self.wait_background()
-        if self._stream_client is not None:
-            await self._stream_client.close()
+        for streams in self._stream_clients.values():
+            await streams.close()
+        self._stream_clients.clear()
         await self._client.close()
 
     async def __aenter__(self) -> AsyncMiloTritonClient:
@@ -149,9 +152,9 @@ class AsyncMiloTritonClient(ModelCalls):
     def _streams(self) -> Any:
         """One gRPC client for every stream: each stream is a call on its HTTP/2 connection,
         where a client (channel) per stream opened a connection and its handshakes every time."""
-        if self._stream_client is None:
-            self._stream_client = grpcclient_aio.InferenceServerClient(self.grpc_url)
-        return self._stream_client
+        if self.grpc_url not in self._stream_clients:
+            self._stream_clients[self.grpc_url] = grpcclient_aio.InferenceServerClient(self.grpc_url)
+        return self._stream_clients[self.grpc_url]
 
 
 def deadline_s(compute_s: float, queue_timeout_us: int | None) -> float:

@@ -1,7 +1,9 @@
-"""How ``TritonPool`` chooses a server: the fewest calls in flight, ties taken in turn.
+"""How ``TritonPool`` chooses a server (the fewest calls in flight, ties taken in turn), and what
+the views of a transport share.
 
 The facade calls through a view of the pool per caller (``with_options``, a shallow copy), so
-what the choice keeps between calls must be shared by every view. Each server here is a
+what the calls keep between them (the turn, the servers back in rotation, the streams' channel)
+must be shared by every view. Each server here is a
 recording transport in place of the pool's client (no Triton: the choice is the pool's alone).
 """
 
@@ -10,8 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from client import CallOptions, TritonPool
+from client import AsyncMiloTritonClient, CallOptions, TritonPool
 from contract import codec, tensors
+from tests.conftest import free_port
 
 
 class RecordingServer:
@@ -77,3 +80,13 @@ async def test_a_server_back_in_rotation_through_a_callers_view_counts_for_every
     await view.infer_tensors(tensors.TRANSLATE, {}, view.options)
     assert pool.endpoints[0].healthy
     assert pool.restarts == view.restarts == pool.with_options(CallOptions()).restarts == 1
+
+
+async def test_a_stream_through_a_view_opens_the_channel_its_client_closes() -> None:
+    client = AsyncMiloTritonClient(f"127.0.0.1:{free_port()}")
+    view = client.with_options(CallOptions(priority=1))
+    opened = view._streams()  # what a stream through the view opens, lazily
+    assert client._streams() is opened
+    await client.close()
+    assert view._streams() is not opened  # closed with the client: the next stream opens anew
+    await client.close()
