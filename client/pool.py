@@ -228,6 +228,7 @@ class TritonPool(ModelCalls):
             finally:
                 endpoint.in_flight -= 1
             endpoint.served += 1
+            self._mark_up(endpoint)
             return
         raise error or TritonUnavailableError("no Triton server configured")
 

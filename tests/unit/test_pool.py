@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
 
 from client import AsyncMiloTritonClient, CallOptions, TritonPool
 from contract import codec, tensors
@@ -29,6 +32,14 @@ class RecordingServer:
         self.calls += 1
         await asyncio.sleep(self.delay_s)
         return {}
+
+    async def stream_tensors(
+        self, io: tensors.ModelIO, inputs: codec.Arrays, options: CallOptions
+    ) -> AsyncIterator[codec.Arrays]:
+        self.calls += 1
+        for _ in range(2):
+            await asyncio.sleep(self.delay_s)
+            yield {}
 
 
 async def pool_of(*servers: RecordingServer) -> TritonPool:
@@ -70,14 +81,18 @@ async def test_the_server_with_fewer_calls_in_flight_takes_the_next() -> None:
     assert sum(served.values()) == 10
 
 
-async def test_a_server_back_in_rotation_through_a_callers_view_counts_for_every_view() -> None:
+@pytest.mark.parametrize("way", ["call", "stream"])
+async def test_a_server_back_in_rotation_through_a_callers_view_counts_for_every_view(way: str) -> None:
     """The facade keys its translation cache by the restarts it has seen: a server found back by
-    one caller's call (before the probe) may serve other weights, for every caller."""
+    one caller's call or stream (before the probe) may serve other weights, for every caller."""
     server = RecordingServer("127.0.0.1:1")
     pool = await pool_of(server)
     pool._mark_down(pool.endpoints[0], "refused")
     view = pool.with_options(CallOptions(priority=1))
-    await view.infer_tensors(tensors.TRANSLATE, {}, view.options)
+    if way == "call":
+        await view.infer_tensors(tensors.TRANSLATE, {}, view.options)
+    else:
+        assert len([piece async for piece in view.stream_tensors(tensors.TTS_STREAM, {}, view.options)]) == 2
     assert pool.endpoints[0].healthy
     assert pool.restarts == view.restarts == pool.with_options(CallOptions()).restarts == 1
 
