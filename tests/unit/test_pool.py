@@ -3,8 +3,8 @@ the views of a transport share.
 
 The facade calls through a view of the pool per caller (``with_options``, a shallow copy), so
 what the calls keep between them (the turn, the servers back in rotation, the streams' channel)
-must be shared by every view. Each server here is a
-recording transport in place of the pool's client (no Triton: the choice is the pool's alone).
+must be shared by every view. Each server here is a recording transport in place of the pool's
+client (no Triton: the choice is the pool's alone).
 """
 
 from __future__ import annotations
