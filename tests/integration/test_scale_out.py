@@ -1,8 +1,8 @@
 """Scale-out: one facade in front of two PyTriton hosts, one of which dies under load.
 
-Both hosts serve the real translate model on the embedded weights. The facade (a real
-uvicorn process) spreads calls over both, probes their health, and when one host is
-killed mid-load it sends the calls that host dropped to the other: every request of the
+Both hosts serve the real translate model on the embedded weights. The facade (a real uvicorn
+process) spreads calls over both (in turn when both are idle), probes their health, and when one
+host is killed mid-load it sends the calls that host dropped to the other: every request of the
 run is answered, and ``/ready`` reports the degraded state naming the lost host.
 """
 
@@ -83,6 +83,12 @@ def test_the_facade_spreads_load_and_survives_losing_a_host(embedded_dir: Path, 
         ready = httpx.get(f"{facade}/ready").json()
         assert ready["status"] == "ready"
         assert [e["healthy"] for e in ready["endpoints"]] == [True, True]
+
+        # One caller at a time finds both hosts idle: the calls take them in turn.
+        for i in range(6):
+            body = {"text": f"Manao ahoana {i}.", "source": "mg", "target": "fr"}
+            assert httpx.post(f"{facade}/v1/translate", json=body, timeout=120).status_code == 200
+        assert [e["served"] for e in httpx.get(f"{facade}/ready").json()["endpoints"]] == [3, 3]
 
         done = threading.Event()
         answered = 0
