@@ -19,6 +19,9 @@ MODEL_PATH = Path(__file__).resolve().parent.parent / "data" / "silero_vad_v6.on
 FRAME = 512  # samples per frame at 16 kHz
 CONTEXT = 64  # samples of the previous frame that the model reads before each frame
 FRAME_MS = FRAME * 1000 // STT_SAMPLE_RATE
+# ``has_speech`` reads a file in chunks that double from the first to the longest: most files
+# begin with speech, found in the first chunk, and the longest bounds the memory of a long one.
+FIRST_CHUNK_S, LONGEST_CHUNK_S = 0.5, 30.0
 
 
 class VadModel:
@@ -36,15 +39,21 @@ class VadModel:
     def stream(self) -> VadStream:
         return VadStream(self)
 
-    def has_speech(self, audio: np.ndarray, detection: TurnDetection | None = None) -> bool:
+    def has_speech(
+        self, audio: np.ndarray, detection: TurnDetection | None = None, first_chunk_s: float = FIRST_CHUNK_S
+    ) -> bool:
         """Whether ``audio`` (16 kHz) holds speech by the rules of a turn: a speech recogniser
-        given none may still write something, which must never be answered."""
+        given none may still write something, which must never be answered. The reading stops
+        where speech starts (the answer is the same however the audio is cut)."""
         detector = TurnDetector(detection or TurnDetection())
         stream = self.stream()
-        step = 30 * STT_SAMPLE_RATE  # bounded memory for long files
-        for start in range(0, len(audio), step):
-            if any(isinstance(event, SpeechStarted) for event in detector.feed(stream(audio[start : start + step]))):
+        longest = int(LONGEST_CHUNK_S * STT_SAMPLE_RATE)
+        start, chunk = 0, min(max(FRAME, int(first_chunk_s * STT_SAMPLE_RATE)), longest)
+        while start < len(audio):
+            if any(isinstance(event, SpeechStarted) for event in detector.feed(stream(audio[start : start + chunk]))):
                 return True
+            start += chunk
+            chunk = min(2 * chunk, longest)
         return False
 
 

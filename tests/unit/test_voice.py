@@ -19,7 +19,17 @@ from api_facade.voice.language import detect_language, reply_language
 from api_facade.voice.reply import ReplyAudio, ReplyEnd, ReplyText, Voice, spoken_reply
 from api_facade.voice.sentences import ChunkRules, SentenceChunker
 from api_facade.voice.speech import spoken_text, text_pieces
-from api_facade.voice.vad import FRAME, MODEL_PATH, SpeechStarted, SpeechStopped, TurnDetection, TurnDetector, VadModel
+from api_facade.voice.vad import (
+    FRAME,
+    LONGEST_CHUNK_S,
+    MODEL_PATH,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetection,
+    TurnDetector,
+    VadModel,
+    VadStream,
+)
 from client import CallOptions
 from contract import codec, tensors
 from contract.records import (
@@ -120,6 +130,46 @@ def test_voice_activity_finds_spoken_audio_however_the_stream_is_cut() -> None:
     assert len(whole) == len(audio) // FRAME
     speech = np.flatnonzero(whole >= 0.5)
     assert 0.9 < speech[0] * FRAME / 16000 < 1.2 and whole[:25].max() < 0.2
+
+
+class CountingVad(VadModel):
+    """The real model, counting the samples its streams are given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples_read = 0
+
+    def stream(self) -> VadStream:
+        return CountedStream(self)
+
+
+class CountedStream(VadStream):
+    model: CountingVad
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        self.model.samples_read += len(audio)
+        return super().__call__(audio)
+
+
+def test_a_file_is_read_until_its_speech_starts_and_answered_as_if_read_whole() -> None:
+    model = CountingVad()
+    said = speak("Bonjour, comment allez-vous ?")
+    silence = np.zeros(16000 * 9, np.float32)
+    files = {
+        "speech first": np.concatenate([said, silence]),
+        "speech last": np.concatenate([silence, said]),
+        "silence": silence,
+        "noise": np.random.default_rng(0).normal(0, 0.01, 16000 * 5).astype(np.float32),
+    }
+    for name, audio in files.items():
+        answers = {model.has_speech(audio, first_chunk_s=s) for s in (0.01, 0.5, 2.0, LONGEST_CHUNK_S)}
+        assert answers == {name.startswith("speech")}, name
+    model.samples_read = 0
+    assert model.has_speech(files["speech first"])
+    assert model.samples_read <= 16000 * 1.5  # its first chunks only, of 10 s
+    model.samples_read = 0
+    assert model.has_speech(files["speech first"], first_chunk_s=LONGEST_CHUNK_S)
+    assert model.samples_read == len(files["speech first"])  # one chunk: the whole file
 
 
 class PacedTriton(ScriptedTriton):
