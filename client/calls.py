@@ -57,10 +57,13 @@ class CallOptions:
 
 @dataclasses.dataclass
 class _Rotation:
-    """What the calls learn of their servers, shared by every view of one transport."""
+    """What the calls keep of their servers, one record shared by every view of a transport (a
+    view is a shallow copy: an attribute the calls set on it would be the view's alone)."""
 
     # How many times a server came back into rotation: it may serve other weights since.
     restarts: int = 0
+    # Calls sent so far: a pool takes its servers in turn by it where they are as busy.
+    turns: int = 0
 
 
 class ModelCalls:

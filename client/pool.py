@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -89,9 +88,6 @@ class TritonPool(ModelCalls):
         ]
         self.probe_interval_s = probe_interval_s
         self._on_retry = on_retry
-        # An iterator, not an int: the per-caller views of ``with_options`` are shallow copies that
-        # share it, so ties are taken in turn across every call, not restarted at each one.
-        self._turns = itertools.count(1)
         self._probe: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -175,7 +171,8 @@ class TritonPool(ModelCalls):
         candidates = [e for e in untried if e.healthy] or untried
         if not candidates:
             return None
-        turn = next(self._turns)
+        self._rotation.turns += 1  # in the record every caller's view shares
+        turn = self._rotation.turns
         order = {id(e): (i - turn) % len(self.endpoints) for i, e in enumerate(self.endpoints)}
         return min(candidates, key=lambda e: (e.in_flight, order[id(e)]))
 
