@@ -269,8 +269,10 @@ def test_a_paced_stream_sends_its_first_piece_at_once_then_joined_pieces(chat: L
     from milo_voice.serving.tensor_io import ChatService
 
     whole = Recorder()
+    asked = time.perf_counter()
     chat.start(ask(QUESTIONS[2], max_tokens=60), whole)
     expected = whole.wait()
+    per_token_s = (time.perf_counter() - asked) / expected.completion_tokens
     responses: list[tuple[float, bytes, bytes, bool]] = []
     ended = threading.Event()
 
@@ -280,7 +282,9 @@ def test_a_paced_stream_sends_its_first_piece_at_once_then_joined_pieces(chat: L
         if final:
             ended.set()
 
-    interval = 0.1
+    # About four tokens' time on this machine (a loaded one decodes several times slower): each
+    # interval has pieces to join, whatever the machine's speed.
+    interval = max(0.05, 4 * per_token_s)
     service = ChatService(chat, stream_interval_s=interval)
     inputs = codec.pack_request(tensors.CHAT_STREAM, ask(QUESTIONS[2], max_tokens=60))
     started = time.perf_counter()
