@@ -44,10 +44,11 @@ def parse(text: str) -> Counters:
 
 
 def read(metrics_url: str) -> Counters:
-    return parse(_page(metrics_url))
+    return parse(page(metrics_url))
 
 
-def _page(metrics_url: str) -> str:
+def page(metrics_url: str) -> str:
+    """The metrics page as text, for the parsers here."""
     return str(urllib.request.urlopen(metrics_url, timeout=5).read().decode())
 
 
@@ -60,10 +61,6 @@ def parse_step_kernels(text: str) -> dict[str, list[dict[str, str]]]:
         model = row.pop("model", "")
         kernels.setdefault(model, []).append(row)
     return kernels
-
-
-def read_step_kernels(metrics_url: str) -> dict[str, list[dict[str, str]]]:
-    return parse_step_kernels(_page(metrics_url))
 
 
 def mean_batch(counters: dict[str, float]) -> float | None:

@@ -72,8 +72,9 @@ class TritonPythonModel:
         self.instance = load_instance(spec, active_profile(), device, observer)
         if metrics_api:
             self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
+        kernels = self.instance.step_kernels if spec.role == "translate" else None  # chosen at load
         if metrics_api and spec.role == "translate":
-            self._kernels_metric = TritonKernelsMetric(pb_utils, model_name, self.instance.step_kernels)
+            self._kernels_metric = TritonKernelsMetric(pb_utils, model_name, kernels)
         if step_batching(spec, device):
             search = TritonSearchMetrics(pb_utils, model_name) if metrics_api else None
             self.handler: Handler | StepwiseHandler = StepwiseHandler(self.io, self.instance.stepwise(), search)
@@ -91,7 +92,7 @@ class TritonPythonModel:
             self._sender.start()
         batching = "step-level batching" if isinstance(self.handler, StepwiseHandler) else "batches"
         ready = f"{args.get('model_name')} ready ({spec.role}, instance {args.get('model_instance_name')}, {batching})"
-        if spec.role == "translate" and (kernels := self.instance.step_kernels) is not None:
+        if kernels is not None:
             ready += f"; its search steps attend by the {kernels.attention} way, best logits in {kernels.top}"
         # Into Triton's own log where the stub has its logger: this process's INFO goes nowhere there.
         logger = getattr(pb_utils, "Logger", None)

@@ -172,8 +172,7 @@ def test_the_locust_phase_saves_its_figures_before_the_stack_stops(
 
     monkeypatch.setattr(served, "stack_for", stack_for)
     monkeypatch.setattr(served, "gpu_memory", dict)
-    monkeypatch.setattr(served, "triton_batch_stats", lambda url: {})
-    monkeypatch.setattr(served, "step_kernels", lambda url: {})
+    monkeypatch.setattr(served, "host_metrics", lambda url: ({}, {}))
     monkeypatch.setattr(runner, "run_locust", run_locust)
     args = argparse.Namespace(
         variants="configured",

@@ -71,17 +71,15 @@ SERVED_SENDERS: dict[str, Send] = {
 PAST_THE_FACADE = {"translate-triton": "translate"}
 
 
-def triton_batch_stats(metrics_url: str) -> dict[str, dict[str, float]]:
-    """Per model, Triton's counters since it started, with the mean batch."""
-    counters = triton_counters.read(metrics_url)
+def host_metrics(metrics_url: str) -> tuple[dict[str, dict[str, float]], dict[str, list[dict[str, str]]]]:
+    """From one read of the host's metrics page: per model, Triton's counters since it started, with
+    the mean batch; and per translation model, the ways its instances' search steps run, as chosen
+    at load."""
+    text = triton_counters.page(metrics_url)
+    counters = triton_counters.parse(text)
     for row in counters.values():
         row["mean_batch"] = triton_counters.mean_batch(row) or 0.0
-    return counters
-
-
-def step_kernels(metrics_url: str) -> dict[str, list[dict[str, str]]]:
-    """Per translation model, the ways its instances' search steps run, as chosen at load."""
-    return triton_counters.read_step_kernels(metrics_url)
+    return counters, triton_counters.parse_step_kernels(text)
 
 
 async def _probe(base: str) -> dict[str, float]:
@@ -196,8 +194,7 @@ def phase_served(args: argparse.Namespace) -> None:
                         print(level_line(variant, row), flush=True)
                 result["levels"] = levels
                 result["memory_after_load_test"] = gpu_memory()
-                result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
-                result["step_kernels"] = step_kernels(f"http://{stack.metrics}/metrics")
+                result["triton"], result["step_kernels"] = host_metrics(f"http://{stack.metrics}/metrics")
                 if result["step_kernels"]:
                     print(
                         f"{variant}: translation's search steps, chosen at load: {result['step_kernels']}", flush=True
@@ -319,8 +316,7 @@ def phase_locust(args: argparse.Namespace) -> None:
         result["locust_exit"] = run_locust(locust_args, stack.facade, out)
         result["locust_s"] = round(time.perf_counter() - started, 1)
         result["memory"] = gpu_memory()
-        result["triton"] = triton_batch_stats(f"http://{stack.metrics}/metrics")
-        result["step_kernels"] = step_kernels(f"http://{stack.metrics}/metrics")
+        result["triton"], result["step_kernels"] = host_metrics(f"http://{stack.metrics}/metrics")
         verdicts = gate(read_locust_stats(out / "locust_stats.csv"), dict(AUDIT_TARGETS_MS), 0.01)
         result["verdicts"] = [asdict(v) for v in verdicts]
         result["table"] = format_table(verdicts)
