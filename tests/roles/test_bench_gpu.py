@@ -375,3 +375,47 @@ def test_tuning_reads_the_stt_curve_of_the_role_a_gpu_host_runs(tmp_path: Path) 
     tuned = json.loads((tmp_path / "results" / "tune.json").read_text())
     assert tuned["tuned"]["stt"]["max_batch_size"] == 32  # the torch curve still climbs past 8
     assert "98.3" in tuned["reasons"]["stt"]
+
+
+def test_the_stt_reference_alone_is_what_the_served_level_and_tuning_read(tmp_path: Path, toy_whisper: Path) -> None:
+    """``inprocess --references``: the role with encoder and decoder in torch, at each batch size,
+    with the full decoding per window, in the rows the served phase sets its level beside."""
+    import argparse
+
+    from loadtests.bench.gpu import inprocess, levels
+
+    rows = inprocess.stt_reference(toy_whisper, device="cpu", compute_type="float32")
+    assert set(rows) == {"torch_decoder_memory_mib", *(f"batch{b}" for b in inprocess.STT_BATCHES)}
+    for batch in inprocess.STT_BATCHES:
+        row = rows[f"batch{batch}"]
+        assert row["tokens_per_window"] == common.STT_TOKENS
+        assert row["role_torch_clips_s"] == pytest.approx(batch * 1000 / row["role_torch_ms"], rel=0.05)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "inprocess.json").write_text(json.dumps({"stt": {"large-v3-turbo": rows}}))
+    read = levels.inprocess_rates(tmp_path, "stt")
+    assert read == {b: rows[f"batch{b}"]["role_torch_clips_s"] for b in inprocess.STT_BATCHES}
+    tune.phase_tune(argparse.Namespace(work=tmp_path))
+    assert json.loads((tmp_path / "results" / "tune.json").read_text())["tuned"]["stt"]["max_batch_size"] in read
+
+
+def test_the_translation_references_alone_are_what_the_served_levels_read(tmp_path: Path, embedded_dir: Path) -> None:
+    """``inprocess --references``: "auto"'s batches and the step-level loop of 64 requests in
+    flight, nothing else (no other engine, no handler or op-by-op levels, no agreement)."""
+    from loadtests.bench.gpu import inprocess, levels
+
+    rows = inprocess.translate_inprocess(
+        embedded_dir / "translate", device="cpu", compute_type="float32", batch_seconds=0.0, references=True,
+        loop_seconds=0.5,
+    )  # fmt: skip
+    assert set(rows) == {"auto_memory_mib", "batches", "stepwise"}
+    assert sorted(rows["batches"]) == [1, 4, 8, 16, 32, 64]
+    assert all(row["requests_s"] > 0 and row["calls"] >= 5 for row in rows["batches"].values())
+    assert set(rows["stepwise"]) == {"chosen_at_load", "64x1"}
+    loop = rows["stepwise"]["64x1"]
+    assert loop["clients"] == 64 and loop["steps"] == 1 and loop["requests_s"] > 0
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "inprocess.json").write_text(json.dumps({"translate": rows}))
+    assert levels.inprocess_rates(tmp_path, "translate") == {
+        batch: row["requests_s"] for batch, row in rows["batches"].items()
+    }
+    assert levels.inprocess_step_rates(tmp_path, "translate") == {64: loop["requests_s"]}

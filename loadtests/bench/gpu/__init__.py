@@ -9,7 +9,8 @@ state under ``--work`` and writes its results to ``--work/results/<phase>.json``
   inprocess  the role classes called directly on the GPU: the STT reference (turbo and large-v3
              at batch 1, 8 and 32, 32 tokens per 30 s window), batch sweeps of TTS and translation,
              instance sweep of chat, GPU memory per model; then ``tune`` picks batch sizes and
-             instance counts from those curves and writes the tuned registry
+             instance counts from those curves and writes the tuned registry; with
+             ``--references``, only the rates the served levels are set beside
   served     the whole stack (facade -> Triton -> model) with one registry variant: single-request
              latency, throughput at several concurrencies, real-time factors, tokens/s, GPU memory,
              Triton's own batch statistics

@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assets", default=os.environ.get("MILO_GPU_ASSETS", str(REPO / ".gpu-assets")))
     parser.add_argument("--only", default="", help="build/inprocess: a subset of stt,tts,translate,chat")
     parser.add_argument("--no-large-v3", action="store_true", help="build: the turbo STT shape only")
+    parser.add_argument(
+        "--references", action="store_true",
+        help="inprocess: only the rates the served levels are set beside (STT's role in torch, TTS, "
+        "translation's batches and its step-level loop of 64), for a lease that measures the goals",
+    )  # fmt: skip
     parser.add_argument("--variants", default="configured,unbatched", help="served/locust/goals: registry variants")
     parser.add_argument(
         "--endpoints", default="stt,tts,translate,chat",

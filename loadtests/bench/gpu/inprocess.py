@@ -70,7 +70,7 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
     audio = _clip("long")
     features = np.ascontiguousarray(stt.features.one(audio))
     suppress = [-1, stt.tokenizer.eot]
-    for batch in (1, 8, 32):
+    for batch in STT_BATCHES:
         requests = [SttRequest(audio, "fr")] * batch
         tokens = stt.transcribe_batch(requests)[0].tokens
         stacked_np = np.stack([features] * batch)
@@ -128,6 +128,37 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
         if batch == 1:
             rows["encoder_agreement"] = _encoder_agreement(stt, fast, stacked, stacked_gpu, requests)
             rows["decoder_agreement"] = _decoder_agreement(fast, fastest, requests)
+    return rows
+
+
+# The batch sizes STT is measured at in process: one request, the registry's old batch, its batch now.
+STT_BATCHES = (1, 8, 32)
+
+
+def stt_reference(
+    path: Path, device: str = "cuda", compute_type: str = "float16", batches: tuple[int, ...] = STT_BATCHES
+) -> dict[str, Any]:
+    """The role as a GPU host runs it (encoder and decoder in torch), alone in the process as a
+    served model is, by batch size: of ``stt_inprocess``'s rows, only those the served STT is set
+    beside (``role_torch_clips_s``), without the engines it is compared with."""
+    from contract.records import SttRequest
+    from loadtests.bench.fixed_lengths.stt import FixedLengthSpeechToText
+    from milo_voice.roles.stt import SttOptions
+
+    before = _memory_used_mib()
+    options = SttOptions(compute_type=compute_type, max_new_tokens=STT_TOKENS, encoder="torch", decoder="torch")
+    role = FixedLengthSpeechToText(str(path), device=device, options=options)
+    rows: dict[str, Any] = {"torch_decoder_memory_mib": round(_memory_used_mib() - before)}
+    audio = _clip("long")
+    for batch in batches:
+        requests = [SttRequest(audio, "fr")] * batch
+        tokens = role.transcribe_batch(requests)[0].tokens
+        seconds = timed(lambda requests=requests: role.transcribe_batch(requests), 10 if batch == 1 else 5)
+        rows[f"batch{batch}"] = {
+            "tokens_per_window": tokens,
+            "role_torch_ms": round(seconds * 1000, 1),
+            "role_torch_clips_s": round(batch / seconds, 1),
+        }
     return rows
 
 
@@ -190,17 +221,49 @@ def tts_inprocess(path: Path) -> dict[str, Any]:
 # of many calls, not of 5, and its spread is kept beside it.
 TRANSLATE_BATCH_SECONDS = 2.0
 TRANSLATE_ENGINES = (("ctranslate2", "ctranslate2_batches"), ("torch", "torch_batches"), ("auto", "batches"))
+REFERENCE_ENGINES = (("auto", "batches"),)  # the served phase's reference alone
 AGREEMENT = ("ctranslate2", "torch")  # the engines whose answers are compared ("auto" is the two)
+
+# Clients kept in flight in process, and decoding steps between two looks at what ended: what the
+# served step-level batching does without the server (milo_voice/serving/stepwise.py).
+STEPWISE_LEVELS = ((64, 1), (64, 4), (128, 1), (128, 4))
+STEPWISE_SENTENCES = 128  # two-sentence texts of 64 clients: what the translate-steps overlays hold
+# Requests in flight through the served handler, and how long after an answer its client's next
+# request is handed over: none, then about what a request spent outside the search when served
+# (Triton alone, then through the facade: docs/benchmarks.md, section 4), each time drawn between
+# half and one and a half times that. With none, every sentence of a fixed length joins and ends
+# at the same step as the others; served, they join a few at a step. The drawn round trips spread
+# them out the same way, so that the handler alone shows what that costs the search.
+HANDLER_LEVELS = ((64, 0.0), (64, 0.015), (64, 0.030))
+# Measured again with the search's rules launched op by op around the decoder's graph, as before
+# each whole step was recorded as one CUDA graph (``gpu_search_graphs = false``): the two side by side.
+OP_BY_OP_LEVELS = ((64, 1, None), (64, None, 0.015))
+# Each level of the loop: requests in flight, steps between two looks (None: through the served
+# handler), the clients' round trip (seconds), and whether the search's rules run op by op.
+StepLevel = tuple[int, int | None, float | None, bool]
+STEP_LEVELS: tuple[StepLevel, ...] = (
+    *((c, s, None, False) for c, s in STEPWISE_LEVELS),
+    *((c, None, b, False) for c, b in HANDLER_LEVELS),
+    *((c, s, b, True) for c, s, b in OP_BY_OP_LEVELS),
+)
+REFERENCE_STEP_LEVELS: tuple[StepLevel, ...] = ((64, 1, None, False),)  # what a served level is set beside
+LOOP_SECONDS = 10.0  # each level of the loop counted for this long, after 2 s of warm-up
 
 
 def translate_inprocess(
-    path: Path, device: str = "cuda", compute_type: str = "float16", batch_seconds: float = TRANSLATE_BATCH_SECONDS
+    path: Path,
+    device: str = "cuda",
+    compute_type: str = "float16",
+    batch_seconds: float = TRANSLATE_BATCH_SECONDS,
+    references: bool = False,
+    loop_seconds: float = LOOP_SECONDS,
 ) -> dict[str, Any]:
     """The role's engines in ``compute_type`` (float16: the registry's GPU compute type), beam 2,
     one after the other, each alone in the process as a served model is: CTranslate2 (``ctranslate2_batches``),
     the torch engine (``torch_batches``), and the two as "auto" picks them on a GPU (``batches``:
-    the served phase's reference)."""
-    from contract.records import TranslateRequest, Translation
+    the served phase's reference). With ``references``, only what the served levels are set
+    beside: ``batches`` and the step-level loop of 64 requests in flight."""
+    from contract.records import TranslateRequest
     from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 
     rows: dict[str, Any] = {}
@@ -208,7 +271,7 @@ def translate_inprocess(
     # the searches must agree but for float16's rounding).
     texts = [TranslateRequest(t, s, g) for s, g, t in [*payloads.TRANSLATE_SHORT, *payloads.TRANSLATE_LONG]]
     answers: dict[str, list[Any]] = {}
-    for engine, key in TRANSLATE_ENGINES:
+    for engine, key in REFERENCE_ENGINES if references else TRANSLATE_ENGINES:
         before = _memory_used_mib()
         translator = FixedLengthTranslator(
             path, device=device, compute_type=compute_type, max_decoding_length=TRANSLATE_TOKENS, engine=engine
@@ -226,20 +289,26 @@ def translate_inprocess(
             answers[engine] = translator.translate_batch(texts)
         del translator
         _release_gpu_memory()
-    same = [
-        isinstance(a, Translation) and isinstance(b, Translation) and a.text == b.text
-        for a, b in zip(answers["ctranslate2"], answers["torch"], strict=True)
-    ]
-    rows["agreement"] = {
-        "same_text": sum(same),
-        "of": len(same),
-        "score_diff_max": max(
-            (abs(a.score - b.score) for a, b in zip(answers["ctranslate2"], answers["torch"], strict=True)
-             if isinstance(a, Translation) and isinstance(b, Translation)), default=0.0,
-        ),
-    }  # fmt: skip
-    rows["stepwise"] = translate_stepwise(path, texts, answers["torch"], device, compute_type)
+    if not references:
+        rows["agreement"] = _engines_agreement(answers["ctranslate2"], answers["torch"])
+    levels = REFERENCE_STEP_LEVELS if references else STEP_LEVELS
+    rows["stepwise"] = translate_stepwise(
+        path, texts, answers.get("torch"), device, compute_type, levels=levels, seconds=loop_seconds
+    )
     return rows
+
+
+def _engines_agreement(ctranslate2: list[Any], torch: list[Any]) -> dict[str, Any]:
+    """How many texts the two engines' searches answer the same, and how far their scores differ."""
+    from contract.records import Translation
+
+    pairs = list(zip(ctranslate2, torch, strict=True))
+    both = [(a, b) for a, b in pairs if isinstance(a, Translation) and isinstance(b, Translation)]
+    return {
+        "same_text": sum(a.text == b.text for a, b in both),
+        "of": len(pairs),
+        "score_diff_max": max((abs(a.score - b.score) for a, b in both), default=0.0),
+    }
 
 
 def _release_gpu_memory() -> None:
@@ -253,29 +322,20 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-# Clients kept in flight in process, and decoding steps between two looks at what ended: what the
-# served step-level batching does without the server (milo_voice/serving/stepwise.py).
-STEPWISE_LEVELS = ((64, 1), (64, 4), (128, 1), (128, 4))
-STEPWISE_SENTENCES = 128  # two-sentence texts of 64 clients: what the translate-steps overlays hold
-# Requests in flight through the served handler, and how long after an answer its client's next
-# request is handed over: none, then about what a request spent outside the search when served
-# (Triton alone, then through the facade: docs/benchmarks.md, section 4), each time drawn between
-# half and one and a half times that. With none, every sentence of a fixed length joins and ends
-# at the same step as the others; served, they join a few at a step. The drawn round trips spread
-# them out the same way, so that the handler alone shows what that costs the search.
-HANDLER_LEVELS = ((64, 0.0), (64, 0.015), (64, 0.030))
-# Measured again with the search's rules launched op by op around the decoder's graph, as before
-# each whole step was recorded as one CUDA graph (``gpu_search_graphs = false``): the two side by side.
-OP_BY_OP_LEVELS = ((64, 1, None), (64, None, 0.015))
-
-
 def translate_stepwise(
-    path: Path, requests: list[Any], batch_answers: list[Any], device: str = "cuda", compute_type: str = "float16"
+    path: Path,
+    requests: list[Any],
+    batch_answers: list[Any] | None,
+    device: str = "cuda",
+    compute_type: str = "float16",
+    levels: tuple[StepLevel, ...] = STEP_LEVELS,
+    seconds: float = LOOP_SECONDS,
 ) -> dict[str, Any]:
-    """The torch engine's step-level batching in process: ``clients`` requests always in flight, a
-    new one submitted as each ends, ``steps`` decoding steps between two looks (``requests_s``
-    over 10 s after 2 s of warm-up), and what it answers for requests joining a search at different
-    steps, against the same engine's batch (``agreement``)."""
+    """The torch engine's step-level batching in process, at each of ``levels``: ``clients``
+    requests always in flight, a new one submitted as each ends, ``steps`` decoding steps between
+    two looks (``requests_s`` over ``seconds`` after 2 s of warm-up); and, given the same engine's
+    batch answers, what it answers for requests joining a search at different steps against
+    them (``agreement``)."""
     from contract.records import Translation
     from loadtests.bench.fixed_lengths.translate import FixedLengthTranslator
 
@@ -283,15 +343,14 @@ def translate_stepwise(
         path, device=device, compute_type=compute_type, max_decoding_length=TRANSLATE_TOKENS, engine="torch",
         search_sentences=STEPWISE_SENTENCES,
     )  # fmt: skip
-    rows: dict[str, Any] = {"chosen_at_load": asdict(translator.step_kernels)}
-    levels = [(c, s, None, False) for c, s in STEPWISE_LEVELS] + [(c, None, b, False) for c, b in HANDLER_LEVELS]
-    levels += [(c, s, b, True) for c, s, b in OP_BY_OP_LEVELS]
+    kernels = translator.step_kernels  # none on a CPU: nothing is chosen there
+    rows: dict[str, Any] = {"chosen_at_load": asdict(kernels) if kernels is not None else None}
     graphs = translator._torch.search_graphs  # what the engine's searches (translator.stepwise()) record
     for clients, steps, back_s, op_by_op in levels:
         translator._torch.search_graphs = graphs and not op_by_op
         suffix = ", op by op" if op_by_op else ""
         if steps is not None:
-            loop = _closed_loop(translator, clients, steps, warmup_s=2.0, seconds=10.0)
+            loop = _closed_loop(translator, clients, steps, warmup_s=2.0, seconds=seconds)
             rows[f"{clients}x{steps}{suffix}"] = {"clients": clients, "steps": steps, "op_by_op": op_by_op, **loop}
             continue
         name = f"handler {clients}" + (f", {back_s * 1000:g} ms back" if back_s else "") + suffix
@@ -299,9 +358,11 @@ def translate_stepwise(
             "clients": clients,
             "op_by_op": op_by_op,
             "back_ms": (back_s or 0.0) * 1000,
-            **_handler_loop(translator, clients, warmup_s=2.0, seconds=10.0, back_s=back_s or 0.0),
+            **_handler_loop(translator, clients, warmup_s=2.0, seconds=seconds, back_s=back_s or 0.0),
         }
     translator._torch.search_graphs = graphs
+    if batch_answers is None:
+        return rows
     stepwise = translator.stepwise()
     joined: dict[int, Any] = {}
     for key, request in enumerate(requests):  # each joins the search one step after the one before
@@ -530,11 +591,13 @@ def phase_inprocess(args: argparse.Namespace) -> None:
 
     torch.cuda.init()
     models = args.work / "models" / "production"
-    results: dict[str, Any] = {"gpu": gpu_memory()["gpu"]}
+    results: dict[str, Any] = {"gpu": gpu_memory()["gpu"], "references_only": args.references}
     only = [x for x in args.only.split(",") if x]
     large_v3 = args.work / "models-large-v3" / "production" / "stt"
 
     def stt() -> dict[str, Any]:
+        if args.references:
+            return {"large-v3-turbo": stt_reference(models / "stt")}
         rows = {"large-v3-turbo": stt_inprocess(models / "stt")}
         # Built unless `build --no-large-v3`: measured where it is there, whatever the other options.
         rows["large-v3"] = stt_inprocess(large_v3) if large_v3.is_dir() else {"skipped": "not built (--no-large-v3)"}
@@ -543,7 +606,7 @@ def phase_inprocess(args: argparse.Namespace) -> None:
     steps: dict[str, Callable[[], Any]] = {
         "stt": stt,
         "tts": lambda: tts_inprocess(models / "tts"),
-        "translate": lambda: translate_inprocess(models / "translate"),
+        "translate": lambda: translate_inprocess(models / "translate", references=args.references),
         "chat": lambda: chat_inprocess(models / "chat" / "model.gguf"),
     }
     for name, step in steps.items():
