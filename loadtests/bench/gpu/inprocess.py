@@ -135,9 +135,7 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
 STT_BATCHES = (1, 8, 32)
 
 
-def stt_reference(
-    path: Path, device: str = "cuda", compute_type: str = "float16", batches: tuple[int, ...] = STT_BATCHES
-) -> dict[str, Any]:
+def stt_reference(path: Path, device: str = "cuda", compute_type: str = "float16") -> dict[str, Any]:
     """The role as a GPU host runs it (encoder and decoder in torch), alone in the process as a
     served model is, by batch size: of ``stt_inprocess``'s rows, only those the served STT is set
     beside (``role_torch_clips_s``), without the engines it is compared with."""
@@ -150,7 +148,7 @@ def stt_reference(
     role = FixedLengthSpeechToText(str(path), device=device, options=options)
     rows: dict[str, Any] = {"torch_decoder_memory_mib": round(_memory_used_mib() - before)}
     audio = _clip("long")
-    for batch in batches:
+    for batch in STT_BATCHES:
         requests = [SttRequest(audio, "fr")] * batch
         tokens = role.transcribe_batch(requests)[0].tokens
         seconds = timed(lambda requests=requests: role.transcribe_batch(requests), 10 if batch == 1 else 5)
