@@ -100,10 +100,14 @@ class PicoVoice:
             return _silence(self.sample_rate, text)
         level = min(max(round(100 * speed), PICO_SPEED_LEVELS[0]), PICO_SPEED_LEVELS[1])
         with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
-            command = ["pico2wave", "-l", self.language, "-w", wav.name, f'<speed level="{level}">{words}</speed>']
-            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            # The text goes as UTF-8 bytes: a str argument is encoded with the locale's encoding,
+            # which is ASCII in the stock Triton's Python backend ("à" failed there).
+            spoken = f'<speed level="{level}">{words}</speed>'.encode()
+            command = ["pico2wave", "-l", self.language, "-w", wav.name, spoken]
+            done = subprocess.run(command, capture_output=True, timeout=60)
             if done.returncode != 0:
-                raise RuntimeError(f"pico2wave failed ({done.returncode}): {done.stderr.strip()[:200]}")
+                reason = done.stderr.decode("utf-8", "replace").strip()[:200]
+                raise RuntimeError(f"pico2wave failed ({done.returncode}): {reason}")
             audio, rate = sf.read(wav.name, dtype="float32")
         if rate != self.sample_rate:
             raise RuntimeError(f"pico2wave wrote {rate} Hz, not {self.sample_rate}")
