@@ -27,6 +27,10 @@ from contract import codec, tensors
 from contract.triton_access import access_headers
 
 Protocol = Literal["http", "grpc"]
+# aiohttp accepts compressed answers unless told otherwise, and Triton then gzips each one (a TTS
+# answer is its audio: hundreds of kilobytes): the server compresses and the caller inflates,
+# CPU on both ends that a local network does not pay back.
+ANSWERS_AS_THEY_ARE = {"Accept-Encoding": "identity"}
 # What a health check that finds no server raises.
 _UNREACHABLE = (InferenceServerException, ConnectionError, OSError, aiohttp.ClientError, asyncio.TimeoutError)
 # A health check answered later than this counts as "no": a server that takes the connection and
@@ -52,7 +56,7 @@ class AsyncMiloTritonClient(ModelCalls):
         self.url = url
         self.protocol = protocol
         self.timeout_s = timeout_s
-        self._headers = access_headers(access_key, protocol)
+        self._headers = access_headers(access_key, protocol) | (ANSWERS_AS_THEY_ARE if protocol == "http" else {})
         self._stream_headers = access_headers(access_key, "grpc")
         if protocol == "http":
             # No session-wide limit: each call's own deadline (``deadline_s``) bounds it.

@@ -20,9 +20,12 @@ import pytest
 import soundfile as sf
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import tritonclient.http.aio as httpclient_aio
 
 from client import AsyncMiloTritonClient, ChatMessage, ChatRequest, InputError, MiloTritonClient
-from contract import tensors
+from client.triton import _infer_inputs
+from contract import codec, tensors
+from contract.records import TtsRequest
 from loadtests.bench import triton_counters
 from milo_voice.serving import readiness
 from tests.conftest import TritonHost, facade_client, speak
@@ -159,6 +162,60 @@ def test_bad_input_in_a_batch_does_not_fail_its_neighbours(milo: MiloTritonClien
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(mixed, range(32)))
     assert answers == ["refused" if i % 2 == 0 else "Manao ahoana daholo ianareo." for i in range(32)]
+
+
+def test_answers_come_back_uncompressed_over_http(server: TritonHost) -> None:
+    """Triton gzips an answer its caller accepts compressed, as aiohttp does by default; the
+    client asks for answers as they are. Between the client and the server, a proxy that passes
+    everything through records what each side said: the same TTS call made the way aiohttp does
+    by default comes back gzipped, the client's comes back as it is."""
+    import aiohttp
+    from aiohttp import web
+
+    seen: list[tuple[str | None, str | None]] = []  # (what the caller accepted, how Triton encoded)
+
+    async def run() -> None:
+        async with aiohttp.ClientSession(auto_decompress=False) as upstream:
+
+            async def forward(request: web.Request) -> web.Response:
+                headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+                url = f"http://{server.http_url}{request.path_qs}"
+                async with upstream.request(request.method, url, headers=headers, data=await request.read()) as answer:
+                    body = await answer.read()
+                    if request.path.endswith("/infer"):
+                        seen.append((request.headers.get("Accept-Encoding"), answer.headers.get("Content-Encoding")))
+                    kept = {
+                        k: v
+                        for k, v in answer.headers.items()
+                        if k.lower() not in ("content-length", "transfer-encoding")
+                    }
+                    return web.Response(status=answer.status, body=body, headers=kept)
+
+            app = web.Application()
+            app.router.add_route("*", "/{path:.*}", forward)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            try:
+                async with AsyncMiloTritonClient(f"127.0.0.1:{port}", grpc_url=server.grpc_url) as milo:
+                    speech = await milo.synthesize("Bonjour à tous, et bienvenue au marché.", "fr")
+                    assert speech.duration > 0.5
+                    # The same call as aiohttp makes it by default: the client's inputs, its session.
+                    inputs = codec.pack_request(tensors.TTS, TtsRequest("Bonjour à tous.", "fr"))
+                    plain = httpclient_aio.InferenceServerClient(f"127.0.0.1:{port}")
+                    try:
+                        await plain.infer(tensors.TTS.name, _infer_inputs(httpclient, inputs, tensors.TTS))
+                    finally:
+                        await plain.close()
+            finally:
+                await runner.cleanup()
+
+    asyncio.run(run())
+    client_call, default_call = seen
+    assert client_call == ("identity", None)
+    assert default_call[0] is not None and "gzip" in default_call[0] and default_call[1] == "gzip"
 
 
 def test_asyncio_client(server: TritonHost, clip: np.ndarray) -> None:
