@@ -46,6 +46,24 @@ def _memory_used_mib() -> float:
     return (total - free) / 2**20
 
 
+# The batch sizes STT is measured at in process: one request, the registry's old batch, its batch now.
+STT_BATCHES = (1, 8, 32)
+
+
+def _stt_role(
+    path: Path, encoder: str, decoder: str, device: str = "cuda", compute_type: str = "float16"
+) -> tuple[Any, int]:
+    """The role with ``encoder`` and ``decoder`` (ctranslate2 or torch), decoding the benchmark's
+    fixed tokens a window, and the device memory its load took (MiB)."""
+    from loadtests.bench.fixed_lengths.stt import FixedLengthSpeechToText
+    from milo_voice.roles.stt import SttOptions
+
+    before = _memory_used_mib()
+    options = SttOptions(compute_type=compute_type, max_new_tokens=STT_TOKENS, encoder=encoder, decoder=decoder)  # type: ignore[arg-type]
+    role = FixedLengthSpeechToText(str(path), device=device, options=options)
+    return role, round(_memory_used_mib() - before)
+
+
 def stt_inprocess(path: Path) -> dict[str, Any]:
     """The reference (CTranslate2 alone, features ready) and the role in three settings, side by side:
     all CTranslate2, the encoder in torch, encoder and decoder in torch."""
@@ -54,19 +72,12 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
     import torch
 
     from contract.records import SttRequest
-    from loadtests.bench.fixed_lengths.stt import FixedLengthSpeechToText
-    from milo_voice.roles.stt import SttOptions
 
-    def role(encoder: str, decoder: str) -> tuple[FixedLengthSpeechToText, Any, int]:
-        before = _memory_used_mib()
-        options = SttOptions(compute_type="float16", max_new_tokens=STT_TOKENS, encoder=encoder, decoder=decoder)  # type: ignore[arg-type]
-        made = FixedLengthSpeechToText(str(path), device="cuda", options=options)
-        return made, made.backend, round(_memory_used_mib() - before)
-
-    stt, _, memory = role("ctranslate2", "ctranslate2")
+    stt, memory = _stt_role(path, "ctranslate2", "ctranslate2")
     rows: dict[str, Any] = {"memory_mib": memory}
-    fast, fast_backend, rows["torch_encoder_memory_mib"] = role("torch", "ctranslate2")
-    fastest, fastest_backend, rows["torch_decoder_memory_mib"] = role("torch", "torch")
+    fast, rows["torch_encoder_memory_mib"] = _stt_role(path, "torch", "ctranslate2")
+    fastest, rows["torch_decoder_memory_mib"] = _stt_role(path, "torch", "torch")
+    fast_backend, fastest_backend = fast.backend, fastest.backend
     audio = _clip("long")
     features = np.ascontiguousarray(stt.features.one(audio))
     suppress = [-1, stt.tokenizer.eot]
@@ -131,22 +142,14 @@ def stt_inprocess(path: Path) -> dict[str, Any]:
     return rows
 
 
-# The batch sizes STT is measured at in process: one request, the registry's old batch, its batch now.
-STT_BATCHES = (1, 8, 32)
-
-
 def stt_reference(path: Path, device: str = "cuda", compute_type: str = "float16") -> dict[str, Any]:
     """The role as a GPU host runs it (encoder and decoder in torch), alone in the process as a
     served model is, by batch size: of ``stt_inprocess``'s rows, only those the served STT is set
     beside (``role_torch_clips_s``), without the engines it is compared with."""
     from contract.records import SttRequest
-    from loadtests.bench.fixed_lengths.stt import FixedLengthSpeechToText
-    from milo_voice.roles.stt import SttOptions
 
-    before = _memory_used_mib()
-    options = SttOptions(compute_type=compute_type, max_new_tokens=STT_TOKENS, encoder="torch", decoder="torch")
-    role = FixedLengthSpeechToText(str(path), device=device, options=options)
-    rows: dict[str, Any] = {"torch_decoder_memory_mib": round(_memory_used_mib() - before)}
+    role, memory = _stt_role(path, "torch", "torch", device, compute_type)
+    rows: dict[str, Any] = {"torch_decoder_memory_mib": memory}
     audio = _clip("long")
     for batch in STT_BATCHES:
         requests = [SttRequest(audio, "fr")] * batch
