@@ -82,9 +82,9 @@ def test_a_refused_request_is_answered_in_place_in_its_batch(tts: TextToSpeech) 
     assert isinstance(first, Speech) and isinstance(last, Speech) and first.spoken_text == "Salama."
 
 
-def test_accented_french_is_spoken_where_the_locale_is_ascii(embedded_dir: Path) -> None:
+def test_accented_french_is_spoken_where_the_locale_is_ascii(tts: TextToSpeech, embedded_dir: Path) -> None:
     """The stock Triton's Python backend runs the role under an ASCII locale (no UTF-8 coercion):
-    there too, a French text with accents is spoken, as long as under a UTF-8 locale."""
+    there too, a French text with accents is spoken, its audio as long as under a UTF-8 locale."""
     import os
     import subprocess
     import sys
@@ -92,10 +92,10 @@ def test_accented_french_is_spoken_where_the_locale_is_ascii(embedded_dir: Path)
     text = "Bonjour à tous, où êtes-vous ?"
     script = (
         "import locale, sys\n"
+        "from pathlib import Path\n"
         "from milo_voice.roles.tts import TextToSpeech\n"
         "from tests.conftest import embedded_voices\n"
         "assert locale.getpreferredencoding() != 'UTF-8' and sys.getfilesystemencoding() == 'ascii'\n"
-        "from pathlib import Path\n"
         f"tts = TextToSpeech(embedded_voices(Path({str(embedded_dir)!r})))\n"
         f"print(tts.synthesize({text!a}, 'fr').audio.size)\n"  # the script itself in ASCII
     )
@@ -104,5 +104,5 @@ def test_accented_french_is_spoken_where_the_locale_is_ascii(embedded_dir: Path)
         [sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", env=ascii_locale, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    here = TextToSpeech(embedded_voices(embedded_dir)).synthesize(text, "fr")
+    here = tts.synthesize(text, "fr")
     assert int(done.stdout.split()[-1]) == here.audio.size > 16000
