@@ -140,8 +140,8 @@ def test_triton_configs_follow_the_registry_in_use(tmp_path: Path) -> None:
     written = milo("models", "triton-configs", "--instance-kind", "gpu", env=env)
     assert written.returncode == 0, written.stderr
     stt = (registry.parent / "stt" / "config.pbtxt").read_text()
-    # A GPU host's settings: STT batches up to 32 on one instance, TTS runs 4.
-    assert "kind: KIND_GPU" in stt and "count: 1" in stt and "max_batch_size: 32" in stt
+    # A GPU host's settings: STT batches up to 32 on two instances, TTS runs 4.
+    assert "kind: KIND_GPU" in stt and "count: 2" in stt and "max_batch_size: 32" in stt
     assert "count: 4" in (registry.parent / "tts" / "config.pbtxt").read_text()
     assert (registry.parent / "chat_stream" / "1" / "model.py").is_file()
 

@@ -71,7 +71,9 @@ def test_gpu_hosts_take_the_registry_gpu_count(registry: Registry) -> None:
     instances = registry["tts"].instances
     assert instances.count_on(0) == instances.count == 1
     assert instances.count_on(1) == instances.gpu_count == 4
-    assert registry["stt"].instances.count_on(1) == registry["stt"].instances.count == 1
+    stt = registry["stt"].instances
+    assert stt.count_on(0) == stt.count == 1
+    assert stt.count_on(1) == stt.gpu_count == 2
     assert registry["translate"].instances.count_on(1) == registry["translate"].instances.count
 
 
