@@ -30,7 +30,7 @@ from loadtests.bench.gpu.levels import (
     process_tree_cpu_s,
     run_level,
 )
-from loadtests.bench.gpu.served import served_over_inprocess
+from loadtests.bench.gpu.served import endpoint_levels, served_over_inprocess, variant_levels
 
 
 def test_a_level_counts_only_what_is_answered_inside_its_window() -> None:
@@ -136,6 +136,29 @@ def test_the_step_level_reference_is_read_from_a_leases_in_process_results(tmp_p
     }
     (tmp_path / "results" / "inprocess.json").write_text(json.dumps(results))
     assert inprocess_step_rates(tmp_path, "translate") == {64: 512.0, 128: 531.2}
+
+
+def test_a_variant_says_which_endpoints_it_does_not_measure_and_why() -> None:
+    """A one-role variant measures that role's endpoints only, and a dropped model's none; each
+    endpoint left out is named with its reason (a lease's call once lost two levels unseen)."""
+    asked = endpoint_levels("stt:64,stt-short:1,tts:64,translate:64,chat:16", [1])
+    loaded = ["stt", "tts", "translate"]  # --drop chat
+    kept, skipped = variant_levels("stt-x2+stt-b32", asked, loaded)
+    assert kept == [("stt", [64]), ("stt-short", [1])]
+    assert skipped == [
+        "tts (the variant changes stt only)",
+        "translate (the variant changes stt only)",
+        "chat (the variant changes stt only)",
+    ]
+    kept, skipped = variant_levels("configured", asked, loaded)
+    assert [endpoint for endpoint, _ in kept] == ["stt", "stt-short", "tts", "translate"]
+    assert skipped == ["chat (not loaded)"]
+    # Overlays of two roles measure both; one named for no role (``tuned``) measures every role.
+    kept, skipped = variant_levels("stt-b32+tts-x8", asked, loaded)
+    assert [endpoint for endpoint, _ in kept] == ["stt", "stt-short", "tts"]
+    assert skipped[0] == "translate (the variant changes stt, tts only)"
+    kept, _ = variant_levels("tuned", asked, loaded)
+    assert [endpoint for endpoint, _ in kept] == ["stt", "stt-short", "tts", "translate"]
 
 
 def test_a_batch_size_is_called_until_both_its_calls_and_its_seconds_are_reached() -> None:

@@ -169,14 +169,13 @@ def phase_served(args: argparse.Namespace) -> None:
                 result["memory_after_load"] = gpu_memory()
                 result["probe"] = asyncio.run(_probe(stack.facade)) if "tts" in models else {}
                 levels: list[dict[str, Any]] = []
-                # A variant whose overlays all change one role's model measures that role only.
-                roles = {overlay.split("-")[0] for overlay in variant.split("+")}
-                measured = endpoint_levels(args.endpoints, args.levels)
-                if roles <= {"stt", "chat", "translate", "tts"}:
-                    measured = [(e, levels) for e, levels in measured if e.split("-")[0] in roles]
+                measured, skipped = variant_levels(variant, endpoint_levels(args.endpoints, args.levels), models)
+                if skipped:
+                    result["skipped"] = skipped
+                    print(f"{variant}: not measured: {'; '.join(skipped)}", flush=True)
                 # PyTriton guards Triton's statistics API with a token of its own making.
                 statistics_api = stack.triton_http if args.server == "tritonserver" else None
-                for endpoint, endpoint_levels_ in [(e, ls) for e, ls in measured if e.split("-")[0] in models]:
+                for endpoint, endpoint_levels_ in measured:
                     model = PAST_THE_FACADE.get(endpoint, endpoint)
                     reference = inprocess_rates(args.work, model) if model in models else {}
                     step_reference = inprocess_step_rates(args.work, model) if model in models else {}
@@ -214,6 +213,26 @@ def endpoint_levels(endpoints: str, levels: list[int]) -> list[tuple[str, list[i
             raise ValueError(f"unknown endpoint {name!r} (known: {sorted(SERVED_SENDERS)})")
         measured.append((name, [int(n) for n in own.split("/")] if own else levels))
     return measured
+
+
+def variant_levels(
+    variant: str, measured: list[tuple[str, list[int]]], models: list[str]
+) -> tuple[list[tuple[str, list[int]]], list[str]]:
+    """The levels of ``--endpoints`` that ``variant``'s stack measures, and why each other is not:
+    its model is not loaded (``--drop``), or the variant's overlays all change another role's
+    model (a variant such as ``stt-x2+stt-b32`` measures STT only)."""
+    roles = {overlay.split("-")[0] for overlay in variant.split("+")}
+    one_role = roles <= {"stt", "chat", "translate", "tts"}
+    kept, skipped = [], []
+    for endpoint, levels in measured:
+        role = endpoint.split("-")[0]
+        if one_role and role not in roles:
+            skipped.append(f"{endpoint} (the variant changes {', '.join(sorted(roles))} only)")
+        elif role not in models:
+            skipped.append(f"{endpoint} (not loaded)")
+        else:
+            kept.append((endpoint, levels))
+    return kept, skipped
 
 
 def served_over_inprocess(
