@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from milo_voice.serving.batch_metrics import BatchClock, prometheus_batch_report
 from milo_voice.serving.tensor_io import (
     BatchHandler,
     GenerationHandler,
@@ -26,9 +27,13 @@ from milo_voice.serving.tensor_io import (
 )
 
 
-def batched_infer(handler: BatchHandler) -> Callable[..., Any]:
+def batched_infer(handler: BatchHandler, model: str | None = None) -> Callable[..., Any]:
+    """``model``: the Triton model's name, under which its batches are timed (``batch_metrics``)."""
+    clock = BatchClock(handler, prometheus_batch_report(model) if model else None)
+
     def infer(requests: list[Any]) -> list[Outputs]:
-        return handler([dict(request.items()) for request in requests])
+        with clock.timing() as timed:
+            return timed([dict(request.items()) for request in requests])
 
     return infer
 
@@ -37,10 +42,10 @@ def streamed_infer(handler: StreamHandler) -> Callable[..., Any]:
     return _interleaved_streams(handler.stream, handler.idle)
 
 
-def infer_callable(handler: Handler) -> Callable[..., Any]:
+def infer_callable(handler: Handler, model: str | None = None) -> Callable[..., Any]:
     if isinstance(handler, GenerationHandler):
         return generation_stream_infer(handler) if handler.streaming else generation_infer(handler)
-    return batched_infer(handler) if isinstance(handler, BatchHandler) else streamed_infer(handler)
+    return batched_infer(handler, model) if isinstance(handler, BatchHandler) else streamed_infer(handler)
 
 
 def generation_infer(handler: GenerationHandler) -> Callable[..., Any]:

@@ -136,7 +136,7 @@ def callables_for(io: tensors.ModelIO, spec: ModelSpec, instances: list[Any], ru
         return [infer_callable(cancel_handler(io, running.cancel))]
     handlers = [handler_for(io, spec, instance, running) for instance in instances]
     if not all(isinstance(h, GenerationHandler) and not h.streaming for h in handlers):
-        return [infer_callable(handler) for handler in handlers]
+        return [infer_callable(handler, served_name(spec, io)) for handler in handlers]
     per_request = [infer_callable(h) for h in handlers for _ in range(h.concurrency)]
     # Over the cap, every role instance keeps its share.
     return per_request[:: -(-len(per_request) // MAX_BLOCKING_INSTANCES)]

@@ -1,7 +1,8 @@
 """Triton's per-model counters, read from its Prometheus text before and after a stretch of load,
 and what that stretch did per model: requests, executions (batches), how many requests a batch
 held, and where a request's time went (waiting in the queue, or in the batch it ran in); for a
-model with step-level batching, its search's steps, sentences a step and time a step.
+model with step-level batching, its search's steps, sentences a step and time a step; for a
+batched model, what its own process and the role in it spent on a batch.
 
 Triton adds the compute time of a batch to every request in it, so ``compute_ms`` is the time
 of the batch a request rode in, not a share of it. Decoupled models (the streaming ones) count
@@ -28,6 +29,10 @@ COUNTERS = {
     "milo_translate_search_steps_total": "search_steps",
     "milo_translate_search_sentences_total": "search_sentences",
     "milo_translate_search_step_seconds_total": "search_seconds",
+    # A batched model's own timing of its batches (milo_voice/serving/batch_metrics.py).
+    "milo_batch_executions_total": "batch_executions",
+    "milo_batch_seconds_total": "batch_seconds",
+    "milo_batch_role_seconds_total": "role_seconds",
 }
 
 Counters = dict[str, dict[str, float]]  # model -> counter -> value
@@ -86,6 +91,11 @@ def stretch(before: Counters, after: Counters) -> dict[str, dict[str, float | No
             "compute_ms": round(delta["compute_us"] / requests / 1000, 1),
             "request_ms": round(delta["request_us"] / requests / 1000, 1),
         }
+        if (batches := delta["batch_executions"]) > 0:
+            # Per batch, unlike compute_ms: what the model's process and its role spent on one.
+            out[model]["batch_executions"] = batches
+            out[model]["batch_ms"] = round(delta["batch_seconds"] / batches * 1000, 2)
+            out[model]["role_ms"] = round(delta["role_seconds"] / batches * 1000, 2)
         if (steps := delta["search_steps"]) > 0:
             out[model]["search_steps"] = steps
             out[model]["sentences_per_step"] = round(delta["search_sentences"] / steps, 1)

@@ -24,6 +24,7 @@ import numpy as np
 
 from contract import tensors
 from milo_voice.registry import active_profile, load_registry
+from milo_voice.serving.batch_metrics import BatchClock, TritonBatchMetrics
 from milo_voice.serving.chat_metrics import TritonChatMetrics
 from milo_voice.serving.instances import Device, load_instance, with_cloud_chat
 from milo_voice.serving.kernels_metrics import TritonKernelsMetric
@@ -80,6 +81,9 @@ class TritonPythonModel:
             self.handler: Handler | StepwiseHandler = StepwiseHandler(self.io, self.instance.stepwise(), search)
         else:
             self.handler = handler_for(self.io, spec, self.instance)
+        if isinstance(self.handler, BatchHandler):
+            self._batch_metrics = TritonBatchMetrics(pb_utils, model_name) if metrics_api else None
+            self._clock = BatchClock(self.handler, self._batch_metrics.report if self._batch_metrics else None)
         if isinstance(self.handler, StepwiseHandler) and "step_switch_interval_ms" in spec.params:
             # The role's thread lets the GIL go while it waits for each step on the GPU, and the
             # threads that take requests and send responses take it; the interpreter makes them
@@ -109,7 +113,7 @@ class TritonPythonModel:
             for request in requests:
                 self._stream(request, self.handler)
             return None  # a decoupled model answers through each request's response sender
-        return self._batch(requests, self.handler)
+        return self._batch(requests)
 
     def _inputs(self, request: Any) -> Inputs:
         inputs = {}
@@ -124,14 +128,15 @@ class TritonPythonModel:
             output_tensors=[self.pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in outputs.items()]
         )
 
-    def _batch(self, requests: list[Any], handler: BatchHandler) -> list[Any]:
+    def _batch(self, requests: list[Any]) -> list[Any]:
         """Every request of the call computed as one batch, as the PyTriton host does."""
-        try:
-            return [self._response(outputs) for outputs in handler([self._inputs(r) for r in requests])]
-        except Exception as exc:  # one failure answers every request; the server lives on
-            log.exception("batch of %d failed", len(requests))
-            error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
-            return [self.pb_utils.InferenceResponse(error=error) for _ in requests]
+        with self._clock.timing() as handler:
+            try:
+                return [self._response(outputs) for outputs in handler([self._inputs(r) for r in requests])]
+            except Exception as exc:  # one failure answers every request; the server lives on
+                log.exception("batch of %d failed", len(requests))
+                error = self.pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
+                return [self.pb_utils.InferenceResponse(error=error) for _ in requests]
 
     def _generate(self, requests: list[Any], handler: GenerationHandler | StepwiseHandler) -> None:
         """Start every request, and return once each holds a slot (or has ended).

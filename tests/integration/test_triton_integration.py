@@ -273,6 +273,12 @@ def test_requests_are_batched_across_clients(server: TritonHost, clip: np.ndarra
         print(f"{model}: {inferences:.0f} inferences in {executions:.0f} executions")
         assert inferences == requests_sent
         assert executions <= inferences / 2, f"{model} was not batched: {executions} executions"
+        # The model's process timed the same batches (milo_voice/serving/batch_metrics.py): a
+        # batch's time in it and the role's part, which the GPU benchmark sets beside Triton's.
+        own = triton_counters.stretch(triton_counters.parse(before), triton_counters.parse(after))[model]
+        print(f"{model}: a batch {own['batch_ms']} ms in the model's process, {own['role_ms']} ms in the role")
+        assert own["batch_executions"] == executions
+        assert 0 < own["role_ms"] <= own["batch_ms"]
         if not statistics_api:
             continue
         # The statistics API's executions by batch size (what the GPU benchmark sets against the

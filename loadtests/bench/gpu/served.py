@@ -281,6 +281,16 @@ def level_line(variant: str, row: dict[str, Any]) -> str:
         + (f", its step-level loop {row['served_over_steps']}" if "served_over_steps" in row else "")
         + execution_times_line(row.get("execution_times"))
         + search_line(row.get("triton", {}))
+        + batch_line(row.get("triton", {}))
+    )
+
+
+def batch_line(triton: dict[str, dict[str, float]]) -> str:
+    """Each batched model's own time a batch over the level: in its process, and in the role."""
+    return "".join(
+        f" | {model}'s process: {row['batch_ms']} ms a batch, {row['role_ms']} ms of it in the role"
+        for model, row in triton.items()
+        if "batch_ms" in row
     )
 
 
