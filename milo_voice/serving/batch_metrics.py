@@ -18,6 +18,7 @@ stock server's Python backend registers them with Triton's custom-metrics API.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,8 @@ ROLE_SECONDS = ("milo_batch_role_seconds", "Of a batched model's seconds, those 
 _EXECUTIONS = Counter(*EXECUTIONS, ["model"])
 _SECONDS = Counter(*SECONDS, ["model"])
 _ROLE_SECONDS = Counter(*ROLE_SECONDS, ["model"])
+
+log = logging.getLogger(__name__)
 
 BatchReport = Callable[[float, float], None]  # (a batch's seconds, the role's seconds in it)
 
@@ -66,7 +69,10 @@ class BatchClock:
             yield self.handler
         finally:
             if self._report is not None:
-                self._report(time.perf_counter() - started, self._role_s)
+                try:
+                    self._report(time.perf_counter() - started, self._role_s)
+                except Exception:  # the batch is answered whatever befalls its metrics
+                    log.exception("the batch's times were not recorded")
 
 
 def prometheus_batch_report(model: str) -> BatchReport:

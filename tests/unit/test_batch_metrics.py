@@ -59,6 +59,19 @@ def test_a_batch_computed_again_by_halves_counts_every_call_of_the_role() -> Non
     assert len(calls) * ROLE_S <= role_s <= batch_s
 
 
+def test_a_batch_is_answered_when_its_times_cannot_be_recorded() -> None:
+    def broken_metrics(batch_s: float, role_s: float) -> None:
+        raise RuntimeError("the server's metrics API is gone")
+
+    clock = BatchClock(BatchHandler(tensors.TRANSLATE, refusing_role), broken_metrics)
+
+    def served() -> list[codec.Arrays]:
+        with clock.timing() as handler:
+            return handler([request("Salama.")])
+
+    assert served()[0]["error"][0][0] == b"refused: Salama."
+
+
 def test_without_a_report_the_handler_is_the_one_given() -> None:
     handler = BatchHandler(tensors.TRANSLATE, refusing_role)
     with BatchClock(handler).timing() as timed:
