@@ -7,10 +7,12 @@
 - ``milo_batch_role_seconds_total{model}``: of those, the seconds in the role's batch call.
 
 Over a stretch, each over the executions is what a batch cost the process and the role. Set
-beside Triton's compute time of an execution (``nv_inference_compute_infer_duration_us``, which
-also holds moving the tensors between the server and the backend's process) and the same batch
-in process, they say which part of a served execution the role does not account for, and so
-whether the GPU waits on the process's work around the role.
+beside Triton's own time of an execution (its statistics API, by batch size, which also holds
+moving the tensors between the server and the backend's process) and the same batch in
+process, they say which part of a served execution the role does not account for, and so
+whether the GPU waits on the process's work around the role. (Triton's Prometheus compute time,
+``nv_inference_compute_infer_duration_us``, is counted per request, each request the time of
+the batch it rode in: where batch sizes vary it weighs the larger batches more.)
 
 The PyTriton host keeps them in ``prometheus_client`` (served by ``pytriton_app.metrics``); the
 stock server's Python backend registers them with Triton's custom-metrics API.
