@@ -222,11 +222,11 @@ def variant_levels(
     its model is not loaded (``--drop``), or the variant's overlays all change another role's
     model (a variant such as ``stt-x2+stt-b32`` measures STT only)."""
     roles = {overlay.split("-")[0] for overlay in variant.split("+")}
-    one_role = roles <= {"stt", "chat", "translate", "tts"}
+    only_roles_changed = roles <= {"stt", "chat", "translate", "tts"}  # every overlay is a role's (not `tuned`)
     kept, skipped = [], []
     for endpoint, levels in measured:
         role = endpoint.split("-")[0]
-        if one_role and role not in roles:
+        if only_roles_changed and role not in roles:
             skipped.append(f"{endpoint} (the variant changes {', '.join(sorted(roles))} only)")
         elif role not in models:
             skipped.append(f"{endpoint} (not loaded)")
