@@ -98,6 +98,8 @@ class TritonPythonModel:
         ready = f"{args.get('model_name')} ready ({spec.role}, instance {args.get('model_instance_name')}, {batching})"
         if kernels is not None:
             ready += f"; its search steps attend by the {kernels.attention} way, best logits in {kernels.top}"
+            if kernels.timed_ms:
+                ready += f" (timed at load, ms a call: {kernels.timed_ms})"
         # Into Triton's own log where the stub has its logger: this process's INFO goes nowhere there.
         logger = getattr(pb_utils, "Logger", None)
         if logger is not None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from milo_voice.roles.nllb import model as model_module
+from milo_voice.roles.nllb import tuning
 from milo_voice.roles.nllb.kernels import ChosenKernels, StepKernels
 from milo_voice.roles.nllb.model import NllbModel
 from milo_voice.roles.nllb.tuning import choose, fastest
@@ -38,10 +39,29 @@ def test_the_fastest_way_is_kept_with_each_way_s_time() -> None:
     def fast() -> None:
         calls["fast"] += 1
 
-    name, medians = fastest({"slow": slow, "fast": fast}, torch.device("cpu"))
+    name, times = fastest({"slow": slow, "fast": fast}, torch.device("cpu"))
     assert name == "fast"
-    assert medians["slow"] >= 2.0 > medians["fast"]
+    assert times["slow"] >= 2.0 > times["fast"]
     assert calls["slow"] == calls["fast"] > 1
+
+
+def test_a_neighbour_slowing_most_rounds_of_the_faster_way_does_not_make_it_lose() -> None:
+    """What the stock server's side-by-side loads do to the timing: another model's warm-up on the
+    same GPU slows whatever runs meanwhile, here two thirds of the faster way's rounds."""
+    disturbed_calls = (tuning.ROUNDS * (tuning.CALLS + 1)) * 2 // 3
+    calls = {"fast": 0}
+
+    def slow() -> None:
+        time.sleep(0.002)
+
+    def fast() -> None:
+        calls["fast"] += 1
+        if calls["fast"] <= disturbed_calls:
+            time.sleep(0.006)  # the neighbour's kernels run first
+
+    name, times = fastest({"slow": slow, "fast": fast}, torch.device("cpu"))
+    assert name == "fast", times
+    assert times["fast"] < 2.0 <= times["slow"]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,11 @@ log = logging.getLogger(__name__)
 
 # The source and the positions written that a step is timed over: sentences of a few dozen tokens.
 TIMED_SOURCE, TIMED_SPAN = 32, 32
-ROUNDS, CALLS = 5, 10  # the ways alternate, round by round; each round times CALLS calls of each
+# The ways alternate, round by round, each round timing CALLS calls of each; a way's time is its
+# fastest round. A neighbour on the GPU (the stock server loads its models side by side, each
+# warming up) only ever adds time, and to some rounds: the fastest round is the way undisturbed,
+# where a median of few rounds once kept the slower way.
+ROUNDS, CALLS = 15, 4
 
 
 def choose(
@@ -71,9 +74,9 @@ def _with_attention(model: NllbModel, way: str, step: Callable[[], Any]) -> Call
 
 
 def fastest(ways: dict[str, Callable[[], Any]], device: torch.device) -> tuple[str, dict[str, float]]:
-    """The name of the fastest of ``ways`` and each one's median milliseconds a call. The ways run
-    in turn, round after round, so that a GPU's clocks or a neighbour's load weigh on each alike;
-    each is called before timing (a graph's capture, a kernel's first launch)."""
+    """The name of the fastest of ``ways`` and each one's milliseconds a call in its fastest round.
+    The ways run in turn, round after round, so that a GPU's clocks weigh on each alike; each is
+    called before timing (a graph's capture, a kernel's first launch)."""
     for way in ways.values():
         way()
     rounds: dict[str, list[float]] = {name: [] for name in ways}
@@ -86,8 +89,8 @@ def fastest(ways: dict[str, Callable[[], Any]], device: torch.device) -> tuple[s
                 way()
             _synchronize(device)
             rounds[name].append((time.perf_counter() - started) * 1000 / CALLS)
-    medians = {name: round(statistics.median(times), 4) for name, times in rounds.items()}
-    return min(medians, key=medians.__getitem__), medians
+    best = {name: round(min(times), 4) for name, times in rounds.items()}
+    return min(best, key=best.__getitem__), best
 
 
 def _synchronize(device: torch.device) -> None:
