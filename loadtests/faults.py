@@ -12,7 +12,7 @@ on, one token for every caller. Scenarios, each bounded in time and count:
 - ``model-fault``: a request that fails inside the model (a text beyond the positions of an
   NLLB whose limits file is missing, so no check refuses it first) sent with seven that do not;
 - ``abandoned``: chat and TTS streams abandoned after their first piece; the host's CPU time
-  they cost, against the same streams read to the end.
+  they cost, against the same streams read to the end, and the pieces the TTS model synthesised.
 
 For each: requests sent and answered by status; unplanned 5xx (any 5xx but a 503 with
 Retry-After, or no answer from the facade); requests slower than their timeout; chat turns
@@ -46,6 +46,8 @@ from typing import Any
 import httpx
 import psutil
 
+from api_facade.voice.speech import text_pieces
+from loadtests.bench import triton_counters
 from loadtests.processes import REPO, RedisServer, free_port, redis_server, stop, tokens_cli, wait_ok
 from milo_voice.child_processes import HOST_STOP_S
 from milo_voice.registry import load_registry, model_section, models_dir
@@ -53,7 +55,9 @@ from milo_voice.registry import load_registry, model_section, models_dir
 CALL_TIMEOUT_S = 30.0  # every request's own timeout: "slower than its timeout" means it ran into this
 UNLIMITED = "100000/minute"  # the suite measures faults, not rate limits
 ERROR_RECORD = re.compile(rb"(^|\s)ERROR\s")  # "... ERROR name: message", as serve, host and facade log
-LONG_TTS = " ".join(f"Ity no fehezanteny faha-{n} amin'ny tantara lava." for n in range(1, 13))
+# Long enough that what an abandoned stream still costs by design (its first piece and the
+# pieces in flight when the client goes, api_facade/voice/speech.py) is a small share of it.
+LONG_TTS = " ".join(f"Ity no fehezanteny faha-{n} amin'ny tantara lava." for n in range(1, 25))
 LONG_CHAT = "Count from one to two hundred in words, one number a line."
 
 
@@ -111,6 +115,7 @@ class Stack:
     redis: RedisServer
     serve: subprocess.Popen[bytes]
     workdir: Path
+    metrics: str  # Triton's metrics page
     seen: set[int] = field(default_factory=set)  # every process the stack ran, for the leftover check
     # Python's unnamed shared memory (psm_*, PyTriton's) is named after no process: what was there before.
     segments_before: set[str] = field(default_factory=set)
@@ -191,7 +196,10 @@ def running_stack(server: str, workdir: Path) -> Iterator[Stack]:
         segments_before = {p.name for p in Path("/dev/shm").glob("psm_*")}
         with (folder / "serve.log").open("wb") as log:
             serve = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-            stack = Stack(server, f"http://127.0.0.1:{ports[3]}", token, redis, serve, folder, set(), segments_before)
+            stack = Stack(
+                server, f"http://127.0.0.1:{ports[3]}", token, redis, serve, folder,
+                f"http://127.0.0.1:{ports[2]}/metrics", set(), segments_before,
+            )  # fmt: skip
             try:
                 wait_ok(f"{stack.base}/ready", 600, serve)
                 stack.note_processes()
@@ -390,6 +398,11 @@ async def _settled_cpu(stack: Stack, quiet_s: float = 1.0, bound_s: float = 60.0
     return last
 
 
+def _tts_requests(stack: Stack) -> float:
+    """Requests the TTS model has answered so far, by Triton's own count."""
+    return triton_counters.read(stack.metrics).get("tts", {}).get("requests", 0.0)
+
+
 async def abandoned_streams(stack: Stack, streams: int = 3) -> Outcome:
     outcome = Outcome("abandoned", stack.server)
     calls: list[Call] = []
@@ -409,14 +422,18 @@ async def abandoned_streams(stack: Stack, streams: int = 3) -> Outcome:
 
     async with _client(stack) as client:
         for kind, path, body in (("chat", "/v1/chat", chat), ("tts", "/v1/tts", tts)):
-            costs = {}
+            costs, pieces = {}, {}
             for whole in (True, False):
-                before = await _settled_cpu(stack)
+                name = "whole" if whole else "abandoned"
+                before, synthesised = await _settled_cpu(stack), _tts_requests(stack)
                 for _ in range(streams):
                     await stream(client, kind, path, body, whole)
-                costs["whole" if whole else "abandoned"] = round((await _settled_cpu(stack) - before) / streams, 3)
+                costs[name] = round((await _settled_cpu(stack) - before) / streams, 3)
+                pieces[name] = round((_tts_requests(stack) - synthesised) / streams, 2)
             costs["abandoned_vs_whole"] = round(costs["abandoned"] / costs["whole"], 2) if costs["whole"] else None
             outcome.notes[f"{kind}_cpu_s"] = costs
+            if kind == "tts":  # a spoken text is one request of the TTS model a piece
+                outcome.notes["tts_pieces"] = {**pieces, "in_the_text": len(text_pieces(LONG_TTS))}
         # What abandoned streams leave behind: a short reply right after them, against one before.
         short = {"message": "Salama", "max_tokens": 16, "temperature": 0}
         caller = Caller(client, "short")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from api_facade.voice.speech import PIECES_AHEAD
 from loadtests.faults import Outcome, run_suite, table
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,12 @@ def test_faults_never_become_500s_hangs_or_losses(server: str, embedded_dir: Pat
     assert fault.notes["batch_mates_failed"] == 0, fault
 
     abandoned = by_name["abandoned"]
+    # A stream read to the end says every piece of its text; one abandoned after its first piece
+    # says at most that piece, the pieces in flight when the client went, and the one the facade
+    # asked for as the next piece came in; the pieces not yet asked for are never synthesised.
+    pieces = abandoned.notes["tts_pieces"]
+    assert pieces["whole"] == pieces["in_the_text"], pieces
+    assert 1 <= pieces["abandoned"] <= 1 + PIECES_AHEAD + 1, pieces
     # Cancellation reaches the model: an abandoned stream costs the host a fraction of a whole one.
     for stream in ("chat_cpu_s", "tts_cpu_s"):
         costs = abandoned.notes[stream]
