@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from milo_voice.registry import Instances, ModelSpec, Registry, models_dir
 from milo_voice.roles.chat import ChatDefaults, CloudChat, LocalChat
 from milo_voice.roles.generation import EngineObserver
+from milo_voice.serving.gpu_turns import gpu_turn
 from milo_voice.serving.tensor_io import chat_service
 from milo_voice.serving.warmup import warm_up
 from milo_voice.settings import server_settings
@@ -189,12 +190,17 @@ def _optional_int(value: Any) -> int | None:
 
 
 def load_instance(spec: ModelSpec, profile: str, device: Device, chat_observer: EngineObserver | None = None) -> Any:
-    """``build_instance``, then one real call, so that the first user pays no load cost.
+    """``build_instance``, then one real call, so that the first user pays no load cost; on a GPU,
+    in that GPU's turn (``gpu_turns``).
 
     What the servers' handlers take: the role itself, or for chat a ``ChatService`` around it.
     """
     started = time.perf_counter()
-    instance = build_instance(spec, profile, device, chat_observer)
-    warm_up(spec.role, instance)
-    log.info("%s instance on %s loaded and warmed up in %.1f s", spec.name, device, time.perf_counter() - started)
+    with gpu_turn(device.kind, device.index) as waited:  # its timings and graphs on a quiet GPU
+        instance = build_instance(spec, profile, device, chat_observer)
+        warm_up(spec.role, instance)
+    log.info(
+        "%s instance on %s loaded and warmed up in %.1f s (%.1f s of it waiting for the GPU's turn)",
+        spec.name, device, time.perf_counter() - started, waited,
+    )  # fmt: skip
     return chat_service(spec, instance) if spec.role == "chat" else instance
