@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 # The source and the positions written that a step is timed over: sentences of a few dozen tokens.
 TIMED_SOURCE, TIMED_SPAN = 32, 32
 # The ways alternate, round by round, each round timing CALLS calls of each; a way's time is its
-# fastest round. A neighbour on the GPU (the stock server loads its models side by side, each
-# warming up) only ever adds time, and to some rounds: the fastest round is the way undisturbed,
-# where a median of few rounds once kept the slower way.
+# fastest round: other work on the GPU only ever adds time. That is no cure for a GPU busy the
+# whole time (two loads of four beside other models' warm-ups kept the slower way, by medians
+# and by fastest rounds alike): instances load on a GPU one at a time (serving/gpu_turns.py).
 ROUNDS, CALLS = 15, 4
 
 
