@@ -13,7 +13,8 @@
 #                                   server's) for S seconds, while a phase serves it in the
 #                                   background; its stacks, waits included (with "gil": only those
 #                                   holding the GIL), as text in $WORK/profiles/MODEL-N.txt
-#   gpu_device.sh collect           copy every result so far (and Locust's CSV files) to $OUT
+#   gpu_device.sh collect           copy every result so far (Locust's CSV files, the models' ready
+#                                   lines of each stack log) to $OUT
 #
 # Why the library path: PyTriton's tritonserver needs the interpreter's libpython and the wheel's
 # own bundled libraries first; the CTranslate2 wheels load libcublas.so.12 while the machine
@@ -124,6 +125,11 @@ collect)
     mkdir -p "$OUT/locust"
     for file in "$WORK"/results/*.json "$WORK"/profiles/*.txt; do
         [ -e "$file" ] && cp "$file" "$OUT/$(basename "$file" | tr + _)"
+    done
+    # What each model said when it was ready (translation: the kernels it timed and kept), per
+    # stack log: the logs themselves are too many and too long to come back.
+    for log in "$WORK"/stack-*.log; do
+        [ -e "$log" ] && grep -h " ready (" "$log" | cut -c1-600 >"$OUT/ready-$(basename "$log" .log | tr + _).txt"
     done
     for folder in "$WORK"/locust-*/; do
         [ -d "$folder" ] || continue
