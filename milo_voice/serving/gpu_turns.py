@@ -8,7 +8,9 @@ model's warm-up, a kernel read two to three times its time on a quiet GPU, and t
 kept in two of four loads (docs/benchmarks.md, section 4, "Translation's kernels chosen beside
 other models' loads"). So a load on a GPU holds that GPU's turn: a lock on a file per device,
 which every process of the host takes (``fcntl.flock``: the kernel lets it go with the process,
-however that ends). Loads on the CPU, and on other GPUs, go on side by side.
+however that ends). Loads on the CPU, and on other GPUs, go on side by side. A stock server's
+instance waiting for its turn waits in its ``initialize``, which Triton lets take longer than
+the Python backend's stub timeout (30 s): a model whose ``initialize`` slept 45 s loaded.
 
 The lock files stay in ``LOCK_DIR`` (empty files, one per GPU index, as under /run/lock): a file
 removed while another process waits on it would let a third take a turn of its own.
