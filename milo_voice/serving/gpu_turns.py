@@ -4,13 +4,14 @@ The stock server loads its models side by side, each instance in a process of it
 load ends with work on the GPU that is timed or recorded: translation's engine times its step's
 kernels and keeps the faster (``milo_voice/roles/nllb/tuning.py``), STT's decoder and the search
 capture CUDA graphs, and every instance answers a first call (``warmup.py``). Timed beside another
-model's warm-up, a kernel read two to three times its time on a quiet GPU, and the slower one was
-kept in two of four loads (docs/benchmarks.md, section 4, "Translation's kernels chosen beside
-other models' loads"). So a load on a GPU holds that GPU's turn: a lock on a file per device,
-which every process of the host takes (``fcntl.flock``: the kernel lets it go with the process,
-however that ends). Loads on the CPU, and on other GPUs, go on side by side. A stock server's
-instance waiting for its turn waits in its ``initialize``, which Triton lets take longer than
-the Python backend's stub timeout (30 s): a model whose ``initialize`` slept 45 s loaded.
+model's warm-up, a way read 1.5 to 5 times its time on a quiet GPU, and the slower attention was
+kept in two of four loads (docs/benchmarks.md, section 4, "Two STT instances beside every model;
+translation's kernels chosen beside other loads"). So a load on a GPU holds that GPU's turn: a
+lock on a file per device, which every process of the host takes (``fcntl.flock``: the kernel
+lets it go with the process, however that ends). Loads on the CPU, and on other GPUs, go on
+side by side. A stock server's instance waiting for its turn waits in its ``initialize``, which
+Triton lets take longer than the Python backend's stub timeout (30 s): a model whose
+``initialize`` slept 45 s loaded.
 
 The lock files stay in ``LOCK_DIR`` (empty files, one per GPU index, as under /run/lock): a file
 removed while another process waits on it would let a third take a turn of its own.
