@@ -18,6 +18,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,9 @@ class TritonPythonModel:
         chat = metrics_api and spec.role == "chat"
         observer = TritonChatMetrics(pb_utils, model_name) if chat else None
         device = device_of(args)
+        started = time.perf_counter()
         self.instance = load_instance(spec, active_profile(), device, observer)
+        loaded_s = time.perf_counter() - started  # on a GPU, its wait for the GPU's turn included
         if metrics_api:
             self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
         kernels = self.instance.step_kernels if spec.role == "translate" else None  # chosen at load
@@ -94,8 +97,15 @@ class TritonPythonModel:
         if isinstance(self.handler, GenerationHandler | StepwiseHandler):
             self._sender = threading.Thread(target=self._send_responses, name="responses", daemon=True)
             self._sender.start()
-        batching = "step-level batching" if isinstance(self.handler, StepwiseHandler) else "batches"
-        ready = f"{args.get('model_name')} ready ({spec.role}, instance {args.get('model_instance_name')}, {batching})"
+        batching = (
+            "step-level batching" if isinstance(self.handler, StepwiseHandler)
+            else "continuous batching" if isinstance(self.handler, GenerationHandler)
+            else "a stream a request" if isinstance(self.handler, StreamHandler)
+            else "batches"
+        )  # fmt: skip
+        instance = args.get("model_instance_name")
+        ready = f"{args.get('model_name')} ready ({spec.role}, instance {instance} on {device}, {batching})"
+        ready += f", loaded in {loaded_s:.1f} s"
         if kernels is not None:
             ready += f"; its search steps attend by the {kernels.attention} way, best logits in {kernels.top}"
             if kernels.timed_ms:
