@@ -12,12 +12,16 @@ from pathlib import Path
 
 from milo_voice.serving.gpu_turns import gpu_turn
 
-# A process that holds a device's turn for HOLD_S, writing when it got it and when it let it go.
+# A process that holds a device's turn for a while, writing when it got it and when it let it go;
+# where given a start file, it asks for the turn only once that file is there (all ask at once).
 HOLDER = """
 import sys, time
 from pathlib import Path
 from milo_voice.serving.gpu_turns import gpu_turn
-kind, index, lock_dir, out, hold = sys.argv[1:]
+kind, index, lock_dir, out, hold, *start = sys.argv[1:]
+Path(out + ".ready").touch()
+while start and not Path(start[0]).exists():
+    time.sleep(0.01)
 with gpu_turn(kind, int(index), Path(lock_dir)) as waited:
     got = time.time()
     Path(out + ".got").write_text(str(got))
@@ -30,13 +34,24 @@ HOLD_S = 0.8
 def _holders(
     tmp_path: Path, devices: list[tuple[str, int]], hold_s: float = HOLD_S
 ) -> list[tuple[float, float, float]]:
-    locks = str(tmp_path / "locks")
+    locks, start = str(tmp_path / "locks"), tmp_path / "start"
     processes = []
-    for n, (kind, index) in enumerate(devices):
-        out = str(tmp_path / f"{n}.txt")
-        processes.append(subprocess.Popen([sys.executable, "-c", HOLDER, kind, str(index), locks, out, str(hold_s)]))
-    for process in processes:
-        assert process.wait(timeout=30) == 0
+    try:
+        for n, (kind, index) in enumerate(devices):
+            out = str(tmp_path / f"{n}.txt")
+            command = [sys.executable, "-c", HOLDER, kind, str(index), locks, out, str(hold_s), str(start)]
+            processes.append(subprocess.Popen(command))
+        deadline = time.monotonic() + 30
+        while not all((tmp_path / f"{n}.txt.ready").exists() for n in range(len(devices))):
+            assert time.monotonic() < deadline, "the holders did not start"
+            time.sleep(0.01)
+        start.touch()  # every holder asks for its turn now
+        for process in processes:
+            assert process.wait(timeout=30) == 0
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait(timeout=10)
     spans = [tuple(float(x) for x in (tmp_path / f"{n}.txt").read_text().split()) for n in range(len(devices))]
     return sorted(spans)  # type: ignore[arg-type]
 
@@ -49,8 +64,7 @@ def test_processes_loading_on_one_gpu_take_turns(tmp_path: Path) -> None:
 
 
 def test_other_gpus_and_the_cpu_do_not_wait(tmp_path: Path) -> None:
-    # Held long enough that four interpreters starting on a busy machine all get theirs meanwhile.
-    spans = _holders(tmp_path, [("cuda", 0), ("cuda", 1), ("cpu", 0), ("cpu", 0)], hold_s=4.0)
+    spans = _holders(tmp_path, [("cuda", 0), ("cuda", 1), ("cpu", 0), ("cpu", 0)], hold_s=2.0)
     assert max(got for got, _, _ in spans) < min(let_go for _, let_go, _ in spans), spans  # all at once
     assert sorted(p.name for p in (tmp_path / "locks").iterdir()) == ["cuda0.lock", "cuda1.lock"]
 
