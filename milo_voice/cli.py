@@ -178,8 +178,13 @@ def _serve(args: argparse.Namespace) -> int:
         # Both servers serve the same models with the same tensors; the facade cannot tell them apart.
         module = "pytriton_app" if args.server == "pytriton" else "milo_voice.serving.tritonserver"
         extra = ["--model-repository", args.model_repository] if args.model_repository else []
+        host_env = dict(os.environ)
         if args.server == "tritonserver":  # one copy of the server for every start, removed with the rest
             extra += ["--workdir", str(Path(scratch) / "tritonserver")]
+        else:
+            # PyTriton's workspace (a copy of the server, its sockets) here too: a host killed outright
+            # cannot remove its own, and the next start makes another.
+            host_env["PYTRITON_HOME"] = str(Path(scratch) / "pytriton")
         # Triton's server readiness comes before the models are bound: wait on each model that
         # the registry serves (a registry may hold a subset, as the GPU benchmark's do).
         served = served_model_names(load_registry(), args.server)
@@ -188,7 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
                 name="model-host",
                 command=[sys.executable, "-m", module, "--http-port", str(args.http_port),
                          "--grpc-port", str(args.grpc_port), "--metrics-port", str(args.metrics_port), *extra],
-                env=dict(os.environ),
+                env=host_env,
                 ready_checks=[answers_200(f"http://127.0.0.1:{args.http_port}/v2/models/{m}/ready") for m in served],
             )
         )  # fmt: skip

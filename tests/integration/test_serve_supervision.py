@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +27,12 @@ pytestmark = pytest.mark.integration
 def test_serve_killed_by_sigkill_leaves_no_process_and_no_shared_memory(embedded_dir: Path, tmp_path: Path) -> None:
     registry = translate_only_registry(tmp_path / "registry.toml")
     ports = [free_port() for _ in range(4)]
+    # A serve killed outright cannot remove its scratch folder (and the host's workspace in it):
+    # its temporary files go into a folder of the test's, short (the host's sockets are in it, and
+    # a socket's path holds at most 107 bytes), removed at the end.
+    scratch = Path(tempfile.mkdtemp(prefix="milo-sv-"))
     env = {
-        **os.environ, "MILO_REGISTRY": str(registry), "MILO_PROFILE": "embedded",
+        **os.environ, "MILO_REGISTRY": str(registry), "MILO_PROFILE": "embedded", "TMPDIR": str(scratch),
         "MILO_REQUIRED_MODELS": '["translate"]', "PYTHONUNBUFFERED": "1", "MILO_DATA_DIR": str(tmp_path),
     }  # fmt: skip
     env.pop("MILO_CHAT_CLOUD_URL", None)
@@ -37,7 +43,8 @@ def test_serve_killed_by_sigkill_leaves_no_process_and_no_shared_memory(embedded
         "--redis-port", str(free_port()),
     ]  # fmt: skip
     descendants: list[psutil.Process] = []
-    with (tmp_path / "serve.log").open("wb") as log:
+    with contextlib.ExitStack() as cleanup, (tmp_path / "serve.log").open("wb") as log:
+        cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
         serve = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_http_ok(f"http://127.0.0.1:{ports[3]}/ready", 300, serve)
@@ -55,9 +62,12 @@ def test_serve_killed_by_sigkill_leaves_no_process_and_no_shared_memory(embedded
             for process in descendants:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     process.kill()
-    time.sleep(0.5)
-    for pid in hosts:  # the host stopped the SIGTERM way: it freed its shared memory
-        assert not sorted(Path("/dev/shm").glob(f"pytrtion{pid}-*"))
+        time.sleep(0.5)
+        for pid in hosts:  # the host stopped the SIGTERM way: it freed its shared memory
+            assert not sorted(Path("/dev/shm").glob(f"pytrtion{pid}-*"))
+        # What serve kept of its own lies in its scratch folder, the host's workspace among it.
+        (serve_scratch,) = scratch.glob("milo-serve-*")
+        assert (serve_scratch / "state.json").exists() and (serve_scratch / "pytriton").is_dir()
 
 
 def test_chat_sessions_survive_a_restart_of_serve(embedded_dir: Path, tmp_path: Path) -> None:
