@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,16 +42,12 @@ def translate_only_registry(path: Path) -> Path:
 @contextmanager
 def translate_host(registry: Path, log_path: Path) -> Iterator[tuple[TritonHost, subprocess.Popen[bytes]]]:
     host = TritonHost(free_port(), free_port(), free_port(), models=("translate",))
+    env = {**os.environ, "MILO_REGISTRY": str(registry), "MILO_PROFILE": "embedded", "PYTHONUNBUFFERED": "1"}
+    env.pop("MILO_CHAT_CLOUD_URL", None)
     # PyTriton's workspace in a folder removed at the end: a host killed outright leaves its own.
     # (Short: the host's sockets are in it, and a socket's path holds at most 107 bytes.)
-    workspace = Path(tempfile.mkdtemp(prefix="milo-pt-"))
-    env = {
-        **os.environ, "MILO_REGISTRY": str(registry), "MILO_PROFILE": "embedded", "PYTHONUNBUFFERED": "1",
-        "PYTRITON_HOME": str(workspace),
-    }  # fmt: skip
-    env.pop("MILO_CHAT_CLOUD_URL", None)
-    with ExitStack() as cleanup, log_path.open("wb") as log:
-        cleanup.callback(shutil.rmtree, workspace, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="milo-pt-") as workspace, log_path.open("wb") as log:
+        env["PYTRITON_HOME"] = workspace
         # Its own process group: killing the group kills the host and its tritonserver together,
         # as when a machine or a container dies.
         process = subprocess.Popen(

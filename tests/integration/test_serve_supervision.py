@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,12 +26,8 @@ pytestmark = pytest.mark.integration
 def test_serve_killed_by_sigkill_leaves_no_process_and_no_shared_memory(embedded_dir: Path, tmp_path: Path) -> None:
     registry = translate_only_registry(tmp_path / "registry.toml")
     ports = [free_port() for _ in range(4)]
-    # A serve killed outright cannot remove its scratch folder (and the host's workspace in it):
-    # its temporary files go into a folder of the test's, short (the host's sockets are in it, and
-    # a socket's path holds at most 107 bytes), removed at the end.
-    scratch = Path(tempfile.mkdtemp(prefix="milo-sv-"))
     env = {
-        **os.environ, "MILO_REGISTRY": str(registry), "MILO_PROFILE": "embedded", "TMPDIR": str(scratch),
+        **os.environ, "MILO_REGISTRY": str(registry), "MILO_PROFILE": "embedded",
         "MILO_REQUIRED_MODELS": '["translate"]', "PYTHONUNBUFFERED": "1", "MILO_DATA_DIR": str(tmp_path),
     }  # fmt: skip
     env.pop("MILO_CHAT_CLOUD_URL", None)
@@ -43,8 +38,11 @@ def test_serve_killed_by_sigkill_leaves_no_process_and_no_shared_memory(embedded
         "--redis-port", str(free_port()),
     ]  # fmt: skip
     descendants: list[psutil.Process] = []
-    with contextlib.ExitStack() as cleanup, (tmp_path / "serve.log").open("wb") as log:
-        cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
+    # A serve killed outright cannot remove its scratch folder (and the host's workspace in it):
+    # its temporary files go into a folder of the test's, short (the host's sockets are in it, and
+    # a socket's path holds at most 107 bytes), removed at the end.
+    with tempfile.TemporaryDirectory(prefix="milo-sv-") as folder, (tmp_path / "serve.log").open("wb") as log:
+        env["TMPDIR"] = folder
         serve = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_http_ok(f"http://127.0.0.1:{ports[3]}/ready", 300, serve)
@@ -66,7 +64,7 @@ def test_serve_killed_by_sigkill_leaves_no_process_and_no_shared_memory(embedded
         for pid in hosts:  # the host stopped the SIGTERM way: it freed its shared memory
             assert not sorted(Path("/dev/shm").glob(f"pytrtion{pid}-*"))
         # What serve kept of its own lies in its scratch folder, the host's workspace among it.
-        (serve_scratch,) = scratch.glob("milo-serve-*")
+        (serve_scratch,) = Path(folder).glob("milo-serve-*")
         assert (serve_scratch / "state.json").exists() and (serve_scratch / "pytriton").is_dir()
 
 
