@@ -56,9 +56,30 @@ def test_the_goals_phase_reads_one_work_folder_and_says_what_was_not_run(tmp_pat
     assert outcomes[4].goal.endswith("(MPS)") and outcomes[4].met is True
 
     command = [sys.executable, "-m", "loadtests.bench.gpu", "goals", "--work", str(tmp_path),
-               "--server", "tritonserver", "--variants", "configured"]  # fmt: skip
+               "--server", "tritonserver", "--variants", "configured", "--facade-workers", "1"]  # fmt: skip
     printed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert "| Locust mix, every row's P50 over its target (MPS) | <= 0.5, each row passing | 0.485 | yes |" in printed
     saved = json.loads((results / "goals-configured-tritonserver.json").read_text())
     assert [g["met"] for g in saved["goals"]] == [None, None, None, None, True]
     assert "| STT at 64 clients, over the role's best in process | >= 0.9 |  | not measured |" in printed
+
+
+def test_by_default_the_goals_are_read_as_the_facade_s_image_runs_it_through_two_processes(tmp_path: Path) -> None:
+    # 2026-12-03, third lease: every goal met in one lease, the facade in two processes.
+    lease = LEASES / "h200-2026-12-03d"
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(lease / "2-served-w2/served-configured-tritonserver-w2.json", results)
+    shutil.copy(lease / "3-mix-goals-and-one-worker/locust-configured-tritonserver-w2.json", results)
+    # A one-process run of the same variant lies beside them and is not what the defaults read.
+    shutil.copy(lease / "3-mix-goals-and-one-worker/served-configured-tritonserver.json", results)
+    command = [sys.executable, "-m", "loadtests.bench.gpu", "goals", "--work", str(tmp_path),
+               "--server", "tritonserver", "--variants", "configured"]  # fmt: skip
+    subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    saved = json.loads((results / "goals-configured-tritonserver-w2.json").read_text())
+    assert [(g["measured"], g["met"]) for g in saved["goals"]] == [
+        (0.935, True), (36.4, True), (0.978, True), (1.057, True), (0.477, True),
+    ]  # fmt: skip
+    assert {g["source"] for g in saved["goals"]} == {
+        "served-configured-tritonserver-w2.json", "locust-configured-tritonserver-w2.json",
+    }  # fmt: skip

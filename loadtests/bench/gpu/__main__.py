@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loadtests.bench.gpu.build import phase_build
-from loadtests.bench.gpu.common import LEVELS, REPO
+from loadtests.bench.gpu.common import FACADE_WORKERS, LEVELS, REPO
 from loadtests.bench.gpu.goals import phase_goals
 from loadtests.bench.gpu.inprocess import phase_inprocess
 from loadtests.bench.gpu.served import phase_locust, phase_overhead, phase_served, phase_voice
@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-sample-s", type=float, default=0.5,
         help="served: seconds between reads of the GPU's utilisation (nvidia-smi); 0: not read",
     )  # fmt: skip
-    parser.add_argument("--facade-workers", type=int, default=1, help="served/locust/goals: the facade's processes")
+    parser.add_argument(
+        "--facade-workers", type=int, default=FACADE_WORKERS,
+        help="served/locust/goals: the facade's processes (by default as its image runs them)",
+    )  # fmt: skip
     parser.add_argument(
         "--mps", action="store_true", help="served/locust/voice: the stack's processes share the GPU through CUDA MPS"
     )

@@ -80,6 +80,13 @@ def batch_row(batch: int, samples: list[float]) -> dict[str, float]:
     }
 
 
+# The facade's processes in the benchmark's stacks, as its image runs them
+# (deploy/docker/facade.Dockerfile): through one, translation at 64 clients queued behind a
+# busy event loop (docs/benchmarks.md, section 4, "every goal in one lease, through two facade
+# processes").
+FACADE_WORKERS = 2
+
+
 def result_suffix(server: str, mps: bool = False, facade_workers: int = 1) -> str:
     """What results are named after besides the variant: the server, MPS where it ran, and the facade's
     processes where there were several."""
