@@ -51,6 +51,20 @@ Engine = Literal["auto", "ctranslate2", "torch", "torch+ctranslate2"]
 MAX_SENTENCES = 64
 
 
+def resolved_engine(engine: Engine, device: str, beam_size: int) -> Engine:
+    """What "auto" is on ``device``: the torch engine beside CTranslate2 for beam search on a GPU."""
+    if engine != "auto":
+        return engine
+    return "torch+ctranslate2" if device == "cuda" and beam_size >= 2 else "ctranslate2"
+
+
+def times_the_gpu_at_load(engine: Engine, device: str, beam_size: int, kernels: StepKernels) -> bool:
+    """Whether a ``Translator`` of these options times its step's kernels on the GPU as it loads:
+    the torch engine on a GPU, with a way left to "auto" (``nllb/tuning.py``)."""
+    torch_engine = "torch" in resolved_engine(engine, device, beam_size).split("+")
+    return device == "cuda" and torch_engine and kernels.timed_at_load
+
+
 class TranslateInputError(InputError):
     """A request that cannot be translated (empty text, unknown or equal languages)."""
 
@@ -84,8 +98,7 @@ class Translator:
         row's best logits ("auto": the faster, timed at load)."""
         path = Path(model_path)
         self.revision = identity.read(path).revision
-        gpu_search = device == "cuda" and beam_size >= 2
-        self.engine: Engine = engine if engine != "auto" else "torch+ctranslate2" if gpu_search else "ctranslate2"
+        self.engine: Engine = resolved_engine(engine, device, beam_size)
         engines = self.engine.split("+")
         self._torch: Any = None
         self._ctranslate2: Any = None

@@ -1,17 +1,22 @@
-"""Instances load on a GPU one at a time, whichever process loads them.
+"""Loads that time work on a GPU have that GPU to themselves; other loads share it.
 
-The stock server loads its models side by side, each instance in a process of its own, and a
-load ends with work on the GPU that is timed or recorded: translation's engine times its step's
-kernels and keeps the faster (``milo_voice/roles/nllb/tuning.py``), STT's decoder and the search
-capture CUDA graphs, and every instance answers a first call (``warmup.py``). Timed beside another
-model's warm-up, a way read 1.5 to 5 times its time on a quiet GPU, and the slower attention was
-kept in two of four loads (docs/benchmarks.md, section 4, "Two STT instances beside every model;
-translation's kernels chosen beside other loads"). So a load on a GPU holds that GPU's turn: a
-lock on a file per device, which every process of the host takes (``fcntl.flock``: the kernel
-lets it go with the process, however that ends). Loads on the CPU, and on other GPUs, go on
-side by side. A stock server's instance waiting for its turn waits in its ``initialize``, which
-Triton lets take longer than the Python backend's stub timeout (30 s): a model whose
-``initialize`` slept 45 s loaded.
+The stock server loads its models side by side, each instance in a process of its own, and a few
+loads time the GPU to choose how they run: translation's search times its step's kernels and
+keeps the faster (``milo_voice/roles/nllb/tuning.py``). Timed beside other models' warm-ups, the
+slower way was kept in two loads of four (docs/benchmarks.md, section 4, "Two STT instances
+beside every model; translation's kernels chosen beside other loads"). Loading every instance
+alone cured that but made a stack's start about twice as long ("every goal in one lease, through
+two facade processes"), though the other loads only need the GPU's memory and their own
+processes: their CUDA graphs, weights and first calls are the same beside another load.
+
+So each GPU has a lock file taken by every process of the host that loads on it
+(``fcntl.flock``: the kernel lets it go with the process, however that ends): a load that times
+the GPU takes it alone, and waits until no other load is under way there; any other load takes
+it shared, beside others. A load that times waits past the others already loading, and those
+asking while it waits may go first: at a start, the loads are few and it waits at most until
+they end. Loads on the CPU, and on other GPUs, never wait. A stock server's instance waiting
+here waits in its ``initialize``, which Triton lets take longer than the Python backend's stub
+timeout (30 s): a model whose ``initialize`` slept 45 s loaded.
 
 The lock files stay in ``LOCK_DIR`` (empty files, one per GPU index, as under /run/lock): a file
 removed while another process waits on it would let a third take a turn of its own.
@@ -33,19 +38,22 @@ LOCK_DIR = Path(tempfile.gettempdir()) / "milo-voice-gpu-loads"
 
 
 @contextlib.contextmanager
-def gpu_turn(device_kind: str, device_index: int, lock_dir: Path = LOCK_DIR) -> Iterator[float]:
-    """Hold GPU ``device_index``'s turn (nothing to hold off a GPU); yields the seconds waited."""
+def gpu_turn(device_kind: str, device_index: int, alone: bool, lock_dir: Path = LOCK_DIR) -> Iterator[float]:
+    """Hold GPU ``device_index`` for a load: ``alone`` (no other load there meanwhile) or beside
+    other loads that do not time it (nothing to hold off a GPU); yields the seconds waited."""
     if device_kind != "cuda":
         yield 0.0
         return
     lock_dir.mkdir(parents=True, exist_ok=True)
+    mode = fcntl.LOCK_EX if alone else fcntl.LOCK_SH
     with (lock_dir / f"cuda{device_index}.lock").open("a") as handle:
         started = time.perf_counter()
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("waiting for cuda:%d, where another instance is loading", device_index)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            waiting_for = "the loads under way there" if alone else "a load that times it"
+            log.info("waiting for cuda:%d: %s", device_index, waiting_for)
+            fcntl.flock(handle, mode)
         try:
             yield time.perf_counter() - started
         finally:

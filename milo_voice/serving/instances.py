@@ -157,10 +157,10 @@ def build_instance(spec: ModelSpec, profile: str, device: Device, chat_observer:
             device_index=device.index,
             compute_type=params.get("gpu_compute_type", "int8_float16") if gpu else "int8",
             languages=tuple(params.get("languages", ("mg", "fr", "en"))),
-            beam_size=int(params.get("beam_size", 2)),
+            beam_size=_beam_size(params),
             max_decoding_length=int(params.get("max_decoding_length", 256)),
             intra_threads=_cpu_threads(),
-            engine=params.get("engine", "auto"),
+            engine=_translate_engine(params),
             search_sentences=_optional_int(params.get("gpu_search_sentences" if gpu else "search_sentences")),
             search_graphs=bool(params.get("gpu_search_graphs", True)),
             kernels=StepKernels.from_params(params),
@@ -189,18 +189,40 @@ def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _beam_size(params: dict[str, Any]) -> int:
+    return int(params.get("beam_size", 2))
+
+
+def _translate_engine(params: dict[str, Any]) -> Any:
+    return params.get("engine", "auto")
+
+
+def loads_alone(spec: ModelSpec, device: Device) -> bool:
+    """Whether ``spec``'s load on ``device`` times the GPU, and so has it to itself (``gpu_turns``):
+    translation's search choosing its step's kernels."""
+    if spec.role != "translate" or device.kind != "cuda":
+        return False
+    from milo_voice.roles.nllb.kernels import StepKernels
+    from milo_voice.roles.translate import times_the_gpu_at_load
+
+    params = spec.params
+    kernels = StepKernels.from_params(params)
+    return times_the_gpu_at_load(_translate_engine(params), device.kind, _beam_size(params), kernels)
+
+
 def load_instance(spec: ModelSpec, profile: str, device: Device, chat_observer: EngineObserver | None = None) -> Any:
     """``build_instance``, then one real call, so that the first user pays no load cost; on a GPU,
-    in that GPU's turn (``gpu_turns``).
+    beside the other loads there, or alone where it times the GPU (``gpu_turns``).
 
     What the servers' handlers take: the role itself, or for chat a ``ChatService`` around it.
     """
     started = time.perf_counter()
-    with gpu_turn(device.kind, device.index) as waited:  # its timings and graphs on a quiet GPU
+    alone = loads_alone(spec, device)
+    with gpu_turn(device.kind, device.index, alone) as waited:
         instance = build_instance(spec, profile, device, chat_observer)
         warm_up(spec.role, instance)
     log.info(
-        "%s instance on %s loaded and warmed up in %.1f s (%.1f s of it waiting for the GPU's turn)",
-        spec.name, device, time.perf_counter() - started, waited,
+        "%s instance on %s loaded%s and warmed up in %.1f s (%.1f s of it waiting for the GPU)",
+        spec.name, device, " alone" if alone else "", time.perf_counter() - started, waited,
     )  # fmt: skip
     return chat_service(spec, instance) if spec.role == "chat" else instance

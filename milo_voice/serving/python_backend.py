@@ -73,7 +73,7 @@ class TritonPythonModel:
         device = device_of(args)
         started = time.perf_counter()
         self.instance = load_instance(spec, active_profile(), device, observer)
-        loaded_s = time.perf_counter() - started  # on a GPU, its wait for the GPU's turn included
+        loaded_s = time.perf_counter() - started  # its wait for the GPU included (gpu_turns)
         if metrics_api:
             self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
         kernels = self.instance.step_kernels if spec.role == "translate" else None  # chosen at load

@@ -30,6 +30,11 @@ class StepKernels:
         if self.top not in (AUTO, *TOPS):
             raise ValueError(f"step top {self.top!r}: one of {AUTO}, {', '.join(TOPS)}")
 
+    @property
+    def timed_at_load(self) -> bool:
+        """Whether a way is left to "auto", which a load on a GPU times."""
+        return AUTO in (self.attention, self.top)
+
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> StepKernels:
         """From a model's registry params (``gpu_step_attention``, ``gpu_step_top``)."""

@@ -24,7 +24,7 @@ TIMED_SOURCE, TIMED_SPAN = 32, 32
 # The ways alternate, round by round, each round timing CALLS calls of each; a way's time is its
 # fastest round: other work on the GPU only ever adds time. That is no cure for a GPU busy the
 # whole time (two loads of four beside other models' warm-ups kept the slower way, by medians
-# and by fastest rounds alike): instances load on a GPU one at a time (serving/gpu_turns.py).
+# and by fastest rounds alike): a load that times has the GPU to itself (serving/gpu_turns.py).
 ROUNDS, CALLS = 15, 4
 
 
