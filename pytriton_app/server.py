@@ -98,7 +98,8 @@ def free_loopback_port() -> int:
 def build_role_instances(spec: ModelSpec, profile: str, planner: DevicePlanner) -> list[Any]:
     count = spec.instances.count_on(planner.gpu_count)
     observer = PrometheusChatMetrics(spec.name) if spec.role == "chat" else None
-    instances = [load_instance(spec, profile, planner.place(spec.instances.kind), observer) for _ in range(count)]
+    places = [planner.place(spec.instances.kind) for _ in range(count)]
+    instances = [load_instance(spec, profile, device, observer).instance for device in places]
     weights_metrics.publish(spec, profile)
     if spec.role == "translate":
         for instance in instances:  # each instance timed its own choice

@@ -5,8 +5,8 @@ loads time the GPU to choose how they run: translation's search times its step's
 keeps the faster (``milo_voice/roles/nllb/tuning.py``). Timed beside other models' warm-ups, the
 slower way was kept in two loads of four (docs/benchmarks.md, section 4, "Two STT instances
 beside every model; translation's kernels chosen beside other loads"). Loading every instance
-alone cured that but made a stack's start about twice as long ("every goal in one lease, through
-two facade processes"), though the other loads only need the GPU's memory and their own
+alone cured that but made a stack's start much longer ("every goal in one lease, through two
+facade processes"), though the other loads only need the GPU's memory and their own
 processes: their CUDA graphs, weights and first calls are the same beside another load.
 
 So each GPU has a lock file taken by every process of the host that loads on it

@@ -210,19 +210,29 @@ def loads_alone(spec: ModelSpec, device: Device) -> bool:
     return times_the_gpu_at_load(_translate_engine(params), device.kind, _beam_size(params), kernels)
 
 
-def load_instance(spec: ModelSpec, profile: str, device: Device, chat_observer: EngineObserver | None = None) -> Any:
-    """``build_instance``, then one real call, so that the first user pays no load cost; on a GPU,
-    beside the other loads there, or alone where it times the GPU (``gpu_turns``).
+@dataclass(frozen=True)
+class Loaded:
+    """An instance ready to serve, and what its load took."""
 
-    What the servers' handlers take: the role itself, or for chat a ``ChatService`` around it.
-    """
+    instance: Any  # what the servers' handlers take: the role, or for chat a ``ChatService`` around it
+    seconds: float  # built and warmed up, its wait for the GPU included
+    waited_s: float  # of which waiting for the GPU (``gpu_turns``)
+    alone: bool  # whether it had the GPU to itself (its load times it)
+
+    def __str__(self) -> str:
+        alone = ", alone" if self.alone else ""
+        return f"loaded in {self.seconds:.1f} s ({self.waited_s:.1f} s of it waiting for the GPU{alone})"
+
+
+def load_instance(spec: ModelSpec, profile: str, device: Device, chat_observer: EngineObserver | None = None) -> Loaded:
+    """``build_instance``, then one real call, so that the first user pays no load cost; on a GPU,
+    beside the other loads there, or alone where it times the GPU (``gpu_turns``)."""
     started = time.perf_counter()
     alone = loads_alone(spec, device)
     with gpu_turn(device.kind, device.index, alone) as waited:
         instance = build_instance(spec, profile, device, chat_observer)
         warm_up(spec.role, instance)
-    log.info(
-        "%s instance on %s loaded%s and warmed up in %.1f s (%.1f s of it waiting for the GPU)",
-        spec.name, device, " alone" if alone else "", time.perf_counter() - started, waited,
-    )  # fmt: skip
-    return chat_service(spec, instance) if spec.role == "chat" else instance
+    served = chat_service(spec, instance) if spec.role == "chat" else instance
+    loaded = Loaded(served, time.perf_counter() - started, waited, alone)
+    log.info("%s instance on %s %s", spec.name, device, loaded)
+    return loaded

@@ -18,7 +18,6 @@ import logging
 import queue
 import sys
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -71,9 +70,8 @@ class TritonPythonModel:
         chat = metrics_api and spec.role == "chat"
         observer = TritonChatMetrics(pb_utils, model_name) if chat else None
         device = device_of(args)
-        started = time.perf_counter()
-        self.instance = load_instance(spec, active_profile(), device, observer)
-        loaded_s = time.perf_counter() - started  # its wait for the GPU included (gpu_turns)
+        loaded = load_instance(spec, active_profile(), device, observer)
+        self.instance = loaded.instance
         if metrics_api:
             self._weights_metric = TritonWeightsMetric(pb_utils, spec, active_profile())
         kernels = self.instance.step_kernels if spec.role == "translate" else None  # chosen at load
@@ -105,7 +103,7 @@ class TritonPythonModel:
         )  # fmt: skip
         instance = args.get("model_instance_name")
         ready = f"{args.get('model_name')} ready ({spec.role}, instance {instance} on {device}, {batching})"
-        ready += f", loaded in {loaded_s:.1f} s"
+        ready += f", {loaded}"
         if kernels is not None:
             ready += f"; its search steps attend by the {kernels.attention} way, best logits in {kernels.top}"
             if kernels.timed_ms:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -75,6 +76,23 @@ def adapter(io: tensors.ModelIO, registry: Registry, embedded_dir: object) -> Tr
     model = TritonPythonModel()
     model.initialize({"model_config": json.dumps(config), "model_instance_kind": "CPU"}, pb_utils=fake_pb_utils())
     return model
+
+
+@pytest.mark.integration
+def test_the_ready_line_says_where_the_instance_is_how_it_batches_and_what_its_load_took(
+    registry: Registry, embedded_dir: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What an operator reads in Triton's log (and the GPU benchmark collects, ``ready-*.txt``)."""
+    config = {"parameters": {"milo_model": {"string_value": "tts"}, "milo_io": {"string_value": "tts"}}}
+    args = {"model_config": json.dumps(config), "model_instance_kind": "CPU", "model_name": "tts",
+            "model_instance_name": "tts_0_0"}  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="milo_voice.serving.python_backend"):
+        TritonPythonModel().initialize(args, pb_utils=fake_pb_utils())
+    ready = [record.getMessage() for record in caplog.records if " ready (" in record.getMessage()]
+    assert len(ready) == 1, ready
+    pattern = r"tts ready \(tts, instance tts_0_0 on cpu, batches\), loaded in \d+\.\d s"
+    pattern += r" \(0\.0 s of it waiting for the GPU\)"
+    assert re.fullmatch(pattern, ready[0]), ready[0]
 
 
 @pytest.mark.integration

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from milo_voice.registry import load_registry
 from milo_voice.serving.gpu_turns import gpu_turn
-from milo_voice.serving.instances import Device, loads_alone
+from milo_voice.serving.instances import Device, Loaded, loads_alone
 
 # A process that holds a device for a while, alone or shared, writing when it got it and when it
 # let it go; where given a start file, it asks only once that file is there (all ask at once).
@@ -125,3 +125,9 @@ def test_only_translation_choosing_its_kernels_on_a_gpu_loads_alone() -> None:
     ctranslate2_only = {**translate.params, "engine": "ctranslate2"}
     assert not loads_alone(dataclasses.replace(translate, params=ctranslate2_only), gpu)
     assert not any(loads_alone(models[name], gpu) for name in ("stt", "tts", "chat"))
+
+
+def test_a_load_says_what_it_took_and_whether_it_had_the_gpu_to_itself() -> None:
+    # The ready line's end on the stock server (the GPU benchmark reads it, ``ready-*.txt``).
+    assert str(Loaded(object(), 12.34, 3.21, True)) == "loaded in 12.3 s (3.2 s of it waiting for the GPU, alone)"
+    assert str(Loaded(object(), 7.0, 0.0, False)) == "loaded in 7.0 s (0.0 s of it waiting for the GPU)"

@@ -98,7 +98,7 @@ def test_a_chat_process_loads_only_the_chat_roles_libraries(embedded_dir: Path) 
         "import sys, pytriton_app.server, milo_voice.serving.python_backend\n"
         "from milo_voice.registry import load_registry\n"
         "from milo_voice.serving.instances import Device, load_instance\n"
-        "load_instance(load_registry().by_role('chat'), 'embedded', Device('cpu')).close()\n"
+        "load_instance(load_registry().by_role('chat'), 'embedded', Device('cpu')).instance.close()\n"
         "print(sorted(m for m in ('torch', 'av', 'ctranslate2', 'faster_whisper', 'transformers') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
